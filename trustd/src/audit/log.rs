@@ -1,0 +1,398 @@
+//! The writer: one process appends; many threads may call [`AuditLog::append`] at once and
+//! share one `fdatasync` per batch (group commit). A call returns only once its record is on
+//! disk. After a write error the log refuses every later append: a transition that cannot
+//! be audited must not happen.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use super::record::hash_hex;
+use super::segment::{HEAD_FILE, HEAD_LEN, chain_fields, decode_head, encode_head, list_segments, segment_name};
+use super::{AUDIT_MESSAGE_ID, Actor, Entry, GENESIS, Outcome, Record, record_hash};
+use crate::state::atomic::{create_dir_all, fsync_dir};
+use crate::timefmt::Timestamp;
+
+/// Why the audit log could not be opened or appended to.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// A file operation failed.
+    #[error("audit log {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An earlier write failed; nothing more is accepted until the log is reopened.
+    #[error("audit log is failed after an earlier write error ({0}); no further records are accepted")]
+    Failed(String),
+    /// Another process is writing this log.
+    #[error("audit log {0} is in use by another writer")]
+    Locked(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A batch that would take the current segment past this starts a new segment.
+    pub max_segment_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_segment_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its chain hash (lowercase hex).
+    pub hash: String,
+}
+
+/// What opening found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Records in the log after the repair (the next seq).
+    pub records: u64,
+    /// The torn tail that was cut, as a sentence (also written as an `audit.repair` record).
+    pub repaired: Option<String>,
+    /// Damage that open does not repair; `verify` reports it in full.
+    pub warnings: Vec<String>,
+}
+
+struct Shared {
+    next_seq: u64,
+    prev: [u8; 32],
+    pending: Vec<u8>,
+    pending_last: Option<(u64, [u8; 32])>,
+    durable_next: u64,
+    flushing: bool,
+    failed: Option<String>,
+}
+
+struct Io {
+    dir: PathBuf,
+    seg: File,
+    seg_index: u32,
+    seg_len: u64,
+    head: File,
+    max_segment_bytes: u64,
+    _lock: File,
+}
+
+/// An open audit log (the single writer of its directory).
+pub struct AuditLog {
+    dir: PathBuf,
+    boot_id: String,
+    shared: Mutex<Shared>,
+    flushed: Condvar,
+    io: Mutex<Io>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going with it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The last complete, well-formed record in `data` and where it ends, and whether anything
+/// after it is a well-formed record (damage, as opposed to a torn tail).
+fn scan(data: &[u8]) -> (Option<(u64, [u8; 32], usize)>, bool) {
+    let mut last = None;
+    let mut damaged_before_last = false;
+    let mut junk_seen = false;
+    let mut pos = 0;
+    while let Some(nl) = data[pos..].iter().position(|&b| b == b'\n') {
+        let line = &data[pos..pos + nl];
+        let good = chain_fields(line).is_some() && serde_json::from_slice::<Record>(line).is_ok();
+        if good {
+            if junk_seen {
+                damaged_before_last = true;
+            }
+            let seq = chain_fields(line).map_or(0, |(s, _)| s);
+            last = Some((seq, record_hash(line), pos + nl + 1));
+        } else {
+            junk_seen = true;
+        }
+        pos += nl + 1;
+    }
+    (last, damaged_before_last)
+}
+
+impl AuditLog {
+    /// Open (creating if needed) the log in `dir`, cut a torn tail and record the cut.
+    pub fn open(dir: &Path, opts: Options) -> Result<(Self, OpenReport), AuditError> {
+        create_dir_all(dir, 0o750).map_err(io_err(dir))?;
+        let lock_path = dir.join(".lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(AuditError::Locked(dir.into())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+
+        let mut report = OpenReport::default();
+        let mut segments = list_segments(dir).map_err(io_err(dir))?;
+        if segments.is_empty() {
+            let p = dir.join(segment_name(0));
+            OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .mode(0o640)
+                .open(&p)
+                .map_err(io_err(&p))?;
+            fsync_dir(dir).map_err(io_err(dir))?;
+            segments.push((0, p));
+        }
+
+        // Find the last record, cutting a torn tail of the last segment.
+        let mut last: Option<(u64, [u8; 32])> = None;
+        let mut repaired = None;
+        for (i, (index, path)) in segments.iter().enumerate().rev() {
+            let data = std::fs::read(path).map_err(io_err(path))?;
+            let (found, damaged) = scan(&data);
+            let end = found.map_or(0, |(_, _, e)| e);
+            if i == segments.len() - 1 && end < data.len() {
+                let cut = data.len() - end;
+                let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+                f.set_len(end as u64).map_err(io_err(path))?;
+                f.sync_all().map_err(io_err(path))?;
+                repaired = Some(format!(
+                    "cut {cut} bytes of a torn record at the end of {} (written but never acknowledged)",
+                    segment_name(*index)
+                ));
+            }
+            if damaged {
+                report.warnings.push(format!(
+                    "{} has damaged records before its last one; `trustctl audit verify` reports where",
+                    segment_name(*index)
+                ));
+            }
+            if let Some((seq, hash, _)) = found {
+                last = Some((seq, hash));
+                break;
+            }
+        }
+
+        let head_path = dir.join(HEAD_FILE);
+        let head_existed = head_path.exists();
+        let head = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o640)
+            .open(&head_path)
+            .map_err(io_err(&head_path))?;
+        if !head_existed {
+            fsync_dir(dir).map_err(io_err(dir))?;
+        }
+        let mut head_block = vec![0u8; HEAD_LEN];
+        let n = head.read_at(&mut head_block, 0).map_err(io_err(&head_path))?;
+        head_block.truncate(n);
+        let last_seq = last.map(|(s, _)| s);
+        match decode_head(&head_block) {
+            Ok(Some((hseq, _))) if last_seq.is_none_or(|l| hseq > l) => report.warnings.push(format!(
+                "the head file says record {hseq} was acknowledged but the log ends at {}: acknowledged records are missing",
+                last_seq.map_or("nothing".to_owned(), |l| l.to_string())
+            )),
+            Ok(_) => {}
+            Err(e) => report.warnings.push(e),
+        }
+
+        let (index, path) = segments.last().cloned().ok_or_else(|| io_err(dir)(std::io::Error::other("no segment")))?;
+        let seg = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+        let seg_len = seg.metadata().map_err(io_err(&path))?.len();
+        let next_seq = last.map_or(0, |(s, _)| s + 1);
+        let mut genesis = [0u8; 32];
+        if let Some((_, h)) = last {
+            genesis = h;
+        }
+        let log = Self {
+            dir: dir.into(),
+            boot_id: crate::sys::boot_id(),
+            shared: Mutex::new(Shared {
+                next_seq,
+                prev: genesis,
+                pending: Vec::new(),
+                pending_last: None,
+                durable_next: next_seq,
+                flushing: false,
+                failed: None,
+            }),
+            flushed: Condvar::new(),
+            io: Mutex::new(Io {
+                dir: dir.into(),
+                seg,
+                seg_index: index,
+                seg_len,
+                head,
+                max_segment_bytes: opts.max_segment_bytes.max(1),
+                _lock: lock_file,
+            }),
+        };
+        for w in &report.warnings {
+            log.append(Entry::new("audit.damage", Outcome::Error, Actor::this_process()).reason(w.clone()))?;
+        }
+        if let Some(r) = &repaired {
+            log.append(Entry::new("audit.repair", Outcome::Ok, Actor::this_process()).reason(r.clone()))?;
+        }
+        report.repaired = repaired;
+        report.records = lock(&log.shared).next_seq;
+        Ok((log, report))
+    }
+
+    /// The directory of this log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The next seq and the hash of the last record (the chain head, for posture).
+    pub fn head(&self) -> (u64, String) {
+        let s = lock(&self.shared);
+        let prev = if s.next_seq == 0 { GENESIS.to_owned() } else { hash_hex(&s.prev) };
+        (s.next_seq, prev)
+    }
+
+    /// Append `entry`; returns once it is on disk.
+    pub fn append(&self, entry: Entry) -> Result<Receipt, AuditError> {
+        let mut s = lock(&self.shared);
+        if let Some(f) = &s.failed {
+            return Err(AuditError::Failed(f.clone()));
+        }
+        let seq = s.next_seq;
+        let record = Record {
+            seq,
+            prev: if seq == 0 { GENESIS.to_owned() } else { hash_hex(&s.prev) },
+            time: Timestamp::now().to_string(),
+            mono_ns: crate::sys::monotonic_ns(),
+            boot_id: self.boot_id.clone(),
+            kind: entry.kind,
+            from: entry.from,
+            to: entry.to,
+            actor: entry.actor,
+            outcome: entry.outcome,
+            reason: entry.reason,
+            digests: entry.digests,
+        };
+        let line = serde_json::to_vec(&record).map_err(|e| io_err(&self.dir)(e.into()))?;
+        let hash = record_hash(&line);
+        s.prev = hash;
+        s.next_seq += 1;
+        s.pending.extend_from_slice(&line);
+        s.pending.push(b'\n');
+        s.pending_last = Some((seq, hash));
+
+        loop {
+            if s.durable_next > seq {
+                drop(s);
+                mirror(&record);
+                return Ok(Receipt {
+                    seq,
+                    hash: hash_hex(&hash),
+                });
+            }
+            if let Some(f) = &s.failed {
+                return Err(AuditError::Failed(f.clone()));
+            }
+            if s.flushing {
+                s = self.flushed.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            // Become the leader: write everything pending in one batch, outside the lock.
+            s.flushing = true;
+            let batch = std::mem::take(&mut s.pending);
+            let last = s.pending_last.take();
+            drop(s);
+            let result = match last {
+                Some(last) => lock(&self.io).write_batch(&batch, last),
+                None => Ok(()),
+            };
+            s = lock(&self.shared);
+            s.flushing = false;
+            match result {
+                Ok(()) => {
+                    if let Some((l, _)) = last {
+                        s.durable_next = l + 1;
+                    }
+                }
+                Err(e) => s.failed = Some(e.to_string()),
+            }
+            self.flushed.notify_all();
+        }
+    }
+}
+
+impl Io {
+    fn write_batch(&mut self, batch: &[u8], last: (u64, [u8; 32])) -> Result<(), AuditError> {
+        if self.seg_len > 0 && self.seg_len + batch.len() as u64 > self.max_segment_bytes {
+            let index = self.seg_index + 1;
+            let path = self.dir.join(segment_name(index));
+            let f = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .mode(0o640)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            self.seg = f;
+            self.seg_index = index;
+            self.seg_len = 0;
+        }
+        let path = self.dir.join(segment_name(self.seg_index));
+        self.seg.write_all(batch).map_err(io_err(&path))?;
+        self.seg.sync_data().map_err(io_err(&path))?;
+        self.seg_len += batch.len() as u64;
+        // After the data is durable: the head may lag the log after a crash, never lead it.
+        let head_path = self.dir.join(HEAD_FILE);
+        self.head
+            .write_all_at(&encode_head(last.0, &last.1), 0)
+            .map_err(io_err(&head_path))
+    }
+}
+
+/// Send a committed record to journald (or wherever tracing is set up to go).
+fn mirror(r: &Record) {
+    tracing::info!(
+        target: "trustd::audit",
+        message_id = AUDIT_MESSAGE_ID,
+        audit_seq = r.seq,
+        audit_kind = r.kind.as_str(),
+        audit_outcome = ?r.outcome,
+        audit_from = r.from.as_deref().unwrap_or(""),
+        audit_to = r.to.as_deref().unwrap_or(""),
+        audit_uid = ?r.actor.uid,
+        "audit {} {} {:?}{}",
+        r.seq,
+        r.kind,
+        r.outcome,
+        r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+    );
+}

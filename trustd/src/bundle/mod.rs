@@ -1,0 +1,160 @@
+//! Signed inputs: size cap -> DSSE envelope -> signature threshold -> strict parse ->
+//! schema version -> validation -> expiry -> rollback, in that order.
+//!
+//! Only [`verify`] constructs a [`Verified`]; the rest of trustd accepts nothing else.
+//! This module reads no files and keeps no state: the caller passes the trust root, the
+//! time and the installed serial, so every decision here is a pure function of its inputs.
+
+mod envelope;
+mod keys;
+mod trust_root;
+mod verify;
+
+use serde::de::DeserializeOwned;
+
+pub use envelope::{Envelope, Signature, pae, sign_envelope};
+pub use keys::{KeyFileError, PrivateKeyFile, PublicKeyFile, generate_key, key_id};
+pub use trust_root::{RoleKeys, Roles, TrustKey, TrustRoot};
+pub use verify::{MAX_ENVELOPE_BYTES, MAX_INTEL_ENVELOPE_BYTES, VerifyError, verify, verify_installed, verify_rotation,
+};
+pub(crate) use verify::verify_self_signed_root;
+
+use crate::policy::{IntelFeed, LifecycleCommand, Policy};
+use crate::timefmt::Timestamp;
+
+/// A signing role of the trust root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Signs trust-root rotations.
+    Root,
+    /// Signs policy bundles.
+    Policy,
+    /// Signs intel feeds.
+    Intel,
+    /// Signs lifecycle commands.
+    Command,
+}
+
+impl Role {
+    /// The role's name in the trust root and in messages.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::Policy => "policy",
+            Self::Intel => "intel",
+            Self::Command => "command",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A document type that arrives signed.
+pub trait Payload: DeserializeOwned {
+    /// The DSSE `payloadType`.
+    const PAYLOAD_TYPE: &'static str;
+    /// The `schema` value this build reads.
+    const SCHEMA: &'static str;
+    /// The trust-root role whose keys must sign it.
+    const ROLE: Role;
+    /// Its `serial`.
+    fn serial(&self) -> u64;
+    /// Its `issued_at`.
+    fn issued_at(&self) -> Timestamp;
+    /// Its `expires_at`.
+    fn expires_at(&self) -> Timestamp;
+    /// What the types cannot check, as a sentence naming the field.
+    fn validate(&self) -> Result<(), String>;
+}
+
+macro_rules! payload {
+    ($t:ty, $ptype:literal, $schema:literal, $role:expr) => {
+        impl Payload for $t {
+            const PAYLOAD_TYPE: &'static str = $ptype;
+            const SCHEMA: &'static str = $schema;
+            const ROLE: Role = $role;
+            fn serial(&self) -> u64 {
+                self.serial
+            }
+            fn issued_at(&self) -> Timestamp {
+                self.issued_at
+            }
+            fn expires_at(&self) -> Timestamp {
+                self.expires_at
+            }
+            fn validate(&self) -> Result<(), String> {
+                <$t>::validate(self)
+            }
+        }
+    };
+}
+
+payload!(Policy, "application/vnd.enigm.policy+json", "enigm.policy/v1", Role::Policy);
+payload!(IntelFeed, "application/vnd.enigm.intel+json", "enigm.intel/v1", Role::Intel);
+payload!(
+    LifecycleCommand,
+    "application/vnd.enigm.command+json",
+    "enigm.command/v1",
+    Role::Command
+);
+payload!(
+    TrustRoot,
+    "application/vnd.enigm.trust-root+json",
+    "enigm.trust-root/v1",
+    Role::Root
+);
+
+/// A payload whose envelope passed every check. Only the verifier makes one.
+#[derive(Debug, Clone)]
+pub struct Verified<T> {
+    payload: T,
+    envelope: Vec<u8>,
+    digest: String,
+    signers: Vec<String>,
+}
+
+/// A verified policy bundle.
+pub type VerifiedBundle = Verified<Policy>;
+
+impl<T> Verified<T> {
+    /// The checked payload.
+    pub fn payload(&self) -> &T {
+        &self.payload
+    }
+
+    /// The envelope bytes exactly as received (what is persisted as last good).
+    pub fn envelope_bytes(&self) -> &[u8] {
+        &self.envelope
+    }
+
+    /// Lowercase hex SHA-256 of the envelope bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The keyids whose signatures counted toward the threshold.
+    pub fn signers(&self) -> &[String] {
+        &self.signers
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}

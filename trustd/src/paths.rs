@@ -1,0 +1,124 @@
+//! Every filesystem location trustd reads or writes, under one root prefix.
+//!
+//! Nothing else in the crate names `/etc`, `/var` or `/run`: tests and the sandbox run pass a
+//! temporary directory as the prefix, the daemon on a device passes `/`.
+
+use std::path::{Path, PathBuf};
+
+/// The locations of DESIGN.md's "Files on a device", resolved under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    prefix: PathBuf,
+}
+
+impl Paths {
+    /// Locations under `prefix` (`/` on a device).
+    pub fn new(prefix: impl Into<PathBuf>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The locations of a real device.
+    pub fn system() -> Self {
+        Self::new("/")
+    }
+
+    /// The root prefix everything else hangs from.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// `/etc/trustd`: read-only configuration provisioned with the image.
+    pub fn config_dir(&self) -> PathBuf {
+        self.prefix.join("etc/trustd")
+    }
+
+    /// `/etc/trustd/trust-root.json`: the provisioned trust root (plain JSON, not an envelope).
+    pub fn provisioned_trust_root(&self) -> PathBuf {
+        self.config_dir().join("trust-root.json")
+    }
+
+    /// `/etc/trustd/trustd.json`: optional local configuration.
+    pub fn config_file(&self) -> PathBuf {
+        self.config_dir().join("trustd.json")
+    }
+
+    /// `/var/lib/trustd`: persisted state, owned by trustd.
+    pub fn state_dir(&self) -> PathBuf {
+        self.prefix.join("var/lib/trustd")
+    }
+
+    /// `state.json`: serials, privacy mode, setup steps, lifecycle.
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir().join("state.json")
+    }
+
+    /// The last-good policy bundle, as the signed envelope it arrived in.
+    pub fn policy_bundle(&self) -> PathBuf {
+        self.state_dir().join("policy.dsse.json")
+    }
+
+    /// The last-good intel feed, as the signed envelope it arrived in.
+    pub fn intel_feed(&self) -> PathBuf {
+        self.state_dir().join("intel.dsse.json")
+    }
+
+    /// A trust root accepted by rotation; it supersedes the provisioned one.
+    pub fn rotated_trust_root(&self) -> PathBuf {
+        self.state_dir().join("trust-root.dsse.json")
+    }
+
+    /// The device secret (0600) from which device handles are derived.
+    pub fn device_secret(&self) -> PathBuf {
+        self.state_dir().join("device.secret")
+    }
+
+    /// Lock held by whoever writes the state directory (the daemon, or `trustctl` offline).
+    pub fn state_lock(&self) -> PathBuf {
+        self.state_dir().join(".lock")
+    }
+
+    /// `/var/log/trustd/audit`: audit segments, head and checkpoints.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.prefix.join("var/log/trustd/audit")
+    }
+
+    /// `/run/trustd`: runtime files.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.prefix.join("run/trustd")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_location_stays_under_the_prefix() {
+        let p = Paths::new("/tmp/x");
+        for path in [
+            p.provisioned_trust_root(),
+            p.config_file(),
+            p.state_file(),
+            p.policy_bundle(),
+            p.intel_feed(),
+            p.rotated_trust_root(),
+            p.device_secret(),
+            p.state_lock(),
+            p.audit_dir(),
+            p.runtime_dir(),
+        ] {
+            assert!(path.starts_with("/tmp/x"), "{} escapes the prefix", path.display());
+        }
+    }
+
+    #[test]
+    fn system_paths_are_the_documented_ones() {
+        let p = Paths::system();
+        assert_eq!(p.provisioned_trust_root(), Path::new("/etc/trustd/trust-root.json"));
+        assert_eq!(p.state_file(), Path::new("/var/lib/trustd/state.json"));
+        assert_eq!(p.audit_dir(), Path::new("/var/log/trustd/audit"));
+        assert_eq!(p.runtime_dir(), Path::new("/run/trustd"));
+    }
+}
