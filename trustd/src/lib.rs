@@ -14,3 +14,5 @@ pub mod sys;
 pub mod timefmt;
 
 pub use paths::Paths;
+pub mod daemon;
+pub mod logging;

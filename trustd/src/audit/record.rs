@@ -47,6 +47,17 @@ pub enum Outcome {
     Error,
 }
 
+impl Outcome {
+    /// Its name in records.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// What a caller records; the log adds sequence, times and chaining.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

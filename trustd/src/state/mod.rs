@@ -6,7 +6,7 @@
 //! restrictive state and says why, so that no error path can open the device up.
 
 pub mod atomic;
-mod store;
+pub mod store;
 
 pub use store::{Condition, Loaded, StateError, StateStore, load_trust_root};
 

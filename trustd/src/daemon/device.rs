@@ -1,0 +1,208 @@
+//! Transitions on the device state, each audited.
+
+use crate::Paths;
+use crate::audit::{Actor, AuditError, AuditLog, Entry, Options, Outcome};
+use crate::bundle::{Payload, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation};
+use crate::policy::{IntelFeed, Policy};
+use crate::state::{Condition, DeviceState, Loaded, StateError, StateStore, load_trust_root};
+use crate::state::store::StateLock;
+use crate::timefmt::Timestamp;
+
+/// Why a command did not take effect. In every case the previous state stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The input was refused (and the refusal audited).
+    #[error("refused: {0}")]
+    Refused(#[from] VerifyError),
+    /// The state directory failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The audit log failed: nothing is changed without a record.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// What an accepted input changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The role's serial before.
+    pub from_serial: u64,
+    /// The role's serial now.
+    pub to_serial: u64,
+    /// SHA-256 of the accepted envelope.
+    pub digest: String,
+    /// The audit record of the change.
+    pub audit_seq: u64,
+}
+
+/// The device's state and its audit log, opened for writing.
+#[derive(Debug)]
+pub struct Device {
+    store: StateStore,
+    root: TrustRoot,
+    audit: AuditLog,
+    state: DeviceState,
+    policy: Option<Verified<Policy>>,
+    intel: Option<Verified<IntelFeed>>,
+    condition: Condition,
+    notes: Vec<String>,
+    _lock: StateLock,
+}
+
+impl Device {
+    /// Lock the state directory, open the audit log, load the state (never failing on bad
+    /// state: it loads as most restrictive) and record the load.
+    pub fn open(paths: &Paths, actor: Actor) -> Result<Self, DeviceError> {
+        let store = StateStore::new(paths.clone());
+        let lock = store.lock()?;
+        let (audit, _report) = AuditLog::open(&paths.audit_dir(), Options::default())?;
+        let root = match load_trust_root(paths) {
+            Ok(r) => r,
+            Err(e) => {
+                audit.append(
+                    Entry::new("trust-root.load", Outcome::Error, actor).reason(e.to_string()),
+                )?;
+                return Err(e.into());
+            }
+        };
+        let Loaded {
+            state,
+            condition,
+            policy,
+            intel,
+            notes,
+        } = store.load(&root);
+        let outcome = match condition {
+            Condition::Fresh | Condition::Loaded => Outcome::Ok,
+            Condition::Missing | Condition::Corrupt(_) => Outcome::Error,
+        };
+        let mut entry = Entry::new("state.load", outcome, actor).transition(
+            "stopped",
+            format!("lifecycle {}", state.lifecycle.as_str()),
+        );
+        if !notes.is_empty() {
+            entry = entry.reason(notes.join("; "));
+        }
+        if let Some(p) = &policy {
+            entry = entry.digest("policy", p.digest());
+        }
+        audit.append(entry)?;
+        Ok(Self {
+            store,
+            root,
+            audit,
+            state,
+            policy,
+            intel,
+            condition,
+            notes,
+            _lock: lock,
+        })
+    }
+
+    /// The state in force.
+    pub fn state(&self) -> &DeviceState {
+        &self.state
+    }
+
+    /// How the persisted state was found at open.
+    pub fn condition(&self) -> &Condition {
+        &self.condition
+    }
+
+    /// What a person should know about the load.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The last-good policy.
+    pub fn policy(&self) -> Option<&Verified<Policy>> {
+        self.policy.as_ref()
+    }
+
+    /// The last-good intel feed.
+    pub fn intel(&self) -> Option<&Verified<IntelFeed>> {
+        self.intel.as_ref()
+    }
+
+    /// The trust root in force.
+    pub fn trust_root(&self) -> &TrustRoot {
+        &self.root
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Verify and install a policy bundle.
+    pub fn apply_policy(&mut self, bytes: &[u8], actor: Actor, now: Timestamp) -> Result<Applied, DeviceError> {
+        let v = self.admit(bytes, actor.clone(), now, |b, root, now, held| verify::<Policy>(b, root, now, held))?;
+        let applied = self.install("policy.apply", &v, actor)?;
+        self.policy = Some(v);
+        Ok(applied)
+    }
+
+    /// Verify and install an intel feed.
+    pub fn apply_intel(&mut self, bytes: &[u8], actor: Actor, now: Timestamp) -> Result<Applied, DeviceError> {
+        let v = self.admit(bytes, actor.clone(), now, |b, root, now, held| verify::<IntelFeed>(b, root, now, held))?;
+        let applied = self.install("intel.apply", &v, actor)?;
+        self.intel = Some(v);
+        Ok(applied)
+    }
+
+    /// Verify and install a trust-root rotation (signed by the current root's threshold).
+    pub fn apply_trust_root(&mut self, bytes: &[u8], actor: Actor, now: Timestamp) -> Result<Applied, DeviceError> {
+        let v = self.admit(bytes, actor.clone(), now, |b, root, now, _| verify_rotation(b, root, now))?;
+        let applied = self.install("trust-root.rotate", &v, actor)?;
+        self.root = v.payload().clone();
+        Ok(applied)
+    }
+
+    /// Run `check`; a refusal is audited (with the input's digest) and returned.
+    fn admit<P: Payload>(
+        &self,
+        bytes: &[u8],
+        actor: Actor,
+        now: Timestamp,
+        check: impl FnOnce(&[u8], &TrustRoot, Timestamp, u64) -> Result<Verified<P>, VerifyError>,
+    ) -> Result<Verified<P>, DeviceError> {
+        let held = self.state.serials.get(P::ROLE);
+        check(bytes, &self.root, now, held).map_err(|e| {
+            let entry = Entry::new(format!("{}.apply", P::ROLE), Outcome::Refused, actor)
+                .reason(e.to_string())
+                .digest("input", sha256_hex(bytes))
+                .digest("error", e.code());
+            match self.audit.append(entry) {
+                Ok(_) => DeviceError::Refused(e),
+                Err(a) => DeviceError::Audit(a),
+            }
+        })
+    }
+
+    /// Record the change, then make it: the log never misses a change that happened. If the
+    /// write fails after the record, a second record says so and the old state stays.
+    fn install<P: Payload>(&mut self, kind: &str, v: &Verified<P>, actor: Actor) -> Result<Applied, DeviceError> {
+        let from = self.state.serials.get(P::ROLE);
+        let to = v.payload().serial();
+        let receipt = self.audit.append(
+            Entry::new(kind, Outcome::Ok, actor.clone())
+                .transition(format!("serial {from}"), format!("serial {to}"))
+                .digest("input", v.digest()),
+        )?;
+        if let Err(e) = self.store.install(v, &mut self.state) {
+            self.audit.append(
+                Entry::new(kind, Outcome::Error, actor)
+                    .reason(format!("record {} not put in force: {e}; serial {from} stays", receipt.seq))
+                    .digest("input", v.digest()),
+            )?;
+            return Err(e.into());
+        }
+        Ok(Applied {
+            from_serial: from,
+            to_serial: to,
+            digest: v.digest().to_owned(),
+            audit_seq: receipt.seq,
+        })
+    }
+}
