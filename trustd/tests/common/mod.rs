@@ -1,0 +1,157 @@
+//! Shared fixtures: deterministic keys, trust roots, payloads and a device under a tempdir.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+use trustd::Paths;
+use trustd::bundle::{PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot, key_id, sign_envelope};
+use trustd::timefmt::Timestamp;
+
+/// A fixed key per number, so tests are reproducible.
+pub fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+/// The first 16 hex digits of a key's id, as refusal messages print them.
+pub fn short_id(k: &SigningKey) -> String {
+    key_id(&k.verifying_key())[..16].to_owned()
+}
+
+fn role(keys: &[&SigningKey], threshold: u32) -> RoleKeys {
+    RoleKeys {
+        keyids: keys.iter().map(|k| key_id(&k.verifying_key())).collect(),
+        threshold,
+    }
+}
+
+/// A trust root: root key 1, policy keys 2,3,4 (threshold 2), intel key 5, command key 6.
+pub fn trust_root() -> TrustRoot {
+    trust_root_with(1, &[&key(1)], 1, &[&key(2), &key(3), &key(4)], 2)
+}
+
+/// A trust root with the given serial, root keys and policy keys.
+pub fn trust_root_with(
+    serial: u64,
+    root_keys: &[&SigningKey],
+    root_threshold: u32,
+    policy_keys: &[&SigningKey],
+    policy_threshold: u32,
+) -> TrustRoot {
+    let mut keys = BTreeMap::new();
+    let mut all: Vec<&SigningKey> = root_keys.iter().chain(policy_keys).copied().collect();
+    let (k5, k6) = (key(5), key(6));
+    all.push(&k5);
+    all.push(&k6);
+    for k in all {
+        let f = PublicKeyFile::new(&k.verifying_key());
+        keys.insert(f.keyid, TrustKey { alg: f.alg, public: f.public });
+    }
+    TrustRoot {
+        schema: "enigm.trust-root/v1".into(),
+        serial,
+        issued_at: ts("2026-01-01T00:00:00Z"),
+        expires_at: ts("2036-01-01T00:00:00Z"),
+        keys,
+        roles: Roles {
+            root: role(root_keys, root_threshold),
+            policy: role(policy_keys, policy_threshold),
+            intel: role(&[&k5], 1),
+            command: role(&[&k6], 1),
+        },
+    }
+}
+
+pub fn ts(s: &str) -> Timestamp {
+    Timestamp::parse(s).expect("test timestamp")
+}
+
+/// The time every test runs at.
+pub fn now() -> Timestamp {
+    ts("2026-11-24T12:00:00Z")
+}
+
+/// A valid policy with this serial.
+pub fn policy(serial: u64) -> Value {
+    json!({
+        "schema": "enigm.policy/v1",
+        "serial": serial,
+        "issued_at": "2026-11-01T00:00:00Z",
+        "expires_at": "2027-11-01T00:00:00Z",
+        "network": {
+            "mode": "direct",
+            "allow": [{"dest": "203.0.113.0/24", "proto": "tcp", "ports": [443]}],
+            "dns": {"resolvers": ["192.0.2.53"]}
+        }
+    })
+}
+
+/// A valid intel feed with this serial.
+pub fn intel(serial: u64) -> Value {
+    json!({
+        "schema": "enigm.intel/v1",
+        "serial": serial,
+        "issued_at": "2026-11-01T00:00:00Z",
+        "expires_at": "2027-11-01T00:00:00Z",
+        "categories": {"malware": ["198.51.100.7", "2001:db8:bad::/48"]}
+    })
+}
+
+/// Sign JSON as `ptype`.
+pub fn sign(ptype: &str, payload: &Value, keys: &[&SigningKey]) -> Vec<u8> {
+    sign_bytes(ptype, &serde_json::to_vec(payload).expect("json"), keys)
+}
+
+/// Sign raw bytes as `ptype`.
+pub fn sign_bytes(ptype: &str, payload: &[u8], keys: &[&SigningKey]) -> Vec<u8> {
+    let keys: Vec<SigningKey> = keys.iter().map(|k| (*k).clone()).collect();
+    serde_json::to_vec(&sign_envelope(ptype, payload, &keys)).expect("json")
+}
+
+pub const POLICY: &str = "application/vnd.enigm.policy+json";
+pub const INTEL: &str = "application/vnd.enigm.intel+json";
+pub const ROOT: &str = "application/vnd.enigm.trust-root+json";
+
+/// A policy envelope signed by keys 2 and 3.
+pub fn signed_policy(serial: u64) -> Vec<u8> {
+    sign(POLICY, &policy(serial), &[&key(2), &key(3)])
+}
+
+/// Replace the payload of an envelope, keeping its signatures.
+pub fn swap_payload(envelope: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(envelope).expect("envelope");
+    v["payload"] = Value::String(STANDARD.encode(payload));
+    serde_json::to_vec(&v).expect("json")
+}
+
+/// A device's files under a tempdir, with the default trust root provisioned.
+pub struct TestDevice {
+    pub dir: tempfile::TempDir,
+    pub paths: Paths,
+}
+
+impl TestDevice {
+    pub fn new() -> Self {
+        Self::with_root(&trust_root())
+    }
+
+    pub fn with_root(root: &TrustRoot) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path());
+        std::fs::create_dir_all(paths.config_dir()).expect("mkdir");
+        std::fs::write(
+            paths.provisioned_trust_root(),
+            serde_json::to_vec_pretty(root).expect("json"),
+        )
+        .expect("write root");
+        Self { dir, paths }
+    }
+
+    pub fn file(&self, p: PathBuf) -> Option<Vec<u8>> {
+        std::fs::read(p).ok()
+    }
+}
