@@ -8,6 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::record::hash_hex;
 use super::segment::{HEAD_FILE, HEAD_LEN, chain_fields, decode_head, encode_head, list_segments, segment_name};
@@ -41,6 +42,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
         source,
     }
 }
+
+/// The longest a leader waits for the other callers' records before it writes its batch.
+const GATHER_MAX: Duration = Duration::from_micros(200);
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -84,7 +88,11 @@ struct Shared {
     pending_last: Option<(u64, [u8; 32])>,
     durable_next: u64,
     flushing: bool,
+    gathering: bool,
+    pending_count: usize,
+    in_append: usize,
     failed: Option<String>,
+    flushes: u64,
 }
 
 struct Io {
@@ -103,6 +111,7 @@ pub struct AuditLog {
     boot_id: String,
     shared: Mutex<Shared>,
     flushed: Condvar,
+    gather: Condvar,
     io: Mutex<Io>,
 }
 
@@ -245,9 +254,14 @@ impl AuditLog {
                 pending_last: None,
                 durable_next: next_seq,
                 flushing: false,
+                gathering: false,
+                pending_count: 0,
+                in_append: 0,
                 failed: None,
+                flushes: 0,
             }),
             flushed: Condvar::new(),
+            gather: Condvar::new(),
             io: Mutex::new(Io {
                 dir: dir.into(),
                 seg,
@@ -281,6 +295,13 @@ impl AuditLog {
         (s.next_seq, prev)
     }
 
+    /// Records appended and fdatasync batches since open (their ratio is the group-commit
+    /// batch size).
+    pub fn stats(&self) -> (u64, u64) {
+        let s = lock(&self.shared);
+        (s.durable_next, s.flushes)
+    }
+
     /// Append `entry`; returns once it is on disk.
     pub fn append(&self, entry: Entry) -> Result<Receipt, AuditError> {
         let mut s = lock(&self.shared);
@@ -309,44 +330,75 @@ impl AuditLog {
         s.pending.extend_from_slice(&line);
         s.pending.push(b'\n');
         s.pending_last = Some((seq, hash));
+        s.pending_count += 1;
+        s.in_append += 1;
+        if s.gathering {
+            self.gather.notify_one();
+        }
 
-        loop {
+        let result = loop {
             if s.durable_next > seq {
-                drop(s);
-                mirror(&record);
-                return Ok(Receipt {
+                break Ok(Receipt {
                     seq,
                     hash: hash_hex(&hash),
                 });
             }
             if let Some(f) = &s.failed {
-                return Err(AuditError::Failed(f.clone()));
+                break Err(AuditError::Failed(f.clone()));
             }
             if s.flushing {
                 s = self.flushed.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
                 continue;
             }
-            // Become the leader: write everything pending in one batch, outside the lock.
+            // Become the leader. Callers woken by the last flush are on their way back with
+            // their next record: wait (briefly) until every caller inside `append` has its
+            // record in the batch, so that one fdatasync carries them all. A lone caller
+            // never waits.
             s.flushing = true;
+            s.gathering = true;
+            let deadline = Instant::now() + GATHER_MAX;
+            while s.pending_count < s.in_append {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                s = self
+                    .gather
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+            s.gathering = false;
             let batch = std::mem::take(&mut s.pending);
             let last = s.pending_last.take();
+            s.pending_count = 0;
             drop(s);
-            let result = match last {
+            let written = match last {
                 Some(last) => lock(&self.io).write_batch(&batch, last),
                 None => Ok(()),
             };
             s = lock(&self.shared);
             s.flushing = false;
-            match result {
+            match written {
                 Ok(()) => {
                     if let Some((l, _)) = last {
                         s.durable_next = l + 1;
+                        s.flushes += 1;
                     }
                 }
                 Err(e) => s.failed = Some(e.to_string()),
             }
             self.flushed.notify_all();
+        };
+        s.in_append -= 1;
+        if s.gathering {
+            self.gather.notify_one();
         }
+        drop(s);
+        if result.is_ok() {
+            mirror(&record);
+        }
+        result
     }
 }
 
