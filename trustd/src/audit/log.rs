@@ -4,14 +4,17 @@
 //! be audited must not happen.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::record::hash_hex;
-use super::segment::{HEAD_FILE, HEAD_LEN, chain_fields, decode_head, encode_head, list_segments, segment_name};
+use super::segment::{
+    HEAD_FILE, HEAD_LEN, chain_fields, create_preallocated, decode_head, encode_head, list_segments,
+    segment_name, written_len,
+};
 use super::{AUDIT_MESSAGE_ID, Actor, Entry, GENESIS, Outcome, Record, record_hash};
 use crate::state::atomic::{create_dir_all, fsync_dir};
 use crate::timefmt::Timestamp;
@@ -43,20 +46,25 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
     }
 }
 
+/// `{"seq":0,"prev":"<64 zeros>"`: what a record serialized with seq 0 and the genesis
+/// prev starts with.
+const PLACEHOLDER_PREFIX_LEN: usize = r#"{"seq":0,"prev":""#.len() + 64;
+
 /// The longest a leader waits for the other callers' records before it writes its batch.
 const GATHER_MAX: Duration = Duration::from_micros(200);
 
 /// Tunables.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// A batch that would take the current segment past this starts a new segment.
+    /// Each segment is preallocated to this size; a batch that would not fit starts the
+    /// next segment.
     pub max_segment_bytes: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
-            max_segment_bytes: 16 << 20,
+            max_segment_bytes: 8 << 20,
         }
     }
 }
@@ -86,11 +94,9 @@ struct Shared {
     prev: [u8; 32],
     pending: Vec<u8>,
     pending_last: Option<(u64, [u8; 32])>,
-    durable_next: u64,
     flushing: bool,
     gathering: bool,
-    pending_count: usize,
-    in_append: usize,
+    waiters: Vec<std::thread::Thread>,
     failed: Option<String>,
     flushes: u64,
 }
@@ -110,8 +116,13 @@ pub struct AuditLog {
     dir: PathBuf,
     boot_id: String,
     shared: Mutex<Shared>,
-    flushed: Condvar,
     gather: Condvar,
+    /// Records below this seq are on disk.
+    durable_next: AtomicU64,
+    /// Callers inside `append`.
+    in_append: AtomicUsize,
+    /// A leader is waiting for more records (mirrors `Shared::gathering` for lock-free reads).
+    gathering: AtomicBool,
     io: Mutex<Io>,
 }
 
@@ -171,13 +182,7 @@ impl AuditLog {
         let mut segments = list_segments(dir).map_err(io_err(dir))?;
         if segments.is_empty() {
             let p = dir.join(segment_name(0));
-            OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .mode(0o640)
-                .open(&p)
-                .map_err(io_err(&p))?;
-            fsync_dir(dir).map_err(io_err(dir))?;
+            create_preallocated(&p, opts.max_segment_bytes).map_err(io_err(&p))?;
             segments.push((0, p));
         }
 
@@ -186,13 +191,15 @@ impl AuditLog {
         let mut repaired = None;
         for (i, (index, path)) in segments.iter().enumerate().rev() {
             let data = std::fs::read(path).map_err(io_err(path))?;
-            let (found, damaged) = scan(&data);
+            let written = written_len(&data);
+            let (found, damaged) = scan(&data[..written]);
             let end = found.map_or(0, |(_, _, e)| e);
-            if i == segments.len() - 1 && end < data.len() {
-                let cut = data.len() - end;
+            if i == segments.len() - 1 && end < written && !damaged {
+                // A torn batch: zero it (the segment keeps its preallocated size).
+                let cut = written - end;
                 let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
-                f.set_len(end as u64).map_err(io_err(path))?;
-                f.sync_all().map_err(io_err(path))?;
+                f.write_all_at(&vec![0u8; cut], end as u64).map_err(io_err(path))?;
+                f.sync_data().map_err(io_err(path))?;
                 repaired = Some(format!(
                     "cut {cut} bytes of a torn record at the end of {} (written but never acknowledged)",
                     segment_name(*index)
@@ -237,8 +244,8 @@ impl AuditLog {
         }
 
         let (index, path) = segments.last().cloned().ok_or_else(|| io_err(dir)(std::io::Error::other("no segment")))?;
-        let seg = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
-        let seg_len = seg.metadata().map_err(io_err(&path))?.len();
+        let seg = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err(&path))?;
+        let seg_len = written_len(&std::fs::read(&path).map_err(io_err(&path))?) as u64;
         let next_seq = last.map_or(0, |(s, _)| s + 1);
         let mut genesis = [0u8; 32];
         if let Some((_, h)) = last {
@@ -252,16 +259,16 @@ impl AuditLog {
                 prev: genesis,
                 pending: Vec::new(),
                 pending_last: None,
-                durable_next: next_seq,
                 flushing: false,
                 gathering: false,
-                pending_count: 0,
-                in_append: 0,
+                waiters: Vec::new(),
                 failed: None,
                 flushes: 0,
             }),
-            flushed: Condvar::new(),
             gather: Condvar::new(),
+            durable_next: AtomicU64::new(next_seq),
+            in_append: AtomicUsize::new(0),
+            gathering: AtomicBool::new(false),
             io: Mutex::new(Io {
                 dir: dir.into(),
                 seg,
@@ -299,19 +306,16 @@ impl AuditLog {
     /// batch size).
     pub fn stats(&self) -> (u64, u64) {
         let s = lock(&self.shared);
-        (s.durable_next, s.flushes)
+        (self.durable_next.load(Ordering::Acquire), s.flushes)
     }
 
     /// Append `entry`; returns once it is on disk.
     pub fn append(&self, entry: Entry) -> Result<Receipt, AuditError> {
-        let mut s = lock(&self.shared);
-        if let Some(f) = &s.failed {
-            return Err(AuditError::Failed(f.clone()));
-        }
-        let seq = s.next_seq;
-        let record = Record {
-            seq,
-            prev: if seq == 0 { GENESIS.to_owned() } else { hash_hex(&s.prev) },
+        // Serialize outside the lock with a placeholder place in the chain; under the lock
+        // only the `seq` and `prev` prefix is written and the line hashed.
+        let mut record = Record {
+            seq: 0,
+            prev: GENESIS.to_owned(),
             time: Timestamp::now().to_string(),
             mono_ns: crate::sys::monotonic_ns(),
             boot_id: self.boot_id.clone(),
@@ -323,82 +327,126 @@ impl AuditLog {
             reason: entry.reason,
             digests: entry.digests,
         };
-        let line = serde_json::to_vec(&record).map_err(|e| io_err(&self.dir)(e.into()))?;
+        let placeholder = serde_json::to_vec(&record).map_err(|e| io_err(&self.dir)(e.into()))?;
+        let rest = placeholder
+            .get(PLACEHOLDER_PREFIX_LEN..)
+            .ok_or_else(|| io_err(&self.dir)(std::io::Error::other("record serialization")))?;
+
+        let mut s = lock(&self.shared);
+        if let Some(f) = &s.failed {
+            return Err(AuditError::Failed(f.clone()));
+        }
+        let seq = s.next_seq;
+        record.seq = seq;
+        if seq > 0 {
+            record.prev = hash_hex(&s.prev);
+        }
+        let mut line = Vec::with_capacity(placeholder.len() + 20);
+        line.extend_from_slice(format!("{{\"seq\":{seq},\"prev\":\"{}", record.prev).as_bytes());
+        line.extend_from_slice(rest);
         let hash = record_hash(&line);
         s.prev = hash;
         s.next_seq += 1;
         s.pending.extend_from_slice(&line);
         s.pending.push(b'\n');
         s.pending_last = Some((seq, hash));
-        s.pending_count += 1;
-        s.in_append += 1;
+        s.waiters.push(std::thread::current());
+        self.in_append.fetch_add(1, Ordering::SeqCst);
         if s.gathering {
             self.gather.notify_one();
         }
+        drop(s);
 
         let result = loop {
-            if s.durable_next > seq {
+            if self.durable_next.load(Ordering::Acquire) > seq {
                 break Ok(Receipt {
                     seq,
                     hash: hash_hex(&hash),
                 });
             }
+            let s = lock(&self.shared);
             if let Some(f) = &s.failed {
                 break Err(AuditError::Failed(f.clone()));
             }
-            if s.flushing {
-                s = self.flushed.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.durable_next.load(Ordering::Acquire) > seq {
                 continue;
             }
-            // Become the leader. Callers woken by the last flush are on their way back with
-            // their next record: wait (briefly) until every caller inside `append` has its
-            // record in the batch, so that one fdatasync carries them all. A lone caller
-            // never waits.
-            s.flushing = true;
-            s.gathering = true;
-            let deadline = Instant::now() + GATHER_MAX;
-            while s.pending_count < s.in_append {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                s = self
-                    .gather
-                    .wait_timeout(s, left)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0;
+            if s.flushing {
+                // The leader of the batch in flight unparks us when it is done: either our
+                // record was in it, or we are next to lead.
+                drop(s);
+                std::thread::park();
+                continue;
             }
-            s.gathering = false;
-            let batch = std::mem::take(&mut s.pending);
-            let last = s.pending_last.take();
-            s.pending_count = 0;
-            drop(s);
-            let written = match last {
-                Some(last) => lock(&self.io).write_batch(&batch, last),
-                None => Ok(()),
-            };
-            s = lock(&self.shared);
-            s.flushing = false;
-            match written {
-                Ok(()) => {
-                    if let Some((l, _)) = last {
-                        s.durable_next = l + 1;
-                        s.flushes += 1;
-                    }
-                }
-                Err(e) => s.failed = Some(e.to_string()),
-            }
-            self.flushed.notify_all();
+            self.lead(s);
         };
-        s.in_append -= 1;
-        if s.gathering {
+        self.in_append.fetch_sub(1, Ordering::SeqCst);
+        if self.gathering.load(Ordering::SeqCst) {
+            let _s = lock(&self.shared);
             self.gather.notify_one();
         }
-        drop(s);
         if result.is_ok() {
             mirror(&record);
         }
         result
+    }
+
+    /// Write everything pending as one batch, then wake its callers and the next leader.
+    fn lead(&self, mut s: MutexGuard<'_, Shared>) {
+        // Callers woken by the last flush are on their way back with their next record:
+        // wait (briefly) until every caller inside `append` has its record in the batch, so
+        // that one fdatasync carries them all. A lone caller never waits.
+        s.flushing = true;
+        s.gathering = true;
+        self.gathering.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + GATHER_MAX;
+        while s.waiters.len() < self.in_append.load(Ordering::SeqCst) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s = self
+                .gather
+                .wait_timeout(s, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        s.gathering = false;
+        self.gathering.store(false, Ordering::SeqCst);
+        let batch = std::mem::take(&mut s.pending);
+        let last = s.pending_last.take();
+        let waiters = std::mem::take(&mut s.waiters);
+        drop(s);
+
+        let written = match last {
+            Some(last) => lock(&self.io).write_batch(&batch, last),
+            None => Ok(()),
+        };
+
+        let mut s = lock(&self.shared);
+        s.flushing = false;
+        let mut wake_all_pending = false;
+        match (written, last) {
+            (Ok(()), Some((l, _))) => {
+                self.durable_next.store(l + 1, Ordering::Release);
+                s.flushes += 1;
+            }
+            (Ok(()), None) => {}
+            (Err(e), _) => {
+                s.failed = Some(e.to_string());
+                wake_all_pending = true;
+            }
+        }
+        let next: Vec<std::thread::Thread> = if wake_all_pending {
+            s.waiters.clone()
+        } else {
+            s.waiters.first().cloned().into_iter().collect()
+        };
+        drop(s);
+        let me = std::thread::current().id();
+        for t in waiters.iter().chain(&next).filter(|t| t.id() != me) {
+            t.unpark();
+        }
     }
 }
 
@@ -407,19 +455,15 @@ impl Io {
         if self.seg_len > 0 && self.seg_len + batch.len() as u64 > self.max_segment_bytes {
             let index = self.seg_index + 1;
             let path = self.dir.join(segment_name(index));
-            let f = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .mode(0o640)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            let f = create_preallocated(&path, self.max_segment_bytes).map_err(io_err(&path))?;
             self.seg = f;
             self.seg_index = index;
             self.seg_len = 0;
         }
         let path = self.dir.join(segment_name(self.seg_index));
-        self.seg.write_all(batch).map_err(io_err(&path))?;
+        // Within the preallocated zeros the file's size does not change, so fdatasync
+        // flushes the data alone.
+        self.seg.write_all_at(batch, self.seg_len).map_err(io_err(&path))?;
         self.seg.sync_data().map_err(io_err(&path))?;
         self.seg_len += batch.len() as u64;
         // After the data is durable: the head may lag the log after a crash, never lead it.

@@ -38,6 +38,37 @@ pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<(u32, PathBuf)>> 
     Ok(out)
 }
 
+/// Where the written part of a segment ends: segments are preallocated with zero bytes
+/// (so that an fdatasync flushes data, not the file's size), and records never contain a
+/// NUL byte. Everything from the returned offset on is zero.
+pub(crate) fn written_len(data: &[u8]) -> usize {
+    data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
+/// Create segment `path` filled with `len` zero bytes, durably.
+pub(crate) fn create_preallocated(path: &Path, len: u64) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .mode(0o640)
+        .open(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        crate::state::atomic::fsync_dir(dir)?;
+    }
+    Ok(f)
+}
+
 /// The head block for (seq, hash).
 pub(crate) fn encode_head(seq: u64, hash: &[u8; 32]) -> [u8; HEAD_LEN] {
     let body = format!("{HEAD_MAGIC} {seq:020} {}", hex(hash));

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::record::{Record, record_hash};
-use super::segment::{HEAD_FILE, chain_fields, decode_head, list_segments, segment_name};
+use super::segment::{HEAD_FILE, chain_fields, decode_head, list_segments, segment_name, written_len};
 use super::{AuditError, GENESIS};
 
 /// One thing wrong with a log. Each says where.
@@ -147,6 +147,7 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, AuditError> {
             source: e,
         })?;
         rep.segments += 1;
+        let data = &data[..written_len(&data)];
         let mut pos = 0usize;
         let mut line_no = 0u64;
         while pos < data.len() {
@@ -224,7 +225,7 @@ pub fn read_records(dir: &Path) -> Result<Vec<Record>, AuditError> {
             path: path.clone(),
             source: e,
         })?;
-        for line in data.split(|&b| b == b'\n') {
+        for line in data[..written_len(&data)].split(|&b| b == b'\n') {
             if let Ok(r) = serde_json::from_slice::<Record>(line) {
                 out.push(r);
             }
