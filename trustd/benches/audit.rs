@@ -75,7 +75,10 @@ fn appends(base: &Path, writers: u64, budget: Duration) -> (f64, usize) {
     let total: u64 = threads.into_iter().map(|t| t.join().expect("join")).sum();
     let rate = total as f64 / start.elapsed().as_secs_f64();
     let (records, flushes) = log.stats();
-    println!("  {writers:>2} writer(s): {records} records in {flushes} fdatasyncs ({:.1} per batch)", records as f64 / flushes.max(1) as f64);
+    println!(
+        "  {writers:>2} writer(s): {records} records in {flushes} fdatasyncs ({:.1} per batch)",
+        records as f64 / flushes.max(1) as f64
+    );
     let rep = verify_dir(d.path()).expect("verify");
     assert!(rep.ok() && rep.records == total, "bench log must verify");
     (rate, record_len(d.path()))
@@ -124,17 +127,35 @@ fn main() {
     }
     let base = std::env::var_os("AUDIT_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let budget = Duration::from_secs(3);
-    println!("durable appends in {} ({}s each)", base.display(), budget.as_secs());
+    println!(
+        "durable appends in {} ({}s each)",
+        base.display(),
+        budget.as_secs()
+    );
     let (one, len) = appends(&base, 1, budget);
     let bare = bare_fdatasync(&base, len, budget, false);
     let bare_pre = bare_fdatasync(&base, len, budget, true);
     let (sixteen, _) = appends(&base, 16, budget);
-    println!("  bare write+fdatasync, {len}-byte records: {bare:>10.0} records/s  (appending: the baseline)");
-    println!("  same, into preallocated zeros:       {bare_pre:>10.0} records/s  ({:.2}x bare)", bare_pre / bare);
-    println!("  audit log, 1 writer:                 {one:>10.0} records/s  ({:.2}x bare)", one / bare);
-    println!("  audit log, 16 writers:               {sixteen:>10.0} records/s  ({:.2}x bare; target >= 10x)", sixteen / bare);
+    println!(
+        "  bare write+fdatasync, {len}-byte records: {bare:>10.0} records/s  (appending: the baseline)"
+    );
+    println!(
+        "  same, into preallocated zeros:       {bare_pre:>10.0} records/s  ({:.2}x bare)",
+        bare_pre / bare
+    );
+    println!(
+        "  audit log, 1 writer:                 {one:>10.0} records/s  ({:.2}x bare)",
+        one / bare
+    );
+    println!(
+        "  audit log, 16 writers:               {sixteen:>10.0} records/s  ({:.2}x bare; target >= 10x)",
+        sixteen / bare
+    );
 
-    let n: u64 = std::env::var("AUDIT_BENCH_RECORDS").ok().and_then(|s| s.parse().ok()).unwrap_or(500_000);
+    let n: u64 = std::env::var("AUDIT_BENCH_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500_000);
     // The verify data set is written where fsync is cheap; verify reads it from the page cache.
     let shm = Path::new("/dev/shm");
     let vd = tempdir_in(if shm.is_dir() { shm } else { &base });
@@ -164,5 +185,8 @@ fn main() {
     let ver_rate = records as f64 / t_ver.as_secs_f64();
     println!("verify, {records} records ({} segments)", rep.segments);
     println!("  bare SHA-256 chain:                  {bare_rate:>10.0} records/s");
-    println!("  audit verify:                        {ver_rate:>10.0} records/s  ({:.0}% of bare; target >= 70%)", 100.0 * ver_rate / bare_rate);
+    println!(
+        "  audit verify:                        {ver_rate:>10.0} records/s  ({:.0}% of bare; target >= 70%)",
+        100.0 * ver_rate / bare_rate
+    );
 }

@@ -144,6 +144,6 @@ mod tests {
     #[test]
     fn non_utf8_is_refused_with_its_offset() {
         let r: Result<serde_json::Value, _> = parse_strict(b"{\"a\":\"\xff\"}");
-        assert_eq!(r.unwrap_err(), JsonError::NotUtf8(6));
+        assert_eq!(r.expect_err("not UTF-8"), JsonError::NotUtf8(6));
     }
 }

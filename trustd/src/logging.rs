@@ -8,9 +8,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// `trustd::audit`) then reach journald with their MESSAGE_ID; without journald only
 /// warnings and errors are printed, at most `fallback` verbosity.
 pub fn init(ident: &str, fallback: tracing::Level) {
-    let journald = tracing_journald::layer()
-        .ok()
-        .map(|l| l.with_field_prefix(None).with_syslog_identifier(ident.to_owned()));
+    let journald = tracing_journald::layer().ok().map(|l| {
+        l.with_field_prefix(None)
+            .with_syslog_identifier(ident.to_owned())
+    });
     match journald {
         Some(layer) => {
             let _ = tracing_subscriber::registry()

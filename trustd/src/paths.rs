@@ -109,14 +109,21 @@ mod tests {
             p.audit_dir(),
             p.runtime_dir(),
         ] {
-            assert!(path.starts_with("/tmp/x"), "{} escapes the prefix", path.display());
+            assert!(
+                path.starts_with("/tmp/x"),
+                "{} escapes the prefix",
+                path.display()
+            );
         }
     }
 
     #[test]
     fn system_paths_are_the_documented_ones() {
         let p = Paths::system();
-        assert_eq!(p.provisioned_trust_root(), Path::new("/etc/trustd/trust-root.json"));
+        assert_eq!(
+            p.provisioned_trust_root(),
+            Path::new("/etc/trustd/trust-root.json")
+        );
         assert_eq!(p.state_file(), Path::new("/var/lib/trustd/state.json"));
         assert_eq!(p.audit_dir(), Path::new("/var/log/trustd/audit"));
         assert_eq!(p.runtime_dir(), Path::new("/run/trustd"));

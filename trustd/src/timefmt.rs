@@ -31,6 +31,12 @@ impl Timestamp {
         if !s.ends_with('Z') {
             return Err(format!("timestamp {s:?} is not in UTC (must end in Z)"));
         }
+        // RFC 3339 allows other separators and leap seconds; signed inputs use one spelling.
+        if s.as_bytes().get(10) != Some(&b'T') || s.get(17..19) == Some("60") {
+            return Err(format!(
+                "timestamp {s:?} is not of the form 2026-11-24T13:00:00Z"
+            ));
+        }
         OffsetDateTime::parse(s, &Rfc3339)
             .map(Self)
             .map_err(|e| format!("timestamp {s:?} is not RFC 3339: {e}"))
@@ -75,5 +81,7 @@ mod tests {
         assert!(Timestamp::parse("2026-11-24T13:00:00+01:00").is_err());
         assert!(Timestamp::parse("2026-13-24T13:00:00Z").is_err());
         assert!(Timestamp::parse("yesterday").is_err());
+        assert!(Timestamp::parse("2026-11-24 13:00:00Z").is_err());
+        assert!(Timestamp::parse("2026-12-31T23:59:60Z").is_err());
     }
 }

@@ -68,7 +68,10 @@ fn sixteen_concurrent_writers_get_distinct_durable_records_in_one_chain() {
             })
         })
         .collect();
-    let mut seqs: Vec<u64> = threads.into_iter().flat_map(|t| t.join().expect("join")).collect();
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("join"))
+        .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (0..1600).collect::<Vec<_>>());
     let rep = verify_dir(d.path()).expect("verify");
@@ -88,7 +91,11 @@ fn segments_rotate_and_the_chain_runs_across_them_and_across_reopen() {
     assert!(rep.ok(), "{:?}", rep.problems);
     assert!(rep.segments >= 5, "only {} segments", rep.segments);
     assert_eq!(rep.records, 50);
-    let seqs: Vec<u64> = read_records(d.path()).expect("read").iter().map(|r| r.seq).collect();
+    let seqs: Vec<u64> = read_records(d.path())
+        .expect("read")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(seqs, (0..50).collect::<Vec<_>>());
 }
 
@@ -96,11 +103,18 @@ fn segments_rotate_and_the_chain_runs_across_them_and_across_reopen() {
 fn a_torn_tail_is_cut_on_open_and_the_cut_is_itself_recorded() {
     // Half a record; a record's later sectors landing without its first ones; a whole
     // garbage line.
-    for torn in [&b"{\"seq\":5,\"prev\":\"00"[..], b"\0\0\0\0\0\0\0\0d1a2b\"}", b"garbage\n"] {
+    for torn in [
+        &b"{\"seq\":5,\"prev\":\"00"[..],
+        b"\0\0\0\0\0\0\0\0d1a2b\"}",
+        b"garbage\n",
+    ] {
         let d = tempfile::tempdir().expect("tempdir");
         fill(d.path(), 5, Options::default());
         let end = written(&seg(d.path(), 0)).len() as u64;
-        let f = std::fs::OpenOptions::new().write(true).open(seg(d.path(), 0)).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(seg(d.path(), 0))
+            .expect("open");
         std::os::unix::fs::FileExt::write_all_at(&f, torn, end).expect("write");
         drop(f);
         let rep = verify_dir(d.path()).expect("verify");
@@ -109,7 +123,10 @@ fn a_torn_tail_is_cut_on_open_and_the_cut_is_itself_recorded() {
         let (log, report) = AuditLog::open(d.path(), Options::default()).expect("reopen");
         let repaired = report.repaired.expect("a repair");
         assert!(
-            repaired.starts_with(&format!("cut {} bytes of a torn record at the end of segment-00000000.jsonl", torn.len())),
+            repaired.starts_with(&format!(
+                "cut {} bytes of a torn record at the end of segment-00000000.jsonl",
+                torn.len()
+            )),
             "{repaired}"
         );
         log.append(entry(99)).expect("append after repair");
@@ -194,7 +211,14 @@ fn verify_finds_reordered_records() {
         write_lines(&p, &l);
     });
     assert_eq!(problems.len(), 3, "{problems:?}");
-    assert!(matches!(problems[0], Problem::SeqGap { expected: 3, found: 4, .. }));
+    assert!(matches!(
+        problems[0],
+        Problem::SeqGap {
+            expected: 3,
+            found: 4,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -213,7 +237,15 @@ fn verify_finds_an_inserted_record_even_with_a_forged_link() {
         write_lines(&p, &l);
     });
     assert!(
-        matches!(problems[0], Problem::SeqGap { line: 6, expected: 5, found: 4, .. }),
+        matches!(
+            problems[0],
+            Problem::SeqGap {
+                line: 6,
+                expected: 5,
+                found: 4,
+                ..
+            }
+        ),
         "{problems:?}"
     );
 }
@@ -238,11 +270,25 @@ fn verify_finds_a_truncation_at_a_record_boundary() {
 #[test]
 fn verify_finds_a_removed_segment_and_a_removed_head() {
     let d = tempfile::tempdir().expect("tempdir");
-    fill(d.path(), 40, Options { max_segment_bytes: 2048 });
+    fill(
+        d.path(),
+        40,
+        Options {
+            max_segment_bytes: 2048,
+        },
+    );
     std::fs::remove_file(seg(d.path(), 1)).expect("rm");
     let problems = verify_dir(d.path()).expect("verify").problems;
-    assert_eq!(problems[0], Problem::MissingSegment { segment: segment_name(1) });
-    assert!(matches!(problems[1], Problem::SeqGap { .. }), "{problems:?}");
+    assert_eq!(
+        problems[0],
+        Problem::MissingSegment {
+            segment: segment_name(1)
+        }
+    );
+    assert!(
+        matches!(problems[1], Problem::SeqGap { .. }),
+        "{problems:?}"
+    );
 
     let d = tempfile::tempdir().expect("tempdir");
     fill(d.path(), 3, Options::default());
@@ -265,10 +311,16 @@ fn open_records_damage_it_cannot_repair() {
     l[2] = b"not a record".to_vec();
     write_lines(&p, &l);
     let (_log, report) = AuditLog::open(d.path(), Options::default()).expect("open");
-    assert_eq!(report.repaired, None, "damage in the middle is not a torn tail");
+    assert_eq!(
+        report.repaired, None,
+        "damage in the middle is not a torn tail"
+    );
     assert_eq!(report.warnings.len(), 1);
     let records = read_records(d.path()).expect("read");
-    assert_eq!(records.last().map(|r| r.kind.as_str()), Some("audit.damage"));
+    assert_eq!(
+        records.last().map(|r| r.kind.as_str()),
+        Some("audit.damage")
+    );
 }
 
 /// The child half of the kill test: appends forever, printing each acknowledged seq.
@@ -277,7 +329,13 @@ fn child_writer() {
     let Some(dir) = std::env::var_os("TRUSTD_TEST_AUDIT_CHILD_DIR") else {
         return;
     };
-    let (log, _) = AuditLog::open(Path::new(&dir), Options { max_segment_bytes: 64 << 10 }).expect("open");
+    let (log, _) = AuditLog::open(
+        Path::new(&dir),
+        Options {
+            max_segment_bytes: 64 << 10,
+        },
+    )
+    .expect("open");
     let mut out = std::io::stdout().lock();
     for i in 0.. {
         let r = log.append(entry(i)).expect("append");
@@ -314,10 +372,16 @@ fn a_writer_killed_mid_append_loses_no_acknowledged_record() {
         child.kill().expect("SIGKILL");
         child.wait().expect("wait");
         let rep = verify_dir(d.path()).expect("verify");
-        let torn_only = rep.problems.iter().all(|p| matches!(p, Problem::TornTail { .. }));
+        let torn_only = rep
+            .problems
+            .iter()
+            .all(|p| matches!(p, Problem::TornTail { .. }));
         assert!(torn_only, "round {round}: {:?}", rep.problems);
         let last = rep.last_seq.expect("records");
-        assert!(last >= acked.expect("acked"), "round {round}: acknowledged {acked:?} but log ends at {last}");
+        assert!(
+            last >= acked.expect("acked"),
+            "round {round}: acknowledged {acked:?} but log ends at {last}"
+        );
     }
     let (_log, _) = AuditLog::open(d.path(), Options::default()).expect("open");
     let rep = verify_dir(d.path()).expect("verify");

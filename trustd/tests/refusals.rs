@@ -160,17 +160,42 @@ fn every_bad_input_is_refused_with_its_message_and_changes_nothing() {
             panic!("{}: not a refusal: {err}", case.name);
         };
         assert_eq!(e.to_string(), case.error, "{}", case.name);
-        assert_eq!(dev.file(dev.paths.policy_bundle()).as_ref(), Some(&bundle_before), "{}: bundle changed", case.name);
-        assert_eq!(dev.file(dev.paths.state_file()).as_ref(), Some(&state_before), "{}: state changed", case.name);
+        assert_eq!(
+            dev.file(dev.paths.policy_bundle()).as_ref(),
+            Some(&bundle_before),
+            "{}: bundle changed",
+            case.name
+        );
+        assert_eq!(
+            dev.file(dev.paths.state_file()).as_ref(),
+            Some(&state_before),
+            "{}: state changed",
+            case.name
+        );
         assert_eq!(d.state().serials.policy, 5, "{}", case.name);
-        assert_eq!(d.policy().map(|p| p.payload().serial), Some(5), "{}", case.name);
+        assert_eq!(
+            d.policy().map(|p| p.payload().serial),
+            Some(5),
+            "{}",
+            case.name
+        );
 
         let records = read_records(&dev.paths.audit_dir()).expect("records");
-        assert_eq!(records.len(), records_before + 1, "{}: one record per refusal", case.name);
+        assert_eq!(
+            records.len(),
+            records_before + 1,
+            "{}: one record per refusal",
+            case.name
+        );
         let last = records.last().expect("a record");
         assert_eq!(last.kind, "policy.apply", "{}", case.name);
         assert_eq!(last.outcome, Outcome::Refused, "{}", case.name);
-        assert_eq!(last.reason.as_deref(), Some(case.error.as_str()), "{}", case.name);
+        assert_eq!(
+            last.reason.as_deref(),
+            Some(case.error.as_str()),
+            "{}",
+            case.name
+        );
         assert_eq!(
             last.digests.get("input").map(String::as_str),
             Some(trustd::bundle::sha256_hex(&case.input).as_str()),
@@ -181,7 +206,9 @@ fn every_bad_input_is_refused_with_its_message_and_changes_nothing() {
     assert!(verify_dir(&dev.paths.audit_dir()).expect("verify").ok());
 
     // And after all of that, a good newer bundle still applies.
-    let a = d.apply_policy(&signed_policy(6), Actor::this_process(), now()).expect("applies");
+    let a = d
+        .apply_policy(&signed_policy(6), Actor::this_process(), now())
+        .expect("applies");
     assert_eq!((a.from_serial, a.to_serial), (5, 6));
 }
 
@@ -190,10 +217,13 @@ fn refusals_survive_a_restart_and_the_serial_floor_holds() {
     let dev = TestDevice::new();
     {
         let mut d = Device::open(&dev.paths, Actor::this_process()).expect("open");
-        d.apply_policy(&signed_policy(7), Actor::this_process(), now()).expect("apply");
+        d.apply_policy(&signed_policy(7), Actor::this_process(), now())
+            .expect("apply");
     }
     let mut d = Device::open(&dev.paths, Actor::this_process()).expect("reopen");
-    let err = d.apply_policy(&signed_policy(7), Actor::this_process(), now()).expect_err("replay");
+    let err = d
+        .apply_policy(&signed_policy(7), Actor::this_process(), now())
+        .expect_err("replay");
     assert_eq!(
         err.to_string(),
         "refused: serial 7 is not newer than the installed serial 7 for the policy role"

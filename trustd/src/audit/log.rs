@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::record::hash_hex;
 use super::segment::{
-    HEAD_FILE, HEAD_LEN, chain_fields, create_preallocated, decode_head, encode_head, list_segments,
-    segment_name, written_len,
+    HEAD_FILE, HEAD_LEN, chain_fields, create_preallocated, decode_head, encode_head,
+    list_segments, segment_name, written_len,
 };
 use super::{AUDIT_MESSAGE_ID, Actor, Entry, GENESIS, Outcome, Record, record_hash};
 use crate::state::atomic::{create_dir_all, fsync_dir};
@@ -32,7 +32,9 @@ pub enum AuditError {
         source: std::io::Error,
     },
     /// An earlier write failed; nothing more is accepted until the log is reopened.
-    #[error("audit log is failed after an earlier write error ({0}); no further records are accepted")]
+    #[error(
+        "audit log is failed after an earlier write error ({0}); no further records are accepted"
+    )]
     Failed(String),
     /// Another process is writing this log.
     #[error("audit log {0} is in use by another writer")]
@@ -128,7 +130,9 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("AuditLog")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -197,8 +201,12 @@ impl AuditLog {
             if i == segments.len() - 1 && end < written && !damaged {
                 // A torn batch: zero it (the segment keeps its preallocated size).
                 let cut = written - end;
-                let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
-                f.write_all_at(&vec![0u8; cut], end as u64).map_err(io_err(path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
+                f.write_all_at(&vec![0u8; cut], end as u64)
+                    .map_err(io_err(path))?;
                 f.sync_data().map_err(io_err(path))?;
                 repaired = Some(format!(
                     "cut {cut} bytes of a torn record at the end of {} (written but never acknowledged)",
@@ -231,7 +239,9 @@ impl AuditLog {
             fsync_dir(dir).map_err(io_err(dir))?;
         }
         let mut head_block = vec![0u8; HEAD_LEN];
-        let n = head.read_at(&mut head_block, 0).map_err(io_err(&head_path))?;
+        let n = head
+            .read_at(&mut head_block, 0)
+            .map_err(io_err(&head_path))?;
         head_block.truncate(n);
         let last_seq = last.map(|(s, _)| s);
         match decode_head(&head_block) {
@@ -243,8 +253,15 @@ impl AuditLog {
             Err(e) => report.warnings.push(e),
         }
 
-        let (index, path) = segments.last().cloned().ok_or_else(|| io_err(dir)(std::io::Error::other("no segment")))?;
-        let seg = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err(&path))?;
+        let (index, path) = segments
+            .last()
+            .cloned()
+            .ok_or_else(|| io_err(dir)(std::io::Error::other("no segment")))?;
+        let seg = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let seg_len = written_len(&std::fs::read(&path).map_err(io_err(&path))?) as u64;
         let next_seq = last.map_or(0, |(s, _)| s + 1);
         let mut genesis = [0u8; 32];
@@ -280,10 +297,14 @@ impl AuditLog {
             }),
         };
         for w in &report.warnings {
-            log.append(Entry::new("audit.damage", Outcome::Error, Actor::this_process()).reason(w.clone()))?;
+            log.append(
+                Entry::new("audit.damage", Outcome::Error, Actor::this_process()).reason(w.clone()),
+            )?;
         }
         if let Some(r) = &repaired {
-            log.append(Entry::new("audit.repair", Outcome::Ok, Actor::this_process()).reason(r.clone()))?;
+            log.append(
+                Entry::new("audit.repair", Outcome::Ok, Actor::this_process()).reason(r.clone()),
+            )?;
         }
         report.repaired = repaired;
         report.records = lock(&log.shared).next_seq;
@@ -298,7 +319,11 @@ impl AuditLog {
     /// The next seq and the hash of the last record (the chain head, for posture).
     pub fn head(&self) -> (u64, String) {
         let s = lock(&self.shared);
-        let prev = if s.next_seq == 0 { GENESIS.to_owned() } else { hash_hex(&s.prev) };
+        let prev = if s.next_seq == 0 {
+            GENESIS.to_owned()
+        } else {
+            hash_hex(&s.prev)
+        };
         (s.next_seq, prev)
     }
 
@@ -463,7 +488,9 @@ impl Io {
         let path = self.dir.join(segment_name(self.seg_index));
         // Within the preallocated zeros the file's size does not change, so fdatasync
         // flushes the data alone.
-        self.seg.write_all_at(batch, self.seg_len).map_err(io_err(&path))?;
+        self.seg
+            .write_all_at(batch, self.seg_len)
+            .map_err(io_err(&path))?;
         self.seg.sync_data().map_err(io_err(&path))?;
         self.seg_len += batch.len() as u64;
         // After the data is durable: the head may lag the log after a crash, never lead it.

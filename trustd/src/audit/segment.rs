@@ -94,7 +94,9 @@ pub(crate) fn decode_head(bytes: &[u8]) -> Result<Option<(u64, String)>, String>
     if magic != HEAD_MAGIC || crate::bundle::sha256_hex(body.as_bytes())[..16] != *check {
         return Err("head file is malformed or torn".into());
     }
-    let seq = seq.parse().map_err(|_| "head file seq is not a number".to_owned())?;
+    let seq = seq
+        .parse()
+        .map_err(|_| "head file seq is not a number".to_owned())?;
     Ok(Some((seq, hash.to_owned())))
 }
 

@@ -10,7 +10,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::record::{Record, record_hash};
-use super::segment::{HEAD_FILE, chain_fields, decode_head, list_segments, segment_name, written_len};
+use super::segment::{
+    HEAD_FILE, chain_fields, decode_head, list_segments, segment_name, written_len,
+};
 use super::{AuditError, GENESIS};
 
 /// One thing wrong with a log. Each says where.
@@ -32,7 +34,9 @@ pub enum Problem {
         line: u64,
     },
     /// Records removed, reordered or inserted.
-    #[error("{segment} line {line}: seq {found} where {expected} was expected (records removed, reordered or inserted)")]
+    #[error(
+        "{segment} line {line}: seq {found} where {expected} was expected (records removed, reordered or inserted)"
+    )]
     SeqGap {
         /// Segment file.
         segment: String,
@@ -44,7 +48,9 @@ pub enum Problem {
         found: u64,
     },
     /// `prev` is not the hash of the record before it.
-    #[error("{segment} line {line}: seq {seq} does not chain to the record before it (a record was altered)")]
+    #[error(
+        "{segment} line {line}: seq {seq} does not chain to the record before it (a record was altered)"
+    )]
     BrokenLink {
         /// Segment file.
         segment: String,
@@ -54,7 +60,9 @@ pub enum Problem {
         seq: u64,
     },
     /// Bytes after the last newline: a write cut by power loss, cut on the next open.
-    #[error("{segment}: {bytes} bytes of a torn record at the end (cut when trustd next opens the log)")]
+    #[error(
+        "{segment}: {bytes} bytes of a torn record at the end (cut when trustd next opens the log)"
+    )]
     TornTail {
         /// Segment file.
         segment: String,
@@ -127,7 +135,9 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, AuditError> {
     let head = match std::fs::read(dir.join(HEAD_FILE)) {
         Ok(b) => decode_head(&b).map_err(|reason| Problem::Head { reason }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Problem::Head { reason: e.to_string() }),
+        Err(e) => Err(Problem::Head {
+            reason: e.to_string(),
+        }),
     };
     let head_seq = head.as_ref().ok().and_then(|h| h.as_ref().map(|(s, _)| *s));
     rep.head_seq = head_seq;

@@ -13,8 +13,8 @@ use serde_json::json;
 use trustd::Paths;
 use trustd::audit::{Actor, read_records, verify_dir};
 use trustd::bundle::{
-    Envelope, Payload, PrivateKeyFile, PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot, Verified,
-    VerifyError, generate_key, key_id, sign_envelope, verify, verify_rotation,
+    Envelope, Payload, PrivateKeyFile, PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot,
+    Verified, VerifyError, generate_key, key_id, sign_envelope, verify, verify_rotation,
 };
 use trustd::daemon::{Device, DeviceError};
 use trustd::policy::{IntelFeed, LifecycleCommand, Policy};
@@ -22,7 +22,11 @@ use trustd::state::{StateStore, load_trust_root};
 use trustd::timefmt::Timestamp;
 
 #[derive(Parser, Debug)]
-#[command(name = "trustctl", version, about = "Admin CLI of trustd, the trust agent of Enigm OS")]
+#[command(
+    name = "trustctl",
+    version,
+    about = "Admin CLI of trustd, the trust agent of Enigm OS"
+)]
 struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -138,7 +142,9 @@ fn payload_type(kind: &str) -> Result<&str> {
         "command" => LifecycleCommand::PAYLOAD_TYPE,
         "trust-root" => TrustRoot::PAYLOAD_TYPE,
         other if other.contains('/') => other,
-        other => bail!("unknown payload type {other:?}: use policy, intel, command, trust-root or a media type"),
+        other => bail!(
+            "unknown payload type {other:?}: use policy, intel, command, trust-root or a media type"
+        ),
     })
 }
 
@@ -240,18 +246,30 @@ fn keygen(j: bool, out: &Path) -> Result<ExitCode> {
         .with_context(|| format!("creating {}", private.display()))?;
     f.write_all(&serde_json::to_vec_pretty(&PrivateKeyFile::new(&key))?)?;
     f.sync_all()?;
-    std::fs::write(&public, serde_json::to_vec_pretty(&PublicKeyFile::new(&key.verifying_key()))?)
-        .with_context(|| format!("writing {}", public.display()))?;
+    std::fs::write(
+        &public,
+        serde_json::to_vec_pretty(&PublicKeyFile::new(&key.verifying_key()))?,
+    )
+    .with_context(|| format!("writing {}", public.display()))?;
     let id = key_id(&key.verifying_key());
     print(
         j,
         json!({"ok": true, "keyid": id, "private": private, "public": public}),
-        &format!("keyid {id}\nprivate {}\npublic {}", private.display(), public.display()),
+        &format!(
+            "keyid {id}\nprivate {}\npublic {}",
+            private.display(),
+            public.display()
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn trust_root(roles: &[String], serial: u64, expires: Option<&str>, out: Option<&Path>) -> Result<ExitCode> {
+fn trust_root(
+    roles: &[String],
+    serial: u64,
+    expires: Option<&str>,
+    out: Option<&Path>,
+) -> Result<ExitCode> {
     let now = Timestamp::now();
     let expires_at = match expires {
         Some(e) => Timestamp::parse(e).map_err(|e| anyhow!(e))?,
@@ -260,26 +278,36 @@ fn trust_root(roles: &[String], serial: u64, expires: Option<&str>, out: Option<
     let mut keys = std::collections::BTreeMap::new();
     let mut by_role = std::collections::BTreeMap::new();
     for spec in roles {
-        let (role, rest) = spec
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--role {spec:?}: expected ROLE=THRESHOLD:KEY.pub[,KEY.pub...]"))?;
-        let (threshold, files) = rest
-            .split_once(':')
-            .ok_or_else(|| anyhow!("--role {spec:?}: expected ROLE=THRESHOLD:KEY.pub[,KEY.pub...]"))?;
-        let threshold: u32 = threshold.parse().with_context(|| format!("--role {spec:?}: threshold"))?;
+        let (role, rest) = spec.split_once('=').ok_or_else(|| {
+            anyhow!("--role {spec:?}: expected ROLE=THRESHOLD:KEY.pub[,KEY.pub...]")
+        })?;
+        let (threshold, files) = rest.split_once(':').ok_or_else(|| {
+            anyhow!("--role {spec:?}: expected ROLE=THRESHOLD:KEY.pub[,KEY.pub...]")
+        })?;
+        let threshold: u32 = threshold
+            .parse()
+            .with_context(|| format!("--role {spec:?}: threshold"))?;
         let mut keyids = Vec::new();
         for f in files.split(',') {
             let k = PublicKeyFile::load(Path::new(f))?;
             let f = PublicKeyFile::new(&k);
-            keys.insert(f.keyid.clone(), TrustKey { alg: f.alg, public: f.public });
+            keys.insert(
+                f.keyid.clone(),
+                TrustKey {
+                    alg: f.alg,
+                    public: f.public,
+                },
+            );
             keyids.push(f.keyid);
         }
         by_role.insert(role.to_owned(), RoleKeys { keyids, threshold });
     }
     let mut take = |name: &str| {
-        by_role
-            .remove(name)
-            .ok_or_else(|| anyhow!("--role {name}=... is missing (root, policy, intel and command are all required)"))
+        by_role.remove(name).ok_or_else(|| {
+            anyhow!(
+                "--role {name}=... is missing (root, policy, intel and command are all required)"
+            )
+        })
     };
     let root = TrustRoot {
         schema: TrustRoot::SCHEMA.into(),
@@ -297,7 +325,8 @@ fn trust_root(roles: &[String], serial: u64, expires: Option<&str>, out: Option<
     if let Some(extra) = by_role.keys().next() {
         bail!("unknown role {extra:?}");
     }
-    root.validate().map_err(|e| anyhow!("trust root would be invalid: {e}"))?;
+    root.validate()
+        .map_err(|e| anyhow!("trust root would be invalid: {e}"))?;
     let mut bytes = serde_json::to_vec_pretty(&root)?;
     bytes.push(b'\n');
     write_out(out, &bytes)?;
@@ -320,14 +349,20 @@ fn describe<P: Payload>(v: &Verified<P>) -> (serde_json::Value, String) {
             P::ROLE,
             p.serial(),
             p.expires_at(),
-            v.signers().iter().map(|s| &s[..16]).collect::<Vec<_>>().join(", "),
+            v.signers()
+                .iter()
+                .map(|s| &s[..16])
+                .collect::<Vec<_>>()
+                .join(", "),
             v.digest()
         ),
     )
 }
 
 fn envelope_type(bytes: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Envelope>(bytes).ok().map(|e| e.payload_type)
+    serde_json::from_slice::<Envelope>(bytes)
+        .ok()
+        .map(|e| e.payload_type)
 }
 
 fn verify_cmd(j: bool, root_path: &Path, installed: u64, envelope: &Path) -> Result<ExitCode> {
@@ -345,7 +380,9 @@ fn verify_cmd(j: bool, root_path: &Path, installed: u64, envelope: &Path) -> Res
         Some(t) if t == LifecycleCommand::PAYLOAD_TYPE => {
             describe(&verify::<LifecycleCommand>(&bytes, &root, now, installed).map_err(refused)?)
         }
-        Some(t) if t == TrustRoot::PAYLOAD_TYPE => describe(&verify_rotation(&bytes, &root, now).map_err(refused)?),
+        Some(t) if t == TrustRoot::PAYLOAD_TYPE => {
+            describe(&verify_rotation(&bytes, &root, now).map_err(refused)?)
+        }
         // A policy, or anything else: the policy verifier gives the precise refusal.
         _ => describe(&verify::<Policy>(&bytes, &root, now, installed).map_err(refused)?),
     };
@@ -359,8 +396,12 @@ fn load(j: bool, prefix: &Path, envelope: &Path) -> Result<ExitCode> {
     let mut dev = Device::open(&paths, Actor::this_process())?;
     let now = Timestamp::now();
     let result = match envelope_type(&bytes).as_deref() {
-        Some(t) if t == IntelFeed::PAYLOAD_TYPE => dev.apply_intel(&bytes, Actor::this_process(), now),
-        Some(t) if t == TrustRoot::PAYLOAD_TYPE => dev.apply_trust_root(&bytes, Actor::this_process(), now),
+        Some(t) if t == IntelFeed::PAYLOAD_TYPE => {
+            dev.apply_intel(&bytes, Actor::this_process(), now)
+        }
+        Some(t) if t == TrustRoot::PAYLOAD_TYPE => {
+            dev.apply_trust_root(&bytes, Actor::this_process(), now)
+        }
         _ => dev.apply_policy(&bytes, Actor::this_process(), now),
     };
     match result {
@@ -375,7 +416,9 @@ fn load(j: bool, prefix: &Path, envelope: &Path) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(DeviceError::Refused(e)) => Err(Refused(format!("{e}; the last good state is kept")).into()),
+        Err(DeviceError::Refused(e)) => {
+            Err(Refused(format!("{e}; the last good state is kept")).into())
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -398,13 +441,24 @@ fn state(j: bool, prefix: &Path) -> Result<ExitCode> {
         loaded.condition,
         s.lifecycle.as_str(),
         if s.privacy_mode { "on" } else { "off" },
-        loaded.policy.as_ref().map_or("none".into(), |p| format!("serial {} ({})", p.payload().serial, p.digest())),
-        loaded.intel.as_ref().map_or("none".into(), |p| format!("serial {}", p.payload().serial)),
+        loaded.policy.as_ref().map_or("none".into(), |p| format!(
+            "serial {} ({})",
+            p.payload().serial,
+            p.digest()
+        )),
+        loaded
+            .intel
+            .as_ref()
+            .map_or("none".into(), |p| format!("serial {}", p.payload().serial)),
         s.serials.root,
         s.serials.policy,
         s.serials.intel,
         s.serials.command,
-        loaded.notes.iter().map(|n| format!("\nnote: {n}")).collect::<String>()
+        loaded
+            .notes
+            .iter()
+            .map(|n| format!("\nnote: {n}"))
+            .collect::<String>()
     );
     print(j, value, &text);
     Ok(ExitCode::SUCCESS)
@@ -423,12 +477,20 @@ fn audit_verify(j: bool, prefix: &Path) -> Result<ExitCode> {
             rep.head_seq.map_or("none".into(), |s| s.to_string())
         );
     } else {
-        println!("audit log damaged: {} problems in {} records", rep.problems.len(), rep.records);
+        println!(
+            "audit log damaged: {} problems in {} records",
+            rep.problems.len(),
+            rep.records
+        );
         for p in &rep.problems {
             println!("  {p}");
         }
     }
-    Ok(if rep.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if rep.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn audit_tail(j: bool, prefix: &Path, n: usize) -> Result<ExitCode> {
@@ -449,7 +511,10 @@ fn audit_tail(j: bool, prefix: &Path, n: usize) -> Result<ExitCode> {
                 r.kind,
                 r.outcome.as_str(),
                 what,
-                r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+                r.reason
+                    .as_deref()
+                    .map(|x| format!(": {x}"))
+                    .unwrap_or_default()
             );
         }
     }

@@ -44,7 +44,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Check => {
             let dev = Device::open(&paths, Actor::this_process())?;
-            println!("state: {:?}, lifecycle {}", dev.condition(), dev.state().lifecycle.as_str());
+            println!(
+                "state: {:?}, lifecycle {}",
+                dev.condition(),
+                dev.state().lifecycle.as_str()
+            );
             match dev.policy() {
                 Some(p) => println!("policy: serial {} ({})", p.payload().serial, p.digest()),
                 None => println!("policy: none (lockdown)"),

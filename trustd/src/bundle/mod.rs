@@ -15,9 +15,11 @@ use serde::de::DeserializeOwned;
 pub use envelope::{Envelope, Signature, pae, sign_envelope};
 pub use keys::{KeyFileError, PrivateKeyFile, PublicKeyFile, generate_key, key_id};
 pub use trust_root::{RoleKeys, Roles, TrustKey, TrustRoot};
-pub use verify::{MAX_ENVELOPE_BYTES, MAX_INTEL_ENVELOPE_BYTES, VerifyError, verify, verify_installed, verify_rotation,
-};
 pub(crate) use verify::verify_self_signed_root;
+pub use verify::{
+    MAX_ENVELOPE_BYTES, MAX_INTEL_ENVELOPE_BYTES, VerifyError, verify, verify_installed,
+    verify_rotation,
+};
 
 use crate::policy::{IntelFeed, LifecycleCommand, Policy};
 use crate::timefmt::Timestamp;
@@ -93,8 +95,18 @@ macro_rules! payload {
     };
 }
 
-payload!(Policy, "application/vnd.enigm.policy+json", "enigm.policy/v1", Role::Policy);
-payload!(IntelFeed, "application/vnd.enigm.intel+json", "enigm.intel/v1", Role::Intel);
+payload!(
+    Policy,
+    "application/vnd.enigm.policy+json",
+    "enigm.policy/v1",
+    Role::Policy
+);
+payload!(
+    IntelFeed,
+    "application/vnd.enigm.intel+json",
+    "enigm.intel/v1",
+    Role::Intel
+);
 payload!(
     LifecycleCommand,
     "application/vnd.enigm.command+json",

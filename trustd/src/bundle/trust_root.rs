@@ -89,9 +89,9 @@ impl TrustRoot {
             if k.alg != "ed25519" {
                 return Err(format!("key {id}: unsupported alg {:?}", k.alg));
             }
-            let key = self
-                .key(id)
-                .ok_or_else(|| format!("key {id}: public is not a 32-byte ed25519 key in base64"))?;
+            let key = self.key(id).ok_or_else(|| {
+                format!("key {id}: public is not a 32-byte ed25519 key in base64")
+            })?;
             if key_id(&key) != *id {
                 return Err(format!("key {id}: keyid is not the SHA-256 of the key"));
             }

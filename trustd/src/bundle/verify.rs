@@ -43,7 +43,9 @@ pub enum VerifyError {
         expected: &'static str,
     },
     /// Not enough distinct trusted keys of the role signed.
-    #[error("{role} role needs valid signatures from {need} distinct trusted keys, got {got}{details}")]
+    #[error(
+        "{role} role needs valid signatures from {need} distinct trusted keys, got {got}{details}"
+    )]
     Threshold {
         /// The role.
         role: Role,
@@ -263,10 +265,21 @@ pub fn verify_rotation(
     current: &TrustRoot,
     now: Timestamp,
 ) -> Result<Verified<TrustRoot>, VerifyError> {
-    let (payload, signers) =
-        check_signatures(bytes, MAX_ENVELOPE_BYTES, TrustRoot::PAYLOAD_TYPE, current, Role::Root)?;
+    let (payload, signers) = check_signatures(
+        bytes,
+        MAX_ENVELOPE_BYTES,
+        TrustRoot::PAYLOAD_TYPE,
+        current,
+        Role::Root,
+    )?;
     let new: TrustRoot = parse_payload(&payload)?;
-    check_signatures(bytes, MAX_ENVELOPE_BYTES, TrustRoot::PAYLOAD_TYPE, &new, Role::Root)?;
+    check_signatures(
+        bytes,
+        MAX_ENVELOPE_BYTES,
+        TrustRoot::PAYLOAD_TYPE,
+        &new,
+        Role::Root,
+    )?;
     check_freshness(&new, now, current.serial)?;
     Ok(Verified {
         payload: new,
@@ -279,7 +292,10 @@ pub fn verify_rotation(
 /// Re-load a `P` accepted earlier (the last-good file): signatures against `root` and the
 /// payload are checked again; expiry and serial are not, because the device keeps its last
 /// good input when it expires (expiry never opens anything) and the serial is its own.
-pub fn verify_installed<P: Payload>(bytes: &[u8], root: &TrustRoot) -> Result<Verified<P>, VerifyError> {
+pub fn verify_installed<P: Payload>(
+    bytes: &[u8],
+    root: &TrustRoot,
+) -> Result<Verified<P>, VerifyError> {
     let limit = if P::ROLE == Role::Intel {
         MAX_INTEL_ENVELOPE_BYTES
     } else {
@@ -309,6 +325,12 @@ pub(crate) fn verify_self_signed_root(bytes: &[u8]) -> Result<TrustRoot, VerifyE
         .decode(&env.payload)
         .map_err(|_| VerifyError::PayloadBase64)?;
     let root: TrustRoot = parse_payload(&payload)?;
-    check_signatures(bytes, MAX_ENVELOPE_BYTES, TrustRoot::PAYLOAD_TYPE, &root, Role::Root)?;
+    check_signatures(
+        bytes,
+        MAX_ENVELOPE_BYTES,
+        TrustRoot::PAYLOAD_TYPE,
+        &root,
+        Role::Root,
+    )?;
     Ok(root)
 }

@@ -2,10 +2,12 @@
 
 use crate::Paths;
 use crate::audit::{Actor, AuditError, AuditLog, Entry, Options, Outcome};
-use crate::bundle::{Payload, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation};
+use crate::bundle::{
+    Payload, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation,
+};
 use crate::policy::{IntelFeed, Policy};
-use crate::state::{Condition, DeviceState, Loaded, StateError, StateStore, load_trust_root};
 use crate::state::store::StateLock;
+use crate::state::{Condition, DeviceState, Loaded, StateError, StateStore, load_trust_root};
 use crate::timefmt::Timestamp;
 
 /// Why a command did not take effect. In every case the previous state stays in force.
@@ -76,10 +78,8 @@ impl Device {
             Condition::Fresh | Condition::Loaded => Outcome::Ok,
             Condition::Missing | Condition::Corrupt(_) => Outcome::Error,
         };
-        let mut entry = Entry::new("state.load", outcome, actor).transition(
-            "stopped",
-            format!("lifecycle {}", state.lifecycle.as_str()),
-        );
+        let mut entry = Entry::new("state.load", outcome, actor)
+            .transition("stopped", format!("lifecycle {}", state.lifecycle.as_str()));
         if !notes.is_empty() {
             entry = entry.reason(notes.join("; "));
         }
@@ -136,24 +136,45 @@ impl Device {
     }
 
     /// Verify and install a policy bundle.
-    pub fn apply_policy(&mut self, bytes: &[u8], actor: Actor, now: Timestamp) -> Result<Applied, DeviceError> {
-        let v = self.admit(bytes, actor.clone(), now, |b, root, now, held| verify::<Policy>(b, root, now, held))?;
+    pub fn apply_policy(
+        &mut self,
+        bytes: &[u8],
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<Applied, DeviceError> {
+        let v = self.admit(bytes, actor.clone(), now, |b, root, now, held| {
+            verify::<Policy>(b, root, now, held)
+        })?;
         let applied = self.install("policy.apply", &v, actor)?;
         self.policy = Some(v);
         Ok(applied)
     }
 
     /// Verify and install an intel feed.
-    pub fn apply_intel(&mut self, bytes: &[u8], actor: Actor, now: Timestamp) -> Result<Applied, DeviceError> {
-        let v = self.admit(bytes, actor.clone(), now, |b, root, now, held| verify::<IntelFeed>(b, root, now, held))?;
+    pub fn apply_intel(
+        &mut self,
+        bytes: &[u8],
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<Applied, DeviceError> {
+        let v = self.admit(bytes, actor.clone(), now, |b, root, now, held| {
+            verify::<IntelFeed>(b, root, now, held)
+        })?;
         let applied = self.install("intel.apply", &v, actor)?;
         self.intel = Some(v);
         Ok(applied)
     }
 
     /// Verify and install a trust-root rotation (signed by the current root's threshold).
-    pub fn apply_trust_root(&mut self, bytes: &[u8], actor: Actor, now: Timestamp) -> Result<Applied, DeviceError> {
-        let v = self.admit(bytes, actor.clone(), now, |b, root, now, _| verify_rotation(b, root, now))?;
+    pub fn apply_trust_root(
+        &mut self,
+        bytes: &[u8],
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<Applied, DeviceError> {
+        let v = self.admit(bytes, actor.clone(), now, |b, root, now, _| {
+            verify_rotation(b, root, now)
+        })?;
         let applied = self.install("trust-root.rotate", &v, actor)?;
         self.root = v.payload().clone();
         Ok(applied)
@@ -182,7 +203,12 @@ impl Device {
 
     /// Record the change, then make it: the log never misses a change that happened. If the
     /// write fails after the record, a second record says so and the old state stays.
-    fn install<P: Payload>(&mut self, kind: &str, v: &Verified<P>, actor: Actor) -> Result<Applied, DeviceError> {
+    fn install<P: Payload>(
+        &mut self,
+        kind: &str,
+        v: &Verified<P>,
+        actor: Actor,
+    ) -> Result<Applied, DeviceError> {
         let from = self.state.serials.get(P::ROLE);
         let to = v.payload().serial();
         let receipt = self.audit.append(
@@ -193,7 +219,10 @@ impl Device {
         if let Err(e) = self.store.install(v, &mut self.state) {
             self.audit.append(
                 Entry::new(kind, Outcome::Error, actor)
-                    .reason(format!("record {} not put in force: {e}; serial {from} stays", receipt.seq))
+                    .reason(format!(
+                        "record {} not put in force: {e}; serial {from} stays",
+                        receipt.seq
+                    ))
                     .digest("input", v.digest()),
             )?;
             return Err(e.into());

@@ -38,12 +38,20 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix))
+            };
             IpAddr::V4((bits & m).into())
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
             IpAddr::V6((bits & m).into())
         }
     }
@@ -64,7 +72,13 @@ impl FromStr for Cidr {
         let prefix = match p {
             None => max,
             Some(p) => match p.parse::<u8>() {
-                Ok(n) if n <= max && (p == "0" || !p.starts_with('0')) => n,
+                Ok(n)
+                    if n <= max
+                        && p.bytes().all(|b| b.is_ascii_digit())
+                        && (p == "0" || !p.starts_with('0')) =>
+                {
+                    n
+                }
                 _ => return Err(format!("{s:?} has an invalid prefix length")),
             },
         };
@@ -107,6 +121,7 @@ mod tests {
         assert_eq!(h.to_string(), "2001:db8::1/128");
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("10.0.0.0/08".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/+8".parse::<Cidr>().is_err());
         assert!("example.com".parse::<Cidr>().is_err());
         assert!("0.0.0.0/0".parse::<Cidr>().is_ok());
     }

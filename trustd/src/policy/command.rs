@@ -50,8 +50,15 @@ impl LifecycleCommand {
             return Err(format!("issuer {:?} is not a valid name", self.issuer));
         }
         for (what, v) in [("device", &self.device), ("nonce", &self.nonce)] {
-            if v.len() < 8 || v.len() > 128 || !v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
-                return Err(format!("{what} must be 8 to 128 characters of [A-Za-z0-9_-]"));
+            if v.len() < 8
+                || v.len() > 128
+                || !v
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            {
+                return Err(format!(
+                    "{what} must be 8 to 128 characters of [A-Za-z0-9_-]"
+                ));
             }
         }
         Ok(())

@@ -36,6 +36,9 @@ impl IntelFeed {
 
     /// Entries per category (what posture and audit may show).
     pub fn counts(&self) -> BTreeMap<String, usize> {
-        self.categories.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+        self.categories
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
     }
 }

@@ -15,7 +15,7 @@ pub use command::{LifecycleAction, LifecycleCommand};
 pub use intel::IntelFeed;
 pub use model::{
     AllowRule, App, AppMode, Dns, Endpoint, InboundRule, LandlockProfile, Launcher, Network,
-    NetworkMode, Policy, Privacy, Proto, RuleProto, Setup, Tor, Vpn, ProxySection,
+    NetworkMode, Policy, Privacy, Proto, ProxySection, RuleProto, Setup, Tor, Vpn,
 };
 
 /// A name as used for app ids, setup steps, intel categories and verifier ids:
@@ -25,7 +25,6 @@ pub(crate) fn is_valid_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }

@@ -1,4 +1,4 @@
-//! The policy payload, schema `enigm.policy/v1` (JSON Schema: `policy-schemas/v1/policy.json`).
+//! The policy payload, schema `enigm.policy/v1` (JSON Schema: `policy-schemas/v1/policy.schema.json`).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -305,8 +305,7 @@ pub struct Setup {
 fn is_interface_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s
-            .bytes()
+        && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
@@ -344,46 +343,59 @@ impl Policy {
     /// mode, names and paths. The first problem is returned as a sentence.
     pub fn validate(&self) -> Result<(), String> {
         let n = &self.network;
-        match n.mode {
-            NetworkMode::VpnRequired => match &n.vpn {
-                Some(v) if !v.interfaces.is_empty() && !v.endpoints.is_empty() => {}
-                _ => {
+        let modes = [Some(n.mode), self.privacy.network_mode];
+        for mode in modes.into_iter().flatten() {
+            match mode {
+                NetworkMode::VpnRequired => match &n.vpn {
+                    Some(v) if !v.interfaces.is_empty() && !v.endpoints.is_empty() => {}
+                    _ => {
+                        return Err(
+                        "vpn-required (as network.mode or privacy.network_mode) needs network.vpn with at least one interface and one endpoint"
+                            .into(),
+                    );
+                    }
+                },
+                NetworkMode::ProxyRequired => match &n.proxy {
+                    Some(p) if !p.endpoints.is_empty() => {}
+                    _ => {
+                        return Err(
+                        "proxy-required (as network.mode or privacy.network_mode) needs network.proxy with at least one endpoint"
+                            .into(),
+                    );
+                    }
+                },
+                NetworkMode::TorOnly if n.tor.is_none() => {
                     return Err(
-                        "network.mode vpn-required needs network.vpn with at least one interface and one endpoint"
+                        "tor-only (as network.mode or privacy.network_mode) needs network.tor"
                             .into(),
                     );
                 }
-            },
-            NetworkMode::ProxyRequired => match &n.proxy {
-                Some(p) if !p.endpoints.is_empty() => {}
-                _ => {
-                    return Err(
-                        "network.mode proxy-required needs network.proxy with at least one endpoint"
-                            .into(),
-                    );
-                }
-            },
-            NetworkMode::TorOnly if n.tor.is_none() => {
-                return Err("network.mode tor-only needs network.tor".into());
+                _ => {}
             }
-            _ => {}
         }
         if let Some(v) = &n.vpn {
             for i in &v.interfaces {
                 if !is_interface_name(i) {
-                    return Err(format!("network.vpn.interfaces: {i:?} is not an interface name"));
+                    return Err(format!(
+                        "network.vpn.interfaces: {i:?} is not an interface name"
+                    ));
                 }
             }
         }
-        for e in n.vpn.iter().flat_map(|v| &v.endpoints).chain(n.proxy.iter().flat_map(|p| &p.endpoints)) {
+        for e in n
+            .vpn
+            .iter()
+            .flat_map(|v| &v.endpoints)
+            .chain(n.proxy.iter().flat_map(|p| &p.endpoints))
+        {
             if e.port == 0 {
                 return Err(format!("endpoint {} has port 0", e.address));
             }
         }
-        if let Some(t) = &n.tor {
-            if t.trans_port == 0 || t.dns_port == 0 {
-                return Err("network.tor: trans_port and dns_port must not be 0".into());
-            }
+        if let Some(t) = &n.tor
+            && (t.trans_port == 0 || t.dns_port == 0)
+        {
+            return Err("network.tor: trans_port and dns_port must not be 0".into());
         }
         for r in &n.allow {
             check_rule(r, "network.allow")?;
@@ -396,13 +408,11 @@ impl Policy {
                 return Err("network.inbound: every rule needs ports, none of them 0".into());
             }
         }
-        if let Some(m) = self.privacy.network_mode {
-            if m == NetworkMode::Direct && n.mode != NetworkMode::Direct {
-                return Err(format!(
-                    "privacy.network_mode direct would loosen network.mode {}",
-                    n.mode.as_str()
-                ));
-            }
+        if self.privacy.network_mode == Some(NetworkMode::Direct) && n.mode != NetworkMode::Direct {
+            return Err(format!(
+                "privacy.network_mode direct would loosen network.mode {}",
+                n.mode.as_str()
+            ));
         }
 
         let apps = &self.launcher.apps;
@@ -413,10 +423,21 @@ impl Policy {
                 return Err(format!("launcher app id {:?} is not a valid name", a.id));
             }
             if !is_absolute_path(&a.exec) {
-                return Err(format!("launcher app {}: exec {:?} is not an absolute path", a.id, a.exec));
+                return Err(format!(
+                    "launcher app {}: exec {:?} is not an absolute path",
+                    a.id, a.exec
+                ));
             }
-            if a.sha256.len() != 64 || !a.sha256.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-                return Err(format!("launcher app {}: sha256 is not 64 lowercase hex digits", a.id));
+            if a.sha256.len() != 64
+                || !a
+                    .sha256
+                    .bytes()
+                    .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(format!(
+                    "launcher app {}: sha256 is not 64 lowercase hex digits",
+                    a.id
+                ));
             }
             if a.modes.is_empty() {
                 return Err(format!("launcher app {}: modes is empty", a.id));
@@ -424,16 +445,22 @@ impl Policy {
             let l = &a.landlock;
             for p in l.read.iter().chain(&l.write).chain(&l.execute) {
                 if !is_absolute_path(p) {
-                    return Err(format!("launcher app {}: landlock path {p:?} is not absolute", a.id));
+                    return Err(format!(
+                        "launcher app {}: landlock path {p:?} is not absolute",
+                        a.id
+                    ));
                 }
             }
         }
-        if let Some(k) = &self.launcher.kiosk {
-            if !ids.contains(k.as_str()) {
-                return Err(format!("launcher.kiosk {k:?} is not one of launcher.apps"));
-            }
+        if let Some(k) = &self.launcher.kiosk
+            && !ids.contains(k.as_str())
+        {
+            return Err(format!("launcher.kiosk {k:?} is not one of launcher.apps"));
         }
-        for (list, what) in [(&self.privacy.deny_apps, "privacy.deny_apps"), (&self.setup.apps, "setup.apps")] {
+        for (list, what) in [
+            (&self.privacy.deny_apps, "privacy.deny_apps"),
+            (&self.setup.apps, "setup.apps"),
+        ] {
             for id in list {
                 if !ids.contains(id.as_str()) {
                     return Err(format!("{what}: {id:?} is not one of launcher.apps"));

@@ -125,10 +125,16 @@ impl StateStore {
             Ok(bytes) => match parse_strict::<DeviceState>(&bytes) {
                 Ok(s) if s.version == STATE_VERSION => (s, Condition::Loaded),
                 Ok(s) => {
-                    let why = format!("state.json has version {}, expected {STATE_VERSION}", s.version);
+                    let why = format!(
+                        "state.json has version {}, expected {STATE_VERSION}",
+                        s.version
+                    );
                     (self.restrictive(), Condition::Corrupt(why))
                 }
-                Err(e) => (self.restrictive(), Condition::Corrupt(format!("state.json: {e}"))),
+                Err(e) => (
+                    self.restrictive(),
+                    Condition::Corrupt(format!("state.json: {e}")),
+                ),
             },
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 if self.has_other_state() {
@@ -137,7 +143,10 @@ impl StateStore {
                     (DeviceState::initial(), Condition::Fresh)
                 }
             }
-            Err(e) => (self.restrictive(), Condition::Corrupt(format!("state.json: {e}"))),
+            Err(e) => (
+                self.restrictive(),
+                Condition::Corrupt(format!("state.json: {e}")),
+            ),
         };
         match &condition {
             Condition::Missing => notes.push(
@@ -190,14 +199,19 @@ impl StateStore {
                 return None;
             }
             Err(e) => {
-                notes.push(format!("last-good {what} file {}: {e}: none in force", path.display()));
+                notes.push(format!(
+                    "last-good {what} file {}: {e}: none in force",
+                    path.display()
+                ));
                 return None;
             }
         };
         let v = match verify_installed::<P>(&bytes, root) {
             Ok(v) => v,
             Err(e) => {
-                notes.push(format!("last-good {what} no longer verifies ({e}): none in force"));
+                notes.push(format!(
+                    "last-good {what} no longer verifies ({e}): none in force"
+                ));
                 return None;
             }
         };
@@ -207,7 +221,9 @@ impl StateStore {
         if trusted_state && !matches {
             if serial > held {
                 // Power was lost between writing the input and writing state.json.
-                notes.push(format!("completed the interrupted install of {what} serial {serial}"));
+                notes.push(format!(
+                    "completed the interrupted install of {what} serial {serial}"
+                ));
             } else {
                 notes.push(format!(
                     "last-good {what} file (serial {serial}) is not the one state.json records (serial {held}): ignored"
@@ -229,7 +245,10 @@ impl StateStore {
             (self.paths.intel_feed(), Role::Intel),
             (self.paths.rotated_trust_root(), Role::Root),
         ] {
-            if let Some(s) = std::fs::read(&path).ok().and_then(|b| unverified_serial(&b)) {
+            if let Some(s) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| unverified_serial(&b))
+            {
                 serials.raise(role, s);
             }
         }
@@ -259,7 +278,11 @@ impl StateStore {
 
     /// Make `input` the last good one of its role: the envelope first, then the state that
     /// names it. A crash between the two is completed by the next [`Self::load`].
-    pub fn install<P: Payload>(&self, input: &Verified<P>, state: &mut DeviceState) -> Result<(), StateError> {
+    pub fn install<P: Payload>(
+        &self,
+        input: &Verified<P>,
+        state: &mut DeviceState,
+    ) -> Result<(), StateError> {
         let path = match P::ROLE {
             Role::Policy => Some(self.paths.policy_bundle()),
             Role::Intel => Some(self.paths.intel_feed()),

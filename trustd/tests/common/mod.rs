@@ -49,7 +49,13 @@ pub fn trust_root_with(
     all.push(&k6);
     for k in all {
         let f = PublicKeyFile::new(&k.verifying_key());
-        keys.insert(f.keyid, TrustKey { alg: f.alg, public: f.public });
+        keys.insert(
+            f.keyid,
+            TrustKey {
+                alg: f.alg,
+                public: f.public,
+            },
+        );
     }
     TrustRoot {
         schema: "enigm.trust-root/v1".into(),
