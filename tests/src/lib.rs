@@ -1,1 +1,59 @@
+//! Helpers for trustd's end-to-end tests: where the built binaries are, and running them.
+//!
+//! The tests in `tests/tests/` drive the real binaries (`trustctl`, `trustd`) as an admin or
+//! a boot script would. Build them first: `cargo test --workspace` does.
 
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The directory cargo put the binaries in (`target/debug` for `cargo test`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .expect("target directory")
+}
+
+/// The path of binary `name`, which must have been built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// What a command printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Run `trustctl` with `args` in directory `cwd`.
+pub fn trustctl(cwd: &std::path::Path, args: &[&str]) -> Run {
+    Command::new(bin("trustctl"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run trustctl")
+        .into()
+}

@@ -22,6 +22,7 @@ pub fn init(ident: &str, fallback: tracing::Level) {
             let _ = tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_max_level(fallback)
+                .with_ansi(false)
                 .with_target(false)
                 .try_init();
         }

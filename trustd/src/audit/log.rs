@@ -508,14 +508,14 @@ fn mirror(r: &Record) {
         message_id = AUDIT_MESSAGE_ID,
         audit_seq = r.seq,
         audit_kind = r.kind.as_str(),
-        audit_outcome = ?r.outcome,
+        audit_outcome = r.outcome.as_str(),
         audit_from = r.from.as_deref().unwrap_or(""),
         audit_to = r.to.as_deref().unwrap_or(""),
-        audit_uid = ?r.actor.uid,
-        "audit {} {} {:?}{}",
+        audit_uid = r.actor.uid,
+        "audit {} {} {}{}",
         r.seq,
         r.kind,
-        r.outcome,
+        r.outcome.as_str(),
         r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
     );
 }
