@@ -27,18 +27,45 @@ fn setup(d: &Path) {
     ok(trustctl(
         d,
         &[
-            "trust-root", "--role", "root=1:r.pub", "--role", "policy=2:a.pub,b.pub", "--role",
-            "intel=1:r.pub", "--role", "command=1:r.pub", "-o", "root.json",
+            "trust-root",
+            "--role",
+            "root=1:r.pub",
+            "--role",
+            "policy=2:a.pub,b.pub",
+            "--role",
+            "intel=1:r.pub",
+            "--role",
+            "command=1:r.pub",
+            "-o",
+            "root.json",
         ],
     ));
     std::fs::create_dir_all(d.join("dev/etc/trustd")).expect("mkdir");
-    std::fs::copy(d.join("root.json"), d.join("dev/etc/trustd/trust-root.json")).expect("cp");
+    std::fs::copy(
+        d.join("root.json"),
+        d.join("dev/etc/trustd/trust-root.json"),
+    )
+    .expect("cp");
     for serial in [3, 4] {
-        std::fs::write(d.join(format!("p{serial}.json")), POLICY.replace("SERIAL", &serial.to_string()))
-            .expect("write");
+        std::fs::write(
+            d.join(format!("p{serial}.json")),
+            POLICY.replace("SERIAL", &serial.to_string()),
+        )
+        .expect("write");
         ok(trustctl(
             d,
-            &["sign", "--type", "policy", "--key", "a.key", "--key", "b.key", &format!("p{serial}.json"), "-o", &format!("p{serial}.dsse")],
+            &[
+                "sign",
+                "--type",
+                "policy",
+                "--key",
+                "a.key",
+                "--key",
+                "b.key",
+                &format!("p{serial}.json"),
+                "-o",
+                &format!("p{serial}.dsse"),
+            ],
         ));
     }
 }
@@ -48,26 +75,58 @@ fn an_admin_signs_verifies_and_loads_a_bundle_and_the_log_verifies() {
     let d = tempfile::tempdir().expect("tempdir");
     let d = d.path();
     setup(d);
-    let mode = std::fs::metadata(d.join("a.key")).expect("key").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(d.join("a.key"))
+        .expect("key")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "private keys are written 0600");
 
-    let r = ok(trustctl(d, &["verify", "--trust-root", "root.json", "p3.dsse"]));
-    assert!(r.stdout.starts_with("valid policy serial 3 (expires 2036-01-01T00:00:00Z)"), "{}", r.stdout);
-    let v = json(&ok(trustctl(d, &["--json", "verify", "--trust-root", "root.json", "p3.dsse"])));
-    assert_eq!((v["ok"].as_bool(), v["serial"].as_u64()), (Some(true), Some(3)));
+    let r = ok(trustctl(
+        d,
+        &["verify", "--trust-root", "root.json", "p3.dsse"],
+    ));
+    assert!(
+        r.stdout
+            .starts_with("valid policy serial 3 (expires 2036-01-01T00:00:00Z)"),
+        "{}",
+        r.stdout
+    );
+    let v = json(&ok(trustctl(
+        d,
+        &["--json", "verify", "--trust-root", "root.json", "p3.dsse"],
+    )));
+    assert_eq!(
+        (v["ok"].as_bool(), v["serial"].as_u64()),
+        (Some(true), Some(3))
+    );
     assert_eq!(v["signers"].as_array().map(Vec::len), Some(2));
 
     let r = ok(trustctl(d, &["load", "--prefix", "dev", "p3.dsse"]));
-    assert!(r.stdout.starts_with("loaded: serial 0 -> 3"), "{}", r.stdout);
+    assert!(
+        r.stdout.starts_with("loaded: serial 0 -> 3"),
+        "{}",
+        r.stdout
+    );
     let s = json(&ok(trustctl(d, &["--json", "state", "--prefix", "dev"])));
     assert_eq!(s["policy_serial"].as_u64(), Some(3));
     assert_eq!(s["condition"], "loaded");
 
     let r = ok(trustctl(d, &["audit", "verify", "--prefix", "dev"]));
-    assert!(r.stdout.starts_with("audit log intact: 2 records"), "{}", r.stdout);
-    let tail = ok(trustctl(d, &["--json", "audit", "tail", "--prefix", "dev", "-n", "1"]));
+    assert!(
+        r.stdout.starts_with("audit log intact: 2 records"),
+        "{}",
+        r.stdout
+    );
+    let tail = ok(trustctl(
+        d,
+        &["--json", "audit", "tail", "--prefix", "dev", "-n", "1"],
+    ));
     let rec: Value = serde_json::from_str(tail.stdout.trim()).expect("one JSON record");
-    assert_eq!((rec["kind"].as_str(), rec["outcome"].as_str()), (Some("policy.apply"), Some("ok")));
+    assert_eq!(
+        (rec["kind"].as_str(), rec["outcome"].as_str()),
+        (Some("policy.apply"), Some("ok"))
+    );
     assert_eq!(rec["to"], "serial 3");
 }
 
@@ -80,7 +139,12 @@ fn refusals_exit_1_with_one_line_saying_why_and_keep_the_last_good_state() {
     let state_before = std::fs::read(d.join("dev/var/lib/trustd/state.json")).expect("state");
 
     // Only one of the two required keys.
-    ok(trustctl(d, &["sign", "--type", "policy", "--key", "a.key", "p4.json", "-o", "one.dsse"]));
+    ok(trustctl(
+        d,
+        &[
+            "sign", "--type", "policy", "--key", "a.key", "p4.json", "-o", "one.dsse",
+        ],
+    ));
     let r = trustctl(d, &["verify", "--trust-root", "root.json", "one.dsse"]);
     assert_eq!(r.code, 1);
     assert_eq!(
@@ -88,12 +152,26 @@ fn refusals_exit_1_with_one_line_saying_why_and_keep_the_last_good_state() {
         "trustctl: policy role needs valid signatures from 2 distinct trusted keys, got 1\n"
     );
     // A key the trust root does not know.
-    ok(trustctl(d, &["sign", "--type", "policy", "--key", "x.key", "--key", "a.key", "p4.json", "-o", "x.dsse"]));
-    let r = trustctl(d, &["--json", "verify", "--trust-root", "root.json", "x.dsse"]);
+    ok(trustctl(
+        d,
+        &[
+            "sign", "--type", "policy", "--key", "x.key", "--key", "a.key", "p4.json", "-o",
+            "x.dsse",
+        ],
+    ));
+    let r = trustctl(
+        d,
+        &["--json", "verify", "--trust-root", "root.json", "x.dsse"],
+    );
     assert_eq!(r.code, 1);
     let v = json(&r);
     assert_eq!(v["ok"], false);
-    assert!(v["reason"].as_str().is_some_and(|s| s.ends_with("not a key of the policy role)")), "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("not a key of the policy role)")),
+        "{v}"
+    );
 
     // Replay of an older bundle into the device.
     let r = trustctl(d, &["load", "--prefix", "dev", "p3.dsse"]);
@@ -102,15 +180,25 @@ fn refusals_exit_1_with_one_line_saying_why_and_keep_the_last_good_state() {
         r.stderr,
         "trustctl: serial 3 is not newer than the installed serial 4 for the policy role; the last good state is kept\n"
     );
-    assert_eq!(std::fs::read(d.join("dev/var/lib/trustd/state.json")).expect("state"), state_before);
-    let tail = ok(trustctl(d, &["--json", "audit", "tail", "--prefix", "dev", "-n", "1"]));
+    assert_eq!(
+        std::fs::read(d.join("dev/var/lib/trustd/state.json")).expect("state"),
+        state_before
+    );
+    let tail = ok(trustctl(
+        d,
+        &["--json", "audit", "tail", "--prefix", "dev", "-n", "1"],
+    ));
     let rec: Value = serde_json::from_str(tail.stdout.trim()).expect("record");
     assert_eq!(rec["outcome"], "refused");
 
     // A file that is not there is the system's problem, not the input's: exit 3.
     let r = trustctl(d, &["verify", "--trust-root", "root.json", "missing.dsse"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
-    assert!(r.stderr.starts_with("trustctl: reading missing.dsse: "), "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("trustctl: reading missing.dsse: "),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -122,11 +210,23 @@ fn audit_verify_exits_1_and_names_the_damage() {
     ok(trustctl(d, &["load", "--prefix", "dev", "p4.dsse"]));
     let seg = d.join("dev/var/log/trustd/audit/segment-00000000.jsonl");
     let mut data = std::fs::read(&seg).expect("segment");
-    let at = data.windows(8).position(|w| w == b"serial 3").expect("a record saying serial 3");
+    let at = data
+        .windows(8)
+        .position(|w| w == b"serial 3")
+        .expect("a record saying serial 3");
     data[at + 7] = b'9';
     std::fs::write(&seg, data).expect("tamper");
     let r = trustctl(d, &["audit", "verify", "--prefix", "dev"]);
     assert_eq!(r.code, 1, "{}", r.stdout);
-    assert!(r.stdout.starts_with("audit log damaged: 1 problem(s)"), "{}", r.stdout);
-    assert!(r.stdout.contains("does not chain to the record before it (a record was altered)"), "{}", r.stdout);
+    assert!(
+        r.stdout.starts_with("audit log damaged: 1 problem(s)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("does not chain to the record before it (a record was altered)"),
+        "{}",
+        r.stdout
+    );
 }

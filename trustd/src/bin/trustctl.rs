@@ -478,7 +478,7 @@ fn audit_verify(j: bool, prefix: &Path) -> Result<ExitCode> {
         );
     } else {
         println!(
-            "audit log damaged: {} problems in {} records",
+            "audit log damaged: {} problem(s) in {} records",
             rep.problems.len(),
             rep.records
         );
