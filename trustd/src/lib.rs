@@ -16,3 +16,4 @@ pub mod timefmt;
 pub use paths::Paths;
 pub mod daemon;
 pub mod logging;
+pub mod netfilter;

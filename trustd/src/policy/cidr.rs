@@ -14,6 +14,14 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// One address (a /32 or /128).
+    pub fn host(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            prefix: max_prefix(&addr),
+        }
+    }
+
     /// The network address, with host bits cleared.
     pub fn addr(&self) -> IpAddr {
         self.addr

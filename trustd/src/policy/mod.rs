@@ -7,11 +7,13 @@
 
 mod cidr;
 mod command;
+mod effective;
 mod intel;
 mod model;
 
 pub use cidr::Cidr;
 pub use command::{LifecycleAction, LifecycleCommand};
+pub use effective::{Effective, EffectiveNetwork, LockdownReason, NetworkPlan, Overlay, effective};
 pub use intel::IntelFeed;
 pub use model::{
     AllowRule, App, AppMode, Dns, Endpoint, InboundRule, LandlockProfile, Launcher, Network,

@@ -161,3 +161,102 @@ impl TestDevice {
         std::fs::read(p).ok()
     }
 }
+
+/// Whether a test that needs root and `tools` can run. Without them it skips on a laptop,
+/// but under CI=true a missing tool is a failure, so that a green CI means the test ran.
+pub fn can_run_privileged(tools: &[&str]) -> bool {
+    let root = trustd::sys::uid() == 0;
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if root && missing.is_empty() {
+        return true;
+    }
+    let why = if root {
+        format!("missing {missing:?}")
+    } else {
+        "not root".to_owned()
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but this test cannot run: {why}"
+    );
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// A network namespace made for one test and deleted when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("trustd-t{}-{tag}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name}");
+        Self { name }
+    }
+
+    /// Run a command inside; panics if it fails.
+    pub fn sh(&self, cmd: &str) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .expect("ip netns exec");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A policy with every section filled, in `mode`.
+pub fn full_policy(mode: &str, serial: u64) -> Value {
+    json!({
+        "schema": "enigm.policy/v1",
+        "serial": serial,
+        "issued_at": "2026-11-01T00:00:00Z",
+        "expires_at": "2027-11-01T00:00:00Z",
+        "network": {
+            "mode": mode,
+            "vpn": {"interfaces": ["wg0"], "endpoints": [{"address": "10.99.0.2", "proto": "udp", "port": 51820}]},
+            "proxy": {"endpoints": [{"address": "10.99.0.2", "proto": "tcp", "port": 3128}], "exempt_uids": [1234]},
+            "tor": {"uid": 1235, "trans_port": 9040, "dns_port": 9053},
+            "allow": [
+                {"dest": "10.99.0.2", "proto": "tcp", "ports": [443]},
+                {"dest": "2001:db8:99::/64", "proto": "tcp", "ports": [443, 8443], "uids": [1000], "gids": [100]},
+                {"dest": "10.99.0.0/24", "proto": "icmp"}
+            ],
+            "dns": {"resolvers": ["10.99.0.2"]},
+            "allow_lan": false,
+            "inbound": [{"source": "10.99.0.0/24", "proto": "tcp", "ports": [22]}]
+        },
+        "privacy": {"network_mode": "tor-only", "block_lan_discovery": true, "user_may_disable": true},
+        "setup": {"required_steps": [], "bootstrap_allow": [{"dest": "10.99.0.2", "proto": "tcp", "ports": [8443]}]}
+    })
+}

@@ -1,0 +1,167 @@
+//! How a ruleset reaches the kernel: `nft -j -f -` (the real backend) or a recording fake for
+//! unit tests of the logic around it. Chosen by the caller, never by `cfg!(test)`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// Why nft failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// nft could not be started.
+    #[error("running {0}: {1}")]
+    Spawn(String, #[source] std::io::Error),
+    /// nft refused the script or the listing failed (its stderr).
+    #[error("nft exited with {code}: {stderr}")]
+    Failed {
+        /// Exit code.
+        code: i32,
+        /// What it printed.
+        stderr: String,
+    },
+    /// nft printed something that is not JSON.
+    #[error("nft printed invalid JSON: {0}")]
+    Output(String),
+}
+
+/// Applies scripts and lists tables.
+pub trait Backend: Send {
+    /// Run an nft JSON script as one transaction.
+    fn apply(&mut self, script: &Value) -> Result<(), NftError>;
+    /// `nft -j list table inet NAME`; `None` if the table does not exist.
+    fn list_table(&mut self, name: &str) -> Result<Option<Value>, NftError>;
+}
+
+/// The real backend: the `nft` binary.
+#[derive(Debug, Clone)]
+pub struct NftBackend {
+    nft: PathBuf,
+    prefix: Vec<String>,
+}
+
+impl Default for NftBackend {
+    fn default() -> Self {
+        Self {
+            nft: "nft".into(),
+            prefix: Vec::new(),
+        }
+    }
+}
+
+impl NftBackend {
+    /// Use the `nft` at this path.
+    pub fn new(nft: impl Into<PathBuf>) -> Self {
+        Self {
+            nft: nft.into(),
+            prefix: Vec::new(),
+        }
+    }
+
+    /// Run nft inside the named network namespace (`ip netns exec NAME nft ...`).
+    pub fn in_netns(name: &str) -> Self {
+        Self {
+            nft: "ip".into(),
+            prefix: vec!["netns".into(), "exec".into(), name.into(), "nft".into()],
+        }
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, NftError> {
+        let name = self.nft.display().to_string();
+        let mut child = Command::new(&self.nft)
+            .args(&self.prefix)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| NftError::Spawn(name.clone(), e))?;
+        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(data)
+                .map_err(|e| NftError::Spawn(name.clone(), e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| NftError::Spawn(name, e))?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(NftError::Failed {
+                code: out.status.code().unwrap_or(-1),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+}
+
+impl Backend for NftBackend {
+    fn apply(&mut self, script: &Value) -> Result<(), NftError> {
+        self.run(&["-j", "-f", "-"], Some(script.to_string().as_bytes()))
+            .map(|_| ())
+    }
+
+    fn list_table(&mut self, name: &str) -> Result<Option<Value>, NftError> {
+        match self.run(&["-j", "list", "table", "inet", name], None) {
+            Ok(out) => serde_json::from_slice(&out)
+                .map(Some)
+                .map_err(|e| NftError::Output(e.to_string())),
+            Err(NftError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A fake that records every script and lists back the last one applied (as the kernel
+/// would, minus handles). `fail_next` makes the next apply fail as nft would.
+#[derive(Debug, Default)]
+pub struct RecordingBackend {
+    /// Every script applied, in order.
+    pub applied: Vec<Value>,
+    /// Make the next apply fail.
+    pub fail_next: bool,
+    table: Option<Vec<Value>>,
+}
+
+impl RecordingBackend {
+    /// Replace what the fake "kernel" holds (to simulate someone editing the table).
+    pub fn set_table(&mut self, objects: Option<Vec<Value>>) {
+        self.table = objects;
+    }
+}
+
+impl Backend for RecordingBackend {
+    fn apply(&mut self, script: &Value) -> Result<(), NftError> {
+        if std::mem::take(&mut self.fail_next) {
+            return Err(NftError::Failed {
+                code: 1,
+                stderr: "Error: Could not process rule: injected failure".into(),
+            });
+        }
+        self.applied.push(script.clone());
+        let adds: Vec<Value> = script["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("add").cloned())
+            .filter(|o| o.get("table").is_none())
+            .collect();
+        self.table = Some(adds);
+        Ok(())
+    }
+
+    fn list_table(&mut self, _name: &str) -> Result<Option<Value>, NftError> {
+        Ok(self
+            .table
+            .clone()
+            .map(|objs| serde_json::json!({ "nftables": objs })))
+    }
+}

@@ -1,0 +1,299 @@
+//! Effective policy -> ruleset. Pure; every mode is a complete ruleset, deny by default in
+//! and out. The always-allowed traffic (docs/SECURITY.md) is the same in every mode.
+
+use super::model::{Action, Base, Chain, L4, Match, Rule, Ruleset};
+use crate::policy::{
+    AllowRule, Cidr, Effective, EffectiveNetwork, NetworkMode, NetworkPlan, Proto, RuleProto,
+};
+
+/// What `allow_lan` opens: private IPv4, link-local, IPv6 unique-local and link-local.
+pub const LAN_PREFIXES: [&str; 6] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// mDNS, SSDP, LLMNR.
+const LAN_DISCOVERY_PORTS: [u16; 3] = [1900, 5353, 5355];
+
+fn cidr(s: &str) -> Cidr {
+    s.parse()
+        .expect("LAN_PREFIXES are valid prefixes (unit-tested)")
+}
+
+fn l4(p: Proto) -> L4 {
+    match p {
+        Proto::Tcp => L4::Tcp,
+        Proto::Udp => L4::Udp,
+    }
+}
+
+fn allow_rule(r: &AllowRule, mut prefix: Vec<Match>) -> Rule {
+    prefix.push(Match::Daddr(r.dest));
+    match r.proto {
+        RuleProto::Tcp => prefix.push(Match::Dport(L4::Tcp, r.ports.clone())),
+        RuleProto::Udp => prefix.push(Match::Dport(L4::Udp, r.ports.clone())),
+        RuleProto::Icmp => prefix.push(Match::L4Proto(vec!["icmp", "ipv6-icmp"])),
+        RuleProto::Any => {}
+    }
+    if !r.uids.is_empty() {
+        prefix.push(Match::SkUid(r.uids.clone()));
+    }
+    if !r.gids.is_empty() {
+        prefix.push(Match::SkGid(r.gids.clone()));
+    }
+    Rule::new(prefix, Action::Accept)
+}
+
+fn dns_rules(resolvers: &[std::net::IpAddr], via: &[Match]) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for r in resolvers {
+        let mut m = via.to_vec();
+        m.push(Match::Daddr(Cidr::host(*r)));
+        m.push(Match::Dport(L4::Any, vec![53]));
+        out.push(Rule::new(m, Action::Accept));
+    }
+    // DNS anywhere else is refused, whatever the allow rules say.
+    out.push(Rule::new(vec![Match::Dport(L4::Any, vec![53])], Action::Drop).counted("dns_blocked"));
+    out
+}
+
+fn lan_rules() -> Vec<Rule> {
+    LAN_PREFIXES
+        .iter()
+        .map(|p| Rule::new(vec![Match::Daddr(cidr(p))], Action::Accept))
+        .collect()
+}
+
+fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
+    let mut out = Vec::new();
+    let mut nat = Vec::new();
+    match n.mode {
+        NetworkMode::Direct => {
+            out.extend(dns_rules(&n.resolvers, &[]));
+            if n.allow_lan {
+                out.extend(lan_rules());
+            }
+            out.extend(n.allow.iter().map(|r| allow_rule(r, vec![])));
+        }
+        NetworkMode::VpnRequired => {
+            let vpn = n.vpn.clone().unwrap_or_else(|| crate::policy::Vpn {
+                interfaces: vec![],
+                endpoints: vec![],
+            });
+            for e in &vpn.endpoints {
+                out.push(Rule::new(
+                    vec![
+                        Match::Daddr(Cidr::host(e.address)),
+                        Match::Dport(l4(e.proto), vec![e.port]),
+                    ],
+                    Action::Accept,
+                ));
+            }
+            let tun = vec![Match::OifName(vpn.interfaces.clone())];
+            if !vpn.interfaces.is_empty() {
+                out.extend(dns_rules(&n.resolvers, &tun));
+            }
+            if n.allow_lan {
+                out.extend(lan_rules());
+            }
+            if !vpn.interfaces.is_empty() {
+                out.extend(n.allow.iter().map(|r| allow_rule(r, tun.clone())));
+            }
+        }
+        NetworkMode::ProxyRequired => {
+            for e in n.proxy.iter().flat_map(|p| &p.endpoints) {
+                out.push(Rule::new(
+                    vec![
+                        Match::Daddr(Cidr::host(e.address)),
+                        Match::Dport(l4(e.proto), vec![e.port]),
+                    ],
+                    Action::Accept,
+                ));
+            }
+            out.extend(dns_rules(&n.resolvers, &[]));
+            if n.allow_lan {
+                out.extend(lan_rules());
+            }
+            let exempt: Vec<u32> = n.proxy.iter().flat_map(|p| p.exempt_uids.clone()).collect();
+            if !exempt.is_empty() {
+                out.extend(
+                    n.allow
+                        .iter()
+                        .map(|r| allow_rule(r, vec![Match::SkUid(exempt.clone())])),
+                );
+            }
+        }
+        NetworkMode::TorOnly => {
+            if let Some(t) = &n.tor {
+                out.push(Rule::new(vec![Match::SkUid(vec![t.uid])], Action::Accept));
+                if n.allow_lan {
+                    out.extend(lan_rules());
+                }
+                let not_tor = || {
+                    vec![
+                        Match::Ipv4,
+                        Match::SkUidNot(t.uid),
+                        Match::OifNameNot(vec!["lo".into()]),
+                    ]
+                };
+                let mut dns = not_tor();
+                dns.push(Match::Dport(L4::Udp, vec![53]));
+                nat.push(Rule::new(dns, Action::Redirect(t.dns_port)));
+                let mut dns_tcp = not_tor();
+                dns_tcp.push(Match::Dport(L4::Tcp, vec![53]));
+                nat.push(Rule::new(dns_tcp, Action::Redirect(t.dns_port)));
+                let mut tcp = not_tor();
+                tcp.push(Match::L4Proto(vec!["tcp"]));
+                nat.push(Rule::new(tcp, Action::Redirect(t.trans_port)));
+            }
+        }
+    }
+    (out, nat)
+}
+
+/// Compile the effective policy into trustd's table.
+pub fn compile(e: &Effective) -> Ruleset {
+    let filter = |hook| {
+        Some(Base {
+            kind: "filter",
+            hook,
+            prio: 0,
+            policy: "drop",
+        })
+    };
+    let mut output = vec![
+        Rule::new(vec![Match::OifName(vec!["lo".into()])], Action::Accept),
+        Rule::new(vec![Match::CtState(vec!["invalid"])], Action::Drop),
+        Rule::new(
+            vec![Match::CtState(vec!["established", "related"])],
+            Action::Accept,
+        ),
+    ];
+    let mut input = vec![
+        Rule::new(vec![Match::IifName(vec!["lo".into()])], Action::Accept),
+        Rule::new(vec![Match::CtState(vec!["invalid"])], Action::Drop),
+        Rule::new(
+            vec![Match::CtState(vec!["established", "related"])],
+            Action::Accept,
+        ),
+    ];
+    if e.block_lan_discovery {
+        let d = Rule::new(
+            vec![Match::Dport(L4::Udp, LAN_DISCOVERY_PORTS.to_vec())],
+            Action::Drop,
+        )
+        .counted("lan_discovery_blocked");
+        output.push(d.clone());
+        input.push(d);
+    }
+    // Always allowed: DHCP and DHCPv6 clients, and the ICMPv6 that link setup needs.
+    output.push(Rule::new(
+        vec![
+            Match::Sport(L4::Udp, vec![68]),
+            Match::Dport(L4::Udp, vec![67]),
+        ],
+        Action::Accept,
+    ));
+    output.push(Rule::new(
+        vec![
+            Match::Sport(L4::Udp, vec![546]),
+            Match::Dport(L4::Udp, vec![547]),
+        ],
+        Action::Accept,
+    ));
+    output.push(Rule::new(
+        vec![Match::Icmpv6Type(vec![
+            "nd-router-solicit",
+            "nd-neighbor-solicit",
+            "nd-neighbor-advert",
+            "mld2-listener-report",
+        ])],
+        Action::Accept,
+    ));
+    input.push(Rule::new(
+        vec![
+            Match::Sport(L4::Udp, vec![67]),
+            Match::Dport(L4::Udp, vec![68]),
+        ],
+        Action::Accept,
+    ));
+    input.push(Rule::new(
+        vec![
+            Match::Sport(L4::Udp, vec![547]),
+            Match::Dport(L4::Udp, vec![546]),
+        ],
+        Action::Accept,
+    ));
+    input.push(Rule::new(
+        vec![Match::Icmpv6Type(vec![
+            "mld-listener-query",
+            "nd-router-advert",
+            "nd-neighbor-solicit",
+            "nd-neighbor-advert",
+        ])],
+        Action::Accept,
+    ));
+
+    let mut nat = Vec::new();
+    match &e.network {
+        NetworkPlan::Lockdown { bootstrap, .. } => {
+            output.extend(bootstrap.iter().map(|r| allow_rule(r, vec![])));
+        }
+        NetworkPlan::Enforce(n) => {
+            let (out, n_rules) = mode_rules(n);
+            output.extend(out);
+            nat = n_rules;
+            for r in &n.inbound {
+                let mut m = Vec::new();
+                if let Some(s) = r.source {
+                    m.push(Match::Saddr(s));
+                }
+                m.push(Match::Dport(l4(r.proto), r.ports.clone()));
+                input.push(Rule::new(m, Action::Accept));
+            }
+        }
+    }
+    output.push(Rule::new(vec![], Action::Drop).counted("blocked_out"));
+    input.push(Rule::new(vec![], Action::Drop).counted("blocked_in"));
+
+    let mut chains = vec![
+        Chain {
+            name: "input".into(),
+            base: filter("input"),
+            rules: input,
+        },
+        Chain {
+            name: "output".into(),
+            base: filter("output"),
+            rules: output,
+        },
+        Chain {
+            name: "forward".into(),
+            base: filter("forward"),
+            rules: vec![Rule::new(vec![], Action::Drop).counted("blocked_forward")],
+        },
+    ];
+    if !nat.is_empty() {
+        chains.push(Chain {
+            name: "nat_output".into(),
+            base: Some(Base {
+                kind: "nat",
+                hook: "output",
+                prio: -100,
+                policy: "accept",
+            }),
+            rules: nat,
+        });
+    }
+    let mut counters: Vec<String> = chains
+        .iter()
+        .flat_map(|c| c.rules.iter().filter_map(|r| r.counter.clone()))
+        .collect();
+    counters.sort();
+    counters.dedup();
+    Ruleset { counters, chains }
+}

@@ -1,0 +1,194 @@
+//! Ruleset -> nft JSON, and the digest that read-back compares.
+//!
+//! The JSON is written in the form `nft -j list` prints back (single values as scalars, no
+//! protocol match that a port match already implies), so that the digest of the compiled
+//! ruleset and the digest of the kernel's listing are computed over the same text.
+
+use serde_json::{Value, json};
+
+use super::TABLE;
+use super::model::{Action, L4, Match, Rule, Ruleset};
+use crate::bundle::sha256_hex;
+use crate::policy::Cidr;
+
+fn one_or_set<T: Into<Value> + Clone + Ord>(items: &[T]) -> Value {
+    let mut v: Vec<T> = items.to_vec();
+    v.sort();
+    v.dedup();
+    if v.len() == 1 {
+        v[0].clone().into()
+    } else {
+        json!({ "set": v.into_iter().map(Into::into).collect::<Vec<Value>>() })
+    }
+}
+
+fn addr(c: &Cidr) -> Value {
+    if c.is_host() {
+        json!(c.addr().to_string())
+    } else {
+        json!({"prefix": {"addr": c.addr().to_string(), "len": c.prefix()}})
+    }
+}
+
+fn m(op: &str, left: Value, right: Value) -> Value {
+    json!({"match": {"op": op, "left": left, "right": right}})
+}
+
+fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+
+fn payload(protocol: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": protocol, "field": field}})
+}
+
+fn l4name(p: L4) -> &'static str {
+    match p {
+        L4::Tcp => "tcp",
+        L4::Udp => "udp",
+        L4::Any => "th",
+    }
+}
+
+fn render_match(x: &Match) -> Value {
+    match x {
+        Match::OifName(n) => m("==", meta("oifname"), one_or_set(n)),
+        Match::OifNameNot(n) => m("!=", meta("oifname"), one_or_set(n)),
+        Match::IifName(n) => m("==", meta("iifname"), one_or_set(n)),
+        Match::CtState(s) if s.len() == 1 => m("in", json!({"ct": {"key": "state"}}), json!(s[0])),
+        Match::CtState(s) => m("in", json!({"ct": {"key": "state"}}), json!(s)),
+        Match::Daddr(c) => m(
+            "==",
+            payload(if c.addr().is_ipv4() { "ip" } else { "ip6" }, "daddr"),
+            addr(c),
+        ),
+        Match::Saddr(c) => m(
+            "==",
+            payload(if c.addr().is_ipv4() { "ip" } else { "ip6" }, "saddr"),
+            addr(c),
+        ),
+        Match::L4Proto(p) => m("==", meta("l4proto"), one_or_set(p)),
+        Match::Dport(p, ports) => m("==", payload(l4name(*p), "dport"), one_or_set(ports)),
+        Match::Sport(p, ports) => m("==", payload(l4name(*p), "sport"), one_or_set(ports)),
+        Match::SkUid(u) => m("==", meta("skuid"), one_or_set(u)),
+        Match::SkUidNot(u) => m("!=", meta("skuid"), json!(u)),
+        Match::SkGid(g) => m("==", meta("skgid"), one_or_set(g)),
+        // The kernel lists these by type number; the compiler gives them in that order.
+        Match::Icmpv6Type(t) if t.len() == 1 => m("==", payload("icmpv6", "type"), json!(t[0])),
+        Match::Icmpv6Type(t) => m("==", payload("icmpv6", "type"), json!({ "set": t })),
+        Match::Ipv4 => m("==", meta("nfproto"), json!("ipv4")),
+    }
+}
+
+fn render_expr(r: &Rule) -> Vec<Value> {
+    let mut expr: Vec<Value> = r.matches.iter().map(render_match).collect();
+    if let Some(c) = &r.counter {
+        expr.push(json!({"counter": c}));
+    }
+    expr.push(match r.action {
+        Action::Accept => json!({"accept": null}),
+        Action::Drop => json!({"drop": null}),
+        Action::Redirect(port) => json!({"redirect": {"port": port}}),
+    });
+    expr
+}
+
+/// The objects of the table (counters, chains, rules) in the shape `nft -j list` uses,
+/// without handles.
+fn objects(rs: &Ruleset) -> Vec<Value> {
+    let mut out = Vec::new();
+    for c in &rs.counters {
+        out.push(json!({"counter": {"family": "inet", "table": TABLE, "name": c}}));
+    }
+    for c in &rs.chains {
+        let mut chain = json!({"family": "inet", "table": TABLE, "name": c.name});
+        if let Some(b) = &c.base {
+            chain["type"] = json!(b.kind);
+            chain["hook"] = json!(b.hook);
+            chain["prio"] = json!(b.prio);
+            chain["policy"] = json!(b.policy);
+        }
+        out.push(json!({"chain": chain}));
+    }
+    for c in &rs.chains {
+        for r in &c.rules {
+            out.push(json!({"rule": {"family": "inet", "table": TABLE, "chain": c.name, "expr": render_expr(r)}}));
+        }
+    }
+    out
+}
+
+/// The nft JSON script that replaces trustd's table in one transaction: add (so that the
+/// delete cannot fail), delete, add, then the content. Either all of it is in force after
+/// `nft -f`, or none of it and the previous table stays.
+pub fn render(rs: &Ruleset) -> Value {
+    let table = json!({"table": {"family": "inet", "name": TABLE}});
+    let mut cmds = vec![
+        json!({"add": table.clone()}),
+        json!({"delete": table.clone()}),
+        json!({"add": table}),
+    ];
+    cmds.extend(objects(rs).into_iter().map(|o| json!({ "add": o })));
+    json!({ "nftables": cmds })
+}
+
+/// Reduce listing objects to what the digest covers: counters by name, chains with their
+/// hooks, rules with their expressions, in a fixed order; no handles, no counter values.
+fn canonical(objs: &[Value]) -> Vec<Value> {
+    let mut counters = Vec::new();
+    let mut chains = Vec::new();
+    let mut rules: Vec<(String, Value)> = Vec::new();
+    for o in objs {
+        if let Some(c) = o.get("counter") {
+            counters.push(json!({"counter": c.get("name")}));
+        } else if let Some(c) = o.get("chain") {
+            chains.push(json!({"chain": [c.get("name"), c.get("type"), c.get("hook"), c.get("prio"), c.get("policy")]}));
+        } else if let Some(r) = o.get("rule") {
+            let mut expr = r.get("expr").cloned().unwrap_or(Value::Null);
+            // A counter reference lists as the name; an anonymous counter carries values.
+            if let Some(items) = expr.as_array_mut() {
+                for e in items {
+                    if let Some(c) = e.get_mut("counter")
+                        && c.is_object()
+                    {
+                        *c = Value::Null;
+                    }
+                }
+            }
+            let chain = r
+                .get("chain")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            rules.push((chain.clone(), json!({"rule": [chain, expr]})));
+        }
+    }
+    counters.sort_by_key(|v| v.to_string());
+    chains.sort_by_key(|v| v.to_string());
+    // Rules keep their order within a chain; chains are taken in name order.
+    rules.sort_by(|a, b| a.0.cmp(&b.0));
+    counters
+        .into_iter()
+        .chain(chains)
+        .chain(rules.into_iter().map(|(_, v)| v))
+        .collect()
+}
+
+fn digest(objs: &[Value]) -> String {
+    sha256_hex(Value::Array(canonical(objs)).to_string().as_bytes())
+}
+
+/// Digest of a compiled ruleset.
+pub fn canonical_digest(rs: &Ruleset) -> String {
+    digest(&objects(rs))
+}
+
+/// Digest of `nft -j list table inet trustd` output.
+pub fn listing_digest(listing: &Value) -> String {
+    let objs: Vec<Value> = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    digest(&objs)
+}

@@ -1,0 +1,158 @@
+//! The compiled rulesets of every mode: snapshots of their nft JSON (reviewable diffs when
+//! the rules change), the apply/read-back logic against the recording fake, and, as root,
+//! each ruleset loaded into a real kernel in a fresh network namespace and read back to the
+//! same digest.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use trustd::netfilter::{
+    self, EnforceError, NftBackend, RecordingBackend, Ruleset, canonical_digest, compile, render,
+};
+use trustd::policy::{Effective, Overlay, Policy, effective};
+use trustd::state::Lifecycle;
+
+fn plan(mode: &str, privacy: bool, lifecycle: Lifecycle) -> Effective {
+    let p: Policy = serde_json::from_value(full_policy(mode, 1)).expect("policy");
+    p.validate().expect("valid");
+    let steps = BTreeSet::new();
+    effective(
+        Some(&p),
+        Overlay {
+            privacy,
+            completed_steps: &steps,
+            lifecycle,
+        },
+    )
+}
+
+fn all_rulesets() -> Vec<(&'static str, Ruleset)> {
+    let none = BTreeSet::new();
+    vec![
+        (
+            "direct",
+            compile(&plan("direct", false, Lifecycle::Enrolled)),
+        ),
+        (
+            "vpn-required",
+            compile(&plan("vpn-required", false, Lifecycle::Enrolled)),
+        ),
+        (
+            "proxy-required",
+            compile(&plan("proxy-required", false, Lifecycle::Enrolled)),
+        ),
+        (
+            "tor-only",
+            compile(&plan("tor-only", false, Lifecycle::Enrolled)),
+        ),
+        (
+            "privacy-direct-to-tor",
+            compile(&plan("direct", true, Lifecycle::Enrolled)),
+        ),
+        (
+            "lockdown-suspended",
+            compile(&plan("direct", false, Lifecycle::Suspended)),
+        ),
+        (
+            "lockdown-no-policy",
+            compile(&effective(
+                None,
+                Overlay {
+                    privacy: false,
+                    completed_steps: &none,
+                    lifecycle: Lifecycle::Unenrolled,
+                },
+            )),
+        ),
+    ]
+}
+
+#[test]
+fn rendered_rulesets_match_their_snapshots() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    for (name, rs) in all_rulesets() {
+        let text = serde_json::to_string_pretty(&render(&rs)).expect("json") + "\n";
+        let path = dir.join(format!("{name}.json"));
+        if update {
+            std::fs::write(&path, &text).expect("write snapshot");
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "{} missing: run with UPDATE_SNAPSHOTS=1 and review",
+                path.display()
+            )
+        });
+        assert!(
+            want == text,
+            "{name}: ruleset differs from {} (UPDATE_SNAPSHOTS=1 to accept)",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn every_mode_denies_by_default_in_and_out() {
+    for (name, rs) in all_rulesets() {
+        for hook in ["input", "output", "forward"] {
+            let c = rs.chains.iter().find(|c| c.name == hook).expect("chain");
+            assert_eq!(
+                c.base.as_ref().map(|b| b.policy),
+                Some("drop"),
+                "{name} {hook}"
+            );
+            let last = c.rules.last().expect("a rule");
+            assert!(
+                last.matches.is_empty() && last.action == netfilter::Action::Drop,
+                "{name} {hook} ends in a counted drop"
+            );
+        }
+    }
+}
+
+#[test]
+fn apply_reads_back_and_a_failed_apply_keeps_the_previous_ruleset() {
+    let rulesets = all_rulesets();
+    let (_, direct) = &rulesets[0];
+    let (_, tor) = &rulesets[3];
+    let mut fake = RecordingBackend::default();
+    let d = netfilter::apply(&mut fake, direct).expect("apply");
+    assert_eq!(d, canonical_digest(direct));
+
+    fake.fail_next = true;
+    let err = netfilter::apply(&mut fake, tor).expect_err("injected failure");
+    assert!(matches!(err, EnforceError::Apply(_)), "{err}");
+    assert_eq!(
+        netfilter::verify(&mut fake, direct).expect("still direct"),
+        d
+    );
+
+    // Someone deletes the table: read-back says so.
+    fake.set_table(None);
+    let err = netfilter::verify(&mut fake, direct).expect_err("drift");
+    assert_eq!(
+        err.to_string(),
+        format!("the kernel holds ruleset absent, not the compiled {d}")
+    );
+}
+
+#[test]
+fn each_ruleset_loads_into_the_kernel_and_reads_back_to_the_same_digest() {
+    if !can_run_privileged(&["ip", "nft"]) {
+        return;
+    }
+    let ns = Netns::new("readback");
+    let mut nft = NftBackend::in_netns(&ns.name);
+    for (name, rs) in all_rulesets() {
+        match netfilter::apply(&mut nft, &rs) {
+            Ok(d) => assert_eq!(d, canonical_digest(&rs), "{name}"),
+            Err(e) => {
+                let listing = ns.sh("nft -j list table inet trustd");
+                panic!("{name}: {e}\nkernel: {listing}\ncompiled: {}", render(&rs));
+            }
+        }
+    }
+}
