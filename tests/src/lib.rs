@@ -57,3 +57,5 @@ pub fn trustctl(cwd: &std::path::Path, args: &[&str]) -> Run {
         .expect("run trustctl")
         .into()
 }
+
+pub mod lab;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use trustd::Paths;
 use trustd::audit::Actor;
 use trustd::daemon::Device;
+use trustd::netfilter::NftBackend;
 
 #[derive(Parser, Debug)]
 #[command(name = "trustd", version, about = "The trust agent of Enigm OS")]
@@ -25,6 +26,15 @@ struct Cli {
 enum Cmd {
     /// Load the trust root, the state and the audit log; report what was found.
     Check,
+    /// Put the last-good policy (or lockdown) into the kernel, confirm it, and exit: what
+    /// the early-boot unit runs. Exit 0: the policy is in force; 1: lockdown is in force
+    /// instead; 3: nothing could be applied (the ruleset already there, e.g. the static
+    /// lockdown, stays).
+    Apply {
+        /// The nft binary.
+        #[arg(long, default_value = "nft")]
+        nft: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +69,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (next, head) = dev.audit().head();
             println!("audit: {next} records, head {head}");
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Apply { nft } => {
+            let mut dev = Device::open(&paths, Actor::this_process())?;
+            let mut backend = NftBackend::new(nft);
+            let e = dev.enforce(&mut backend, Actor::this_process())?;
+            match &e.fallback {
+                None => {
+                    println!("enforcing {} (ruleset {})", e.mode, e.digest);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(why) => {
+                    println!("enforcing lockdown (ruleset {}): {why}", e.digest);
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
     }
 }

@@ -5,6 +5,8 @@ use crate::audit::{Actor, AuditError, AuditLog, Entry, Options, Outcome};
 use crate::bundle::{
     Payload, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation,
 };
+use crate::netfilter::{self, Backend, EnforceError, canonical_digest, compile};
+use crate::policy::{Effective, LockdownReason, NetworkPlan, Overlay, effective};
 use crate::policy::{IntelFeed, Policy};
 use crate::state::store::StateLock;
 use crate::state::{Condition, DeviceState, Loaded, StateError, StateStore, load_trust_root};
@@ -22,6 +24,27 @@ pub enum DeviceError {
     /// The audit log failed: nothing is changed without a record.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// No ruleset could be put in the kernel; the one already there stays.
+    #[error(transparent)]
+    Enforce(#[from] EnforceError),
+}
+
+/// What `enforce` put in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enforced {
+    /// `lockdown` or the policy mode.
+    pub mode: &'static str,
+    /// Digest of the ruleset, as read back.
+    pub digest: String,
+    /// Set when the effective policy could not be applied and lockdown was put in place.
+    pub fallback: Option<String>,
+}
+
+fn lockdown_reason(e: &Effective) -> String {
+    match &e.network {
+        NetworkPlan::Lockdown { reason, .. } => format!("lockdown: {reason}"),
+        NetworkPlan::Enforce(_) => format!("policy mode {}", e.mode_name()),
+    }
 }
 
 /// What an accepted input changed.
@@ -48,6 +71,7 @@ pub struct Device {
     intel: Option<Verified<IntelFeed>>,
     condition: Condition,
     notes: Vec<String>,
+    enforced: Option<String>,
     _lock: StateLock,
 }
 
@@ -96,6 +120,7 @@ impl Device {
             intel,
             condition,
             notes,
+            enforced: None,
             _lock: lock,
         })
     }
@@ -133,6 +158,93 @@ impl Device {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The effective policy of the state in force.
+    pub fn effective(&self) -> Effective {
+        effective(
+            self.policy.as_ref().map(Verified::payload),
+            Overlay {
+                privacy: self.state.privacy_mode,
+                completed_steps: &self.state.completed_steps,
+                lifecycle: self.state.lifecycle,
+            },
+        )
+    }
+
+    /// Put the effective policy into the kernel and confirm it by read-back. If that fails,
+    /// put lockdown (with the bootstrap allowlist) in place instead; if even that fails, the
+    /// ruleset already in the kernel stays: nothing here removes enforcement. Every outcome is
+    /// audited.
+    pub fn enforce(
+        &mut self,
+        backend: &mut dyn Backend,
+        actor: Actor,
+    ) -> Result<Enforced, DeviceError> {
+        let eff = self.effective();
+        let rs = compile(&eff);
+        let mode = eff.mode_name();
+        match netfilter::apply(backend, &rs) {
+            Ok(digest) => {
+                self.audit.append(
+                    Entry::new("network.apply", Outcome::Ok, actor)
+                        .transition(
+                            self.enforced.clone().unwrap_or_else(|| "unknown".into()),
+                            mode,
+                        )
+                        .reason(lockdown_reason(&eff))
+                        .digest("ruleset", digest.clone()),
+                )?;
+                self.enforced = Some(mode.to_owned());
+                Ok(Enforced {
+                    mode,
+                    digest,
+                    fallback: None,
+                })
+            }
+            Err(e) => {
+                self.audit.append(
+                    Entry::new("network.apply", Outcome::Error, actor.clone())
+                        .reason(format!("{mode} not in force: {e}"))
+                        .digest("ruleset", canonical_digest(&rs)),
+                )?;
+                let lock = compile(&Effective {
+                    network: NetworkPlan::Lockdown {
+                        reason: LockdownReason::StateUnknown,
+                        bootstrap: self
+                            .policy
+                            .as_ref()
+                            .map(|p| p.payload().setup.bootstrap_allow.clone())
+                            .unwrap_or_default(),
+                    },
+                    block_lan_discovery: true,
+                    pending_steps: eff.pending_steps.clone(),
+                });
+                match netfilter::apply(backend, &lock) {
+                    Ok(digest) => {
+                        self.audit.append(
+                            Entry::new("network.apply", Outcome::Ok, actor)
+                                .transition(mode, "lockdown")
+                                .reason(format!("fell back to lockdown: {e}"))
+                                .digest("ruleset", digest.clone()),
+                        )?;
+                        self.enforced = Some("lockdown".into());
+                        Ok(Enforced {
+                            mode: "lockdown",
+                            digest,
+                            fallback: Some(e.to_string()),
+                        })
+                    }
+                    Err(e2) => {
+                        self.audit.append(
+                            Entry::new("network.apply", Outcome::Error, actor)
+                                .reason(format!("lockdown not in force either: {e2}; the ruleset in the kernel stays")),
+                        )?;
+                        Err(DeviceError::Enforce(e2))
+                    }
+                }
+            }
+        }
     }
 
     /// Verify and install a policy bundle.

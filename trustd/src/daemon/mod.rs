@@ -7,4 +7,4 @@
 
 mod device;
 
-pub use device::{Applied, Device, DeviceError};
+pub use device::{Applied, Device, DeviceError, Enforced};

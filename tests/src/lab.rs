@@ -1,0 +1,409 @@
+//! A two-namespace lab for real packets: a device namespace running trustd, connected by a
+//! veth pair to a peer namespace with listeners and packet counters. Both namespaces are
+//! created by the test and deleted when the lab is dropped; nothing touches the host's
+//! firewall or interfaces.
+//!
+//! ```text
+//!  device ns                               peer ns
+//!  dev0 10.99.0.1/24  <-- veth -->  peer0 10.99.0.2/24, 10.99.0.3/24
+//!  wg0  10.98.0.1/30  <-- veth -->  wgp   10.98.0.2/30   ("tunnel", optional)
+//!                                   lo    10.97.0.1/32   ("internet" behind the tunnel)
+//! ```
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+use trustd::bundle::{
+    PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot, generate_key, key_id, sign_envelope,
+};
+use trustd::timefmt::Timestamp;
+
+use crate::bin;
+
+/// Whether a test needing root and these tools can run here; under CI=true, it must.
+pub fn can_run(tools: &[&str]) -> bool {
+    let root = trustd::sys::uid() == 0;
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if root && missing.is_empty() {
+        return true;
+    }
+    let why = if root {
+        format!("missing {missing:?}")
+    } else {
+        "not root".to_owned()
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but this test cannot run: {why}"
+    );
+    eprintln!("skipped: {why}");
+    false
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+fn must(cmd: &str, args: &[&str]) -> String {
+    let o = run(cmd, args);
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Packets the peer counts (`ip saddr 10.99.0.1` arriving on the physical link unless said).
+pub const COUNTED: [(&str, &str); 5] = [
+    ("tcp80", "iifname \"peer0\" ip daddr 10.99.0.2 tcp dport 80"),
+    (
+        "other443",
+        "iifname \"peer0\" ip daddr 10.99.0.3 tcp dport 443",
+    ),
+    (
+        "otherdns",
+        "iifname \"peer0\" ip daddr 10.99.0.3 udp dport 53",
+    ),
+    (
+        "udp9999",
+        "iifname \"peer0\" ip daddr 10.99.0.2 udp dport 9999",
+    ),
+    ("inet_phys", "iifname \"peer0\" ip daddr 10.97.0.1"),
+];
+
+/// The lab. Dropping it kills the listeners and deletes both namespaces.
+#[derive(Debug)]
+pub struct Lab {
+    /// Device namespace name.
+    pub dev: String,
+    /// Peer namespace name.
+    pub peer: String,
+    /// The device's root prefix.
+    pub prefix: tempfile::TempDir,
+    policy_keys: Vec<SigningKey>,
+    serial: u64,
+    server: Option<Child>,
+}
+
+impl Lab {
+    /// Build the lab (with the tunnel link if `tunnel`).
+    pub fn new(tag: &str, tunnel: bool) -> Self {
+        let id = std::process::id();
+        let dev = format!("tdev{id}{tag}");
+        let peer = format!("tpeer{id}{tag}");
+        for ns in [&dev, &peer] {
+            let _ = run("ip", &["netns", "del", ns]);
+            must("ip", &["netns", "add", ns]);
+        }
+        let lab = Self {
+            dev,
+            peer,
+            prefix: tempfile::tempdir().expect("tempdir"),
+            policy_keys: (0..2).map(|_| generate_key().expect("key")).collect(),
+            serial: 0,
+            server: None,
+        };
+        let (d, p) = (lab.dev.clone(), lab.peer.clone());
+        must(
+            "ip",
+            &[
+                "-n", &d, "link", "add", "dev0", "type", "veth", "peer", "name", "peer0", "netns",
+                &p,
+            ],
+        );
+        lab.sh(
+            &d,
+            "ip link set lo up && ip link set dev0 up && ip addr add 10.99.0.1/24 dev dev0",
+        );
+        lab.sh(&p, "ip link set lo up && ip link set peer0 up && ip addr add 10.99.0.2/24 dev peer0 && ip addr add 10.99.0.3/24 dev peer0 && ip addr add 10.97.0.1/32 dev lo");
+        lab.sh(&d, "ip route add default via 10.99.0.2 dev dev0 metric 100");
+        if tunnel {
+            must(
+                "ip",
+                &[
+                    "-n", &d, "link", "add", "wg0", "type", "veth", "peer", "name", "wgp", "netns",
+                    &p,
+                ],
+            );
+            lab.sh(&d, "ip link set wg0 up && ip addr add 10.98.0.1/30 dev wg0 && ip route add 10.97.0.1/32 via 10.98.0.2 dev wg0 metric 10");
+            lab.sh(&p, "ip link set wgp up && ip addr add 10.98.0.2/30 dev wgp");
+        }
+        // The peer counts what reaches it, before anything else sees the packet.
+        let mut rules = String::from(
+            "add table inet count\nadd chain inet count in { type filter hook input priority -300; }\n",
+        );
+        for (name, m) in COUNTED {
+            rules.push_str(&format!("add counter inet count {name}\nadd rule inet count in ip saddr 10.99.0.1 {m} counter name {name}\n"));
+        }
+        rules.push_str("add counter inet count inet_tunnel\nadd rule inet count in iifname \"wgp\" ip daddr 10.97.0.1 counter name inet_tunnel\n");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &p, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("write");
+        assert!(child.wait().expect("nft").success(), "peer counters");
+
+        let mut lab = lab;
+        let listeners = [
+            "0.0.0.0:443/tcp",
+            "0.0.0.0:80/tcp",
+            "0.0.0.0:8080/tcp",
+            "0.0.0.0:8443/tcp",
+            "0.0.0.0:3128/tcp",
+            "0.0.0.0:53/udp",
+            "0.0.0.0:51820/udp",
+            "0.0.0.0:9999/udp",
+        ];
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &p])
+            .arg(bin("netprobe"))
+            .arg("serve")
+            .args(listeners)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("netprobe serve");
+        let mut ready = [0u8; 6];
+        use std::io::Read;
+        server
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_exact(&mut ready)
+            .expect("ready");
+        lab.server = Some(server);
+        lab.provision();
+        lab
+    }
+
+    fn sh(&self, ns: &str, cmd: &str) -> String {
+        must("ip", &["netns", "exec", ns, "sh", "-c", cmd])
+    }
+
+    /// Run a shell command in the device namespace.
+    pub fn dev_sh(&self, cmd: &str) -> String {
+        self.sh(&self.dev, cmd)
+    }
+
+    fn paths(&self) -> trustd::Paths {
+        trustd::Paths::new(self.prefix.path())
+    }
+
+    fn provision(&self) {
+        let mut keys = std::collections::BTreeMap::new();
+        let mut role = |ks: &[&SigningKey], threshold| {
+            let mut ids = Vec::new();
+            for k in ks {
+                let f = PublicKeyFile::new(&k.verifying_key());
+                keys.insert(
+                    f.keyid.clone(),
+                    TrustKey {
+                        alg: f.alg,
+                        public: f.public,
+                    },
+                );
+                ids.push(key_id(&k.verifying_key()));
+            }
+            RoleKeys {
+                keyids: ids,
+                threshold,
+            }
+        };
+        let pk: Vec<&SigningKey> = self.policy_keys.iter().collect();
+        let roles = Roles {
+            root: role(&pk[..1], 1),
+            policy: role(&pk, 2),
+            intel: role(&pk[..1], 1),
+            command: role(&pk[..1], 1),
+        };
+        let now = Timestamp::now();
+        let root = TrustRoot {
+            schema: "enigm.trust-root/v1".into(),
+            serial: 1,
+            issued_at: now.plus_secs(-3600),
+            expires_at: now.plus_secs(365 * 86400),
+            keys,
+            roles,
+        };
+        let p = self.paths();
+        std::fs::create_dir_all(p.config_dir()).expect("mkdir");
+        std::fs::write(
+            p.provisioned_trust_root(),
+            serde_json::to_vec(&root).expect("json"),
+        )
+        .expect("root");
+    }
+
+    /// Sign `policy` (its serial replaced by the next one) and write it to a file.
+    pub fn sign(&mut self, mut policy: Value) -> PathBuf {
+        self.serial += 1;
+        policy["serial"] = json!(self.serial);
+        let env = sign_envelope(
+            "application/vnd.enigm.policy+json",
+            &serde_json::to_vec(&policy).expect("json"),
+            &self.policy_keys,
+        );
+        let path = self
+            .prefix
+            .path()
+            .join(format!("bundle-{}.dsse.json", self.serial));
+        std::fs::write(&path, serde_json::to_vec(&env).expect("json")).expect("write");
+        path
+    }
+
+    /// `trustctl load` the signed file (offline, as the daemon is not running).
+    pub fn load(&self, bundle: &std::path::Path) {
+        let o = Command::new(bin("trustctl"))
+            .args(["load", "--prefix"])
+            .arg(self.prefix.path())
+            .arg(bundle)
+            .output()
+            .expect("trustctl");
+        assert!(
+            o.status.success(),
+            "load: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Command line of `trustd apply` inside the device namespace.
+    pub fn apply_cmd(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.dev])
+            .arg(bin("trustd"))
+            .arg("--prefix")
+            .arg(self.prefix.path())
+            .arg("apply");
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    }
+
+    /// Run `trustd apply`; returns its stdout, panics if it did not exit 0.
+    pub fn apply(&self) -> String {
+        let o = self.apply_cmd().output().expect("trustd apply");
+        assert!(
+            o.status.success(),
+            "trustd apply exited {:?}: {}{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Sign, load and apply a policy.
+    pub fn enforce(&mut self, policy: Value) -> String {
+        let f = self.sign(policy);
+        self.load(&f);
+        self.apply()
+    }
+
+    /// Try `target` (`ADDR:PORT/proto`) from the device, as root or as (uid, gid).
+    pub fn probe(&self, target: &str, as_user: Option<(u32, u32)>) -> bool {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.dev]);
+        if let Some((u, g)) = as_user {
+            c.arg("setpriv")
+                .arg(format!("--reuid={u}"))
+                .arg(format!("--regid={g}"))
+                .arg("--clear-groups");
+        }
+        c.arg(bin("netprobe")).args(["connect", target, "300"]);
+        c.status().expect("netprobe").success()
+    }
+
+    /// Start probing `targets` continuously from the device for `ms` milliseconds.
+    pub fn spray(&self, ms: u64, targets: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.dev])
+            .arg(bin("netprobe"))
+            .arg("spray")
+            .arg(ms.to_string())
+            .args(targets)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spray")
+    }
+
+    /// Packets the peer counted under `name` (see [`COUNTED`]).
+    pub fn counted(&self, name: &str) -> u64 {
+        let out = self.sh(
+            &self.peer,
+            &format!("nft -j list counter inet count {name}"),
+        );
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|o| {
+                o.get("counter")
+                    .and_then(|c| c.get("packets"))
+                    .and_then(Value::as_u64)
+            })
+            .expect("counter")
+    }
+
+    /// Every counter of packets that must never arrive, summed.
+    pub fn leaked(&self) -> u64 {
+        COUNTED.iter().map(|(n, _)| self.counted(n)).sum()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        for ns in [&self.dev, &self.peer] {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+    }
+}
+
+/// A policy for the lab in `mode` (serial set when signed).
+pub fn lab_policy(mode: &str) -> Value {
+    json!({
+        "schema": "enigm.policy/v1",
+        "serial": 0,
+        "issued_at": "2026-01-01T00:00:00Z",
+        "expires_at": "2036-01-01T00:00:00Z",
+        "network": {
+            "mode": mode,
+            "vpn": {"interfaces": ["wg0"], "endpoints": [{"address": "10.99.0.2", "proto": "udp", "port": 51820}]},
+            "proxy": {"endpoints": [{"address": "10.99.0.2", "proto": "tcp", "port": 3128}], "exempt_uids": [1234]},
+            "tor": {"uid": 1235, "trans_port": 9040, "dns_port": 9053},
+            "allow": [
+                {"dest": "10.99.0.2", "proto": "tcp", "ports": [443]},
+                {"dest": "10.99.0.2", "proto": "tcp", "ports": [8080], "uids": [1000]},
+                {"dest": "10.97.0.1", "proto": "tcp", "ports": [443]}
+            ],
+            "dns": {"resolvers": ["10.99.0.2"]},
+            "inbound": []
+        },
+        "setup": {"required_steps": [], "bootstrap_allow": [{"dest": "10.99.0.2", "proto": "tcp", "ports": [8443]}]}
+    })
+}
