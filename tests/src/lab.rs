@@ -176,6 +176,7 @@ impl Lab {
             "0.0.0.0:53/udp",
             "0.0.0.0:51820/udp",
             "0.0.0.0:9999/udp",
+            "0.0.0.0:5353/udp",
         ];
         let mut server = Command::new("ip")
             .args(["netns", "exec", &p])
@@ -207,7 +208,8 @@ impl Lab {
         self.sh(&self.dev, cmd)
     }
 
-    fn paths(&self) -> trustd::Paths {
+    /// The device's paths.
+    pub fn paths(&self) -> trustd::Paths {
         trustd::Paths::new(self.prefix.path())
     }
 
@@ -399,11 +401,13 @@ pub fn lab_policy(mode: &str) -> Value {
             "allow": [
                 {"dest": "10.99.0.2", "proto": "tcp", "ports": [443]},
                 {"dest": "10.99.0.2", "proto": "tcp", "ports": [8080], "uids": [1000]},
-                {"dest": "10.97.0.1", "proto": "tcp", "ports": [443]}
+                {"dest": "10.97.0.1", "proto": "tcp", "ports": [443]},
+                {"dest": "10.99.0.2", "proto": "udp", "ports": [5353]}
             ],
             "dns": {"resolvers": ["10.99.0.2"]},
             "inbound": []
         },
+        "privacy": {"network_mode": "tor-only", "block_lan_discovery": true},
         "setup": {"required_steps": [], "bootstrap_allow": [{"dest": "10.99.0.2", "proto": "tcp", "ports": [8443]}]}
     })
 }

@@ -253,3 +253,132 @@ fn the_leak_counters_do_count_when_the_rules_allow_it() {
         );
     }
 }
+
+#[test]
+fn privacy_toggles_switch_modes_without_a_leak_and_block_lan_discovery() {
+    use trustd::audit::Actor;
+    use trustd::daemon::Device;
+    use trustd::netfilter::NftBackend;
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new("p", false);
+    let b = lab.sign(lab_policy("direct"));
+    lab.load(&b);
+    let mut dev = Device::open(&lab.paths(), Actor::this_process()).expect("device");
+    let mut nft = NftBackend::in_netns(&lab.dev);
+    assert_eq!(
+        dev.enforce(&mut nft, Actor::this_process())
+            .expect("enforce")
+            .mode,
+        "direct"
+    );
+    assert!(
+        lab.probe("10.99.0.2:5353/udp", None),
+        "mDNS port allowed by policy while privacy is off"
+    );
+
+    dev.set_privacy(true, Actor::this_process())
+        .expect("privacy on");
+    assert_eq!(
+        dev.enforce(&mut nft, Actor::this_process())
+            .expect("enforce")
+            .mode,
+        "tor-only"
+    );
+    assert!(
+        !lab.probe("10.99.0.2:5353/udp", Some((1235, 1235))),
+        "LAN discovery blocked in privacy mode, even for Tor"
+    );
+
+    let mut spray = lab.spray(600_000, &FORBIDDEN);
+    for i in 0..50 {
+        dev.set_privacy(i % 2 == 0, Actor::this_process())
+            .expect("toggle");
+        dev.enforce(&mut nft, Actor::this_process())
+            .expect("enforce");
+    }
+    let _ = spray.kill();
+    let _ = spray.wait();
+    assert_eq!(
+        lab.leaked(),
+        0,
+        "packets reached forbidden listeners across 50 privacy toggles"
+    );
+    drop(dev);
+    // Privacy persisted: a restart enforces what was last set (off after 50 toggles ending on odd).
+    let out = lab.apply();
+    assert!(out.starts_with("enforcing direct"), "{out}");
+}
+
+#[test]
+fn removed_or_edited_rules_are_put_back_within_2s_and_sigterm_leaves_them() {
+    use std::time::{Duration, Instant};
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new("d", false);
+    let b = lab.sign(lab_policy("direct"));
+    lab.load(&b);
+    let mut daemon = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.dev])
+        .arg(tests::bin("trustd"))
+        .arg("--prefix")
+        .arg(lab.prefix.path())
+        .args(["run", "--check-interval-ms", "500"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("trustd run");
+    let has_table = |lab: &Lab| lab.dev_sh("nft list tables").contains("inet trustd");
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{what} not within 2 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        start.elapsed()
+    };
+    wait_for("first enforcement", &|| {
+        has_table(&lab) && lab.probe("10.99.0.2:443/tcp", None)
+    });
+
+    lab.dev_sh("nft delete table inet trustd");
+    let t = wait_for("table restored", &|| has_table(&lab));
+    eprintln!("deleted table restored after {t:?}");
+    assert!(
+        !lab.probe("10.99.0.2:80/tcp", None),
+        "restored table blocks again"
+    );
+
+    // An edit that opens everything: flush the output chain's rules and set its policy accept.
+    lab.dev_sh("nft flush chain inet trustd output && nft add rule inet trustd output accept");
+    let t = wait_for("edited chain restored", &|| {
+        !lab.probe("10.99.0.2:80/tcp", None)
+    });
+    eprintln!("edited chain restored after {t:?}");
+
+    // SIGTERM: trustd stops, the rules stay.
+    let pid = daemon.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = daemon.wait().expect("wait");
+    assert!(status.success(), "trustd exits 0 on SIGTERM: {status:?}");
+    assert!(
+        has_table(&lab),
+        "stopping trustd leaves enforcement in place"
+    );
+    assert!(!lab.probe("10.99.0.2:80/tcp", None));
+
+    let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
+    let drifts = records.iter().filter(|r| r.kind == "network.drift").count();
+    assert!(drifts >= 2, "each drift is audited ({drifts})");
+    assert_eq!(records.last().map(|r| r.kind.as_str()), Some("trustd.stop"));
+}

@@ -35,10 +35,26 @@ enum Cmd {
         #[arg(long, default_value = "nft")]
         nft: PathBuf,
     },
+    /// Enforce, then keep enforcing: every interval, check that the kernel still holds the
+    /// ruleset and put it back (audited) if not. SIGTERM stops without removing anything;
+    /// SIGHUP reloads the state and re-enforces.
+    Run {
+        /// The nft binary.
+        #[arg(long, default_value = "nft")]
+        nft: PathBuf,
+        /// How often to check for drift, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        check_interval_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
     trustd::logging::init("trustd", tracing::Level::INFO);
+    // Before any thread exists, so that every thread inherits the mask.
+    if let Err(e) = trustd::sys::block_signals() {
+        eprintln!("trustd: blocking signals: {e}");
+        return ExitCode::from(3);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(c) => c,
@@ -82,6 +98,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(why) => {
                     println!("enforcing lockdown (ruleset {}): {why}", e.digest);
                     Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Cmd::Run {
+            nft,
+            check_interval_ms,
+        } => run_daemon(&paths, NftBackend::new(nft), check_interval_ms),
+    }
+}
+
+fn run_daemon(paths: &Paths, mut backend: NftBackend, interval_ms: u64) -> Result<ExitCode> {
+    let me = Actor::this_process;
+    let mut dev = Device::open(paths, me())?;
+    let e = dev.enforce(&mut backend, me())?;
+    tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
+    let interval = std::time::Duration::from_millis(interval_ms.max(50));
+    loop {
+        match trustd::sys::wait_signal(interval) {
+            Some(trustd::sys::Signal::Stop) => {
+                dev.audit().append(
+                    trustd::audit::Entry::new("trustd.stop", trustd::audit::Outcome::Ok, me())
+                        .reason("stopped by signal; enforcement stays in the kernel"),
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(trustd::sys::Signal::Reload) => {
+                drop(dev);
+                dev = Device::open(paths, me())?;
+                dev.enforce(&mut backend, me())?;
+            }
+            None => {
+                if let Some(drift) = dev.check_drift(&mut backend, me())? {
+                    tracing::warn!("enforcement drift repaired: {drift}");
                 }
             }
         }

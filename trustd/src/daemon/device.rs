@@ -5,7 +5,7 @@ use crate::audit::{Actor, AuditError, AuditLog, Entry, Options, Outcome};
 use crate::bundle::{
     Payload, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation,
 };
-use crate::netfilter::{self, Backend, EnforceError, canonical_digest, compile};
+use crate::netfilter::{self, Backend, EnforceError, Ruleset, canonical_digest, compile};
 use crate::policy::{Effective, LockdownReason, NetworkPlan, Overlay, effective};
 use crate::policy::{IntelFeed, Policy};
 use crate::state::store::StateLock;
@@ -72,6 +72,7 @@ pub struct Device {
     condition: Condition,
     notes: Vec<String>,
     enforced: Option<String>,
+    enforced_rs: Option<Ruleset>,
     _lock: StateLock,
 }
 
@@ -121,6 +122,7 @@ impl Device {
             condition,
             notes,
             enforced: None,
+            enforced_rs: None,
             _lock: lock,
         })
     }
@@ -196,6 +198,7 @@ impl Device {
                         .digest("ruleset", digest.clone()),
                 )?;
                 self.enforced = Some(mode.to_owned());
+                self.enforced_rs = Some(rs);
                 Ok(Enforced {
                     mode,
                     digest,
@@ -229,6 +232,7 @@ impl Device {
                                 .digest("ruleset", digest.clone()),
                         )?;
                         self.enforced = Some("lockdown".into());
+                        self.enforced_rs = Some(lock);
                         Ok(Enforced {
                             mode: "lockdown",
                             digest,
@@ -245,6 +249,52 @@ impl Device {
                 }
             }
         }
+    }
+
+    /// Check that the kernel still holds the ruleset last enforced; if someone removed or
+    /// edited it, audit the drift and put it back. Returns the drift found, if any.
+    pub fn check_drift(
+        &mut self,
+        backend: &mut dyn Backend,
+        actor: Actor,
+    ) -> Result<Option<String>, DeviceError> {
+        let Some(rs) = &self.enforced_rs else {
+            return Ok(None);
+        };
+        match netfilter::verify(backend, rs) {
+            Ok(_) => Ok(None),
+            Err(e) => {
+                let what = e.to_string();
+                self.audit.append(
+                    Entry::new("network.drift", Outcome::Error, actor.clone())
+                        .reason(format!("{what}; restoring"))
+                        .digest("ruleset", canonical_digest(rs)),
+                )?;
+                self.enforce(backend, actor)?;
+                Ok(Some(what))
+            }
+        }
+    }
+
+    /// Turn privacy mode on or off (who may is the caller's decision), persisted and audited.
+    /// The network follows on the next [`Self::enforce`].
+    pub fn set_privacy(&mut self, on: bool, actor: Actor) -> Result<(), DeviceError> {
+        let name = |b: bool| if b { "on" } else { "off" };
+        let from = self.state.privacy_mode;
+        self.audit.append(
+            Entry::new("privacy.set", Outcome::Ok, actor.clone()).transition(name(from), name(on)),
+        )?;
+        let mut next = self.state.clone();
+        next.privacy_mode = on;
+        if let Err(e) = self.store.save(&next) {
+            self.audit.append(
+                Entry::new("privacy.set", Outcome::Error, actor)
+                    .reason(format!("not saved: {e}; privacy stays {}", name(from))),
+            )?;
+            return Err(e.into());
+        }
+        self.state = next;
+        Ok(())
     }
 
     /// Verify and install a policy bundle.

@@ -36,3 +36,55 @@ pub fn uid() -> u32 {
 pub fn pid() -> u32 {
     std::process::id()
 }
+
+/// Signals the daemon handles synchronously: TERM and INT stop it (enforcement stays),
+/// HUP reloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+/// Block SIGTERM, SIGINT and SIGHUP in this thread (call before starting other threads, so
+/// that they inherit the mask) so that [`wait_signal`] receives them.
+pub fn block_signals() -> std::io::Result<()> {
+    let set = daemon_sigset();
+    // SAFETY: `set` is an initialized sigset_t; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+fn daemon_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t for each call.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+    }
+    set
+}
+
+/// Wait up to `timeout` for a blocked signal; `None` on timeout.
+pub fn wait_signal(timeout: std::time::Duration) -> Option<Signal> {
+    let set = daemon_sigset();
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::try_from(timeout.subsec_nanos()).unwrap_or(0),
+    };
+    // SAFETY: `set` and `ts` are valid for the call; a null siginfo pointer is allowed.
+    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    match sig {
+        libc::SIGTERM | libc::SIGINT => Some(Signal::Stop),
+        libc::SIGHUP => Some(Signal::Reload),
+        _ => None,
+    }
+}
