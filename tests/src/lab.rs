@@ -258,6 +258,23 @@ impl Lab {
         .expect("root");
     }
 
+    /// Sign an intel feed (serial replaced by the next one) with the intel key.
+    pub fn sign_intel(&mut self, mut feed: Value) -> PathBuf {
+        self.serial += 1;
+        feed["serial"] = json!(self.serial);
+        let env = sign_envelope(
+            "application/vnd.enigm.intel+json",
+            &serde_json::to_vec(&feed).expect("json"),
+            &self.policy_keys[..1],
+        );
+        let path = self
+            .prefix
+            .path()
+            .join(format!("intel-{}.dsse.json", self.serial));
+        std::fs::write(&path, serde_json::to_vec(&env).expect("json")).expect("write");
+        path
+    }
+
     /// Sign `policy` (its serial replaced by the next one) and write it to a file.
     pub fn sign(&mut self, mut policy: Value) -> PathBuf {
         self.serial += 1;
@@ -312,6 +329,7 @@ impl Lab {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
+        eprint!("{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 

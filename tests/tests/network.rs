@@ -382,3 +382,79 @@ fn removed_or_edited_rules_are_put_back_within_2s_and_sigterm_leaves_them() {
     assert!(drifts >= 2, "each drift is audited ({drifts})");
     assert_eq!(records.last().map(|r| r.kind.as_str()), Some("trustd.stop"));
 }
+
+fn intel_feed(entries: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "schema": "enigm.intel/v1", "serial": 0,
+        "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
+        "categories": {"malware": entries, "trackers": ["10.96.0.0/16"]}
+    })
+}
+
+#[test]
+fn intel_blocklists_drop_listed_addresses_over_the_policy_and_count_by_category() {
+    use trustd::audit::Actor;
+    use trustd::daemon::Device;
+    use trustd::netfilter::NftBackend;
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new("i", false);
+    let mut p = lab_policy("direct");
+    p["network"]["allow"] =
+        serde_json::json!([{"dest": "10.99.0.0/24", "proto": "tcp", "ports": [443, 80]}]);
+    lab.enforce(p);
+    assert!(lab.probe("10.99.0.3:443/tcp", None) && lab.probe("10.99.0.2:443/tcp", None));
+
+    // The policy allows .3, the blocklist wins.
+    let f = lab.sign_intel(intel_feed(&["10.99.0.3", "192.0.2.0/24"]));
+    lab.load(&f);
+    let out = lab.apply();
+    assert!(out.contains("blocklists: 3 entries"), "{out}");
+    assert!(
+        !lab.probe("10.99.0.3:443/tcp", None),
+        "a blocklisted address is dropped"
+    );
+    assert!(lab.probe("10.99.0.2:443/tcp", None), "others still pass");
+    let counters = lab.dev_sh("nft list counters table inet trustd_intel");
+    assert!(
+        counters.contains("counter intel_0") && !counters.contains("intel_0 {\n\t\tpackets 0"),
+        "{counters}"
+    );
+
+    // An update that only adds an address: applied as element additions, no table replace.
+    let mut dev = Device::open(&lab.paths(), Actor::this_process()).expect("device");
+    let mut nft = NftBackend::in_netns(&lab.dev);
+    dev.enforce(&mut nft, Actor::this_process())
+        .expect("enforce");
+    dev.enforce_intel(&mut nft, Actor::this_process())
+        .expect("intel");
+    let f = lab.sign_intel(intel_feed(&["10.99.0.3", "10.99.0.2", "192.0.2.0/24"]));
+    dev.apply_intel(
+        &std::fs::read(&f).expect("feed"),
+        Actor::this_process(),
+        trustd::timefmt::Timestamp::now(),
+    )
+    .expect("feed accepted");
+    dev.enforce_intel(&mut nft, Actor::this_process())
+        .expect("intel update");
+    assert!(
+        !lab.probe("10.99.0.2:443/tcp", None),
+        "the added address is now blocked"
+    );
+    let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
+    let last = records
+        .iter()
+        .rev()
+        .find(|r| r.kind == "intel.enforce")
+        .expect("record");
+    assert_eq!(last.reason.as_deref(), Some("4 entries, table updated"));
+    assert_eq!(
+        last.digests.get("count.malware").map(String::as_str),
+        Some("3")
+    );
+    assert!(
+        !last.reason.as_deref().unwrap_or("").contains("10.99"),
+        "no address in the audit log"
+    );
+}

@@ -90,6 +90,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut dev = Device::open(&paths, Actor::this_process())?;
             let mut backend = NftBackend::new(nft);
             let e = dev.enforce(&mut backend, Actor::this_process())?;
+            // Blocklists second: the policy table never waits for a large feed.
+            match dev.enforce_intel(&mut backend, Actor::this_process()) {
+                Ok(n) => println!("blocklists: {n} entries"),
+                Err(err) => eprintln!("trustd: blocklists not updated: {err}"),
+            }
+            if let Some(kib) = trustd::sys::peak_rss_kib() {
+                println!("peak RSS {kib} KiB");
+            }
             match &e.fallback {
                 None => {
                     println!("enforcing {} (ruleset {})", e.mode, e.digest);
@@ -113,6 +121,9 @@ fn run_daemon(paths: &Paths, mut backend: NftBackend, interval_ms: u64) -> Resul
     let mut dev = Device::open(paths, me())?;
     let e = dev.enforce(&mut backend, me())?;
     tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
+    if let Err(err) = dev.enforce_intel(&mut backend, me()) {
+        tracing::error!("blocklists not updated: {err}");
+    }
     let interval = std::time::Duration::from_millis(interval_ms.max(50));
     loop {
         match trustd::sys::wait_signal(interval) {
@@ -127,6 +138,9 @@ fn run_daemon(paths: &Paths, mut backend: NftBackend, interval_ms: u64) -> Resul
                 drop(dev);
                 dev = Device::open(paths, me())?;
                 dev.enforce(&mut backend, me())?;
+                if let Err(err) = dev.enforce_intel(&mut backend, me()) {
+                    tracing::error!("blocklists not updated: {err}");
+                }
             }
             None => {
                 if let Some(drift) = dev.check_drift(&mut backend, me())? {

@@ -5,7 +5,10 @@ use crate::audit::{Actor, AuditError, AuditLog, Entry, Options, Outcome};
 use crate::bundle::{
     Payload, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation,
 };
-use crate::netfilter::{self, Backend, EnforceError, Ruleset, canonical_digest, compile};
+use crate::netfilter::{
+    self, Backend, EnforceError, IntelRuleset, Ruleset, apply_intel, canonical_digest, compile,
+    compile_intel, update_intel,
+};
 use crate::policy::{Effective, LockdownReason, NetworkPlan, Overlay, effective};
 use crate::policy::{IntelFeed, Policy};
 use crate::state::store::StateLock;
@@ -73,6 +76,7 @@ pub struct Device {
     notes: Vec<String>,
     enforced: Option<String>,
     enforced_rs: Option<Ruleset>,
+    enforced_intel: Option<IntelRuleset>,
     _lock: StateLock,
 }
 
@@ -123,6 +127,7 @@ impl Device {
             notes,
             enforced: None,
             enforced_rs: None,
+            enforced_intel: None,
             _lock: lock,
         })
     }
@@ -247,6 +252,52 @@ impl Device {
                         Err(DeviceError::Enforce(e2))
                     }
                 }
+            }
+        }
+    }
+
+    /// Put the last-good intel feed's blocklists into their own table: element additions
+    /// when only that changed, else one transaction replacing the table, verified by a full
+    /// read-back. A failure keeps the previous blocklists and is audited; it never touches
+    /// the policy table.
+    pub fn enforce_intel(
+        &mut self,
+        backend: &mut dyn Backend,
+        actor: Actor,
+    ) -> Result<usize, DeviceError> {
+        let rs = compile_intel(self.intel.as_ref().map(Verified::payload));
+        let mut entry = Entry::new("intel.enforce", Outcome::Ok, actor.clone());
+        for c in &rs.categories {
+            entry = entry.digest(
+                format!("count.{}", c.name),
+                rs.category_len(&c.name).to_string(),
+            );
+        }
+        let incremental = match &self.enforced_intel {
+            Some(old) => update_intel(backend, old, &rs).map_err(EnforceError::Apply),
+            None => Ok(false),
+        };
+        let result = match incremental {
+            Ok(true) => Ok("updated"),
+            Ok(false) => apply_intel(backend, &rs).map(|()| "replaced"),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(how) => {
+                self.audit
+                    .append(entry.reason(format!("{} entries, table {how}", rs.len())))?;
+                let n = rs.len();
+                self.enforced_intel = Some(rs);
+                Ok(n)
+            }
+            Err(e) => {
+                self.audit
+                    .append(
+                        Entry::new("intel.enforce", Outcome::Error, actor).reason(format!(
+                            "blocklists not updated: {e}; the previous ones stay"
+                        )),
+                    )?;
+                Err(e.into())
             }
         }
     }

@@ -88,3 +88,12 @@ pub fn wait_signal(timeout: std::time::Duration) -> Option<Signal> {
         _ => None,
     }
 }
+
+/// This process's peak resident set size (VmHWM), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
