@@ -28,10 +28,10 @@ pub enum NftError {
 
 /// Applies scripts and lists tables.
 pub trait Backend: Send {
-    /// Run an nft JSON script as one transaction.
-    fn apply(&mut self, script: &Value) -> Result<(), NftError>;
-    /// `nft -j list table inet NAME`; `None` if the table does not exist.
-    fn list_table(&mut self, name: &str) -> Result<Option<Value>, NftError>;
+    /// Run an nft JSON script (text) as one transaction.
+    fn apply(&mut self, script: &str) -> Result<(), NftError>;
+    /// `nft -j list table inet NAME` as printed; `None` if the table does not exist.
+    fn list_table(&mut self, name: &str) -> Result<Option<String>, NftError>;
 }
 
 /// The real backend: the `nft` binary.
@@ -100,14 +100,14 @@ impl NftBackend {
 }
 
 impl Backend for NftBackend {
-    fn apply(&mut self, script: &Value) -> Result<(), NftError> {
-        self.run(&["-j", "-f", "-"], Some(script.to_string().as_bytes()))
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        self.run(&["-j", "-f", "-"], Some(script.as_bytes()))
             .map(|_| ())
     }
 
-    fn list_table(&mut self, name: &str) -> Result<Option<Value>, NftError> {
+    fn list_table(&mut self, name: &str) -> Result<Option<String>, NftError> {
         match self.run(&["-j", "list", "table", "inet", name], None) {
-            Ok(out) => serde_json::from_slice(&out)
+            Ok(out) => String::from_utf8(out)
                 .map(Some)
                 .map_err(|e| NftError::Output(e.to_string())),
             Err(NftError::Failed { stderr, .. })
@@ -139,7 +139,9 @@ impl RecordingBackend {
 }
 
 impl Backend for RecordingBackend {
-    fn apply(&mut self, script: &Value) -> Result<(), NftError> {
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        let script: Value =
+            serde_json::from_str(script).map_err(|e| NftError::Output(e.to_string()))?;
         if std::mem::take(&mut self.fail_next) {
             return Err(NftError::Failed {
                 code: 1,
@@ -158,10 +160,10 @@ impl Backend for RecordingBackend {
         Ok(())
     }
 
-    fn list_table(&mut self, _name: &str) -> Result<Option<Value>, NftError> {
+    fn list_table(&mut self, _name: &str) -> Result<Option<String>, NftError> {
         Ok(self
             .table
             .clone()
-            .map(|objs| serde_json::json!({ "nftables": objs })))
+            .map(|objs| serde_json::json!({ "nftables": objs }).to_string()))
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
 
 use super::{Backend, EnforceError, NftError};
@@ -69,7 +70,7 @@ impl IntelRuleset {
     }
 }
 
-/// Split a feed into sets.
+/// Split a feed into sets (prefixes nested in another are dropped: the wider one blocks them).
 pub fn compile_intel(feed: Option<&IntelFeed>) -> IntelRuleset {
     let mut out = IntelRuleset::default();
     for (name, entries) in feed.map(|f| &f.categories).into_iter().flatten() {
@@ -85,28 +86,89 @@ pub fn compile_intel(feed: Option<&IntelFeed>) -> IntelRuleset {
                 (false, false) => c.v6_nets.insert(*e),
             };
         }
+        c.v4_nets = without_nested(&c.v4_nets);
+        c.v6_nets = without_nested(&c.v6_nets);
         out.categories.push(c);
     }
     out
+}
+
+/// Drop prefixes that another prefix of the set already covers: an interval set refuses
+/// overlapping elements, and CIDR prefixes either nest or are disjoint.
+fn without_nested(nets: &BTreeSet<Cidr>) -> BTreeSet<Cidr> {
+    let mut ranges: Vec<(u128, u128, Cidr)> = nets
+        .iter()
+        .map(|c| {
+            let (lo, hi) = range_of(c);
+            (lo, hi, *c)
+        })
+        .collect();
+    // Widest first among equal starts.
+    ranges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut out = BTreeSet::new();
+    let mut covered_to: Option<u128> = None;
+    for (lo, hi, c) in ranges {
+        if covered_to.is_some_and(|end| lo <= end) {
+            continue;
+        }
+        covered_to = Some(hi);
+        out.insert(c);
+    }
+    out
+}
+
+/// A set element as compiled.
+#[derive(Debug, Clone, Copy)]
+enum Elem {
+    Host(IpAddr),
+    Net(Cidr),
+}
+
+impl Elem {
+    fn range(&self) -> (u128, u128) {
+        match self {
+            Self::Host(a) => range_of(&Cidr::host(*a)),
+            Self::Net(c) => range_of(c),
+        }
+    }
+}
+
+impl Serialize for Elem {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Prefix {
+            addr: String,
+            len: u8,
+        }
+        #[derive(Serialize)]
+        struct Wrap {
+            prefix: Prefix,
+        }
+        match self {
+            Self::Host(a) => s.collect_str(a),
+            Self::Net(c) => Wrap {
+                prefix: Prefix {
+                    addr: c.addr().to_string(),
+                    len: c.prefix(),
+                },
+            }
+            .serialize(s),
+        }
+    }
 }
 
 struct SetSpec {
     name: String,
     v6: bool,
     interval: bool,
-    elems: Vec<Value>,
+    elems: Vec<Elem>,
 }
 
 fn sets(rs: &IntelRuleset) -> Vec<(usize, SetSpec)> {
     let mut out = Vec::new();
     for (i, c) in rs.categories.iter().enumerate() {
-        let hosts =
-            |s: &BTreeSet<IpAddr>| s.iter().map(|a| json!(a.to_string())).collect::<Vec<_>>();
-        let nets = |s: &BTreeSet<Cidr>| {
-            s.iter()
-                .map(|n| json!({"prefix": {"addr": n.addr().to_string(), "len": n.prefix()}}))
-                .collect::<Vec<_>>()
-        };
+        let hosts = |s: &BTreeSet<IpAddr>| s.iter().map(|a| Elem::Host(*a)).collect::<Vec<_>>();
+        let nets = |s: &BTreeSet<Cidr>| s.iter().map(|n| Elem::Net(*n)).collect::<Vec<_>>();
         for (suffix, v6, interval, elems) in [
             ("v4h", false, false, hosts(&c.v4_hosts)),
             ("v4n", false, true, nets(&c.v4_nets)),
@@ -166,15 +228,32 @@ fn structure(rs: &IntelRuleset) -> Vec<Value> {
     out
 }
 
-/// The script that replaces the intel table in one transaction.
-pub fn render_intel(rs: &IntelRuleset) -> Value {
+/// The script (JSON text) that replaces the intel table in one transaction. Elements are
+/// serialized straight from the compiled sets, never held as a JSON tree: a 100k-entry feed
+/// would otherwise cost tens of MiB.
+pub fn render_intel(rs: &IntelRuleset) -> String {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        family: &'a str,
+        table: &'a str,
+        name: &'a str,
+        elem: &'a [Elem],
+    }
+    #[derive(Serialize)]
+    struct Element<'a> {
+        element: Body<'a>,
+    }
+    #[derive(Serialize)]
+    struct Add<'a> {
+        add: Element<'a>,
+    }
     let table = json!({"table": {"family": "inet", "name": INTEL_TABLE}});
-    let mut cmds = vec![
-        json!({"add": table.clone()}),
-        json!({"delete": table.clone()}),
-        json!({"add": table}),
+    let mut cmds: Vec<String> = vec![
+        json!({"add": table.clone()}).to_string(),
+        json!({"delete": table.clone()}).to_string(),
+        json!({"add": table}).to_string(),
     ];
-    // Sets before the rules that reference them, with their elements.
+    // Sets before the rules that reference them.
     let mut structure = structure(rs);
     structure.sort_by_key(|o| match () {
         _ if o.get("counter").is_some() => 0,
@@ -182,11 +261,25 @@ pub fn render_intel(rs: &IntelRuleset) -> Value {
         _ if o.get("chain").is_some() => 2,
         _ => 3,
     });
-    cmds.extend(structure.into_iter().map(|o| json!({ "add": o })));
+    cmds.extend(
+        structure
+            .into_iter()
+            .map(|o| json!({ "add": o }).to_string()),
+    );
     for (_, s) in sets(rs) {
-        cmds.push(json!({"add": {"element": {"family": "inet", "table": INTEL_TABLE, "name": s.name, "elem": s.elems}}}));
+        let add = Add {
+            add: Element {
+                element: Body {
+                    family: "inet",
+                    table: INTEL_TABLE,
+                    name: &s.name,
+                    elem: &s.elems,
+                },
+            },
+        };
+        cmds.push(serde_json::to_string(&add).unwrap_or_default());
     }
-    json!({ "nftables": cmds })
+    format!("{{\"nftables\":[{}]}}", cmds.join(","))
 }
 
 /// Digest of the table's structure (chains, rules, set declarations), without elements:
@@ -234,18 +327,91 @@ fn structure_items(rs: &IntelRuleset) -> Vec<String> {
     items
 }
 
-fn listing_items(listing: &Value) -> Vec<String> {
-    let mut items: Vec<String> = listing["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|o| {
-            ["counter", "chain", "set", "rule"]
-                .iter()
-                .any(|k| o.get(*k).is_some())
-        })
-        .map(|o| normalize(o).to_string())
-        .collect();
+/// The parts of `nft -j list table` that the read-back needs; elements are parsed into
+/// small typed values, not a JSON tree.
+#[derive(Deserialize)]
+struct Listing {
+    nftables: Vec<Item>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    set: Option<ListedSet>,
+    counter: Option<Value>,
+    chain: Option<Value>,
+    rule: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ListedSet {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    elem: Vec<ListedElem>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListedElem {
+    Addr(String),
+    Prefix { prefix: ListedPrefix },
+    Range { range: (String, String) },
+    Wrapped { elem: Box<ListedVal> },
+}
+
+#[derive(Deserialize)]
+struct ListedPrefix {
+    addr: String,
+    len: u8,
+}
+
+#[derive(Deserialize)]
+struct ListedVal {
+    val: ListedElem,
+}
+
+impl ListedElem {
+    fn range(&self) -> Option<(u128, u128)> {
+        let one = |s: &str| s.parse::<Cidr>().ok().map(|c| range_of(&c));
+        match self {
+            Self::Addr(s) => one(s),
+            Self::Prefix { prefix } => format!("{}/{}", prefix.addr, prefix.len)
+                .parse::<Cidr>()
+                .ok()
+                .map(|c| range_of(&c)),
+            Self::Range { range } => Some((one(&range.0)?.0, one(&range.1)?.1)),
+            Self::Wrapped { elem } => elem.val.range(),
+        }
+    }
+}
+
+fn set_item(name: &str, kind: &str, flags: &[String]) -> String {
+    let mut set = json!({"name": name, "type": kind});
+    if !flags.is_empty() {
+        set["flags"] = json!(flags);
+    }
+    json!({ "set": set }).to_string()
+}
+
+fn listing_items(listing: &Listing) -> Vec<String> {
+    let mut items = Vec::new();
+    for i in &listing.nftables {
+        if let Some(s) = &i.set {
+            items.push(set_item(&s.name, &s.kind, &s.flags));
+        }
+        for (k, v) in [
+            ("counter", &i.counter),
+            ("chain", &i.chain),
+            ("rule", &i.rule),
+        ] {
+            if let Some(v) = v {
+                items.push(normalize(&json!({ k: v })).to_string());
+            }
+        }
+    }
     items.sort();
     items
 }
@@ -264,31 +430,13 @@ fn range_of(c: &Cidr) -> (u128, u128) {
     (bits, bits | span)
 }
 
-fn parse_elem(e: &Value) -> Option<(u128, u128)> {
-    let one = |s: &str| s.parse::<Cidr>().ok().map(|c| range_of(&c));
-    match e {
-        Value::String(s) => one(s),
-        Value::Object(_) => {
-            if let Some(p) = e.get("prefix") {
-                let c: Cidr = format!("{}/{}", p["addr"].as_str()?, p["len"].as_u64()?)
-                    .parse()
-                    .ok()?;
-                Some(range_of(&c))
-            } else if let Some(r) = e.get("range").and_then(Value::as_array) {
-                Some((one(r.first()?.as_str()?)?.0, one(r.get(1)?.as_str()?)?.1))
-            } else {
-                parse_elem(e.get("elem")?.get("val")?)
-            }
-        }
-        _ => None,
-    }
-}
-
 /// Check a full listing: the structure matches, and every compiled entry is blocked by the
 /// set it belongs in (interval sets may have merged neighbours; more blocking is allowed,
 /// less is not).
-pub fn verify_intel_listing(rs: &IntelRuleset, listing: &Value) -> Result<(), String> {
-    let (want, held_items) = (structure_items(rs), listing_items(listing));
+pub fn verify_intel_listing(rs: &IntelRuleset, listing: &str) -> Result<(), String> {
+    let listing: Listing = serde_json::from_str(listing)
+        .map_err(|e| format!("the intel table listing does not parse: {e}"))?;
+    let (want, held_items) = (structure_items(rs), listing_items(&listing));
     if want != held_items {
         let missing = want.iter().find(|i| !held_items.contains(i));
         let extra = held_items.iter().find(|i| !want.contains(i));
@@ -298,30 +446,24 @@ pub fn verify_intel_listing(rs: &IntelRuleset, listing: &Value) -> Result<(), St
             extra.map_or("nothing", String::as_str)
         ));
     }
-    let mut held: BTreeMap<String, Vec<(u128, u128)>> = BTreeMap::new();
-    for o in listing["nftables"].as_array().into_iter().flatten() {
-        if let Some(s) = o.get("set") {
-            let name = s["name"].as_str().unwrap_or("").to_owned();
-            let mut ranges: Vec<(u128, u128)> = s["elem"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(parse_elem)
-                .collect();
-            ranges.sort_unstable();
-            held.insert(name, ranges);
-        }
+    let mut held: BTreeMap<&str, Vec<(u128, u128)>> = BTreeMap::new();
+    for s in listing.nftables.iter().filter_map(|i| i.set.as_ref()) {
+        let mut ranges: Vec<(u128, u128)> = s.elem.iter().filter_map(ListedElem::range).collect();
+        ranges.sort_unstable();
+        held.insert(&s.name, ranges);
     }
     for (_, s) in sets(rs) {
-        let ranges = held.get(&s.name).map(Vec::as_slice).unwrap_or(&[]);
+        let ranges = held.get(s.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         for e in &s.elems {
-            let Some((lo, hi)) = parse_elem(e) else {
-                return Err(format!("set {}: cannot read compiled element {e}", s.name));
-            };
+            let (lo, hi) = e.range();
             // The last range starting at or before `lo` must reach `hi`.
             let i = ranges.partition_point(|r| r.0 <= lo);
             if i == 0 || ranges[i - 1].1 < hi {
-                return Err(format!("set {} is missing {e}", s.name));
+                return Err(format!(
+                    "set {} is missing {}",
+                    s.name,
+                    serde_json::to_string(e).unwrap_or_default()
+                ));
             }
         }
     }
@@ -423,7 +565,41 @@ pub fn update_intel(
         );
     }
     if !cmds.is_empty() {
-        backend.apply(&json!({ "nftables": cmds }))?;
+        backend.apply(&json!({ "nftables": cmds }).to_string())?;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_prefixes_are_dropped_and_disjoint_ones_kept() {
+        let nets: BTreeSet<Cidr> = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "11.0.0.0/24",
+            "11.0.1.0/24",
+            "0.0.0.0/1",
+        ]
+        .iter()
+        .map(|s| s.parse().expect("cidr"))
+        .collect();
+        let kept: Vec<String> = without_nested(&nets)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(kept, ["0.0.0.0/1"]);
+        let nets: BTreeSet<Cidr> = ["10.1.0.0/16", "10.1.2.0/24", "11.0.0.0/24", "11.0.1.0/24"]
+            .iter()
+            .map(|s| s.parse().expect("cidr"))
+            .collect();
+        let kept: Vec<String> = without_nested(&nets)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(kept, ["10.1.0.0/16", "11.0.0.0/24", "11.0.1.0/24"]);
+    }
 }

@@ -44,7 +44,9 @@ pub enum EnforceError {
 /// Replace trustd's table with `rs` in one transaction, then read it back and compare.
 /// Returns the ruleset digest.
 pub fn apply(backend: &mut dyn Backend, rs: &Ruleset) -> Result<String, EnforceError> {
-    backend.apply(&render(rs)).map_err(EnforceError::Apply)?;
+    backend
+        .apply(&render(rs).to_string())
+        .map_err(EnforceError::Apply)?;
     verify(backend, rs)
 }
 
@@ -52,7 +54,10 @@ pub fn apply(backend: &mut dyn Backend, rs: &Ruleset) -> Result<String, EnforceE
 pub fn verify(backend: &mut dyn Backend, rs: &Ruleset) -> Result<String, EnforceError> {
     let expected = canonical_digest(rs);
     let found = match backend.list_table(TABLE).map_err(EnforceError::ReadBack)? {
-        Some(listing) => listing_digest(&listing),
+        Some(text) => match serde_json::from_str(&text) {
+            Ok(listing) => listing_digest(&listing),
+            Err(e) => return Err(EnforceError::ReadBack(NftError::Output(e.to_string()))),
+        },
         None => "absent".to_owned(),
     };
     if found == expected {
