@@ -59,3 +59,32 @@ pub fn trustctl(cwd: &std::path::Path, args: &[&str]) -> Run {
 }
 
 pub mod lab;
+
+/// A child process killed (SIGKILL) and reaped when dropped, so that a failing test never
+/// leaves a daemon behind.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// Its pid.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// Wait for it to exit.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self.0.take() {
+            Some(mut c) => c.wait(),
+            None => Err(std::io::Error::other("already waited")),
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

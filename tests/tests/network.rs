@@ -320,7 +320,7 @@ fn removed_or_edited_rules_are_put_back_within_2s_and_sigterm_leaves_them() {
     let mut lab = Lab::new("d", false);
     let b = lab.sign(lab_policy("direct"));
     lab.load(&b);
-    let mut daemon = std::process::Command::new("ip")
+    let daemon = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.dev])
         .arg(tests::bin("trustd"))
         .arg("--prefix")
@@ -329,7 +329,12 @@ fn removed_or_edited_rules_are_put_back_within_2s_and_sigterm_leaves_them() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("trustd run");
-    let has_table = |lab: &Lab| lab.dev_sh("nft list tables").contains("inet trustd");
+    let mut daemon = tests::KillOnDrop(Some(daemon));
+    let has_table = |lab: &Lab| {
+        lab.dev_sh("nft list tables")
+            .lines()
+            .any(|l| l.trim() == "table inet trustd")
+    };
     let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
         let start = Instant::now();
         while !cond() {
@@ -456,5 +461,77 @@ fn intel_blocklists_drop_listed_addresses_over_the_policy_and_count_by_category(
     assert!(
         !last.reason.as_deref().unwrap_or("").contains("10.99"),
         "no address in the audit log"
+    );
+}
+
+#[test]
+fn a_tunnel_going_down_and_up_is_seen_through_netlink_and_audited() {
+    use std::time::{Duration, Instant};
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new("n", true);
+    let b = lab.sign(lab_policy("vpn-required"));
+    lab.load(&b);
+    let daemon = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.dev])
+        .arg(tests::bin("trustd"))
+        .arg("--prefix")
+        .arg(lab.prefix.path())
+        .args(["run", "--check-interval-ms", "200"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("trustd run");
+    let mut daemon = tests::KillOnDrop(Some(daemon));
+    let statuses = |lab: &Lab| -> Vec<String> {
+        trustd::audit::read_records(&lab.paths().audit_dir())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.kind == "network.status")
+            .filter_map(|r| r.to)
+            .collect()
+    };
+    let wait_for = |lab: &Lab, n: usize| {
+        let start = Instant::now();
+        while statuses(lab).len() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "status change {n} not audited: {:?}",
+                statuses(lab)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The link watcher is subscribed before the blocklists are enforced (the last start step).
+    let start = Instant::now();
+    while !trustd::audit::read_records(&lab.paths().audit_dir())
+        .unwrap_or_default()
+        .iter()
+        .any(|r| r.kind == "intel.enforce")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "trustd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.dev_sh("ip link set wg0 down");
+    wait_for(&lab, 1);
+    lab.dev_sh("ip link set wg0 up");
+    wait_for(&lab, 2);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &daemon.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    assert!(daemon.wait().expect("wait").success());
+    assert_eq!(
+        statuses(&lab),
+        [
+            "vpn-required: tunnel down, blocking",
+            "vpn-required: tunnel wg0 up"
+        ]
     );
 }

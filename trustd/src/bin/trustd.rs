@@ -90,6 +90,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut dev = Device::open(&paths, Actor::this_process())?;
             let mut backend = NftBackend::new(nft);
             let e = dev.enforce(&mut backend, Actor::this_process())?;
+            let code = match &e.fallback {
+                None => {
+                    println!("enforcing {} (ruleset {})", e.mode, e.digest);
+                    ExitCode::SUCCESS
+                }
+                Some(why) => {
+                    println!("enforcing lockdown (ruleset {}): {why}", e.digest);
+                    ExitCode::from(1)
+                }
+            };
             // Blocklists second: the policy table never waits for a large feed.
             match dev.enforce_intel(&mut backend, Actor::this_process()) {
                 Ok(n) => println!("blocklists: {n} entries"),
@@ -98,16 +108,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(kib) = trustd::sys::peak_rss_kib() {
                 println!("peak RSS {kib} KiB");
             }
-            match &e.fallback {
-                None => {
-                    println!("enforcing {} (ruleset {})", e.mode, e.digest);
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(why) => {
-                    println!("enforcing lockdown (ruleset {}): {why}", e.digest);
-                    Ok(ExitCode::from(1))
-                }
-            }
+            Ok(code)
         }
         Cmd::Run {
             nft,
@@ -121,6 +122,25 @@ fn run_daemon(paths: &Paths, mut backend: NftBackend, interval_ms: u64) -> Resul
     let mut dev = Device::open(paths, me())?;
     let e = dev.enforce(&mut backend, me())?;
     tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
+    // Link changes arrive on their own thread; the loop below picks them up.
+    let (links_tx, links_rx) = std::sync::mpsc::channel();
+    match trustd::sys::netlink::dump_links() {
+        Ok(links) => dev.set_links(&links),
+        Err(err) => tracing::warn!("reading links: {err}"),
+    }
+    match trustd::sys::netlink::LinkWatcher::open() {
+        Ok(w) => {
+            std::thread::spawn(move || {
+                while let Ok(events) = w.next() {
+                    if links_tx.send(events).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Err(err) => tracing::warn!("watching links: {err}"),
+    }
+    tracing::info!("network: {}", dev.network_status());
     if let Err(err) = dev.enforce_intel(&mut backend, me()) {
         tracing::error!("blocklists not updated: {err}");
     }
@@ -138,6 +158,9 @@ fn run_daemon(paths: &Paths, mut backend: NftBackend, interval_ms: u64) -> Resul
                 drop(dev);
                 dev = Device::open(paths, me())?;
                 dev.enforce(&mut backend, me())?;
+                if let Ok(links) = trustd::sys::netlink::dump_links() {
+                    dev.set_links(&links);
+                }
                 if let Err(err) = dev.enforce_intel(&mut backend, me()) {
                     tracing::error!("blocklists not updated: {err}");
                 }
@@ -147,6 +170,12 @@ fn run_daemon(paths: &Paths, mut backend: NftBackend, interval_ms: u64) -> Resul
                     tracing::warn!("enforcement drift repaired: {drift}");
                 }
             }
+        }
+        let events: Vec<_> = links_rx.try_iter().flatten().collect();
+        if !events.is_empty()
+            && let Some(status) = dev.links_changed(&events, me())?
+        {
+            tracing::info!("network: {status}");
         }
     }
 }

@@ -9,11 +9,13 @@ use crate::netfilter::{
     self, Backend, EnforceError, IntelRuleset, Ruleset, apply_intel, canonical_digest, compile,
     compile_intel, update_intel,
 };
-use crate::policy::{Effective, LockdownReason, NetworkPlan, Overlay, effective};
+use crate::policy::{Effective, LockdownReason, NetworkMode, NetworkPlan, Overlay, effective};
 use crate::policy::{IntelFeed, Policy};
 use crate::state::store::StateLock;
 use crate::state::{Condition, DeviceState, Loaded, StateError, StateStore, load_trust_root};
+use crate::sys::netlink::{LinkEvent, LinkState};
 use crate::timefmt::Timestamp;
+use std::collections::BTreeMap;
 
 /// Why a command did not take effect. In every case the previous state stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,7 @@ pub struct Device {
     enforced: Option<String>,
     enforced_rs: Option<Ruleset>,
     enforced_intel: Option<IntelRuleset>,
+    links: BTreeMap<String, bool>,
     _lock: StateLock,
 }
 
@@ -128,6 +131,7 @@ impl Device {
             enforced: None,
             enforced_rs: None,
             enforced_intel: None,
+            links: BTreeMap::new(),
             _lock: lock,
         })
     }
@@ -300,6 +304,68 @@ impl Device {
                 Err(e.into())
             }
         }
+    }
+
+    /// The links as they are now (at start, from a netlink dump; not audited).
+    pub fn set_links(&mut self, links: &[LinkState]) {
+        self.links = links.iter().map(|l| (l.name.clone(), l.up)).collect();
+    }
+
+    fn tunnel_up(&self) -> Option<String> {
+        let eff = self.effective();
+        let NetworkPlan::Enforce(n) = &eff.network else {
+            return None;
+        };
+        n.vpn
+            .as_ref()?
+            .interfaces
+            .iter()
+            .find(|i| self.links.get(*i) == Some(&true))
+            .cloned()
+    }
+
+    /// What the network is doing, as a person reads it: `direct`, `lockdown: setup
+    /// incomplete (pending: eula)`, `vpn-required: tunnel wg0 up`, `vpn-required: tunnel
+    /// down, blocking`.
+    pub fn network_status(&self) -> String {
+        let eff = self.effective();
+        match &eff.network {
+            NetworkPlan::Lockdown { reason, .. } => format!("lockdown: {reason}"),
+            NetworkPlan::Enforce(n) if n.mode == NetworkMode::VpnRequired => match self.tunnel_up()
+            {
+                Some(t) => format!("vpn-required: tunnel {t} up"),
+                None => "vpn-required: tunnel down, blocking".to_owned(),
+            },
+            NetworkPlan::Enforce(n) => n.mode.as_str().to_owned(),
+        }
+    }
+
+    /// Apply link changes the kernel reported; a change of the network status (a tunnel
+    /// going down or up in vpn-required) is audited. Returns the new status if it changed.
+    pub fn links_changed(
+        &mut self,
+        events: &[LinkEvent],
+        actor: Actor,
+    ) -> Result<Option<String>, DeviceError> {
+        let before = self.network_status();
+        for e in events {
+            match e {
+                LinkEvent::Present(l) => {
+                    self.links.insert(l.name.clone(), l.up);
+                }
+                LinkEvent::Removed(name) => {
+                    self.links.remove(name);
+                }
+            }
+        }
+        let after = self.network_status();
+        if after == before {
+            return Ok(None);
+        }
+        self.audit.append(
+            Entry::new("network.status", Outcome::Ok, actor).transition(before, after.clone()),
+        )?;
+        Ok(Some(after))
     }
 
     /// Check that the kernel still holds the ruleset last enforced; if someone removed or

@@ -1,6 +1,8 @@
-//! The only place that calls libc: clocks, ids of this process and boot.
+//! The only place that talks to the OS below std: clocks, ids, signals, netlink.
 
 use std::path::Path;
+
+pub mod netlink;
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), or `unknown`.
 pub fn boot_id() -> String {
