@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if ! command -v nft >/dev/null || ! command -v ip >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables iproute2 >/dev/null
+fi
 cargo build --locked --quiet --bin trustctl --bin trustd
 ctl="$PWD/target/debug/trustctl"
 trustd="$PWD/target/debug/trustd"
@@ -44,6 +47,24 @@ fi
 
 step "trustd loads the device state"
 "$trustd" --prefix device check
+
+step "enforce it in the kernel, in a network namespace made for this run (the host's firewall is untouched)"
+ns="trustd-run-$$"
+ip netns add "$ns"
+trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
+ip -n "$ns" link set lo up
+ip netns exec "$ns" "$trustd" --prefix device apply
+ip netns exec "$ns" nft list table inet trustd | head -40
+echo "..."
+
+step "someone deletes the table: trustd run puts it back within its check interval"
+ip netns exec "$ns" "$trustd" --prefix device run --check-interval-ms 300 2>/dev/null &
+daemon=$!
+sleep 1
+ip netns exec "$ns" nft delete table inet trustd
+sleep 1
+ip netns exec "$ns" nft list tables
+kill -TERM "$daemon"; wait "$daemon" || true
 
 step "the audit log"
 "$ctl" audit tail --prefix device

@@ -47,7 +47,7 @@ pub struct Enforced {
 
 fn lockdown_reason(e: &Effective) -> String {
     match &e.network {
-        NetworkPlan::Lockdown { reason, .. } => format!("lockdown: {reason}"),
+        NetworkPlan::Lockdown { reason, .. } => reason.to_string(),
         NetworkPlan::Enforce(_) => format!("policy mode {}", e.mode_name()),
     }
 }
