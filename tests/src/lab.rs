@@ -319,6 +319,20 @@ impl Lab {
         c
     }
 
+    /// Start `trustd run` in the device namespace; killed when the guard drops.
+    pub fn run_daemon(&self, check_interval_ms: u64) -> crate::KillOnDrop {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.dev])
+            .arg(bin("trustd"))
+            .arg("--prefix")
+            .arg(self.prefix.path())
+            .args(["run", "--check-interval-ms", &check_interval_ms.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("trustd run");
+        crate::KillOnDrop(Some(child))
+    }
+
     /// Run `trustd apply`; returns its stdout, panics if it did not exit 0.
     pub fn apply(&self) -> String {
         let o = self.apply_cmd().output().expect("trustd apply");

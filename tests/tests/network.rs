@@ -320,16 +320,7 @@ fn removed_or_edited_rules_are_put_back_within_2s_and_sigterm_leaves_them() {
     let mut lab = Lab::new("d", false);
     let b = lab.sign(lab_policy("direct"));
     lab.load(&b);
-    let daemon = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.dev])
-        .arg(tests::bin("trustd"))
-        .arg("--prefix")
-        .arg(lab.prefix.path())
-        .args(["run", "--check-interval-ms", "500"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("trustd run");
-    let mut daemon = tests::KillOnDrop(Some(daemon));
+    let mut daemon = lab.run_daemon(500);
     let has_table = |lab: &Lab| {
         lab.dev_sh("nft list tables")
             .lines()
@@ -473,16 +464,7 @@ fn a_tunnel_going_down_and_up_is_seen_through_netlink_and_audited() {
     let mut lab = Lab::new("n", true);
     let b = lab.sign(lab_policy("vpn-required"));
     lab.load(&b);
-    let daemon = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.dev])
-        .arg(tests::bin("trustd"))
-        .arg("--prefix")
-        .arg(lab.prefix.path())
-        .args(["run", "--check-interval-ms", "200"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("trustd run");
-    let mut daemon = tests::KillOnDrop(Some(daemon));
+    let mut daemon = lab.run_daemon(200);
     let statuses = |lab: &Lab| -> Vec<String> {
         trustd::audit::read_records(&lab.paths().audit_dir())
             .unwrap_or_default()

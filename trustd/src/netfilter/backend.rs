@@ -1,5 +1,5 @@
 //! How a ruleset reaches the kernel: `nft -j -f -` (the real backend) or a recording fake for
-//! unit tests of the logic around it. Chosen by the caller, never by `cfg!(test)`.
+//! unit tests of the logic around it. Chosen by the caller, never by a test-only compile switch.
 
 use std::io::Write;
 use std::path::PathBuf;
