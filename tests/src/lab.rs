@@ -69,22 +69,36 @@ fn must(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Packets the peer counts (`ip saddr 10.99.0.1` arriving on the physical link unless said).
-pub const COUNTED: [(&str, &str); 5] = [
-    ("tcp80", "iifname \"peer0\" ip daddr 10.99.0.2 tcp dport 80"),
+/// Packets from the device that the peer counts on arrival.
+pub const COUNTED: [(&str, &str); 7] = [
+    (
+        "v6_80",
+        "iifname \"peer0\" ip6 saddr fd99::1 ip6 daddr fd99::2 tcp dport 80",
+    ),
+    (
+        "v6_other443",
+        "iifname \"peer0\" ip6 saddr fd99::1 ip6 daddr fd99::3 tcp dport 443",
+    ),
+    (
+        "tcp80",
+        "iifname \"peer0\" ip saddr 10.99.0.1 ip daddr 10.99.0.2 tcp dport 80",
+    ),
     (
         "other443",
-        "iifname \"peer0\" ip daddr 10.99.0.3 tcp dport 443",
+        "iifname \"peer0\" ip saddr 10.99.0.1 ip daddr 10.99.0.3 tcp dport 443",
     ),
     (
         "otherdns",
-        "iifname \"peer0\" ip daddr 10.99.0.3 udp dport 53",
+        "iifname \"peer0\" ip saddr 10.99.0.1 ip daddr 10.99.0.3 udp dport 53",
     ),
     (
         "udp9999",
-        "iifname \"peer0\" ip daddr 10.99.0.2 udp dport 9999",
+        "iifname \"peer0\" ip saddr 10.99.0.1 ip daddr 10.99.0.2 udp dport 9999",
     ),
-    ("inet_phys", "iifname \"peer0\" ip daddr 10.97.0.1"),
+    (
+        "inet_phys",
+        "iifname \"peer0\" ip saddr 10.99.0.1 ip daddr 10.97.0.1",
+    ),
 ];
 
 /// The lab. Dropping it kills the listeners and deletes both namespaces.
@@ -129,9 +143,9 @@ impl Lab {
         );
         lab.sh(
             &d,
-            "ip link set lo up && ip link set dev0 up && ip addr add 10.99.0.1/24 dev dev0",
+            "ip link set lo up && ip link set dev0 up && ip addr add 10.99.0.1/24 dev dev0 && ip addr add fd99::1/64 dev dev0 nodad",
         );
-        lab.sh(&p, "ip link set lo up && ip link set peer0 up && ip addr add 10.99.0.2/24 dev peer0 && ip addr add 10.99.0.3/24 dev peer0 && ip addr add 10.97.0.1/32 dev lo");
+        lab.sh(&p, "ip link set lo up && ip link set peer0 up && ip addr add 10.99.0.2/24 dev peer0 && ip addr add 10.99.0.3/24 dev peer0 && ip addr add 10.97.0.1/32 dev lo && ip addr add fd99::2/64 dev peer0 nodad && ip addr add fd99::3/64 dev peer0 nodad");
         lab.sh(&d, "ip route add default via 10.99.0.2 dev dev0 metric 100");
         if tunnel {
             must(
@@ -149,7 +163,9 @@ impl Lab {
             "add table inet count\nadd chain inet count in { type filter hook input priority -300; }\n",
         );
         for (name, m) in COUNTED {
-            rules.push_str(&format!("add counter inet count {name}\nadd rule inet count in ip saddr 10.99.0.1 {m} counter name {name}\n"));
+            rules.push_str(&format!(
+                "add counter inet count {name}\nadd rule inet count in {m} counter name {name}\n"
+            ));
         }
         rules.push_str("add counter inet count inet_tunnel\nadd rule inet count in iifname \"wgp\" ip daddr 10.97.0.1 counter name inet_tunnel\n");
         let mut child = Command::new("ip")
@@ -168,15 +184,15 @@ impl Lab {
 
         let mut lab = lab;
         let listeners = [
-            "0.0.0.0:443/tcp",
-            "0.0.0.0:80/tcp",
-            "0.0.0.0:8080/tcp",
-            "0.0.0.0:8443/tcp",
-            "0.0.0.0:3128/tcp",
-            "0.0.0.0:53/udp",
-            "0.0.0.0:51820/udp",
-            "0.0.0.0:9999/udp",
-            "0.0.0.0:5353/udp",
+            "[::]:443/tcp",
+            "[::]:80/tcp",
+            "[::]:8080/tcp",
+            "[::]:8443/tcp",
+            "[::]:3128/tcp",
+            "[::]:53/udp",
+            "[::]:51820/udp",
+            "[::]:9999/udp",
+            "[::]:5353/udp",
         ];
         let mut server = Command::new("ip")
             .args(["netns", "exec", &p])
@@ -432,6 +448,7 @@ pub fn lab_policy(mode: &str) -> Value {
             "tor": {"uid": 1235, "trans_port": 9040, "dns_port": 9053},
             "allow": [
                 {"dest": "10.99.0.2", "proto": "tcp", "ports": [443]},
+                {"dest": "fd99::2", "proto": "tcp", "ports": [443]},
                 {"dest": "10.99.0.2", "proto": "tcp", "ports": [8080], "uids": [1000]},
                 {"dest": "10.97.0.1", "proto": "tcp", "ports": [443]},
                 {"dest": "10.99.0.2", "proto": "udp", "ports": [5353]}

@@ -12,7 +12,9 @@ const TOOLS: &[&str] = &["ip", "nft", "setpriv"];
 
 /// Targets that no mode allows for root: port 80 on the peer, the other address, DNS to a
 /// non-resolver, a UDP port nobody allows.
-const FORBIDDEN: [&str; 4] = [
+const FORBIDDEN: [&str; 6] = [
+    "[fd99::2]:80/tcp",
+    "[fd99::3]:443/tcp",
     "10.99.0.2:80/tcp",
     "10.99.0.3:443/tcp",
     "10.99.0.3:53/udp",
@@ -62,6 +64,9 @@ fn every_mode_lets_through_exactly_what_the_policy_allows() {
         "direct",
         &[
             ("10.99.0.2:443/tcp", None, true),
+            ("[fd99::2]:443/tcp", None, true),
+            ("[fd99::2]:80/tcp", None, false),
+            ("[fd99::3]:443/tcp", None, false),
             ("10.99.0.2:443/tcp", user, true),
             ("10.99.0.2:8080/tcp", user, true),
             ("10.99.0.2:8080/tcp", None, false),
@@ -113,6 +118,8 @@ fn every_mode_lets_through_exactly_what_the_policy_allows() {
             ("10.99.0.2:53/udp", None, false),
             ("10.99.0.2:9999/udp", None, false),
             ("10.99.0.2:80/tcp", None, false),
+            // IPv6 is not redirected: dropped.
+            ("[fd99::2]:443/tcp", None, false),
         ],
     );
     assert_eq!(
