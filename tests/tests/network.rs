@@ -363,6 +363,16 @@ fn removed_or_edited_rules_are_put_back_within_2s_and_sigterm_leaves_them() {
     });
     eprintln!("edited chain restored after {t:?}");
 
+    // The blocklist table too.
+    let has_intel = |lab: &Lab| {
+        lab.dev_sh("nft list tables")
+            .lines()
+            .any(|l| l.trim() == "table inet trustd_intel")
+    };
+    lab.dev_sh("nft delete table inet trustd_intel");
+    let t = wait_for("blocklist table restored", &|| has_intel(&lab));
+    eprintln!("deleted blocklist table restored after {t:?}");
+
     // SIGTERM: trustd stops, the rules stay.
     let pid = daemon.id().to_string();
     assert!(
@@ -383,6 +393,10 @@ fn removed_or_edited_rules_are_put_back_within_2s_and_sigterm_leaves_them() {
     let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
     let drifts = records.iter().filter(|r| r.kind == "network.drift").count();
     assert!(drifts >= 2, "each drift is audited ({drifts})");
+    assert!(
+        records.iter().any(|r| r.kind == "intel.drift"),
+        "blocklist drift is audited"
+    );
     assert_eq!(records.last().map(|r| r.kind.as_str()), Some("trustd.stop"));
 }
 

@@ -7,7 +7,7 @@ use crate::bundle::{
 };
 use crate::netfilter::{
     self, Backend, EnforceError, IntelRuleset, Ruleset, apply_intel, canonical_digest, compile,
-    compile_intel, update_intel,
+    compile_intel, intel_chains_intact, update_intel,
 };
 use crate::policy::{Effective, LockdownReason, NetworkMode, NetworkPlan, Overlay, effective};
 use crate::policy::{IntelFeed, Policy};
@@ -375,22 +375,32 @@ impl Device {
         backend: &mut dyn Backend,
         actor: Actor,
     ) -> Result<Option<String>, DeviceError> {
-        let Some(rs) = &self.enforced_rs else {
-            return Ok(None);
-        };
-        match netfilter::verify(backend, rs) {
-            Ok(_) => Ok(None),
-            Err(e) => {
-                let what = e.to_string();
-                self.audit.append(
-                    Entry::new("network.drift", Outcome::Error, actor.clone())
-                        .reason(format!("{what}; restoring"))
-                        .digest("ruleset", canonical_digest(rs)),
-                )?;
-                self.enforce(backend, actor)?;
-                Ok(Some(what))
-            }
+        let mut found = None;
+        if let Some(rs) = &self.enforced_rs
+            && let Err(e) = netfilter::verify(backend, rs)
+        {
+            let what = e.to_string();
+            self.audit.append(
+                Entry::new("network.drift", Outcome::Error, actor.clone())
+                    .reason(format!("{what}; restoring"))
+                    .digest("ruleset", canonical_digest(rs)),
+            )?;
+            self.enforce(backend, actor.clone())?;
+            found = Some(what);
         }
+        if let Some(rs) = &self.enforced_intel
+            && !intel_chains_intact(backend, rs).unwrap_or(false)
+        {
+            let what = "the blocklist table was removed or its rules edited".to_owned();
+            self.audit.append(
+                Entry::new("intel.drift", Outcome::Error, actor.clone())
+                    .reason(format!("{what}; restoring")),
+            )?;
+            self.enforced_intel = None;
+            self.enforce_intel(backend, actor)?;
+            found = Some(what);
+        }
+        Ok(found)
     }
 
     /// Turn privacy mode on or off (who may is the caller's decision), persisted and audited.

@@ -32,6 +32,9 @@ pub trait Backend: Send {
     fn apply(&mut self, script: &str) -> Result<(), NftError>;
     /// `nft -j list table inet NAME` as printed; `None` if the table does not exist.
     fn list_table(&mut self, name: &str) -> Result<Option<String>, NftError>;
+    /// `nft -j list chain inet TABLE CHAIN` as printed (rules, no set elements); `None` if
+    /// the chain does not exist.
+    fn list_chain(&mut self, table: &str, chain: &str) -> Result<Option<String>, NftError>;
 }
 
 /// The real backend: the `nft` binary.
@@ -100,6 +103,20 @@ impl NftBackend {
 }
 
 impl Backend for NftBackend {
+    fn list_chain(&mut self, table: &str, chain: &str) -> Result<Option<String>, NftError> {
+        match self.run(&["-j", "list", "chain", "inet", table, chain], None) {
+            Ok(out) => String::from_utf8(out)
+                .map(Some)
+                .map_err(|e| NftError::Output(e.to_string())),
+            Err(NftError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn apply(&mut self, script: &str) -> Result<(), NftError> {
         self.run(&["-j", "-f", "-"], Some(script.as_bytes()))
             .map(|_| ())
@@ -139,6 +156,16 @@ impl RecordingBackend {
 }
 
 impl Backend for RecordingBackend {
+    fn list_chain(&mut self, _table: &str, chain: &str) -> Result<Option<String>, NftError> {
+        Ok(self.table.as_ref().map(|objs| {
+            let items: Vec<&Value> = objs
+                .iter()
+                .filter(|o| o.get("rule").is_some_and(|r| r["chain"] == chain))
+                .collect();
+            serde_json::json!({ "nftables": items }).to_string()
+        }))
+    }
+
     fn apply(&mut self, script: &str) -> Result<(), NftError> {
         let script: Value =
             serde_json::from_str(script).map_err(|e| NftError::Output(e.to_string()))?;
