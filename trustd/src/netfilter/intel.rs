@@ -570,6 +570,36 @@ pub fn update_intel(
     Ok(true)
 }
 
+/// The cheap, frequent check: the intel table's chains still hold the compiled rules
+/// (listing a chain does not print set elements, so this stays fast with 100k entries).
+pub fn intel_chains_intact(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<bool, NftError> {
+    for chain in ["output", "input"] {
+        let mut want: Vec<String> = structure(rs)
+            .iter()
+            .filter(|o| o.get("rule").is_some_and(|r| r["chain"] == chain))
+            .map(|o| normalize(o).to_string())
+            .collect();
+        want.sort();
+        let Some(text) = backend.list_chain(INTEL_TABLE, chain)? else {
+            return Ok(false);
+        };
+        let listing: Value =
+            serde_json::from_str(&text).map_err(|e| NftError::Output(e.to_string()))?;
+        let mut held: Vec<String> = listing["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|o| o.get("rule").is_some())
+            .map(|o| normalize(o).to_string())
+            .collect();
+        held.sort();
+        if held != want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,34 +632,4 @@ mod tests {
             .collect();
         assert_eq!(kept, ["10.1.0.0/16", "11.0.0.0/24", "11.0.1.0/24"]);
     }
-}
-
-/// The cheap, frequent check: the intel table's chains still hold the compiled rules
-/// (listing a chain does not print set elements, so this stays fast with 100k entries).
-pub fn intel_chains_intact(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<bool, NftError> {
-    for chain in ["output", "input"] {
-        let mut want: Vec<String> = structure(rs)
-            .iter()
-            .filter(|o| o.get("rule").is_some_and(|r| r["chain"] == chain))
-            .map(|o| normalize(o).to_string())
-            .collect();
-        want.sort();
-        let Some(text) = backend.list_chain(INTEL_TABLE, chain)? else {
-            return Ok(false);
-        };
-        let listing: Value =
-            serde_json::from_str(&text).map_err(|e| NftError::Output(e.to_string()))?;
-        let mut held: Vec<String> = listing["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|o| o.get("rule").is_some())
-            .map(|o| normalize(o).to_string())
-            .collect();
-        held.sort();
-        if held != want {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
