@@ -17,3 +17,19 @@ pub use paths::Paths;
 pub mod daemon;
 pub mod logging;
 pub mod netfilter;
+
+/// An error and its causes as one line, leaving out a cause whose text its parent already
+/// includes (errors here name their cause in their own message).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = c.source();
+    }
+    out
+}

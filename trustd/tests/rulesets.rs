@@ -156,3 +156,36 @@ fn each_ruleset_loads_into_the_kernel_and_reads_back_to_the_same_digest() {
         }
     }
 }
+
+/// The ruleset trustd enforces when it cannot trust any state (no trust root, no state).
+fn no_state_lockdown() -> Ruleset {
+    let none = BTreeSet::new();
+    compile(&effective(
+        None,
+        Overlay {
+            privacy: true,
+            completed_steps: &none,
+            lifecycle: Lifecycle::Unknown,
+        },
+    ))
+}
+
+#[test]
+fn the_static_early_boot_lockdown_is_the_compiled_no_state_lockdown() {
+    if !can_run_privileged(&["ip", "nft"]) {
+        return;
+    }
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/lockdown.nft");
+    let ns = Netns::new("static");
+    // Twice: loading it over itself (a restarted early-boot unit) must work too.
+    for _ in 0..2 {
+        ns.sh(&format!("nft -f {}", file.display()));
+    }
+    let mut nft = NftBackend::in_netns(&ns.name);
+    let d = netfilter::verify(&mut nft, &no_state_lockdown())
+        .expect("systemd/lockdown.nft differs from the compiled lockdown");
+    assert_eq!(d, canonical_digest(&no_state_lockdown()));
+    // And trustd's apply replaces it in one transaction.
+    let direct = &all_rulesets()[0].1;
+    netfilter::apply(&mut nft, direct).expect("apply over the static lockdown");
+}

@@ -181,10 +181,10 @@ fn main() -> ExitCode {
             if json_out {
                 println!(
                     "{}",
-                    json!({"ok": false, "error": if refused {"refused"} else {"system"}, "reason": format!("{e:#}")})
+                    json!({"ok": false, "error": if refused {"refused"} else {"system"}, "reason": trustd::error_chain(e.as_ref())})
                 );
             } else {
-                eprintln!("trustctl: {e:#}");
+                eprintln!("trustctl: {}", trustd::error_chain(e.as_ref()));
             }
             ExitCode::from(if refused { 1 } else { 3 })
         }

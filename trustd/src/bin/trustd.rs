@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use trustd::Paths;
 use trustd::audit::Actor;
-use trustd::daemon::Device;
+use trustd::daemon::{Device, DeviceError};
 use trustd::netfilter::NftBackend;
 
 #[derive(Parser, Debug)]
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("trustd: {e:#}");
+            eprintln!("trustd: {}", trustd::error_chain(e.as_ref()));
             ExitCode::from(3)
         }
     }
@@ -87,8 +87,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Apply { nft } => {
-            let mut dev = Device::open(&paths, Actor::this_process())?;
             let mut backend = NftBackend::new(nft);
+            let mut dev = match Device::open(&paths, Actor::this_process()) {
+                Ok(d) => d,
+                Err(e) => return lockdown_without_state(&mut backend, &e),
+            };
             let e = dev.enforce(&mut backend, Actor::this_process())?;
             let code = match &e.fallback {
                 None => {
@@ -117,9 +120,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Without a trust root or state trustd cannot verify anything: put lockdown (no bootstrap
+/// allowlist, since no policy can be trusted) in place and say why. Exit 1.
+fn lockdown_without_state(backend: &mut NftBackend, why: &DeviceError) -> Result<ExitCode> {
+    let none = std::collections::BTreeSet::new();
+    let e = trustd::policy::effective(
+        None,
+        trustd::policy::Overlay {
+            privacy: true,
+            completed_steps: &none,
+            lifecycle: trustd::state::Lifecycle::Unknown,
+        },
+    );
+    let digest = trustd::netfilter::apply(backend, &trustd::netfilter::compile(&e))?;
+    println!(
+        "enforcing lockdown (ruleset {digest}): {}",
+        trustd::error_chain(why)
+    );
+    Ok(ExitCode::from(1))
+}
+
 fn run_daemon(paths: &Paths, mut backend: NftBackend, interval_ms: u64) -> Result<ExitCode> {
     let me = Actor::this_process;
-    let mut dev = Device::open(paths, me())?;
+    let mut dev = match Device::open(paths, me()) {
+        Ok(d) => d,
+        Err(e) => return lockdown_without_state(&mut backend, &e),
+    };
     let e = dev.enforce(&mut backend, me())?;
     tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
     // Link changes arrive on their own thread; the loop below picks them up.
