@@ -70,6 +70,21 @@ impl NftBackend {
         }
     }
 
+    /// A listing as printed; `None` if what it names does not exist.
+    fn list(&self, args: &[&str]) -> Result<Option<String>, NftError> {
+        match self.run(args, None) {
+            Ok(out) => String::from_utf8(out)
+                .map(Some)
+                .map_err(|e| NftError::Output(e.to_string())),
+            Err(NftError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, NftError> {
         let name = self.nft.display().to_string();
         let mut child = Command::new(&self.nft)
@@ -104,17 +119,7 @@ impl NftBackend {
 
 impl Backend for NftBackend {
     fn list_chain(&mut self, table: &str, chain: &str) -> Result<Option<String>, NftError> {
-        match self.run(&["-j", "list", "chain", "inet", table, chain], None) {
-            Ok(out) => String::from_utf8(out)
-                .map(Some)
-                .map_err(|e| NftError::Output(e.to_string())),
-            Err(NftError::Failed { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        self.list(&["-j", "list", "chain", "inet", table, chain])
     }
 
     fn apply(&mut self, script: &str) -> Result<(), NftError> {
@@ -123,17 +128,7 @@ impl Backend for NftBackend {
     }
 
     fn list_table(&mut self, name: &str) -> Result<Option<String>, NftError> {
-        match self.run(&["-j", "list", "table", "inet", name], None) {
-            Ok(out) => String::from_utf8(out)
-                .map(Some)
-                .map_err(|e| NftError::Output(e.to_string())),
-            Err(NftError::Failed { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        self.list(&["-j", "list", "table", "inet", name])
     }
 }
 

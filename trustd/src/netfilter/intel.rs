@@ -512,57 +512,31 @@ pub fn update_intel(
         return Ok(false);
     }
     let mut cmds = Vec::new();
-    for (o, n) in old.categories.iter().zip(&new.categories) {
+    for (i, (o, n)) in old.categories.iter().zip(&new.categories).enumerate() {
         if !o.v4_nets.is_subset(&n.v4_nets) || !o.v6_nets.is_subset(&n.v6_nets) {
             return Ok(false);
         }
-        let i = new
-            .categories
-            .iter()
-            .position(|c| c.name == n.name)
-            .unwrap_or(0);
-        let add = |suffix: &str, elems: Vec<Value>, cmds: &mut Vec<Value>| {
-            if !elems.is_empty() {
-                cmds.push(json!({"add": {"element": {"family": "inet", "table": INTEL_TABLE, "name": format!("c{i}_{suffix}"), "elem": elems}}}));
-            }
+        let hosts = |a: &BTreeSet<IpAddr>, b: &BTreeSet<IpAddr>| {
+            a.difference(b).map(|x| Elem::Host(*x)).collect()
         };
-        let del = |suffix: &str, elems: Vec<Value>, cmds: &mut Vec<Value>| {
-            if !elems.is_empty() {
-                cmds.push(json!({"delete": {"element": {"family": "inet", "table": INTEL_TABLE, "name": format!("c{i}_{suffix}"), "elem": elems}}}));
-            }
+        let nets = |a: &BTreeSet<Cidr>, b: &BTreeSet<Cidr>| {
+            a.difference(b).map(|x| Elem::Net(*x)).collect()
         };
-        let s = |v: &IpAddr| json!(v.to_string());
-        let p = |c: &Cidr| json!({"prefix": {"addr": c.addr().to_string(), "len": c.prefix()}});
-        add(
-            "v4h",
-            n.v4_hosts.difference(&o.v4_hosts).map(s).collect(),
-            &mut cmds,
-        );
-        add(
-            "v6h",
-            n.v6_hosts.difference(&o.v6_hosts).map(s).collect(),
-            &mut cmds,
-        );
-        add(
-            "v4n",
-            n.v4_nets.difference(&o.v4_nets).map(p).collect(),
-            &mut cmds,
-        );
-        add(
-            "v6n",
-            n.v6_nets.difference(&o.v6_nets).map(p).collect(),
-            &mut cmds,
-        );
-        del(
-            "v4h",
-            o.v4_hosts.difference(&n.v4_hosts).map(s).collect(),
-            &mut cmds,
-        );
-        del(
-            "v6h",
-            o.v6_hosts.difference(&n.v6_hosts).map(s).collect(),
-            &mut cmds,
-        );
+        // Additions everywhere; deletions only from hash sets (never from interval sets).
+        let changes: [(&str, &str, Vec<Elem>); 6] = [
+            ("add", "v4h", hosts(&n.v4_hosts, &o.v4_hosts)),
+            ("add", "v6h", hosts(&n.v6_hosts, &o.v6_hosts)),
+            ("add", "v4n", nets(&n.v4_nets, &o.v4_nets)),
+            ("add", "v6n", nets(&n.v6_nets, &o.v6_nets)),
+            ("delete", "v4h", hosts(&o.v4_hosts, &n.v4_hosts)),
+            ("delete", "v6h", hosts(&o.v6_hosts, &n.v6_hosts)),
+        ];
+        for (op, suffix, elems) in changes {
+            if !elems.is_empty() {
+                let set = format!("c{i}_{suffix}");
+                cmds.push(json!({ op: {"element": {"family": "inet", "table": INTEL_TABLE, "name": set, "elem": elems}}}));
+            }
+        }
     }
     if !cmds.is_empty() {
         backend.apply(&json!({ "nftables": cmds }).to_string())?;
