@@ -21,6 +21,7 @@ use trustd::bundle::{
 use trustd::timefmt::Timestamp;
 
 use crate::bin;
+use crate::bus::{Bus, BusPolicy};
 
 /// Whether a test needing root and these tools can run here; under CI=true, it must.
 pub fn can_run(tools: &[&str]) -> bool {
@@ -336,17 +337,22 @@ impl Lab {
     }
 
     /// Start `trustd run` in the device namespace; killed when the guard drops.
-    pub fn run_daemon(&self, check_interval_ms: u64) -> crate::KillOnDrop {
+    pub fn run_daemon(&self, check_interval_ms: u64) -> Daemon {
+        let bus = Bus::start(BusPolicy::Shipped, "");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.dev])
             .arg(bin("trustd"))
             .arg("--prefix")
             .arg(self.prefix.path())
             .args(["run", "--check-interval-ms", &check_interval_ms.to_string()])
+            .args(["--bus", &bus.address])
             .stderr(Stdio::null())
             .spawn()
             .expect("trustd run");
-        crate::KillOnDrop(Some(child))
+        Daemon {
+            child: crate::KillOnDrop(Some(child)),
+            bus,
+        }
     }
 
     /// Run `trustd apply`; returns its stdout, panics if it did not exit 0.
@@ -459,4 +465,25 @@ pub fn lab_policy(mode: &str) -> Value {
         "privacy": {"network_mode": "tor-only", "block_lan_discovery": true},
         "setup": {"required_steps": [], "bootstrap_allow": [{"dest": "10.99.0.2", "proto": "tcp", "ports": [8443]}]}
     })
+}
+
+/// `trustd run` in the lab's device namespace, serving on its own private bus.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The process (killed when dropped).
+    pub child: crate::KillOnDrop,
+    /// Its bus.
+    pub bus: Bus,
+}
+
+impl Daemon {
+    /// Its pid.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for it to exit.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
+    }
 }

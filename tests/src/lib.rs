@@ -58,6 +58,7 @@ pub fn trustctl(cwd: &std::path::Path, args: &[&str]) -> Run {
         .into()
 }
 
+pub mod bus;
 pub mod lab;
 
 /// A child process killed (SIGKILL) and reaped when dropped, so that a failing test never

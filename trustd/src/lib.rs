@@ -6,9 +6,12 @@
 
 pub mod audit;
 pub mod bundle;
+pub mod config;
+pub mod dbus;
 pub mod json;
 pub mod paths;
 pub mod policy;
+pub mod posture;
 pub mod state;
 pub mod sys;
 pub mod timefmt;

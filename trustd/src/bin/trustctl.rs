@@ -1,7 +1,8 @@
-//! trustctl: the admin CLI. Keys, signing, verification, offline loading and the audit log.
+//! trustctl: the admin CLI. Keys, signing and verification; the running daemon over the bus
+//! (status, watch, privacy, policy, intel, setup, audit); offline loading and log checks.
 //!
-//! Exit codes: 0 done; 1 refused (the input, signature or log is bad); 2 usage; 3 the
-//! system failed (a file could not be read or written).
+//! Exit codes: 0 done; 1 refused (the input, signature or log is bad, or the caller may not
+//! do this); 2 usage; 3 the system failed (a file, the bus or the daemon).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The bus trustd serves on (default: the system bus).
+    #[arg(long, global = true)]
+    bus: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -97,10 +101,73 @@ enum Cmd {
         #[arg(long, default_value = "/")]
         prefix: PathBuf,
     },
-    /// The audit log.
+    /// The audit log: through the daemon, or offline with --prefix.
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// The device's posture, from the daemon.
+    Status,
+    /// Follow posture changes (PropertiesChanged) and print each one.
+    Watch {
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Privacy mode: on (anyone) or off (admins, or users where the policy allows).
+    Privacy {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// The policy, through the daemon.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Blocklists, through the daemon.
+    Intel {
+        #[command(subcommand)]
+        cmd: IntelCmd,
+    },
+    /// Setup steps, through the daemon.
+    Setup {
+        #[command(subcommand)]
+        cmd: SetupCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Send a signed policy bundle to the daemon, which verifies and enforces it.
+    Apply {
+        /// The envelope.
+        file: PathBuf,
+    },
+    /// Print the policy in force.
+    Show,
+    /// Send a signed trust-root rotation to the daemon.
+    Rotate {
+        /// The envelope.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IntelCmd {
+    /// Send a signed intel feed to the daemon.
+    Apply {
+        /// The envelope.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SetupCmd {
+    /// Mark a required setup step complete.
+    Complete {
+        /// The step.
+        step: String,
     },
 }
 
@@ -108,15 +175,15 @@ enum Cmd {
 enum AuditCmd {
     /// Check the chain, the segments and the head; exit 1 if anything is wrong.
     Verify {
-        /// Root prefix of the device's files.
-        #[arg(long, default_value = "/")]
-        prefix: PathBuf,
+        /// Read the files under this root prefix instead of asking the daemon.
+        #[arg(long)]
+        prefix: Option<PathBuf>,
     },
     /// Print the last records.
     Tail {
-        /// Root prefix of the device's files.
-        #[arg(long, default_value = "/")]
-        prefix: PathBuf,
+        /// Read the files under this root prefix instead of asking the daemon.
+        #[arg(long)]
+        prefix: Option<PathBuf>,
         /// How many.
         #[arg(short = 'n', default_value_t = 10)]
         n: usize,
@@ -226,9 +293,206 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Load { prefix, envelope } => load(j, &prefix, &envelope),
         Cmd::State { prefix } => state(j, &prefix),
         Cmd::Audit { cmd } => match cmd {
-            AuditCmd::Verify { prefix } => audit_verify(j, &prefix),
-            AuditCmd::Tail { prefix, n } => audit_tail(j, &prefix, n),
+            AuditCmd::Verify { prefix: Some(p) } => audit_verify(j, &p),
+            AuditCmd::Tail { prefix: Some(p), n } => audit_tail(j, &p, n),
+            cmd => bus::run(j, cli.bus.as_deref(), bus::Op::Audit(cmd)),
         },
+        Cmd::Status => bus::run(j, cli.bus.as_deref(), bus::Op::Status),
+        Cmd::Watch { count } => bus::run(j, cli.bus.as_deref(), bus::Op::Watch(count)),
+        Cmd::Privacy { state } => bus::run(j, cli.bus.as_deref(), bus::Op::Privacy(state == "on")),
+        Cmd::Policy { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Policy(cmd)),
+        Cmd::Intel { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Intel(cmd)),
+        Cmd::Setup { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Setup(cmd)),
+    }
+}
+
+/// The commands that talk to the running daemon.
+mod bus {
+    use super::{AuditCmd, IntelCmd, PolicyCmd, Refused, SetupCmd, print, read};
+    use anyhow::{Context, Result, anyhow};
+    use serde_json::{Value, json};
+    use std::process::ExitCode;
+    use trustd::dbus::client::{ApplyResult, Client};
+
+    #[derive(Debug)]
+    pub(super) enum Op {
+        Status,
+        Watch(Option<u64>),
+        Privacy(bool),
+        Policy(PolicyCmd),
+        Intel(IntelCmd),
+        Setup(SetupCmd),
+        Audit(AuditCmd),
+    }
+
+    /// A refusal by the daemon (access denied, input refused) exits 1; anything else 3.
+    fn daemon_error(e: zbus::Error) -> anyhow::Error {
+        if let zbus::Error::MethodError(name, msg, _) = &e {
+            let short = name.as_str().rsplit('.').next().unwrap_or_default();
+            let text = format!("{short}: {}", msg.as_deref().unwrap_or(""));
+            if name.as_str().ends_with(".AccessDenied")
+                || name.as_str().starts_with("org.enigm.Trust1.Error.Refused")
+                || name
+                    .as_str()
+                    .starts_with("org.enigm.Trust1.Error.UnknownStep")
+            {
+                return Refused(text).into();
+            }
+            return anyhow!(text);
+        }
+        if let zbus::Error::FDO(fdo) = &e
+            && let zbus::fdo::Error::AccessDenied(msg) = fdo.as_ref()
+        {
+            return Refused(format!("AccessDenied (bus policy): {msg}")).into();
+        }
+        anyhow!(e)
+    }
+
+    pub(super) fn run(j: bool, address: Option<&str>, op: Op) -> Result<ExitCode> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let c = Client::connect(address).await.with_context(|| {
+                format!("connecting to {}", address.unwrap_or("the system bus"))
+            })?;
+            exec(j, &c, op).await
+        })
+    }
+
+    fn show_value(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Array(a) if a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        }
+    }
+
+    fn applied(j: bool, what: &str, r: &ApplyResult) {
+        print(
+            j,
+            json!({"ok": true, "from_serial": r.from_serial, "to_serial": r.to_serial,
+                   "digest": r.digest, "audit_seq": r.audit_seq}),
+            &format!(
+                "{what} applied: serial {} -> {} ({}), audit record {}",
+                r.from_serial, r.to_serial, r.digest, r.audit_seq
+            ),
+        );
+    }
+
+    async fn exec(j: bool, c: &Client, op: Op) -> Result<ExitCode> {
+        match op {
+            Op::Status => {
+                let p = c.posture().await.map_err(daemon_error)?;
+                if j {
+                    let obj: serde_json::Map<String, Value> = p.into_iter().collect();
+                    println!("{}", Value::Object(obj));
+                } else {
+                    for (k, v) in &p {
+                        println!("{k:<18} {}", show_value(v));
+                    }
+                }
+            }
+            Op::Watch(count) => {
+                let mut changes = c.posture_changes().await.map_err(daemon_error)?;
+                let mut seen = 0;
+                while count.is_none_or(|n| seen < n) {
+                    let Some(ch) = changes.next().await else {
+                        return Err(anyhow!("the bus connection closed"));
+                    };
+                    if j {
+                        let obj: serde_json::Map<String, Value> = ch.into_iter().collect();
+                        println!("{}", Value::Object(obj));
+                    } else {
+                        let parts: Vec<String> = ch
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", show_value(v)))
+                            .collect();
+                        println!("{}", parts.join(" "));
+                    }
+                    seen += 1;
+                }
+            }
+            Op::Privacy(on) => {
+                c.set_privacy_mode(on).await.map_err(daemon_error)?;
+                let state = if on { "on" } else { "off" };
+                print(
+                    j,
+                    json!({"ok": true, "privacy_mode": on}),
+                    &format!("privacy mode {state}"),
+                );
+            }
+            Op::Policy(PolicyCmd::Apply { file }) => {
+                let r = c.apply_bundle(&read(&file)?).await.map_err(daemon_error)?;
+                applied(j, "policy", &r);
+            }
+            Op::Policy(PolicyCmd::Rotate { file }) => {
+                let r = c
+                    .apply_trust_root(&read(&file)?)
+                    .await
+                    .map_err(daemon_error)?;
+                applied(j, "trust root", &r);
+            }
+            Op::Policy(PolicyCmd::Show) => {
+                let p = c.active_policy().await.map_err(daemon_error)?;
+                if p.is_empty() {
+                    print(
+                        j,
+                        json!({"ok": true, "policy": null}),
+                        "no policy installed",
+                    );
+                } else if j {
+                    let v: Value = serde_json::from_str(&p)?;
+                    println!("{}", json!({"ok": true, "policy": v}));
+                } else {
+                    println!("{p}");
+                }
+            }
+            Op::Intel(IntelCmd::Apply { file }) => {
+                let r = c
+                    .apply_intel_feed(&read(&file)?)
+                    .await
+                    .map_err(daemon_error)?;
+                applied(j, "intel feed", &r);
+            }
+            Op::Setup(SetupCmd::Complete { step }) => {
+                c.complete_step(&step).await.map_err(daemon_error)?;
+                print(
+                    j,
+                    json!({"ok": true, "step": step}),
+                    &format!("step {step} complete"),
+                );
+            }
+            Op::Audit(AuditCmd::Tail { n, .. }) => {
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                for line in c.audit_tail(n).await.map_err(daemon_error)? {
+                    println!("{line}");
+                }
+            }
+            Op::Audit(AuditCmd::Verify { .. }) => {
+                let (records, problems) = c.audit_verify().await.map_err(daemon_error)?;
+                print(
+                    j,
+                    json!({"ok": problems.is_empty(), "records": records, "problems": problems}),
+                    &if problems.is_empty() {
+                        format!("audit log intact: {records} records")
+                    } else {
+                        format!(
+                            "audit log damaged ({records} records):\n  {}",
+                            problems.join("\n  ")
+                        )
+                    },
+                );
+                if !problems.is_empty() {
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
     }
 }
 

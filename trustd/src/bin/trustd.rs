@@ -1,5 +1,5 @@
-//! trustd: the daemon. At this stage it loads and checks the device's state, records the
-//! load in the audit log, and reports it; the event loop builds on [`trustd::daemon::Device`].
+//! trustd: the daemon. `run` enforces the last-good policy, keeps it enforced, and serves
+//! `org.enigm.Trust1` on the system bus; `apply` is the early-boot one-shot.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,10 +7,18 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, oneshot};
 use trustd::Paths;
 use trustd::audit::Actor;
-use trustd::daemon::{Device, DeviceError};
+use trustd::config::Config;
+use trustd::daemon::engine::Reconfigure;
+use trustd::daemon::{Command, Device, DeviceError, Engine, RoleGroups};
+use trustd::dbus::Handle;
 use trustd::netfilter::NftBackend;
+use trustd::timefmt::Timestamp;
 
 #[derive(Parser, Debug)]
 #[command(name = "trustd", version, about = "The trust agent of Enigm OS")]
@@ -35,16 +43,19 @@ enum Cmd {
         #[arg(long, default_value = "nft")]
         nft: PathBuf,
     },
-    /// Enforce, then keep enforcing: every interval, check that the kernel still holds the
-    /// ruleset and put it back (audited) if not. SIGTERM stops without removing anything;
-    /// SIGHUP reloads the state and re-enforces.
+    /// Enforce, serve org.enigm.Trust1 on the bus, and keep enforcing: every interval,
+    /// check that the kernel still holds the ruleset and put it back (audited) if not.
+    /// SIGTERM stops without removing anything; SIGHUP reloads configuration and state.
     Run {
         /// The nft binary.
         #[arg(long, default_value = "nft")]
         nft: PathBuf,
-        /// How often to check for drift, in milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        check_interval_ms: u64,
+        /// How often to check for drift, in milliseconds (default: trustd.json's, or 1000).
+        #[arg(long)]
+        check_interval_ms: Option<u64>,
+        /// The bus to serve on (default: the system bus).
+        #[arg(long)]
+        bus: Option<String>,
     },
 }
 
@@ -116,7 +127,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Run {
             nft,
             check_interval_ms,
-        } => run_daemon(&paths, NftBackend::new(nft), check_interval_ms),
+            bus,
+        } => run_daemon(&paths, NftBackend::new(nft), check_interval_ms, bus),
     }
 }
 
@@ -140,68 +152,128 @@ fn lockdown_without_state(backend: &mut NftBackend, why: &DeviceError) -> Result
     Ok(ExitCode::from(1))
 }
 
-fn run_daemon(paths: &Paths, mut backend: NftBackend, interval_ms: u64) -> Result<ExitCode> {
+/// Who holds which role, from the configuration. A configuration that cannot be read leaves
+/// only uid 0 as admin (never a guess), and says so.
+fn role_groups(paths: &Paths) -> Result<(RoleGroups, u64), String> {
+    let c = Config::load(paths).map_err(|e| e.to_string())?;
+    let groups = RoleGroups {
+        admin: c.admin_group.resolve(),
+        setup: c.setup_group.resolve(),
+    };
+    for (role, g, r) in [
+        ("admin", groups.admin, &c.admin_group),
+        ("setup", groups.setup, &c.setup_group),
+    ] {
+        if g.is_none() {
+            tracing::warn!(
+                "group {r:?} for the {role} role does not exist: nobody holds it through a group"
+            );
+        }
+    }
+    Ok((groups, c.check_interval_ms))
+}
+
+fn run_daemon(
+    paths: &Paths,
+    mut backend: NftBackend,
+    interval_ms: Option<u64>,
+    bus: Option<String>,
+) -> Result<ExitCode> {
     let me = Actor::this_process;
+    let (groups, configured_ms) = role_groups(paths).unwrap_or_else(|e| {
+        tracing::error!("configuration not read ({e}): only uid 0 holds the admin role");
+        (RoleGroups::default(), 1000)
+    });
     let mut dev = match Device::open(paths, me()) {
         Ok(d) => d,
         Err(e) => return lockdown_without_state(&mut backend, &e),
     };
-    let e = dev.enforce(&mut backend, me())?;
-    tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
-    // Link changes arrive on their own thread; the loop below picks them up.
-    let (links_tx, links_rx) = std::sync::mpsc::channel();
     match trustd::sys::netlink::dump_links() {
         Ok(links) => dev.set_links(&links),
         Err(err) => tracing::warn!("reading links: {err}"),
     }
+    let config_paths = paths.clone();
+    let reconfigure: Reconfigure = Box::new(move || role_groups(&config_paths).map(|g| g.0));
+    let (engine, posture_rx) = Engine::start(dev, backend, groups, reconfigure, Timestamp::now)?;
+    let (tx, rx) = mpsc::channel::<Command>(256);
+
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            let r = engine.run(rx);
+            let _ = done_tx.send(r);
+        })?;
+
+    // Signals: blocked in every thread, taken here.
+    let sig_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let cmd = match trustd::sys::wait_signal(Duration::from_secs(3600)) {
+                    Some(trustd::sys::Signal::Stop) => Command::Stop,
+                    Some(trustd::sys::Signal::Reload) => Command::Reload,
+                    None => continue,
+                };
+                if sig_tx.blocking_send(cmd).is_err() {
+                    break;
+                }
+            }
+        })?;
+
+    // Link changes from rtnetlink.
     match trustd::sys::netlink::LinkWatcher::open() {
         Ok(w) => {
-            std::thread::spawn(move || {
-                while let Ok(events) = w.next() {
-                    if links_tx.send(events).is_err() {
-                        break;
+            let link_tx = tx.clone();
+            std::thread::Builder::new()
+                .name("links".into())
+                .spawn(move || {
+                    while let Ok(events) = w.next() {
+                        if link_tx.blocking_send(Command::Links(events)).is_err() {
+                            break;
+                        }
                     }
-                }
-            });
+                })?;
         }
         Err(err) => tracing::warn!("watching links: {err}"),
     }
-    tracing::info!("network: {}", dev.network_status());
-    if let Err(err) = dev.enforce_intel(&mut backend, me()) {
-        tracing::error!("blocklists not updated: {err}");
-    }
-    let interval = std::time::Duration::from_millis(interval_ms.max(50));
-    loop {
-        match trustd::sys::wait_signal(interval) {
-            Some(trustd::sys::Signal::Stop) => {
-                dev.audit().append(
-                    trustd::audit::Entry::new("trustd.stop", trustd::audit::Outcome::Ok, me())
-                        .reason("stopped by signal; enforcement stays in the kernel"),
-                )?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            Some(trustd::sys::Signal::Reload) => {
-                drop(dev);
-                dev = Device::open(paths, me())?;
-                dev.enforce(&mut backend, me())?;
-                if let Ok(links) = trustd::sys::netlink::dump_links() {
-                    dev.set_links(&links);
-                }
-                if let Err(err) = dev.enforce_intel(&mut backend, me()) {
-                    tracing::error!("blocklists not updated: {err}");
-                }
-            }
-            None => {
-                if let Some(drift) = dev.check_drift(&mut backend, me())? {
-                    tracing::warn!("enforcement drift repaired: {drift}");
-                }
-            }
+
+    let interval = Duration::from_millis(interval_ms.unwrap_or(configured_ms).max(50));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async move {
+        let builder = match &bus {
+            Some(a) => zbus::connection::Builder::address(a.as_str()),
+            None => zbus::connection::Builder::system(),
+        };
+        let conn = trustd::dbus::serve(builder, Handle::new(tx.clone()), posture_rx)
+            .await
+            .context("serving org.enigm.Trust1 on the bus")?;
+        tracing::info!("serving {} on the bus", trustd::dbus::BUS_NAME);
+        if let Err(e) = trustd::sys::sd_notify("READY=1") {
+            tracing::warn!("READY not sent: {e}");
         }
-        let events: Vec<_> = links_rx.try_iter().flatten().collect();
-        if !events.is_empty()
-            && let Some(status) = dev.links_changed(&events, me())?
-        {
-            tracing::info!("network: {status}");
-        }
-    }
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                // A full queue already holds work that will reach the kernel check.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Command::Tick) {
+                    break;
+                }
+            }
+        });
+        let r = done_rx
+            .await
+            .context("the engine thread ended without a result")?;
+        drop(conn);
+        anyhow::Ok(r)
+    })?;
+    rt.shutdown_timeout(Duration::from_millis(200));
+    result?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ use crate::netfilter::{
 };
 use crate::policy::{Effective, LockdownReason, NetworkMode, NetworkPlan, Overlay, effective};
 use crate::policy::{IntelFeed, Policy};
+use crate::posture::{self, Enforcement, PolicyInfo, Posture};
 use crate::state::store::StateLock;
 use crate::state::{Condition, DeviceState, Loaded, StateError, StateStore, load_trust_root};
 use crate::sys::netlink::{LinkEvent, LinkState};
@@ -32,6 +33,9 @@ pub enum DeviceError {
     /// No ruleset could be put in the kernel; the one already there stays.
     #[error(transparent)]
     Enforce(#[from] EnforceError),
+    /// The setup step is not one the policy requires.
+    #[error("refused: {0}")]
+    UnknownStep(String),
 }
 
 /// What `enforce` put in the kernel.
@@ -65,6 +69,41 @@ pub struct Applied {
     pub audit_seq: u64,
 }
 
+/// Load the trust root and the state, and record the load.
+fn load_and_record(
+    store: &StateStore,
+    audit: &AuditLog,
+    actor: Actor,
+    from: &str,
+) -> Result<(TrustRoot, Loaded), DeviceError> {
+    let root = match load_trust_root(store.paths()) {
+        Ok(r) => r,
+        Err(e) => {
+            audit.append(
+                Entry::new("trust-root.load", Outcome::Error, actor).reason(e.to_string()),
+            )?;
+            return Err(e.into());
+        }
+    };
+    let loaded = store.load(&root);
+    let outcome = match loaded.condition {
+        Condition::Fresh | Condition::Loaded => Outcome::Ok,
+        Condition::Missing | Condition::Corrupt(_) => Outcome::Error,
+    };
+    let mut entry = Entry::new("state.load", outcome, actor).transition(
+        from,
+        format!("lifecycle {}", loaded.state.lifecycle.as_str()),
+    );
+    if !loaded.notes.is_empty() {
+        entry = entry.reason(loaded.notes.join("; "));
+    }
+    if let Some(p) = &loaded.policy {
+        entry = entry.digest("policy", p.digest());
+    }
+    audit.append(entry)?;
+    Ok((root, loaded))
+}
+
 /// The device's state and its audit log, opened for writing.
 #[derive(Debug)]
 pub struct Device {
@@ -79,6 +118,10 @@ pub struct Device {
     enforced: Option<String>,
     enforced_rs: Option<Ruleset>,
     enforced_intel: Option<IntelRuleset>,
+    enforcement: Enforcement,
+    drift: Option<(u64, String)>,
+    intel_failure: Option<String>,
+    audit_problems: Vec<String>,
     links: BTreeMap<String, bool>,
     _lock: StateLock,
 }
@@ -89,51 +132,41 @@ impl Device {
     pub fn open(paths: &Paths, actor: Actor) -> Result<Self, DeviceError> {
         let store = StateStore::new(paths.clone());
         let lock = store.lock()?;
-        let (audit, _report) = AuditLog::open(&paths.audit_dir(), Options::default())?;
-        let root = match load_trust_root(paths) {
-            Ok(r) => r,
-            Err(e) => {
-                audit.append(
-                    Entry::new("trust-root.load", Outcome::Error, actor).reason(e.to_string()),
-                )?;
-                return Err(e.into());
-            }
-        };
-        let Loaded {
-            state,
-            condition,
-            policy,
-            intel,
-            notes,
-        } = store.load(&root);
-        let outcome = match condition {
-            Condition::Fresh | Condition::Loaded => Outcome::Ok,
-            Condition::Missing | Condition::Corrupt(_) => Outcome::Error,
-        };
-        let mut entry = Entry::new("state.load", outcome, actor)
-            .transition("stopped", format!("lifecycle {}", state.lifecycle.as_str()));
-        if !notes.is_empty() {
-            entry = entry.reason(notes.join("; "));
-        }
-        if let Some(p) = &policy {
-            entry = entry.digest("policy", p.digest());
-        }
-        audit.append(entry)?;
+        let (audit, report) = AuditLog::open(&paths.audit_dir(), Options::default())?;
+        let (root, loaded) = load_and_record(&store, &audit, actor, "stopped")?;
         Ok(Self {
             store,
             root,
             audit,
-            state,
-            policy,
-            intel,
-            condition,
-            notes,
+            state: loaded.state,
+            policy: loaded.policy,
+            intel: loaded.intel,
+            condition: loaded.condition,
+            notes: loaded.notes,
             enforced: None,
             enforced_rs: None,
             enforced_intel: None,
+            enforcement: Enforcement::Unconfirmed,
+            drift: None,
+            intel_failure: None,
+            audit_problems: report.warnings,
             links: BTreeMap::new(),
             _lock: lock,
         })
+    }
+
+    /// Read the trust root and the state from disk again (SIGHUP), under the lock already
+    /// held. If the trust root cannot be read, nothing changes (and that is audited). What
+    /// is in the kernel stays until the next [`Self::enforce`].
+    pub fn reload(&mut self, actor: Actor) -> Result<(), DeviceError> {
+        let (root, loaded) = load_and_record(&self.store, &self.audit, actor, "running")?;
+        self.root = root;
+        self.state = loaded.state;
+        self.policy = loaded.policy;
+        self.intel = loaded.intel;
+        self.condition = loaded.condition;
+        self.notes = loaded.notes;
+        Ok(())
     }
 
     /// The state in force.
@@ -208,6 +241,9 @@ impl Device {
                 )?;
                 self.enforced = Some(mode.to_owned());
                 self.enforced_rs = Some(rs);
+                self.enforcement = Enforcement::Enforced {
+                    digest: digest.clone(),
+                };
                 Ok(Enforced {
                     mode,
                     digest,
@@ -242,6 +278,10 @@ impl Device {
                         )?;
                         self.enforced = Some("lockdown".into());
                         self.enforced_rs = Some(lock);
+                        self.enforcement = Enforcement::Fallback {
+                            digest: digest.clone(),
+                            why: e.to_string(),
+                        };
                         Ok(Enforced {
                             mode: "lockdown",
                             digest,
@@ -253,6 +293,9 @@ impl Device {
                             Entry::new("network.apply", Outcome::Error, actor)
                                 .reason(format!("lockdown not in force either: {e2}; the ruleset in the kernel stays")),
                         )?;
+                        self.enforcement = Enforcement::Failed {
+                            why: format!("{e}; lockdown: {e2}"),
+                        };
                         Err(DeviceError::Enforce(e2))
                     }
                 }
@@ -292,6 +335,7 @@ impl Device {
                     .append(entry.reason(format!("{} entries, table {how}", rs.len())))?;
                 let n = rs.len();
                 self.enforced_intel = Some(rs);
+                self.intel_failure = None;
                 Ok(n)
             }
             Err(e) => {
@@ -301,6 +345,7 @@ impl Device {
                             "blocklists not updated: {e}; the previous ones stay"
                         )),
                     )?;
+                self.intel_failure = Some(e.to_string());
                 Err(e.into())
             }
         }
@@ -400,6 +445,10 @@ impl Device {
             self.enforce_intel(backend, actor)?;
             found = Some(what);
         }
+        if let Some(what) = &found {
+            let n = self.drift.as_ref().map_or(0, |d| d.0);
+            self.drift = Some((n + 1, what.clone()));
+        }
         Ok(found)
     }
 
@@ -422,6 +471,93 @@ impl Device {
         }
         self.state = next;
         Ok(())
+    }
+
+    /// Mark a required setup step complete, persisted and audited. A step the policy does
+    /// not require is refused (and audited); a step already complete changes nothing.
+    /// Returns whether the state changed. The network follows on the next [`Self::enforce`].
+    pub fn complete_step(&mut self, step: &str, actor: Actor) -> Result<bool, DeviceError> {
+        let required = self
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.payload().setup.required_steps.iter().any(|s| s == step));
+        if !required {
+            let why = format!("{step:?} is not a setup step the policy requires");
+            self.audit
+                .append(Entry::new("setup.step", Outcome::Refused, actor).reason(why.clone()))?;
+            return Err(DeviceError::UnknownStep(why));
+        }
+        if self.state.completed_steps.contains(step) {
+            return Ok(false);
+        }
+        let mut next = self.state.clone();
+        next.completed_steps.insert(step.to_owned());
+        let pending = |st: &DeviceState| {
+            self.policy.as_ref().map_or(0, |p| {
+                p.payload()
+                    .setup
+                    .required_steps
+                    .iter()
+                    .filter(|s| !st.completed_steps.contains(*s))
+                    .count()
+            })
+        };
+        self.audit.append(
+            Entry::new("setup.step", Outcome::Ok, actor.clone())
+                .transition(
+                    format!("{} pending", pending(&self.state)),
+                    format!("{} pending", pending(&next)),
+                )
+                .reason(format!("step {step} complete")),
+        )?;
+        if let Err(e) = self.store.save(&next) {
+            self.audit.append(
+                Entry::new("setup.step", Outcome::Error, actor)
+                    .reason(format!("not saved: {e}; step {step} stays pending")),
+            )?;
+            return Err(e.into());
+        }
+        self.state = next;
+        Ok(true)
+    }
+
+    /// Whether an ordinary user may turn privacy mode off (the policy says so).
+    pub fn user_may_disable_privacy(&self) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|p| p.payload().privacy.user_may_disable)
+    }
+
+    /// Record what a check of the audit log found (posture shows it).
+    pub fn set_audit_problems(&mut self, problems: Vec<String>) {
+        self.audit_problems = problems;
+    }
+
+    /// The posture of the device now.
+    pub fn posture(&self, now: Timestamp) -> Posture {
+        let eff = self.effective();
+        let status = self.network_status();
+        let tunnel_down = matches!(&eff.network, NetworkPlan::Enforce(n) if n.mode == NetworkMode::VpnRequired)
+            && self.tunnel_up().is_none();
+        posture::posture(&posture::Input {
+            state: &self.state,
+            condition: &self.condition,
+            effective: &eff,
+            policy: self.policy.as_ref().map(|p| PolicyInfo {
+                serial: p.payload().serial,
+                digest: p.digest().to_owned(),
+                expires_at: p.payload().expires_at,
+            }),
+            now,
+            enforcement: &self.enforcement,
+            network_status: &status,
+            tunnel_down,
+            drift: self.drift.as_ref().map(|(n, w)| (*n, w.as_str())),
+            intel_failure: self.intel_failure.as_deref(),
+            audit_problems: &self.audit_problems,
+            audit_head: self.audit.head(),
+            landlock_abi: crate::sys::landlock_abi(),
+        })
     }
 
     /// Verify and install a policy bundle.

@@ -2,9 +2,11 @@
 //! record on disk, then the reply.
 //!
 //! [`Device`] holds the state in memory and is the only writer of the state directory and
-//! the audit log while it lives. Callers (the D-Bus adapter, `trustctl` offline) serialize
-//! their commands through it.
+//! the audit log while it lives. [`Engine`] owns it in the running daemon and takes every
+//! command (bus calls, drift ticks, link changes, signals) from one queue.
 
 mod device;
+pub mod engine;
 
 pub use device::{Applied, Device, DeviceError, Enforced};
+pub use engine::{CallError, Caller, Command, Engine, Request, Response, Role, RoleGroups};

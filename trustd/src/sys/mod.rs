@@ -99,3 +99,68 @@ pub fn peak_rss_kib() -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// The gid of the group `name` in the group database, or `None` if there is no such group
+/// (or the lookup failed).
+pub fn group_id(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: group is plain data, filled in by getgrnam_r before it is read.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut out: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; `buf` outlives it and its length is
+        // passed; `out` is only compared with null afterwards.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut out,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return (rc == 0 && !out.is_null()).then_some(grp.gr_gid);
+    }
+}
+
+/// The Landlock ABI version the kernel offers (0: Landlock is not available).
+pub fn landlock_abi() -> u32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag the call only returns
+    // the ABI version (or an error); it creates nothing and touches no memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(rc).unwrap_or(0)
+}
+
+/// Tell the service manager something (`READY=1`, `WATCHDOG=1`, `STATUS=...`) through
+/// `$NOTIFY_SOCKET`. Without that variable (not started by systemd) it does nothing.
+pub fn sd_notify(state: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
+        None => std::os::unix::net::SocketAddr::from_pathname(&path)?,
+    };
+    sock.send_to_addr(state.as_bytes(), &addr).map(|_| ())
+}
+
+/// Whether the service manager expects watchdog pings (`$WATCHDOG_USEC` is set).
+pub fn watchdog_enabled() -> bool {
+    std::env::var_os("WATCHDOG_USEC").is_some()
+}

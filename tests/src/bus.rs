@@ -1,0 +1,128 @@
+//! A private `dbus-daemon` for tests: its own config and socket in a temp dir, never the
+//! host's bus. The config is the system bus's default policy plus the project's shipped
+//! `dbus/org.enigm.Trust1.conf` (with the role groups mapped to test gids), or, to test
+//! trustd's own checks alone, a policy that lets everyone call everything.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::KillOnDrop;
+
+/// The gid that stands for `trustd-admin` in tests.
+pub const ADMIN_GID: u32 = 61001;
+/// The gid that stands for `trustd-setup` in tests.
+pub const SETUP_GID: u32 = 61002;
+
+/// Which policy the bus enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusPolicy {
+    /// The shipped policy file, groups mapped to [`ADMIN_GID`] and [`SETUP_GID`].
+    Shipped,
+    /// Everyone may own `org.enigm.Trust1` and call anything: only trustd's checks remain.
+    Open,
+}
+
+/// The shipped bus policy file.
+pub fn shipped_policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dbus/org.enigm.Trust1.conf")
+}
+
+/// The system bus's default policy (as Debian's system.conf has it), then `extra`.
+fn config(socket: &Path, extra: &str) -> String {
+    format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Debug.Stats"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.systemd1.Activator"/>
+  </policy>
+{extra}
+</busconfig>
+"#,
+        socket.display()
+    )
+}
+
+/// A running private bus.
+#[derive(Debug)]
+pub struct Bus {
+    /// The address clients connect to (`unix:path=...`).
+    pub address: String,
+    _child: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+impl Bus {
+    /// Start a bus with `policy`; `extra` is more config (e.g. for a benchmark's service).
+    pub fn start(policy: BusPolicy, extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("trustd-bus")
+            .tempdir()
+            .expect("tempdir");
+        // Clients run as other users: they must reach the socket.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let socket = dir.path().join("bus");
+        let ours = match policy {
+            BusPolicy::Shipped => {
+                let text = std::fs::read_to_string(shipped_policy()).expect("shipped policy");
+                let mapped = text
+                    .replace(
+                        r#"group="trustd-admin""#,
+                        &format!(r#"group="{ADMIN_GID}""#),
+                    )
+                    .replace(
+                        r#"group="trustd-setup""#,
+                        &format!(r#"group="{SETUP_GID}""#),
+                    );
+                let inc = dir.path().join("org.enigm.Trust1.conf");
+                std::fs::write(&inc, mapped).expect("write policy");
+                format!("<include>{}</include>", inc.display())
+            }
+            BusPolicy::Open => r#"<policy context="default">
+    <allow own="org.enigm.Trust1"/>
+    <allow send_destination="org.enigm.Trust1"/>
+  </policy>"#
+                .to_owned(),
+        };
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(&conf, config(&socket, &format!("{ours}\n{extra}"))).expect("write conf");
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--nopidfile", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start dbus-daemon");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("bus address");
+        assert!(line.starts_with("unix:"), "dbus-daemon said {line:?}");
+        Self {
+            address: format!("unix:path={}", socket.display()),
+            _child: KillOnDrop(Some(child)),
+            _dir: dir,
+        }
+    }
+}

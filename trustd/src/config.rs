@@ -1,0 +1,108 @@
+//! The local configuration, `/etc/trustd/trustd.json` (optional): which groups hold the admin
+//! and setup roles, and how often drift is checked. Unknown fields are refused, as everywhere.
+
+use serde::Deserialize;
+
+use crate::Paths;
+
+/// A group named in the configuration: a name looked up in the group database, or a gid.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    /// A numeric gid.
+    Gid(u32),
+    /// A group name.
+    Name(String),
+}
+
+impl GroupRef {
+    /// The gid, or `None` when the name is not in the group database (then nobody holds
+    /// the role through a group: fail closed).
+    pub fn resolve(&self) -> Option<u32> {
+        match self {
+            Self::Gid(g) => Some(*g),
+            Self::Name(n) => crate::sys::group_id(n),
+        }
+    }
+}
+
+/// `trustd.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Members hold the admin role (as does uid 0).
+    pub admin_group: GroupRef,
+    /// Members hold the setup role.
+    pub setup_group: GroupRef,
+    /// How often the kernel's ruleset is compared with the one enforced, in milliseconds.
+    pub check_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            admin_group: GroupRef::Name("trustd-admin".into()),
+            setup_group: GroupRef::Name("trustd-setup".into()),
+            check_interval_ms: 1000,
+        }
+    }
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    path: String,
+    reason: String,
+}
+
+impl Config {
+    /// Read `trustd.json`; its absence means the defaults. A file that is there but bad is an
+    /// error: the daemon must not guess who its admins are.
+    pub fn load(paths: &Paths) -> Result<Self, ConfigError> {
+        let path = paths.config_file();
+        let err = |reason: String| ConfigError {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let c: Self = crate::json::parse_strict(&bytes).map_err(|e| err(e.to_string()))?;
+        if c.check_interval_ms < 50 {
+            return Err(err("check_interval_ms must be at least 50".into()));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_gids_defaults_and_unknown_fields() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path());
+        assert_eq!(Config::load(&paths).expect("absent"), Config::default());
+        std::fs::create_dir_all(paths.config_dir()).expect("mkdir");
+        std::fs::write(
+            paths.config_file(),
+            br#"{"admin_group": 61001, "setup_group": "wheel"}"#,
+        )
+        .expect("write");
+        let c = Config::load(&paths).expect("load");
+        assert_eq!(c.admin_group.resolve(), Some(61001));
+        assert_eq!(c.setup_group, GroupRef::Name("wheel".into()));
+        assert_eq!(c.check_interval_ms, 1000);
+        std::fs::write(paths.config_file(), br#"{"admin_groups": 1}"#).expect("write");
+        let e = Config::load(&paths).expect_err("unknown field").to_string();
+        assert!(e.contains("admin_groups"), "{e}");
+        assert_eq!(
+            GroupRef::Name("no-such-group-trustd".into()).resolve(),
+            None
+        );
+    }
+}

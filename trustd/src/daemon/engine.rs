@@ -1,0 +1,431 @@
+//! The event loop's core: one thread owns the [`Device`] and the netfilter backend, and
+//! takes commands from one queue, so two callers never interleave a transition. A call is
+//! authorized here (from the caller's credentials as the bus daemon reported them), carried
+//! out, audited, the posture republished, and only then answered.
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Applied, Device, DeviceError};
+use crate::audit::{Actor, Entry, Outcome, verify_dir};
+use crate::netfilter::Backend;
+use crate::posture::Posture;
+use crate::sys::netlink::LinkEvent;
+use crate::timefmt::Timestamp;
+
+/// Who is calling, as the bus daemon reported it for the message's sender. Never taken from
+/// the message body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The caller's uid.
+    pub uid: u32,
+    /// Its groups (primary and supplementary) as the bus daemon saw them at connect time.
+    pub gids: Vec<u32>,
+    /// Its pid, when the bus reports one.
+    pub pid: Option<u32>,
+    /// Its unique bus name.
+    pub bus_name: String,
+}
+
+impl Caller {
+    /// The audit record's actor.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            uid: Some(self.uid),
+            pid: self.pid,
+            bus_name: Some(self.bus_name.clone()),
+        }
+    }
+}
+
+/// A caller's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// uid 0 or a member of the admin group.
+    Admin,
+    /// A member of the setup group.
+    Setup,
+    /// Everyone else.
+    User,
+}
+
+impl Role {
+    /// The name in audit records and errors.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Setup => "setup",
+            Self::User => "user",
+        }
+    }
+}
+
+/// Which gids hold which role (`None`: the group does not exist, so nobody holds the role
+/// through it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoleGroups {
+    /// The admin group.
+    pub admin: Option<u32>,
+    /// The setup group.
+    pub setup: Option<u32>,
+}
+
+impl RoleGroups {
+    /// The caller's role: admin = uid 0 or the admin group; setup = the setup group.
+    pub fn role(&self, c: &Caller) -> Role {
+        let member = |g: Option<u32>| g.is_some_and(|g| c.gids.contains(&g));
+        if c.uid == 0 || member(self.admin) {
+            Role::Admin
+        } else if member(self.setup) {
+            Role::Setup
+        } else {
+            Role::User
+        }
+    }
+}
+
+/// What a caller asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Privacy mode on or off.
+    SetPrivacy(bool),
+    /// A signed policy bundle.
+    ApplyBundle(Vec<u8>),
+    /// A signed intel feed.
+    ApplyIntel(Vec<u8>),
+    /// A signed trust-root rotation.
+    ApplyTrustRoot(Vec<u8>),
+    /// The last-good policy's payload.
+    ActivePolicy,
+    /// A setup step done.
+    CompleteStep(String),
+    /// The last N audit records.
+    AuditTail(u32),
+    /// Check the audit log.
+    AuditVerify,
+}
+
+impl Request {
+    /// The method's name, for audit records and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SetPrivacy(true) => "SetPrivacyMode(true)",
+            Self::SetPrivacy(false) => "SetPrivacyMode(false)",
+            Self::ApplyBundle(_) => "ApplyBundle",
+            Self::ApplyIntel(_) => "ApplyIntelFeed",
+            Self::ApplyTrustRoot(_) => "ApplyTrustRoot",
+            Self::ActivePolicy => "ActivePolicy",
+            Self::CompleteStep(_) => "CompleteStep",
+            Self::AuditTail(_) => "Tail",
+            Self::AuditVerify => "Verify",
+        }
+    }
+}
+
+/// Who may do what (DESIGN.md's matrix). `user_may_disable_privacy` comes from the policy.
+pub fn permitted(req: &Request, role: Role, user_may_disable_privacy: bool) -> bool {
+    match req {
+        Request::SetPrivacy(true) => true,
+        Request::SetPrivacy(false) => role == Role::Admin || user_may_disable_privacy,
+        Request::CompleteStep(_) => matches!(role, Role::Admin | Role::Setup),
+        Request::ApplyBundle(_)
+        | Request::ApplyIntel(_)
+        | Request::ApplyTrustRoot(_)
+        | Request::ActivePolicy
+        | Request::AuditTail(_)
+        | Request::AuditVerify => role == Role::Admin,
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Done; nothing to return.
+    Done,
+    /// A signed input was installed.
+    Applied(Applied),
+    /// Text (the active policy).
+    Text(String),
+    /// Lines (audit records).
+    Lines(Vec<String>),
+    /// An audit check: records checked and problems found.
+    Verified {
+        /// Records read.
+        records: u64,
+        /// Problems found (empty: the log is intact).
+        problems: Vec<String>,
+    },
+}
+
+/// Why a call did not take effect. In every case the state in force stays.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The caller's role may not do this (the refusal is audited).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// The input was refused (bad signature, rollback, expired, malformed...).
+    #[error("{0}")]
+    Refused(String),
+    /// The setup step is not one the policy requires.
+    #[error("{0}")]
+    UnknownStep(String),
+    /// The daemon could not carry it out (disk, audit log, kernel).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<DeviceError> for CallError {
+    fn from(e: DeviceError) -> Self {
+        let msg = crate::error_chain(&e);
+        match e {
+            DeviceError::Refused(_) => Self::Refused(format!("{msg}; the last good one stays")),
+            DeviceError::UnknownStep(_) => Self::UnknownStep(msg),
+            DeviceError::State(_) | DeviceError::Audit(_) | DeviceError::Enforce(_) => {
+                Self::Failed(format!("{msg}; the state in force stays"))
+            }
+        }
+    }
+}
+
+/// The reply to a call.
+pub type Reply = oneshot::Sender<Result<Response, CallError>>;
+
+/// What the engine's queue carries.
+#[derive(Debug)]
+pub enum Command {
+    /// A caller's request.
+    Call {
+        /// Who.
+        caller: Caller,
+        /// What.
+        request: Request,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// Check the kernel for drift.
+    Tick,
+    /// Links changed.
+    Links(Vec<LinkEvent>),
+    /// SIGHUP: reload configuration and state, re-enforce.
+    Reload,
+    /// SIGTERM: stop, leaving enforcement in the kernel.
+    Stop,
+}
+
+/// How the engine reads who holds which role again on reload.
+pub type Reconfigure = Box<dyn FnMut() -> Result<RoleGroups, String> + Send>;
+
+/// The engine: the device, the backend, who holds which role, and where posture goes.
+pub struct Engine<B: Backend> {
+    dev: Device,
+    backend: B,
+    groups: RoleGroups,
+    posture: watch::Sender<Posture>,
+    reconfigure: Reconfigure,
+    clock: fn() -> Timestamp,
+}
+
+impl<B: Backend> std::fmt::Debug for Engine<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("dev", &self.dev)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+fn me() -> Actor {
+    Actor::this_process()
+}
+
+impl<B: Backend> Engine<B> {
+    /// Enforce the device's effective policy and blocklists, and return the engine and the
+    /// first posture (to publish before the bus name is taken).
+    pub fn start(
+        mut dev: Device,
+        mut backend: B,
+        groups: RoleGroups,
+        reconfigure: Reconfigure,
+        clock: fn() -> Timestamp,
+    ) -> Result<(Self, watch::Receiver<Posture>), DeviceError> {
+        let e = dev.enforce(&mut backend, me())?;
+        tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
+        if let Err(err) = dev.enforce_intel(&mut backend, me()) {
+            tracing::error!("blocklists not updated: {err}");
+        }
+        let (tx, rx) = watch::channel(dev.posture(clock()));
+        Ok((
+            Self {
+                dev,
+                backend,
+                groups,
+                posture: tx,
+                reconfigure,
+                clock,
+            },
+            rx,
+        ))
+    }
+
+    /// The device (for link state at start).
+    pub fn device_mut(&mut self) -> &mut Device {
+        &mut self.dev
+    }
+
+    /// Take commands until Stop (or until every sender is gone). Errors of the audit log or
+    /// the state directory end the loop: the daemon exits and enforcement stays in the kernel.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Result<(), DeviceError> {
+        self.publish();
+        while let Some(cmd) = rx.blocking_recv() {
+            match cmd {
+                Command::Call {
+                    caller,
+                    request,
+                    reply,
+                } => {
+                    let result = self.call(&caller, request);
+                    self.publish();
+                    // A caller that went away does not need its answer.
+                    let _ = reply.send(result);
+                }
+                Command::Tick => {
+                    if let Some(drift) = self.dev.check_drift(&mut self.backend, me())? {
+                        tracing::warn!("enforcement drift repaired: {drift}");
+                    }
+                    self.publish();
+                    // The watchdog is fed from here, so it proves that this loop turns and
+                    // that the kernel's ruleset was just checked.
+                    if crate::sys::watchdog_enabled()
+                        && let Err(e) = crate::sys::sd_notify("WATCHDOG=1")
+                    {
+                        tracing::warn!("watchdog ping: {e}");
+                    }
+                }
+                Command::Links(events) => {
+                    if let Some(status) = self.dev.links_changed(&events, me())? {
+                        tracing::info!("network: {status}");
+                    }
+                    self.publish();
+                }
+                Command::Reload => {
+                    self.reload()?;
+                    self.publish();
+                }
+                Command::Stop => {
+                    self.dev.audit().append(
+                        Entry::new("trustd.stop", Outcome::Ok, me())
+                            .reason("stopped by signal; enforcement stays in the kernel"),
+                    )?;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let p = self.dev.posture((self.clock)());
+        self.posture.send_if_modified(|old| {
+            if *old == p {
+                false
+            } else {
+                *old = p;
+                true
+            }
+        });
+    }
+
+    fn reload(&mut self) -> Result<(), DeviceError> {
+        match (self.reconfigure)() {
+            Ok(groups) => self.groups = groups,
+            Err(e) => tracing::error!("configuration not reloaded, the previous one stays: {e}"),
+        }
+        self.dev.reload(me())?;
+        if let Ok(links) = crate::sys::netlink::dump_links() {
+            self.dev.set_links(&links);
+        }
+        self.dev.enforce(&mut self.backend, me())?;
+        if let Err(err) = self.dev.enforce_intel(&mut self.backend, me()) {
+            tracing::error!("blocklists not updated: {err}");
+        }
+        Ok(())
+    }
+
+    fn call(&mut self, caller: &Caller, request: Request) -> Result<Response, CallError> {
+        let role = self.groups.role(caller);
+        let name = request.name();
+        if !permitted(&request, role, self.dev.user_may_disable_privacy()) {
+            let why = format!(
+                "{name} is not allowed for uid {} (role {})",
+                caller.uid,
+                role.as_str()
+            );
+            self.dev
+                .audit()
+                .append(
+                    Entry::new("authz.denied", Outcome::Refused, caller.actor())
+                        .reason(why.clone()),
+                )
+                .map_err(|e| CallError::Failed(e.to_string()))?;
+            return Err(CallError::AccessDenied(format!("{why}; nothing changed")));
+        }
+        let actor = caller.actor();
+        let now = (self.clock)();
+        match request {
+            Request::SetPrivacy(on) => {
+                if self.dev.state().privacy_mode != on {
+                    self.dev.set_privacy(on, actor.clone())?;
+                    self.dev.enforce(&mut self.backend, actor)?;
+                }
+                Ok(Response::Done)
+            }
+            Request::ApplyBundle(bytes) => {
+                let a = self.dev.apply_policy(&bytes, actor.clone(), now)?;
+                self.dev.enforce(&mut self.backend, actor)?;
+                Ok(Response::Applied(a))
+            }
+            Request::ApplyIntel(bytes) => {
+                let a = self.dev.apply_intel(&bytes, actor.clone(), now)?;
+                if let Err(e) = self.dev.enforce_intel(&mut self.backend, actor) {
+                    tracing::error!("blocklists not updated: {e}");
+                }
+                Ok(Response::Applied(a))
+            }
+            Request::ApplyTrustRoot(bytes) => Ok(Response::Applied(
+                self.dev.apply_trust_root(&bytes, actor, now)?,
+            )),
+            Request::ActivePolicy => match self.dev.policy() {
+                Some(p) => serde_json::to_string_pretty(p.payload())
+                    .map(Response::Text)
+                    .map_err(|e| CallError::Failed(e.to_string())),
+                None => Ok(Response::Text(String::new())),
+            },
+            Request::CompleteStep(step) => {
+                if self.dev.complete_step(&step, actor.clone())? {
+                    self.dev.enforce(&mut self.backend, actor)?;
+                }
+                Ok(Response::Done)
+            }
+            Request::AuditTail(n) => {
+                let records = crate::audit::read_records(self.dev.audit().dir())
+                    .map_err(|e| CallError::Failed(e.to_string()))?;
+                let skip = records.len().saturating_sub(n as usize);
+                records[skip..]
+                    .iter()
+                    .map(serde_json::to_string)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Response::Lines)
+                    .map_err(|e| CallError::Failed(e.to_string()))
+            }
+            Request::AuditVerify => {
+                let r = verify_dir(self.dev.audit().dir())
+                    .map_err(|e| CallError::Failed(e.to_string()))?;
+                let problems: Vec<String> = r.problems.iter().map(ToString::to_string).collect();
+                self.dev.set_audit_problems(problems.clone());
+                Ok(Response::Verified {
+                    records: r.records,
+                    problems,
+                })
+            }
+        }
+    }
+}

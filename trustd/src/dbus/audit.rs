@@ -1,0 +1,56 @@
+//! `org.enigm.Trust1.Audit`: the audit log (admins only).
+
+use zbus::message::Header;
+use zbus::{Connection, interface};
+
+use super::{Handle, error::Result, unexpected};
+use crate::daemon::{Request, Response};
+
+/// The interface.
+#[derive(Debug)]
+pub struct Audit {
+    h: Handle,
+}
+
+impl Audit {
+    pub(super) fn new(h: Handle) -> Self {
+        Self { h }
+    }
+}
+
+/// More than this many records in one answer would make a message too large to be useful.
+const MAX_TAIL: u32 = 10_000;
+
+#[interface(name = "org.enigm.Trust1.Audit")]
+impl Audit {
+    /// The last `n` records (at most 10000), one JSON object each, oldest first.
+    async fn tail(
+        &self,
+        n: u32,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<Vec<String>> {
+        match self
+            .h
+            .call(conn, &hdr, Request::AuditTail(n.min(MAX_TAIL)))
+            .await?
+        {
+            Response::Lines(l) => Ok(l),
+            r => Err(unexpected(&r)),
+        }
+    }
+
+    /// Check the whole log: the chain, the segments and the head. Returns the records read
+    /// and every problem found (none: intact).
+    #[zbus(out_args("records", "problems"))]
+    async fn verify(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(u64, Vec<String>)> {
+        match self.h.call(conn, &hdr, Request::AuditVerify).await? {
+            Response::Verified { records, problems } => Ok((records, problems)),
+            r => Err(unexpected(&r)),
+        }
+    }
+}

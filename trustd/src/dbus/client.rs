@@ -1,0 +1,237 @@
+//! A client of `org.enigm.Trust1`, for `trustctl` and the tests: typed calls, posture as
+//! JSON, and the stream of posture changes.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use zbus::proxy::CacheProperties;
+use zbus::{Connection, OwnedVariant, Proxy, Variant};
+
+use super::{BUS_NAME, OBJECT_PATH};
+
+/// The posture properties, in DESIGN.md's order.
+pub const POSTURE_PROPERTIES: [&str; 12] = [
+    "Level",
+    "Reasons",
+    "Enforcement",
+    "NetworkMode",
+    "PrivacyMode",
+    "PolicySerial",
+    "PolicyDigest",
+    "RulesetDigest",
+    "SetupComplete",
+    "PendingSetupSteps",
+    "Lifecycle",
+    "AuditHead",
+];
+
+/// A D-Bus value as JSON (strings, numbers, booleans, arrays and structs as arrays).
+pub fn variant_json(v: &Variant<'_>) -> Value {
+    match v {
+        Variant::Bool(b) => json!(b),
+        Variant::U8(n) => json!(n),
+        Variant::I16(n) => json!(n),
+        Variant::U16(n) => json!(n),
+        Variant::I32(n) => json!(n),
+        Variant::U32(n) => json!(n),
+        Variant::I64(n) => json!(n),
+        Variant::U64(n) => json!(n),
+        Variant::F64(n) => json!(n),
+        Variant::Str(s) => json!(s.as_str()),
+        Variant::Variant(inner) => variant_json(inner),
+        Variant::Array(a) => Value::Array(a.inner().iter().map(variant_json).collect()),
+        Variant::Structure(s) => Value::Array(s.fields().iter().map(variant_json).collect()),
+        other => json!(other.to_string()),
+    }
+}
+
+/// What an `Apply*` call returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyResult {
+    /// The role's serial before.
+    pub from_serial: u64,
+    /// The role's serial now.
+    pub to_serial: u64,
+    /// SHA-256 of the envelope.
+    pub digest: String,
+    /// The audit record's seq.
+    pub audit_seq: u64,
+}
+
+/// A connection to trustd.
+#[derive(Debug, Clone)]
+pub struct Client {
+    conn: Connection,
+}
+
+impl Client {
+    /// Connect to the bus at `address`, or to the system bus.
+    pub async fn connect(address: Option<&str>) -> zbus::Result<Self> {
+        let b = match address {
+            Some(a) => zbus::connection::Builder::address(a),
+            None => zbus::connection::Builder::system(),
+        };
+        Ok(Self {
+            conn: b.build().await?,
+        })
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    async fn proxy(&self, iface: &'static str) -> zbus::Result<Proxy<'static>> {
+        zbus::proxy::Builder::new(&self.conn)
+            .destination(BUS_NAME)
+            .path(OBJECT_PATH)
+            .interface(iface)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+    }
+
+    /// Every posture property, in DESIGN.md's order.
+    pub async fn posture(&self) -> zbus::Result<Vec<(String, Value)>> {
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination(BUS_NAME)
+            .path(OBJECT_PATH)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let iface =
+            zbus::names::InterfaceName::from_static_str_unchecked("org.enigm.Trust1.Posture");
+        let all: HashMap<String, OwnedVariant> = props.get_all(iface).await?;
+        Ok(POSTURE_PROPERTIES
+            .iter()
+            .map(|n| {
+                let v = all
+                    .get(*n)
+                    .map_or(Value::Null, |v| variant_json(&Variant::from(v.clone())));
+                ((*n).to_owned(), v)
+            })
+            .collect())
+    }
+
+    /// One posture property.
+    pub async fn posture_property(&self, name: &str) -> zbus::Result<Value> {
+        let p = self.proxy("org.enigm.Trust1.Posture").await?;
+        let v: OwnedVariant = p.get_property(name).await?;
+        Ok(variant_json(&Variant::from(v)))
+    }
+
+    /// Privacy mode on or off.
+    pub async fn set_privacy_mode(&self, on: bool) -> zbus::Result<()> {
+        self.proxy("org.enigm.Trust1.Privacy")
+            .await?
+            .call("SetPrivacyMode", &(on,))
+            .await
+    }
+
+    async fn apply(&self, method: &str, envelope: &[u8]) -> zbus::Result<ApplyResult> {
+        let (from_serial, to_serial, digest, audit_seq): (u64, u64, String, u64) = self
+            .proxy("org.enigm.Trust1.Policy")
+            .await?
+            .call(method, &(envelope,))
+            .await?;
+        Ok(ApplyResult {
+            from_serial,
+            to_serial,
+            digest,
+            audit_seq,
+        })
+    }
+
+    /// Apply a signed policy bundle.
+    pub async fn apply_bundle(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
+        self.apply("ApplyBundle", envelope).await
+    }
+
+    /// Apply a signed intel feed.
+    pub async fn apply_intel_feed(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
+        self.apply("ApplyIntelFeed", envelope).await
+    }
+
+    /// Apply a signed trust-root rotation.
+    pub async fn apply_trust_root(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
+        self.apply("ApplyTrustRoot", envelope).await
+    }
+
+    /// The active policy's payload (empty: none).
+    pub async fn active_policy(&self) -> zbus::Result<String> {
+        self.proxy("org.enigm.Trust1.Policy")
+            .await?
+            .call("ActivePolicy", &())
+            .await
+    }
+
+    /// Complete a setup step.
+    pub async fn complete_step(&self, step: &str) -> zbus::Result<()> {
+        self.proxy("org.enigm.Trust1.Setup")
+            .await?
+            .call("CompleteStep", &(step,))
+            .await
+    }
+
+    /// The last `n` audit records (JSON lines).
+    pub async fn audit_tail(&self, n: u32) -> zbus::Result<Vec<String>> {
+        self.proxy("org.enigm.Trust1.Audit")
+            .await?
+            .call("Tail", &(n,))
+            .await
+    }
+
+    /// Check the audit log: records read and problems found.
+    pub async fn audit_verify(&self) -> zbus::Result<(u64, Vec<String>)> {
+        self.proxy("org.enigm.Trust1.Audit")
+            .await?
+            .call("Verify", &())
+            .await
+    }
+
+    /// Subscribe to posture changes (before making the change you want to see).
+    pub async fn posture_changes(&self) -> zbus::Result<PostureChanges> {
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination(BUS_NAME)
+            .path(OBJECT_PATH)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        Ok(PostureChanges {
+            inner: Box::pin(props.receive_properties_changed().await?),
+        })
+    }
+}
+
+/// The `PropertiesChanged` signals of `org.enigm.Trust1.Posture`.
+pub struct PostureChanges {
+    inner: std::pin::Pin<Box<zbus::fdo::PropertiesChangedStream>>,
+}
+
+impl std::fmt::Debug for PostureChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostureChanges")
+    }
+}
+
+impl PostureChanges {
+    /// The next change: the properties that changed, in DESIGN.md's order. `None` when the
+    /// connection is gone.
+    pub async fn next(&mut self) -> Option<Vec<(String, Value)>> {
+        use futures_core::Stream;
+        loop {
+            let sig = std::future::poll_fn(|cx| self.inner.as_mut().poll_next(cx)).await?;
+            let Ok(args) = sig.args() else { continue };
+            if args.interface_name().as_str() != "org.enigm.Trust1.Posture" {
+                continue;
+            }
+            let mut changed: Vec<(String, Value)> = args
+                .changed_properties()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), variant_json(v)))
+                .collect();
+            changed.sort_by_key(|(k, _)| POSTURE_PROPERTIES.iter().position(|p| p == k));
+            return Some(changed);
+        }
+    }
+}

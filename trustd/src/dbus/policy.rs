@@ -1,0 +1,86 @@
+//! `org.enigm.Trust1.Policy`: signed inputs (admins only, and the signatures decide).
+
+use zbus::message::Header;
+use zbus::{Connection, interface};
+
+use super::{Handle, error::Result, unexpected};
+use crate::daemon::{Applied, Request, Response};
+
+/// The interface.
+#[derive(Debug)]
+pub struct Policy {
+    h: Handle,
+}
+
+impl Policy {
+    pub(super) fn new(h: Handle) -> Self {
+        Self { h }
+    }
+
+    async fn apply(
+        &self,
+        conn: &Connection,
+        hdr: &Header<'_>,
+        r: Request,
+    ) -> Result<(u64, u64, String, u64)> {
+        match self.h.call(conn, hdr, r).await? {
+            Response::Applied(Applied {
+                from_serial,
+                to_serial,
+                digest,
+                audit_seq,
+            }) => Ok((from_serial, to_serial, digest, audit_seq)),
+            r => Err(unexpected(&r)),
+        }
+    }
+}
+
+#[interface(name = "org.enigm.Trust1.Policy")]
+impl Policy {
+    /// Verify a signed policy bundle (DSSE envelope) and put it in force. Returns the serial
+    /// before and after, the envelope's SHA-256 and the audit record's seq.
+    #[zbus(out_args("from_serial", "to_serial", "digest", "audit_seq"))]
+    async fn apply_bundle(
+        &self,
+        envelope: Vec<u8>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(u64, u64, String, u64)> {
+        self.apply(conn, &hdr, Request::ApplyBundle(envelope)).await
+    }
+
+    /// Verify a signed intel feed and put its blocklists in force.
+    #[zbus(out_args("from_serial", "to_serial", "digest", "audit_seq"))]
+    async fn apply_intel_feed(
+        &self,
+        envelope: Vec<u8>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(u64, u64, String, u64)> {
+        self.apply(conn, &hdr, Request::ApplyIntel(envelope)).await
+    }
+
+    /// Verify a trust-root rotation signed by the current root and install it.
+    #[zbus(out_args("from_serial", "to_serial", "digest", "audit_seq"))]
+    async fn apply_trust_root(
+        &self,
+        envelope: Vec<u8>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(u64, u64, String, u64)> {
+        self.apply(conn, &hdr, Request::ApplyTrustRoot(envelope))
+            .await
+    }
+
+    /// The last-good policy's payload as JSON (empty: none installed).
+    async fn active_policy(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<String> {
+        match self.h.call(conn, &hdr, Request::ActivePolicy).await? {
+            Response::Text(t) => Ok(t),
+            r => Err(unexpected(&r)),
+        }
+    }
+}
