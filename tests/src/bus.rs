@@ -10,15 +10,22 @@ use std::process::{Command, Stdio};
 
 use crate::KillOnDrop;
 
-/// The gid that stands for `trustd-admin` in tests.
-pub const ADMIN_GID: u32 = 61001;
-/// The gid that stands for `trustd-setup` in tests.
-pub const SETUP_GID: u32 = 61002;
+/// The group that stands for `trustd-admin` in tests: one that every Debian system has
+/// (base-passwd) and no user is a member of, since dbus-daemon only accepts groups that
+/// exist. Tests never add groups to the host.
+pub const ADMIN_GROUP: &str = "src";
+/// The group that stands for `trustd-setup` in tests (base-passwd, no members).
+pub const SETUP_GROUP: &str = "games";
+
+/// The gid of a test group.
+pub fn gid(group: &str) -> u32 {
+    trustd::sys::group_id(group).unwrap_or_else(|| panic!("group {group} is not on this system"))
+}
 
 /// Which policy the bus enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BusPolicy {
-    /// The shipped policy file, groups mapped to [`ADMIN_GID`] and [`SETUP_GID`].
+    /// The shipped policy file, groups mapped to [`ADMIN_GROUP`] and [`SETUP_GROUP`].
     Shipped,
     /// Everyone may own `org.enigm.Trust1` and call anything: only trustd's checks remain.
     Open,
@@ -89,11 +96,11 @@ impl Bus {
                 let mapped = text
                     .replace(
                         r#"group="trustd-admin""#,
-                        &format!(r#"group="{ADMIN_GID}""#),
+                        &format!(r#"group="{ADMIN_GROUP}""#),
                     )
                     .replace(
                         r#"group="trustd-setup""#,
-                        &format!(r#"group="{SETUP_GID}""#),
+                        &format!(r#"group="{SETUP_GROUP}""#),
                     );
                 let inc = dir.path().join("org.enigm.Trust1.conf");
                 std::fs::write(&inc, mapped).expect("write policy");

@@ -338,7 +338,12 @@ impl Lab {
 
     /// Start `trustd run` in the device namespace; killed when the guard drops.
     pub fn run_daemon(&self, check_interval_ms: u64) -> Daemon {
-        let bus = Bus::start(BusPolicy::Shipped, "");
+        self.run_daemon_on(BusPolicy::Shipped, check_interval_ms)
+    }
+
+    /// Start `trustd run` on a private bus with `policy`.
+    pub fn run_daemon_on(&self, policy: BusPolicy, check_interval_ms: u64) -> Daemon {
+        let bus = Bus::start(policy, "");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.dev])
             .arg(bin("trustd"))

@@ -134,6 +134,10 @@ fn main() -> ExitCode {
                 Err(zbus::Error::MethodError(name, msg, _)) => json!({
                     "call": spec, "ok": false, "error": name.as_str(), "message": msg
                 }),
+                Err(zbus::Error::FDO(e)) => json!({
+                    "call": spec, "ok": false, "error": zbus::DBusError::name(e.as_ref()).as_str(),
+                    "message": zbus::DBusError::description(e.as_ref())
+                }),
                 Err(e) => json!({"call": spec, "ok": false, "error": "transport", "message": e.to_string()}),
             };
             println!("{line}");

@@ -1,0 +1,417 @@
+//! trustd on a real `dbus-daemon` (private, in a temp dir): who may call what, signals,
+//! malformed calls, introspection. trustd runs in a network namespace of its own lab.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::bin;
+use tests::bus::{ADMIN_GROUP, BusPolicy, SETUP_GROUP, gid};
+use tests::lab::{Daemon, Lab, can_run, lab_policy};
+use trustd::dbus::client::Client;
+
+const TOOLS: &[&str] = &["ip", "nft", "setpriv", "dbus-daemon"];
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A lab whose device holds `policy`, with trustd.json naming the test gids for the roles,
+/// and trustd serving on a private bus with `bus` policy.
+fn start(tag: &str, policy: Value, bus: BusPolicy) -> (Lab, Daemon) {
+    let mut lab = Lab::new(tag, false);
+    let b = lab.sign(policy);
+    lab.load(&b);
+    std::fs::write(
+        lab.paths().config_file(),
+        json!({"admin_group": ADMIN_GROUP, "setup_group": SETUP_GROUP}).to_string(),
+    )
+    .expect("trustd.json");
+    let d = lab.run_daemon_on(bus, 1000);
+    wait_ready(&d.bus.address);
+    (lab, d)
+}
+
+fn wait_ready(address: &str) {
+    let start = Instant::now();
+    rt().block_on(async {
+        loop {
+            if let Ok(c) = Client::connect(Some(address)).await
+                && c.posture_property("Level").await.is_ok()
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "trustd did not serve on the bus within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+}
+
+/// Who calls: uid, gid, supplementary group names (None: root, no setpriv). The users are
+/// base-passwd's (dbus-daemon refuses uids without a passwd entry): lp, mail, news.
+#[derive(Debug, Clone, Copy)]
+struct Identity {
+    name: &'static str,
+    cred: Option<(u32, u32, Option<&'static str>)>,
+    role: &'static str,
+}
+
+const IDENTITIES: [Identity; 5] = [
+    Identity {
+        name: "nobody",
+        cred: Some((65534, 65534, None)),
+        role: "user",
+    },
+    Identity {
+        name: "ordinary user (lp)",
+        cred: Some((7, 7, None)),
+        role: "user",
+    },
+    Identity {
+        name: "trustd-setup member (mail)",
+        cred: Some((8, 8, Some(SETUP_GROUP))),
+        role: "setup",
+    },
+    Identity {
+        name: "trustd-admin member (news)",
+        cred: Some((9, 9, Some(ADMIN_GROUP))),
+        role: "admin",
+    },
+    Identity {
+        name: "root",
+        cred: None,
+        role: "admin",
+    },
+];
+
+/// Run buscall as `who`; one JSON value per call.
+fn buscall(who: &Identity, address: &str, calls: &[String]) -> Vec<Value> {
+    let mut c = match who.cred {
+        None => Command::new(bin("buscall")),
+        Some((uid, primary, groups)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={primary}"));
+            match groups {
+                None => c.arg("--clear-groups"),
+                Some(g) => c.arg(format!("--groups={}", gid(g))),
+            };
+            c.arg(bin("buscall"));
+            c
+        }
+    };
+    let o = c.arg(address).args(calls).output().expect("buscall");
+    assert!(
+        o.status.success(),
+        "buscall as {}: {}",
+        who.name,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("buscall json"))
+        .collect();
+    assert_eq!(out.len(), calls.len(), "one answer per call");
+    out
+}
+
+/// A directory every test user can read, for the inputs they send.
+fn shared_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    d
+}
+
+fn share(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    p
+}
+
+/// What must not change when a call is denied.
+fn snapshot(lab: &Lab) -> (Value, Vec<u8>) {
+    let p = lab.paths();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(p.state_file()).expect("state")).expect("json");
+    (state, std::fs::read(p.policy_bundle()).expect("bundle"))
+}
+
+fn matrix_policy() -> Value {
+    let mut p = lab_policy("direct");
+    p["setup"]["required_steps"] = json!(["eula", "wifi"]);
+    p
+}
+
+/// Every method and property x every identity, on the shipped bus policy (two layers) and on
+/// an open bus (trustd's own checks alone). Allowed cells never answer AccessDenied; denied
+/// cells always do, change nothing, and (when trustd is the one refusing) are audited.
+#[test]
+fn every_call_by_every_role_is_allowed_or_denied_as_designed() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    for (tag, bus) in [("ms", BusPolicy::Shipped), ("mo", BusPolicy::Open)] {
+        let (mut lab, daemon) = start(tag, matrix_policy(), bus);
+        let addr = daemon.bus.address.clone();
+        // Privacy on first, so that SetPrivacyMode(true) changes nothing for anyone.
+        rt().block_on(async {
+            let c = Client::connect(Some(&addr)).await.expect("connect");
+            c.set_privacy_mode(true).await.expect("privacy on as root");
+        });
+
+        let shared = shared_dir();
+        let next = lab.sign(matrix_policy());
+        let bundle = share(
+            shared.path(),
+            "next.dsse.json",
+            &std::fs::read(&next).expect("read"),
+        );
+        let junk = share(shared.path(), "junk.json", b"{\"not\": \"an envelope\"}");
+        let (b, j) = (bundle.display(), junk.display());
+
+        let everyone = ["user", "setup", "admin"].as_slice();
+        let setup_admin = ["setup", "admin"].as_slice();
+        let admin = ["admin"].as_slice();
+        let mut cells: Vec<(String, &[&str])> = trustd::dbus::client::POSTURE_PROPERTIES
+            .iter()
+            .map(|p| (format!("Posture.get:{p}"), everyone))
+            .collect();
+        cells.extend([
+            ("Posture.GetAll".to_owned(), everyone),
+            ("Introspectable.Introspect".to_owned(), everyone),
+            ("Privacy.SetPrivacyMode b:true".to_owned(), everyone),
+            ("Privacy.SetPrivacyMode b:false".to_owned(), admin),
+            (format!("Policy.ApplyBundle ay@{b}"), admin),
+            (format!("Policy.ApplyIntelFeed ay@{j}"), admin),
+            (format!("Policy.ApplyTrustRoot ay@{j}"), admin),
+            ("Policy.ActivePolicy".to_owned(), admin),
+            ("Setup.CompleteStep s:eula".to_owned(), setup_admin),
+            ("Audit.Tail u:3".to_owned(), admin),
+            ("Audit.Verify".to_owned(), admin),
+        ]);
+        let calls: Vec<String> = cells.iter().map(|c| c.0.clone()).collect();
+
+        let mut daemon_denials: Vec<u32> = Vec::new();
+        for who in IDENTITIES {
+            let (state_before, bundle_before) = snapshot(&lab);
+            let answers = buscall(&who, &addr, &calls);
+            let mut denied_any = false;
+            for ((call, allowed), a) in cells.iter().zip(&answers) {
+                let err = a["error"].as_str().unwrap_or("");
+                let want = allowed.contains(&who.role);
+                if want {
+                    assert!(
+                        !err.ends_with("AccessDenied"),
+                        "{tag}: {call} as {} must be allowed: {a}",
+                        who.name
+                    );
+                } else {
+                    denied_any = true;
+                    assert!(
+                        err.ends_with(".AccessDenied"),
+                        "{tag}: {call} as {} must be denied: {a}",
+                        who.name
+                    );
+                    if bus == BusPolicy::Open {
+                        assert_eq!(
+                            err, "org.enigm.Trust1.Error.AccessDenied",
+                            "{tag}: with an open bus trustd itself refuses {call}"
+                        );
+                    }
+                    if err.starts_with("org.enigm.Trust1.") {
+                        daemon_denials.push(who.cred.map_or(0, |c| c.0));
+                        let msg = a["message"].as_str().unwrap_or("");
+                        assert!(
+                            msg.contains("not allowed") && msg.contains("nothing changed"),
+                            "a denial says what and that nothing changed: {msg}"
+                        );
+                    }
+                }
+            }
+            let (state_after, bundle_after) = snapshot(&lab);
+            if who.role != "admin" {
+                assert!(denied_any);
+                assert_eq!(
+                    bundle_after, bundle_before,
+                    "{tag}: {} changed the bundle",
+                    who.name
+                );
+                let mut expected = state_before.clone();
+                if who.role == "setup" {
+                    // The one change a setup member may make.
+                    let steps = expected["completed_steps"].as_array_mut().expect("steps");
+                    if !steps.contains(&json!("eula")) {
+                        steps.push(json!("eula"));
+                    }
+                }
+                assert_eq!(
+                    state_after, expected,
+                    "{tag}: {} changed the state",
+                    who.name
+                );
+                assert_eq!(state_after["privacy_mode"], json!(true));
+            }
+            if who.name.starts_with("trustd-admin member") {
+                assert_ne!(
+                    bundle_after, bundle_before,
+                    "the admin member's bundle is in force"
+                );
+            }
+        }
+        // trustd audited each refusal it made, with the caller's uid.
+        let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
+        let mut audited: Vec<u32> = records
+            .iter()
+            .filter(|r| r.kind == "authz.denied")
+            .map(|r| r.actor.uid.expect("uid"))
+            .collect();
+        audited.sort_unstable();
+        daemon_denials.sort_unstable();
+        assert_eq!(
+            audited, daemon_denials,
+            "{tag}: every refusal by trustd is audited"
+        );
+        let expected_daemon_denials = match bus {
+            // Only SetPrivacyMode(false) passes the bus policy for non-admins: 3 identities.
+            BusPolicy::Shipped => 3,
+            // 7 admin-only calls (SetPrivacyMode(false) among them) and CompleteStep for
+            // each of the 2 users; the 7 admin-only calls for the setup member.
+            BusPolicy::Open => 8 * 2 + 7,
+        };
+        assert_eq!(daemon_denials.len(), expected_daemon_denials, "{tag}");
+        eprintln!(
+            "{tag}: {} cells, {} refused by trustd itself",
+            cells.len() * IDENTITIES.len(),
+            daemon_denials.len()
+        );
+    }
+}
+
+fn props(changes: &[(String, Value)]) -> BTreeMap<String, Value> {
+    changes.iter().cloned().collect()
+}
+
+/// A client sees one PropertiesChanged per transition, carrying what changed: privacy,
+/// a new policy, a setup step. The kernel holds the new ruleset when the call returns.
+#[test]
+fn posture_changes_are_signalled_and_in_the_kernel_when_the_call_returns() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut p = lab_policy("direct");
+    p["setup"]["required_steps"] = json!(["eula"]);
+    p["privacy"]["user_may_disable"] = json!(true);
+    let (mut lab, daemon) = start("sg", p.clone(), BusPolicy::Shipped);
+    let addr = daemon.bus.address.clone();
+    // `trustctl watch` follows the same signals from another process.
+    let watch = Command::new(bin("trustctl"))
+        .args(["--bus", &addr, "--json", "watch", "--count", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("trustctl watch");
+    let watch = tests::KillOnDrop(Some(watch));
+    std::thread::sleep(Duration::from_millis(300));
+
+    rt().block_on(async {
+        let c = Client::connect(Some(&addr)).await.expect("connect");
+        let mut changes = c.posture_changes().await.expect("subscribe");
+        let next = async |changes: &mut trustd::dbus::client::PostureChanges| {
+            tokio::time::timeout(Duration::from_secs(5), changes.next())
+                .await
+                .expect("a PropertiesChanged within 5 s")
+                .expect("stream open")
+        };
+
+        // Setup: the last step completes, the network leaves the bootstrap allowlist.
+        assert!(
+            !lab.probe("10.99.0.2:443/tcp", None),
+            "setup: bootstrap only"
+        );
+        c.complete_step("eula").await.expect("complete");
+        assert!(
+            lab.probe("10.99.0.2:443/tcp", None),
+            "in force when the call returned"
+        );
+        let ch = props(&next(&mut changes).await);
+        assert_eq!(ch.get("SetupComplete"), Some(&json!(true)), "{ch:?}");
+        assert_eq!(ch.get("PendingSetupSteps"), Some(&json!([])));
+        assert_eq!(ch.get("NetworkMode"), Some(&json!("direct")));
+        assert!(ch.contains_key("RulesetDigest") && ch.contains_key("AuditHead"));
+
+        // Privacy on: tor-only in the kernel before the reply; the signal says so.
+        let t0 = Instant::now();
+        c.set_privacy_mode(true).await.expect("privacy on");
+        let replied = t0.elapsed();
+        let ch = props(&next(&mut changes).await);
+        let signalled = t0.elapsed();
+        assert!(
+            !lab.probe("10.99.0.2:443/tcp", None),
+            "tor-only blocks direct traffic"
+        );
+        assert_eq!(ch.get("PrivacyMode"), Some(&json!(true)), "{ch:?}");
+        assert_eq!(ch.get("NetworkMode"), Some(&json!("tor-only")));
+        eprintln!("privacy on: reply after {replied:?}, signal after {signalled:?}");
+
+        // A new policy: serial and digest change.
+        let b = lab.sign(p.clone());
+        let r = c
+            .apply_bundle(&std::fs::read(&b).expect("read"))
+            .await
+            .expect("apply");
+        assert_eq!(r.to_serial, r.from_serial + 1);
+        let ch = props(&next(&mut changes).await);
+        assert_eq!(ch.get("PolicySerial"), Some(&json!(r.to_serial)), "{ch:?}");
+        assert_eq!(ch.get("PolicyDigest"), Some(&json!(r.digest)));
+
+        // The policy lets users turn privacy off: an ordinary user may.
+        let user = IDENTITIES[1];
+        let a = buscall(&user, &addr, &["Privacy.SetPrivacyMode b:false".to_owned()]);
+        assert_eq!(a[0]["ok"], json!(true), "{a:?}");
+        let ch = props(&next(&mut changes).await);
+        assert_eq!(ch.get("PrivacyMode"), Some(&json!(false)));
+        assert!(lab.probe("10.99.0.2:443/tcp", None));
+    });
+
+    let out = watch_output(watch);
+    assert_eq!(out.len(), 3, "trustctl watch printed 3 changes: {out:?}");
+    assert_eq!(out[0]["SetupComplete"], json!(true));
+    assert_eq!(out[1]["PrivacyMode"], json!(true));
+    assert!(out[2]["PolicySerial"].is_u64());
+}
+
+fn watch_output(mut w: tests::KillOnDrop) -> Vec<Value> {
+    let mut child = w.0.take().expect("child");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "trustctl watch exited {status:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "trustctl watch did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut s)
+        .expect("read");
+    s.lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
