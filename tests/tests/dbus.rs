@@ -415,3 +415,252 @@ fn watch_output(mut w: tests::KillOnDrop) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect()
 }
+
+/// The `<interface name="org.enigm.Trust1.*">` elements of an introspection document, each
+/// line trimmed (or as it is, for writing the file).
+fn our_interfaces_lines(xml: &str, trim: bool) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for raw in xml.lines().filter(|l| !l.trim().is_empty()) {
+        let line = raw.trim();
+        if line.starts_with("<interface name=\"org.enigm.Trust1.") {
+            inside = true;
+        }
+        if inside {
+            out.push_str(if trim { line } else { raw });
+            out.push('\n');
+        }
+        if line == "</interface>" {
+            inside = false;
+        }
+    }
+    out
+}
+
+fn our_interfaces(xml: &str) -> String {
+    our_interfaces_lines(xml, true)
+}
+
+/// The interfaces trustd serves are exactly those in the committed `dbus/org.enigm.Trust1.xml`
+/// (the UI is written against that file). UPDATE_SNAPSHOTS=1 rewrites it.
+#[test]
+fn introspection_matches_the_committed_xml() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let (_lab, daemon) = start("ix", lab_policy("direct"), BusPolicy::Shipped);
+    let xml = rt().block_on(async {
+        let c = Client::connect(Some(&daemon.bus.address))
+            .await
+            .expect("connect");
+        zbus::fdo::IntrospectableProxy::builder(c.connection())
+            .destination(trustd::dbus::BUS_NAME)
+            .path(trustd::dbus::OBJECT_PATH)
+            .build()
+            .await
+            .expect("proxy")
+            .introspect()
+            .await
+            .expect("introspect")
+    });
+    let served = our_interfaces(&xml);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dbus/org.enigm.Trust1.xml");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        let doc = format!(
+            "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- org.enigm.Trust1 at /org/enigm/Trust1: the API the Trust Security Center is written against. -->\n<node name=\"/org/enigm/Trust1\">\n{}</node>\n",
+            our_interfaces_lines(&xml, false)
+        );
+        std::fs::write(&file, doc).expect("write xml");
+    }
+    let committed = std::fs::read_to_string(&file).expect("dbus/org.enigm.Trust1.xml");
+    assert_eq!(
+        our_interfaces(&committed),
+        served,
+        "the served interfaces differ from dbus/org.enigm.Trust1.xml"
+    );
+    for iface in trustd::dbus::INTERFACES {
+        assert!(
+            served.contains(&format!("<interface name=\"{iface}\">")),
+            "{iface}"
+        );
+    }
+}
+
+/// A D-Bus message built by hand (little-endian), so that a test can send what no library
+/// would: here, a string that is not UTF-8.
+fn raw_message(serial: u32, fields: &[(u8, char, &[u8])], sig: &str, body: &[u8]) -> Vec<u8> {
+    fn pad(v: &mut Vec<u8>, to: usize) {
+        while v.len() % to != 0 {
+            v.push(0);
+        }
+    }
+    let mut f = Vec::new();
+    let mut all: Vec<(u8, char, &[u8])> = fields.to_vec();
+    if !sig.is_empty() {
+        all.push((8, 'g', sig.as_bytes()));
+    }
+    for (code, ty, value) in all {
+        pad(&mut f, 8);
+        f.push(code);
+        f.extend([1, ty as u8, 0]);
+        match ty {
+            'g' => {
+                f.push(u8::try_from(value.len()).expect("short"));
+                f.extend(value);
+                f.push(0);
+            }
+            _ => {
+                pad(&mut f, 4);
+                f.extend(u32::try_from(value.len()).expect("len").to_le_bytes());
+                f.extend(value);
+                f.push(0);
+            }
+        }
+    }
+    let mut m = vec![b'l', 1, 0, 1];
+    m.extend(u32::try_from(body.len()).expect("len").to_le_bytes());
+    m.extend(serial.to_le_bytes());
+    m.extend(u32::try_from(f.len()).expect("len").to_le_bytes());
+    m.extend(f);
+    pad(&mut m, 8);
+    m.extend(body);
+    m
+}
+
+/// Say Hello and call CompleteStep(`step`) over a raw socket; returns what came back until
+/// the bus closed the connection, an UnknownStep error arrived, or 3 s passed.
+fn raw_complete_step(address: &str, step: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let path = address.strip_prefix("unix:path=").expect("path address");
+    let mut s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let uid_hex: String = trustd::sys::uid()
+        .to_string()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    s.write_all(format!("\0AUTH EXTERNAL {uid_hex}\r\n").as_bytes())
+        .expect("auth");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).expect("auth reply");
+    assert!(
+        buf[..n].starts_with(b"OK "),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"BEGIN\r\n").expect("begin");
+    let hello = [
+        (1, 'o', b"/org/freedesktop/DBus".as_slice()),
+        (2, 's', b"org.freedesktop.DBus".as_slice()),
+        (3, 's', b"Hello".as_slice()),
+        (6, 's', b"org.freedesktop.DBus".as_slice()),
+    ];
+    s.write_all(&raw_message(1, &hello, "", &[]))
+        .expect("hello");
+    let mut body = u32::try_from(step.len())
+        .expect("len")
+        .to_le_bytes()
+        .to_vec();
+    body.extend(step);
+    body.push(0);
+    let call = raw_message(
+        2,
+        &[
+            (1, 'o', b"/org/enigm/Trust1"),
+            (2, 's', b"org.enigm.Trust1.Setup"),
+            (3, 's', b"CompleteStep"),
+            (6, 's', b"org.enigm.Trust1"),
+        ],
+        "s",
+        &body,
+    );
+    s.write_all(&call).expect("call");
+    let mut got: Vec<u8> = Vec::new();
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend(&buf[..n]);
+        if got.windows(11).any(|w| w == b"UnknownStep") {
+            break;
+        }
+    }
+    got
+}
+
+/// Malformed calls get an error, change nothing, and trustd keeps serving.
+#[test]
+fn malformed_calls_are_refused_and_trustd_keeps_serving() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut p = lab_policy("direct");
+    p["setup"]["required_steps"] = json!(["eula"]);
+    let (lab, daemon) = start("mf", p, BusPolicy::Shipped);
+    let addr = daemon.bus.address.clone();
+    let before = snapshot(&lab);
+    let shared = shared_dir();
+    let not_utf8 = share(
+        shared.path(),
+        "bad.json",
+        b"{\"payloadType\": \"\xff\xfe\"}",
+    );
+    let root = IDENTITIES[4];
+    let calls = [
+        "Privacy.SetPrivacyMode s:yes".to_owned(),
+        "Setup.CompleteStep u:7".to_owned(),
+        "Audit.Tail s:all".to_owned(),
+        "Policy.ApplyBundle ay#16777216".to_owned(),
+        format!("Policy.ApplyBundle ay@{}", not_utf8.display()),
+        "Setup.CompleteStep s:no-such-step".to_owned(),
+        "Posture.NoSuchMethod".to_owned(),
+    ];
+    let answers = buscall(&root, &addr, &calls);
+    let expect = [
+        "org.freedesktop.DBus.Error.InvalidArgs",
+        "org.freedesktop.DBus.Error.InvalidArgs",
+        "org.freedesktop.DBus.Error.InvalidArgs",
+        "org.enigm.Trust1.Error.Refused",
+        "org.enigm.Trust1.Error.Refused",
+        "org.enigm.Trust1.Error.UnknownStep",
+        "org.freedesktop.DBus.Error.UnknownMethod",
+    ];
+    for ((call, a), want) in calls.iter().zip(&answers).zip(expect) {
+        assert_eq!(a["error"], json!(want), "{call}: {a}");
+    }
+    let too_large = answers[3]["message"].as_str().unwrap_or("");
+    assert!(too_large.contains("the last good one stays"), "{too_large}");
+
+    // 64 MiB: over the bus's message limit. The call fails; nothing reaches trustd.
+    let huge = buscall(&root, &addr, &["Policy.ApplyBundle ay#67108864".to_owned()]);
+    assert_eq!(huge[0]["ok"], json!(false), "{}", huge[0]);
+
+    // A hand-built call reaches trustd when its string is UTF-8 (so the builder is right)...
+    let valid = raw_complete_step(&addr, b"no-such-step");
+    assert!(
+        valid.windows(11).any(|w| w == b"UnknownStep"),
+        "a raw call with a valid string was answered by trustd"
+    );
+    // ...and the bus drops the connection, delivering nothing, when it is not.
+    let invalid = raw_complete_step(&addr, b"\xff\xfe not utf-8");
+    assert!(
+        !invalid.windows(11).any(|w| w == b"UnknownStep"),
+        "a non-UTF-8 string reached trustd"
+    );
+
+    // Still serving, nothing changed, and the refusals are in the audit log.
+    let level = buscall(&root, &addr, &["Posture.get:Level".to_owned()]);
+    assert_eq!(level[0]["ok"], json!(true), "{}", level[0]);
+    assert_eq!(snapshot(&lab), before, "malformed calls changed the state");
+    let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
+    let refused: Vec<&str> = records
+        .iter()
+        .filter(|r| r.outcome == trustd::audit::Outcome::Refused)
+        .map(|r| r.kind.as_str())
+        .collect();
+    assert_eq!(
+        refused,
+        ["policy.apply", "policy.apply", "setup.step", "setup.step"]
+    );
+}
