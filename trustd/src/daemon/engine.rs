@@ -175,12 +175,14 @@ pub enum CallError {
 
 impl From<DeviceError> for CallError {
     fn from(e: DeviceError) -> Self {
-        let msg = crate::error_chain(&e);
         match e {
-            DeviceError::Refused(_) => Self::Refused(format!("{msg}; the last good one stays")),
-            DeviceError::UnknownStep(_) => Self::UnknownStep(msg),
+            DeviceError::Refused(v) => Self::Refused(format!("{v}; the last good one stays")),
+            DeviceError::UnknownStep(why) => Self::UnknownStep(why),
             DeviceError::State(_) | DeviceError::Audit(_) | DeviceError::Enforce(_) => {
-                Self::Failed(format!("{msg}; the state in force stays"))
+                Self::Failed(format!(
+                    "{}; the state in force stays",
+                    crate::error_chain(&e)
+                ))
             }
         }
     }
