@@ -343,7 +343,11 @@ impl Lab {
 
     /// Start `trustd run` on a private bus with `policy`.
     pub fn run_daemon_on(&self, policy: BusPolicy, check_interval_ms: u64) -> Daemon {
-        let bus = Bus::start(policy, "");
+        self.run_daemon_on_bus(Bus::start(policy, ""), check_interval_ms)
+    }
+
+    /// Start `trustd run` serving on `bus`.
+    pub fn run_daemon_on_bus(&self, bus: Bus, check_interval_ms: u64) -> Daemon {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.dev])
             .arg(bin("trustd"))
