@@ -725,3 +725,58 @@ fn concurrent_callers_are_serialized_one_transition_at_a_time() {
     );
     eprintln!("{changes} privacy transitions from 64 concurrent calls, none interleaved");
 }
+
+/// SIGHUP reloads the configuration: a group named admin in trustd.json takes effect, and the
+/// refusal before it and the acceptance after it are both on record.
+#[test]
+fn sighup_reloads_who_holds_which_role() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let (lab, daemon) = start("hp", lab_policy("direct"), BusPolicy::Open);
+    let addr = daemon.bus.address.clone();
+    let lp = IDENTITIES[1];
+    let call = ["Policy.ActivePolicy".to_owned()];
+    let a = buscall(&lp, &addr, &call);
+    assert_eq!(
+        a[0]["error"],
+        json!("org.enigm.Trust1.Error.AccessDenied"),
+        "{}",
+        a[0]
+    );
+
+    // lp's own group (gid 7) becomes the admin group.
+    std::fs::write(
+        lab.paths().config_file(),
+        json!({"admin_group": 7, "setup_group": SETUP_GROUP}).to_string(),
+    )
+    .expect("trustd.json");
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &daemon.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let start = Instant::now();
+    loop {
+        let a = buscall(&lp, &addr, &call);
+        if a[0]["ok"] == json!(true) {
+            assert!(a[0]["value"].as_str().is_some());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the new admin group did not take effect: {}",
+            a[0]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "state.load" && r.from.as_deref() == Some("running")),
+        "the reload is audited"
+    );
+}
