@@ -21,6 +21,7 @@ ctl="$PWD/target/debug/trustctl"
 trustd="$PWD/target/debug/trustd"
 example="$PWD/policy-schemas/v1/examples/valid/policy-direct.json"
 buspolicy="$PWD/dbus/org.enigm.Trust1.conf"
+busconf="$PWD/dbus/private-bus.conf.in"
 
 work=$(mktemp -d /tmp/trustd-run.XXXXXX)
 chmod 755 "$work"
@@ -53,28 +54,8 @@ step "admin: sign the example policy with both keys, verify it, load it into the
 step "a private system-like bus with the project's bus policy (trustd-admin is group 'src' here)"
 sed 's/group="trustd-admin"/group="src"/; s/group="trustd-setup"/group="games"/' \
   "$buspolicy" > trust1.conf
-cat > bus.conf <<CONF
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=$work/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-  </policy>
-  <include>$work/trust1.conf</include>
-</busconfig>
-CONF
+sed -e "s|@SOCKET@|$work/bus|" -e "s|@EXTRA@|<include>$work/trust1.conf</include>|" \
+  "$busconf" > bus.conf
 echo '{"admin_group": "src", "setup_group": "games"}' > device/etc/trustd/trustd.json
 dbus-daemon --config-file=bus.conf --nofork --nopidfile 2>/dev/null &
 pids+=($!)

@@ -48,7 +48,13 @@ fn serve_trivial(address: &str) {
     });
 }
 
-async fn get(conn: &Connection, dest: &str, path: &str, iface: &str, prop: &str) {
+async fn get(
+    conn: &Connection,
+    dest: &str,
+    path: &str,
+    iface: &str,
+    prop: &str,
+) -> zbus::Result<zbus::Message> {
     conn.call_method(
         Some(dest),
         path,
@@ -57,7 +63,6 @@ async fn get(conn: &Connection, dest: &str, path: &str, iface: &str, prop: &str)
         &(iface, prop),
     )
     .await
-    .expect("Get");
 }
 
 /// Reads per second: `n` calls, `inflight` at a time, over one connection.
@@ -73,7 +78,9 @@ async fn rate(
         let c = conn.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..n / inflight {
-                get(&c, target.0, target.1, target.2, target.3).await;
+                get(&c, target.0, target.1, target.2, target.3)
+                    .await
+                    .expect("Get");
             }
         }));
     }
@@ -125,14 +132,7 @@ fn main() {
         let start = Instant::now();
         loop {
             let ok_t = client.posture_property("Level").await.is_ok();
-            let ok_b = conn
-                .call_method(
-                    Some(TRIVIAL),
-                    TRIVIAL_PATH,
-                    Some("org.freedesktop.DBus.Properties"),
-                    "Get",
-                    &(TRIVIAL_IFACE, "Value"),
-                )
+            let ok_b = get(&conn, TRIVIAL, TRIVIAL_PATH, TRIVIAL_IFACE, "Value")
                 .await
                 .is_ok();
             if ok_t && ok_b {

@@ -36,38 +36,13 @@ pub fn shipped_policy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../dbus/org.enigm.Trust1.conf")
 }
 
-/// The system bus's default policy (as Debian's system.conf has it), then `extra`.
+/// `dbus/private-bus.conf.in`: the system bus's default policy, then `extra`.
 fn config(socket: &Path, extra: &str) -> String {
-    format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
-    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Debug.Stats"/>
-    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.systemd1.Activator"/>
-  </policy>
-{extra}
-</busconfig>
-"#,
-        socket.display()
-    )
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dbus/private-bus.conf.in");
+    std::fs::read_to_string(template)
+        .expect("dbus/private-bus.conf.in")
+        .replace("@SOCKET@", &socket.display().to_string())
+        .replace("@EXTRA@", extra)
 }
 
 /// A running private bus.

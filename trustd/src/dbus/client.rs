@@ -91,14 +91,18 @@ impl Client {
             .await
     }
 
-    /// Every posture property, in DESIGN.md's order.
-    pub async fn posture(&self) -> zbus::Result<Vec<(String, Value)>> {
-        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+    async fn properties(&self) -> zbus::Result<zbus::fdo::PropertiesProxy<'static>> {
+        zbus::fdo::PropertiesProxy::builder(&self.conn)
             .destination(BUS_NAME)
             .path(OBJECT_PATH)
             .cache_properties(CacheProperties::No)
             .build()
-            .await?;
+            .await
+    }
+
+    /// Every posture property, in DESIGN.md's order.
+    pub async fn posture(&self) -> zbus::Result<Vec<(String, Value)>> {
+        let props = self.properties().await?;
         let iface =
             zbus::names::InterfaceName::from_static_str_unchecked("org.enigm.Trust1.Posture");
         let all: HashMap<String, OwnedVariant> = props.get_all(iface).await?;
@@ -191,12 +195,7 @@ impl Client {
 
     /// Subscribe to posture changes (before making the change you want to see).
     pub async fn posture_changes(&self) -> zbus::Result<PostureChanges> {
-        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
-            .destination(BUS_NAME)
-            .path(OBJECT_PATH)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await?;
+        let props = self.properties().await?;
         Ok(PostureChanges {
             inner: Box::pin(props.receive_properties_changed().await?),
         })
