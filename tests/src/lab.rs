@@ -309,6 +309,21 @@ impl Lab {
         path
     }
 
+    /// Sign a lifecycle command with the command role's key and write it to a file.
+    pub fn sign_command(&self, command: &Value) -> PathBuf {
+        let env = sign_envelope(
+            "application/vnd.enigm.command+json",
+            &serde_json::to_vec(command).expect("json"),
+            &self.policy_keys[..1],
+        );
+        let path = self.prefix.path().join(format!(
+            "command-{}.dsse.json",
+            command["serial"].as_u64().unwrap_or(0)
+        ));
+        std::fs::write(&path, serde_json::to_vec(&env).expect("json")).expect("write");
+        path
+    }
+
     /// `trustctl load` the signed file (offline, as the daemon is not running).
     pub fn load(&self, bundle: &std::path::Path) {
         let o = Command::new(bin("trustctl"))
@@ -495,4 +510,44 @@ impl Daemon {
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.child.wait()
     }
+}
+
+/// A lab whose device holds `policy` (signed and loaded), with trustd.json naming the test
+/// groups for the roles, and trustd serving on a private bus with `bus` policy, ready.
+pub fn serve(tag: &str, policy: Value, bus: BusPolicy) -> (Lab, Daemon) {
+    let mut lab = Lab::new(tag, false);
+    let b = lab.sign(policy);
+    lab.load(&b);
+    std::fs::write(
+        lab.paths().config_file(),
+        json!({"admin_group": crate::bus::ADMIN_GROUP, "setup_group": crate::bus::SETUP_GROUP})
+            .to_string(),
+    )
+    .expect("trustd.json");
+    let d = lab.run_daemon_on(bus, 1000);
+    wait_ready(&d.bus.address);
+    (lab, d)
+}
+
+/// Wait until trustd answers on the bus at `address` (10 s at most).
+pub fn wait_ready(address: &str) {
+    let start = std::time::Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        loop {
+            if let Ok(c) = trustd::dbus::client::Client::connect(Some(address)).await
+                && c.posture_property("Level").await.is_ok()
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "trustd did not serve on the bus within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+    });
 }

@@ -22,38 +22,8 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// A lab whose device holds `policy`, with trustd.json naming the test gids for the roles,
-/// and trustd serving on a private bus with `bus` policy.
 fn start(tag: &str, policy: Value, bus: BusPolicy) -> (Lab, Daemon) {
-    let mut lab = Lab::new(tag, false);
-    let b = lab.sign(policy);
-    lab.load(&b);
-    std::fs::write(
-        lab.paths().config_file(),
-        json!({"admin_group": ADMIN_GROUP, "setup_group": SETUP_GROUP}).to_string(),
-    )
-    .expect("trustd.json");
-    let d = lab.run_daemon_on(bus, 1000);
-    wait_ready(&d.bus.address);
-    (lab, d)
-}
-
-fn wait_ready(address: &str) {
-    let start = Instant::now();
-    rt().block_on(async {
-        loop {
-            if let Ok(c) = Client::connect(Some(address)).await
-                && c.posture_property("Level").await.is_ok()
-            {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "trustd did not serve on the bus within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-    });
+    tests::lab::serve(tag, policy, bus)
 }
 
 /// Who calls: uid, gid, supplementary group names (None: root, no setpriv). The users are

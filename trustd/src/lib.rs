@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod config;
 pub mod dbus;
 pub mod json;
+pub mod launch;
 pub mod paths;
 pub mod policy;
 pub mod posture;

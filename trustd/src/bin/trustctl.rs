@@ -135,6 +135,66 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SetupCmd,
     },
+    /// Device lifecycle: make signed commands, send them, read handles.
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
+    /// Ask the daemon whether an app may start.
+    Launch {
+        #[command(subcommand)]
+        cmd: LaunchCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCmd {
+    /// Make a signed lifecycle command (offline, with the command role's keys).
+    Command {
+        /// enroll, suspend, resume, revoke or retire.
+        #[arg(long, value_parser = ["enroll", "suspend", "resume", "revoke", "retire"])]
+        action: String,
+        /// The verifier id the device handle was derived for.
+        #[arg(long)]
+        issuer: String,
+        /// The device's handle for the issuer (`trustctl device handle ISSUER` on the device).
+        #[arg(long)]
+        device: String,
+        /// Its serial: above every command this device has accepted.
+        #[arg(long)]
+        serial: u64,
+        /// Valid for this many seconds from now.
+        #[arg(long, default_value_t = 3600)]
+        valid_for: i64,
+        /// Private key files of the command role.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Output file (stdout if absent).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Send a signed lifecycle command to the daemon.
+    Apply {
+        /// The envelope.
+        file: PathBuf,
+    },
+    /// This device's handle for a verifier.
+    Handle {
+        /// The verifier id.
+        verifier: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LaunchCmd {
+    /// May APP start now? Exit 0 if so, 1 if not.
+    Check {
+        /// The app id.
+        app: String,
+        /// The executable (default: the policy's).
+        #[arg(long, default_value = "")]
+        exe: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,12 +363,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Policy { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Policy(cmd)),
         Cmd::Intel { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Intel(cmd)),
         Cmd::Setup { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Setup(cmd)),
+        Cmd::Device {
+            cmd:
+                DeviceCmd::Command {
+                    action,
+                    issuer,
+                    device,
+                    serial,
+                    valid_for,
+                    keys,
+                    out,
+                },
+        } => {
+            let now = Timestamp::now();
+            let nonce: String = {
+                let mut b = [0u8; 16];
+                getrandom::fill(&mut b).map_err(|e| anyhow!("random: {e}"))?;
+                b.iter().map(|x| format!("{x:02x}")).collect()
+            };
+            let cmd = json!({
+                "schema": "enigm.command/v1", "serial": serial,
+                "issued_at": now.to_string(), "expires_at": now.plus_secs(valid_for).to_string(),
+                "issuer": issuer, "device": device, "action": action, "nonce": nonce,
+            });
+            let parsed: LifecycleCommand = serde_json::from_value(cmd.clone())?;
+            parsed
+                .validate()
+                .map_err(|e| anyhow!("the command would be invalid: {e}"))?;
+            let keys = keys
+                .iter()
+                .map(|k| PrivateKeyFile::load(k).map_err(anyhow::Error::from))
+                .collect::<Result<Vec<_>>>()?;
+            let env = sign_envelope(
+                LifecycleCommand::PAYLOAD_TYPE,
+                &serde_json::to_vec(&cmd)?,
+                &keys,
+            );
+            let mut bytes = serde_json::to_vec_pretty(&env)?;
+            bytes.push(b'\n');
+            write_out(out.as_deref(), &bytes)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Device { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Device(cmd)),
+        Cmd::Launch { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Launch(cmd)),
     }
 }
 
 /// The commands that talk to the running daemon.
 mod bus {
-    use super::{AuditCmd, IntelCmd, PolicyCmd, Refused, SetupCmd, print, read};
+    use super::{
+        AuditCmd, DeviceCmd, IntelCmd, LaunchCmd, PolicyCmd, Refused, SetupCmd, print, read,
+    };
     use anyhow::{Context, Result, anyhow};
     use serde_json::{Value, json};
     use std::process::ExitCode;
@@ -322,6 +427,8 @@ mod bus {
         Policy(PolicyCmd),
         Intel(IntelCmd),
         Setup(SetupCmd),
+        Device(DeviceCmd),
+        Launch(LaunchCmd),
         Audit(AuditCmd),
     }
 
@@ -466,6 +573,38 @@ mod bus {
                     json!({"ok": true, "step": step}),
                     &format!("step {step} complete"),
                 );
+            }
+            Op::Device(DeviceCmd::Apply { file }) => {
+                let (from, to) = c.apply_command(&read(&file)?).await.map_err(daemon_error)?;
+                print(
+                    j,
+                    json!({"ok": true, "from": from, "to": to}),
+                    &format!("lifecycle {from} -> {to}"),
+                );
+            }
+            Op::Device(DeviceCmd::Handle { verifier }) => {
+                let h = c.device_handle(&verifier).await.map_err(daemon_error)?;
+                print(
+                    j,
+                    json!({"ok": true, "verifier": verifier, "handle": h}),
+                    &h,
+                );
+            }
+            Op::Device(DeviceCmd::Command { .. }) => {
+                return Err(anyhow!("internal: device command is made offline"));
+            }
+            Op::Launch(LaunchCmd::Check { app, exe }) => {
+                let (allowed, reason, profile) =
+                    c.check_launch(&app, &exe).await.map_err(daemon_error)?;
+                let profile: Value = serde_json::from_str(&profile).unwrap_or(Value::Null);
+                print(
+                    j,
+                    json!({"ok": true, "allowed": allowed, "reason": reason, "profile": profile}),
+                    &format!("{}: {reason}", if allowed { "allowed" } else { "refused" }),
+                );
+                if !allowed {
+                    return Ok(ExitCode::from(1));
+                }
             }
             Op::Audit(AuditCmd::Tail { n, .. }) => {
                 let n = u32::try_from(n).unwrap_or(u32::MAX);

@@ -10,10 +10,13 @@ use crate::netfilter::{
     compile_intel, intel_chains_intact, update_intel,
 };
 use crate::policy::{Effective, LockdownReason, NetworkMode, NetworkPlan, Overlay, effective};
-use crate::policy::{IntelFeed, Policy};
+use crate::policy::{IntelFeed, LifecycleAction, LifecycleCommand, Policy};
 use crate::posture::{self, Enforcement, PolicyInfo, Posture};
+use crate::state::secret::DeviceSecret;
 use crate::state::store::StateLock;
-use crate::state::{Condition, DeviceState, Loaded, StateError, StateStore, load_trust_root};
+use crate::state::{
+    Condition, DeviceState, Lifecycle, Loaded, StateError, StateStore, load_trust_root,
+};
 use crate::sys::netlink::{LinkEvent, LinkState};
 use crate::timefmt::Timestamp;
 use std::collections::BTreeMap;
@@ -36,6 +39,13 @@ pub enum DeviceError {
     /// The setup step is not one the policy requires.
     #[error("refused: {0}")]
     UnknownStep(String),
+    /// A validly signed command that this device may not carry out (another device's, or a
+    /// transition its lifecycle does not allow).
+    #[error("refused: {0}")]
+    CommandRefused(String),
+    /// The device secret could not be read or written.
+    #[error("device secret: {0}")]
+    Secret(String),
 }
 
 /// What `enforce` put in the kernel.
@@ -104,6 +114,53 @@ fn load_and_record(
     Ok((root, loaded))
 }
 
+/// The device secret as the lifecycle says it must be: none once revoked or retired (a
+/// destruction a crash interrupted is finished here), else the one on disk, made at first
+/// start (audited).
+fn settle_secret(
+    paths: &Paths,
+    audit: &AuditLog,
+    lifecycle: Lifecycle,
+    actor: Actor,
+) -> Result<Option<DeviceSecret>, DeviceError> {
+    let err = |e: std::io::Error| DeviceError::Secret(e.to_string());
+    if matches!(lifecycle, Lifecycle::Revoked | Lifecycle::Retired) {
+        if paths.device_secret().exists() {
+            audit.append(
+                Entry::new("device.secret", Outcome::Ok, actor)
+                    .transition("present", "destroyed")
+                    .reason(format!("device {}", lifecycle.as_str())),
+            )?;
+            DeviceSecret::destroy(paths).map_err(err)?;
+        }
+        return Ok(None);
+    }
+    match DeviceSecret::load(paths) {
+        Ok(Some(s)) => Ok(Some(s)),
+        Ok(None) => new_secret(paths, audit, actor, "none", "first start").map(Some),
+        Err(e) => new_secret(paths, audit, actor, "unreadable", &e.to_string()).map(Some),
+    }
+}
+
+/// Make, record and save a new device secret (every handle changes).
+fn new_secret(
+    paths: &Paths,
+    audit: &AuditLog,
+    actor: Actor,
+    from: &str,
+    why: &str,
+) -> Result<DeviceSecret, DeviceError> {
+    let s = DeviceSecret::generate().map_err(|e| DeviceError::Secret(e.to_string()))?;
+    audit.append(
+        Entry::new("device.secret", Outcome::Ok, actor)
+            .transition(from, "created")
+            .reason(why.to_owned()),
+    )?;
+    s.save(paths)
+        .map_err(|e| DeviceError::Secret(e.to_string()))?;
+    Ok(s)
+}
+
 /// The device's state and its audit log, opened for writing.
 #[derive(Debug)]
 pub struct Device {
@@ -123,6 +180,7 @@ pub struct Device {
     intel_failure: Option<String>,
     audit_problems: Vec<String>,
     links: BTreeMap<String, bool>,
+    secret: Option<DeviceSecret>,
     _lock: StateLock,
 }
 
@@ -133,7 +191,8 @@ impl Device {
         let store = StateStore::new(paths.clone());
         let lock = store.lock()?;
         let (audit, report) = AuditLog::open(&paths.audit_dir(), Options::default())?;
-        let (root, loaded) = load_and_record(&store, &audit, actor, "stopped")?;
+        let (root, loaded) = load_and_record(&store, &audit, actor.clone(), "stopped")?;
+        let secret = settle_secret(store.paths(), &audit, loaded.state.lifecycle, actor)?;
         Ok(Self {
             store,
             root,
@@ -151,6 +210,7 @@ impl Device {
             intel_failure: None,
             audit_problems: report.warnings,
             links: BTreeMap::new(),
+            secret,
             _lock: lock,
         })
     }
@@ -159,7 +219,13 @@ impl Device {
     /// held. If the trust root cannot be read, nothing changes (and that is audited). What
     /// is in the kernel stays until the next [`Self::enforce`].
     pub fn reload(&mut self, actor: Actor) -> Result<(), DeviceError> {
-        let (root, loaded) = load_and_record(&self.store, &self.audit, actor, "running")?;
+        let (root, loaded) = load_and_record(&self.store, &self.audit, actor.clone(), "running")?;
+        self.secret = settle_secret(
+            self.store.paths(),
+            &self.audit,
+            loaded.state.lifecycle,
+            actor,
+        )?;
         self.root = root;
         self.state = loaded.state;
         self.policy = loaded.policy;
@@ -558,6 +624,116 @@ impl Device {
             audit_head: self.audit.head(),
             landlock_abi: crate::sys::landlock_abi(),
         })
+    }
+
+    /// The device's handle for `verifier` (see [`DeviceSecret::handle`]).
+    pub fn device_handle(&self, verifier: &str) -> Result<String, DeviceError> {
+        if !crate::policy::is_valid_name(verifier) {
+            return Err(DeviceError::CommandRefused(format!(
+                "{verifier:?} is not a verifier id (1 to 64 of [A-Za-z0-9._-], starting alphanumeric)"
+            )));
+        }
+        self.secret
+            .as_ref()
+            .map(|s| s.handle(verifier))
+            .ok_or_else(|| {
+                DeviceError::CommandRefused(format!(
+                    "the device is {}: its secret is destroyed and it has no handles",
+                    self.state.lifecycle.as_str()
+                ))
+            })
+    }
+
+    /// May this app start now? (The decision; the caller audits.)
+    pub fn check_launch(&self, app_id: &str, exe: &str) -> crate::launch::Decision {
+        crate::launch::decide(
+            self.policy.as_ref().map(Verified::payload),
+            Overlay {
+                privacy: self.state.privacy_mode,
+                completed_steps: &self.state.completed_steps,
+                lifecycle: self.state.lifecycle,
+            },
+            app_id,
+            exe,
+        )
+    }
+
+    /// Verify a signed lifecycle command, check that it is bound to this device (its handle
+    /// for the issuer) and that the lifecycle allows it, then record it, persist the new
+    /// lifecycle with the command serial in one write, and carry out its effects: revoke and
+    /// retire destroy the device secret; enrolling again after lost state makes a new one.
+    /// Returns the lifecycle before and after. The network follows on the next
+    /// [`Self::enforce`].
+    pub fn apply_command(
+        &mut self,
+        bytes: &[u8],
+        actor: Actor,
+        now: Timestamp,
+    ) -> Result<(Lifecycle, Lifecycle), DeviceError> {
+        let v = self.admit(bytes, actor.clone(), now, |b, root, now, held| {
+            verify::<LifecycleCommand>(b, root, now, held)
+        })?;
+        let cmd = v.payload();
+        let from = self.state.lifecycle;
+        let refuse = |this: &Self, why: String| -> Result<(Lifecycle, Lifecycle), DeviceError> {
+            this.audit.append(
+                Entry::new("command.apply", Outcome::Refused, actor.clone())
+                    .reason(why.clone())
+                    .digest("input", v.digest())
+                    .digest("device", cmd.device.clone()),
+            )?;
+            Err(DeviceError::CommandRefused(why))
+        };
+        let bound = self.secret.as_ref().map(|s| s.handle(&cmd.issuer));
+        if bound.as_deref() != Some(cmd.device.as_str()) {
+            let why = match bound {
+                Some(_) => format!(
+                    "the command is for device {} of {}, not this one",
+                    cmd.device, cmd.issuer
+                ),
+                None => format!(
+                    "this device is {} and has no secret: no command can be bound to it",
+                    from.as_str()
+                ),
+            };
+            return refuse(self, why);
+        }
+        let to = match from.after(cmd.action) {
+            Ok(to) => to,
+            Err(why) => return refuse(self, why),
+        };
+        self.audit.append(
+            Entry::new("command.apply", Outcome::Ok, actor.clone())
+                .transition(from.as_str(), to.as_str())
+                .reason(format!("{} by {}", cmd.action.as_str(), cmd.issuer))
+                .digest("input", v.digest())
+                .digest("device", cmd.device.clone()),
+        )?;
+        let mut next = self.state.clone();
+        next.serials.raise(crate::bundle::Role::Command, cmd.serial);
+        next.lifecycle = to;
+        if let Err(e) = self.store.save(&next) {
+            self.audit.append(
+                Entry::new("command.apply", Outcome::Error, actor)
+                    .reason(format!("not saved: {e}; lifecycle stays {}", from.as_str())),
+            )?;
+            return Err(e.into());
+        }
+        self.state = next;
+        let paths = self.store.paths().clone();
+        if matches!(to, Lifecycle::Revoked | Lifecycle::Retired) {
+            self.secret = None;
+            self.secret = settle_secret(&paths, &self.audit, to, actor)?;
+        } else if cmd.action == LifecycleAction::Enroll && from == Lifecycle::Unknown {
+            self.secret = Some(new_secret(
+                &paths,
+                &self.audit,
+                actor,
+                "present",
+                "re-enrolled after lost state: every handle changes",
+            )?);
+        }
+        Ok((from, to))
     }
 
     /// Verify and install a policy bundle.

@@ -102,6 +102,26 @@ pub enum Request {
     AuditTail(u32),
     /// Check the audit log.
     AuditVerify,
+    /// May this app start?
+    CheckLaunch {
+        /// The app id.
+        app: String,
+        /// The executable the launcher is about to run (empty: the policy's).
+        exe: String,
+    },
+    /// What a launcher did after a check: started the app, or refused at exec time.
+    ReportLaunch {
+        /// The app id.
+        app: String,
+        /// Whether it started.
+        started: bool,
+        /// Why not, or how it is confined.
+        reason: String,
+    },
+    /// A signed lifecycle command.
+    ApplyCommand(Vec<u8>),
+    /// The device's handle for a verifier.
+    DeviceHandle(String),
 }
 
 impl Request {
@@ -117,6 +137,10 @@ impl Request {
             Self::CompleteStep(_) => "CompleteStep",
             Self::AuditTail(_) => "Tail",
             Self::AuditVerify => "Verify",
+            Self::CheckLaunch { .. } => "CheckLaunch",
+            Self::ReportLaunch { .. } => "ReportLaunch",
+            Self::ApplyCommand(_) => "ApplyCommand",
+            Self::DeviceHandle(_) => "GetDeviceHandle",
         }
     }
 }
@@ -124,13 +148,17 @@ impl Request {
 /// Who may do what (DESIGN.md's matrix). `user_may_disable_privacy` comes from the policy.
 pub fn permitted(req: &Request, role: Role, user_may_disable_privacy: bool) -> bool {
     match req {
-        Request::SetPrivacy(true) => true,
+        Request::SetPrivacy(true)
+        | Request::CheckLaunch { .. }
+        | Request::ReportLaunch { .. }
+        | Request::DeviceHandle(_) => true,
         Request::SetPrivacy(false) => role == Role::Admin || user_may_disable_privacy,
         Request::CompleteStep(_) => matches!(role, Role::Admin | Role::Setup),
         Request::ApplyBundle(_)
         | Request::ApplyIntel(_)
         | Request::ApplyTrustRoot(_)
         | Request::ActivePolicy
+        | Request::ApplyCommand(_)
         | Request::AuditTail(_)
         | Request::AuditVerify => role == Role::Admin,
     }
@@ -147,6 +175,22 @@ pub enum Response {
     Text(String),
     /// Lines (audit records).
     Lines(Vec<String>),
+    /// A launch decision.
+    Launch {
+        /// Whether the app may start.
+        allowed: bool,
+        /// Why.
+        reason: String,
+        /// The profile as JSON (empty when refused).
+        profile: String,
+    },
+    /// A lifecycle transition.
+    Lifecycle {
+        /// Before.
+        from: String,
+        /// After.
+        to: String,
+    },
     /// An audit check: records checked and problems found.
     Verified {
         /// Records read.
@@ -178,12 +222,14 @@ impl From<DeviceError> for CallError {
         match e {
             DeviceError::Refused(v) => Self::Refused(format!("{v}; the last good one stays")),
             DeviceError::UnknownStep(why) => Self::UnknownStep(why),
-            DeviceError::State(_) | DeviceError::Audit(_) | DeviceError::Enforce(_) => {
-                Self::Failed(format!(
-                    "{}; the state in force stays",
-                    crate::error_chain(&e)
-                ))
-            }
+            DeviceError::CommandRefused(why) => Self::Refused(format!("{why}; nothing changed")),
+            DeviceError::State(_)
+            | DeviceError::Audit(_)
+            | DeviceError::Enforce(_)
+            | DeviceError::Secret(_) => Self::Failed(format!(
+                "{}; the state in force stays",
+                crate::error_chain(&e)
+            )),
         }
     }
 }
@@ -370,6 +416,14 @@ impl<B: Backend> Engine<B> {
                 .map_err(|e| CallError::Failed(e.to_string()))?;
             return Err(CallError::AccessDenied(format!("{why}; nothing changed")));
         }
+        if let Request::CheckLaunch { app, .. } | Request::ReportLaunch { app, .. } = &request
+            && !crate::policy::is_valid_name(app)
+        {
+            return Err(CallError::Refused(format!(
+                "{:?} is not an app id; nothing changed",
+                app.chars().take(80).collect::<String>()
+            )));
+        }
         let actor = caller.actor();
         let now = (self.clock)();
         match request {
@@ -417,6 +471,63 @@ impl<B: Backend> Engine<B> {
                     .collect::<Result<Vec<_>, _>>()
                     .map(Response::Lines)
                     .map_err(|e| CallError::Failed(e.to_string()))
+            }
+            Request::CheckLaunch { app, exe } => {
+                let d = self.dev.check_launch(&app, &exe);
+                if !d.allowed {
+                    // Refusals are recorded; an allowed check is a query (the launch itself
+                    // is reported by the launcher).
+                    self.dev
+                        .audit()
+                        .append(
+                            Entry::new("launch.check", Outcome::Refused, caller.actor())
+                                .reason(d.reason.clone())
+                                .digest("app", app),
+                        )
+                        .map_err(|e| CallError::Failed(e.to_string()))?;
+                }
+                let profile = match &d.profile {
+                    Some(p) => {
+                        serde_json::to_string(p).map_err(|e| CallError::Failed(e.to_string()))?
+                    }
+                    None => String::new(),
+                };
+                Ok(Response::Launch {
+                    allowed: d.allowed,
+                    reason: d.reason,
+                    profile,
+                })
+            }
+            Request::ReportLaunch {
+                app,
+                started,
+                reason,
+            } => {
+                let outcome = if started {
+                    Outcome::Ok
+                } else {
+                    Outcome::Refused
+                };
+                self.dev
+                    .audit()
+                    .append(
+                        Entry::new("launch.exec", outcome, caller.actor())
+                            .reason(reason.chars().take(256).collect::<String>())
+                            .digest("app", app),
+                    )
+                    .map_err(|e| CallError::Failed(e.to_string()))?;
+                Ok(Response::Done)
+            }
+            Request::ApplyCommand(bytes) => {
+                let (from, to) = self.dev.apply_command(&bytes, actor.clone(), now)?;
+                self.dev.enforce(&mut self.backend, actor)?;
+                Ok(Response::Lifecycle {
+                    from: from.as_str().to_owned(),
+                    to: to.as_str().to_owned(),
+                })
+            }
+            Request::DeviceHandle(verifier) => {
+                Ok(Response::Text(self.dev.device_handle(&verifier)?))
             }
             Request::AuditVerify => {
                 let r = verify_dir(self.dev.audit().dir())

@@ -193,6 +193,47 @@ impl Client {
             .await
     }
 
+    /// May the app start? `(allowed, reason, profile JSON)`.
+    pub async fn check_launch(
+        &self,
+        app_id: &str,
+        exe: &str,
+    ) -> zbus::Result<(bool, String, String)> {
+        self.proxy("org.enigm.Trust1.Launcher")
+            .await?
+            .call("CheckLaunch", &(app_id, exe))
+            .await
+    }
+
+    /// Report what the launcher did.
+    pub async fn report_launch(
+        &self,
+        app_id: &str,
+        started: bool,
+        reason: &str,
+    ) -> zbus::Result<()> {
+        self.proxy("org.enigm.Trust1.Launcher")
+            .await?
+            .call("ReportLaunch", &(app_id, started, reason))
+            .await
+    }
+
+    /// Apply a signed lifecycle command: `(from, to)`.
+    pub async fn apply_command(&self, envelope: &[u8]) -> zbus::Result<(String, String)> {
+        self.proxy("org.enigm.Trust1.Device")
+            .await?
+            .call("ApplyCommand", &(envelope,))
+            .await
+    }
+
+    /// The device's handle for a verifier.
+    pub async fn device_handle(&self, verifier: &str) -> zbus::Result<String> {
+        self.proxy("org.enigm.Trust1.Posture")
+            .await?
+            .call("GetDeviceHandle", &(verifier,))
+            .await
+    }
+
     /// Subscribe to posture changes (before making the change you want to see).
     pub async fn posture_changes(&self) -> zbus::Result<PostureChanges> {
         let props = self.properties().await?;

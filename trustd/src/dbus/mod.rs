@@ -7,7 +7,9 @@
 
 mod audit;
 pub mod client;
+mod device;
 mod error;
+mod launcher;
 mod policy;
 mod posture;
 mod privacy;
@@ -29,11 +31,13 @@ pub const BUS_NAME: &str = "org.enigm.Trust1";
 /// The object every interface is served at.
 pub const OBJECT_PATH: &str = "/org/enigm/Trust1";
 /// The interfaces served, in the order of DESIGN.md.
-pub const INTERFACES: [&str; 5] = [
+pub const INTERFACES: [&str; 7] = [
     "org.enigm.Trust1.Posture",
     "org.enigm.Trust1.Privacy",
     "org.enigm.Trust1.Policy",
+    "org.enigm.Trust1.Launcher",
     "org.enigm.Trust1.Setup",
+    "org.enigm.Trust1.Device",
     "org.enigm.Trust1.Audit",
 ];
 
@@ -141,10 +145,15 @@ pub async fn serve(
     posture_rx: watch::Receiver<crate::posture::Posture>,
 ) -> zbus::Result<Connection> {
     let conn = builder
-        .serve_at(OBJECT_PATH, posture::Posture::new(posture_rx.clone()))
+        .serve_at(
+            OBJECT_PATH,
+            posture::Posture::new(posture_rx.clone(), handle.clone()),
+        )
         .serve_at(OBJECT_PATH, privacy::Privacy::new(handle.clone()))
         .serve_at(OBJECT_PATH, policy::Policy::new(handle.clone()))
+        .serve_at(OBJECT_PATH, launcher::Launcher::new(handle.clone()))
         .serve_at(OBJECT_PATH, setup::Setup::new(handle.clone()))
+        .serve_at(OBJECT_PATH, device::Device::new(handle.clone()))
         .serve_at(OBJECT_PATH, audit::Audit::new(handle))
         .name(BUS_NAME)
         .build()

@@ -9,22 +9,47 @@ use zbus::interface;
 use zbus::names::InterfaceName;
 use zbus::object_server::SignalEmitter;
 
+use zbus::Connection;
+use zbus::message::Header;
+
+use super::{Handle, error::Result, unexpected};
+use crate::daemon::{Request, Response};
 use crate::posture::Posture as Snapshot;
 
 /// The interface: reads the snapshot the engine publishes.
 #[derive(Debug)]
 pub struct Posture {
     rx: watch::Receiver<Snapshot>,
+    h: Handle,
 }
 
 impl Posture {
-    pub(super) fn new(rx: watch::Receiver<Snapshot>) -> Self {
-        Self { rx }
+    pub(super) fn new(rx: watch::Receiver<Snapshot>, h: Handle) -> Self {
+        Self { rx, h }
     }
 }
 
-#[interface(name = "org.enigm.Trust1.Posture", spawn = false)]
+#[interface(name = "org.enigm.Trust1.Posture")]
 impl Posture {
+    /// This device's handle for `verifier` (a verifier id such as `mdm.example.org`):
+    /// HMAC-SHA256 of the device secret and the id, 22 characters of base64url. Stable for
+    /// one verifier, unlinkable across verifiers, never a hardware identifier.
+    async fn get_device_handle(
+        &self,
+        verifier: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<String> {
+        match self
+            .h
+            .call(conn, &hdr, Request::DeviceHandle(verifier))
+            .await?
+        {
+            Response::Text(t) => Ok(t),
+            r => Err(unexpected(&r)),
+        }
+    }
+
     /// `trusted`, `degraded` or `untrusted`.
     #[zbus(property)]
     fn level(&self) -> String {

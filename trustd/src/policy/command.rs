@@ -43,6 +43,19 @@ pub enum LifecycleAction {
     Retire,
 }
 
+impl LifecycleAction {
+    /// Its name in commands and audit records.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Enroll => "enroll",
+            Self::Suspend => "suspend",
+            Self::Resume => "resume",
+            Self::Revoke => "revoke",
+            Self::Retire => "retire",
+        }
+    }
+}
+
 impl LifecycleCommand {
     /// Issuer is a name, device and nonce are non-empty tokens.
     pub fn validate(&self) -> Result<(), String> {

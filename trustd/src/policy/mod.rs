@@ -22,7 +22,7 @@ pub use model::{
 
 /// A name as used for app ids, setup steps, intel categories and verifier ids:
 /// `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
-pub(crate) fn is_valid_name(s: &str) -> bool {
+pub fn is_valid_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 64

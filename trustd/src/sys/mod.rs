@@ -164,3 +164,33 @@ pub fn sd_notify(state: &str) -> std::io::Result<()> {
 pub fn watchdog_enabled() -> bool {
     std::env::var_os("WATCHDOG_USEC").is_some()
 }
+
+/// Set no_new_privs: neither this process nor what it executes can gain privileges (setuid,
+/// file capabilities). Irreversible.
+pub fn set_no_new_privs() -> std::io::Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integer arguments and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Execute the open file `fd` (fexecve): the very file that was opened (and hashed), not
+/// whatever its path names now. Returns only on failure.
+pub fn exec_fd(
+    fd: &std::os::fd::OwnedFd,
+    argv: &[std::ffi::CString],
+    env: &[std::ffi::CString],
+) -> std::io::Error {
+    use std::os::fd::AsRawFd;
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const libc::c_char> = env.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    // SAFETY: `a` and `e` are null-terminated arrays of pointers to NUL-terminated strings
+    // that outlive the call; `fd` is an open descriptor owned by the caller.
+    unsafe { libc::fexecve(fd.as_raw_fd(), a.as_ptr(), e.as_ptr()) };
+    std::io::Error::last_os_error()
+}

@@ -1,0 +1,177 @@
+//! trustd-launch: how the launcher starts an app.
+//!
+//! `trustd-launch [--bus ADDRESS] APP_ID [-- ARGS...]`
+//!
+//! 1. Asks trustd (`Launcher.CheckLaunch`) whether APP_ID may start now; refused: exit 1.
+//! 2. Opens the policy's executable, refuses it if it is not a regular file or if anyone but
+//!    its owner may write it, and hashes the open file. The hash must be the policy's.
+//! 3. Sets no_new_privs and confines itself with the app's Landlock profile (best effort
+//!    across kernel ABIs; the executable itself is added to the executable paths).
+//! 4. Reports the outcome to trustd (`ReportLaunch`: audited; arguments are never sent).
+//! 5. Executes the very file it hashed (fexecve on the open descriptor), so swapping the
+//!    path after the check changes nothing.
+//!
+//! Exit codes: 1 refused (by policy, hash or confinement); 2 usage; 3 trustd unreachable or
+//! exec failed.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sha2::{Digest, Sha256};
+use trustd::dbus::client::Client;
+use trustd::launch::Profile;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trustd-launch",
+    version,
+    about = "Start an app as the device policy allows"
+)]
+struct Cli {
+    /// The bus trustd serves on (default: the system bus).
+    #[arg(long)]
+    bus: Option<String>,
+    /// The app id.
+    app: String,
+    /// Arguments for the app (after `--`).
+    #[arg(last = true)]
+    args: Vec<std::ffi::OsString>,
+}
+
+enum Outcome {
+    Refused(String),
+    System(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trustd-launch: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(launch(&cli)) {
+        Outcome::Refused(why) => {
+            eprintln!("trustd-launch: {} refused: {why}", cli.app);
+            ExitCode::from(1)
+        }
+        Outcome::System(why) => {
+            eprintln!("trustd-launch: {why}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// Open and hash the executable; the descriptor is what will be executed.
+fn open_pinned(p: &Profile) -> Result<OwnedFd, String> {
+    let mut f = std::fs::File::open(&p.exec).map_err(|e| format!("{}: {e}", p.exec))?;
+    let meta = f.metadata().map_err(|e| format!("{}: {e}", p.exec))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", p.exec));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} may be written by others than its owner: it cannot be pinned",
+            p.exec
+        ));
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", p.exec))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let got = trustd::bundle::hex(&h.finalize());
+    if got != p.sha256 {
+        return Err(format!(
+            "{} has sha256 {got}, the policy pins {}",
+            p.exec, p.sha256
+        ));
+    }
+    Ok(f.into())
+}
+
+async fn launch(cli: &Cli) -> Outcome {
+    let c = match Client::connect(cli.bus.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => return Outcome::System(format!("trustd is not reachable: {e}")),
+    };
+    let (allowed, reason, profile) = match c.check_launch(&cli.app, "").await {
+        Ok(r) => r,
+        Err(e) => return Outcome::System(format!("CheckLaunch: {e}")),
+    };
+    if !allowed {
+        return Outcome::Refused(reason);
+    }
+    let profile: Profile = match serde_json::from_str(&profile) {
+        Ok(p) => p,
+        Err(e) => {
+            return Outcome::System(format!("trustd sent a profile that does not parse: {e}"));
+        }
+    };
+    let report = async |started: bool, why: &str| {
+        if let Err(e) = c.report_launch(&cli.app, started, why).await {
+            eprintln!("trustd-launch: the launch was not reported: {e}");
+        }
+    };
+    let fd = match open_pinned(&profile) {
+        Ok(fd) => fd,
+        Err(why) => {
+            report(false, &why).await;
+            return Outcome::Refused(why);
+        }
+    };
+    if let Err(e) = trustd::sys::set_no_new_privs() {
+        let why = format!("no_new_privs: {e}");
+        report(false, &why).await;
+        return Outcome::Refused(why);
+    }
+    let confinement = match trustd::launch::landlock::confine(&profile) {
+        Ok(c) => c,
+        Err(why) => {
+            report(false, &why).await;
+            return Outcome::Refused(why);
+        }
+    };
+    let how = format!(
+        "started; Landlock {} (ABI {}), no_new_privs {}",
+        confinement.status, confinement.abi, confinement.no_new_privs
+    );
+    report(true, &how).await;
+    drop(c);
+
+    let to_c = |b: &[u8]| CString::new(b).map_err(|_| "an argument contains a NUL byte".to_owned());
+    let mut argv = vec![match to_c(profile.exec.as_bytes()) {
+        Ok(a) => a,
+        Err(e) => return Outcome::System(e),
+    }];
+    for a in &cli.args {
+        match to_c(a.as_bytes()) {
+            Ok(a) => argv.push(a),
+            Err(e) => return Outcome::System(e),
+        }
+    }
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let e = trustd::sys::exec_fd(&fd, &argv, &env);
+    Outcome::System(format!("executing {}: {e}", profile.exec))
+}

@@ -1,0 +1,42 @@
+//! `org.enigm.Trust1.Device`: signed lifecycle commands (admins, and the signature decides).
+
+use zbus::message::Header;
+use zbus::{Connection, interface};
+
+use super::{Handle, error::Result, unexpected};
+use crate::daemon::{Request, Response};
+
+/// The interface.
+#[derive(Debug)]
+pub struct Device {
+    h: Handle,
+}
+
+impl Device {
+    pub(super) fn new(h: Handle) -> Self {
+        Self { h }
+    }
+}
+
+#[interface(name = "org.enigm.Trust1.Device")]
+impl Device {
+    /// Verify a signed lifecycle command (DSSE envelope, role `command`) bound to this
+    /// device's handle for its issuer, and carry it out. Returns the lifecycle before and
+    /// after; the network and launcher follow before the reply.
+    #[zbus(out_args("from", "to"))]
+    async fn apply_command(
+        &self,
+        envelope: Vec<u8>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(String, String)> {
+        match self
+            .h
+            .call(conn, &hdr, Request::ApplyCommand(envelope))
+            .await?
+        {
+            Response::Lifecycle { from, to } => Ok((from, to)),
+            r => Err(unexpected(&r)),
+        }
+    }
+}

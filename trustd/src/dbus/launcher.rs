@@ -1,0 +1,77 @@
+//! `org.enigm.Trust1.Launcher`: launch decisions (everyone).
+
+use zbus::message::Header;
+use zbus::{Connection, interface};
+
+use super::{Handle, error::Result, unexpected};
+use crate::daemon::{Request, Response};
+
+/// The interface.
+#[derive(Debug)]
+pub struct Launcher {
+    h: Handle,
+}
+
+impl Launcher {
+    pub(super) fn new(h: Handle) -> Self {
+        Self { h }
+    }
+}
+
+#[interface(name = "org.enigm.Trust1.Launcher")]
+impl Launcher {
+    /// May `app_id` start now? `exe` is the executable the launcher is about to run (empty:
+    /// the one the policy names). Returns whether, why (a sentence), and the profile as JSON:
+    /// `{"app", "exec", "sha256", "read", "write", "execute"}` (empty when refused). A
+    /// refusal is audited.
+    #[zbus(out_args("allowed", "reason", "profile"))]
+    async fn check_launch(
+        &self,
+        app_id: String,
+        exe: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(bool, String, String)> {
+        match self
+            .h
+            .call(conn, &hdr, Request::CheckLaunch { app: app_id, exe })
+            .await?
+        {
+            Response::Launch {
+                allowed,
+                reason,
+                profile,
+            } => Ok((allowed, reason, profile)),
+            r => Err(unexpected(&r)),
+        }
+    }
+
+    /// What the launcher did after a check: `started` with how the app is confined, or
+    /// refused at exec time (the executable's hash did not match) with why. Audited with the
+    /// caller's uid; the app's arguments are never sent.
+    async fn report_launch(
+        &self,
+        app_id: String,
+        started: bool,
+        reason: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<()> {
+        match self
+            .h
+            .call(
+                conn,
+                &hdr,
+                Request::ReportLaunch {
+                    app: app_id,
+                    started,
+                    reason,
+                },
+            )
+            .await?
+        {
+            Response::Done => Ok(()),
+            r => Err(unexpected(&r)),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The device secret and the privacy-preserving device handles derived from it.
+//!
+//! 32 random bytes made at first start (0600 in the state directory). A verifier (an MDM,
+//! an attestation service) knows the device by `handle(verifier)` = HMAC-SHA256(secret,
+//! verifier id), truncated to 128 bits and base64url-encoded: stable for one verifier,
+//! unlinkable across verifiers without the secret, and never a hardware serial or MAC.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+
+use super::atomic::{create_dir_all, write_atomic};
+use crate::Paths;
+
+/// The secret's length in bytes.
+pub const SECRET_LEN: usize = 32;
+
+/// The device secret. Its bytes never leave this type.
+pub struct DeviceSecret([u8; SECRET_LEN]);
+
+impl std::fmt::Debug for DeviceSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceSecret(..)")
+    }
+}
+
+impl Drop for DeviceSecret {
+    fn drop(&mut self) {
+        // Not a guarantee against copies the compiler made, but no plain copy lingers here.
+        self.0 = [0; SECRET_LEN];
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) with a key of at most one block.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |b: u8| -> [u8; 64] { block.map(|k| k ^ b) };
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(msg)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+impl DeviceSecret {
+    /// A new random secret.
+    pub fn generate() -> std::io::Result<Self> {
+        let mut b = [0u8; SECRET_LEN];
+        getrandom::fill(&mut b).map_err(std::io::Error::other)?;
+        Ok(Self(b))
+    }
+
+    /// The secret on disk, if there is one of the right length.
+    pub fn load(paths: &Paths) -> std::io::Result<Option<Self>> {
+        match std::fs::read(paths.device_secret()) {
+            Ok(b) => {
+                let arr: [u8; SECRET_LEN] = b.as_slice().try_into().map_err(|_| {
+                    std::io::Error::other(format!(
+                        "{} is {} bytes, not {SECRET_LEN}",
+                        paths.device_secret().display(),
+                        b.len()
+                    ))
+                })?;
+                Ok(Some(Self(arr)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write it (0600, atomically).
+    pub fn save(&self, paths: &Paths) -> std::io::Result<()> {
+        create_dir_all(&paths.state_dir(), 0o700)?;
+        write_atomic(&paths.device_secret(), &self.0, 0o600)
+    }
+
+    /// Remove the secret from disk (and the directory entry durably).
+    pub fn destroy(paths: &Paths) -> std::io::Result<()> {
+        match std::fs::remove_file(paths.device_secret()) {
+            Ok(()) => super::atomic::fsync_dir(&paths.state_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The device's handle for `verifier`.
+    pub fn handle(&self, verifier: &str) -> String {
+        let mac = hmac_sha256(&self.0, verifier.as_bytes());
+        URL_SAFE_NO_PAD.encode(&mac[..16])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn hmac_matches_rfc4231() {
+        // Test case 2.
+        assert_eq!(
+            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than a block.
+        assert_eq!(
+            hex(&hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn handles_are_stable_per_verifier_and_unlinkable_across() {
+        let a = DeviceSecret([7; SECRET_LEN]);
+        let b = DeviceSecret([8; SECRET_LEN]);
+        assert_eq!(a.handle("mdm.example"), a.handle("mdm.example"));
+        assert_ne!(a.handle("mdm.example"), a.handle("attest.example"));
+        assert_ne!(a.handle("mdm.example"), b.handle("mdm.example"));
+        let h = a.handle("mdm.example");
+        assert_eq!(h.len(), 22);
+        assert!(
+            h.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+    }
+
+    #[test]
+    fn saved_0600_loaded_and_destroyed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path());
+        assert!(DeviceSecret::load(&paths).expect("load").is_none());
+        let s = DeviceSecret::generate().expect("random");
+        s.save(&paths).expect("save");
+        let mode = std::fs::metadata(paths.device_secret())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let l = DeviceSecret::load(&paths).expect("load").expect("present");
+        assert_eq!(l.handle("v"), s.handle("v"));
+        DeviceSecret::destroy(&paths).expect("destroy");
+        assert!(DeviceSecret::load(&paths).expect("load").is_none());
+    }
+}
