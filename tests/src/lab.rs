@@ -309,6 +309,18 @@ impl Lab {
         path
     }
 
+    /// The command role's private key as a key file (for `trustctl device command`).
+    pub fn command_key_file(&self) -> PathBuf {
+        let path = self.prefix.path().join("command.key");
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&trustd::bundle::PrivateKeyFile::new(&self.policy_keys[0]))
+                .expect("json"),
+        )
+        .expect("write key");
+        path
+    }
+
     /// Sign a lifecycle command with the command role's key and write it to a file.
     pub fn sign_command(&self, command: &Value) -> PathBuf {
         let env = sign_envelope(

@@ -168,6 +168,19 @@ fn every_call_by_every_role_is_allowed_or_denied_as_designed() {
             ("Setup.CompleteStep s:eula".to_owned(), setup_admin),
             ("Audit.Tail u:3".to_owned(), admin),
             ("Audit.Verify".to_owned(), admin),
+            (
+                "Launcher.CheckLaunch ss:org.enigm.Browser".to_owned(),
+                everyone,
+            ),
+            (
+                "Launcher.ReportLaunch sbs:org.enigm.Browser".to_owned(),
+                everyone,
+            ),
+            (
+                "Posture.GetDeviceHandle s:mdm.example.org".to_owned(),
+                everyone,
+            ),
+            (format!("Device.ApplyCommand ay@{j}"), admin),
         ]);
         let calls: Vec<String> = cells.iter().map(|c| c.0.clone()).collect();
 
@@ -254,9 +267,9 @@ fn every_call_by_every_role_is_allowed_or_denied_as_designed() {
         let expected_daemon_denials = match bus {
             // Only SetPrivacyMode(false) passes the bus policy for non-admins: 3 identities.
             BusPolicy::Shipped => 3,
-            // 7 admin-only calls (SetPrivacyMode(false) among them) and CompleteStep for
-            // each of the 2 users; the 7 admin-only calls for the setup member.
-            BusPolicy::Open => 8 * 2 + 7,
+            // 8 admin-only calls (SetPrivacyMode(false) among them) and CompleteStep for
+            // each of the 2 users; the 8 admin-only calls for the setup member.
+            BusPolicy::Open => 9 * 2 + 8,
         };
         assert_eq!(daemon_denials.len(), expected_daemon_denials, "{tag}");
         eprintln!(

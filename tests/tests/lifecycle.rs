@@ -216,6 +216,50 @@ fn handles_are_stable_across_restarts_and_differ_per_verifier() {
         })
     };
     let first = get(&daemon.bus.address);
+    // trustctl makes and sends a command for the handle it reads from the daemon.
+    let bus = daemon.bus.address.clone();
+    let ctl = |args: &[&str]| -> tests::Run {
+        let mut all = vec!["--bus", bus.as_str()];
+        all.extend(args);
+        tests::trustctl(lab.prefix.path(), &all)
+    };
+    let h = ctl(&["device", "handle", "mdm.example.org"]);
+    assert_eq!(
+        (h.code, h.stdout.trim()),
+        (0, first[0].as_str()),
+        "{}",
+        h.stderr
+    );
+    let key = lab.command_key_file();
+    let key = key.to_str().expect("utf-8");
+    let out = lab.prefix.path().join("enroll.dsse.json");
+    let out = out.to_str().expect("utf-8");
+    let made = ctl(&[
+        "device",
+        "command",
+        "--action",
+        "enroll",
+        "--issuer",
+        "mdm.example.org",
+        "--device",
+        &first[0],
+        "--serial",
+        "1",
+        "--key",
+        key,
+        "-o",
+        out,
+    ]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let sent = ctl(&["device", "apply", out]);
+    assert_eq!(
+        (sent.code, sent.stdout.trim()),
+        (0, "lifecycle unenrolled -> enrolled"),
+        "{}",
+        sent.stderr
+    );
+    let again = ctl(&["device", "apply", out]);
+    assert_eq!(again.code, 1, "a replay exits 1: {}", again.stderr);
     drop(daemon);
     let d2 = lab.run_daemon_on(BusPolicy::Shipped, 1000);
     tests::lab::wait_ready(&d2.bus.address);

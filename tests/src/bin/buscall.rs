@@ -6,6 +6,7 @@
 //!   CALL = "Iface.Member [ARG]"   Iface: Posture, Privacy, Policy, Setup, Audit, Introspectable
 //!          "Posture.get:NAME"     read one property; "Posture.GetAll" reads them all
 //!   ARG  = b:true | s:TEXT | u:N | ay@FILE (the file's bytes) | ay#N (N zero bytes)
+//!          | ss:TEXT (TEXT and "") | sbs:TEXT (TEXT, true, "test")
 //! ```
 //! Output: `{"call":..., "ok":true, "value":...}` or `{"call":..., "ok":false,
 //! "error":NAME, "message":MSG}`. Exit 2 on usage errors, 3 if the bus cannot be reached.
@@ -63,6 +64,18 @@ async fn call(conn: &Connection, spec: &str) -> Result<String, zbus::Error> {
     } else if let Some(v) = arg.strip_prefix("s:") {
         conn.call_method(Some(DEST), PATH, Some(iface.as_str()), member, &(v,))
             .await?
+    } else if let Some(v) = arg.strip_prefix("ss:") {
+        conn.call_method(Some(DEST), PATH, Some(iface.as_str()), member, &(v, ""))
+            .await?
+    } else if let Some(v) = arg.strip_prefix("sbs:") {
+        conn.call_method(
+            Some(DEST),
+            PATH,
+            Some(iface.as_str()),
+            member,
+            &(v, true, "test"),
+        )
+        .await?
     } else if let Some(v) = arg.strip_prefix("u:") {
         let n: u32 = v
             .parse()
