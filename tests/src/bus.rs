@@ -50,11 +50,19 @@ fn config(socket: &Path, extra: &str) -> String {
 pub struct Bus {
     /// The address clients connect to (`unix:path=...`).
     pub address: String,
-    _child: KillOnDrop,
+    child: KillOnDrop,
     _dir: tempfile::TempDir,
 }
 
 impl Bus {
+    /// Kill the bus daemon (every connection to it is lost).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Start a bus with `policy`; `extra` is more config (e.g. for a benchmark's service).
     pub fn start(policy: BusPolicy, extra: &str) -> Self {
         let dir = tempfile::Builder::new()
@@ -103,7 +111,7 @@ impl Bus {
         assert!(line.starts_with("unix:"), "dbus-daemon said {line:?}");
         Self {
             address: format!("unix:path={}", socket.display()),
-            _child: KillOnDrop(Some(child)),
+            child: KillOnDrop(Some(child)),
             _dir: dir,
         }
     }

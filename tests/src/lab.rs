@@ -375,6 +375,11 @@ impl Lab {
 
     /// Start `trustd run` serving on `bus`.
     pub fn run_daemon_on_bus(&self, bus: Bus, check_interval_ms: u64) -> Daemon {
+        self.run_daemon_with(bus, check_interval_ms, &[])
+    }
+
+    /// Start `trustd run` serving on `bus`, with more arguments (`--confine`).
+    pub fn run_daemon_with(&self, bus: Bus, check_interval_ms: u64, extra: &[&str]) -> Daemon {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.dev])
             .arg(bin("trustd"))
@@ -382,6 +387,7 @@ impl Lab {
             .arg(self.prefix.path())
             .args(["run", "--check-interval-ms", &check_interval_ms.to_string()])
             .args(["--bus", &bus.address])
+            .args(extra)
             .stderr(Stdio::null())
             .spawn()
             .expect("trustd run");

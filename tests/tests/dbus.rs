@@ -763,3 +763,94 @@ fn sighup_reloads_who_holds_which_role() {
         "the reload is audited"
     );
 }
+
+/// `trustd run --confine`: Landlock in force (posture says so) and trustd still does its job
+/// under it: enforcing on a privacy change (nft runs confined), repairing drift, writing its
+/// state and log. When the bus goes away, trustd stops (exit 3, for systemd to restart it)
+/// and the rules stay.
+#[test]
+fn confined_trustd_still_enforces_and_stops_when_the_bus_is_lost() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    if trustd::sys::landlock_abi() == 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but this kernel has no Landlock"
+        );
+        eprintln!("skipped: no Landlock");
+        return;
+    }
+    let mut lab = Lab::new("cf", false);
+    let b = lab.sign(lab_policy("direct"));
+    lab.load(&b);
+    let bus = tests::bus::Bus::start(BusPolicy::Shipped, "");
+    let addr = bus.address.clone();
+    let mut daemon = lab.run_daemon_with(bus, 300, &["--confine"]);
+    tests::lab::wait_ready(&addr);
+    rt().block_on(async {
+        let c = Client::connect(Some(&addr)).await.expect("connect");
+        let conf = c.posture_property("Confinement").await.expect("posture");
+        let conf = conf.as_str().unwrap_or_default().to_owned();
+        assert!(
+            conf.starts_with("Landlock ABI ")
+                && conf.ends_with("enforced")
+                && !conf.contains("not"),
+            "{conf}"
+        );
+        c.set_privacy_mode(true)
+            .await
+            .expect("privacy on, applied by a confined nft");
+        assert_eq!(
+            c.posture_property("NetworkMode").await.expect("p"),
+            json!("tor-only")
+        );
+        c.set_privacy_mode(false).await.expect("privacy off");
+    });
+    lab.dev_sh("nft delete table inet trustd");
+    let start = Instant::now();
+    while !lab
+        .dev_sh("nft list tables")
+        .contains("table inet trustd\n")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "drift not repaired under Landlock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The bus goes away: trustd notices within its ping interval and stops with exit 3.
+    daemon.bus.kill();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon
+            .child
+            .0
+            .as_mut()
+            .expect("child")
+            .try_wait()
+            .expect("wait")
+        {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "trustd did not notice the bus was gone"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        lab.dev_sh("nft list tables").contains("table inet trustd"),
+        "the rules stay"
+    );
+    let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
+    let last = records.last().expect("records");
+    assert_eq!(last.kind, "trustd.stop");
+    assert!(
+        last.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("bus connection was lost")
+    );
+}

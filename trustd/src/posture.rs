@@ -115,6 +115,8 @@ pub struct Input<'a> {
     pub audit_head: (u64, String),
     /// The kernel's Landlock ABI (0: unavailable).
     pub landlock_abi: u32,
+    /// How trustd itself is confined (`Landlock ABI 2: partially enforced`), if it is.
+    pub confinement: Option<&'a str>,
 }
 
 /// The posture snapshot. Field for field the properties of `org.enigm.Trust1.Posture`.
@@ -144,6 +146,9 @@ pub struct Posture {
     pub lifecycle: String,
     /// Records in the audit log and the hash of the last one.
     pub audit_head: (u64, String),
+    /// How trustd itself is confined: `Landlock ABI N: fully enforced` (or `partially`,
+    /// `not enforced`), or `not confined`.
+    pub confinement: String,
 }
 
 /// Compute the posture.
@@ -236,6 +241,16 @@ pub fn posture(i: &Input<'_>) -> Posture {
     if i.landlock_abi == 0 {
         add(Degraded, "Landlock unavailable in this kernel".into());
     }
+    match i.confinement {
+        None => add(Degraded, "trustd is not confined (Landlock)".into()),
+        Some(c) if c.ends_with("not enforced") => {
+            add(
+                Degraded,
+                format!("trustd's confinement is not in force ({c})"),
+            );
+        }
+        Some(_) => {}
+    }
 
     reasons.sort_by_key(|r| std::cmp::Reverse(r.0));
     let level = reasons.first().map_or(Level::Trusted, |r| r.0);
@@ -256,6 +271,7 @@ pub fn posture(i: &Input<'_>) -> Posture {
         pending_setup_steps: i.effective.pending_steps.clone(),
         lifecycle: i.state.lifecycle.as_str().to_owned(),
         audit_head: i.audit_head.clone(),
+        confinement: i.confinement.unwrap_or("not confined").to_owned(),
     }
 }
 
@@ -286,6 +302,7 @@ mod tests {
         drift: Option<(u64, &'static str)>,
         audit_problems: Vec<String>,
         landlock_abi: u32,
+        confinement: Option<&'static str>,
     }
 
     impl Case {
@@ -304,6 +321,7 @@ mod tests {
                 drift: None,
                 audit_problems: vec![],
                 landlock_abi: 4,
+                confinement: Some("Landlock ABI 4: fully enforced"),
             }
         }
 
@@ -335,6 +353,7 @@ mod tests {
                 audit_problems: &self.audit_problems,
                 audit_head: (3, "h".into()),
                 landlock_abi: self.landlock_abi,
+                confinement: self.confinement,
             })
         }
     }
@@ -354,7 +373,7 @@ mod tests {
     #[test]
     fn each_reason_sets_its_level() {
         type Tweak = fn(&mut Case);
-        let cases: [(Tweak, Level, &str); 11] = [
+        let cases: [(Tweak, Level, &str); 12] = [
             (
                 |c| c.policy = None,
                 Level::Untrusted,
@@ -414,6 +433,11 @@ mod tests {
                 |c| c.landlock_abi = 0,
                 Level::Degraded,
                 "Landlock unavailable",
+            ),
+            (
+                |c| c.confinement = None,
+                Level::Degraded,
+                "trustd is not confined",
             ),
         ];
         for (tweak, level, reason) in cases {

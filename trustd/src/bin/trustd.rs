@@ -56,6 +56,11 @@ enum Cmd {
         /// The bus to serve on (default: the system bus).
         #[arg(long)]
         bus: Option<String>,
+        /// Confine trustd with Landlock once its state is loaded: configuration and system
+        /// files read-only, writes only to its state, log and runtime directories, execute
+        /// only nft.
+        #[arg(long)]
+        confine: bool,
     },
 }
 
@@ -128,7 +133,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             nft,
             check_interval_ms,
             bus,
-        } => run_daemon(&paths, NftBackend::new(nft), check_interval_ms, bus),
+            confine,
+        } => {
+            let confine_nft = confine.then(|| nft.clone());
+            run_daemon(
+                &paths,
+                NftBackend::new(nft),
+                check_interval_ms,
+                bus,
+                confine_nft,
+            )
+        }
     }
 }
 
@@ -173,11 +188,53 @@ fn role_groups(paths: &Paths) -> Result<(RoleGroups, u64), String> {
     Ok((groups, c.check_interval_ms))
 }
 
+/// The executable `name` as `PATH` finds it (or `name` itself if it has a slash).
+fn which(name: &std::path::Path) -> PathBuf {
+    if name.components().count() > 1 {
+        return name.to_owned();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.to_owned())
+}
+
+/// Landlock for trustd itself (before any other thread exists, so that all inherit it).
+fn confine_self(paths: &Paths, nft: &std::path::Path) -> Result<String, String> {
+    let s = |p: PathBuf| p.display().to_string();
+    let read: Vec<String> = ["/etc", "/usr", "/lib", "/lib64", "/proc"]
+        .iter()
+        .map(|p| (*p).to_owned())
+        .chain([s(paths.config_dir())])
+        .collect();
+    let log_dir = paths
+        .audit_dir()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| paths.audit_dir());
+    let write = vec![
+        s(paths.state_dir()),
+        s(log_dir),
+        s(paths.runtime_dir()),
+        "/dev/null".to_owned(),
+    ];
+    // nft and the dynamic loader that starts it; its libraries are mapped, not executed.
+    let execute = vec![
+        s(which(nft)),
+        "/lib64/ld-linux-x86-64.so.2".to_owned(),
+        "/lib/ld-linux-aarch64.so.1".to_owned(),
+    ];
+    trustd::launch::landlock::restrict(&read, &write, &execute).map(|c| c.to_string())
+}
+
 fn run_daemon(
     paths: &Paths,
     mut backend: NftBackend,
     interval_ms: Option<u64>,
     bus: Option<String>,
+    confine: Option<PathBuf>,
 ) -> Result<ExitCode> {
     let me = Actor::this_process;
     let (groups, configured_ms) = role_groups(paths).unwrap_or_else(|e| {
@@ -191,6 +248,15 @@ fn run_daemon(
     match trustd::sys::netlink::dump_links() {
         Ok(links) => dev.set_links(&links),
         Err(err) => tracing::warn!("reading links: {err}"),
+    }
+    if let Some(nft) = &confine {
+        match confine_self(paths, nft) {
+            Ok(how) => {
+                tracing::info!("confined: {how}");
+                dev.set_confinement(how);
+            }
+            Err(e) => tracing::error!("not confined: {e}"),
+        }
     }
     let config_paths = paths.clone();
     let reconfigure: Reconfigure = Box::new(move || role_groups(&config_paths).map(|g| g.0));
@@ -212,7 +278,7 @@ fn run_daemon(
         .spawn(move || {
             loop {
                 let cmd = match trustd::sys::wait_signal(Duration::from_secs(3600)) {
-                    Some(trustd::sys::Signal::Stop) => Command::Stop,
+                    Some(trustd::sys::Signal::Stop) => Command::Stop("stopped by signal"),
                     Some(trustd::sys::Signal::Reload) => Command::Reload,
                     None => continue,
                 };
@@ -256,14 +322,38 @@ fn run_daemon(
         if let Err(e) = trustd::sys::sd_notify("READY=1") {
             tracing::warn!("READY not sent: {e}");
         }
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lost_flag = lost.clone();
+        let ping_conn = conn.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last_ping = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
                 // A full queue already holds work that will reach the kernel check.
                 if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Command::Tick) {
                     break;
+                }
+                // Without the bus, posture and commands are unreachable: stop so that the
+                // service manager restarts trustd (enforcement stays meanwhile).
+                if last_ping.elapsed() >= Duration::from_secs(5) {
+                    last_ping = tokio::time::Instant::now();
+                    let ping = ping_conn
+                        .call_method(
+                            Some("org.freedesktop.DBus"),
+                            "/org/freedesktop/DBus",
+                            Some("org.freedesktop.DBus.Peer"),
+                            "Ping",
+                            &(),
+                        )
+                        .await;
+                    if let Err(e) = ping {
+                        tracing::error!("the bus connection is lost ({e}): stopping");
+                        lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        let _ = tx.send(Command::Stop("the bus connection was lost")).await;
+                        break;
+                    }
                 }
             }
         });
@@ -271,9 +361,14 @@ fn run_daemon(
             .await
             .context("the engine thread ended without a result")?;
         drop(conn);
-        anyhow::Ok(r)
+        anyhow::Ok((r, lost.load(std::sync::atomic::Ordering::SeqCst)))
     })?;
     rt.shutdown_timeout(Duration::from_millis(200));
+    let (result, lost) = result;
     result?;
-    Ok(ExitCode::SUCCESS)
+    Ok(if lost {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

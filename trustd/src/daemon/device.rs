@@ -181,6 +181,7 @@ pub struct Device {
     audit_problems: Vec<String>,
     links: BTreeMap<String, bool>,
     secret: Option<DeviceSecret>,
+    confinement: Option<String>,
     _lock: StateLock,
 }
 
@@ -211,6 +212,7 @@ impl Device {
             audit_problems: report.warnings,
             links: BTreeMap::new(),
             secret,
+            confinement: None,
             _lock: lock,
         })
     }
@@ -594,6 +596,11 @@ impl Device {
             .is_some_and(|p| p.payload().privacy.user_may_disable)
     }
 
+    /// How trustd confined itself (posture shows it).
+    pub fn set_confinement(&mut self, how: String) {
+        self.confinement = Some(how);
+    }
+
     /// Record what a check of the audit log found (posture shows it).
     pub fn set_audit_problems(&mut self, problems: Vec<String>) {
         self.audit_problems = problems;
@@ -623,6 +630,7 @@ impl Device {
             audit_problems: &self.audit_problems,
             audit_head: self.audit.head(),
             landlock_abi: crate::sys::landlock_abi(),
+            confinement: self.confinement.as_deref(),
         })
     }
 

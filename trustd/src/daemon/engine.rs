@@ -255,8 +255,8 @@ pub enum Command {
     Links(Vec<LinkEvent>),
     /// SIGHUP: reload configuration and state, re-enforce.
     Reload,
-    /// SIGTERM: stop, leaving enforcement in the kernel.
-    Stop,
+    /// Stop, leaving enforcement in the kernel; why (SIGTERM, the bus went away).
+    Stop(&'static str),
 }
 
 /// How the engine reads who holds which role again on reload.
@@ -358,10 +358,10 @@ impl<B: Backend> Engine<B> {
                     self.reload()?;
                     self.publish();
                 }
-                Command::Stop => {
+                Command::Stop(why) => {
                     self.dev.audit().append(
                         Entry::new("trustd.stop", Outcome::Ok, me())
-                            .reason("stopped by signal; enforcement stays in the kernel"),
+                            .reason(format!("{why}; enforcement stays in the kernel")),
                     )?;
                     return Ok(());
                 }

@@ -10,7 +10,7 @@ use zbus::{Connection, OwnedVariant, Proxy, Variant};
 use super::{BUS_NAME, OBJECT_PATH};
 
 /// The posture properties, in DESIGN.md's order.
-pub const POSTURE_PROPERTIES: [&str; 12] = [
+pub const POSTURE_PROPERTIES: [&str; 13] = [
     "Level",
     "Reasons",
     "Enforcement",
@@ -23,6 +23,7 @@ pub const POSTURE_PROPERTIES: [&str; 12] = [
     "PendingSetupSteps",
     "Lifecycle",
     "AuditHead",
+    "Confinement",
 ];
 
 /// A D-Bus value as JSON (strings, numbers, booleans, arrays and structs as arrays).

@@ -121,6 +121,13 @@ impl Posture {
     fn audit_head(&self) -> (u64, String) {
         self.rx.borrow().audit_head.clone()
     }
+
+    /// How trustd itself is confined: `Landlock ABI N: fully enforced` (or `partially
+    /// enforced`, `not enforced`), or `not confined`.
+    #[zbus(property)]
+    fn confinement(&self) -> String {
+        self.rx.borrow().confinement.clone()
+    }
 }
 
 /// Each property's name and value, in DESIGN.md's order.
@@ -141,6 +148,7 @@ pub(super) fn properties(p: &Snapshot) -> Vec<(&'static str, Variant<'static>)> 
         ),
         ("Lifecycle", Variant::from(p.lifecycle.clone())),
         ("AuditHead", Variant::from(p.audit_head.clone())),
+        ("Confinement", Variant::from(p.confinement.clone())),
     ]
 }
 

@@ -29,18 +29,29 @@ pub struct Confinement {
 /// itself. Everything else on the filesystem is denied (EACCES) where the kernel's ABI can
 /// say so. Sets no_new_privs.
 pub fn confine(profile: &Profile) -> Result<Confinement, String> {
-    let all = AccessFs::from_all(ABI_ASKED);
-    let read: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
-    let write = all & !AccessFs::Execute;
-    let exec = read | AccessFs::Execute;
     let mut executable = profile.execute.clone();
     executable.push(profile.exec.clone());
+    restrict(&profile.read, &profile.write, &executable)
+}
+
+/// Restrict this thread and everything it later starts (threads and processes) to: `read`
+/// (read files, list directories), `write` (everything but execute), `execute` (read and
+/// execute). Paths that do not exist are left out. Call it before starting other threads.
+pub fn restrict(
+    read: &[String],
+    write: &[String],
+    execute: &[String],
+) -> Result<Confinement, String> {
+    let all = AccessFs::from_all(ABI_ASKED);
+    let read_access: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
+    let write_access = all & !AccessFs::Execute;
+    let exec_access = read_access | AccessFs::Execute;
     let status = Ruleset::default()
         .handle_access(all)
         .and_then(|r| r.create())
-        .and_then(|r| r.add_rules(path_beneath_rules(&profile.read, read)))
-        .and_then(|r| r.add_rules(path_beneath_rules(&profile.write, write)))
-        .and_then(|r| r.add_rules(path_beneath_rules(&executable, exec)))
+        .and_then(|r| r.add_rules(path_beneath_rules(read, read_access)))
+        .and_then(|r| r.add_rules(path_beneath_rules(write, write_access)))
+        .and_then(|r| r.add_rules(path_beneath_rules(execute, exec_access)))
         .and_then(|r| r.restrict_self())
         .map_err(|e| format!("Landlock: {e}"))?;
     Ok(Confinement {
@@ -52,4 +63,10 @@ pub fn confine(profile: &Profile) -> Result<Confinement, String> {
         abi: crate::sys::landlock_abi(),
         no_new_privs: status.no_new_privs,
     })
+}
+
+impl std::fmt::Display for Confinement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Landlock ABI {}: {}", self.abi, self.status)
+    }
 }

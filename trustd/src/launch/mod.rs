@@ -183,7 +183,15 @@ mod tests {
         let p = policy();
         let e = Lifecycle::Enrolled;
         // (policy, privacy, setup done, lifecycle, app, allowed, reason contains)
-        type Case<'a> = (Option<&'a Policy>, bool, bool, Lifecycle, &'a str, bool, &'a str);
+        type Case<'a> = (
+            Option<&'a Policy>,
+            bool,
+            bool,
+            Lifecycle,
+            &'a str,
+            bool,
+            &'a str,
+        );
         let cases: &[Case<'_>] = &[
             (
                 None,
