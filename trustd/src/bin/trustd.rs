@@ -343,12 +343,15 @@ fn run_daemon(
                         .call_method(
                             Some("org.freedesktop.DBus"),
                             "/org/freedesktop/DBus",
-                            Some("org.freedesktop.DBus.Peer"),
-                            "Ping",
+                            Some("org.freedesktop.DBus"),
+                            "GetId",
                             &(),
                         )
                         .await;
-                    if let Err(e) = ping {
+                    // Any answer, even an error, means the connection is there.
+                    if let Err(e) = ping
+                        && !matches!(e, zbus::Error::MethodError(..) | zbus::Error::FDO(_))
+                    {
                         tracing::error!("the bus connection is lost ({e}): stopping");
                         lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
                         let _ = tx.send(Command::Stop("the bus connection was lost")).await;
