@@ -81,6 +81,13 @@ customize() {
 		chroot "$root" systemctl disable --quiet "$(basename "$timer")"
 	done
 
+	# The network comes up the way a device's does: systemd-networkd, after network-pre.target
+	# (which trustd-early-boot.service is ordered before). With QEMU's restricted user network
+	# there is a DHCP server and no route anywhere.
+	mkdir -p "$root/etc/systemd/network"
+	printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n' >"$root/etc/systemd/network/20-wired.network"
+	chroot "$root" systemctl enable --quiet systemd-networkd.service
+
 	install -D -m 0755 "$here/base/run-tests" "$root/usr/lib/enigm/run-tests"
 	install -m 0644 "$here/base/enigm-tests.service" "$root/usr/lib/systemd/system/enigm-tests.service"
 	chroot "$root" systemctl enable --quiet enigm-tests.service

@@ -81,10 +81,18 @@ qemu=(
 	qemu-system-x86_64 -nodefaults -no-user-config
 	-accel tcg,thread=multi -cpu max -smp 2 -m 2048
 	-kernel "$out/vmlinuz" -initrd "$out/initrd.img"
-	-nic none -no-reboot
+	-no-reboot
 	-device virtio-rng-pci
 	-drive "$root_drive" -device virtio-blk-pci,drive=rootfs,serial=rootfs
 )
+# A NIC on QEMU's user network with restrict=on: the guest reaches nothing outside the VM
+# (no host, no internet); it exists so that the boot brings an interface up (ENIGM_VM_NET=none
+# leaves it out).
+if [[ "${ENIGM_VM_NET:-user}" == user ]]; then
+	qemu+=(-nic user,model=virtio-net-pci,restrict=on)
+else
+	qemu+=(-nic none)
+fi
 cmdline="console=ttyS0 root=LABEL=rootfs rw panic=-1"
 
 if [[ "$mode" == shell ]]; then

@@ -45,7 +45,11 @@ fn lost_state_json_loads_most_restrictive_and_keeps_the_serial_floor() {
             .contains("not newer than the installed serial 8"),
         "{err}"
     );
-    let load = &read_records(&dev.paths.audit_dir()).expect("records")[2];
+    let records = read_records(&dev.paths.audit_dir()).expect("records");
+    let load = records
+        .iter()
+        .rfind(|r| r.kind == "state.load")
+        .expect("the second load");
     assert_eq!(
         (load.kind.as_str(), load.outcome),
         ("state.load", Outcome::Error)
@@ -193,4 +197,19 @@ fn trust_root_rotation_needs_the_current_root_and_replaces_the_policy_keys() {
         err.to_string(),
         "refused: serial 2 is not newer than the installed serial 2 for the root role"
     );
+}
+
+/// A new device's first start writes its initial state.json before anything else (device
+/// secret, audit log), so that the next start loads it instead of taking it for lost.
+#[test]
+fn a_new_device_loads_as_loaded_on_its_second_start() {
+    let dev = TestDevice::new();
+    let first = open(&dev);
+    assert_eq!(first.condition(), &Condition::Fresh);
+    drop(first);
+    assert!(dev.paths.state_file().exists());
+    assert!(dev.paths.device_secret().exists());
+    let second = open(&dev);
+    assert_eq!(second.condition(), &Condition::Loaded);
+    assert_eq!(second.state().lifecycle, Lifecycle::Unenrolled);
 }

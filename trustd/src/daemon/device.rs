@@ -96,6 +96,11 @@ fn load_and_record(
         }
     };
     let loaded = store.load(&root);
+    if loaded.condition == Condition::Fresh {
+        // A new device: write its initial state now, so that the files made next (device
+        // secret, audit log) never make a later load take state.json for lost.
+        store.save(&loaded.state)?;
+    }
     let outcome = match loaded.condition {
         Condition::Fresh | Condition::Loaded => Outcome::Ok,
         Condition::Missing | Condition::Corrupt(_) => Outcome::Error,

@@ -1,0 +1,455 @@
+//! vm-suite: the in-VM test suite. It runs as root inside the Enigm OS image, started by the
+//! image's test runner from the tests disk (`/run/enigm-tests`), once per boot of the same
+//! disk (`ENIGM_BOOT`). Exit 100 asks for the next boot; 0 is success.
+//!
+//! Boot 1: trustd's table was in the kernel before the first interface came up; trustd is
+//! READY; posture as root and as nobody over the real system bus; a signed bundle and privacy
+//! mode change the ruleset and are signalled; packets to a peer namespace are allowed or
+//! blocked as the policy says; trustd killed with SIGKILL leaves enforcement and is restarted;
+//! then the power is cut in the middle of a burst of acknowledged changes.
+//! Boot 2: the audit log verifies and holds every acknowledged change; the trustd binary is
+//! removed and the VM rebooted.
+//! Boot 3: lockdown held without the binary; with the binary back, the policy returns; the
+//! unit's `systemd-analyze security` exposure.
+//!
+//! One process, few forks: a fork costs ~36 ms in the guest.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use trustd::bundle::{PrivateKeyFile, sign_envelope};
+use trustd::dbus::client::Client;
+
+const DISK: &str = "/run/enigm-tests";
+const ACKED: &str = "/var/lib/enigm-acked";
+
+type Result<T> = std::result::Result<T, String>;
+
+macro_rules! check {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+fn ok(what: &str) {
+    println!("ok: {what}");
+}
+
+fn sh(cmd: &str) -> Result<String> {
+    let o = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "{cmd}: exit {:?}: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// `systemctl show UNIT -p P...` as a map.
+fn unit(name: &str, props: &[&str]) -> Result<std::collections::BTreeMap<String, String>> {
+    let out = sh(&format!("systemctl show {name} -p {}", props.join(" -p ")))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        check!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn signed_policy(serial: u64) -> Result<Vec<u8>> {
+    let key = PrivateKeyFile::load(&Path::new(DISK).join("keys/policy.key"))
+        .map_err(|e| e.to_string())?;
+    let mut p = tests::lab::lab_policy("direct");
+    p["serial"] = json!(serial);
+    let env = sign_envelope(
+        "application/vnd.enigm.policy+json",
+        &serde_json::to_vec(&p).map_err(|e| e.to_string())?,
+        &[key],
+    );
+    serde_json::to_vec(&env).map_err(|e| e.to_string())
+}
+
+/// A peer namespace on a veth pair: 10.99.0.1 here, 10.99.0.2 there, listeners on 443 and 80.
+fn peer() -> Result<std::process::Child> {
+    sh(
+        "ip netns add peer && ip link add v0 type veth peer name v1 netns peer \
+        && ip addr add 10.99.0.1/24 dev v0 && ip link set v0 up \
+        && ip -n peer addr add 10.99.0.2/24 dev v1 && ip -n peer link set v1 up \
+        && ip -n peer link set lo up",
+    )?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", "peer"])
+        .arg(Path::new(DISK).join("netprobe"))
+        .args(["serve", "[::]:443/tcp", "[::]:80/tcp"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("netprobe: {e}"))?;
+    let mut ready = [0u8; 6];
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .ok_or("netprobe stdout")?
+        .read_exact(&mut ready)
+        .map_err(|e| format!("netprobe ready: {e}"))?;
+    Ok(child)
+}
+
+fn probe(target: &str) -> bool {
+    Command::new(Path::new(DISK).join("netprobe"))
+        .args(["connect", target, "500"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn posture_of(c: &Client) -> Result<Value> {
+    let p = c.posture().await.map_err(|e| format!("posture: {e}"))?;
+    Ok(Value::Object(p.into_iter().collect()))
+}
+
+fn boot1() -> Result<u8> {
+    // 1. Order at boot: trustd's table before the first interface.
+    let early = wait_for("trustd-early-boot.service active", 60, || {
+        let u = unit(
+            "trustd-early-boot.service",
+            &["ActiveState", "ActiveEnterTimestampMonotonic"],
+        )
+        .ok()?;
+        (u.get("ActiveState").map(String::as_str) == Some("active")).then_some(u)
+    })?;
+    let early_done: u64 = early["ActiveEnterTimestampMonotonic"]
+        .parse()
+        .map_err(|_| "early-boot timestamp")?;
+    let link_up = wait_for("an interface up (systemd-networkd)", 60, || {
+        let out = sh("journalctl -b -o json -u systemd-networkd --output-fields=MESSAGE,__MONOTONIC_TIMESTAMP").ok()?;
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| {
+                v["MESSAGE"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with(": Link UP"))
+            })
+            .and_then(|v| v["__MONOTONIC_TIMESTAMP"].as_str()?.parse::<u64>().ok())
+    })?;
+    check!(
+        early_done < link_up,
+        "the first interface came up at {link_up} µs, before trustd-early-boot finished at {early_done} µs"
+    );
+    ok(&format!(
+        "boot order: trustd tables in place at {:.2} s, first interface up at {:.2} s",
+        early_done as f64 / 1e6,
+        link_up as f64 / 1e6
+    ));
+
+    // 2. READY.
+    let svc = wait_for("trustd.service active", 60, || {
+        let u = unit(
+            "trustd.service",
+            &["ActiveState", "ActiveEnterTimestampMonotonic", "MainPID"],
+        )
+        .ok()?;
+        (u.get("ActiveState").map(String::as_str) == Some("active")).then_some(u)
+    })?;
+    let ready: u64 = svc["ActiveEnterTimestampMonotonic"].parse().unwrap_or(0);
+    ok(&format!(
+        "trustd.service active (READY) at {:.2} s after boot",
+        ready as f64 / 1e6
+    ));
+
+    let rt = rt()?;
+    rt.block_on(async {
+        // 3. Posture as root and as nobody.
+        let c = Client::connect(None)
+            .await
+            .map_err(|e| format!("system bus: {e}"))?;
+        let p = posture_of(&c).await?;
+        check!(p["Enforcement"] == json!("enforced"), "posture: {p}");
+        check!(p["NetworkMode"] == json!("lockdown"), "no policy yet: {p}");
+        ok(&format!(
+            "posture as root: {} ({}); {}",
+            p["Level"], p["NetworkMode"], p["Confinement"]
+        ));
+        let nobody = sh("setpriv --reuid=65534 --regid=65534 --clear-groups trustctl --json status")?;
+        let pn: Value = serde_json::from_str(nobody.trim()).map_err(|e| format!("{e}: {nobody}"))?;
+        check!(pn["Level"] == p["Level"], "as nobody: {pn}");
+        let denied = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "trustctl", "privacy", "off"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        check!(denied.status.code() == Some(1), "nobody turning privacy off: {denied:?}");
+        ok("posture as nobody; nobody may not turn privacy off");
+
+        // 4. A signed bundle over the bus: the ruleset changes, packets follow, a signal says so.
+        let mut server = peer()?;
+        check!(!probe("10.99.0.2:443/tcp"), "lockdown lets 443 through");
+        let mut changes = c.posture_changes().await.map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let r = c
+            .apply_bundle(&signed_policy(1)?)
+            .await
+            .map_err(|e| format!("ApplyBundle: {e}"))?;
+        let applied = t0.elapsed();
+        let ch = tokio::time::timeout(Duration::from_secs(10), changes.next())
+            .await
+            .map_err(|_| "no PropertiesChanged after ApplyBundle")?
+            .ok_or("signal stream closed")?;
+        check!(
+            ch.iter().any(|(k, v)| k == "PolicySerial" && *v == json!(1)),
+            "signal: {ch:?}"
+        );
+        check!(probe("10.99.0.2:443/tcp"), "the policy allows 10.99.0.2:443");
+        check!(!probe("10.99.0.2:80/tcp"), "the policy does not allow port 80");
+        ok(&format!(
+            "bundle serial {} applied in {applied:?} (audit record {}), signalled; 443 allowed, 80 blocked",
+            r.to_serial, r.audit_seq
+        ));
+
+        // Privacy mode: tor-only in the kernel, signalled.
+        let before = sh("nft list table inet trustd")?;
+        c.set_privacy_mode(true).await.map_err(|e| e.to_string())?;
+        let ch = tokio::time::timeout(Duration::from_secs(10), changes.next())
+            .await
+            .map_err(|_| "no PropertiesChanged after privacy on")?
+            .ok_or("signal stream closed")?;
+        check!(
+            ch.iter().any(|(k, v)| k == "NetworkMode" && *v == json!("tor-only")),
+            "signal: {ch:?}"
+        );
+        check!(sh("nft list table inet trustd")? != before, "the ruleset did not change");
+        check!(!probe("10.99.0.2:443/tcp"), "tor-only lets direct 443 through");
+        c.set_privacy_mode(false).await.map_err(|e| e.to_string())?;
+        check!(probe("10.99.0.2:443/tcp"), "privacy off: 443 allowed again");
+        ok("privacy on: tor-only in the kernel and signalled; off again");
+
+        // 5. SIGKILL: enforcement stays, systemd restarts trustd, posture recovers.
+        let pid = svc["MainPID"].clone();
+        sh("systemctl kill -s KILL trustd.service")?;
+        check!(!probe("10.99.0.2:80/tcp"), "port 80 open after the kill");
+        check!(
+            sh("nft list tables")?.contains("table inet trustd"),
+            "the table went with the process"
+        );
+        let t = Instant::now();
+        wait_for("trustd restarted", 30, || {
+            let u = unit("trustd.service", &["ActiveState", "MainPID"]).ok()?;
+            (u["ActiveState"] == "active" && u["MainPID"] != pid && u["MainPID"] != "0").then_some(())
+        })?;
+        let c = Client::connect(None).await.map_err(|e| e.to_string())?;
+        let p = wait_for_posture(&c).await?;
+        check!(p["PolicySerial"] == json!(1), "posture after restart: {p}");
+        ok(&format!("SIGKILL: rules stayed, restarted and READY in {:.1?}", t.elapsed()));
+
+        // 6. Power cut in the middle of a burst of acknowledged changes.
+        let _ = server.kill();
+        let mut acked = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(ACKED)
+            .map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let mut serial = 1;
+        while start.elapsed() < Duration::from_secs(3) {
+            serial += 1;
+            let r = c
+                .apply_bundle(&signed_policy(serial)?)
+                .await
+                .map_err(|e| format!("burst: {e}"))?;
+            writeln!(acked, "{} {}", r.audit_seq, r.to_serial).map_err(|e| e.to_string())?;
+            acked.sync_data().map_err(|e| e.to_string())?;
+        }
+        // Keep changing while the power goes.
+        let c2 = c.clone();
+        tokio::spawn(async move {
+            let mut s = serial;
+            loop {
+                s += 1;
+                let Ok(b) = signed_policy(s) else { break };
+                if c2.apply_bundle(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        println!("ok: {} changes acknowledged; cutting the power now", serial - 1);
+        cut_power()
+    })
+}
+
+async fn wait_for_posture(c: &Client) -> Result<Value> {
+    let start = Instant::now();
+    loop {
+        if let Ok(p) = posture_of(c).await {
+            return Ok(p);
+        }
+        check!(
+            start.elapsed() < Duration::from_secs(30),
+            "no posture within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Tell the runner to boot again, then cut the power (no sync, no unmount).
+fn cut_power() -> Result<u8> {
+    let _ = std::io::stdout().flush();
+    if let Some(fd) = std::env::var("ENIGM_RESULTS_FD")
+        .ok()
+        .and_then(|f| f.parse::<i32>().ok())
+    {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the runner opened this descriptor for us and nothing else in this process
+        // owns it; ManuallyDrop keeps it open (it is never closed here).
+        let mut port = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+        let _ = port.write_all(b"ENIGM-TEST-END rc=100\n");
+    }
+    std::fs::write("/proc/sysrq-trigger", b"b").map_err(|e| format!("sysrq: {e}"))?;
+    std::thread::sleep(Duration::from_secs(30));
+    Err("the power cut did not happen".into())
+}
+
+fn boot2() -> Result<u8> {
+    let rt = rt()?;
+    rt.block_on(async {
+        let c = Client::connect(None).await.map_err(|e| e.to_string())?;
+        let p = wait_for_posture(&c).await?;
+        let (records, problems) = c.audit_verify().await.map_err(|e| e.to_string())?;
+        check!(problems.is_empty(), "audit verify after the power cut: {problems:?}");
+        let acked = std::fs::read_to_string(ACKED).map_err(|e| e.to_string())?;
+        let log = trustd::audit::read_records(Path::new("/var/log/trustd/audit"))
+            .map_err(|e| e.to_string())?;
+        let mut n = 0;
+        let mut max_serial = 0;
+        for line in acked.lines() {
+            let (seq, serial) = line.split_once(' ').ok_or("acked file")?;
+            let seq: u64 = seq.parse().map_err(|_| "acked seq")?;
+            let serial: u64 = serial.parse().map_err(|_| "acked serial")?;
+            let rec = log.iter().find(|r| r.seq == seq);
+            check!(
+                rec.is_some_and(|r| r.kind == "policy.apply"
+                    && r.to.as_deref() == Some(&format!("serial {serial}"))),
+                "acknowledged change seq {seq} (serial {serial}) is not in the log"
+            );
+            n += 1;
+            max_serial = max_serial.max(serial);
+        }
+        check!(n > 0, "no change was acknowledged before the cut");
+        let serial = p["PolicySerial"].as_u64().unwrap_or(0);
+        check!(serial >= max_serial, "policy serial {serial} below the acknowledged {max_serial}");
+        let repaired = log.iter().filter(|r| r.kind == "audit.repair").count();
+        ok(&format!(
+            "after the power cut: audit log intact ({records} records, {repaired} torn tail(s) repaired), all {n} acknowledged changes in it, policy serial {serial}"
+        ));
+        Ok(())
+    })?;
+    // Break trustd's binary and reboot: lockdown must hold without it.
+    sh("mv /usr/bin/trustd /usr/bin/trustd.saved && sync")?;
+    ok("trustd's binary removed; rebooting");
+    Ok(100)
+}
+
+fn boot3() -> Result<u8> {
+    let early = unit("trustd-early-boot.service", &["ActiveState"])?;
+    check!(early["ActiveState"] == "active", "early boot: {early:?}");
+    let svc = unit("trustd.service", &["ActiveState"])?;
+    check!(
+        svc["ActiveState"] != "active",
+        "trustd.service runs without its binary?"
+    );
+    let mut server = peer()?;
+    check!(
+        sh("nft list tables")?.contains("table inet trustd"),
+        "no trustd table without the binary"
+    );
+    check!(
+        !probe("10.99.0.2:443/tcp"),
+        "without trustd's binary, 443 must be blocked (lockdown)"
+    );
+    ok("binary missing at boot: the static lockdown holds (443 blocked)");
+
+    sh(
+        "mv /usr/bin/trustd.saved /usr/bin/trustd && systemctl reset-failed trustd.service; systemctl restart trustd.service",
+    )?;
+    let rt = rt()?;
+    rt.block_on(async {
+        let c = Client::connect(None).await.map_err(|e| e.to_string())?;
+        let p = wait_for_posture(&c).await?;
+        check!(p["PolicySerial"].as_u64().unwrap_or(0) > 1, "posture: {p}");
+        Ok(())
+    })?;
+    check!(
+        probe("10.99.0.2:443/tcp"),
+        "binary back: the policy allows 443 again"
+    );
+    ok("binary back: the last-good policy is in force again");
+    let _ = server.kill();
+
+    let sec = sh("systemd-analyze security trustd.service --no-pager")?;
+    let exposure = sec
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or("no exposure line")
+        .to_owned();
+    println!("{}", exposure.trim());
+    let level: f64 = exposure
+        .split(':')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10.0);
+    let within_target = level <= 2.0;
+    check!(within_target, "exposure {level} above 2.0");
+    ok(&format!("systemd-analyze security exposure {level}"));
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let boot: u32 = std::env::var("ENIGM_BOOT")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1);
+    println!("vm-suite: boot {boot}");
+    let r = match boot {
+        1 => boot1(),
+        2 => boot2(),
+        3 => boot3(),
+        n => Err(format!("no boot {n} in this suite")),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            println!("FAIL: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

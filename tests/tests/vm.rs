@@ -1,0 +1,132 @@
+//! The in-VM suite: builds (or restores from cache) the Enigm OS image with this build's
+//! trustd, its units and bus policy, then boots it under QEMU three times on one disk and runs
+//! `vm-suite` inside (boot order, READY, posture over the real system bus, bundles, privacy,
+//! SIGKILL, a power cut mid-burst, a missing binary at boot, systemd-analyze security).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tests::bin_dir;
+use tests::lab::can_run;
+use trustd::bundle::{
+    PrivateKeyFile, PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot, generate_key, key_id,
+};
+use trustd::timefmt::Timestamp;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo")
+}
+
+/// A trust root with one key for every role; the private key goes on the tests disk.
+fn provision(etc: &Path, tests: &Path) {
+    let key = generate_key().expect("key");
+    let f = PublicKeyFile::new(&key.verifying_key());
+    let one = || RoleKeys {
+        keyids: vec![key_id(&key.verifying_key())],
+        threshold: 1,
+    };
+    let now = Timestamp::now();
+    let root = TrustRoot {
+        schema: "enigm.trust-root/v1".into(),
+        serial: 1,
+        issued_at: now.plus_secs(-3600),
+        expires_at: now.plus_secs(365 * 86400),
+        keys: [(
+            f.keyid.clone(),
+            TrustKey {
+                alg: f.alg,
+                public: f.public,
+            },
+        )]
+        .into(),
+        roles: Roles {
+            root: one(),
+            policy: one(),
+            intel: one(),
+            command: one(),
+        },
+    };
+    std::fs::write(
+        etc.join("trust-root.json"),
+        serde_json::to_vec_pretty(&root).expect("json"),
+    )
+    .expect("trust root");
+    std::fs::create_dir_all(tests.join("keys")).expect("mkdir");
+    std::fs::write(
+        tests.join("keys/policy.key"),
+        serde_json::to_vec(&PrivateKeyFile::new(&key)).expect("json"),
+    )
+    .expect("key");
+}
+
+fn copy_stripped(from: &Path, to: &Path) {
+    std::fs::copy(from, to).expect("copy");
+    let _ = Command::new("strip").arg("--strip-debug").arg(to).status();
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[test]
+fn the_suite_passes_inside_the_enigm_os_image() {
+    if !can_run(&[
+        "qemu-system-x86_64",
+        "mmdebstrap",
+        "mkfs.ext4",
+        "zstd",
+        "cpio",
+    ]) {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let (etc, tests, out) = (
+        work.path().join("etc"),
+        work.path().join("tests"),
+        work.path().join("vm"),
+    );
+    for d in [&etc, &tests] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    provision(&etc, &tests);
+    for b in ["vm-suite", "netprobe"] {
+        copy_stripped(&bin_dir().join(b), &tests.join(b));
+    }
+    std::fs::write(tests.join("run"), "#!/bin/sh\nexec ./vm-suite\n").expect("run");
+    std::fs::set_permissions(tests.join("run"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+
+    let t = std::time::Instant::now();
+    let st = Command::new(repo().join("qemu-image/assemble.sh"))
+        .arg(&out)
+        .env("TRUSTD_BIN_DIR", bin_dir())
+        .env("TRUSTD_ETC", &etc)
+        .status()
+        .expect("assemble.sh");
+    assert!(st.success(), "assemble.sh failed");
+    eprintln!("image assembled in {:.1?}", t.elapsed());
+
+    let t = std::time::Instant::now();
+    let o = Command::new(repo().join("qemu-image/run.sh"))
+        .arg(&out)
+        .arg("--test")
+        .arg(&tests)
+        .arg("--persist")
+        .output()
+        .expect("run.sh");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("VM suite finished in {:.1?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(0), "the in-VM suite failed");
+    for expect in [
+        "ok: boot order",
+        "ok: bundle serial 1 applied",
+        "ok: SIGKILL",
+        "ok: after the power cut",
+        "ok: binary missing at boot",
+        "ok: systemd-analyze security exposure",
+    ] {
+        assert!(stdout.contains(expect), "missing {expect:?}");
+    }
+}
