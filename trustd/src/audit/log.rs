@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::merkle::{ConsistencyProof, Hash, InclusionProof, MerkleTree, ProofError, leaf_hash};
 use super::record::hash_hex;
 use super::segment::{
     HEAD_FILE, HEAD_LEN, chain_fields, create_preallocated, decode_head, encode_head,
@@ -108,6 +109,11 @@ struct Io {
     seg: File,
     seg_index: u32,
     seg_len: u64,
+    /// Bytes after the last newline of the current segment that open left in place (a torn
+    /// tail in a segment damaged before it, which open does not cut): the next batch
+    /// written after them ends that line, so its first leaf is these bytes and its first
+    /// line together.
+    partial: Vec<u8>,
     head: File,
     max_segment_bytes: u64,
     _lock: File,
@@ -126,6 +132,11 @@ pub struct AuditLog {
     /// A leader is waiting for more records (mirrors `Shared::gathering` for lock-free reads).
     gathering: AtomicBool,
     io: Mutex<Io>,
+    /// The Merkle tree over the durable records, grown by each batch's leader after the
+    /// batch is on disk and before its callers return; locked after `io`, never before.
+    tree: Mutex<MerkleTree>,
+    /// Cleared only by [`AuditLog::freeze_tree_for_bench`].
+    tree_grows: AtomicBool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -166,7 +177,8 @@ fn scan(data: &[u8]) -> (Option<(u64, [u8; 32], usize)>, bool) {
 }
 
 impl AuditLog {
-    /// Open (creating if needed) the log in `dir`, cut a torn tail and record the cut.
+    /// Open (creating if needed) the log in `dir`, cut a torn tail and record the cut, and
+    /// rebuild the Merkle tree from every segment (the whole log is read once).
     pub fn open(dir: &Path, opts: Options) -> Result<(Self, OpenReport), AuditError> {
         create_dir_all(dir, 0o750).map_err(io_err(dir))?;
         let lock_path = dir.join(".lock");
@@ -262,8 +274,26 @@ impl AuditLog {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let seg_len = written_len(&std::fs::read(&path).map_err(io_err(&path))?) as u64;
+        let seg_data = std::fs::read(&path).map_err(io_err(&path))?;
+        let seg_written = &seg_data[..written_len(&seg_data)];
+        let seg_len = seg_written.len() as u64;
+        let partial = seg_written
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(seg_written, |nl| &seg_written[nl + 1..])
+            .to_vec();
         let next_seq = last.map_or(0, |(s, _)| s + 1);
+
+        // The Merkle tree over every line the files hold (after the cut above), which is
+        // what an offline verifier rebuilds from them.
+        let tree = super::merkle::merkle_from_dir(dir)?;
+        if tree.size() != next_seq {
+            report.warnings.push(format!(
+                "the log holds {} lines but its last record is seq {}: records are missing, damaged or out of place, so Merkle leaf indexes are not seqs; `trustctl audit verify` reports where",
+                tree.size(),
+                last.map_or("none".to_owned(), |(s, _)| s.to_string())
+            ));
+        }
         let mut genesis = [0u8; 32];
         if let Some((_, h)) = last {
             genesis = h;
@@ -291,10 +321,13 @@ impl AuditLog {
                 seg,
                 seg_index: index,
                 seg_len,
+                partial,
                 head,
                 max_segment_bytes: opts.max_segment_bytes.max(1),
                 _lock: lock_file,
             }),
+            tree: Mutex::new(tree),
+            tree_grows: AtomicBool::new(true),
         };
         for w in &report.warnings {
             log.append(
@@ -325,6 +358,42 @@ impl AuditLog {
             hash_hex(&s.prev)
         };
         (s.next_seq, prev)
+    }
+
+    /// The size and root of the Merkle tree over the durable records (every record whose
+    /// `append` has returned, and possibly a few whose batch is just done): what a
+    /// checkpoint signs. A record that a crash could still lose is never in it.
+    pub fn tree_head(&self) -> (u64, Hash) {
+        let t = lock(&self.tree);
+        (t.size(), t.root())
+    }
+
+    /// The root of the tree at a past `size`.
+    pub fn root_at(&self, size: u64) -> Result<Hash, ProofError> {
+        lock(&self.tree).root_at(size)
+    }
+
+    /// The inclusion proof of record `index` (its seq, in an intact log) in the tree of
+    /// `size` records.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<InclusionProof, ProofError> {
+        lock(&self.tree).inclusion_proof(index, size)
+    }
+
+    /// The consistency proof from the tree of `old` records to the tree of `new` records.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<ConsistencyProof, ProofError> {
+        lock(&self.tree).consistency_proof(old, new)
+    }
+
+    /// Run `f` on the tree (for several proofs against one state of it).
+    pub fn with_tree<R>(&self, f: impl FnOnce(&MerkleTree) -> R) -> R {
+        f(&lock(&self.tree))
+    }
+
+    /// Benchmarks only: stop growing the tree, to measure appends without it. The tree stays
+    /// what it was, the tree head of a prefix of the log; it never grows again.
+    #[doc(hidden)]
+    pub fn freeze_tree_for_bench(&self) {
+        self.tree_grows.store(false, Ordering::SeqCst);
     }
 
     /// Records appended and fdatasync batches since open (their ratio is the group-commit
@@ -444,7 +513,14 @@ impl AuditLog {
         drop(s);
 
         let written = match last {
-            Some(last) => lock(&self.io).write_batch(&batch, last),
+            Some(last) => {
+                let mut io = lock(&self.io);
+                io.write_batch(&batch, last).map(|carry| {
+                    if self.tree_grows.load(Ordering::Relaxed) {
+                        self.grow_tree(carry, &batch);
+                    }
+                })
+            }
             None => Ok(()),
         };
 
@@ -475,8 +551,36 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Add a durable batch's lines to the tree (called by its leader, holding `io`, so
+    /// batches enter in log order). The leaf hashes are computed before the tree is locked;
+    /// under the lock only the frontier moves.
+    fn grow_tree(&self, carry: Vec<u8>, batch: &[u8]) {
+        let mut lines = batch.split(|&b| b == b'\n');
+        let mut hashes = Vec::with_capacity(batch.len() / 200 + 1);
+        if !carry.is_empty() {
+            let mut first = carry;
+            first.extend_from_slice(lines.next().unwrap_or_default());
+            hashes.push(leaf_hash(&first));
+        }
+        // The batch ends with a newline: the last piece is empty and not a line.
+        let mut lines = lines.peekable();
+        while let Some(line) = lines.next() {
+            if lines.peek().is_some() {
+                hashes.push(leaf_hash(line));
+            }
+        }
+        let mut t = lock(&self.tree);
+        for h in hashes {
+            t.push_hash(h);
+        }
+    }
+}
+
 impl Io {
-    fn write_batch(&mut self, batch: &[u8], last: (u64, [u8; 32])) -> Result<(), AuditError> {
+    /// Write and fdatasync `batch`; returns the bytes its first line continues (see
+    /// [`Io::partial`]), empty but after an open that left a torn tail in place.
+    fn write_batch(&mut self, batch: &[u8], last: (u64, [u8; 32])) -> Result<Vec<u8>, AuditError> {
         if self.seg_len > 0 && self.seg_len + batch.len() as u64 > self.max_segment_bytes {
             let index = self.seg_index + 1;
             let path = self.dir.join(segment_name(index));
@@ -484,6 +588,8 @@ impl Io {
             self.seg = f;
             self.seg_index = index;
             self.seg_len = 0;
+            // The old segment's torn tail stays there, a line without its newline.
+            self.partial.clear();
         }
         let path = self.dir.join(segment_name(self.seg_index));
         // Within the preallocated zeros the file's size does not change, so fdatasync
@@ -493,11 +599,13 @@ impl Io {
             .map_err(io_err(&path))?;
         self.seg.sync_data().map_err(io_err(&path))?;
         self.seg_len += batch.len() as u64;
+        let carry = std::mem::take(&mut self.partial);
         // After the data is durable: the head may lag the log after a crash, never lead it.
         let head_path = self.dir.join(HEAD_FILE);
         self.head
             .write_all_at(&encode_head(last.0, &last.1), 0)
-            .map_err(io_err(&head_path))
+            .map_err(io_err(&head_path))?;
+        Ok(carry)
     }
 }
 

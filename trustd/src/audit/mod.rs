@@ -5,12 +5,16 @@
 //! outcomes, reasons, digests and counts, never the content of an input nor a destination
 //! a user visited.
 
+pub mod checkpoint;
 mod log;
+pub mod merkle;
 mod record;
 mod segment;
 mod verify;
 
+pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointError};
 pub use log::{AuditError, AuditLog, OpenReport, Options, Receipt};
+pub use merkle::{ConsistencyProof, InclusionProof, MerkleTree, ProofError, merkle_from_dir};
 pub use record::{Actor, Entry, GENESIS, Outcome, Record, record_hash};
 pub use segment::{HEAD_FILE, segment_name};
 pub use verify::{Problem, VerifyReport, read_records, verify_dir};
