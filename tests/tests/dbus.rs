@@ -181,6 +181,8 @@ fn every_call_by_every_role_is_allowed_or_denied_as_designed() {
                 everyone,
             ),
             (format!("Device.ApplyCommand ay@{j}"), admin),
+            ("Audit.Checkpoint".to_owned(), admin),
+            ("Posture.GetReport s:verifier-nonce-1".to_owned(), everyone),
         ]);
         let calls: Vec<String> = cells.iter().map(|c| c.0.clone()).collect();
 
@@ -267,9 +269,9 @@ fn every_call_by_every_role_is_allowed_or_denied_as_designed() {
         let expected_daemon_denials = match bus {
             // Only SetPrivacyMode(false) passes the bus policy for non-admins: 3 identities.
             BusPolicy::Shipped => 3,
-            // 8 admin-only calls (SetPrivacyMode(false) among them) and CompleteStep for
-            // each of the 2 users; the 8 admin-only calls for the setup member.
-            BusPolicy::Open => 9 * 2 + 8,
+            // 9 admin-only calls (SetPrivacyMode(false) among them) and CompleteStep for
+            // each of the 2 users; the 9 admin-only calls for the setup member.
+            BusPolicy::Open => 10 * 2 + 9,
         };
         assert_eq!(daemon_denials.len(), expected_daemon_denials, "{tag}");
         eprintln!(

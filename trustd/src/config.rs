@@ -36,6 +36,8 @@ pub struct Config {
     pub setup_group: GroupRef,
     /// How often the kernel's ruleset is compared with the one enforced, in milliseconds.
     pub check_interval_ms: u64,
+    /// Sign an audit checkpoint every this many records (and at every clean stop).
+    pub checkpoint_every: u64,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             admin_group: GroupRef::Name("trustd-admin".into()),
             setup_group: GroupRef::Name("trustd-setup".into()),
             check_interval_ms: 1000,
+            checkpoint_every: 1000,
         }
     }
 }

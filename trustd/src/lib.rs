@@ -13,6 +13,7 @@ pub mod launch;
 pub mod paths;
 pub mod policy;
 pub mod posture;
+pub mod report;
 pub mod state;
 pub mod sys;
 pub mod timefmt;

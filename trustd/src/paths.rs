@@ -74,6 +74,16 @@ impl Paths {
         self.state_dir().join("device.secret")
     }
 
+    /// The device's signing key (0600): signs audit checkpoints and posture reports.
+    pub fn device_key(&self) -> PathBuf {
+        self.state_dir().join("device.key")
+    }
+
+    /// Its public half, for verifiers.
+    pub fn device_pub(&self) -> PathBuf {
+        self.state_dir().join("device.pub")
+    }
+
     /// Lock held by whoever writes the state directory (the daemon, or `trustctl` offline).
     pub fn state_lock(&self) -> PathBuf {
         self.state_dir().join(".lock")

@@ -145,6 +145,35 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LaunchCmd,
     },
+    /// Signed posture reports: ask the daemon for one, check one offline.
+    Posture {
+        #[command(subcommand)]
+        cmd: PostureCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PostureCmd {
+    /// Ask the daemon for a posture report answering NONCE.
+    Report {
+        /// The nonce (8 to 128 of [A-Za-z0-9_-]); a verifier picks a fresh one each time.
+        #[arg(long)]
+        nonce: String,
+        /// Output file (stdout if absent).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a report offline: signed by the device key, answering the nonce.
+    Verify {
+        /// The report (DSSE envelope).
+        file: PathBuf,
+        /// The nonce the verifier sent.
+        #[arg(long)]
+        nonce: String,
+        /// The device's public key file (`device.pub`).
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -247,6 +276,41 @@ enum AuditCmd {
         /// How many.
         #[arg(short = 'n', default_value_t = 10)]
         n: usize,
+    },
+    /// Ask the daemon for a signed checkpoint of the log now (keep it somewhere else).
+    Checkpoint {
+        /// Output file (stdout if absent).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Prove that record SEQ is in the log a saved checkpoint commits to (offline, from the
+    /// files); prints the inclusion proof; exit 1 if it does not hold.
+    Prove {
+        /// The record's seq.
+        seq: u64,
+        /// A checkpoint saved earlier.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The device's public key file (`device.pub`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Root prefix of the device's files.
+        #[arg(long, default_value = "/")]
+        prefix: PathBuf,
+    },
+    /// Prove that the log (or a NEW checkpoint) extends an OLD checkpoint saved earlier:
+    /// nothing before it was truncated or rewritten (offline, from the files); exit 1 if not.
+    Consistency {
+        /// The checkpoint saved earlier.
+        old: PathBuf,
+        /// A later checkpoint (default: the log as the files are now).
+        new: Option<PathBuf>,
+        /// The device's public key file (`device.pub`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Root prefix of the device's files.
+        #[arg(long, default_value = "/")]
+        prefix: PathBuf,
     },
 }
 
@@ -355,6 +419,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Audit { cmd } => match cmd {
             AuditCmd::Verify { prefix: Some(p) } => audit_verify(j, &p),
             AuditCmd::Tail { prefix: Some(p), n } => audit_tail(j, &p, n),
+            AuditCmd::Prove {
+                seq,
+                checkpoint,
+                key,
+                prefix,
+            } => audit_prove(j, seq, &checkpoint, &key, &prefix),
+            AuditCmd::Consistency {
+                old,
+                new,
+                key,
+                prefix,
+            } => audit_consistency(j, &old, new.as_deref(), &key, &prefix),
             cmd => bus::run(j, cli.bus.as_deref(), bus::Op::Audit(cmd)),
         },
         Cmd::Status => bus::run(j, cli.bus.as_deref(), bus::Op::Status),
@@ -406,13 +482,135 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Device { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Device(cmd)),
         Cmd::Launch { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Launch(cmd)),
+        Cmd::Posture {
+            cmd: PostureCmd::Verify { file, nonce, key },
+        } => {
+            let vk = PublicKeyFile::load(&key)?;
+            let r = trustd::report::verify_report(&read(&file)?, &nonce, &vk).map_err(Refused)?;
+            print(
+                j,
+                json!({"ok": true, "origin": r.origin, "time": r.time.to_string(),
+                       "level": r.posture.get("Level"), "evidence": r.evidence}),
+                &format!(
+                    "valid report from {} at {}: level {}, policy {}, ruleset {}",
+                    r.origin,
+                    r.time,
+                    r.posture
+                        .get("Level")
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    r.evidence.policy_digest,
+                    r.evidence.ruleset_digest
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Posture { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Posture(cmd)),
     }
+}
+
+/// A checkpoint file verified with the device key (its key name is the key's origin).
+fn load_checkpoint(
+    path: &Path,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<trustd::audit::Checkpoint> {
+    let note = String::from_utf8(read(path)?)
+        .map_err(|_| Refused(format!("{}: not UTF-8", path.display())))?;
+    let origin = trustd::report::origin(key);
+    let cp = trustd::audit::checkpoint::parse_and_verify(&note, &origin, key)
+        .map_err(|e| Refused(format!("{}: {e}", path.display())))?;
+    if cp.origin != origin {
+        return Err(Refused(format!(
+            "{}: origin {} is not this device's {origin}",
+            path.display(),
+            cp.origin
+        ))
+        .into());
+    }
+    Ok(cp)
+}
+
+fn audit_prove(j: bool, seq: u64, cp: &Path, key: &Path, prefix: &Path) -> Result<ExitCode> {
+    let vk = PublicKeyFile::load(key)?;
+    let cp = load_checkpoint(cp, &vk)?;
+    let dir = Paths::new(prefix).audit_dir();
+    let (proof, line) = trustd::audit::checkpoint::prove_inclusion_in_dir(&dir, seq, &cp)
+        .map_err(|e| Refused(e.to_string()))?;
+    trustd::audit::checkpoint::verify_inclusion_proof(&cp, &proof, &line)
+        .map_err(|e| Refused(e.to_string()))?;
+    let proof_json = serde_json::to_value(&proof)?;
+    print(
+        j,
+        json!({"ok": true, "seq": seq, "tree_size": cp.size, "proof": proof_json}),
+        &format!(
+            "record {seq} is in the log checkpoint size {} commits to\n{}",
+            cp.size,
+            serde_json::to_string_pretty(&proof_json)?
+        ),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_consistency(
+    j: bool,
+    old: &Path,
+    new: Option<&Path>,
+    key: &Path,
+    prefix: &Path,
+) -> Result<ExitCode> {
+    use trustd::audit::checkpoint::{check_dir_consistency, verify_consistency_proof};
+    let vk = PublicKeyFile::load(key)?;
+    let old = load_checkpoint(old, &vk)?;
+    let dir = Paths::new(prefix).audit_dir();
+    let now = check_dir_consistency(&dir, &old).map_err(|e| Refused(e.to_string()))?;
+    let current = trustd::audit::Checkpoint {
+        origin: old.origin.clone(),
+        size: now.size,
+        root: now.root,
+    };
+    verify_consistency_proof(&old, &current, &now.proof).map_err(|e| Refused(e.to_string()))?;
+    let mut text = format!(
+        "the log ({} records) extends checkpoint size {}: nothing before it was removed or rewritten",
+        now.size, old.size
+    );
+    if let Some(new) = new {
+        let new = load_checkpoint(new, &vk)?;
+        let tree = trustd::audit::merkle_from_dir(&dir).map_err(|e| Refused(e.to_string()))?;
+        let root = tree.root_at(new.size).map_err(|e| {
+            Refused(format!(
+                "the files do not reach checkpoint size {}: {e}",
+                new.size
+            ))
+        })?;
+        if root != new.root {
+            return Err(Refused(format!(
+                "the files do not match checkpoint size {}: its root differs",
+                new.size
+            ))
+            .into());
+        }
+        let proof = tree
+            .consistency_proof(old.size, new.size)
+            .map_err(|e| Refused(e.to_string()))?;
+        verify_consistency_proof(&old, &new, &proof).map_err(|e| Refused(e.to_string()))?;
+        text.push_str(&format!(
+            "; checkpoint size {} extends checkpoint size {}",
+            new.size, old.size
+        ));
+    }
+    print(
+        j,
+        json!({"ok": true, "old_size": old.size, "size": now.size}),
+        &text,
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The commands that talk to the running daemon.
 mod bus {
     use super::{
-        AuditCmd, DeviceCmd, IntelCmd, LaunchCmd, PolicyCmd, Refused, SetupCmd, print, read,
+        AuditCmd, DeviceCmd, IntelCmd, LaunchCmd, PolicyCmd, PostureCmd, Refused, SetupCmd, print,
+        read, write_out,
     };
     use anyhow::{Context, Result, anyhow};
     use serde_json::{Value, json};
@@ -429,6 +627,7 @@ mod bus {
         Setup(SetupCmd),
         Device(DeviceCmd),
         Launch(LaunchCmd),
+        Posture(PostureCmd),
         Audit(AuditCmd),
     }
 
@@ -605,6 +804,18 @@ mod bus {
                 if !allowed {
                     return Ok(ExitCode::from(1));
                 }
+            }
+            Op::Audit(AuditCmd::Checkpoint { out }) => {
+                let note = c.checkpoint().await.map_err(daemon_error)?;
+                write_out(out.as_deref(), note.as_bytes())?;
+            }
+            Op::Posture(PostureCmd::Report { nonce, out }) => {
+                let r = c.report(&nonce).await.map_err(daemon_error)?;
+                write_out(out.as_deref(), format!("{r}\n").as_bytes())?;
+            }
+            Op::Posture(PostureCmd::Verify { .. })
+            | Op::Audit(AuditCmd::Prove { .. } | AuditCmd::Consistency { .. }) => {
+                return Err(anyhow!("internal: this command runs offline"));
             }
             Op::Audit(AuditCmd::Tail { n, .. }) => {
                 let n = u32::try_from(n).unwrap_or(u32::MAX);

@@ -169,7 +169,7 @@ fn lockdown_without_state(backend: &mut NftBackend, why: &DeviceError) -> Result
 
 /// Who holds which role, from the configuration. A configuration that cannot be read leaves
 /// only uid 0 as admin (never a guess), and says so.
-fn role_groups(paths: &Paths) -> Result<(RoleGroups, u64), String> {
+fn role_groups(paths: &Paths) -> Result<(RoleGroups, Config), String> {
     let c = Config::load(paths).map_err(|e| e.to_string())?;
     let groups = RoleGroups {
         admin: c.admin_group.resolve(),
@@ -185,7 +185,7 @@ fn role_groups(paths: &Paths) -> Result<(RoleGroups, u64), String> {
             );
         }
     }
-    Ok((groups, c.check_interval_ms))
+    Ok((groups, c))
 }
 
 /// The executable `name` as `PATH` finds it (or `name` itself if it has a slash).
@@ -237,9 +237,9 @@ fn run_daemon(
     confine: Option<PathBuf>,
 ) -> Result<ExitCode> {
     let me = Actor::this_process;
-    let (groups, configured_ms) = role_groups(paths).unwrap_or_else(|e| {
+    let (groups, config) = role_groups(paths).unwrap_or_else(|e| {
         tracing::error!("configuration not read ({e}): only uid 0 holds the admin role");
-        (RoleGroups::default(), 1000)
+        (RoleGroups::default(), Config::default())
     });
     let mut dev = match Device::open(paths, me()) {
         Ok(d) => d,
@@ -260,7 +260,9 @@ fn run_daemon(
     }
     let config_paths = paths.clone();
     let reconfigure: Reconfigure = Box::new(move || role_groups(&config_paths).map(|g| g.0));
-    let (engine, posture_rx) = Engine::start(dev, backend, groups, reconfigure, Timestamp::now)?;
+    let (mut engine, posture_rx) =
+        Engine::start(dev, backend, groups, reconfigure, Timestamp::now)?;
+    engine.set_checkpoint_every(config.checkpoint_every);
     let (tx, rx) = mpsc::channel::<Command>(256);
 
     let (done_tx, done_rx) = oneshot::channel();
@@ -305,7 +307,7 @@ fn run_daemon(
         Err(err) => tracing::warn!("watching links: {err}"),
     }
 
-    let interval = Duration::from_millis(interval_ms.unwrap_or(configured_ms).max(50));
+    let interval = Duration::from_millis(interval_ms.unwrap_or(config.check_interval_ms).max(50));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

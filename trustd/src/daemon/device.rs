@@ -43,9 +43,13 @@ pub enum DeviceError {
     /// transition its lifecycle does not allow).
     #[error("refused: {0}")]
     CommandRefused(String),
-    /// The device secret could not be read or written.
+    /// The device secret or key could not be read or written.
     #[error("device secret: {0}")]
     Secret(String),
+    /// No checkpoint could be made (the log no longer extends the last one, or a write
+    /// failed).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// What `enforce` put in the kernel.
@@ -186,6 +190,7 @@ pub struct Device {
     audit_problems: Vec<String>,
     links: BTreeMap<String, bool>,
     secret: Option<DeviceSecret>,
+    key: ed25519_dalek::SigningKey,
     confinement: Option<String>,
     _lock: StateLock,
 }
@@ -198,7 +203,16 @@ impl Device {
         let lock = store.lock()?;
         let (audit, report) = AuditLog::open(&paths.audit_dir(), Options::default())?;
         let (root, loaded) = load_and_record(&store, &audit, actor.clone(), "stopped")?;
-        let secret = settle_secret(store.paths(), &audit, loaded.state.lifecycle, actor)?;
+        let secret = settle_secret(store.paths(), &audit, loaded.state.lifecycle, actor.clone())?;
+        let (key, made) = crate::report::load_or_create_key(store.paths())
+            .map_err(|e| DeviceError::Secret(format!("device key: {e}")))?;
+        if made {
+            audit.append(
+                Entry::new("device.key", Outcome::Ok, actor)
+                    .transition("none", "created")
+                    .digest("key", crate::bundle::key_id(&key.verifying_key())),
+            )?;
+        }
         Ok(Self {
             store,
             root,
@@ -217,6 +231,7 @@ impl Device {
             audit_problems: report.warnings,
             links: BTreeMap::new(),
             secret,
+            key,
             confinement: None,
             _lock: lock,
         })
@@ -747,6 +762,65 @@ impl Device {
             )?);
         }
         Ok((from, to))
+    }
+
+    /// The checkpoint origin (and note key name) of this device's key.
+    pub fn origin(&self) -> String {
+        crate::report::origin(&self.key.verifying_key())
+    }
+
+    /// Sign a checkpoint of the audit log as it is now and store it (the `checkpoint` file).
+    /// Refused if the log no longer extends the last checkpoint this key signed.
+    pub fn checkpoint(&self) -> Result<String, DeviceError> {
+        let origin = self.origin();
+        crate::audit::checkpoint::checkpoint_log(&self.audit, &origin, &origin, &self.key)
+            .map(|(_, note)| note)
+            .map_err(|e| DeviceError::Checkpoint(e.to_string()))
+    }
+
+    /// Records in the last stored checkpoint (0: none).
+    pub fn checkpointed_size(&self) -> u64 {
+        let origin = self.origin();
+        crate::audit::checkpoint::read_checkpoint(self.audit.dir())
+            .ok()
+            .flatten()
+            .and_then(|n| {
+                crate::audit::checkpoint::parse_and_verify(&n, &origin, &self.key.verifying_key())
+                    .ok()
+            })
+            .map_or(0, |c| c.size)
+    }
+
+    /// A signed posture report answering `nonce`: the posture, a fresh checkpoint, and the
+    /// evidence, as a DSSE envelope signed by the device key.
+    pub fn report(&self, nonce: &str, now: Timestamp) -> Result<String, DeviceError> {
+        if !crate::report::valid_nonce(nonce) {
+            return Err(DeviceError::CommandRefused(
+                "a nonce is 8 to 128 characters of [A-Za-z0-9_-]".into(),
+            ));
+        }
+        let checkpoint = self.checkpoint()?;
+        let p = self.posture(now);
+        let snapshot = crate::dbus::posture_json(&p);
+        let report = crate::report::Report {
+            schema: crate::report::REPORT_SCHEMA.into(),
+            nonce: nonce.to_owned(),
+            time: now,
+            origin: self.origin(),
+            posture: snapshot,
+            evidence: crate::report::Evidence {
+                policy_digest: p.policy_digest.clone(),
+                ruleset_digest: p.ruleset_digest.clone(),
+                checkpoint,
+                boot_id: crate::sys::boot_id(),
+                kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_default(),
+                landlock_abi: crate::sys::landlock_abi(),
+            },
+        };
+        crate::report::sign_report(&report, &self.key)
+            .map_err(|e| DeviceError::Checkpoint(e.to_string()))
     }
 
     /// Verify and install a policy bundle.

@@ -122,6 +122,10 @@ pub enum Request {
     ApplyCommand(Vec<u8>),
     /// The device's handle for a verifier.
     DeviceHandle(String),
+    /// A signed checkpoint of the audit log now.
+    Checkpoint,
+    /// A signed posture report answering a nonce.
+    Report(String),
 }
 
 impl Request {
@@ -141,6 +145,8 @@ impl Request {
             Self::ReportLaunch { .. } => "ReportLaunch",
             Self::ApplyCommand(_) => "ApplyCommand",
             Self::DeviceHandle(_) => "GetDeviceHandle",
+            Self::Checkpoint => "Checkpoint",
+            Self::Report(_) => "GetReport",
         }
     }
 }
@@ -151,7 +157,8 @@ pub fn permitted(req: &Request, role: Role, user_may_disable_privacy: bool) -> b
         Request::SetPrivacy(true)
         | Request::CheckLaunch { .. }
         | Request::ReportLaunch { .. }
-        | Request::DeviceHandle(_) => true,
+        | Request::DeviceHandle(_)
+        | Request::Report(_) => true,
         Request::SetPrivacy(false) => role == Role::Admin || user_may_disable_privacy,
         Request::CompleteStep(_) => matches!(role, Role::Admin | Role::Setup),
         Request::ApplyBundle(_)
@@ -159,6 +166,7 @@ pub fn permitted(req: &Request, role: Role, user_may_disable_privacy: bool) -> b
         | Request::ApplyTrustRoot(_)
         | Request::ActivePolicy
         | Request::ApplyCommand(_)
+        | Request::Checkpoint
         | Request::AuditTail(_)
         | Request::AuditVerify => role == Role::Admin,
     }
@@ -226,7 +234,8 @@ impl From<DeviceError> for CallError {
             DeviceError::State(_)
             | DeviceError::Audit(_)
             | DeviceError::Enforce(_)
-            | DeviceError::Secret(_) => Self::Failed(format!(
+            | DeviceError::Secret(_)
+            | DeviceError::Checkpoint(_) => Self::Failed(format!(
                 "{}; the state in force stays",
                 crate::error_chain(&e)
             )),
@@ -270,6 +279,7 @@ pub struct Engine<B: Backend> {
     posture: watch::Sender<Posture>,
     reconfigure: Reconfigure,
     clock: fn() -> Timestamp,
+    checkpoint_every: u64,
 }
 
 impl<B: Backend> std::fmt::Debug for Engine<B> {
@@ -309,9 +319,28 @@ impl<B: Backend> Engine<B> {
                 posture: tx,
                 reconfigure,
                 clock,
+                checkpoint_every: 1000,
             },
             rx,
         ))
+    }
+
+    /// Sign a checkpoint whenever this many records were added since the last one (and at
+    /// every clean stop). 0: only at stops and on request.
+    pub fn set_checkpoint_every(&mut self, n: u64) {
+        self.checkpoint_every = n;
+    }
+
+    /// A checkpoint if enough records came since the last; a failure is logged (and shows
+    /// when an admin asks for one), it changes nothing else.
+    fn maybe_checkpoint(&self) {
+        let (size, _) = self.dev.audit().tree_head();
+        if self.checkpoint_every > 0
+            && size >= self.dev.checkpointed_size() + self.checkpoint_every
+            && let Err(e) = self.dev.checkpoint()
+        {
+            tracing::error!("{e}");
+        }
     }
 
     /// The device (for link state at start).
@@ -331,6 +360,7 @@ impl<B: Backend> Engine<B> {
                     reply,
                 } => {
                     let result = self.call(&caller, request);
+                    self.maybe_checkpoint();
                     self.publish();
                     // A caller that went away does not need its answer.
                     let _ = reply.send(result);
@@ -363,6 +393,10 @@ impl<B: Backend> Engine<B> {
                         Entry::new("trustd.stop", Outcome::Ok, me())
                             .reason(format!("{why}; enforcement stays in the kernel")),
                     )?;
+                    // The log's last record is covered by a signed checkpoint.
+                    if let Err(e) = self.dev.checkpoint() {
+                        tracing::error!("no checkpoint at stop: {e}");
+                    }
                     return Ok(());
                 }
             }
@@ -529,6 +563,8 @@ impl<B: Backend> Engine<B> {
             Request::DeviceHandle(verifier) => {
                 Ok(Response::Text(self.dev.device_handle(&verifier)?))
             }
+            Request::Checkpoint => Ok(Response::Text(self.dev.checkpoint()?)),
+            Request::Report(nonce) => Ok(Response::Text(self.dev.report(&nonce, now)?)),
             Request::AuditVerify => {
                 let r = verify_dir(self.dev.audit().dir())
                     .map_err(|e| CallError::Failed(e.to_string()))?;

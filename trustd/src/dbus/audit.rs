@@ -40,6 +40,19 @@ impl Audit {
         }
     }
 
+    /// A checkpoint of the log as it is now: a C2SP signed note (origin, size, root hash)
+    /// signed by the device key. Keep it: later logs can be proven to extend it.
+    async fn checkpoint(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<String> {
+        match self.h.call(conn, &hdr, Request::Checkpoint).await? {
+            Response::Text(t) => Ok(t),
+            r => Err(unexpected(&r)),
+        }
+    }
+
     /// Check the whole log: the chain, the segments and the head. Returns the records read
     /// and every problem found (none: intact).
     #[zbus(out_args("records", "problems"))]

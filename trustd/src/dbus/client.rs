@@ -235,6 +235,22 @@ impl Client {
             .await
     }
 
+    /// A signed checkpoint of the audit log now.
+    pub async fn checkpoint(&self) -> zbus::Result<String> {
+        self.proxy("org.enigm.Trust1.Audit")
+            .await?
+            .call("Checkpoint", &())
+            .await
+    }
+
+    /// A signed posture report answering `nonce`.
+    pub async fn report(&self, nonce: &str) -> zbus::Result<String> {
+        self.proxy("org.enigm.Trust1.Posture")
+            .await?
+            .call("GetReport", &(nonce,))
+            .await
+    }
+
     /// Subscribe to posture changes (before making the change you want to see).
     pub async fn posture_changes(&self) -> zbus::Result<PostureChanges> {
         let props = self.properties().await?;

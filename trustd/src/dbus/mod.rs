@@ -132,6 +132,14 @@ impl Handle {
     }
 }
 
+/// The posture as a JSON object keyed by the D-Bus property names (for signed reports).
+pub fn posture_json(p: &crate::posture::Posture) -> serde_json::Map<String, serde_json::Value> {
+    posture::properties(p)
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), client::variant_json(v)))
+        .collect()
+}
+
 fn unexpected(r: &Response) -> Error {
     Error::Failed(format!("internal: unexpected answer {r:?}"))
 }

@@ -50,6 +50,21 @@ impl Posture {
         }
     }
 
+    /// A posture report answering `nonce` (8 to 128 of [A-Za-z0-9_-]): the posture, its
+    /// evidence (policy and ruleset digests, a fresh audit checkpoint, boot id, kernel,
+    /// Landlock ABI) and the nonce, as a DSSE envelope (JSON) signed by the device key.
+    async fn get_report(
+        &self,
+        nonce: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<String> {
+        match self.h.call(conn, &hdr, Request::Report(nonce)).await? {
+            Response::Text(t) => Ok(t),
+            r => Err(unexpected(&r)),
+        }
+    }
+
     /// `trusted`, `degraded` or `untrusted`.
     #[zbus(property)]
     fn level(&self) -> String {

@@ -1,0 +1,215 @@
+//! Evidence an outside verifier can check, end to end: checkpoints from the running daemon,
+//! consistency and inclusion proofs from the files alone against a checkpoint saved earlier,
+//! signed posture reports, a checkpoint at clean stop, and tampering caught.
+
+use std::process::Command;
+
+use serde_json::json;
+use tests::bus::BusPolicy;
+use tests::lab::{can_run, lab_policy, serve};
+use tests::{Run, trustctl};
+
+const TOOLS: &[&str] = &["ip", "nft", "dbus-daemon"];
+
+#[test]
+fn checkpoints_proofs_and_reports_hold_and_tampering_is_caught() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let (mut lab, mut daemon) = serve("ev", lab_policy("direct"), BusPolicy::Shipped);
+    let bus = daemon.bus.address.clone();
+    let work = lab.prefix.path().to_owned();
+    let prefix = work.display().to_string();
+    let key = lab.paths().device_pub().display().to_string();
+    let ctl = |args: &[&str]| -> Run { trustctl(&work, args) };
+    let online = |args: &[&str]| -> Run {
+        let mut all = vec!["--bus", bus.as_str()];
+        all.extend(args);
+        trustctl(&work, &all)
+    };
+
+    // A verifier saves a checkpoint.
+    let r = online(&["audit", "checkpoint", "-o", "old.cp"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let old = std::fs::read_to_string(work.join("old.cp")).expect("old.cp");
+    assert!(old.starts_with("enigm.org/trustd/"), "{old}");
+    // The device goes on: more records.
+    for on in [true, false, true] {
+        let r = online(&["privacy", if on { "on" } else { "off" }]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let b = lab.sign(lab_policy("direct"));
+    assert_eq!(
+        online(&["policy", "apply", &b.display().to_string()]).code,
+        0
+    );
+
+    // From the files alone: the log extends the old checkpoint; record 1 is in it.
+    let r = ctl(&[
+        "audit",
+        "consistency",
+        "old.cp",
+        "--key",
+        &key,
+        "--prefix",
+        &prefix,
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("extends checkpoint size"), "{}", r.stdout);
+    let r = ctl(&[
+        "--json",
+        "audit",
+        "prove",
+        "1",
+        "--checkpoint",
+        "old.cp",
+        "--key",
+        &key,
+        "--prefix",
+        &prefix,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let proof: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("json");
+    assert_eq!(proof["seq"], json!(1));
+    // A newer checkpoint extends the older one.
+    assert_eq!(online(&["audit", "checkpoint", "-o", "new.cp"]).code, 0);
+    let r = ctl(&[
+        "audit",
+        "consistency",
+        "old.cp",
+        "new.cp",
+        "--key",
+        &key,
+        "--prefix",
+        &prefix,
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
+    // A signed posture report answering a nonce.
+    let r = online(&[
+        "posture",
+        "report",
+        "--nonce",
+        "verifier-nonce-1",
+        "-o",
+        "report.json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = ctl(&[
+        "--json",
+        "posture",
+        "verify",
+        "report.json",
+        "--nonce",
+        "verifier-nonce-1",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("json");
+    assert!(
+        v["evidence"]["checkpoint"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("enigm.org/trustd/"))
+    );
+    assert_eq!(
+        v["evidence"]["policy_digest"].as_str().map(str::len),
+        Some(64)
+    );
+    let r = ctl(&[
+        "posture",
+        "verify",
+        "report.json",
+        "--nonce",
+        "another-nonce-2",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(r.code, 1, "a replayed report is refused");
+    assert!(r.stderr.contains("replayed"), "{}", r.stderr);
+    let text = std::fs::read_to_string(work.join("report.json")).expect("report");
+    let mut env: serde_json::Value = serde_json::from_str(&text).expect("json");
+    env["payload"] = json!(
+        env["payload"]
+            .as_str()
+            .expect("payload")
+            .replacen('A', "B", 1)
+    );
+    std::fs::write(work.join("forged.json"), env.to_string()).expect("write");
+    let r = ctl(&[
+        "posture",
+        "verify",
+        "forged.json",
+        "--nonce",
+        "verifier-nonce-1",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(r.code, 1, "an altered report is refused: {}", r.stdout);
+
+    // Clean stop: the last record is covered by a checkpoint.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &daemon.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    assert!(daemon.wait().expect("wait").success());
+    let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("records");
+    let cp = std::fs::read_to_string(lab.paths().audit_dir().join("checkpoint")).expect("cp");
+    assert_eq!(
+        cp.lines().nth(1),
+        Some(records.len().to_string().as_str()),
+        "{cp}"
+    );
+
+    // Root on the device rewrites record 1: the old checkpoint catches it.
+    let seg = lab.paths().audit_dir().join(trustd::audit::segment_name(0));
+    let bytes = std::fs::read(&seg).expect("segment");
+    let first_nl = bytes.iter().position(|&b| b == b'\n').expect("line");
+    let mut tampered = bytes.clone();
+    let at = first_nl
+        + 1
+        + tampered[first_nl + 1..]
+            .windows(6)
+            .position(|w| w == b"\"time\"")
+            .expect("time field")
+        + 10;
+    tampered[at] = if tampered[at] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&seg, &tampered).expect("write");
+    let r = ctl(&[
+        "audit",
+        "consistency",
+        "old.cp",
+        "--key",
+        &key,
+        "--prefix",
+        &prefix,
+    ]);
+    assert_eq!(r.code, 1, "a rewritten record passed: {}", r.stdout);
+    let r = ctl(&[
+        "audit",
+        "prove",
+        "1",
+        "--checkpoint",
+        "old.cp",
+        "--key",
+        &key,
+        "--prefix",
+        &prefix,
+    ]);
+    assert_eq!(r.code, 1, "a rewritten record proved: {}", r.stdout);
+    // Truncation below the old checkpoint is caught too.
+    std::fs::write(&seg, &bytes[..=first_nl]).expect("truncate");
+    let r = ctl(&[
+        "audit",
+        "consistency",
+        "old.cp",
+        "--key",
+        &key,
+        "--prefix",
+        &prefix,
+    ]);
+    assert_eq!(r.code, 1, "a truncated log passed: {}", r.stdout);
+}

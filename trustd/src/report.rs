@@ -1,0 +1,200 @@
+//! Evidence for someone off the device: the device signing key, and posture reports.
+//!
+//! The device key (ed25519, 0600 beside the device secret, made at first start) signs audit
+//! checkpoints (C2SP signed notes, origin and key name `enigm.org/trustd/<keyid>`) and
+//! posture reports: DSSE envelopes of type `application/vnd.enigm.posture-report+json` over the
+//! posture, its evidence (policy and ruleset digests, the audit checkpoint, boot id, kernel,
+//! Landlock ABI) and the verifier's nonce. A verifier checks a report offline with the
+//! device's public key and the nonce it sent.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signature as EdSignature, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::Paths;
+use crate::bundle::{Envelope, PrivateKeyFile, PublicKeyFile, key_id, pae, sign_envelope};
+
+/// The report's payload type.
+pub const REPORT_TYPE: &str = "application/vnd.enigm.posture-report+json";
+/// The report's schema.
+pub const REPORT_SCHEMA: &str = "enigm.posture-report/v1";
+/// The largest report a verifier reads.
+pub const MAX_REPORT_BYTES: usize = 256 << 10;
+
+/// The checkpoint origin and note key name of a device key.
+pub fn origin(key: &VerifyingKey) -> String {
+    format!("enigm.org/trustd/{}", &key_id(key)[..16])
+}
+
+/// Load the device key, or make it (0600, and the public half 0644) if there is none.
+/// Returns the key and whether it was made now.
+pub fn load_or_create_key(paths: &Paths) -> std::io::Result<(SigningKey, bool)> {
+    match PrivateKeyFile::load(&paths.device_key()) {
+        Ok(k) => return Ok((k, false)),
+        Err(_) if !paths.device_key().exists() => {}
+        Err(e) => return Err(std::io::Error::other(e.to_string())),
+    }
+    let key = crate::bundle::generate_key().map_err(std::io::Error::other)?;
+    crate::state::atomic::create_dir_all(&paths.state_dir(), 0o700)?;
+    let private = serde_json::to_vec_pretty(&PrivateKeyFile::new(&key))?;
+    crate::state::atomic::write_atomic(&paths.device_key(), &private, 0o600)?;
+    let public = serde_json::to_vec_pretty(&PublicKeyFile::new(&key.verifying_key()))?;
+    crate::state::atomic::write_atomic(&paths.device_pub(), &public, 0o644)?;
+    Ok((key, true))
+}
+
+/// What a report proves beyond the posture itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evidence {
+    /// SHA-256 of the last-good policy envelope (empty: none).
+    pub policy_digest: String,
+    /// Digest of the ruleset confirmed in the kernel (empty: none).
+    pub ruleset_digest: String,
+    /// The audit checkpoint at the time of the report (a signed note).
+    pub checkpoint: String,
+    /// This boot's id.
+    pub boot_id: String,
+    /// The kernel release.
+    pub kernel: String,
+    /// The kernel's Landlock ABI.
+    pub landlock_abi: u32,
+}
+
+/// The signed posture report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Always [`REPORT_SCHEMA`].
+    pub schema: String,
+    /// The verifier's nonce, as sent.
+    pub nonce: String,
+    /// When the report was made.
+    pub time: crate::timefmt::Timestamp,
+    /// The checkpoint origin (identifies the device key).
+    pub origin: String,
+    /// Every posture property by its D-Bus name.
+    pub posture: serde_json::Map<String, serde_json::Value>,
+    /// The evidence.
+    pub evidence: Evidence,
+}
+
+/// A nonce a verifier may send: 8 to 128 characters of `[A-Za-z0-9_-]`.
+pub fn valid_nonce(n: &str) -> bool {
+    (8..=128).contains(&n.len())
+        && n.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
+/// Sign a report as a DSSE envelope (JSON).
+pub fn sign_report(report: &Report, key: &SigningKey) -> Result<String, serde_json::Error> {
+    let env = sign_envelope(
+        REPORT_TYPE,
+        &serde_json::to_vec(report)?,
+        std::slice::from_ref(key),
+    );
+    serde_json::to_string_pretty(&env)
+}
+
+/// Check a report offline: the envelope's type, a signature by `key` over it, the schema,
+/// and that it answers `nonce`. Returns the report.
+pub fn verify_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Report, String> {
+    if bytes.len() > MAX_REPORT_BYTES {
+        return Err(format!(
+            "report is {} bytes, over {MAX_REPORT_BYTES}",
+            bytes.len()
+        ));
+    }
+    let env: Envelope =
+        crate::json::parse_strict(bytes).map_err(|e| format!("not a DSSE envelope: {e}"))?;
+    if env.payload_type != REPORT_TYPE {
+        return Err(format!(
+            "payload type {:?}, not {REPORT_TYPE}",
+            env.payload_type
+        ));
+    }
+    let payload = STANDARD
+        .decode(&env.payload)
+        .map_err(|e| format!("payload is not base64: {e}"))?;
+    let msg = pae(&env.payload_type, &payload);
+    let want = key_id(key);
+    let signed = env.signatures.iter().any(|s| {
+        s.keyid == want
+            && STANDARD
+                .decode(&s.sig)
+                .ok()
+                .and_then(|b| EdSignature::from_slice(&b).ok())
+                .is_some_and(|sig| key.verify(&msg, &sig).is_ok())
+    });
+    if !signed {
+        return Err(format!("no valid signature by device key {want}"));
+    }
+    let report: Report = crate::json::parse_strict(&payload).map_err(|e| format!("report: {e}"))?;
+    if report.schema != REPORT_SCHEMA {
+        return Err(format!("schema {:?}, not {REPORT_SCHEMA}", report.schema));
+    }
+    if report.nonce != nonce {
+        return Err(format!(
+            "the report answers nonce {:?}, not {nonce:?} (a replayed report)",
+            report.nonce
+        ));
+    }
+    if report.origin != origin(key) {
+        return Err(format!(
+            "the report's origin {} is not this key's {}",
+            report.origin,
+            origin(key)
+        ));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(nonce: &str, key: &SigningKey) -> Report {
+        Report {
+            schema: REPORT_SCHEMA.into(),
+            nonce: nonce.into(),
+            time: crate::timefmt::Timestamp::now(),
+            origin: origin(&key.verifying_key()),
+            posture: serde_json::Map::new(),
+            evidence: Evidence {
+                policy_digest: "p".into(),
+                ruleset_digest: "r".into(),
+                checkpoint: "c".into(),
+                boot_id: "b".into(),
+                kernel: "k".into(),
+                landlock_abi: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn a_report_verifies_only_with_its_key_nonce_and_bytes() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let signed = sign_report(&report("nonce-1234", &key), &key).expect("sign");
+        let vk = key.verifying_key();
+        assert!(verify_report(signed.as_bytes(), "nonce-1234", &vk).is_ok());
+        let e = verify_report(signed.as_bytes(), "nonce-9999", &vk).expect_err("nonce");
+        assert!(e.contains("replayed"), "{e}");
+        let e = verify_report(signed.as_bytes(), "nonce-1234", &other.verifying_key())
+            .expect_err("key");
+        assert!(e.contains("no valid signature"), "{e}");
+        // Any change of the payload breaks the signature.
+        let mut env: serde_json::Value = serde_json::from_str(&signed).expect("json");
+        let payload = STANDARD
+            .decode(env["payload"].as_str().expect("payload"))
+            .expect("b64");
+        let text = String::from_utf8(payload)
+            .expect("utf8")
+            .replace("\"r\"", "\"x\"");
+        env["payload"] = STANDARD.encode(text).into();
+        let e = verify_report(env.to_string().as_bytes(), "nonce-1234", &vk).expect_err("edit");
+        assert!(e.contains("no valid signature"), "{e}");
+        assert!(valid_nonce("abcdefgh") && !valid_nonce("short") && !valid_nonce("bad nonce!"));
+    }
+}
