@@ -29,7 +29,10 @@ impl Posture {
     }
 }
 
-#[interface(name = "org.enigm.Trust1.Posture")]
+// Property reads are answered in the dispatch task without spawning one each (they only read
+// the snapshot). The two methods wait on the bus daemon (caller credentials) and the engine,
+// never on this service, so running them in order cannot deadlock.
+#[interface(name = "org.enigm.Trust1.Posture", spawn = false)]
 impl Posture {
     /// This device's handle for `verifier` (a verifier id such as `mdm.example.org`):
     /// HMAC-SHA256 of the device secret and the id, 22 characters of base64url. Stable for
