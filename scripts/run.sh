@@ -3,7 +3,8 @@
 # the example policy; trustd starts in a network namespace made for this run, on a private
 # dbus-daemon that enforces the project's bus policy, with its state under a temporary root.
 # Then, over the bus: the posture, a setup step, privacy mode as an ordinary user and as
-# root, a replayed bundle refused, drift repaired, and the audit log checked.
+# root, a replayed bundle refused, drift repaired, the audit log checked, a signed checkpoint
+# a later log is proven to extend, and a signed posture report.
 # Nothing of the host's firewall or bus is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,6 +100,16 @@ ip netns exec "$ns" nft list tables
 step "the audit log, through the daemon"
 "$ctl" --bus "$bus" audit tail -n 6
 "$ctl" --bus "$bus" audit verify
+
+step "a verifier saves a signed checkpoint; the device goes on; the log is proven to extend it"
+"$ctl" --bus "$bus" audit checkpoint -o saved.checkpoint
+cat saved.checkpoint
+"$ctl" --bus "$bus" privacy on
+"$ctl" audit consistency saved.checkpoint --key device/var/lib/trustd/device.pub --prefix device
+
+step "a signed posture report answering a verifier's nonce, checked offline"
+"$ctl" --bus "$bus" posture report --nonce "run-$$-nonce" -o report.json
+"$ctl" posture verify report.json --nonce "run-$$-nonce" --key device/var/lib/trustd/device.pub
 
 step "SIGTERM: trustd stops, enforcement stays in the kernel"
 kill -TERM "${pids[1]}"
