@@ -11,20 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use trustd::audit::{Actor, AuditLog, Entry, Options, Outcome, verify_dir};
+use trustd::audit::{AuditLog, Options, verify_dir};
 
-fn entry(i: u64) -> Entry {
-    Entry::new("policy.apply", Outcome::Ok, Actor::this_process())
-        .transition(format!("serial {i}"), format!("serial {}", i + 1))
-        .digest("input", format!("{i:064x}"))
-}
-
-fn tempdir_in(base: &Path) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("trustd-bench-")
-        .tempdir_in(base)
-        .expect("tempdir")
-}
+mod common;
+use common::{entry, hammer, tempdir_in};
 
 fn record_len(dir: &Path) -> usize {
     let data = std::fs::read(dir.join(trustd::audit::segment_name(0))).expect("read");
@@ -58,22 +48,7 @@ fn appends(base: &Path, writers: u64, budget: Duration) -> (f64, usize) {
     let d = tempdir_in(base);
     let (log, _) = AuditLog::open(d.path(), Options::default()).expect("open");
     let log = Arc::new(log);
-    let start = Instant::now();
-    let threads: Vec<_> = (0..writers)
-        .map(|t| {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                let mut n = 0u64;
-                while start.elapsed() < budget {
-                    log.append(entry(t << 32 | n)).expect("append");
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let total: u64 = threads.into_iter().map(|t| t.join().expect("join")).sum();
-    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let (rate, total) = hammer(&log, writers, budget);
     let (records, flushes) = log.stats();
     println!(
         "  {writers:>2} writer(s): {records} records in {flushes} fdatasyncs ({:.1} per batch)",

@@ -13,20 +13,10 @@ use std::time::{Duration, Instant};
 
 use trustd::audit::checkpoint::{self, Checkpoint};
 use trustd::audit::merkle::{leaf_hash, verify_consistency, verify_inclusion};
-use trustd::audit::{Actor, AuditLog, Entry, MerkleTree, Options, Outcome, merkle_from_dir};
+use trustd::audit::{AuditLog, MerkleTree, Options, merkle_from_dir};
 
-fn entry(i: u64) -> Entry {
-    Entry::new("policy.apply", Outcome::Ok, Actor::this_process())
-        .transition(format!("serial {i}"), format!("serial {}", i + 1))
-        .digest("input", format!("{i:064x}"))
-}
-
-fn tempdir_in(base: &Path) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("trustd-bench-")
-        .tempdir_in(base)
-        .expect("tempdir")
-}
+mod common;
+use common::{hammer, tempdir_in};
 
 /// Records per second appended by `writers` threads for `budget`, with the tree
 /// maintained or frozen.
@@ -37,22 +27,7 @@ fn appends(base: &Path, writers: u64, budget: Duration, tree: bool) -> f64 {
         log.freeze_tree_for_bench();
     }
     let log = Arc::new(log);
-    let start = Instant::now();
-    let threads: Vec<_> = (0..writers)
-        .map(|t| {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                let mut n = 0u64;
-                while start.elapsed() < budget {
-                    log.append(entry(t << 32 | n)).expect("append");
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let total: u64 = threads.into_iter().map(|t| t.join().expect("join")).sum();
-    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let (rate, total) = hammer(&log, writers, budget);
     let (size, root) = log.tree_head();
     if tree {
         let files = merkle_from_dir(d.path()).expect("tree");
