@@ -99,6 +99,24 @@ fn signed_policy(serial: u64) -> Result<Vec<u8>> {
     serde_json::to_vec(&env).map_err(|e| e.to_string())
 }
 
+fn signed_command(serial: u64, device: &str, action: &str) -> Result<Vec<u8>> {
+    let key = PrivateKeyFile::load(&Path::new(DISK).join("keys/policy.key"))
+        .map_err(|e| e.to_string())?;
+    let now = trustd::timefmt::Timestamp::now();
+    let cmd = json!({
+        "schema": "enigm.command/v1", "serial": serial,
+        "issued_at": now.plus_secs(-60).to_string(), "expires_at": now.plus_secs(3600).to_string(),
+        "issuer": "mdm.enigm.test", "device": device, "action": action,
+        "nonce": format!("vm-suite-{serial}-{action}"),
+    });
+    let env = sign_envelope(
+        "application/vnd.enigm.command+json",
+        &serde_json::to_vec(&cmd).map_err(|e| e.to_string())?,
+        &[key],
+    );
+    serde_json::to_vec(&env).map_err(|e| e.to_string())
+}
+
 /// A peer namespace on a veth pair: 10.99.0.1 here, 10.99.0.2 there, listeners on 443 and 80.
 fn peer() -> Result<std::process::Child> {
     sh(
@@ -233,6 +251,27 @@ fn boot1() -> Result<u8> {
             "bundle serial {} applied in {applied:?} (audit record {}), signalled; 443 allowed, 80 blocked",
             r.to_serial, r.audit_seq
         ));
+
+        // Enrolled by a signed command bound to this device's handle: nothing is amiss now.
+        let handle = c
+            .device_handle("mdm.enigm.test")
+            .await
+            .map_err(|e| format!("handle: {e}"))?;
+        let (from, to) = c
+            .apply_command(&signed_command(1, &handle, "enroll")?)
+            .await
+            .map_err(|e| format!("enroll: {e}"))?;
+        check!(to == "enrolled", "enroll: {from} -> {to}");
+        let p = posture_of(&c).await?;
+        check!(
+            p["Level"] == json!("trusted") && p["Reasons"] == json!([]),
+            "an enrolled device with a policy in force should be trusted: {p}"
+        );
+        ok(&format!("enrolled (handle {handle}): posture trusted, {}", p["Confinement"]));
+        while tokio::time::timeout(Duration::from_millis(200), changes.next())
+            .await
+            .is_ok()
+        {}
 
         // Privacy mode: tor-only in the kernel, signalled.
         let before = sh("nft list table inet trustd")?;
