@@ -40,7 +40,19 @@ pub enum AuditError {
     /// Another process is writing this log.
     #[error("audit log {0} is in use by another writer")]
     Locked(PathBuf),
+    /// The log cannot take another record (its sequence numbers are exhausted or forged).
+    #[error("audit log {path}: {why}")]
+    Damaged {
+        /// The log directory.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
 }
+
+/// Sequence numbers stay below this (2^62): no real log comes near it, so a record at or
+/// above it is damage, and appending never overflows.
+pub const MAX_SEQ: u64 = 1 << 62;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
     move |source| AuditError::Io {
@@ -282,7 +294,18 @@ impl AuditLog {
             .rposition(|&b| b == b'\n')
             .map_or(seg_written, |nl| &seg_written[nl + 1..])
             .to_vec();
-        let next_seq = last.map_or(0, |(s, _)| s + 1);
+        let next_seq = match last {
+            None => 0,
+            Some((s, _)) if s < MAX_SEQ => s + 1,
+            Some((s, _)) => {
+                return Err(AuditError::Damaged {
+                    path: dir.to_owned(),
+                    why: format!(
+                        "its last record claims seq {s}, beyond any real log: it is damaged or forged; nothing more is appended to it"
+                    ),
+                });
+            }
+        };
 
         // The Merkle tree over every line the files hold (after the cut above), which is
         // what an offline verifier rebuilds from them.
@@ -431,6 +454,12 @@ impl AuditLog {
             return Err(AuditError::Failed(f.clone()));
         }
         let seq = s.next_seq;
+        if seq >= MAX_SEQ {
+            return Err(AuditError::Damaged {
+                path: self.dir.clone(),
+                why: format!("seq {seq} reaches the limit of {MAX_SEQ}: no record is appended"),
+            });
+        }
         record.seq = seq;
         if seq > 0 {
             record.prev = hash_hex(&s.prev);
