@@ -856,3 +856,44 @@ fn confined_trustd_still_enforces_and_stops_when_the_bus_is_lost() {
             .contains("bus connection was lost")
     );
 }
+
+/// A user calling a denied method in a loop is refused every time, but cannot make the log
+/// grow by a record per call: 20 a minute are recorded one by one, the rest as one count.
+#[test]
+fn a_flood_of_denied_calls_is_refused_and_recorded_as_a_count() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let (lab, mut daemon) = start("fl", lab_policy("direct"), BusPolicy::Open);
+    let addr = daemon.bus.address.clone();
+    let calls: Vec<String> = (0..60).map(|_| "Policy.ActivePolicy".to_owned()).collect();
+    let answers = buscall(&IDENTITIES[1], &addr, &calls);
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["error"] == json!("org.enigm.Trust1.Error.AccessDenied")),
+        "every call is refused"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &daemon.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    assert!(daemon.wait().expect("wait").success());
+    let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
+    let denied: Vec<&trustd::audit::Record> = records
+        .iter()
+        .filter(|r| r.kind == "authz.denied" && r.actor.uid == Some(7))
+        .collect();
+    assert_eq!(denied.len(), 21, "20 one by one and one count");
+    let summary = denied
+        .last()
+        .and_then(|r| r.reason.clone())
+        .unwrap_or_default();
+    assert!(
+        summary.starts_with("40 further denied calls of uid 7"),
+        "{summary}"
+    );
+}

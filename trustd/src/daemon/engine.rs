@@ -280,6 +280,78 @@ pub struct Engine<B: Backend> {
     reconfigure: Reconfigure,
     clock: fn() -> Timestamp,
     checkpoint_every: u64,
+    denials: Denials,
+}
+
+/// How many denials per uid and minute are recorded one by one. Beyond that they are
+/// counted and recorded as one summary when the minute is over (or at stop), so that a
+/// local user calling in a loop cannot make the log grow by an fsynced record per call.
+const DENIALS_RECORDED_PER_MINUTE: u32 = 20;
+const DENIAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Per-uid denial windows.
+#[derive(Debug, Default)]
+struct Denials(std::collections::HashMap<u32, DenialWindow>);
+
+#[derive(Debug)]
+struct DenialWindow {
+    start: std::time::Instant,
+    recorded: u32,
+    suppressed: u64,
+    last: Actor,
+}
+
+impl Denials {
+    /// Whether this denial is recorded on its own; expired windows with suppressed denials
+    /// come back as summaries to record first.
+    fn admit(&mut self, caller: &Caller) -> (bool, Vec<(u32, u64, Actor)>) {
+        let now = std::time::Instant::now();
+        let summaries = self.expire(now);
+        let w = self.0.entry(caller.uid).or_insert_with(|| DenialWindow {
+            start: now,
+            recorded: 0,
+            suppressed: 0,
+            last: caller.actor(),
+        });
+        w.last = caller.actor();
+        if w.recorded < DENIALS_RECORDED_PER_MINUTE {
+            w.recorded += 1;
+            (true, summaries)
+        } else {
+            w.suppressed += 1;
+            (false, summaries)
+        }
+    }
+
+    /// Close the windows older than a minute (every window with `all`); returns the
+    /// summaries of those that suppressed denials.
+    fn expire_all(&mut self, all: bool) -> Vec<(u32, u64, Actor)> {
+        let now = std::time::Instant::now();
+        if all {
+            let out = self
+                .0
+                .drain()
+                .filter(|(_, w)| w.suppressed > 0)
+                .map(|(uid, w)| (uid, w.suppressed, w.last))
+                .collect();
+            return out;
+        }
+        self.expire(now)
+    }
+
+    fn expire(&mut self, now: std::time::Instant) -> Vec<(u32, u64, Actor)> {
+        let mut out = Vec::new();
+        self.0.retain(|uid, w| {
+            if now.duration_since(w.start) < DENIAL_WINDOW {
+                return true;
+            }
+            if w.suppressed > 0 {
+                out.push((*uid, w.suppressed, w.last.clone()));
+            }
+            false
+        });
+        out
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for Engine<B> {
@@ -320,6 +392,7 @@ impl<B: Backend> Engine<B> {
                 reconfigure,
                 clock,
                 checkpoint_every: 1000,
+                denials: Denials::default(),
             },
             rx,
         ))
@@ -341,6 +414,18 @@ impl<B: Backend> Engine<B> {
         {
             tracing::error!("{e}");
         }
+    }
+
+    /// One record per uid for the denials not recorded one by one.
+    fn record_suppressed(&self, summaries: Vec<(u32, u64, Actor)>) -> Result<(), DeviceError> {
+        for (uid, n, actor) in summaries {
+            self.dev.audit().append(
+                Entry::new("authz.denied", Outcome::Refused, actor).reason(format!(
+                    "{n} further denied calls of uid {uid} within a minute, past the {DENIALS_RECORDED_PER_MINUTE} recorded one by one"
+                )),
+            )?;
+        }
+        Ok(())
     }
 
     /// The device (for link state at start).
@@ -366,6 +451,8 @@ impl<B: Backend> Engine<B> {
                     let _ = reply.send(result);
                 }
                 Command::Tick => {
+                    let summaries = self.denials.expire_all(false);
+                    self.record_suppressed(summaries)?;
                     if let Some(drift) = self.dev.check_drift(&mut self.backend, me())? {
                         tracing::warn!("enforcement drift repaired: {drift}");
                     }
@@ -389,6 +476,8 @@ impl<B: Backend> Engine<B> {
                     self.publish();
                 }
                 Command::Stop(why) => {
+                    let summaries = self.denials.expire_all(true);
+                    self.record_suppressed(summaries)?;
                     self.dev.audit().append(
                         Entry::new("trustd.stop", Outcome::Ok, me())
                             .reason(format!("{why}; enforcement stays in the kernel")),
@@ -441,13 +530,18 @@ impl<B: Backend> Engine<B> {
                 caller.uid,
                 role.as_str()
             );
-            self.dev
-                .audit()
-                .append(
-                    Entry::new("authz.denied", Outcome::Refused, caller.actor())
-                        .reason(why.clone()),
-                )
+            let (record, summaries) = self.denials.admit(caller);
+            self.record_suppressed(summaries)
                 .map_err(|e| CallError::Failed(e.to_string()))?;
+            if record {
+                self.dev
+                    .audit()
+                    .append(
+                        Entry::new("authz.denied", Outcome::Refused, caller.actor())
+                            .reason(why.clone()),
+                    )
+                    .map_err(|e| CallError::Failed(e.to_string()))?;
+            }
             return Err(CallError::AccessDenied(format!("{why}; nothing changed")));
         }
         if let Request::CheckLaunch { app, .. } | Request::ReportLaunch { app, .. } = &request
