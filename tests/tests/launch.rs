@@ -106,6 +106,24 @@ fn trustd_launch_runs_only_what_the_policy_pins_and_confines_it() {
         r.stderr
     );
 
+    // The loader's variables are not passed on to the app (trustd-launch itself, started
+    // with one, shows the loader's complaint once; the app would show it a second time).
+    let o = Command::new(bin("trustd-launch"))
+        .env("LD_PRELOAD", "/nonexistent-preload.so")
+        .args(["--bus", &bus, "org.test.Cat", "--", &allowed])
+        .output()
+        .expect("trustd-launch");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "allowed-content\n",
+        "{err}"
+    );
+    assert!(
+        err.matches("nonexistent-preload.so").count() <= 1,
+        "LD_PRELOAD reached the app: {err}"
+    );
+
     // Refusals.
     let r = launch(&bus, "org.test.Nope", &[]);
     assert_eq!(r.code, 1);
@@ -205,7 +223,7 @@ fn trustd_launch_runs_only_what_the_policy_pins_and_confines_it() {
             .collect()
     };
     let exec = outcomes("launch.exec");
-    assert_eq!(exec.iter().filter(|e| e.0 == "Ok").count(), 5, "{exec:?}");
+    assert_eq!(exec.iter().filter(|e| e.0 == "Ok").count(), 6, "{exec:?}");
     assert_eq!(
         exec.iter().filter(|e| e.0 == "Refused").count(),
         3,

@@ -3,13 +3,14 @@
 //! `trustd-launch [--bus ADDRESS] APP_ID [-- ARGS...]`
 //!
 //! 1. Asks trustd (`Launcher.CheckLaunch`) whether APP_ID may start now; refused: exit 1.
-//! 2. Opens the policy's executable, refuses it if it is not a regular file or if anyone but
-//!    its owner may write it, and hashes the open file. The hash must be the policy's.
+//! 2. Opens the policy's executable, refuses it if it is not a regular file owned by root
+//!    that only root may write, and hashes the open file. The hash must be the policy's.
 //! 3. Sets no_new_privs and confines itself with the app's Landlock profile (best effort
 //!    across kernel ABIs; the executable itself is added to the executable paths).
 //! 4. Reports the outcome to trustd (`ReportLaunch`: audited; arguments are never sent).
 //! 5. Executes the very file it hashed (fexecve on the open descriptor), so swapping the
-//!    path after the check changes nothing.
+//!    path after the check changes nothing; the dynamic loader's `LD_*` variables are not
+//!    passed on.
 //!
 //! Exit codes: 1 refused (by policy, hash or confinement); 2 usage; 3 trustd unreachable or
 //! exec failed.
@@ -79,10 +80,13 @@ fn open_pinned(p: &Profile) -> Result<OwnedFd, String> {
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", p.exec));
     }
-    if meta.mode() & 0o022 != 0 {
+    // Only root may be able to change it between the hash and the exec.
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
         return Err(format!(
-            "{} may be written by others than its owner: it cannot be pinned",
-            p.exec
+            "{} may be written by others than root (owner uid {}, mode {:o}): it cannot be pinned",
+            p.exec,
+            meta.uid(),
+            meta.mode() & 0o7777
         ));
     }
     let mut h = Sha256::new();
@@ -164,7 +168,10 @@ async fn launch(cli: &Cli) -> Outcome {
             Err(e) => return Outcome::System(e),
         }
     }
+    // The dynamic loader's variables (LD_PRELOAD, LD_LIBRARY_PATH...) would run code that
+    // is not pinned inside the pinned app: they are not passed on.
     let env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| !k.as_bytes().starts_with(b"LD_"))
         .filter_map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');

@@ -58,7 +58,7 @@ enum Cmd {
         bus: Option<String>,
         /// Confine trustd with Landlock once its state is loaded: configuration and system
         /// files read-only, writes only to its state, log and runtime directories, execute
-        /// only nft.
+        /// only nft and the dynamic loader.
         #[arg(long)]
         confine: bool,
     },
@@ -333,8 +333,10 @@ fn run_daemon(
             let mut last_ping = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
-                // A full queue already holds work that will reach the kernel check.
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Command::Tick) {
+                // Waits its turn in the queue (the channel is FIFO for waiting senders), so a
+                // flood of calls delays the drift check by at most the queue's depth and can
+                // never starve it (nor the watchdog fed after it).
+                if tx.send(Command::Tick).await.is_err() {
                     break;
                 }
                 // Without the bus, posture and commands are unreachable: stop so that the

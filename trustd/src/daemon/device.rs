@@ -147,7 +147,17 @@ fn settle_secret(
     match DeviceSecret::load(paths) {
         Ok(Some(s)) => Ok(Some(s)),
         Ok(None) => new_secret(paths, audit, actor, "none", "first start").map(Some),
-        Err(e) => new_secret(paths, audit, actor, "unreadable", &e.to_string()).map(Some),
+        // Never replaced silently: every handle would change. The admin repairs or removes it.
+        Err(e) => {
+            audit.append(
+                Entry::new("device.secret", Outcome::Error, actor)
+                    .reason(format!("the device secret cannot be read: {e}")),
+            )?;
+            Err(DeviceError::Secret(format!(
+                "{}: {e}; remove it to make a new one (every device handle changes)",
+                paths.device_secret().display()
+            )))
+        }
     }
 }
 
@@ -530,7 +540,9 @@ impl Device {
                     .reason(format!("{what}; restoring")),
             )?;
             self.enforced_intel = None;
-            self.enforce_intel(backend, actor)?;
+            // A failed re-apply is recorded by enforce_intel and tried again next interval;
+            // it must not end the daemon (the policy table is separate and stays).
+            let _ = self.enforce_intel(backend, actor);
             found = Some(what);
         }
         if let Some(what) = &found {
@@ -749,17 +761,31 @@ impl Device {
         }
         self.state = next;
         let paths = self.store.paths().clone();
-        if matches!(to, Lifecycle::Revoked | Lifecycle::Retired) {
+        // The new lifecycle is saved: whatever happens to the secret now, the caller must
+        // still enforce it, so a failure here is recorded and finished at the next start,
+        // never returned as "nothing changed".
+        let effect = if matches!(to, Lifecycle::Revoked | Lifecycle::Retired) {
             self.secret = None;
-            self.secret = settle_secret(&paths, &self.audit, to, actor)?;
+            settle_secret(&paths, &self.audit, to, actor.clone()).map(|_| ())
         } else if cmd.action == LifecycleAction::Enroll && from == Lifecycle::Unknown {
-            self.secret = Some(new_secret(
+            new_secret(
                 &paths,
                 &self.audit,
-                actor,
+                actor.clone(),
                 "present",
                 "re-enrolled after lost state: every handle changes",
-            )?);
+            )
+            .map(|s| self.secret = Some(s))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = effect {
+            self.audit.append(
+                Entry::new("device.secret", Outcome::Error, actor).reason(format!(
+                    "lifecycle {} is in force, but the device secret was not updated: {e}; the next start finishes it",
+                    to.as_str()
+                )),
+            )?;
         }
         Ok((from, to))
     }

@@ -283,15 +283,19 @@ pub struct Engine<B: Backend> {
     denials: Denials,
 }
 
-/// How many denials per uid and minute are recorded one by one. Beyond that they are
-/// counted and recorded as one summary when the minute is over (or at stop), so that a
-/// local user calling in a loop cannot make the log grow by an fsynced record per call.
+/// How many records a caller's calls may cause per uid, kind and minute (denials, launch
+/// refusals, launch reports: what any local user can trigger). Beyond that they are counted
+/// and recorded as one summary when the minute is over (or at stop), so that a user calling
+/// in a loop cannot make the log grow by an fsynced record per call.
 const DENIALS_RECORDED_PER_MINUTE: u32 = 20;
 const DENIAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Per-uid denial windows.
+/// Per-uid, per-kind windows.
 #[derive(Debug, Default)]
-struct Denials(std::collections::HashMap<u32, DenialWindow>);
+struct Denials(std::collections::HashMap<(u32, &'static str), DenialWindow>);
+
+/// A summary to record: uid, kind, how many were not recorded, the last caller.
+type Suppressed = (u32, &'static str, u64, Actor);
 
 #[derive(Debug)]
 struct DenialWindow {
@@ -304,15 +308,18 @@ struct DenialWindow {
 impl Denials {
     /// Whether this denial is recorded on its own; expired windows with suppressed denials
     /// come back as summaries to record first.
-    fn admit(&mut self, caller: &Caller) -> (bool, Vec<(u32, u64, Actor)>) {
+    fn admit(&mut self, caller: &Caller, kind: &'static str) -> (bool, Vec<Suppressed>) {
         let now = std::time::Instant::now();
         let summaries = self.expire(now);
-        let w = self.0.entry(caller.uid).or_insert_with(|| DenialWindow {
-            start: now,
-            recorded: 0,
-            suppressed: 0,
-            last: caller.actor(),
-        });
+        let w = self
+            .0
+            .entry((caller.uid, kind))
+            .or_insert_with(|| DenialWindow {
+                start: now,
+                recorded: 0,
+                suppressed: 0,
+                last: caller.actor(),
+            });
         w.last = caller.actor();
         if w.recorded < DENIALS_RECORDED_PER_MINUTE {
             w.recorded += 1;
@@ -325,28 +332,28 @@ impl Denials {
 
     /// Close the windows older than a minute (every window with `all`); returns the
     /// summaries of those that suppressed denials.
-    fn expire_all(&mut self, all: bool) -> Vec<(u32, u64, Actor)> {
+    fn expire_all(&mut self, all: bool) -> Vec<Suppressed> {
         let now = std::time::Instant::now();
         if all {
             let out = self
                 .0
                 .drain()
                 .filter(|(_, w)| w.suppressed > 0)
-                .map(|(uid, w)| (uid, w.suppressed, w.last))
+                .map(|((uid, kind), w)| (uid, kind, w.suppressed, w.last))
                 .collect();
             return out;
         }
         self.expire(now)
     }
 
-    fn expire(&mut self, now: std::time::Instant) -> Vec<(u32, u64, Actor)> {
+    fn expire(&mut self, now: std::time::Instant) -> Vec<Suppressed> {
         let mut out = Vec::new();
-        self.0.retain(|uid, w| {
+        self.0.retain(|(uid, kind), w| {
             if now.duration_since(w.start) < DENIAL_WINDOW {
                 return true;
             }
             if w.suppressed > 0 {
-                out.push((*uid, w.suppressed, w.last.clone()));
+                out.push((*uid, *kind, w.suppressed, w.last.clone()));
             }
             false
         });
@@ -417,13 +424,37 @@ impl<B: Backend> Engine<B> {
     }
 
     /// One record per uid for the denials not recorded one by one.
-    fn record_suppressed(&self, summaries: Vec<(u32, u64, Actor)>) -> Result<(), DeviceError> {
-        for (uid, n, actor) in summaries {
+    fn record_suppressed(&self, summaries: Vec<Suppressed>) -> Result<(), DeviceError> {
+        for (uid, kind, n, actor) in summaries {
+            let what = match kind {
+                "authz.denied" => "denied calls",
+                "launch.check" => "refused launch checks",
+                _ => "launch reports",
+            };
             self.dev.audit().append(
-                Entry::new("authz.denied", Outcome::Refused, actor).reason(format!(
-                    "{n} further denied calls of uid {uid} within a minute, past the {DENIALS_RECORDED_PER_MINUTE} recorded one by one"
+                Entry::new(kind, Outcome::Refused, actor).reason(format!(
+                    "{n} further {what} of uid {uid} within a minute, past the {DENIALS_RECORDED_PER_MINUTE} recorded one by one"
                 )),
             )?;
+        }
+        Ok(())
+    }
+
+    /// Append a record a caller's call caused, within that caller's budget.
+    fn append_budgeted(
+        &mut self,
+        caller: &Caller,
+        kind: &'static str,
+        entry: Entry,
+    ) -> Result<(), CallError> {
+        let (record, summaries) = self.denials.admit(caller, kind);
+        self.record_suppressed(summaries)
+            .map_err(|e| CallError::Failed(e.to_string()))?;
+        if record {
+            self.dev
+                .audit()
+                .append(entry)
+                .map_err(|e| CallError::Failed(e.to_string()))?;
         }
         Ok(())
     }
@@ -510,7 +541,12 @@ impl<B: Backend> Engine<B> {
             Ok(groups) => self.groups = groups,
             Err(e) => tracing::error!("configuration not reloaded, the previous one stays: {e}"),
         }
-        self.dev.reload(me())?;
+        // A reload that cannot read the trust root or state keeps what is in force (the
+        // failure is audited by reload); it never ends the daemon.
+        if let Err(e) = self.dev.reload(me()) {
+            tracing::error!("reload refused, the state in force stays: {e}");
+            return Ok(());
+        }
         if let Ok(links) = crate::sys::netlink::dump_links() {
             self.dev.set_links(&links);
         }
@@ -530,7 +566,7 @@ impl<B: Backend> Engine<B> {
                 caller.uid,
                 role.as_str()
             );
-            let (record, summaries) = self.denials.admit(caller);
+            let (record, summaries) = self.denials.admit(caller, "authz.denied");
             self.record_suppressed(summaries)
                 .map_err(|e| CallError::Failed(e.to_string()))?;
             if record {
@@ -605,14 +641,13 @@ impl<B: Backend> Engine<B> {
                 if !d.allowed {
                     // Refusals are recorded; an allowed check is a query (the launch itself
                     // is reported by the launcher).
-                    self.dev
-                        .audit()
-                        .append(
-                            Entry::new("launch.check", Outcome::Refused, caller.actor())
-                                .reason(d.reason.clone())
-                                .digest("app", app),
-                        )
-                        .map_err(|e| CallError::Failed(e.to_string()))?;
+                    self.append_budgeted(
+                        caller,
+                        "launch.check",
+                        Entry::new("launch.check", Outcome::Refused, caller.actor())
+                            .reason(d.reason.clone())
+                            .digest("app", app),
+                    )?;
                 }
                 let profile = match &d.profile {
                     Some(p) => {
@@ -636,14 +671,13 @@ impl<B: Backend> Engine<B> {
                 } else {
                     Outcome::Refused
                 };
-                self.dev
-                    .audit()
-                    .append(
-                        Entry::new("launch.exec", outcome, caller.actor())
-                            .reason(reason.chars().take(256).collect::<String>())
-                            .digest("app", app),
-                    )
-                    .map_err(|e| CallError::Failed(e.to_string()))?;
+                self.append_budgeted(
+                    caller,
+                    "launch.exec",
+                    Entry::new("launch.exec", outcome, caller.actor())
+                        .reason(reason.chars().take(256).collect::<String>())
+                        .digest("app", app),
+                )?;
                 Ok(Response::Done)
             }
             Request::ApplyCommand(bytes) => {
