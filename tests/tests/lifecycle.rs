@@ -311,3 +311,60 @@ fn a_new_required_step_puts_the_device_back_into_setup() {
         "each step audited, the unknown one too: {steps:?}"
     );
 }
+
+/// Losing state.json does not reopen replay: the last accepted command's envelope is kept
+/// beside the secret, and its serial is the floor again. A newer enroll re-enrolls the
+/// device from `unknown` and makes a new secret (every handle changes).
+#[test]
+fn the_command_floor_survives_a_lost_state_json() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let (lab, daemon) = serve("cf", lab_policy("direct"), BusPolicy::Shipped);
+    let mdm = rt().block_on(async {
+        let c = Client::connect(Some(&daemon.bus.address))
+            .await
+            .expect("connect");
+        let mdm = c.device_handle("mdm.example.org").await.expect("handle");
+        for (serial, action) in [(2, "enroll"), (3, "suspend")] {
+            let f = lab.sign_command(&command(serial, "mdm.example.org", &mdm, action));
+            c.apply_command(&std::fs::read(f).expect("read"))
+                .await
+                .expect(action);
+        }
+        mdm
+    });
+    drop(daemon);
+    std::fs::remove_file(lab.paths().state_file()).expect("lose state.json");
+    let d2 = lab.run_daemon_on(BusPolicy::Shipped, 1000);
+    tests::lab::wait_ready(&d2.bus.address);
+    rt().block_on(async {
+        let c = Client::connect(Some(&d2.bus.address))
+            .await
+            .expect("connect");
+        assert_eq!(
+            c.posture_property("Lifecycle").await.expect("p"),
+            json!("unknown")
+        );
+        let old = lab.sign_command(&command(2, "mdm.example.org", &mdm, "enroll"));
+        let e = c
+            .apply_command(&std::fs::read(old).expect("read"))
+            .await
+            .expect_err("the old enroll is spent");
+        assert!(
+            refused(&e).contains("not newer than the installed serial 3"),
+            "{e}"
+        );
+        let new = lab.sign_command(&command(4, "mdm.example.org", &mdm, "enroll"));
+        let (from, to) = c
+            .apply_command(&std::fs::read(new).expect("read"))
+            .await
+            .expect("a newer enroll");
+        assert_eq!((from.as_str(), to.as_str()), ("unknown", "enrolled"));
+        let again = c.device_handle("mdm.example.org").await.expect("handle");
+        assert_ne!(
+            again, mdm,
+            "re-enrollment after lost state makes a new secret"
+        );
+    });
+}

@@ -74,6 +74,12 @@ impl Paths {
         self.state_dir().join("device.secret")
     }
 
+    /// The last lifecycle command accepted, as the signed envelope it arrived in: its serial
+    /// is the command floor again if state.json is lost.
+    pub fn last_command(&self) -> PathBuf {
+        self.state_dir().join("command.dsse.json")
+    }
+
     /// The device's signing key (0600): signs audit checkpoints and posture reports.
     pub fn device_key(&self) -> PathBuf {
         self.state_dir().join("device.key")

@@ -752,7 +752,16 @@ impl Device {
         let mut next = self.state.clone();
         next.serials.raise(crate::bundle::Role::Command, cmd.serial);
         next.lifecycle = to;
-        if let Err(e) = self.store.save(&next) {
+        // The envelope first (its serial is the floor should state.json be lost), then the
+        // state that names the new lifecycle.
+        let last = self.store.paths().last_command();
+        let saved = crate::state::atomic::write_atomic(&last, v.envelope_bytes(), 0o600)
+            .map_err(|source| StateError::Io {
+                path: last.clone(),
+                source,
+            })
+            .and_then(|()| self.store.save(&next));
+        if let Err(e) = saved {
             self.audit.append(
                 Entry::new("command.apply", Outcome::Error, actor)
                     .reason(format!("not saved: {e}; lifecycle stays {}", from.as_str())),

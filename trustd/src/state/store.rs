@@ -244,6 +244,7 @@ impl StateStore {
             (self.paths.policy_bundle(), Role::Policy),
             (self.paths.intel_feed(), Role::Intel),
             (self.paths.rotated_trust_root(), Role::Root),
+            (self.paths.last_command(), Role::Command),
         ] {
             if let Some(s) = std::fs::read(&path)
                 .ok()
@@ -261,6 +262,7 @@ impl StateStore {
             self.paths.intel_feed(),
             self.paths.device_secret(),
             self.paths.rotated_trust_root(),
+            self.paths.last_command(),
         ]
         .iter()
         .any(|p| p.exists())
