@@ -31,12 +31,17 @@ impl Trivial {
     }
 }
 
-fn serve_trivial(address: &str) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// Two workers, as trustd has: for the trivial service and for the client.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn serve_trivial(address: &str) {
+    let rt = runtime();
     rt.block_on(async {
         let _conn = zbus::connection::Builder::address(address)
             .serve_at(TRIVIAL_PATH, Trivial)
@@ -121,11 +126,7 @@ fn main() {
             .expect("trivial service"),
     ));
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let client = Client::connect(Some(&addr)).await.expect("connect");
         let conn = client.connection().clone();

@@ -45,6 +45,12 @@ pub fn can_run(tools: &[&str]) -> bool {
     } else {
         "not root".to_owned()
     };
+    skip(&why);
+    false
+}
+
+/// A test that cannot run here says why and returns; under CI=true it fails instead.
+pub fn skip(why: &str) {
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
         "CI=true but this test cannot run: {why}"
@@ -61,7 +67,45 @@ pub fn can_run(tools: &[&str]) -> bool {
             let _ = writeln!(f, "{why}");
         }
     }
-    false
+}
+
+/// A trust root: `first` alone holds the root, intel and command roles; `policy` keys hold
+/// the policy role with `policy_threshold`.
+pub fn trust_root(first: &SigningKey, policy: &[&SigningKey], policy_threshold: u32) -> TrustRoot {
+    let mut keys = std::collections::BTreeMap::new();
+    let mut role = |ks: &[&SigningKey], threshold| {
+        let mut ids = Vec::new();
+        for k in ks {
+            let f = PublicKeyFile::new(&k.verifying_key());
+            keys.insert(
+                f.keyid.clone(),
+                TrustKey {
+                    alg: f.alg,
+                    public: f.public,
+                },
+            );
+            ids.push(key_id(&k.verifying_key()));
+        }
+        RoleKeys {
+            keyids: ids,
+            threshold,
+        }
+    };
+    let roles = Roles {
+        root: role(&[first], 1),
+        policy: role(policy, policy_threshold),
+        intel: role(&[first], 1),
+        command: role(&[first], 1),
+    };
+    let now = Timestamp::now();
+    TrustRoot {
+        schema: "enigm.trust-root/v1".into(),
+        serial: 1,
+        issued_at: now.plus_secs(-3600),
+        expires_at: now.plus_secs(365 * 86400),
+        keys,
+        roles,
+    }
 }
 
 fn run(cmd: &str, args: &[&str]) -> Output {
@@ -242,41 +286,8 @@ impl Lab {
     }
 
     fn provision(&self) {
-        let mut keys = std::collections::BTreeMap::new();
-        let mut role = |ks: &[&SigningKey], threshold| {
-            let mut ids = Vec::new();
-            for k in ks {
-                let f = PublicKeyFile::new(&k.verifying_key());
-                keys.insert(
-                    f.keyid.clone(),
-                    TrustKey {
-                        alg: f.alg,
-                        public: f.public,
-                    },
-                );
-                ids.push(key_id(&k.verifying_key()));
-            }
-            RoleKeys {
-                keyids: ids,
-                threshold,
-            }
-        };
         let pk: Vec<&SigningKey> = self.policy_keys.iter().collect();
-        let roles = Roles {
-            root: role(&pk[..1], 1),
-            policy: role(&pk, 2),
-            intel: role(&pk[..1], 1),
-            command: role(&pk[..1], 1),
-        };
-        let now = Timestamp::now();
-        let root = TrustRoot {
-            schema: "enigm.trust-root/v1".into(),
-            serial: 1,
-            issued_at: now.plus_secs(-3600),
-            expires_at: now.plus_secs(365 * 86400),
-            keys,
-            roles,
-        };
+        let root = trust_root(pk[0], &pk, 2);
         let p = self.paths();
         std::fs::create_dir_all(p.config_dir()).expect("mkdir");
         std::fs::write(
@@ -539,6 +550,19 @@ impl Daemon {
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.child.wait()
     }
+
+    /// Send SIGTERM and wait for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.id().to_string()])
+                .status()
+                .expect("kill")
+                .success(),
+            "kill -TERM"
+        );
+        self.wait().expect("wait")
+    }
 }
 
 /// A lab whose device holds `policy` (signed and loaded), with trustd.json naming the test
@@ -561,11 +585,7 @@ pub fn serve(tag: &str, policy: Value, bus: BusPolicy) -> (Lab, Daemon) {
 /// Wait until trustd answers on the bus at `address` (10 s at most).
 pub fn wait_ready(address: &str) {
     let start = std::time::Instant::now();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    crate::rt().block_on(async {
         loop {
             if let Ok(c) = trustd::dbus::client::Client::connect(Some(address)).await
                 && c.posture_property("Level").await.is_ok()

@@ -61,6 +61,14 @@ pub fn trustctl(cwd: &std::path::Path, args: &[&str]) -> Run {
 pub mod bus;
 pub mod lab;
 
+/// A single-threaded tokio runtime for a test's bus calls.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped, so that a failing test never
 /// leaves a daemon behind.
 #[derive(Debug)]

@@ -8,19 +8,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::bin;
 use tests::bus::{ADMIN_GROUP, BusPolicy, SETUP_GROUP, gid};
 use tests::lab::{Daemon, Lab, can_run, lab_policy};
+use tests::{bin, rt};
 use trustd::dbus::client::Client;
 
 const TOOLS: &[&str] = &["ip", "nft", "setpriv", "dbus-daemon"];
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn start(tag: &str, policy: Value, bus: BusPolicy) -> (Lab, Daemon) {
     tests::lab::serve(tag, policy, bus)
@@ -776,21 +769,7 @@ fn confined_trustd_still_enforces_and_stops_when_the_bus_is_lost() {
         return;
     }
     if trustd::sys::landlock_abi() == 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but this kernel has no Landlock"
-        );
-        eprintln!("skipped: no Landlock");
-        if let Some(log) = std::env::var_os("TRUSTD_SKIP_LOG") {
-            use std::io::Write;
-            if let Ok(mut f) = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(log)
-            {
-                let _ = writeln!(f, "no Landlock");
-            }
-        }
+        tests::lab::skip("no Landlock");
         return;
     }
     let mut lab = Lab::new("cf", false);
@@ -884,14 +863,7 @@ fn a_flood_of_denied_calls_is_refused_and_recorded_as_a_count() {
             .all(|a| a["error"] == json!("org.enigm.Trust1.Error.AccessDenied")),
         "every call is refused"
     );
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &daemon.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    assert!(daemon.wait().expect("wait").success());
+    assert!(daemon.terminate().success());
     let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
     let denied: Vec<&trustd::audit::Record> = records
         .iter()

@@ -2,8 +2,6 @@
 //! consistency and inclusion proofs from the files alone against a checkpoint saved earlier,
 //! signed posture reports, a checkpoint at clean stop, and tampering caught.
 
-use std::process::Command;
-
 use serde_json::json;
 use tests::bus::BusPolicy;
 use tests::lab::{can_run, lab_policy, serve};
@@ -148,14 +146,7 @@ fn checkpoints_proofs_and_reports_hold_and_tampering_is_caught() {
     assert_eq!(r.code, 1, "an altered report is refused: {}", r.stdout);
 
     // Clean stop: the last record is covered by a checkpoint.
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &daemon.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    assert!(daemon.wait().expect("wait").success());
+    assert!(daemon.terminate().success());
     let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("records");
     let cp = std::fs::read_to_string(lab.paths().audit_dir().join("checkpoint")).expect("cp");
     assert_eq!(

@@ -162,10 +162,7 @@ fn trustd_launch_runs_only_what_the_policy_pins_and_confines_it() {
     std::fs::set_permissions(&cat, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
     // Privacy mode: only apps with the privacy mode.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = tests::rt();
     rt.block_on(async {
         let c = Client::connect(Some(&bus)).await.expect("connect");
         c.set_privacy_mode(true).await.expect("privacy on");

@@ -6,17 +6,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tests::bus::BusPolicy;
 use tests::lab::{Lab, can_run, lab_policy, serve};
+use tests::rt;
 use trustd::dbus::client::{Client, PostureChanges};
 use trustd::timefmt::Timestamp;
 
 const TOOLS: &[&str] = &["ip", "nft", "dbus-daemon"];
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn command(serial: u64, issuer: &str, device: &str, action: &str) -> Value {
     let now = Timestamp::now();

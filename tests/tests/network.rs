@@ -374,15 +374,7 @@ fn removed_or_edited_rules_are_put_back_within_2s_and_sigterm_leaves_them() {
     eprintln!("deleted blocklist table restored after {t:?}");
 
     // SIGTERM: trustd stops, the rules stay.
-    let pid = daemon.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let status = daemon.wait().expect("wait");
+    let status = daemon.terminate();
     assert!(status.success(), "trustd exits 0 on SIGTERM: {status:?}");
     assert!(
         has_table(&lab),
@@ -522,14 +514,7 @@ fn a_tunnel_going_down_and_up_is_seen_through_netlink_and_audited() {
     wait_for(&lab, 1);
     lab.dev_sh("ip link set wg0 up");
     wait_for(&lab, 2);
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &daemon.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    assert!(daemon.wait().expect("wait").success());
+    assert!(daemon.terminate().success());
     assert_eq!(
         statuses(&lab),
         [

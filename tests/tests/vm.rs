@@ -9,10 +9,7 @@ use std::process::Command;
 
 use tests::bin_dir;
 use tests::lab::can_run;
-use trustd::bundle::{
-    PrivateKeyFile, PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot, generate_key, key_id,
-};
-use trustd::timefmt::Timestamp;
+use trustd::bundle::{PrivateKeyFile, generate_key};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,32 +21,7 @@ fn repo() -> PathBuf {
 /// A trust root with one key for every role; the private key goes on the tests disk.
 fn provision(etc: &Path, tests: &Path) {
     let key = generate_key().expect("key");
-    let f = PublicKeyFile::new(&key.verifying_key());
-    let one = || RoleKeys {
-        keyids: vec![key_id(&key.verifying_key())],
-        threshold: 1,
-    };
-    let now = Timestamp::now();
-    let root = TrustRoot {
-        schema: "enigm.trust-root/v1".into(),
-        serial: 1,
-        issued_at: now.plus_secs(-3600),
-        expires_at: now.plus_secs(365 * 86400),
-        keys: [(
-            f.keyid.clone(),
-            TrustKey {
-                alg: f.alg,
-                public: f.public,
-            },
-        )]
-        .into(),
-        roles: Roles {
-            root: one(),
-            policy: one(),
-            intel: one(),
-            command: one(),
-        },
-    };
+    let root = tests::lab::trust_root(&key, &[&key], 1);
     std::fs::write(
         etc.join("trust-root.json"),
         serde_json::to_vec_pretty(&root).expect("json"),

@@ -330,22 +330,17 @@ impl Denials {
         }
     }
 
-    /// Close the windows older than a minute (every window with `all`); returns the
-    /// summaries of those that suppressed denials.
-    fn expire_all(&mut self, all: bool) -> Vec<Suppressed> {
-        let now = std::time::Instant::now();
-        if all {
-            let out = self
-                .0
-                .drain()
-                .filter(|(_, w)| w.suppressed > 0)
-                .map(|((uid, kind), w)| (uid, kind, w.suppressed, w.last))
-                .collect();
-            return out;
-        }
-        self.expire(now)
+    /// Close every window (at stop); returns the summaries of those that suppressed records.
+    fn drain(&mut self) -> Vec<Suppressed> {
+        self.0
+            .drain()
+            .filter(|(_, w)| w.suppressed > 0)
+            .map(|((uid, kind), w)| (uid, kind, w.suppressed, w.last))
+            .collect()
     }
 
+    /// Close the windows older than a minute; returns the summaries of those that
+    /// suppressed records.
     fn expire(&mut self, now: std::time::Instant) -> Vec<Suppressed> {
         let mut out = Vec::new();
         self.0.retain(|(uid, kind), w| {
@@ -482,7 +477,7 @@ impl<B: Backend> Engine<B> {
                     let _ = reply.send(result);
                 }
                 Command::Tick => {
-                    let summaries = self.denials.expire_all(false);
+                    let summaries = self.denials.expire(std::time::Instant::now());
                     self.record_suppressed(summaries)?;
                     if let Some(drift) = self.dev.check_drift(&mut self.backend, me())? {
                         tracing::warn!("enforcement drift repaired: {drift}");
@@ -507,7 +502,7 @@ impl<B: Backend> Engine<B> {
                     self.publish();
                 }
                 Command::Stop(why) => {
-                    let summaries = self.denials.expire_all(true);
+                    let summaries = self.denials.drain();
                     self.record_suppressed(summaries)?;
                     self.dev.audit().append(
                         Entry::new("trustd.stop", Outcome::Ok, me())
