@@ -10,13 +10,14 @@ use clap::{Parser, Subcommand};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::oneshot;
 use trustd::Paths;
 use trustd::audit::Actor;
 use trustd::config::Config;
 use trustd::daemon::engine::Reconfigure;
-use trustd::daemon::{Command, Device, DeviceError, Engine, RoleGroups};
-use trustd::dbus::Handle;
+use trustd::daemon::{Command, Device, DeviceError, Engine, Heartbeat, RoleGroups};
+use trustd::dbus::Gate;
 use trustd::netfilter::NftBackend;
 use trustd::timefmt::Timestamp;
 
@@ -263,18 +264,31 @@ fn run_daemon(
     let (mut engine, posture_rx) =
         Engine::start(dev, backend, groups, reconfigure, Timestamp::now)?;
     engine.set_checkpoint_every(config.checkpoint_every);
-    let (tx, rx) = mpsc::channel::<Command>(256);
+    let (lanes, queues) = trustd::daemon::queues();
+    let gate = Gate::default();
+    let refusals = gate.clone();
+    engine.set_busy_source(Box::new(move || refusals.take_refusals()));
+    let groups = engine.groups();
+    let interval = Duration::from_millis(interval_ms.unwrap_or(config.check_interval_ms).max(50));
+    let heartbeat = Arc::new(Heartbeat::default());
 
+    // The engine on a thread and a runtime of its own: it checks for drift on its own timer,
+    // so enforcement is maintained whatever the bus and the callers do.
     let (done_tx, done_rx) = oneshot::channel();
+    let beat = heartbeat.clone();
     std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
-            let r = engine.run(rx);
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| Ok(rt.block_on(engine.run(queues, interval, beat))?));
             let _ = done_tx.send(r);
         })?;
 
     // Signals: blocked in every thread, taken here.
-    let sig_tx = tx.clone();
+    let sig_tx = lanes.control.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -293,7 +307,7 @@ fn run_daemon(
     // Link changes from rtnetlink.
     match trustd::sys::netlink::LinkWatcher::open() {
         Ok(w) => {
-            let link_tx = tx.clone();
+            let link_tx = lanes.control.clone();
             std::thread::Builder::new()
                 .name("links".into())
                 .spawn(move || {
@@ -307,67 +321,31 @@ fn run_daemon(
         Err(err) => tracing::warn!("watching links: {err}"),
     }
 
-    let interval = Duration::from_millis(interval_ms.unwrap_or(config.check_interval_ms).max(50));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let stop_tx = lanes.control.clone();
     let result = rt.block_on(async move {
-        let builder = match &bus {
-            Some(a) => zbus::connection::Builder::address(a.as_str()),
-            None => zbus::connection::Builder::system(),
-        };
-        let conn = trustd::dbus::serve(builder, Handle::new(tx.clone()), posture_rx)
+        let service = trustd::dbus::serve(bus.as_deref(), lanes, groups, gate, posture_rx)
             .await
             .context("serving org.enigm.Trust1 on the bus")?;
         tracing::info!("serving {} on the bus", trustd::dbus::BUS_NAME);
         if let Err(e) = trustd::sys::sd_notify("READY=1") {
             tracing::warn!("READY not sent: {e}");
         }
-        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let lost_flag = lost.clone();
-        let ping_conn = conn.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut last_ping = tokio::time::Instant::now();
-            loop {
-                tick.tick().await;
-                // Waits its turn in the queue (the channel is FIFO for waiting senders), so a
-                // flood of calls delays the drift check by at most the queue's depth and can
-                // never starve it (nor the watchdog fed after it).
-                if tx.send(Command::Tick).await.is_err() {
-                    break;
-                }
-                // Without the bus, posture and commands are unreachable: stop so that the
-                // service manager restarts trustd (enforcement stays meanwhile).
-                if last_ping.elapsed() >= Duration::from_secs(5) {
-                    last_ping = tokio::time::Instant::now();
-                    let ping = ping_conn
-                        .call_method(
-                            Some("org.freedesktop.DBus"),
-                            "/org/freedesktop/DBus",
-                            Some("org.freedesktop.DBus"),
-                            "GetId",
-                            &(),
-                        )
-                        .await;
-                    // Any answer, even an error, means the connection is there.
-                    if let Err(e) = ping
-                        && !matches!(e, zbus::Error::MethodError(..) | zbus::Error::FDO(_))
-                    {
-                        tracing::error!("the bus connection is lost ({e}): stopping");
-                        lost_flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                        let _ = tx.send(Command::Stop("the bus connection was lost")).await;
-                        break;
-                    }
-                }
-            }
-        });
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let supervisor = tokio::spawn(supervise(
+            service,
+            heartbeat,
+            interval,
+            stop_tx,
+            lost.clone(),
+        ));
         let r = done_rx
             .await
             .context("the engine thread ended without a result")?;
-        drop(conn);
+        supervisor.abort();
         anyhow::Ok((r, lost.load(std::sync::atomic::Ordering::SeqCst)))
     })?;
     rt.shutdown_timeout(Duration::from_millis(200));
@@ -378,4 +356,71 @@ fn run_daemon(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Feed the service manager's watchdog only while both halves of trustd work: the engine
+/// finished a drift check recently, and the service answers a property read sent through the
+/// bus. If the bus connection is lost, stop (exit 3) so that the service manager restarts
+/// trustd; enforcement stays in the kernel meanwhile.
+async fn supervise(
+    service: trustd::dbus::Service,
+    heartbeat: Arc<Heartbeat>,
+    interval: Duration,
+    stop: tokio::sync::mpsc::Sender<Command>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+) {
+    // The engine may take a while on one command (a large blocklist); past this without a
+    // drift check it counts as wedged.
+    let engine_bound = (interval * 3).max(Duration::from_secs(5));
+    let answer_bound = Duration::from_secs(2);
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(500)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_ping = tokio::time::Instant::now();
+    let mut healthy = true;
+    loop {
+        tick.tick().await;
+        // Without the bus, posture and commands are unreachable: stop so that the service
+        // manager restarts trustd. Any answer, even an error, means the connection is there;
+        // no answer in time is not "lost" (the watchdog decides that).
+        if last_ping.elapsed() >= Duration::from_secs(5) {
+            last_ping = tokio::time::Instant::now();
+            let ping = service.conn.call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "GetId",
+                &(),
+            );
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), ping).await
+                && !matches!(e, zbus::Error::MethodError(..) | zbus::Error::FDO(_))
+            {
+                tracing::error!("the bus connection is lost ({e}): stopping");
+                lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = stop
+                    .send(Command::Stop("the bus connection was lost"))
+                    .await;
+                return;
+            }
+        }
+        let engine_ok = heartbeat.age().is_some_and(|a| a <= engine_bound);
+        let bus_ok = service.answers(answer_bound).await;
+        if engine_ok && bus_ok {
+            if !healthy {
+                tracing::info!("the engine and the bus service answer again");
+            }
+            healthy = true;
+            if trustd::sys::watchdog_enabled()
+                && let Err(e) = trustd::sys::sd_notify("WATCHDOG=1")
+            {
+                tracing::warn!("watchdog ping: {e}");
+            }
+        } else if healthy {
+            healthy = false;
+            tracing::error!(
+                "not feeding the watchdog: engine {}, bus service {}",
+                if engine_ok { "turns" } else { "wedged" },
+                if bus_ok { "answers" } else { "does not answer" }
+            );
+        }
+    }
 }

@@ -3,6 +3,8 @@
 //! authorized here (from the caller's credentials as the bus daemon reported them), carried
 //! out, audited, the posture republished, and only then answered.
 
+use std::sync::PoisonError;
+
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Applied, Device, DeviceError};
@@ -82,6 +84,10 @@ impl RoleGroups {
         }
     }
 }
+
+/// Who holds which role, shared between the engine (which authorizes, and reloads it on
+/// SIGHUP) and the bus service (which queues privileged callers' calls in their own lane).
+pub type SharedGroups = std::sync::Arc<std::sync::RwLock<RoleGroups>>;
 
 /// What a caller asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +274,80 @@ pub enum Command {
     Stop(&'static str),
 }
 
+/// The engine's three queues, served in this order: `control` (signals, link changes, the
+/// service's own reports) before `admin` (calls of uid 0 and the admin group) before `user`
+/// (everyone else). A flood in a lower lane never delays a higher one by more than the one
+/// command the engine is carrying out; drift checks run on the engine's own timer.
+#[derive(Debug)]
+pub struct Queues {
+    /// Signals, link changes, busy summaries.
+    pub control: mpsc::Receiver<Command>,
+    /// Calls of privileged callers.
+    pub admin: mpsc::Receiver<Command>,
+    /// Calls of everyone else.
+    pub user: mpsc::Receiver<Command>,
+}
+
+/// The sending ends of [`Queues`].
+#[derive(Debug, Clone)]
+pub struct Senders {
+    /// Signals, link changes, busy summaries.
+    pub control: mpsc::Sender<Command>,
+    /// Calls of privileged callers.
+    pub admin: mpsc::Sender<Command>,
+    /// Calls of everyone else (the bus service only `try_send`s here: a full lane is a
+    /// refusal, never a wait).
+    pub user: mpsc::Sender<Command>,
+}
+
+/// Capacity of the user lane: ordinary callers' calls waiting for the engine, all uids
+/// together (each uid is held to far fewer by the bus service).
+pub const USER_LANE: usize = 256;
+
+/// The engine's queues: (senders, receivers).
+pub fn queues() -> (Senders, Queues) {
+    let (control_tx, control) = mpsc::channel(64);
+    let (admin_tx, admin) = mpsc::channel(64);
+    let (user_tx, user) = mpsc::channel(USER_LANE);
+    (
+        Senders {
+            control: control_tx,
+            admin: admin_tx,
+            user: user_tx,
+        },
+        Queues {
+            control,
+            admin,
+            user,
+        },
+    )
+}
+
+/// When the engine last finished a drift check, in milliseconds of the monotonic clock
+/// (`CLOCK_MONOTONIC`); 0 before the first. The service manager's watchdog is fed only while
+/// this is recent, so a wedged engine is restarted.
+#[derive(Debug, Default)]
+pub struct Heartbeat(std::sync::atomic::AtomicU64);
+
+impl Heartbeat {
+    fn beat(&self) {
+        self.0.store(
+            crate::sys::monotonic_ns() / 1_000_000,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// How long ago the engine last finished a drift check (`None`: never).
+    pub fn age(&self) -> Option<std::time::Duration> {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            t => Some(std::time::Duration::from_millis(
+                (crate::sys::monotonic_ns() / 1_000_000).saturating_sub(t),
+            )),
+        }
+    }
+}
+
 /// How the engine reads who holds which role again on reload.
 pub type Reconfigure = Box<dyn FnMut() -> Result<RoleGroups, String> + Send>;
 
@@ -275,13 +355,19 @@ pub type Reconfigure = Box<dyn FnMut() -> Result<RoleGroups, String> + Send>;
 pub struct Engine<B: Backend> {
     dev: Device,
     backend: B,
-    groups: RoleGroups,
+    groups: SharedGroups,
     posture: watch::Sender<Posture>,
     reconfigure: Reconfigure,
     clock: fn() -> Timestamp,
     checkpoint_every: u64,
     denials: Denials,
+    busy: BusySource,
+    busy_recorded: std::time::Instant,
 }
+
+/// Where the engine takes the counts of calls refused before they reached it (the bus
+/// service's admission limits): (uid, how many; `None`: callers not yet identified).
+pub type BusySource = Box<dyn Fn() -> Vec<(Option<u32>, u64)> + Send>;
 
 /// How many records a caller's calls may cause per uid, kind and minute (denials, launch
 /// refusals, launch reports: what any local user can trigger). Beyond that they are counted
@@ -389,12 +475,14 @@ impl<B: Backend> Engine<B> {
             Self {
                 dev,
                 backend,
-                groups,
+                groups: std::sync::Arc::new(std::sync::RwLock::new(groups)),
                 posture: tx,
                 reconfigure,
                 clock,
                 checkpoint_every: 1000,
                 denials: Denials::default(),
+                busy: Box::new(Vec::new),
+                busy_recorded: std::time::Instant::now(),
             },
             rx,
         ))
@@ -404,6 +492,37 @@ impl<B: Backend> Engine<B> {
     /// every clean stop). 0: only at stops and on request.
     pub fn set_checkpoint_every(&mut self, n: u64) {
         self.checkpoint_every = n;
+    }
+
+    /// Where to take the counts of calls refused as busy before they reached the engine;
+    /// they are recorded once a minute (one record per uid) and at stop.
+    pub fn set_busy_source(&mut self, source: BusySource) {
+        self.busy = source;
+    }
+
+    /// One record per uid for the calls refused as busy since the last time.
+    fn record_busy(&self) -> Result<(), DeviceError> {
+        for (uid, n) in (self.busy)() {
+            let who = uid.map_or_else(
+                || "callers not yet identified".to_owned(),
+                |u| format!("uid {u}"),
+            );
+            self.dev.audit().append(
+                Entry::new(
+                    "bus.busy",
+                    Outcome::Refused,
+                    Actor {
+                        uid,
+                        pid: None,
+                        bus_name: None,
+                    },
+                )
+                .reason(format!(
+                    "{n} calls of {who} refused unheard: too many of its calls were already waiting; nothing changed"
+                )),
+            )?;
+        }
+        Ok(())
     }
 
     /// A checkpoint if enough records came since the last; a failure is logged (and shows
@@ -454,69 +573,113 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
+    /// Who holds which role, as the engine sees it (updated on reload).
+    pub fn groups(&self) -> SharedGroups {
+        self.groups.clone()
+    }
+
     /// The device (for link state at start).
     pub fn device_mut(&mut self) -> &mut Device {
         &mut self.dev
     }
 
-    /// Take commands until Stop (or until every sender is gone). Errors of the audit log or
-    /// the state directory end the loop: the daemon exits and enforcement stays in the kernel.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) -> Result<(), DeviceError> {
+    /// Take commands until Stop (or until every sender is gone), and check the kernel for
+    /// drift every `interval` on the engine's own timer, so that enforcement is maintained
+    /// whatever the bus does. Errors of the audit log or the state directory end the loop:
+    /// the daemon exits and enforcement stays in the kernel.
+    ///
+    /// Run it on a runtime of its own thread (a current-thread tokio runtime): it waits only
+    /// on the queues and the timer, and the blocking work (fsync, nft) runs between waits.
+    pub async fn run(
+        mut self,
+        mut q: Queues,
+        interval: std::time::Duration,
+        heartbeat: std::sync::Arc<Heartbeat>,
+    ) -> Result<(), DeviceError> {
         self.publish();
-        while let Some(cmd) = rx.blocking_recv() {
-            match cmd {
-                Command::Call {
-                    caller,
-                    request,
-                    reply,
-                } => {
-                    let result = self.call(&caller, request);
-                    self.maybe_checkpoint();
-                    self.publish();
-                    // A caller that went away does not need its answer.
-                    let _ = reply.send(result);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // In priority order; a lane whose senders are all gone ends the loop.
+            let next = std::future::poll_fn(|cx| {
+                use std::task::Poll;
+                if let Poll::Ready(c) = q.control.poll_recv(cx) {
+                    return Poll::Ready(c);
                 }
-                Command::Tick => {
-                    let summaries = self.denials.expire(std::time::Instant::now());
-                    self.record_suppressed(summaries)?;
-                    if let Some(drift) = self.dev.check_drift(&mut self.backend, me())? {
-                        tracing::warn!("enforcement drift repaired: {drift}");
-                    }
-                    self.publish();
-                    // The watchdog is fed from here, so it proves that this loop turns and
-                    // that the kernel's ruleset was just checked.
-                    if crate::sys::watchdog_enabled()
-                        && let Err(e) = crate::sys::sd_notify("WATCHDOG=1")
-                    {
-                        tracing::warn!("watchdog ping: {e}");
-                    }
+                if tick.poll_tick(cx).is_ready() {
+                    return Poll::Ready(Some(Command::Tick));
                 }
-                Command::Links(events) => {
-                    if let Some(status) = self.dev.links_changed(&events, me())? {
-                        tracing::info!("network: {status}");
-                    }
-                    self.publish();
+                if let Poll::Ready(c) = q.admin.poll_recv(cx) {
+                    return Poll::Ready(c);
                 }
-                Command::Reload => {
-                    self.reload()?;
-                    self.publish();
-                }
-                Command::Stop(why) => {
-                    let summaries = self.denials.drain();
-                    self.record_suppressed(summaries)?;
-                    self.dev.audit().append(
-                        Entry::new("trustd.stop", Outcome::Ok, me())
-                            .reason(format!("{why}; enforcement stays in the kernel")),
-                    )?;
-                    // The log's last record is covered by a signed checkpoint.
-                    if let Err(e) = self.dev.checkpoint() {
-                        tracing::error!("no checkpoint at stop: {e}");
-                    }
-                    return Ok(());
-                }
+                q.user.poll_recv(cx)
+            })
+            .await;
+            let Some(cmd) = next else {
+                return Ok(());
+            };
+            if self.handle(cmd, &heartbeat)? {
+                return Ok(());
             }
         }
-        Ok(())
+    }
+
+    /// Carry out one command; `true` when it was Stop.
+    fn handle(&mut self, cmd: Command, heartbeat: &Heartbeat) -> Result<bool, DeviceError> {
+        match cmd {
+            Command::Call {
+                caller,
+                request,
+                reply,
+            } => {
+                let result = self.call(&caller, request);
+                self.maybe_checkpoint();
+                self.publish();
+                // A caller that went away does not need its answer.
+                let _ = reply.send(result);
+            }
+            Command::Tick => {
+                let now = std::time::Instant::now();
+                let summaries = self.denials.expire(now);
+                self.record_suppressed(summaries)?;
+                if now.duration_since(self.busy_recorded) >= DENIAL_WINDOW {
+                    self.busy_recorded = now;
+                    self.record_busy()?;
+                }
+                if let Some(drift) = self.dev.check_drift(&mut self.backend, me())? {
+                    tracing::warn!("enforcement drift repaired: {drift}");
+                }
+                self.publish();
+                // The watchdog is fed only while this is recent: it proves that this loop
+                // turns and that the kernel's ruleset was just checked.
+                heartbeat.beat();
+            }
+            Command::Links(events) => {
+                if let Some(status) = self.dev.links_changed(&events, me())? {
+                    tracing::info!("network: {status}");
+                }
+                self.publish();
+            }
+            Command::Reload => {
+                self.reload()?;
+                self.publish();
+            }
+            Command::Stop(why) => {
+                let summaries = self.denials.drain();
+                self.record_suppressed(summaries)?;
+                self.record_busy()?;
+                self.dev.audit().append(
+                    Entry::new("trustd.stop", Outcome::Ok, me())
+                        .reason(format!("{why}; enforcement stays in the kernel")),
+                )?;
+                // The log's last record is covered by a signed checkpoint.
+                if let Err(e) = self.dev.checkpoint() {
+                    tracing::error!("no checkpoint at stop: {e}");
+                }
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn publish(&self) {
@@ -533,7 +696,7 @@ impl<B: Backend> Engine<B> {
 
     fn reload(&mut self) -> Result<(), DeviceError> {
         match (self.reconfigure)() {
-            Ok(groups) => self.groups = groups,
+            Ok(groups) => *self.groups.write().unwrap_or_else(PoisonError::into_inner) = groups,
             Err(e) => tracing::error!("configuration not reloaded, the previous one stays: {e}"),
         }
         // A reload that cannot read the trust root or state keeps what is in force (the
@@ -553,7 +716,11 @@ impl<B: Backend> Engine<B> {
     }
 
     fn call(&mut self, caller: &Caller, request: Request) -> Result<Response, CallError> {
-        let role = self.groups.role(caller);
+        let role = self
+            .groups
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .role(caller);
         let name = request.name();
         if !permitted(&request, role, self.dev.user_may_disable_privacy()) {
             let why = format!(

@@ -9,4 +9,7 @@ mod device;
 pub mod engine;
 
 pub use device::{Applied, Device, DeviceError, Enforced};
-pub use engine::{CallError, Caller, Command, Engine, Request, Response, Role, RoleGroups};
+pub use engine::{
+    CallError, Caller, Command, Engine, Heartbeat, Queues, Request, Response, Role, RoleGroups,
+    Senders, SharedGroups, queues,
+};

@@ -1,7 +1,7 @@
 //! `org.enigm.Trust1.Audit`: the audit log (admins only).
 
+use zbus::interface;
 use zbus::message::Header;
-use zbus::{Connection, interface};
 
 use super::{Handle, error::Result, unexpected};
 use crate::daemon::{Request, Response};
@@ -24,15 +24,10 @@ const MAX_TAIL: u32 = 10_000;
 #[interface(name = "org.enigm.Trust1.Audit")]
 impl Audit {
     /// The last `n` records (at most 10000), one JSON object each, oldest first.
-    async fn tail(
-        &self,
-        n: u32,
-        #[zbus(connection)] conn: &Connection,
-        #[zbus(header)] hdr: Header<'_>,
-    ) -> Result<Vec<String>> {
+    async fn tail(&self, n: u32, #[zbus(header)] hdr: Header<'_>) -> Result<Vec<String>> {
         match self
             .h
-            .call(conn, &hdr, Request::AuditTail(n.min(MAX_TAIL)))
+            .call(&hdr, Request::AuditTail(n.min(MAX_TAIL)))
             .await?
         {
             Response::Lines(l) => Ok(l),
@@ -42,12 +37,8 @@ impl Audit {
 
     /// A checkpoint of the log as it is now: a C2SP signed note (origin, size, root hash)
     /// signed by the device key. Keep it: later logs can be proven to extend it.
-    async fn checkpoint(
-        &self,
-        #[zbus(connection)] conn: &Connection,
-        #[zbus(header)] hdr: Header<'_>,
-    ) -> Result<String> {
-        match self.h.call(conn, &hdr, Request::Checkpoint).await? {
+    async fn checkpoint(&self, #[zbus(header)] hdr: Header<'_>) -> Result<String> {
+        match self.h.call(&hdr, Request::Checkpoint).await? {
             Response::Text(t) => Ok(t),
             r => Err(unexpected(&r)),
         }
@@ -56,12 +47,8 @@ impl Audit {
     /// Check the whole log: the chain, the segments and the head. Returns the records read
     /// and every problem found (none: intact).
     #[zbus(out_args("records", "problems"))]
-    async fn verify(
-        &self,
-        #[zbus(connection)] conn: &Connection,
-        #[zbus(header)] hdr: Header<'_>,
-    ) -> Result<(u64, Vec<String>)> {
-        match self.h.call(conn, &hdr, Request::AuditVerify).await? {
+    async fn verify(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(u64, Vec<String>)> {
+        match self.h.call(&hdr, Request::AuditVerify).await? {
             Response::Verified { records, problems } => Ok((records, problems)),
             r => Err(unexpected(&r)),
         }

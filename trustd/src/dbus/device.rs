@@ -1,7 +1,7 @@
 //! `org.enigm.Trust1.Device`: signed lifecycle commands (admins, and the signature decides).
 
+use zbus::interface;
 use zbus::message::Header;
-use zbus::{Connection, interface};
 
 use super::{Handle, error::Result, unexpected};
 use crate::daemon::{Request, Response};
@@ -27,14 +27,9 @@ impl Device {
     async fn apply_command(
         &self,
         envelope: Vec<u8>,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(String, String)> {
-        match self
-            .h
-            .call(conn, &hdr, Request::ApplyCommand(envelope))
-            .await?
-        {
+        match self.h.call(&hdr, Request::ApplyCommand(envelope)).await? {
             Response::Lifecycle { from, to } => Ok((from, to)),
             r => Err(unexpected(&r)),
         }

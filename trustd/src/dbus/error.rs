@@ -18,6 +18,9 @@ pub enum Error {
     UnknownStep(String),
     /// The daemon could not carry the call out; the state in force stays.
     Failed(String),
+    /// Too many of the caller's calls are already waiting; this one was not heard and
+    /// nothing changed. Retry once an earlier call is answered.
+    Busy(String),
 }
 
 impl From<CallError> for Error {

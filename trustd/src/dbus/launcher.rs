@@ -1,7 +1,7 @@
 //! `org.enigm.Trust1.Launcher`: launch decisions (everyone).
 
+use zbus::interface;
 use zbus::message::Header;
-use zbus::{Connection, interface};
 
 use super::{Handle, error::Result, unexpected};
 use crate::daemon::{Request, Response};
@@ -29,12 +29,11 @@ impl Launcher {
         &self,
         app_id: String,
         exe: String,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(bool, String, String)> {
         match self
             .h
-            .call(conn, &hdr, Request::CheckLaunch { app: app_id, exe })
+            .call(&hdr, Request::CheckLaunch { app: app_id, exe })
             .await?
         {
             Response::Launch {
@@ -54,13 +53,11 @@ impl Launcher {
         app_id: String,
         started: bool,
         reason: String,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<()> {
         match self
             .h
             .call(
-                conn,
                 &hdr,
                 Request::ReportLaunch {
                     app: app_id,

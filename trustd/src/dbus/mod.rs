@@ -9,6 +9,7 @@ mod audit;
 pub mod client;
 mod device;
 mod error;
+mod gate;
 mod launcher;
 mod policy;
 mod posture;
@@ -16,15 +17,17 @@ mod privacy;
 mod setup;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OnceCell, oneshot, watch};
 use zbus::Connection;
 use zbus::message::Header;
 use zbus::names::BusName;
 
-use crate::daemon::{Caller, Command, Request, Response};
+use crate::daemon::{Caller, Command, Request, Response, Role, Senders, SharedGroups};
 pub use error::Error;
+pub use gate::Gate;
 
 /// The well-known name.
 pub const BUS_NAME: &str = "org.enigm.Trust1";
@@ -45,90 +48,132 @@ pub const INTERFACES: [&str; 7] = [
 /// only bounded.
 const MAX_CACHED_CALLERS: usize = 4096;
 
-/// What every interface shares: the engine's queue and the callers seen so far.
+/// How long the bus daemon has to report a caller's credentials before the call is refused.
+pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One caller's credentials, looked up once however many of its calls wait for them.
+type CallerCell = Arc<OnceCell<Caller>>;
+
+/// What every interface shares: the engine's lanes, who holds which role, the admission
+/// limits, and the callers seen so far.
+///
+/// Callers' credentials are asked of the bus daemon over a second connection of its own, so
+/// that their answers never queue behind the calls the serving connection is dispatching:
+/// however many calls arrive, the lookups complete (or time out after
+/// [`CREDENTIALS_TIMEOUT`]).
 #[derive(Debug, Clone)]
 pub struct Handle {
-    tx: mpsc::Sender<Command>,
-    callers: Arc<Mutex<HashMap<String, Caller>>>,
+    lanes: Senders,
+    groups: SharedGroups,
+    gate: Gate,
+    dbus: zbus::fdo::DBusProxy<'static>,
+    callers: Arc<Mutex<HashMap<String, CallerCell>>>,
+}
+
+fn busy() -> Error {
+    Error::Busy(format!(
+        "too many calls of this caller are already waiting (at most {} per connection and {} per user); nothing changed, retry after an answer",
+        gate::PER_CONNECTION,
+        gate::PER_UID
+    ))
 }
 
 impl Handle {
-    /// A handle on the engine's queue.
-    pub fn new(tx: mpsc::Sender<Command>) -> Self {
-        Self {
-            tx,
-            callers: Arc::default(),
+    /// The caller of the message, from the bus daemon's `GetConnectionCredentials` for the
+    /// message's sender: never from the body, never this process's own identity.
+    async fn caller(&self, sender: &zbus::names::UniqueName<'_>) -> error::Result<Caller> {
+        let name = sender.as_str().to_owned();
+        let cell = {
+            let mut cache = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() >= MAX_CACHED_CALLERS && !cache.contains_key(&name) {
+                cache.clear();
+            }
+            cache.entry(name.clone()).or_default().clone()
+        };
+        let caller = cell
+            .get_or_try_init(|| async {
+                let creds = tokio::time::timeout(
+                    CREDENTIALS_TIMEOUT,
+                    self.dbus
+                        .get_connection_credentials(BusName::Unique(sender.to_owned())),
+                )
+                .await
+                .map_err(|_| {
+                    Error::AccessDenied(
+                        "the bus did not report the caller's credentials in time; nothing changed"
+                            .into(),
+                    )
+                })?
+                .map_err(|e| Error::AccessDenied(format!("the caller's credentials: {e}")))?;
+                let uid = creds.unix_user_id().ok_or_else(|| {
+                    Error::AccessDenied("the bus did not report the caller's uid".into())
+                })?;
+                Ok::<_, Error>(Caller {
+                    uid,
+                    // No groups reported means no group membership: fail closed.
+                    gids: creds.unix_group_ids().cloned().unwrap_or_default(),
+                    pid: creds.process_id(),
+                    bus_name: name.clone(),
+                })
+            })
+            .await;
+        match caller {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => {
+                // Not cached: the next call asks again.
+                self.callers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&name);
+                Err(e)
+            }
         }
     }
 
-    /// The caller of the message, from the bus daemon's `GetConnectionCredentials` for the
-    /// message's sender: never from the body, never this process's own identity.
-    async fn caller(&self, conn: &Connection, hdr: &Header<'_>) -> error::Result<Caller> {
+    /// Admit the call, identify the caller, queue the request in its caller's lane, wait for
+    /// the engine's answer. A call over its connection's or its uid's limit, or finding the
+    /// ordinary callers' lane full, is refused at once with `Busy` (counted, and recorded as
+    /// one record per uid).
+    async fn call(&self, hdr: &Header<'_>, request: Request) -> error::Result<Response> {
         let sender = hdr
             .sender()
             .ok_or_else(|| Error::AccessDenied("the call carries no sender".into()))?;
-        let name = sender.as_str().to_owned();
-        if let Some(c) = self.cached(&name) {
-            return Ok(c);
-        }
-        let dbus = zbus::fdo::DBusProxy::builder(conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await?;
-        let creds = dbus
-            .get_connection_credentials(BusName::Unique(sender.to_owned()))
-            .await
-            .map_err(|e| Error::AccessDenied(format!("the caller's credentials: {e}")))?;
-        let uid = creds
-            .unix_user_id()
-            .ok_or_else(|| Error::AccessDenied("the bus did not report the caller's uid".into()))?;
-        let caller = Caller {
-            uid,
-            // No groups reported means no group membership: fail closed.
-            gids: creds.unix_group_ids().cloned().unwrap_or_default(),
-            pid: creds.process_id(),
-            bus_name: name.clone(),
-        };
-        let mut cache = self
-            .callers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= MAX_CACHED_CALLERS {
-            cache.clear();
-        }
-        cache.insert(name, caller.clone());
-        Ok(caller)
-    }
-
-    fn cached(&self, name: &str) -> Option<Caller> {
-        self.callers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .cloned()
-    }
-
-    /// Identify the caller, queue the request, wait for the engine's answer.
-    async fn call(
-        &self,
-        conn: &Connection,
-        hdr: &Header<'_>,
-        request: Request,
-    ) -> error::Result<Response> {
-        let caller = self.caller(conn, hdr).await?;
+        let mut ticket = self.gate.enter(sender.as_str()).ok_or_else(busy)?;
+        let caller = self.caller(sender).await?;
+        let role = self
+            .groups
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .role(&caller);
+        let uid = caller.uid;
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Call {
-                caller,
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| Error::Failed("trustd is stopping; nothing changed".into()))?;
-        answer
+        let cmd = Command::Call {
+            caller,
+            request,
+            reply,
+        };
+        let stopping = || Error::Failed("trustd is stopping; nothing changed".into());
+        if role == Role::Admin {
+            self.lanes.admin.send(cmd).await.map_err(|_| stopping())?;
+        } else {
+            if !ticket.charge_uid(uid) {
+                return Err(busy());
+            }
+            match self.lanes.user.try_send(cmd) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    self.gate.count_refusal(Some(uid));
+                    return Err(busy());
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Err(stopping()),
+            }
+        }
+        let answer = answer
             .await
             .map_err(|_| Error::Failed("trustd stopped before answering".into()))?
-            .map_err(Error::from)
+            .map_err(Error::from);
+        drop(ticket);
+        answer
     }
 }
 
@@ -144,15 +189,65 @@ fn unexpected(r: &Response) -> Error {
     Error::Failed(format!("internal: unexpected answer {r:?}"))
 }
 
+/// The service on the bus: the serving connection, and the second one it uses to ask the bus
+/// daemon for callers' credentials and to check that the service answers.
+#[derive(Debug)]
+pub struct Service {
+    /// The connection that owns [`BUS_NAME`] and serves the interfaces.
+    pub conn: Connection,
+    /// The connection for credential lookups and self-checks.
+    pub aux: Connection,
+}
+
+impl Service {
+    /// Whether the service answers through the bus: a posture property read from the second
+    /// connection, routed by the bus daemon to the serving one, within `timeout`. This is
+    /// what a client sees; the watchdog is fed only while it holds.
+    pub async fn answers(&self, timeout: Duration) -> bool {
+        let call = self.aux.call_method(
+            Some(BUS_NAME),
+            OBJECT_PATH,
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &(INTERFACES[0], "Level"),
+        );
+        matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(_)))
+    }
+}
+
+fn builder(address: Option<&str>) -> zbus::connection::Builder<'_> {
+    match address {
+        Some(a) => zbus::connection::Builder::address(a),
+        None => zbus::connection::Builder::system(),
+    }
+}
+
 /// Register every interface, take the bus name, and start sending `PropertiesChanged` for
 /// posture changes. The name is taken only once the interfaces are there, so a client that
-/// sees the name can call at once.
+/// sees the name can call at once. `address`: the bus (default: the system bus).
+///
+/// Calls are queued in `lanes` (privileged callers in the admin lane), each admitted by
+/// `gate`; `groups` says who is privileged.
 pub async fn serve(
-    builder: zbus::connection::Builder<'_>,
-    handle: Handle,
+    address: Option<&str>,
+    lanes: Senders,
+    groups: SharedGroups,
+    gate: Gate,
     posture_rx: watch::Receiver<crate::posture::Posture>,
-) -> zbus::Result<Connection> {
-    let conn = builder
+) -> zbus::Result<Service> {
+    let aux = builder(address).build().await?;
+    let dbus = zbus::fdo::DBusProxy::builder(&aux)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    let handle = Handle {
+        lanes,
+        groups,
+        gate,
+        dbus,
+        callers: Arc::default(),
+    };
+    let conn = builder(address)
         .serve_at(
             OBJECT_PATH,
             posture::Posture::new(posture_rx.clone(), handle.clone()),
@@ -168,5 +263,5 @@ pub async fn serve(
         .await?;
     let emitter = zbus::object_server::SignalEmitter::new(&conn, OBJECT_PATH)?.into_owned();
     tokio::spawn(posture::signal_changes(emitter, posture_rx));
-    Ok(conn)
+    Ok(Service { conn, aux })
 }

@@ -1,7 +1,7 @@
 //! `org.enigm.Trust1.Policy`: signed inputs (admins only, and the signatures decide).
 
+use zbus::interface;
 use zbus::message::Header;
-use zbus::{Connection, interface};
 
 use super::{Handle, error::Result, unexpected};
 use crate::daemon::{Applied, Request, Response};
@@ -17,13 +17,8 @@ impl Policy {
         Self { h }
     }
 
-    async fn apply(
-        &self,
-        conn: &Connection,
-        hdr: &Header<'_>,
-        r: Request,
-    ) -> Result<(u64, u64, String, u64)> {
-        match self.h.call(conn, hdr, r).await? {
+    async fn apply(&self, hdr: &Header<'_>, r: Request) -> Result<(u64, u64, String, u64)> {
+        match self.h.call(hdr, r).await? {
             Response::Applied(Applied {
                 from_serial,
                 to_serial,
@@ -43,10 +38,9 @@ impl Policy {
     async fn apply_bundle(
         &self,
         envelope: Vec<u8>,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(u64, u64, String, u64)> {
-        self.apply(conn, &hdr, Request::ApplyBundle(envelope)).await
+        self.apply(&hdr, Request::ApplyBundle(envelope)).await
     }
 
     /// Verify a signed intel feed and put its blocklists in force.
@@ -54,10 +48,9 @@ impl Policy {
     async fn apply_intel_feed(
         &self,
         envelope: Vec<u8>,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(u64, u64, String, u64)> {
-        self.apply(conn, &hdr, Request::ApplyIntel(envelope)).await
+        self.apply(&hdr, Request::ApplyIntel(envelope)).await
     }
 
     /// Verify a trust-root rotation signed by the current root and install it.
@@ -65,20 +58,14 @@ impl Policy {
     async fn apply_trust_root(
         &self,
         envelope: Vec<u8>,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(u64, u64, String, u64)> {
-        self.apply(conn, &hdr, Request::ApplyTrustRoot(envelope))
-            .await
+        self.apply(&hdr, Request::ApplyTrustRoot(envelope)).await
     }
 
     /// The last-good policy's payload as JSON (empty: none installed).
-    async fn active_policy(
-        &self,
-        #[zbus(connection)] conn: &Connection,
-        #[zbus(header)] hdr: Header<'_>,
-    ) -> Result<String> {
-        match self.h.call(conn, &hdr, Request::ActivePolicy).await? {
+    async fn active_policy(&self, #[zbus(header)] hdr: Header<'_>) -> Result<String> {
+        match self.h.call(&hdr, Request::ActivePolicy).await? {
             Response::Text(t) => Ok(t),
             r => Err(unexpected(&r)),
         }

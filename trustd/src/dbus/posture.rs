@@ -9,7 +9,6 @@ use zbus::interface;
 use zbus::names::InterfaceName;
 use zbus::object_server::SignalEmitter;
 
-use zbus::Connection;
 use zbus::message::Header;
 
 use super::{Handle, error::Result, unexpected};
@@ -29,10 +28,10 @@ impl Posture {
     }
 }
 
-// Property reads are answered in the dispatch task without spawning one each (they only read
-// the snapshot). The two methods wait on the bus daemon (caller credentials) and the engine,
-// never on this service, so running them in order cannot deadlock.
-#[interface(name = "org.enigm.Trust1.Posture", spawn = false)]
+// Each method call runs in a task of its own, so that a call waiting for the engine never
+// holds up the dispatch of others; the bus service's admission limits (`gate`) bound how
+// many such tasks a caller can have.
+#[interface(name = "org.enigm.Trust1.Posture")]
 impl Posture {
     /// This device's handle for `verifier` (a verifier id such as `mdm.example.org`):
     /// HMAC-SHA256 of the device secret and the id, 22 characters of base64url. Stable for
@@ -40,14 +39,9 @@ impl Posture {
     async fn get_device_handle(
         &self,
         verifier: String,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<String> {
-        match self
-            .h
-            .call(conn, &hdr, Request::DeviceHandle(verifier))
-            .await?
-        {
+        match self.h.call(&hdr, Request::DeviceHandle(verifier)).await? {
             Response::Text(t) => Ok(t),
             r => Err(unexpected(&r)),
         }
@@ -56,13 +50,8 @@ impl Posture {
     /// A posture report answering `nonce` (8 to 128 of [A-Za-z0-9_-]): the posture, its
     /// evidence (policy and ruleset digests, a fresh audit checkpoint, boot id, kernel,
     /// Landlock ABI) and the nonce, as a DSSE envelope (JSON) signed by the device key.
-    async fn get_report(
-        &self,
-        nonce: String,
-        #[zbus(connection)] conn: &Connection,
-        #[zbus(header)] hdr: Header<'_>,
-    ) -> Result<String> {
-        match self.h.call(conn, &hdr, Request::Report(nonce)).await? {
+    async fn get_report(&self, nonce: String, #[zbus(header)] hdr: Header<'_>) -> Result<String> {
+        match self.h.call(&hdr, Request::Report(nonce)).await? {
             Response::Text(t) => Ok(t),
             r => Err(unexpected(&r)),
         }

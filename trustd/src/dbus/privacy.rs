@@ -1,8 +1,8 @@
 //! `org.enigm.Trust1.Privacy`: privacy mode on (everyone) or off (admins, or users where the
 //! policy allows it).
 
+use zbus::interface;
 use zbus::message::Header;
-use zbus::{Connection, interface};
 
 use super::{Handle, error::Result, unexpected};
 use crate::daemon::{Request, Response};
@@ -23,13 +23,8 @@ impl Privacy {
 impl Privacy {
     /// Turn privacy mode on or off. Returns once the change is recorded in the audit log and
     /// the matching ruleset is confirmed in the kernel.
-    async fn set_privacy_mode(
-        &self,
-        on: bool,
-        #[zbus(connection)] conn: &Connection,
-        #[zbus(header)] hdr: Header<'_>,
-    ) -> Result<()> {
-        match self.h.call(conn, &hdr, Request::SetPrivacy(on)).await? {
+    async fn set_privacy_mode(&self, on: bool, #[zbus(header)] hdr: Header<'_>) -> Result<()> {
+        match self.h.call(&hdr, Request::SetPrivacy(on)).await? {
             Response::Done => Ok(()),
             r => Err(unexpected(&r)),
         }

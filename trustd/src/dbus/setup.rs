@@ -1,7 +1,7 @@
 //! `org.enigm.Trust1.Setup`: setup steps (the setup role and admins).
 
+use zbus::interface;
 use zbus::message::Header;
-use zbus::{Connection, interface};
 
 use super::{Handle, error::Result, unexpected};
 use crate::daemon::{Request, Response};
@@ -22,13 +22,8 @@ impl Setup {
 impl Setup {
     /// Mark a step the policy requires as complete. When the last one completes, the network
     /// leaves the bootstrap allowlist for the policy.
-    async fn complete_step(
-        &self,
-        step: String,
-        #[zbus(connection)] conn: &Connection,
-        #[zbus(header)] hdr: Header<'_>,
-    ) -> Result<()> {
-        match self.h.call(conn, &hdr, Request::CompleteStep(step)).await? {
+    async fn complete_step(&self, step: String, #[zbus(header)] hdr: Header<'_>) -> Result<()> {
+        match self.h.call(&hdr, Request::CompleteStep(step)).await? {
             Response::Done => Ok(()),
             r => Err(unexpected(&r)),
         }
