@@ -59,7 +59,9 @@ pub fn trustctl(cwd: &std::path::Path, args: &[&str]) -> Run {
 }
 
 pub mod bus;
+pub mod flood;
 pub mod lab;
+pub mod rawbus;
 
 /// A single-threaded tokio runtime for a test's bus calls.
 pub fn rt() -> tokio::runtime::Runtime {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tests::bus::{ADMIN_GROUP, BusPolicy, SETUP_GROUP, gid};
 use tests::lab::{Daemon, Lab, can_run, lab_policy};
+use tests::rawbus::raw_message;
 use tests::{bin, rt};
 use trustd::dbus::client::Client;
 
@@ -462,47 +463,6 @@ fn introspection_matches_the_committed_xml() {
             "{iface}"
         );
     }
-}
-
-/// A D-Bus message built by hand (little-endian), so that a test can send what no library
-/// would: here, a string that is not UTF-8.
-fn raw_message(serial: u32, fields: &[(u8, char, &[u8])], sig: &str, body: &[u8]) -> Vec<u8> {
-    fn pad(v: &mut Vec<u8>, to: usize) {
-        while !v.len().is_multiple_of(to) {
-            v.push(0);
-        }
-    }
-    let mut f = Vec::new();
-    let mut all: Vec<(u8, char, &[u8])> = fields.to_vec();
-    if !sig.is_empty() {
-        all.push((8, 'g', sig.as_bytes()));
-    }
-    for (code, ty, value) in all {
-        pad(&mut f, 8);
-        f.push(code);
-        f.extend([1, ty as u8, 0]);
-        match ty {
-            'g' => {
-                f.push(u8::try_from(value.len()).expect("short"));
-                f.extend(value);
-                f.push(0);
-            }
-            _ => {
-                pad(&mut f, 4);
-                f.extend(u32::try_from(value.len()).expect("len").to_le_bytes());
-                f.extend(value);
-                f.push(0);
-            }
-        }
-    }
-    let mut m = vec![b'l', 1, 0, 1];
-    m.extend(u32::try_from(body.len()).expect("len").to_le_bytes());
-    m.extend(serial.to_le_bytes());
-    m.extend(u32::try_from(f.len()).expect("len").to_le_bytes());
-    m.extend(f);
-    pad(&mut m, 8);
-    m.extend(body);
-    m
 }
 
 /// Say Hello and call CompleteStep(`step`) over a raw socket; returns what came back until

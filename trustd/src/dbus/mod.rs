@@ -15,6 +15,7 @@ mod policy;
 mod posture;
 mod privacy;
 mod setup;
+mod socket;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -215,11 +216,25 @@ impl Service {
     }
 }
 
-fn builder(address: Option<&str>) -> zbus::connection::Builder<'_> {
-    match address {
-        Some(a) => zbus::connection::Builder::address(a),
-        None => zbus::connection::Builder::system(),
-    }
+/// The system bus's address (`$DBUS_SYSTEM_BUS_ADDRESS`, or the specification's default).
+fn system_bus_address() -> String {
+    std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+        .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".to_owned())
+}
+
+/// A connection builder for `address` (default: the system bus) over a socket that takes no
+/// file descriptors ([`socket::NoFds`]); addresses other than `unix:path=` are refused.
+async fn builder(address: Option<&str>) -> zbus::Result<zbus::connection::Builder<'static>> {
+    let address = address.map_or_else(system_bus_address, str::to_owned);
+    let path = socket::unix_path(&address).ok_or_else(|| {
+        zbus::Error::Address(format!(
+            "{address}: trustd serves only on a unix:path= bus address"
+        ))
+    })?;
+    let sock = socket::NoFds::connect(path)
+        .await
+        .map_err(|e| zbus::Error::InputOutput(std::sync::Arc::new(e)))?;
+    Ok(zbus::connection::Builder::socket(sock))
 }
 
 /// Register every interface, take the bus name, and start sending `PropertiesChanged` for
@@ -235,7 +250,7 @@ pub async fn serve(
     gate: Gate,
     posture_rx: watch::Receiver<crate::posture::Posture>,
 ) -> zbus::Result<Service> {
-    let aux = builder(address).build().await?;
+    let aux = builder(address).await?.build().await?;
     let dbus = zbus::fdo::DBusProxy::builder(&aux)
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
@@ -248,6 +263,7 @@ pub async fn serve(
         callers: Arc::default(),
     };
     let conn = builder(address)
+        .await?
         .serve_at(
             OBJECT_PATH,
             posture::Posture::new(posture_rx.clone(), handle.clone()),

@@ -1,0 +1,124 @@
+//! flood: a hostile local client of trustd's bus service, for the flood test and benchmark.
+//! It runs as whoever starts it (the tests use `setpriv` to make it an ordinary user) until
+//! killed or MILLIS have passed.
+//!
+//! ```text
+//! flood ADDRESS SHAPE MILLIS
+//!   noreply  one connection, GetDeviceHandle pipelined with NO_REPLY_EXPECTED, never reading
+//!   unread   one connection, calls pipelined, replies never read
+//!   fds      one connection, calls with 4 file descriptors attached each, never reading
+//!   hangup   connections that send 4 calls and close at once, over and over
+//!   names    32 connections calling GetDeviceHandle and GetReport with a new name each time
+//!   conns    200 connections, each with 4 calls pipelined, held open unread
+//! ```
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use tests::rawbus::{NO_REPLY_EXPECTED, RawConn};
+
+fn pipelined(address: &str, until: Instant, flags: u8, fds: bool) {
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    let four = [null.as_raw_fd(); 4];
+    let mut n = 0u64;
+    while Instant::now() < until {
+        let Ok(mut c) = RawConn::connect(address, fds) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let _ = c.sock.set_write_timeout(Some(Duration::from_millis(200)));
+        while Instant::now() < until {
+            n += 1;
+            let name = format!("verifier{n}.example.org");
+            let sent = if fds {
+                let m = c.call_bytes("Posture", "GetDeviceHandle", &name, flags, 4);
+                c.send_with_fds(&m, &four)
+            } else {
+                let m = c.call_bytes("Posture", "GetDeviceHandle", &name, flags, 0);
+                c.sock.write_all(&m)
+            };
+            match sent {
+                Ok(()) => {}
+                // The bus stopped reading from us (its limits): keep the connection, wait.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+fn hangup(address: &str, until: Instant) {
+    while Instant::now() < until {
+        if let Ok(mut c) = RawConn::connect(address, false) {
+            for i in 0..4 {
+                let m = c.call_bytes("Posture", "GetDeviceHandle", &format!("h{i}.example"), 0, 0);
+                let _ = c.sock.write_all(&m);
+            }
+        }
+    }
+}
+
+fn conns(address: &str, until: Instant) {
+    let mut held = Vec::new();
+    while Instant::now() < until {
+        if held.len() < 200
+            && let Ok(mut c) = RawConn::connect(address, false)
+        {
+            for i in 0..4 {
+                let m = c.call_bytes("Privacy", "SetPrivacyMode", &format!("c{i}"), 0, 0);
+                let _ = c.sock.write_all(&m);
+            }
+            held.push(c);
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn names(address: &str, until: Instant) {
+    let rt = tests::rt();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..32u32 {
+            let address = address.to_owned();
+            tasks.push(tokio::spawn(async move {
+                let Ok(c) = trustd::dbus::client::Client::connect(Some(&address)).await else {
+                    return;
+                };
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    n += 1;
+                    let _ = c.device_handle(&format!("n{t}x{n}.example.org")).await;
+                    let _ = c.report(&format!("nonce{t}x{n}")).await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, address, shape, millis] = args.as_slice() else {
+        eprintln!("usage: flood ADDRESS SHAPE MILLIS");
+        std::process::exit(2);
+    };
+    let until = Instant::now() + Duration::from_millis(millis.parse().unwrap_or(10_000));
+    match shape.as_str() {
+        "noreply" => pipelined(address, until, NO_REPLY_EXPECTED, false),
+        "unread" => pipelined(address, until, 0, false),
+        "fds" => pipelined(address, until, 0, true),
+        "hangup" => hangup(address, until),
+        "names" => names(address, until),
+        "conns" => conns(address, until),
+        other => {
+            eprintln!("flood: unknown shape {other:?}");
+            std::process::exit(2);
+        }
+    }
+}

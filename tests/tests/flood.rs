@@ -1,0 +1,106 @@
+//! Regression: an ordinary user froze trustd by pipelining ~300 `GetDeviceHandle` calls with
+//! NO_REPLY_EXPECTED on one connection (the service asked the bus for each caller's
+//! credentials on the connection it was dispatching from, and the drift check waited on the
+//! bus). Here hostile clients of every shape (pipelined no-reply calls, replies never read,
+//! file descriptors attached, connections dropped mid-call, thousands of names, hundreds of
+//! connections), as two ordinary users at once, flood trustd on a real dbus-daemon with the
+//! shipped bus policy. Root's calls keep completing, a deleted table is put back by the
+//! drift check, memory and descriptors stay bounded, and the refusals are on record.
+
+use std::time::{Duration, Instant};
+
+use tests::bus::BusPolicy;
+use tests::flood::{Flood, SHAPES, admin_latencies, usage};
+use tests::lab::{can_run, lab_policy, serve};
+
+#[test]
+fn a_flood_by_ordinary_users_stops_neither_roots_calls_nor_drift_repair() {
+    if !can_run(&["ip", "nft", "setpriv", "dbus-daemon"]) {
+        return;
+    }
+    let (lab, mut daemon) = serve("fl", lab_policy("direct"), BusPolicy::Shipped);
+    let addr = daemon.bus.address.clone();
+    let pid = daemon.id();
+    let (rss0, fds0) = usage(pid);
+    let flood = Flood::start(&addr, &SHAPES, 60_000);
+    std::thread::sleep(Duration::from_secs(3));
+
+    let (mut rss_max, mut fds_max) = (rss0, fds0);
+    let mut all = Vec::new();
+    let mut bus = Vec::new();
+    let mut repairs = Vec::new();
+    for round in 0..4 {
+        // Root's calls, on one connection and on fresh ones (as trustctl makes them).
+        let l = admin_latencies(&addr, 50, Duration::from_secs(5));
+        assert_eq!(
+            l.timeouts, 0,
+            "round {round}: root's calls timed out under the flood"
+        );
+        all.extend(l.admin);
+        bus.extend(l.bus);
+        let t = Instant::now();
+        let out = tests::trustctl(std::path::Path::new("/"), &["--bus", &addr, "status"]);
+        assert_eq!(
+            out.code, 0,
+            "trustctl status under the flood: {}",
+            out.stderr
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "trustctl status took {:?}",
+            t.elapsed()
+        );
+
+        // Someone deletes the policy table: the drift check (every 1 s) puts it back.
+        lab.dev_sh("nft delete table inet trustd");
+        let t = Instant::now();
+        while !lab.dev_sh("nft list tables").contains("inet trustd\n") {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "round {round}: the deleted table was not restored within 3 s under the flood"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        repairs.push(t.elapsed());
+
+        let (rss, fds) = usage(pid);
+        rss_max = rss_max.max(rss);
+        fds_max = fds_max.max(fds);
+    }
+    drop(flood);
+    eprintln!(
+        "under the flood: {} root calls, p50 {} us, p99 {} us (the bus daemon's GetId: p50 {} us, p99 {} us); table restored in {:?}; trustd RSS {} -> {} KiB at most, fds {} -> {} at most",
+        all.len(),
+        tests::flood::percentile(&all, 50),
+        tests::flood::percentile(&all, 99),
+        tests::flood::percentile(&bus, 50),
+        tests::flood::percentile(&bus, 99),
+        repairs,
+        rss0,
+        rss_max,
+        fds0,
+        fds_max
+    );
+    assert!(
+        rss_max < rss0 + 64 * 1024,
+        "trustd's memory grew by more than 64 MiB under the flood ({rss0} -> {rss_max} KiB)"
+    );
+    assert!(
+        fds_max < fds0 + 256,
+        "trustd's descriptors grew by more than 256 under the flood ({fds0} -> {fds_max})"
+    );
+    assert!(
+        daemon.terminate().success(),
+        "trustd stops cleanly after the flood"
+    );
+    let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
+    let busy: Vec<_> = records.iter().filter(|r| r.kind == "bus.busy").collect();
+    assert!(!busy.is_empty(), "the calls refused as busy are on record");
+    assert!(
+        busy.iter()
+            .all(|r| r.actor.uid.is_none_or(|u| u == 7 || u == 65534)),
+        "only the flooding users were refused: {busy:?}"
+    );
+    let drift = records.iter().filter(|r| r.kind.contains("drift")).count();
+    assert!(drift >= 4, "each repair is audited ({drift} drift records)");
+}
