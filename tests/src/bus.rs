@@ -63,6 +63,11 @@ impl Bus {
         }
     }
 
+    /// The bus daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Start a bus with `policy`; `extra` is more config (e.g. for a benchmark's service).
     pub fn start(policy: BusPolicy, extra: &str) -> Self {
         let dir = tempfile::Builder::new()

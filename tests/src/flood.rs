@@ -14,15 +14,31 @@ pub const SHAPES: [&str; 6] = ["noreply", "unread", "fds", "hangup", "names", "c
 pub const USERS: [(u32, u32); 2] = [(7, 7), (65534, 65534)];
 
 /// Running hostile clients; killed when dropped.
+///
+/// On a device, ordinary users' processes run in systemd's `user.slice` and trustd and the bus
+/// daemon in `system.slice`, which the kernel weighs against each other as two groups however
+/// many processes each holds. Where the cgroup v1 `cpu` controller is writable (this machine),
+/// the clients share one cpu group of default weight the same way, so that a dozen busy
+/// clients count as one competitor for the CPU, not twelve; elsewhere they run as they are.
 #[derive(Debug)]
 pub struct Flood {
-    _clients: Vec<KillOnDrop>,
+    clients: Vec<KillOnDrop>,
+    group: Option<std::path::PathBuf>,
 }
 
 impl Flood {
-    /// Start one client of each of `shapes` as each of [`USERS`], for `millis`.
+    /// Start one client of each of `shapes` as each of [`USERS`], for `millis`, sending as
+    /// fast as the bus takes their calls.
     pub fn start(address: &str, shapes: &[&str], millis: u64) -> Self {
-        let mut v = Vec::new();
+        Self::start_paced(address, shapes, millis, "flat")
+    }
+
+    /// [`Flood::start`] with the `flood` binary's PACE (`flat` or `bursts`).
+    pub fn start_paced(address: &str, shapes: &[&str], millis: u64, pace: &str) -> Self {
+        let group = std::path::Path::new("/sys/fs/cgroup/cpu")
+            .join(format!("trustd-flood-{}-{millis}", std::process::id()));
+        let group = std::fs::create_dir(&group).ok().map(|()| group);
+        let mut clients = Vec::new();
         for (uid, gid) in USERS {
             for shape in shapes {
                 let child = Command::new("setpriv")
@@ -32,15 +48,38 @@ impl Flood {
                         "--clear-groups",
                     ])
                     .arg(crate::bin("flood"))
-                    .args([address, shape, &millis.to_string()])
+                    .args([address, shape, &millis.to_string(), pace])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("start flood");
-                v.push(KillOnDrop(Some(child)));
+                if let Some(g) = &group {
+                    let _ = std::fs::write(g.join("cgroup.procs"), child.id().to_string());
+                }
+                clients.push(KillOnDrop(Some(child)));
             }
         }
-        Self { _clients: v }
+        Self { clients, group }
+    }
+
+    /// Whether the clients share one cpu group (as `user.slice` would hold them).
+    pub fn grouped(&self) -> bool {
+        self.group.is_some()
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.clients.clear();
+        if let Some(g) = &self.group {
+            // Empty once its processes are reaped.
+            for _ in 0..50 {
+                if std::fs::remove_dir(g).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }
 
@@ -99,6 +138,25 @@ pub struct Latencies {
     pub bus: Vec<u64>,
     /// Admin calls without an answer in time.
     pub timeouts: usize,
+}
+
+/// CPU time used so far by process `pid` and by all its threads (user + system), in clock
+/// ticks (`/proc/PID/stat`).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let f: Vec<u64> = s
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            Some(f.iter().sum())
+        })
+        .unwrap_or(0)
 }
 
 /// The `p`th percentile (0..=100) of `v`, in its unit; 0 for none.

@@ -402,7 +402,20 @@ impl Lab {
 
     /// Start `trustd run` serving on `bus`, with more arguments (`--confine`).
     pub fn run_daemon_with(&self, bus: Bus, check_interval_ms: u64, extra: &[&str]) -> Daemon {
+        self.run_daemon_env(bus, check_interval_ms, extra, &[])
+    }
+
+    /// Start `trustd run` serving on `bus`, with more arguments and environment variables
+    /// (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, as systemd would set them).
+    pub fn run_daemon_env(
+        &self,
+        bus: Bus,
+        check_interval_ms: u64,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
         let child = Command::new("ip")
+            .envs(env.iter().copied())
             .args(["netns", "exec", &self.dev])
             .arg(bin("trustd"))
             .arg("--prefix")

@@ -3,13 +3,15 @@
 //! killed or MILLIS have passed.
 //!
 //! ```text
-//! flood ADDRESS SHAPE MILLIS
+//! flood ADDRESS SHAPE MILLIS [PACE]
 //!   noreply  one connection, GetDeviceHandle pipelined with NO_REPLY_EXPECTED, never reading
 //!   unread   one connection, calls pipelined, replies never read
 //!   fds      one connection, calls with 4 file descriptors attached each, never reading
 //!   hangup   connections that send 4 calls and close at once, over and over
 //!   names    32 connections calling GetDeviceHandle and GetReport with a new name each time
 //!   conns    200 connections, each with 4 calls pipelined, held open unread
+//!   PACE     flat (default): as fast as the bus takes them; bursts: 300 calls (or 20
+//!            connections) at once, then 500 ms of quiet, over and over
 //! ```
 
 use std::io::Write;
@@ -17,6 +19,18 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use tests::rawbus::{NO_REPLY_EXPECTED, RawConn};
+
+/// After each `BURST` calls, how long a paced client waits (None: never).
+static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+const BURST: u64 = 300;
+
+fn pace(n: u64) {
+    if let Some(Some(p)) = PAUSE.get()
+        && n.is_multiple_of(BURST)
+    {
+        std::thread::sleep(*p);
+    }
+}
 
 fn pipelined(address: &str, until: Instant, flags: u8, fds: bool) {
     let null = std::fs::File::open("/dev/null").expect("/dev/null");
@@ -30,6 +44,7 @@ fn pipelined(address: &str, until: Instant, flags: u8, fds: bool) {
         let _ = c.sock.set_write_timeout(Some(Duration::from_millis(200)));
         while Instant::now() < until {
             n += 1;
+            pace(n);
             let name = format!("verifier{n}.example.org");
             let sent = if fds {
                 let m = c.call_bytes("Posture", "GetDeviceHandle", &name, flags, 4);
@@ -51,7 +66,10 @@ fn pipelined(address: &str, until: Instant, flags: u8, fds: bool) {
 }
 
 fn hangup(address: &str, until: Instant) {
+    let mut n = 0u64;
     while Instant::now() < until {
+        n += 15;
+        pace(n);
         if let Ok(mut c) = RawConn::connect(address, false) {
             for i in 0..4 {
                 let m = c.call_bytes("Posture", "GetDeviceHandle", &format!("h{i}.example"), 0, 0);
@@ -91,6 +109,7 @@ fn names(address: &str, until: Instant) {
                 let mut n = 0u64;
                 while Instant::now() < until {
                     n += 1;
+                    pace(n * 32);
                     let _ = c.device_handle(&format!("n{t}x{n}.example.org")).await;
                     let _ = c.report(&format!("nonce{t}x{n}")).await;
                 }
@@ -104,10 +123,15 @@ fn names(address: &str, until: Instant) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, address, shape, millis] = args.as_slice() else {
-        eprintln!("usage: flood ADDRESS SHAPE MILLIS");
-        std::process::exit(2);
+    let (address, shape, millis, paced) = match args.as_slice() {
+        [_, a, s, m] => (a, s, m, false),
+        [_, a, s, m, p] if p == "bursts" || p == "flat" => (a, s, m, p == "bursts"),
+        _ => {
+            eprintln!("usage: flood ADDRESS SHAPE MILLIS [flat|bursts]");
+            std::process::exit(2);
+        }
     };
+    let _ = PAUSE.set(paced.then_some(Duration::from_millis(500)));
     let until = Instant::now() + Duration::from_millis(millis.parse().unwrap_or(10_000));
     match shape.as_str() {
         "noreply" => pipelined(address, until, NO_REPLY_EXPECTED, false),
