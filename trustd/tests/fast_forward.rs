@@ -484,3 +484,63 @@ fn fast_forward_with_a_stolen_intel_key_is_undone_by_rotating_the_key() {
     assert_eq!(d.intel().map(|f| f.payload().serial), Some(1));
     assert_eq!(d.state().serials.intel, 1);
 }
+
+/// Security regression test: a rotated root on disk replaced by an earlier rotation (still
+/// validly self-signed, serial above the provisioned one) is refused at open, so that the
+/// keys a rotation removed do not come back; `trustd apply` then enforces lockdown.
+#[test]
+fn an_older_rotated_root_copied_over_the_newer_one_is_refused_at_open() {
+    let (k1, stolen, fresh) = (key(1), key(2), key(8));
+    let dev = TestDevice::with_root(&root_with_policy_key(1, &stolen));
+    let older = rotation(&root_with_policy_key(2, &stolen), &[&k1]);
+    let mut d = open(&dev);
+    d.apply_trust_root(&older, me(), now()).expect("rotation 2");
+    d.apply_trust_root(
+        &rotation(&root_with_policy_key(3, &fresh), &[&k1]),
+        me(),
+        now(),
+    )
+    .expect("rotation 3");
+    drop(d);
+    std::fs::write(dev.paths.rotated_trust_root(), &older).expect("write");
+    let err = Device::open(&dev.paths, me()).expect_err("older root");
+    assert!(
+        err.to_string()
+            .contains("serial 2 is older than the trust root serial 3 this device accepted"),
+        "{err}"
+    );
+    let r = last(&records(&dev), "trust-root.load");
+    assert_eq!(r.outcome, Outcome::Error);
+}
+
+/// A state.json written before the role keys were recorded loads as it is (no role starts
+/// over: its floors were set under the root in force) and is written back with them, so a
+/// later rotation interrupted before state.json is finished at open.
+#[test]
+fn a_state_json_without_role_keys_adopts_the_root_in_force_and_is_written_back() {
+    let dev = TestDevice::new();
+    let mut d = open(&dev);
+    d.apply_policy(&signed_policy(9), me(), now())
+        .expect("apply");
+    drop(d);
+    let mut v: Value =
+        serde_json::from_slice(&std::fs::read(dev.paths.state_file()).expect("read"))
+            .expect("json");
+    v.as_object_mut().expect("object").remove("floor_roles");
+    std::fs::write(
+        dev.paths.state_file(),
+        serde_json::to_vec(&v).expect("json"),
+    )
+    .expect("write");
+    let d = open(&dev);
+    assert_eq!(d.condition(), &Condition::Loaded);
+    assert_eq!(d.policy().map(|p| p.payload().serial), Some(9));
+    assert_eq!(d.state().serials.policy, 9);
+    drop(d);
+    let v: Value = serde_json::from_slice(&std::fs::read(dev.paths.state_file()).expect("read"))
+        .expect("json");
+    assert_eq!(
+        v["floor_roles"],
+        serde_json::to_value(&trust_root().roles).expect("json")
+    );
+}

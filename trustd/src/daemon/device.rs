@@ -101,6 +101,19 @@ fn load_and_record(
         }
     };
     let loaded = store.load(&root);
+    if loaded.condition == Condition::Loaded && loaded.state.serials.root > root.serial {
+        // The root on disk is older than one this device accepted (a rotated root replaced
+        // by an earlier one): rotating back is refused here as it is over the bus.
+        let e = StateError::TrustRoot {
+            path: store.paths().rotated_trust_root(),
+            reason: format!(
+                "serial {} is older than the trust root serial {} this device accepted",
+                root.serial, loaded.state.serials.root
+            ),
+        };
+        audit.append(Entry::new("trust-root.load", Outcome::Error, actor).reason(e.to_string()))?;
+        return Err(e.into());
+    }
     if loaded.condition == Condition::Fresh {
         // A new device: write its initial state now, so that the files made next (device
         // secret, audit log) never make a later load take state.json for lost.
