@@ -511,6 +511,10 @@ fn an_older_rotated_root_copied_over_the_newer_one_is_refused_at_open() {
     );
     let r = last(&records(&dev), "trust-root.load");
     assert_eq!(r.outcome, Outcome::Error);
+    // Removed altogether: the provisioned root (serial 1) is older still.
+    std::fs::remove_file(dev.paths.rotated_trust_root()).expect("rm");
+    let err = Device::open(&dev.paths, me()).expect_err("provisioned root");
+    assert!(err.to_string().contains("serial 1 is older"), "{err}");
 }
 
 /// A state.json written before the role keys were recorded loads as it is (no role starts
@@ -543,4 +547,57 @@ fn a_state_json_without_role_keys_adopts_the_root_in_force_and_is_written_back()
         v["floor_roles"],
         serde_json::to_value(&trust_root().roles).expect("json")
     );
+}
+
+/// Security regression test, in the kernel (nftables in a namespace of its own): stolen
+/// policy and intel keys put an allow-everything policy and a feed of their choosing in
+/// force, both with serial u64::MAX. After a rotation of both keys, the enforcement the
+/// daemon does before it answers leaves lockdown with no allowlist in `inet trustd` (read
+/// back) and none of the stolen feed's entries in `inet trustd_intel`.
+#[test]
+fn fast_forward_inputs_are_out_of_the_kernel_after_the_rotation() {
+    if !can_run_privileged(&["ip", "nft"]) {
+        return;
+    }
+    let ns = Netns::new("ffwd");
+    let mut nft = trustd::netfilter::NftBackend::in_netns(&ns.name);
+    let (k1, stolen, fresh) = (key(1), key(2), key(8));
+    let dev = TestDevice::with_root(&root_with_policy_key(1, &stolen));
+    let mut d = open(&dev);
+    d.apply_policy(
+        &sign(POLICY, &allow_everything(u64::MAX), &[&stolen]),
+        me(),
+        now(),
+    )
+    .expect("policy");
+    d.apply_intel(&sign(INTEL, &intel(u64::MAX), &[&key(5)]), me(), now())
+        .expect("feed");
+    assert_eq!(d.enforce(&mut nft, me()).expect("enforce").mode, "direct");
+    assert_eq!(d.enforce_intel(&mut nft, me()).expect("intel"), 2);
+    assert!(ns.sh("nft list table inet trustd").contains("0.0.0.0/0"));
+    assert!(
+        ns.sh("nft list table inet trustd_intel")
+            .contains("198.51.100.7")
+    );
+
+    let mut new = root_with_policy_key(2, &fresh);
+    let f = trustd::bundle::PublicKeyFile::new(&key(9).verifying_key());
+    new.keys.insert(
+        f.keyid.clone(),
+        trustd::bundle::TrustKey {
+            alg: f.alg,
+            public: f.public,
+        },
+    );
+    new.roles.intel.keyids = vec![f.keyid];
+    d.apply_trust_root(&rotation(&new, &[&k1]), me(), now())
+        .expect("rotation");
+    let e = d.enforce(&mut nft, me()).expect("enforce");
+    assert_eq!((e.mode, e.digest.clone()), ("lockdown", bare_lockdown(&d)));
+    assert_eq!(d.enforce_intel(&mut nft, me()).expect("intel"), 0);
+    let table = ns.sh("nft list table inet trustd");
+    assert!(!table.contains("0.0.0.0/0"), "{table}");
+    let intel_table = ns.sh("nft list table inet trustd_intel");
+    assert!(!intel_table.contains("198.51.100.7"), "{intel_table}");
+    assert!(!intel_table.contains("2001:db8:bad::"), "{intel_table}");
 }
