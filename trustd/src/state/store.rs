@@ -176,12 +176,17 @@ impl StateStore {
         let mut rewrite = false;
         match state.floor_roles.clone() {
             Some(under) if trusted => {
-                let read = |p: PathBuf| std::fs::read(p).ok();
-                let (policy, intel, command) = (
-                    read(self.paths.policy_bundle()),
-                    read(self.paths.intel_feed()),
-                    read(self.paths.last_command()),
-                );
+                // Only the inputs of changed roles are read (a feed can be large).
+                let changed: Vec<Role> =
+                    under.changes(&root.roles).iter().map(|c| c.role).collect();
+                let read = |role: Role| {
+                    changed
+                        .contains(&role)
+                        .then(|| std::fs::read(self.input_path(role)).ok())
+                        .flatten()
+                };
+                let (policy, intel, command) =
+                    (read(Role::Policy), read(Role::Intel), read(Role::Command));
                 resets = start_over(
                     &mut state,
                     &under,
