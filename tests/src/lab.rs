@@ -331,6 +331,31 @@ impl Lab {
         path
     }
 
+    /// The lab's signing keys: all of them hold the policy role (threshold 2); the first
+    /// alone also holds the root, intel and command roles.
+    pub fn keys(&self) -> &[SigningKey] {
+        &self.policy_keys
+    }
+
+    /// Sign `payload` as `payload_type` with `keys`, exactly as given (serial included),
+    /// and write the envelope to `name` under the prefix.
+    pub fn sign_file(
+        &self,
+        name: &str,
+        payload_type: &str,
+        payload: &Value,
+        keys: &[SigningKey],
+    ) -> PathBuf {
+        let env = sign_envelope(
+            payload_type,
+            &serde_json::to_vec(payload).expect("json"),
+            keys,
+        );
+        let path = self.prefix.path().join(name);
+        std::fs::write(&path, serde_json::to_vec(&env).expect("json")).expect("write");
+        path
+    }
+
     /// The command role's private key as a key file (for `trustctl device command`).
     pub fn command_key_file(&self) -> PathBuf {
         let path = self.prefix.path().join("command.key");

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 pub use envelope::{Envelope, Signature, pae, sign_envelope};
 pub use keys::{KeyFileError, PrivateKeyFile, PublicKeyFile, generate_key, key_id};
-pub use trust_root::{RoleKeys, Roles, TrustKey, TrustRoot};
+pub use trust_root::{RoleChange, RoleKeys, Roles, TrustKey, TrustRoot};
 pub(crate) use verify::verify_self_signed_root;
 pub use verify::{
     MAX_ENVELOPE_BYTES, MAX_INTEL_ENVELOPE_BYTES, VerifyError, verify, verify_installed,
@@ -38,6 +38,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order root, policy, intel, command.
+    pub const ALL: [Self; 4] = [Self::Root, Self::Policy, Self::Intel, Self::Command];
+
     /// The role's name in the trust root and in messages.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -3,7 +3,7 @@
 use crate::Paths;
 use crate::audit::{Actor, AuditError, AuditLog, Entry, Options, Outcome};
 use crate::bundle::{
-    Payload, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation,
+    Payload, Role, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation,
 };
 use crate::netfilter::{
     self, Backend, EnforceError, IntelRuleset, Ruleset, apply_intel, canonical_digest, compile,
@@ -15,7 +15,8 @@ use crate::posture::{self, Enforcement, PolicyInfo, Posture};
 use crate::state::secret::DeviceSecret;
 use crate::state::store::StateLock;
 use crate::state::{
-    Condition, DeviceState, Lifecycle, Loaded, StateError, StateStore, load_trust_root,
+    Condition, DeviceState, Installed, Lifecycle, Loaded, RoleReset, StateError, StateStore,
+    load_trust_root, start_over,
 };
 use crate::sys::netlink::{LinkEvent, LinkState};
 use crate::timefmt::Timestamp;
@@ -100,9 +101,32 @@ fn load_and_record(
         }
     };
     let loaded = store.load(&root);
+    if loaded.condition == Condition::Loaded && loaded.state.serials.root > root.serial {
+        // The root on disk is older than one this device accepted (a rotated root replaced
+        // by an earlier one): rotating back is refused here as it is over the bus.
+        let e = StateError::TrustRoot {
+            path: store.paths().rotated_trust_root(),
+            reason: format!(
+                "serial {} is older than the trust root serial {} this device accepted",
+                root.serial, loaded.state.serials.root
+            ),
+        };
+        audit.append(Entry::new("trust-root.load", Outcome::Error, actor).reason(e.to_string()))?;
+        return Err(e.into());
+    }
     if loaded.condition == Condition::Fresh {
         // A new device: write its initial state now, so that the files made next (device
         // secret, audit log) never make a later load take state.json for lost.
+        store.save(&loaded.state)?;
+    }
+    if loaded.rewrite {
+        settle_resets(
+            store,
+            audit,
+            &loaded.resets,
+            actor.clone(),
+            "completed at load",
+        )?;
         store.save(&loaded.state)?;
     }
     let outcome = match loaded.condition {
@@ -121,6 +145,48 @@ fn load_and_record(
     }
     audit.append(entry)?;
     Ok((root, loaded))
+}
+
+/// Record the roles a trust root started over (fast-forward recovery), then set aside the
+/// installed inputs that left force, so that nothing reads them again. Nothing to do for
+/// an empty list.
+fn settle_resets(
+    store: &StateStore,
+    audit: &AuditLog,
+    resets: &[RoleReset],
+    actor: Actor,
+    when: &str,
+) -> Result<(), DeviceError> {
+    if resets.is_empty() {
+        return Ok(());
+    }
+    audit.append(reset_entry(
+        Entry::new("trust-root.reset", Outcome::Ok, actor),
+        resets,
+        when,
+    ))?;
+    for r in resets.iter().filter(|r| r.left.is_some()) {
+        store.set_aside(r.change.role)?;
+    }
+    Ok(())
+}
+
+/// `entry` naming the roles started over and the inputs that left force (their digests
+/// as `left.<role>`).
+fn reset_entry(mut entry: Entry, resets: &[RoleReset], when: &str) -> Entry {
+    let roles: Vec<&str> = resets.iter().map(|r| r.change.role.as_str()).collect();
+    let what: Vec<String> = resets.iter().map(ToString::to_string).collect();
+    entry = entry.reason(format!(
+        "{when}: roles started over: {} ({})",
+        roles.join(", "),
+        what.join("; ")
+    ));
+    for r in resets {
+        if let Some(l) = &r.left {
+            entry = entry.digest(format!("left.{}", r.change.role), l.digest.clone());
+        }
+    }
+    entry
 }
 
 /// The device secret as the lifecycle says it must be: none once revoked or retired (a
@@ -907,7 +973,15 @@ impl Device {
         Ok(applied)
     }
 
-    /// Verify and install a trust-root rotation (signed by the current root's threshold).
+    /// Verify and install a trust-root rotation (signed by the current root's threshold and
+    /// the new root's own). Every role whose keys or threshold it changes starts over in
+    /// the same transition (fast-forward recovery, see [`crate::state::recovery`]): its
+    /// floor restarts from the installed input the new root still verifies, or 0, and an
+    /// installed input it no longer verifies leaves force (a policy: lockdown with no
+    /// allowlist; an intel feed: no blocklist; the last command: its serial is no floor)
+    /// and is set aside. The lifecycle stays as it is. One record names the roles started
+    /// over and what left force. The network follows on the next [`Self::enforce`] and
+    /// [`Self::enforce_intel`].
     pub fn apply_trust_root(
         &mut self,
         bytes: &[u8],
@@ -917,9 +991,74 @@ impl Device {
         let v = self.admit(bytes, actor.clone(), now, |b, root, now, _| {
             verify_rotation(b, root, now)
         })?;
-        let applied = self.install("trust-root.rotate", &v, actor)?;
-        self.root = v.payload().clone();
-        Ok(applied)
+        let new = v.payload();
+        let mut next = self.state.clone();
+        let under = next
+            .floor_roles
+            .clone()
+            .unwrap_or_else(|| self.root.roles.clone());
+        let command = std::fs::read(self.store.paths().last_command()).ok();
+        let resets = start_over(
+            &mut next,
+            &under,
+            new,
+            &Installed {
+                policy: self.policy.as_ref().map(Verified::envelope_bytes),
+                intel: self.intel.as_ref().map(Verified::envelope_bytes),
+                command: command.as_deref(),
+            },
+        );
+        let kind = "trust-root.rotate";
+        let (from, to) = (self.root.serial, new.serial);
+        let mut entry = Entry::new(kind, Outcome::Ok, actor.clone())
+            .transition(format!("serial {from}"), format!("serial {to}"))
+            .digest("input", v.digest());
+        entry = if resets.is_empty() {
+            entry.reason("no role's keys or threshold changed: every floor stays".to_owned())
+        } else {
+            reset_entry(entry, &resets, "rotated")
+        };
+        let receipt = self.audit.append(entry)?;
+        // The rotated root is the commit point: should the state below not be written, the
+        // next load sees roles that differ from the ones the floors were set under and
+        // starts them over itself.
+        if let Err(e) = self.store.install(&v, &mut next) {
+            self.audit.append(
+                Entry::new(kind, Outcome::Error, actor)
+                    .reason(format!(
+                        "record {} not put in force: {e}; root serial {from} stays",
+                        receipt.seq
+                    ))
+                    .digest("input", v.digest()),
+            )?;
+            return Err(e.into());
+        }
+        self.state = next;
+        self.root = new.clone();
+        for r in resets.iter().filter(|r| r.left.is_some()) {
+            match r.change.role {
+                Role::Policy => self.policy = None,
+                Role::Intel => self.intel = None,
+                _ => {}
+            }
+            // In force or not is decided above: a file left in place is refused by every
+            // later load as well, since the root in force no longer verifies it.
+            if let Err(e) = self.store.set_aside(r.change.role) {
+                self.audit
+                    .append(
+                        Entry::new(kind, Outcome::Error, actor.clone()).reason(format!(
+                            "the {} that left force was not set aside: {e}; it stays out of force",
+                            r.change.role
+                        )),
+                    )?;
+            }
+        }
+        Ok(Applied {
+            from_serial: from,
+            to_serial: to,
+            digest: v.digest().to_owned(),
+            audit_seq: receipt.seq,
+        })
     }
 
     /// Run `check`; a refusal is audited (with the input's digest) and returned.

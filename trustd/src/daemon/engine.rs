@@ -772,9 +772,16 @@ impl<B: Backend> Engine<B> {
                 }
                 Ok(Response::Applied(a))
             }
-            Request::ApplyTrustRoot(bytes) => Ok(Response::Applied(
-                self.dev.apply_trust_root(&bytes, actor, now)?,
-            )),
+            Request::ApplyTrustRoot(bytes) => {
+                let a = self.dev.apply_trust_root(&bytes, actor.clone(), now)?;
+                // A rotation can take the policy or the feed out of force: the kernel
+                // follows before the caller gets its reply.
+                self.dev.enforce(&mut self.backend, actor.clone())?;
+                if let Err(e) = self.dev.enforce_intel(&mut self.backend, actor) {
+                    tracing::error!("blocklists not updated: {e}");
+                }
+                Ok(Response::Applied(a))
+            }
             Request::ActivePolicy => match self.dev.policy() {
                 Some(p) => serde_json::to_string_pretty(p.payload())
                     .map(Response::Text)

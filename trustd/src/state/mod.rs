@@ -6,16 +6,18 @@
 //! restrictive state and says why, so that no error path can open the device up.
 
 pub mod atomic;
+pub mod recovery;
 pub mod secret;
 pub mod store;
 
+pub use recovery::{Installed, LeftForce, RoleReset, start_over};
 pub use store::{Condition, Loaded, StateError, StateStore, load_trust_root};
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::Role;
+use crate::bundle::{Role, Roles};
 
 /// The version of `state.json` this build writes and reads.
 pub const STATE_VERSION: u32 = 1;
@@ -111,6 +113,17 @@ impl Serials {
         }
     }
 
+    /// Set the serial of `role`: only fast-forward recovery lowers a floor (see
+    /// [`recovery`]); everything else raises.
+    pub fn set(&mut self, role: Role, serial: u64) {
+        match role {
+            Role::Root => self.root = serial,
+            Role::Policy => self.policy = serial,
+            Role::Intel => self.intel = serial,
+            Role::Command => self.command = serial,
+        }
+    }
+
     /// Raise the serial of `role` (never lowers it).
     pub fn raise(&mut self, role: Role, serial: u64) {
         let slot = match role {
@@ -141,6 +154,13 @@ pub struct DeviceState {
     pub policy_digest: Option<String>,
     /// SHA-256 of the last-good intel envelope, if any.
     pub intel_digest: Option<String>,
+    /// The keys and threshold of every role of the trust root under which the floors in
+    /// `serials` were set. A trust root whose role differs from this starts that role's
+    /// floor over (see [`recovery`]), also when the rotation was interrupted before this
+    /// file was written. Absent in a state.json written before it existed: the trust root
+    /// in force is then taken as the one the floors were set under.
+    #[serde(default)]
+    pub floor_roles: Option<Roles>,
 }
 
 impl DeviceState {
@@ -154,6 +174,7 @@ impl DeviceState {
             lifecycle: Lifecycle::Unenrolled,
             policy_digest: None,
             intel_digest: None,
+            floor_roles: None,
         }
     }
 
@@ -168,6 +189,7 @@ impl DeviceState {
             lifecycle: Lifecycle::Unknown,
             policy_digest: None,
             intel_digest: None,
+            floor_roles: None,
         }
     }
 }

@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::atomic::{create_dir_all, write_atomic};
+use super::atomic::{create_dir_all, fsync_dir, write_atomic};
+use super::recovery::{Installed, RoleReset, start_over};
 use super::{DeviceState, STATE_VERSION, Serials};
 use crate::Paths;
 use crate::bundle::{
     Envelope, Payload, Role, TrustRoot, Verified, verify_installed, verify_self_signed_root,
 };
 use crate::json::parse_strict;
-use crate::policy::{IntelFeed, Policy};
+use crate::policy::{IntelFeed, LifecycleCommand, Policy};
 
 /// Why the state directory could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,13 @@ pub struct Loaded {
     pub intel: Option<Verified<IntelFeed>>,
     /// What a person should know about this load (each a sentence).
     pub notes: Vec<String>,
+    /// The roles started over because the trust root changed their keys or threshold
+    /// since their floors were set (a rotation a crash interrupted before state.json).
+    pub resets: Vec<RoleReset>,
+    /// `state` differs from state.json in a way that must be written back before anything
+    /// else happens: roles started over (set aside what left force first), or a state.json
+    /// written before the roles were recorded.
+    pub rewrite: bool,
 }
 
 /// The state directory of one device.
@@ -118,6 +126,12 @@ impl StateStore {
     }
 
     /// Load the state. Never fails: what cannot be read makes the result more restrictive.
+    ///
+    /// Every installed input is verified against `root`, the trust root in force: one it no
+    /// longer verifies is not put in force and raises no floor. When `root` changed the
+    /// keys or threshold of a role since its floor was set (a rotation, also one a crash
+    /// interrupted), that role starts over as [`super::recovery`] says; the result then
+    /// asks to be written back ([`Loaded::rewrite`]).
     pub fn load(&self, root: &TrustRoot) -> Loaded {
         let mut notes = Vec::new();
         let state_path = self.paths.state_file();
@@ -129,22 +143,22 @@ impl StateStore {
                         "state.json has version {}, expected {STATE_VERSION}",
                         s.version
                     );
-                    (self.restrictive(), Condition::Corrupt(why))
+                    (self.restrictive(root), Condition::Corrupt(why))
                 }
                 Err(e) => (
-                    self.restrictive(),
+                    self.restrictive(root),
                     Condition::Corrupt(format!("state.json: {e}")),
                 ),
             },
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 if self.has_other_state() {
-                    (self.restrictive(), Condition::Missing)
+                    (self.restrictive(root), Condition::Missing)
                 } else {
                     (DeviceState::initial(), Condition::Fresh)
                 }
             }
             Err(e) => (
-                self.restrictive(),
+                self.restrictive(root),
                 Condition::Corrupt(format!("state.json: {e}")),
             ),
         };
@@ -158,6 +172,43 @@ impl StateStore {
             Condition::Fresh | Condition::Loaded => {}
         }
         let trusted = matches!(condition, Condition::Loaded);
+        let mut resets = Vec::new();
+        let mut rewrite = false;
+        match state.floor_roles.clone() {
+            Some(under) if trusted => {
+                // Only the inputs of changed roles are read (a feed can be large).
+                let changed: Vec<Role> =
+                    under.changes(&root.roles).iter().map(|c| c.role).collect();
+                let read = |role: Role| {
+                    changed
+                        .contains(&role)
+                        .then(|| std::fs::read(self.input_path(role)).ok())
+                        .flatten()
+                };
+                let (policy, intel, command) =
+                    (read(Role::Policy), read(Role::Intel), read(Role::Command));
+                resets = start_over(
+                    &mut state,
+                    &under,
+                    root,
+                    &Installed {
+                        policy: policy.as_deref(),
+                        intel: intel.as_deref(),
+                        command: command.as_deref(),
+                    },
+                );
+                for r in &resets {
+                    notes.push(format!(
+                        "the trust root changed a role since its floor was set: {r}"
+                    ));
+                }
+                rewrite = !resets.is_empty();
+            }
+            // Written before the roles were recorded: the floors were set under this root.
+            None if trusted => rewrite = true,
+            _ => {}
+        }
+        state.floor_roles = Some(root.roles.clone());
         let policy = self.load_input::<Policy>(
             &self.paths.policy_bundle(),
             root,
@@ -178,6 +229,8 @@ impl StateStore {
             policy,
             intel,
             notes,
+            resets,
+            rewrite,
         }
     }
 
@@ -236,24 +289,50 @@ impl StateStore {
         Some(v)
     }
 
-    /// The most restrictive state, with serial floors raised from whatever signed inputs
-    /// are on disk (unverified: they can only make rollback protection stricter).
-    fn restrictive(&self) -> DeviceState {
+    /// The most restrictive state. Its floors come from the signed inputs on disk that
+    /// `root` still verifies: the policy and intel feed raise theirs when loaded, the last
+    /// command here, the root's from `root` itself. An input the trust root no longer
+    /// verifies (one signed by keys a rotation removed, with whatever serial) raises
+    /// nothing, or a stolen key's serial would come back with a lost state.json.
+    fn restrictive(&self, root: &TrustRoot) -> DeviceState {
         let mut serials = Serials::default();
-        for (path, role) in [
-            (self.paths.policy_bundle(), Role::Policy),
-            (self.paths.intel_feed(), Role::Intel),
-            (self.paths.rotated_trust_root(), Role::Root),
-            (self.paths.last_command(), Role::Command),
-        ] {
-            if let Some(s) = std::fs::read(&path)
-                .ok()
-                .and_then(|b| unverified_serial(&b))
-            {
-                serials.raise(role, s);
-            }
+        serials.raise(Role::Root, root.serial);
+        if let Some(v) = std::fs::read(self.paths.last_command())
+            .ok()
+            .and_then(|b| verify_installed::<LifecycleCommand>(&b, root).ok())
+        {
+            serials.raise(Role::Command, v.payload().serial);
         }
         DeviceState::most_restrictive(serials)
+    }
+
+    /// The file an installed input of `role` is kept in.
+    pub fn input_path(&self, role: Role) -> PathBuf {
+        match role {
+            Role::Policy => self.paths.policy_bundle(),
+            Role::Intel => self.paths.intel_feed(),
+            Role::Root => self.paths.rotated_trust_root(),
+            Role::Command => self.paths.last_command(),
+        }
+    }
+
+    /// Move the installed input of `role` out of use, to `<its name>.untrusted` beside it
+    /// (replacing an earlier one): kept as evidence, read by nothing. Returns where it
+    /// went, or `None` if there was no such file.
+    pub fn set_aside(&self, role: Role) -> Result<Option<PathBuf>, StateError> {
+        let from = self.input_path(role);
+        let mut name = from.file_name().unwrap_or_default().to_os_string();
+        name.push(".untrusted");
+        let to = from.with_file_name(name);
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {
+                let dir = self.paths.state_dir();
+                fsync_dir(&dir).map_err(io(&dir))?;
+                Ok(Some(to))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&from)(e)),
+        }
     }
 
     fn has_other_state(&self) -> bool {
@@ -285,12 +364,7 @@ impl StateStore {
         input: &Verified<P>,
         state: &mut DeviceState,
     ) -> Result<(), StateError> {
-        let path = match P::ROLE {
-            Role::Policy => Some(self.paths.policy_bundle()),
-            Role::Intel => Some(self.paths.intel_feed()),
-            Role::Root => Some(self.paths.rotated_trust_root()),
-            Role::Command => None,
-        };
+        let path = (P::ROLE != Role::Command).then(|| self.input_path(P::ROLE));
         let mut next = state.clone();
         if let Some(path) = path {
             let dir = self.paths.state_dir();
@@ -307,14 +381,16 @@ impl StateStore {
     }
 }
 
-fn digest_slot(state: &mut DeviceState, role: Role) -> &mut Option<String> {
+/// Where `state` names the digest of the installed input of `role` (policy or intel).
+pub(super) fn digest_slot(state: &mut DeviceState, role: Role) -> &mut Option<String> {
     match role {
         Role::Intel => &mut state.intel_digest,
         _ => &mut state.policy_digest,
     }
 }
 
-fn unverified_serial(envelope: &[u8]) -> Option<u64> {
+/// The serial an envelope's payload claims, without any check: for records only.
+pub(super) fn unverified_serial(envelope: &[u8]) -> Option<u64> {
     let env: Envelope = serde_json::from_slice(envelope).ok()?;
     let payload = STANDARD.decode(env.payload).ok()?;
     serde_json::from_slice::<serde_json::Value>(&payload)
