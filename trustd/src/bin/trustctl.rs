@@ -277,6 +277,14 @@ enum AuditCmd {
         #[arg(short = 'n', default_value_t = 10)]
         n: usize,
     },
+    /// Acknowledge the damage the daemon recorded in the log (after reviewing it with
+    /// `status` and `audit tail`): posture stops showing it; the damage records stay and
+    /// the acknowledgement is itself recorded.
+    Acknowledge {
+        /// Only the damage recorded in records up to this seq (default: all of it).
+        #[arg(long)]
+        through: Option<u64>,
+    },
     /// Ask the daemon for a signed checkpoint of the log now (keep it somewhere else).
     Checkpoint {
         /// Output file (stdout if absent).
@@ -804,6 +812,13 @@ mod bus {
                 if !allowed {
                     return Ok(ExitCode::from(1));
                 }
+            }
+            Op::Audit(AuditCmd::Acknowledge { through }) => {
+                let text = c
+                    .audit_acknowledge(through.unwrap_or(u64::MAX))
+                    .await
+                    .map_err(daemon_error)?;
+                print(j, json!({"ok": true, "acknowledged": text}), &text);
             }
             Op::Audit(AuditCmd::Checkpoint { out }) => {
                 let note = c.checkpoint().await.map_err(daemon_error)?;
