@@ -910,17 +910,23 @@ impl Device {
         ))
     }
 
-    /// Check the whole audit log now. Returns the records read and every problem found;
-    /// posture shows those that no damage record names.
+    /// Check the whole audit log now. Returns the records read and every problem found,
+    /// recorded damage no admin acknowledged included; posture shows the chain's problems
+    /// that no damage record names.
     pub fn verify_audit(&mut self) -> Result<(u64, Vec<String>), DeviceError> {
         let insp = crate::audit::damage::inspect(self.audit.dir(), None)?;
         let history = self.audit.history();
-        let all: Vec<String> = insp
+        let mut all: Vec<String> = insp
             .report
             .problems
             .iter()
             .map(ToString::to_string)
             .collect();
+        // Damage on record but not acknowledged keeps the check failing: the log is
+        // damaged-then-recorded, not intact.
+        all.extend(self.audit_damage.iter().map(|(seq, why)| {
+            format!("damage recorded in record {seq}, not yet acknowledged: {why}")
+        }));
         let unrecorded: Vec<String> = insp
             .report
             .problems
