@@ -650,3 +650,128 @@ pub(crate) fn damage_entry(found: &[&Finding]) -> (super::Entry, Vec<String>, Op
     ));
     (e, ids, rest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, kind: &str, outcome: Outcome, digests: &[(&str, &str)]) -> Record {
+        Record {
+            seq,
+            prev: super::super::GENESIS.to_owned(),
+            time: "2026-01-01T00:00:00Z".into(),
+            mono_ns: 0,
+            boot_id: "b".into(),
+            kind: kind.into(),
+            from: None,
+            to: None,
+            actor: super::super::Actor::default(),
+            outcome,
+            reason: Some(format!("r{seq}")),
+            digests: digests
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn finding(n: u8) -> Finding {
+        Finding::new("record-altered", format!("k{n}"), format!("t{n}"))
+    }
+
+    #[test]
+    fn history_reads_damage_acknowledgements_forks_and_announcements() {
+        let root = "ab".repeat(32);
+        let mut h = History::default();
+        for r in [
+            rec(3, CHECKPOINT_KIND, Outcome::Ok, &[("size", "4")]),
+            rec(
+                5,
+                DAMAGE_KIND,
+                Outcome::Error,
+                &[
+                    ("finding.000", "id-a"),
+                    ("finding.000.kind", "log-rewritten"),
+                    ("finding.000.checkpoint-size", "4"),
+                    ("finding.000.checkpoint-root", root.as_str()),
+                    ("rest", "digest-r"),
+                ],
+            ),
+            rec(6, ACKNOWLEDGE_KIND, Outcome::Ok, &[("through", "5")]),
+            rec(8, DAMAGE_KIND, Outcome::Error, &[("finding.000", "id-b")]),
+            rec(9, CHECKPOINT_KIND, Outcome::Ok, &[("size", "10")]),
+            rec(10, CHECKPOINT_KIND, Outcome::Error, &[("size", "10")]),
+        ] {
+            h.read(&r);
+        }
+        assert_eq!(h.unacknowledged(), vec![(8, "r8".to_owned())]);
+        assert_eq!(h.damage.len(), 2, "acknowledged damage stays on record");
+        assert!(h.known.contains("id-a") && h.known.contains("id-b"));
+        assert!(h.known_rest.contains("digest-r"));
+        assert_eq!(h.forks, vec![(4, [0xab; 32])]);
+        assert_eq!(
+            h.announced, 4,
+            "the failed announcement of 10 does not count"
+        );
+    }
+
+    #[test]
+    fn only_damage_not_on_record_is_new() {
+        let (a, b, c) = (finding(1), finding(2), finding(3));
+        let mut h = History::default();
+        h.record(1, "x".into(), vec![a.id()], None, &[]);
+        let found = [a.clone(), b.clone()];
+        assert_eq!(h.new_findings(&found), vec![&b]);
+        // Findings bound by the digest of the rest count as recorded, together.
+        h.record(
+            2,
+            "y".into(),
+            vec![],
+            Some(ids_digest(&[b.id(), c.id()])),
+            &[],
+        );
+        assert!(
+            h.new_findings(&[a.clone(), c.clone(), b.clone()])
+                .is_empty()
+        );
+        assert_eq!(h.new_findings(&[b.clone()]), vec![&b]);
+        // Other bytes at the same place are other damage.
+        let other = Finding::new("record-altered", "k1-other", "t1");
+        assert_ne!(other.id(), a.id());
+    }
+
+    #[test]
+    fn a_damage_record_spells_out_the_first_findings_and_binds_the_rest() {
+        let many: Vec<Finding> = (0..40).map(finding).collect();
+        let refs: Vec<&Finding> = many.iter().collect();
+        let (e, ids, rest) = damage_entry(&refs);
+        assert_eq!(ids.len(), MAX_LISTED);
+        assert_eq!(e.digests.get("rest.count").map(String::as_str), Some("8"));
+        let rest_ids: Vec<String> = many[MAX_LISTED..].iter().map(Finding::id).collect();
+        assert_eq!(rest, Some(ids_digest(&rest_ids)));
+        assert!(
+            e.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("[record-altered] t0") && r.contains("and 8 more"))
+        );
+        let mut h = History::default();
+        h.read(&Record {
+            seq: 1,
+            prev: super::super::GENESIS.to_owned(),
+            time: String::new(),
+            mono_ns: 0,
+            boot_id: String::new(),
+            kind: e.kind.clone(),
+            from: None,
+            to: None,
+            actor: e.actor.clone(),
+            outcome: e.outcome,
+            reason: e.reason.clone(),
+            digests: e.digests.clone(),
+        });
+        assert!(
+            h.new_findings(&many).is_empty(),
+            "read back, all are on record"
+        );
+    }
+}
