@@ -734,7 +734,7 @@ mod tests {
             h.new_findings(&[a.clone(), c.clone(), b.clone()])
                 .is_empty()
         );
-        assert_eq!(h.new_findings(&[b.clone()]), vec![&b]);
+        assert_eq!(h.new_findings(std::slice::from_ref(&b)), vec![&b]);
         // Other bytes at the same place are other damage.
         let other = Finding::new("record-altered", "k1-other", "t1");
         assert_ne!(other.id(), a.id());
