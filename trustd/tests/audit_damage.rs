@@ -563,3 +563,48 @@ fn damage_stays_in_posture_across_restarts_until_an_admin_acknowledges_it() {
             .any(|r| r.contains("audit log damage")),
     );
 }
+
+#[test]
+fn an_acknowledgement_covers_only_the_damage_records_it_names() {
+    // Damage found at two starts; the admin acknowledges the first only (`--through`):
+    // the second stays in posture, and new damage after an acknowledgement shows again.
+    let dev = stopped(10);
+    std::fs::remove_file(head(&dev)).expect("rm head");
+    let (d, first) = reopen_expecting(&dev, &["head-removed"]);
+    drop(d);
+    std::fs::write(head(&dev), b"").expect("empty head");
+    let (mut d, second) = reopen_expecting(&dev, &["head-emptied"]);
+    assert!(second.seq > first.seq);
+    assert_eq!(d.audit_damage().len(), 2);
+    let admin = Actor {
+        uid: Some(0),
+        pid: Some(1),
+        bus_name: Some(":1.7".into()),
+    };
+    assert!(
+        d.acknowledge_damage(first.seq - 1, admin.clone()).is_err(),
+        "no damage record at or below that seq"
+    );
+    d.acknowledge_damage(first.seq, admin)
+        .expect("acknowledge the first");
+    assert_eq!(
+        d.audit_damage().iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![second.seq]
+    );
+    let p = d.posture(now());
+    assert!(
+        p.reasons
+            .iter()
+            .any(|r| r.contains(&format!("record {}", second.seq))
+                && !r.contains(&format!("record {}:", first.seq))),
+        "{:?}",
+        p.reasons
+    );
+    drop(d);
+    let d = Device::open(&dev.paths, Actor::this_process()).expect("restart");
+    assert_eq!(
+        d.audit_damage().iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![second.seq],
+        "acknowledgements are read back from the log"
+    );
+}
