@@ -176,6 +176,7 @@ fn every_call_by_every_role_is_allowed_or_denied_as_designed() {
             ),
             (format!("Device.ApplyCommand ay@{j}"), admin),
             ("Audit.Checkpoint".to_owned(), admin),
+            ("Audit.AcknowledgeDamage t:0".to_owned(), admin),
             ("Posture.GetReport s:verifier-nonce-1".to_owned(), everyone),
         ]);
         let calls: Vec<String> = cells.iter().map(|c| c.0.clone()).collect();
@@ -263,9 +264,9 @@ fn every_call_by_every_role_is_allowed_or_denied_as_designed() {
         let expected_daemon_denials = match bus {
             // Only SetPrivacyMode(false) passes the bus policy for non-admins: 3 identities.
             BusPolicy::Shipped => 3,
-            // 9 admin-only calls (SetPrivacyMode(false) among them) and CompleteStep for
-            // each of the 2 users; the 9 admin-only calls for the setup member.
-            BusPolicy::Open => 10 * 2 + 9,
+            // 10 admin-only calls (SetPrivacyMode(false) among them) and CompleteStep for
+            // each of the 2 users; the 10 admin-only calls for the setup member.
+            BusPolicy::Open => 11 * 2 + 10,
         };
         assert_eq!(daemon_denials.len(), expected_daemon_denials, "{tag}");
         eprintln!(
@@ -796,7 +797,13 @@ fn confined_trustd_still_enforces_and_stops_when_the_bus_is_lost() {
         "the rules stay"
     );
     let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
-    let last = records.last().expect("records");
+    // The stop is the last transition; only the announcement of the checkpoint signed at
+    // stop (which covers it) follows.
+    let last = records
+        .iter()
+        .rev()
+        .find(|r| r.kind != "audit.checkpoint")
+        .expect("records");
     assert_eq!(last.kind, "trustd.stop");
     assert!(
         last.reason

@@ -204,3 +204,109 @@ fn checkpoints_proofs_and_reports_hold_and_tampering_is_caught() {
     ]);
     assert_eq!(r.code, 1, "a truncated log passed: {}", r.stdout);
 }
+
+/// Attack (the reported one): with trustd stopped, root flips a byte in the last audit
+/// record and deletes the head file, so that the next start would rewrite the head over
+/// the evidence. Starting the real daemon again must record the damage before anything
+/// else, show it in posture and keep `audit verify` failing until an admin acknowledges it
+/// with `trustctl audit acknowledge`, which is itself audited and erases nothing.
+#[test]
+fn restarting_trustd_on_a_tampered_log_records_the_damage_until_an_admin_acknowledges_it() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let (lab, mut daemon) = serve("ad", lab_policy("direct"), BusPolicy::Shipped);
+    let work = lab.prefix.path().to_owned();
+    let prefix = work.display().to_string();
+    assert!(daemon.terminate().success());
+    drop(daemon);
+
+    let dir = lab.paths().audit_dir();
+    let seg = dir.join(trustd::audit::segment_name(0));
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    let end = bytes.iter().rposition(|&b| b != 0).expect("records") + 1;
+    let start = bytes[..end - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let at = start
+        + bytes[start..end]
+            .windows(8)
+            .position(|w| w == b"\"time\":\"")
+            .expect("time")
+        + 11;
+    bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&seg, &bytes).expect("write");
+    std::fs::remove_file(dir.join("head")).expect("rm head");
+    let before = trustd::audit::read_records(&dir).expect("records").len();
+    let r = trustctl(&work, &["audit", "verify", "--prefix", &prefix]);
+    assert_eq!(r.code, 1, "verify sees it before the start: {}", r.stdout);
+
+    let daemon = lab.run_daemon(1000);
+    tests::lab::wait_ready(&daemon.bus.address);
+    let bus = daemon.bus.address.clone();
+    let online = |args: &[&str]| -> Run {
+        let mut all = vec!["--bus", bus.as_str()];
+        all.extend(args);
+        trustctl(&work, &all)
+    };
+    let records = trustd::audit::read_records(&dir).expect("records");
+    assert_eq!(
+        records[before].kind, "audit.damage",
+        "{:?}",
+        records[before]
+    );
+    let reason = records[before].reason.clone().unwrap_or_default();
+    assert!(reason.contains("[head-removed]"), "{reason}");
+    assert!(reason.contains("[log-rewritten]"), "{reason}");
+
+    let status = online(&["--json", "status"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(
+        status
+            .stdout
+            .contains("audit log damage recorded and not yet acknowledged"),
+        "{}",
+        status.stdout
+    );
+    let r = online(&["audit", "verify"]);
+    assert_eq!(
+        r.code, 1,
+        "damaged-then-recorded is not intact: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("not yet acknowledged"), "{}", r.stdout);
+    let r = trustctl(&work, &["audit", "verify", "--prefix", &prefix]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("NOT acknowledged"), "{}", r.stdout);
+
+    let r = online(&["audit", "acknowledge"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let status = online(&["--json", "status"]);
+    assert!(
+        !status.stdout.contains("audit log damage recorded"),
+        "{}",
+        status.stdout
+    );
+    let records = trustd::audit::read_records(&dir).expect("records");
+    assert_eq!(
+        records[before].kind, "audit.damage",
+        "the damage record stays"
+    );
+    let ack = records
+        .iter()
+        .find(|r| r.kind == "audit.acknowledge")
+        .expect("the acknowledgement is audited");
+    assert_eq!(ack.actor.uid, Some(0));
+    assert!(ack.actor.bus_name.is_some(), "{ack:?}");
+    let r = online(&["audit", "acknowledge"]);
+    assert_eq!(r.code, 1, "nothing left to acknowledge: {}", r.stdout);
+    // Offline, the log now reads as damaged-then-recorded and acknowledged.
+    let r = trustctl(&work, &["audit", "verify", "--prefix", &prefix]);
+    assert!(
+        r.stdout
+            .contains("damage recorded by trustd in 1 record(s), 1 acknowledged"),
+        "{}",
+        r.stdout
+    );
+}

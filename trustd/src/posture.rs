@@ -111,6 +111,8 @@ pub struct Input<'a> {
     pub intel_failure: Option<&'a str>,
     /// Problems the audit log's check found.
     pub audit_problems: &'a [String],
+    /// Damage records of the audit log no admin has acknowledged: (seq, reason).
+    pub audit_damage: &'a [(u64, String)],
     /// Records in the audit log, and the hash of the last.
     pub audit_head: (u64, String),
     /// The kernel's Landlock ABI (0: unavailable).
@@ -151,6 +153,14 @@ pub struct Posture {
     pub confinement: String,
 }
 
+/// `s` cut to at most `max` characters (with an ellipsis when cut).
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 /// Compute the posture.
 pub fn posture(i: &Input<'_>) -> Posture {
     let mut reasons: Vec<(Level, String)> = Vec::new();
@@ -188,6 +198,20 @@ pub fn posture(i: &Input<'_>) -> Posture {
             LockdownReason::StateUnknown | LockdownReason::Lifecycle(_) => {}
             LockdownReason::SetupIncomplete(_) => {}
         }
+    }
+    if !i.audit_damage.is_empty() {
+        let which: Vec<String> = i
+            .audit_damage
+            .iter()
+            .map(|(seq, why)| format!("record {seq}: {}", clip(why, 240)))
+            .collect();
+        add(
+            Untrusted,
+            format!(
+                "audit log damage recorded and not yet acknowledged by an admin (`trustctl audit acknowledge`): {}",
+                which.join("; ")
+            ),
+        );
     }
     if !i.audit_problems.is_empty() {
         add(
@@ -301,6 +325,7 @@ mod tests {
         tunnel_down: bool,
         drift: Option<(u64, &'static str)>,
         audit_problems: Vec<String>,
+        audit_damage: Vec<(u64, String)>,
         landlock_abi: u32,
         confinement: Option<&'static str>,
     }
@@ -320,6 +345,7 @@ mod tests {
                 tunnel_down: false,
                 drift: None,
                 audit_problems: vec![],
+                audit_damage: vec![],
                 landlock_abi: 4,
                 confinement: Some("Landlock ABI 4: fully enforced"),
             }
@@ -351,6 +377,7 @@ mod tests {
                 drift: self.drift,
                 intel_failure: None,
                 audit_problems: &self.audit_problems,
+                audit_damage: &self.audit_damage,
                 audit_head: (3, "h".into()),
                 landlock_abi: self.landlock_abi,
                 confinement: self.confinement,
@@ -373,7 +400,7 @@ mod tests {
     #[test]
     fn each_reason_sets_its_level() {
         type Tweak = fn(&mut Case);
-        let cases: [(Tweak, Level, &str); 12] = [
+        let cases: [(Tweak, Level, &str); 13] = [
             (
                 |c| c.policy = None,
                 Level::Untrusted,
@@ -403,6 +430,11 @@ mod tests {
                 |c| c.audit_problems = vec!["record 4: hash mismatch".into()],
                 Level::Untrusted,
                 "audit chain broken: record 4",
+            ),
+            (
+                |c| c.audit_damage = vec![(9, "[head-removed] the head file was removed".into())],
+                Level::Untrusted,
+                "audit log damage recorded and not yet acknowledged by an admin (`trustctl audit acknowledge`): record 9: [head-removed]",
             ),
             (
                 |c| c.state.lifecycle = Lifecycle::Revoked,

@@ -402,7 +402,10 @@ fn a_rolled_back_and_regrown_log_is_caught() {
         }
     });
     assert!(chain_ok);
-    assert_eq!(merkle_from_dir(d.path()).expect("tree").size(), 35);
+    // 10 kept, the damage record the open wrote for the removed head, 25 fresh.
+    assert_eq!(merkle_from_dir(d.path()).expect("tree").size(), 36);
+    let records = trustd::audit::read_records(d.path()).expect("records");
+    assert_eq!(records[10].kind, "audit.damage");
     assert_not_consistent(d.path(), &old, "rolled back");
 }
 

@@ -5,7 +5,7 @@
 //! buscall ADDRESS CALL...
 //!   CALL = "Iface.Member [ARG]"   Iface: Posture, Privacy, Policy, Setup, Audit, Introspectable
 //!          "Posture.get:NAME"     read one property; "Posture.GetAll" reads them all
-//!   ARG  = b:true | s:TEXT | u:N | ay@FILE (the file's bytes) | ay#N (N zero bytes)
+//!   ARG  = b:true | s:TEXT | u:N | t:N | ay@FILE (the file's bytes) | ay#N (N zero bytes)
 //!          | ss:TEXT (TEXT and "") | sbs:TEXT (TEXT, true, "test")
 //! ```
 //! Output: `{"call":..., "ok":true, "value":...}` or `{"call":..., "ok":false,
@@ -80,6 +80,12 @@ async fn call(conn: &Connection, spec: &str) -> Result<String, zbus::Error> {
         let n: u32 = v
             .parse()
             .map_err(|_| zbus::Error::Failure(format!("bad u32 {v:?}")))?;
+        conn.call_method(Some(DEST), PATH, Some(iface.as_str()), member, &(n,))
+            .await?
+    } else if let Some(v) = arg.strip_prefix("t:") {
+        let n: u64 = v
+            .parse()
+            .map_err(|_| zbus::Error::Failure(format!("bad u64 {v:?}")))?;
         conn.call_method(Some(DEST), PATH, Some(iface.as_str()), member, &(n,))
             .await?
     } else if let Some(f) = arg.strip_prefix("ay@") {

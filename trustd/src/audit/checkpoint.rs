@@ -493,7 +493,9 @@ pub fn read_checkpoint(dir: &Path) -> Result<Option<String>, AuditError> {
 
 /// Sign the log's current tree head and store it as the latest checkpoint; returns it and
 /// its note. Refuses when the stored checkpoint (if it is one of `origin` by this key) is
-/// not a prefix of the log: a log must never sign two inconsistent checkpoints. One caller
+/// not a prefix of the log, unless a damage record in the log names exactly that
+/// checkpoint as one the log does not extend: a log never signs two inconsistent
+/// checkpoints without the reason on record between them. One caller
 /// at a time (the daemon's engine).
 pub fn checkpoint_log(
     log: &AuditLog,
@@ -510,7 +512,12 @@ pub fn checkpoint_log(
         size,
         root,
     };
-    if let Some(prev) = previous {
+    // A log whose damage record names the stored checkpoint as one it no longer extends
+    // may sign again: the fork is on record in the log, and a verifier holding the old
+    // checkpoint sees it.
+    if let Some(prev) = previous
+        && !log.fork_recorded(prev.size, &prev.root)
+    {
         log.with_tree(|t| prove_consistency_to(t, &prev, size, &root))?;
     }
     let note = sign(&cp, key_name, key)?;

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::damage::{self, Anchor, HeadFound, History};
 use super::merkle::{ConsistencyProof, Hash, InclusionProof, MerkleTree, ProofError, leaf_hash};
 use super::record::hash_hex;
 use super::segment::{
-    HEAD_FILE, HEAD_LEN, chain_fields, create_preallocated, decode_head, encode_head,
-    list_segments, segment_name, written_len,
+    HEAD_FILE, chain_fields, create_preallocated, encode_head, list_segments, segment_name,
+    written_len,
 };
+use super::verify::Problem;
 use super::{AUDIT_MESSAGE_ID, Actor, Entry, GENESIS, Outcome, Record, record_hash};
 use crate::state::atomic::{create_dir_all, fsync_dir};
 use crate::timefmt::Timestamp;
@@ -100,8 +102,14 @@ pub struct OpenReport {
     pub records: u64,
     /// The torn tail that was cut, as a sentence (also written as an `audit.repair` record).
     pub repaired: Option<String>,
-    /// Damage that open does not repair; `verify` reports it in full.
+    /// The reason of the damage record this open wrote, if it wrote one (at most one).
     pub warnings: Vec<String>,
+    /// The damage record this open wrote: its seq and reason.
+    pub damage: Option<(u64, String)>,
+    /// Every discrepancy found, those recorded by earlier opens included.
+    pub findings: Vec<String>,
+    /// Damage records no admin has acknowledged yet: (seq, reason).
+    pub unacknowledged: Vec<(u64, String)>,
 }
 
 struct Shared {
@@ -127,6 +135,9 @@ struct Io {
     /// line together.
     partial: Vec<u8>,
     head: File,
+    /// Whether the head was fsynced since open (once: so that a power loss right after
+    /// the first batch does not leave an empty head beside acknowledged records).
+    head_synced: bool,
     max_segment_bytes: u64,
     _lock: File,
 }
@@ -149,6 +160,9 @@ pub struct AuditLog {
     tree: Mutex<MerkleTree>,
     /// Cleared only by [`AuditLog::freeze_tree_for_bench`].
     tree_grows: AtomicBool,
+    /// What the log's audit records say about damage and checkpoints (as of open, plus
+    /// the damage open recorded).
+    history: Mutex<History>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -189,9 +203,25 @@ fn scan(data: &[u8]) -> (Option<(u64, [u8; 32], usize)>, bool) {
 }
 
 impl AuditLog {
-    /// Open (creating if needed) the log in `dir`, cut a torn tail and record the cut, and
-    /// rebuild the Merkle tree from every segment (the whole log is read once).
+    /// Open (creating if needed) the log in `dir` without checking a checkpoint: see
+    /// [`AuditLog::open_anchored`].
     pub fn open(dir: &Path, opts: Options) -> Result<(Self, OpenReport), AuditError> {
+        Self::open_anchored(dir, opts, None)
+    }
+
+    /// Open (creating if needed) the log in `dir`. Before anything is written, the
+    /// segments, the head file and (with `anchor`, the device's key) the stored checkpoint
+    /// are checked against each other; every discrepancy no earlier damage record names
+    /// is recorded in one `audit.damage` record, the first record this open writes. A torn
+    /// tail is cut only when the head and the checkpoint show it was never acknowledged
+    /// (the cut is recorded, with the digest of the cut bytes); otherwise it is kept in
+    /// place as a line of its own and recorded as damage. Then the Merkle tree is rebuilt
+    /// from every segment.
+    pub fn open_anchored(
+        dir: &Path,
+        opts: Options,
+        anchor: Option<&Anchor>,
+    ) -> Result<(Self, OpenReport), AuditError> {
         create_dir_all(dir, 0o750).map_err(io_err(dir))?;
         let lock_path = dir.join(".lock");
         let lock_file = OpenOptions::new()
@@ -207,6 +237,8 @@ impl AuditLog {
         }
 
         let mut report = OpenReport::default();
+        // Everything is inspected before any byte is changed.
+        let first = damage::inspect(dir, anchor)?;
         let mut segments = list_segments(dir).map_err(io_err(dir))?;
         if segments.is_empty() {
             let p = dir.join(segment_name(0));
@@ -214,68 +246,113 @@ impl AuditLog {
             segments.push((0, p));
         }
 
-        // Find the last record, cutting a torn tail of the last segment.
+        // The last well-formed record, and what follows it in the last segment.
         let mut last: Option<(u64, [u8; 32])> = None;
-        let mut repaired = None;
+        let mut tail: Option<(u32, PathBuf, usize, Vec<u8>)> = None;
         for (i, (index, path)) in segments.iter().enumerate().rev() {
             let data = std::fs::read(path).map_err(io_err(path))?;
             let written = written_len(&data);
             let (found, damaged) = scan(&data[..written]);
             let end = found.map_or(0, |(_, _, e)| e);
             if i == segments.len() - 1 && end < written && !damaged {
-                // A torn batch: zero it (the segment keeps its preallocated size).
-                let cut = written - end;
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err(path))?;
-                f.write_all_at(&vec![0u8; cut], end as u64)
-                    .map_err(io_err(path))?;
-                f.sync_data().map_err(io_err(path))?;
-                repaired = Some(format!(
-                    "cut {cut} bytes of a torn record at the end of {} (written but never acknowledged)",
-                    segment_name(*index)
-                ));
-            }
-            if damaged {
-                report.warnings.push(format!(
-                    "{} has damaged records before its last one; `trustctl audit verify` reports where",
-                    segment_name(*index)
-                ));
+                tail = Some((*index, path.clone(), end, data[end..written].to_vec()));
             }
             if let Some((seq, hash, _)) = found {
                 last = Some((seq, hash));
                 break;
             }
         }
-
-        let head_path = dir.join(HEAD_FILE);
-        let head_existed = head_path.exists();
-        let head = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o640)
-            .open(&head_path)
-            .map_err(io_err(&head_path))?;
-        if !head_existed {
-            fsync_dir(dir).map_err(io_err(dir))?;
-        }
-        let mut head_block = vec![0u8; HEAD_LEN];
-        let n = head
-            .read_at(&mut head_block, 0)
-            .map_err(io_err(&head_path))?;
-        head_block.truncate(n);
         let last_seq = last.map(|(s, _)| s);
-        match decode_head(&head_block) {
-            Ok(Some((hseq, _))) if last_seq.is_none_or(|l| hseq > l) => report.warnings.push(format!(
-                "the head file says record {hseq} was acknowledged but the log ends at {}: acknowledged records are missing",
-                last_seq.map_or("nothing".to_owned(), |l| l.to_string())
-            )),
-            Ok(_) => {}
-            Err(e) => report.warnings.push(e),
+
+        let mut extra: Vec<damage::Finding> = Vec::new();
+        let mut repair: Option<Entry> = None;
+        if let Some((index, path, end, bytes)) = tail {
+            let seg = segment_name(index);
+            let digest = crate::bundle::sha256_hex(&bytes);
+            let acked = first.acknowledged_through();
+            let head_sound = match &first.head {
+                HeadFound::At(h, _) => last_seq.is_some_and(|l| *h <= l),
+                HeadFound::Empty => last_seq.is_none(),
+                _ => false,
+            } && !first.report.problems.iter().any(|p| {
+                matches!(
+                    p,
+                    Problem::Truncated { .. } | Problem::HeadMismatch { .. } | Problem::Head { .. }
+                )
+            });
+            let beyond = acked.is_some_and(|a| last_seq.is_none_or(|l| a > l));
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let after = last_seq.map_or("before the first record".to_owned(), |l| {
+                format!("after record {l}, the last complete one")
+            });
+            if head_sound && !beyond {
+                // A torn batch that no caller was told is durable: zero it (the segment
+                // keeps its preallocated size).
+                f.write_all_at(&vec![0u8; bytes.len()], end as u64)
+                    .map_err(io_err(&path))?;
+                f.sync_data().map_err(io_err(&path))?;
+                let why = match (&first.head, &first.checkpoint) {
+                    (HeadFound::At(h, _), Some(cp)) => format!(
+                        "the head names record {h} as the last acknowledged and the checkpoint covers {} records",
+                        cp.size
+                    ),
+                    (HeadFound::At(h, _), None) => {
+                        format!("the head names record {h} as the last acknowledged")
+                    }
+                    _ => "the head is empty: no record was ever acknowledged".to_owned(),
+                };
+                let text = format!(
+                    "cut {} bytes of a torn record at the end of {seg} {after} (written but never acknowledged: {why}); SHA-256 of the cut bytes {digest}",
+                    bytes.len()
+                );
+                repair = Some(
+                    Entry::new(damage::REPAIR_KIND, Outcome::Ok, Actor::this_process())
+                        .reason(text)
+                        .digest("cut-sha256", digest)
+                        .digest("cut-bytes", bytes.len().to_string()),
+                );
+            } else {
+                // Evidence: keep the bytes where they are, ended as a line of their own,
+                // so that the next record starts on a line of its own.
+                if bytes.last() != Some(&b'\n') {
+                    f.write_all_at(b"\n", (end + bytes.len()) as u64)
+                        .map_err(io_err(&path))?;
+                    f.sync_data().map_err(io_err(&path))?;
+                }
+                let why = match acked {
+                    Some(a) if beyond => format!(
+                        "although record {a} was acknowledged (head or checkpoint): acknowledged records were cut"
+                    ),
+                    _ => format!(
+                        "and whether they were acknowledged cannot be told ({} found)",
+                        damage::head_text(&first.head)
+                    ),
+                };
+                extra.push(
+                    damage::Finding::new(
+                        "cut-through-acknowledged",
+                        format!("{seg}:{digest}"),
+                        format!(
+                            "{seg} ends in {} bytes that are not whole records {after}, {why}; they are kept in place, not cut",
+                            bytes.len()
+                        ),
+                    )
+                    .with("tail-sha256", digest)
+                    .with("tail-bytes", bytes.len().to_string()),
+                );
+            }
         }
+        // What the files say now (after a cut or an ended line, inspect them again).
+        let mut insp = if repair.is_some() || !extra.is_empty() {
+            damage::inspect(dir, anchor)?
+        } else {
+            first
+        };
+        insp.findings.extend(extra);
+        insp.findings.sort_by_key(|f| damage::priority(f.kind));
 
         let (index, path) = segments
             .last()
@@ -307,20 +384,34 @@ impl AuditLog {
             }
         };
 
+        let head_path = dir.join(HEAD_FILE);
+        let head_existed = head_path.exists();
+        let head = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o640)
+            .open(&head_path)
+            .map_err(io_err(&head_path))?;
+        if !head_existed {
+            fsync_dir(dir).map_err(io_err(dir))?;
+        }
+
         // The Merkle tree over every line the files hold (after the cut above), which is
         // what an offline verifier rebuilds from them.
         let tree = super::merkle::merkle_from_dir(dir)?;
-        if tree.size() != next_seq {
-            report.warnings.push(format!(
-                "the log holds {} lines but its last record is seq {}: records are missing, damaged or out of place, so Merkle leaf indexes are not seqs; `trustctl audit verify` reports where",
-                tree.size(),
-                last.map_or("none".to_owned(), |(s, _)| s.to_string())
-            ));
-        }
         let mut genesis = [0u8; 32];
         if let Some((_, h)) = last {
             genesis = h;
         }
+        let new: Vec<damage::Finding> = insp
+            .history
+            .new_findings(&insp.findings)
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut history = insp.history;
         let log = Self {
             dir: dir.into(),
             boot_id: crate::sys::boot_id(),
@@ -346,25 +437,49 @@ impl AuditLog {
                 seg_len,
                 partial,
                 head,
+                head_synced: false,
                 max_segment_bytes: opts.max_segment_bytes.max(1),
                 _lock: lock_file,
             }),
             tree: Mutex::new(tree),
             tree_grows: AtomicBool::new(true),
+            history: Mutex::new(History::default()),
         };
-        for w in &report.warnings {
-            log.append(
-                Entry::new("audit.damage", Outcome::Error, Actor::this_process()).reason(w.clone()),
-            )?;
+        // Damage first: before the head is rewritten and before any other record.
+        if !new.is_empty() {
+            let refs: Vec<&damage::Finding> = new.iter().collect();
+            let (entry, ids, rest) = damage::damage_entry(&refs);
+            let reason = entry.reason.clone().unwrap_or_default();
+            let r = log.append(entry)?;
+            history.record(r.seq, reason.clone(), ids, rest, &refs);
+            report.warnings.push(reason.clone());
+            report.damage = Some((r.seq, reason));
         }
-        if let Some(r) = &repaired {
-            log.append(
-                Entry::new("audit.repair", Outcome::Ok, Actor::this_process()).reason(r.clone()),
-            )?;
+        if let Some(r) = repair {
+            report.repaired = r.reason.clone();
+            log.append(r)?;
         }
-        report.repaired = repaired;
+        report.findings = insp.findings.iter().map(|f| f.text.clone()).collect();
+        report.unacknowledged = history.unacknowledged();
+        *lock(&log.history) = history;
         report.records = lock(&log.shared).next_seq;
         Ok((log, report))
+    }
+
+    /// What the log's audit records say about damage and checkpoints: the damage found
+    /// and recorded so far (this open's included), acknowledgements, announced checkpoints.
+    pub fn history(&self) -> History {
+        lock(&self.history).clone()
+    }
+
+    /// Whether a damage record names the checkpoint (`size`, `root`) as one the log does not
+    /// extend: then a new checkpoint may be signed although it is not consistent with that
+    /// one (the fork is on record, in the log itself).
+    pub fn fork_recorded(&self, size: u64, root: &Hash) -> bool {
+        lock(&self.history)
+            .forks
+            .iter()
+            .any(|(s, r)| *s == size && r == root)
     }
 
     /// The directory of this log.
@@ -634,6 +749,10 @@ impl Io {
         self.head
             .write_all_at(&encode_head(last.0, &last.1), 0)
             .map_err(io_err(&head_path))?;
+        if !self.head_synced {
+            self.head.sync_data().map_err(io_err(&head_path))?;
+            self.head_synced = true;
+        }
         Ok(carry)
     }
 }

@@ -6,6 +6,7 @@
 //! a user visited.
 
 pub mod checkpoint;
+pub mod damage;
 mod log;
 pub mod merkle;
 mod record;

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use trustd::Paths;
-use trustd::audit::{Actor, read_records, verify_dir};
+use trustd::audit::{Actor, read_records};
 use trustd::bundle::{
     Envelope, Payload, PrivateKeyFile, PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot,
     Verified, VerifyError, generate_key, key_id, sign_envelope, verify, verify_rotation,
@@ -276,6 +276,14 @@ enum AuditCmd {
         /// How many.
         #[arg(short = 'n', default_value_t = 10)]
         n: usize,
+    },
+    /// Acknowledge the damage the daemon recorded in the log (after reviewing it with
+    /// `status` and `audit tail`): posture stops showing it; the damage records stay and
+    /// the acknowledgement is itself recorded.
+    Acknowledge {
+        /// Only the damage recorded in records up to this seq (default: all of it).
+        #[arg(long)]
+        through: Option<u64>,
     },
     /// Ask the daemon for a signed checkpoint of the log now (keep it somewhere else).
     Checkpoint {
@@ -805,6 +813,13 @@ mod bus {
                     return Ok(ExitCode::from(1));
                 }
             }
+            Op::Audit(AuditCmd::Acknowledge { through }) => {
+                let text = c
+                    .audit_acknowledge(through.unwrap_or(u64::MAX))
+                    .await
+                    .map_err(daemon_error)?;
+                print(j, json!({"ok": true, "acknowledged": text}), &text);
+            }
             Op::Audit(AuditCmd::Checkpoint { out }) => {
                 let note = c.checkpoint().await.map_err(daemon_error)?;
                 write_out(out.as_deref(), note.as_bytes())?;
@@ -1079,28 +1094,75 @@ fn state(j: bool, prefix: &Path) -> Result<ExitCode> {
 }
 
 fn audit_verify(j: bool, prefix: &Path) -> Result<ExitCode> {
-    let dir = Paths::new(prefix).audit_dir();
-    let rep = verify_dir(&dir)?;
+    let paths = Paths::new(prefix);
+    let dir = paths.audit_dir();
+    // With the device's public key at hand, the stored checkpoint is checked too (a chain
+    // rewritten consistently, a log cut below it, a checkpoint removed or put back older).
+    let anchor =
+        PublicKeyFile::load(&paths.device_pub())
+            .ok()
+            .map(|key| trustd::audit::damage::Anchor {
+                origin: trustd::report::origin(&key),
+                key,
+            });
+    let insp = trustd::audit::damage::inspect(&dir, anchor.as_ref())?;
+    let rep = &insp.report;
+    // Findings beyond the chain's problems (the checkpoint's), which no damage record names.
+    let extra: Vec<String> = insp
+        .findings
+        .iter()
+        .filter(|f| f.kind.starts_with("checkpoint") || f.kind.starts_with("log-"))
+        .filter(|f| !matches!(f.kind, "log-truncated"))
+        .filter(|f| !insp.history.known.contains(&f.id()))
+        .map(|f| format!("[{}] {}", f.kind, f.text))
+        .collect();
+    let unacked = insp.history.unacknowledged();
+    let acked = insp.history.damage.len() - unacked.len();
+    let ok = rep.ok() && extra.is_empty() && unacked.is_empty();
     if j {
-        println!("{}", json!({"ok": rep.ok(), "report": rep}));
-    } else if rep.ok() {
         println!(
-            "audit log intact: {} records in {} segments, head at {}",
-            rep.records,
-            rep.segments,
-            rep.head_seq.map_or("none".into(), |s| s.to_string())
+            "{}",
+            json!({"ok": ok, "report": rep, "checkpoint_problems": extra,
+                "damage_recorded": insp.history.damage.iter().map(|(s, r)| json!({"seq": s, "reason": r})).collect::<Vec<_>>(),
+                "damage_unacknowledged": unacked.iter().map(|(s, _)| s).collect::<Vec<_>>()})
         );
     } else {
-        println!(
-            "audit log damaged: {} problem(s) in {} records",
-            rep.problems.len(),
-            rep.records
-        );
-        for p in &rep.problems {
-            println!("  {p}");
+        if rep.ok() && extra.is_empty() {
+            println!(
+                "audit log intact: {} records in {} segments, head at {}",
+                rep.records,
+                rep.segments,
+                rep.head_seq.map_or("none".into(), |s| s.to_string())
+            );
+        } else {
+            println!(
+                "audit log damaged: {} problem(s) in {} records",
+                rep.problems.len() + extra.len(),
+                rep.records
+            );
+            for p in &rep.problems {
+                println!("  {p}");
+            }
+            for p in &extra {
+                println!("  {p}");
+            }
+        }
+        if !insp.history.damage.is_empty() {
+            println!(
+                "damage recorded by trustd in {} record(s), {acked} acknowledged by an admin:",
+                insp.history.damage.len()
+            );
+            for (seq, reason) in &insp.history.damage {
+                let state = if unacked.iter().any(|(s, _)| s == seq) {
+                    "NOT acknowledged"
+                } else {
+                    "acknowledged"
+                };
+                println!("  record {seq} ({state}): {reason}");
+            }
         }
     }
-    Ok(if rep.ok() {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

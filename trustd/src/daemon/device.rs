@@ -1,6 +1,7 @@
 //! Transitions on the device state, each audited.
 
 use crate::Paths;
+use crate::audit::damage::{ACKNOWLEDGE_KIND, Anchor, CHECKPOINT_KIND};
 use crate::audit::{Actor, AuditError, AuditLog, Entry, Options, Outcome};
 use crate::bundle::{
     Payload, Role, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation,
@@ -264,6 +265,8 @@ pub struct Device {
     drift: Option<(u64, String)>,
     intel_failure: Option<String>,
     audit_problems: Vec<String>,
+    /// Damage records of the audit log no admin has acknowledged: (seq, reason).
+    audit_damage: Vec<(u64, String)>,
     links: BTreeMap<String, bool>,
     secret: Option<DeviceSecret>,
     key: ed25519_dalek::SigningKey,
@@ -277,11 +280,18 @@ impl Device {
     pub fn open(paths: &Paths, actor: Actor) -> Result<Self, DeviceError> {
         let store = StateStore::new(paths.clone());
         let lock = store.lock()?;
-        let (audit, report) = AuditLog::open(&paths.audit_dir(), Options::default())?;
-        let (root, loaded) = load_and_record(&store, &audit, actor.clone(), "stopped")?;
-        let secret = settle_secret(store.paths(), &audit, loaded.state.lifecycle, actor.clone())?;
+        // The device key first: the audit log is checked against the checkpoint it signed
+        // before any record is written.
         let (key, made) = crate::report::load_or_create_key(store.paths())
             .map_err(|e| DeviceError::Secret(format!("device key: {e}")))?;
+        let anchor = Anchor {
+            origin: crate::report::origin(&key.verifying_key()),
+            key: key.verifying_key(),
+        };
+        let (audit, report) =
+            AuditLog::open_anchored(&paths.audit_dir(), Options::default(), Some(&anchor))?;
+        let (root, loaded) = load_and_record(&store, &audit, actor.clone(), "stopped")?;
+        let secret = settle_secret(store.paths(), &audit, loaded.state.lifecycle, actor.clone())?;
         if made {
             audit.append(
                 Entry::new("device.key", Outcome::Ok, actor)
@@ -304,7 +314,8 @@ impl Device {
             enforcement: Enforcement::Unconfirmed,
             drift: None,
             intel_failure: None,
-            audit_problems: report.warnings,
+            audit_problems: Vec::new(),
+            audit_damage: report.unacknowledged,
             links: BTreeMap::new(),
             secret,
             key,
@@ -726,6 +737,7 @@ impl Device {
             drift: self.drift.as_ref().map(|(n, w)| (*n, w.as_str())),
             intel_failure: self.intel_failure.as_deref(),
             audit_problems: &self.audit_problems,
+            audit_damage: &self.audit_damage,
             audit_head: self.audit.head(),
             landlock_abi: crate::sys::landlock_abi(),
             confinement: self.confinement.as_deref(),
@@ -871,12 +883,132 @@ impl Device {
     }
 
     /// Sign a checkpoint of the audit log as it is now and store it (the `checkpoint` file).
-    /// Refused if the log no longer extends the last checkpoint this key signed.
+    /// Refused if the log no longer extends the last checkpoint this key signed (unless
+    /// a damage record names that one). If nothing was logged since the stored checkpoint,
+    /// that one is returned. Otherwise an `audit.checkpoint` record announcing the size
+    /// comes first, inside the checkpoint: a later open tells a removed or older
+    /// checkpoint file from it.
     pub fn checkpoint(&self) -> Result<String, DeviceError> {
+        use crate::audit::checkpoint::{checkpoint_log, parse_and_verify, read_checkpoint};
         let origin = self.origin();
-        crate::audit::checkpoint::checkpoint_log(&self.audit, &origin, &origin, &self.key)
+        let stored = read_checkpoint(self.audit.dir())
+            .ok()
+            .flatten()
+            .and_then(|n| {
+                let cp = parse_and_verify(&n, &origin, &self.key.verifying_key()).ok()?;
+                Some((n, cp))
+            });
+        if let Some((note, cp)) = stored
+            && cp.origin == origin
+            && (cp.size, cp.root) == self.audit.tree_head()
+        {
+            return Ok(note);
+        }
+        let size = self.audit.tree_head().0 + 1;
+        self.audit.append(
+            Entry::new(CHECKPOINT_KIND, Outcome::Ok, Actor::this_process())
+                .reason(format!(
+                    "a checkpoint of at least {size} records (this one included) is signed next"
+                ))
+                .digest("size", size.to_string()),
+        )?;
+        checkpoint_log(&self.audit, &origin, &origin, &self.key)
             .map(|(_, note)| note)
-            .map_err(|e| DeviceError::Checkpoint(e.to_string()))
+            .or_else(|e| {
+                self.audit.append(
+                    Entry::new(CHECKPOINT_KIND, Outcome::Error, Actor::this_process())
+                        .reason(format!("the checkpoint announced was not signed: {e}"))
+                        .digest("size", size.to_string()),
+                )?;
+                Err(DeviceError::Checkpoint(e.to_string()))
+            })
+    }
+
+    /// Damage records of the audit log no admin has acknowledged: (seq, reason).
+    pub fn audit_damage(&self) -> &[(u64, String)] {
+        &self.audit_damage
+    }
+
+    /// An admin acknowledges the audit log's damage recorded in records up to `through`
+    /// (`u64::MAX`: all). Recorded as an `audit.acknowledge` record naming the damage
+    /// records it covers; they stay in the log. Posture stops showing them. Refused if no
+    /// unacknowledged damage record is at or below `through`.
+    pub fn acknowledge_damage(
+        &mut self,
+        through: u64,
+        actor: Actor,
+    ) -> Result<String, DeviceError> {
+        let covered: Vec<u64> = self
+            .audit_damage
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| *s <= through)
+            .collect();
+        let Some(&last) = covered.last() else {
+            return Err(DeviceError::CommandRefused(
+                if self.audit_damage.is_empty() {
+                    "no audit log damage awaits acknowledgement".to_owned()
+                } else {
+                    format!(
+                        "no unacknowledged damage record at or below record {through} (the first is record {})",
+                        self.audit_damage[0].0
+                    )
+                },
+            ));
+        };
+        let list = covered
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let r = self.audit.append(
+            Entry::new(ACKNOWLEDGE_KIND, Outcome::Ok, actor)
+                .reason(format!(
+                    "an admin acknowledged the audit log damage recorded in record(s) {list}; those records stay in the log"
+                ))
+                .digest("through", last.to_string())
+                .digest("records", list.clone()),
+        )?;
+        self.audit_damage.retain(|(s, _)| *s > last);
+        Ok(format!(
+            "acknowledged the damage recorded in record(s) {list} (acknowledgement is record {})",
+            r.seq
+        ))
+    }
+
+    /// Check the whole audit log now. Returns the records read and every problem found,
+    /// recorded damage no admin acknowledged included; posture shows the chain's problems
+    /// that no damage record names.
+    pub fn verify_audit(&mut self) -> Result<(u64, Vec<String>), DeviceError> {
+        let insp = crate::audit::damage::inspect(self.audit.dir(), None)?;
+        let history = self.audit.history();
+        let mut all: Vec<String> = insp
+            .report
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        // Damage on record but not acknowledged keeps the check failing: the log is
+        // damaged-then-recorded, not intact.
+        all.extend(self.audit_damage.iter().map(|(seq, why)| {
+            format!("damage recorded in record {seq}, not yet acknowledged: {why}")
+        }));
+        let unrecorded: Vec<String> = insp
+            .report
+            .problems
+            .iter()
+            .zip(&insp.findings)
+            .filter(|(_, f)| !history.known.contains(&f.id()))
+            .map(|(p, _)| p.to_string())
+            .collect();
+        // All of them together may be bound by one digest of a damage record.
+        let refs: Vec<&crate::audit::damage::Finding> = insp.findings.iter().collect();
+        self.audit_problems = if history.covers(&refs) {
+            Vec::new()
+        } else {
+            unrecorded
+        };
+        Ok((insp.report.records, all))
     }
 
     /// A signed checkpoint of the log as it is now: the stored one when it already covers the

@@ -8,7 +8,7 @@ use std::sync::PoisonError;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Applied, Device, DeviceError};
-use crate::audit::{Actor, Entry, Outcome, verify_dir};
+use crate::audit::{Actor, Entry, Outcome};
 use crate::netfilter::Backend;
 use crate::posture::Posture;
 use crate::sys::netlink::LinkEvent;
@@ -108,6 +108,8 @@ pub enum Request {
     AuditTail(u32),
     /// Check the audit log.
     AuditVerify,
+    /// An admin acknowledges the audit log damage recorded up to this seq (`u64::MAX`: all).
+    AcknowledgeDamage(u64),
     /// May this app start?
     CheckLaunch {
         /// The app id.
@@ -147,6 +149,7 @@ impl Request {
             Self::CompleteStep(_) => "CompleteStep",
             Self::AuditTail(_) => "Tail",
             Self::AuditVerify => "Verify",
+            Self::AcknowledgeDamage(_) => "AcknowledgeDamage",
             Self::CheckLaunch { .. } => "CheckLaunch",
             Self::ReportLaunch { .. } => "ReportLaunch",
             Self::ApplyCommand(_) => "ApplyCommand",
@@ -174,7 +177,8 @@ pub fn permitted(req: &Request, role: Role, user_may_disable_privacy: bool) -> b
         | Request::ApplyCommand(_)
         | Request::Checkpoint
         | Request::AuditTail(_)
-        | Request::AuditVerify => role == Role::Admin,
+        | Request::AuditVerify
+        | Request::AcknowledgeDamage(_) => role == Role::Admin,
     }
 }
 
@@ -863,14 +867,11 @@ impl<B: Backend> Engine<B> {
             Request::Checkpoint => Ok(Response::Text(self.dev.checkpoint()?)),
             Request::Report(nonce) => Ok(Response::Text(self.dev.report(&nonce, now)?)),
             Request::AuditVerify => {
-                let r = verify_dir(self.dev.audit().dir())
-                    .map_err(|e| CallError::Failed(e.to_string()))?;
-                let problems: Vec<String> = r.problems.iter().map(ToString::to_string).collect();
-                self.dev.set_audit_problems(problems.clone());
-                Ok(Response::Verified {
-                    records: r.records,
-                    problems,
-                })
+                let (records, problems) = self.dev.verify_audit()?;
+                Ok(Response::Verified { records, problems })
+            }
+            Request::AcknowledgeDamage(through) => {
+                Ok(Response::Text(self.dev.acknowledge_damage(through, actor)?))
             }
         }
     }

@@ -53,4 +53,24 @@ impl Audit {
             r => Err(unexpected(&r)),
         }
     }
+
+    /// Acknowledge the damage recorded in the log's `audit.damage` records up to and
+    /// including record `through` (the largest value: all of them). Posture stops showing
+    /// them; the damage records stay in the log and the acknowledgement is itself an
+    /// audit record. Refused when no unacknowledged damage record is at or below `through`.
+    async fn acknowledge_damage(
+        &self,
+        through: u64,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<String> {
+        match self
+            .h
+            .call(conn, &hdr, Request::AcknowledgeDamage(through))
+            .await?
+        {
+            Response::Text(t) => Ok(t),
+            r => Err(unexpected(&r)),
+        }
+    }
 }

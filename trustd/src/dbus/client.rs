@@ -194,6 +194,14 @@ impl Client {
             .await
     }
 
+    /// Acknowledge the audit log damage recorded up to record `through` (`u64::MAX`: all).
+    pub async fn audit_acknowledge(&self, through: u64) -> zbus::Result<String> {
+        self.proxy("org.enigm.Trust1.Audit")
+            .await?
+            .call("AcknowledgeDamage", &(through,))
+            .await
+    }
+
     /// May the app start? `(allowed, reason, profile JSON)`.
     pub async fn check_launch(
         &self,
