@@ -1011,25 +1011,6 @@ impl Device {
         Ok((insp.report.records, all))
     }
 
-    /// A signed checkpoint of the log as it is now: the stored one when it already covers the
-    /// log's head (so that a report, which any local user may ask for, writes nothing to disk
-    /// unless records were added), else a new one ([`Device::checkpoint`]).
-    fn current_checkpoint(&self) -> Result<String, DeviceError> {
-        let origin = self.origin();
-        let (size, root) = self.audit.tree_head();
-        let stored = crate::audit::checkpoint::read_checkpoint(self.audit.dir())
-            .ok()
-            .flatten()
-            .filter(|n| {
-                crate::audit::checkpoint::parse_and_verify(n, &origin, &self.key.verifying_key())
-                    .is_ok_and(|c| c.origin == origin && c.size == size && c.root == root)
-            });
-        match stored {
-            Some(note) => Ok(note),
-            None => self.checkpoint(),
-        }
-    }
-
     /// Records in the last stored checkpoint (0: none).
     pub fn checkpointed_size(&self) -> u64 {
         let origin = self.origin();
@@ -1051,7 +1032,7 @@ impl Device {
                 "a nonce is 8 to 128 characters of [A-Za-z0-9_-]".into(),
             ));
         }
-        let checkpoint = self.current_checkpoint()?;
+        let checkpoint = self.checkpoint()?;
         let p = self.posture(now);
         let snapshot = crate::dbus::posture_json(&p);
         let report = crate::report::Report {

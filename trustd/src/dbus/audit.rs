@@ -61,12 +61,11 @@ impl Audit {
     async fn acknowledge_damage(
         &self,
         through: u64,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<String> {
         match self
             .h
-            .call(conn, &hdr, Request::AcknowledgeDamage(through))
+            .call(&hdr, Request::AcknowledgeDamage(through))
             .await?
         {
             Response::Text(t) => Ok(t),
