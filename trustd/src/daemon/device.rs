@@ -22,6 +22,7 @@ use crate::timefmt::Timestamp;
 use std::collections::BTreeMap;
 
 mod drift;
+pub use drift::INTEL_BACKSTOP;
 
 /// Why a command did not take effect. In every case the previous state stays in force.
 #[derive(Debug, thiserror::Error)]

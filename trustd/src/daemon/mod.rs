@@ -8,5 +8,5 @@
 mod device;
 pub mod engine;
 
-pub use device::{Applied, Device, DeviceError, Enforced};
+pub use device::{Applied, Device, DeviceError, Enforced, INTEL_BACKSTOP};
 pub use engine::{CallError, Caller, Command, Engine, Request, Response, Role, RoleGroups};

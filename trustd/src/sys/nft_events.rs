@@ -186,8 +186,10 @@ fn name(v: &[u8]) -> String {
         .collect()
 }
 
-/// Which of the two tables (0 policy, 1 intel), what was done, to which object.
-type Touch = (usize, &'static str, &'static str, String);
+/// Which of the two tables (0 policy, 1 intel), the kind of object (its message number
+/// with the deletion variants folded, so that a table comes first), what was done, to which
+/// object.
+type Touch = (usize, u8, &'static str, &'static str, String);
 
 /// Accumulates one transaction's messages until its `NEWGEN`, then bursts until quiet.
 #[derive(Debug, Default)]
@@ -262,7 +264,15 @@ impl Parser {
         } else {
             1
         };
-        *self.txn.entry((which, verb, object, what)).or_default() += n;
+        let rank = match msg {
+            0 | 2 | 26 => 0,
+            3 | 5 | 27 => 1,
+            6 | 8 | 28 => 2,
+            9 | 11 | 29 => 3,
+            12 | 14 | 30 => 4,
+            _ => 5,
+        };
+        *self.txn.entry((which, rank, verb, object, what)).or_default() += n;
     }
 
     /// A transaction ended: attribute its changes to its process.
@@ -273,7 +283,7 @@ impl Parser {
         }
         let own = pid.is_some_and(is_own);
         let mut lines: [Vec<String>; 2] = Default::default();
-        for ((which, verb, object, what), n) in txn {
+        for ((which, _, verb, object, what), n) in txn {
             lines[which].push(format!("{n} {object} {what} {verb}"));
         }
         for (which, parts) in lines.into_iter().enumerate() {
@@ -324,7 +334,8 @@ impl TableWatcher {
     /// Subscribe (needs CAP_NET_ADMIN) to the changes of `inet POLICY` and `inet INTEL`.
     /// Subscribe before trustd's first apply, so that nothing after it goes unseen.
     pub fn open(policy_table: &str, intel_table: &str) -> std::io::Result<Self> {
-        let sock = Socket::new(NETLINK_NETFILTER)?;
+        let mut sock = Socket::new(NETLINK_NETFILTER)?;
+        sock.bind_auto()?;
         sock.add_membership(NFNLGRP_NFTABLES)?;
         let size: libc::c_int = RCVBUF;
         // SAFETY: the socket is open for the call; the option value is a c_int that lives
@@ -562,7 +573,7 @@ mod tests {
         p.datagram(&d);
         assert_eq!(
             p.out.policy.foreign,
-            ["nft (pid 1): 1 rule in chain output added or replaced, 1 chain in?put deleted"]
+            ["nft (pid 1): 1 chain in?put deleted, 1 rule in chain output added or replaced"]
         );
     }
 }

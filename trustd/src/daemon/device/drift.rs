@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 
 use super::Device;
 use crate::audit::{Actor, Entry, Outcome};
-use crate::netfilter::{self, Backend, INTEL_TABLE, canonical_digest, verify_intel_listing};
+use crate::netfilter::{
+    self, Backend, INTEL_TABLE, canonical_digest, render_intel, verify_intel_listing,
+};
 use crate::sys::nft_events::{Changes, TableChange};
 
 use super::DeviceError;
 
 /// With notifications watched, the periodic check reads the blocklist table's chains back
 /// this often (a backstop; each read costs about half a second of CPU with 100k entries).
-pub const INTEL_BACKSTOP: Duration = Duration::from_secs(60);
+pub const INTEL_BACKSTOP: Duration = Duration::from_secs(300);
 /// Past this many repairs on foreign notifications within [`REPAIR_WINDOW`] for one table,
 /// further notifications are confirmed by a read-back before a repair.
 const REPAIRS_BEFORE_VERIFY: u32 = 5;
@@ -72,10 +74,52 @@ fn foreign(table: &str, c: &TableChange) -> String {
 }
 
 impl Device {
+    /// Put the blocklists last enforced back (already compiled: a repair does not wait for
+    /// the feed to be compiled again) in one transaction, and confirm them by a full
+    /// read-back; audited as `intel.enforce`. If that fails, the whole of
+    /// [`Self::enforce_intel`] runs (and records its own outcome); neither ends the daemon.
+    fn restore_intel(&mut self, backend: &mut dyn Backend, actor: Actor) -> Result<(), DeviceError> {
+        let Some(rs) = &self.enforced_intel else {
+            return Ok(());
+        };
+        let restored = backend
+            .apply(&render_intel(rs))
+            .map_err(|e| e.to_string())
+            .and_then(|()| match backend.list_table(INTEL_TABLE) {
+                Ok(Some(text)) => verify_intel_listing(rs, &text),
+                Ok(None) => Err("the blocklist table is gone after the repair".to_owned()),
+                Err(e) => Err(e.to_string()),
+            });
+        match restored {
+            Ok(()) => {
+                let mut entry = Entry::new("intel.enforce", Outcome::Ok, actor)
+                    .reason(format!("{} entries, table restored", rs.len()));
+                for c in &rs.categories {
+                    entry = entry.digest(
+                        format!("count.{}", c.name),
+                        rs.category_len(&c.name).to_string(),
+                    );
+                }
+                self.audit.append(entry)?;
+                self.intel_failure = None;
+            }
+            Err(why) => {
+                tracing::warn!("blocklists not restored as they were ({why}); applying them anew");
+                self.enforced_intel = None;
+                // A failed re-apply is recorded by enforce_intel and tried again on the next
+                // notification or check; it must not end the daemon (the policy table stays).
+                let _ = self.enforce_intel(backend, actor);
+            }
+        }
+        Ok(())
+    }
+
     /// Whether nftables notifications are watched (set once the watcher is subscribed; the
     /// periodic check then reads the blocklist table back only every [`INTEL_BACKSTOP`]).
     pub fn set_table_events(&mut self, on: bool) {
         self.watch.events = on;
+        // The start's own apply just confirmed the table: the first backstop is due later.
+        self.watch.intel_checked = Some(Instant::now());
     }
 
     /// Act on what nftables notifications said about trustd's tables: a foreign change is
@@ -148,10 +192,7 @@ impl Device {
                 Entry::new("intel.drift", Outcome::Error, actor.clone())
                     .reason(format!("{what}; restoring")),
             )?;
-            self.enforced_intel = None;
-            // A failed re-apply is recorded by enforce_intel and tried again on the next
-            // notification or check; it must not end the daemon (the policy table stays).
-            let _ = self.enforce_intel(backend, actor);
+            self.restore_intel(backend, actor)?;
             found = Some(what);
         }
         if let Some(what) = &found {
