@@ -235,7 +235,9 @@ fn every_edit_of_trustds_tables_with_a_100k_feed_is_repaired_within_2s_and_audit
     let l = &lab;
     let dropped = |target: &'static str| move || !l.probe(target, None);
     let passes = |target: &'static str| move || l.probe(target, None);
-    let v4h = rule_handle(&lab, INTEL_TABLE, "output", "@c0_v4h");
+    // The blocklists drop in both directions: an edit must open both to let a probe through.
+    let v4h_out = rule_handle(&lab, INTEL_TABLE, "output", "@c0_v4h");
+    let v4h_in = rule_handle(&lab, INTEL_TABLE, "input", "@c0_v4h");
     // (what, the edit, what the drift record says, how packets show it undone)
     type Case<'a> = (&'a str, String, &'a str, Box<dyn Fn() -> bool + 'a>);
     let intel_cases: Vec<Case<'_>> = vec![
@@ -265,20 +267,27 @@ fn every_edit_of_trustds_tables_with_a_100k_feed_is_repaired_within_2s_and_audit
         ),
         (
             "delete a rule",
-            format!("delete rule inet trustd_intel output handle {v4h}"),
-            "1 rule in chain output deleted",
+            format!(
+                "'delete rule inet trustd_intel output handle {v4h_out}; \
+                 delete rule inet trustd_intel input handle {v4h_in}'"
+            ),
+            "1 rule in chain input deleted, 1 rule in chain output deleted",
             Box::new(dropped(LISTED)),
         ),
         (
             "add a rule to our chain",
-            "insert rule inet trustd_intel output accept".into(),
-            "1 rule in chain output added",
+            "'insert rule inet trustd_intel output accept; \
+             insert rule inet trustd_intel input accept'"
+                .into(),
+            "1 rule in chain input added or replaced, 1 rule in chain output added",
             Box::new(dropped(LISTED)),
         ),
         (
             "delete a chain",
-            "'flush chain inet trustd_intel output; delete chain inet trustd_intel output'".into(),
-            "1 chain output deleted",
+            "'flush chain inet trustd_intel output; delete chain inet trustd_intel output; \
+             flush chain inet trustd_intel input; delete chain inet trustd_intel input'"
+                .into(),
+            "1 chain input deleted, 1 chain output deleted",
             Box::new(dropped(LISTED)),
         ),
         (

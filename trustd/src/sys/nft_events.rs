@@ -72,6 +72,11 @@ pub struct TableChange {
     pub foreign: Vec<String>,
     /// Transactions by trustd's own `nft` children (counted, otherwise ignored).
     pub own: u32,
+    /// The sets whose elements others added or removed (sorted, no duplicates).
+    pub element_sets: Vec<String>,
+    /// Others changed something besides set elements (a table, chain, rule, set, object or
+    /// flowtable).
+    pub structure: bool,
     /// Notifications were lost: the table may have changed in any way.
     pub unknown: bool,
 }
@@ -242,12 +247,14 @@ impl Parser {
         if family != NFPROTO_INET {
             return;
         }
-        let Some(table) = attrs_of().find(|(t, _)| *t == 1).map(|(_, v)| name(v)) else {
+        let Some(raw) = attrs_of().find(|(t, _)| *t == 1).map(|(_, v)| v) else {
             return;
         };
-        let Some(which) = self.tables.iter().position(|t| *t == table) else {
+        let raw = raw.split(|b| *b == 0).next().unwrap_or_default();
+        let Some(which) = self.tables.iter().position(|t| t.as_bytes() == raw) else {
             return;
         };
+        let table = self.tables[which].clone();
         let what = if name_attr == 0 {
             table
         } else {
@@ -283,7 +290,14 @@ impl Parser {
         }
         let own = pid.is_some_and(is_own);
         let mut lines: [Vec<String>; 2] = Default::default();
-        for ((which, _, verb, object, what), n) in txn {
+        let mut elements: [Vec<String>; 2] = Default::default();
+        let mut structure = [false; 2];
+        for ((which, rank, verb, object, what), n) in txn {
+            if rank == 4 {
+                elements[which].push(what.clone());
+            } else {
+                structure[which] = true;
+            }
             lines[which].push(format!("{n} {object} {what} {verb}"));
         }
         for (which, parts) in lines.into_iter().enumerate() {
@@ -297,7 +311,15 @@ impl Parser {
             };
             if own {
                 t.own += 1;
-            } else if t.foreign.len() < 8 {
+                continue;
+            }
+            t.structure |= structure[which];
+            for set in &elements[which] {
+                if let Err(at) = t.element_sets.binary_search(set) {
+                    t.element_sets.insert(at, set.clone());
+                }
+            }
+            if t.foreign.len() < 8 {
                 let who = match pid {
                     Some(p) => format!("{proc_name} (pid {p})"),
                     None => format!("{proc_name} (pid unknown)"),

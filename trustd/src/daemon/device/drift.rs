@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use super::Device;
 use crate::audit::{Actor, Entry, Outcome};
 use crate::netfilter::{
-    self, Backend, INTEL_TABLE, canonical_digest, render_intel, verify_intel_listing,
+    self, Backend, INTEL_TABLE, canonical_digest, render_intel, render_intel_refill,
+    verify_intel_listing,
 };
 use crate::sys::nft_events::{Changes, TableChange};
 
@@ -76,14 +77,31 @@ fn foreign(table: &str, c: &TableChange) -> String {
 impl Device {
     /// Put the blocklists last enforced back (already compiled: a repair does not wait for
     /// the feed to be compiled again) in one transaction, and confirm them by a full
-    /// read-back; audited as `intel.enforce`. If that fails, the whole of
+    /// read-back; audited as `intel.enforce`. When others changed only set elements, only
+    /// those sets are refilled. If that fails, the whole of
     /// [`Self::enforce_intel`] runs (and records its own outcome); neither ends the daemon.
-    fn restore_intel(&mut self, backend: &mut dyn Backend, actor: Actor) -> Result<(), DeviceError> {
+    fn restore_intel(
+        &mut self,
+        backend: &mut dyn Backend,
+        change: &TableChange,
+        actor: Actor,
+    ) -> Result<(), DeviceError> {
         let Some(rs) = &self.enforced_intel else {
             return Ok(());
         };
+        // Only elements changed: refill those sets (flushed and filled in one transaction);
+        // anything else, or lost notifications: replace the table.
+        let refill = (!change.structure && !change.unknown && !change.element_sets.is_empty())
+            .then(|| render_intel_refill(rs, &change.element_sets))
+            .flatten();
+        let how = if refill.is_some() {
+            "sets refilled"
+        } else {
+            "table restored"
+        };
+        let script = refill.unwrap_or_else(|| render_intel(rs));
         let restored = backend
-            .apply(&render_intel(rs))
+            .apply(&script)
             .map_err(|e| e.to_string())
             .and_then(|()| match backend.list_table(INTEL_TABLE) {
                 Ok(Some(text)) => verify_intel_listing(rs, &text),
@@ -93,7 +111,7 @@ impl Device {
         match restored {
             Ok(()) => {
                 let mut entry = Entry::new("intel.enforce", Outcome::Ok, actor)
-                    .reason(format!("{} entries, table restored", rs.len()));
+                    .reason(format!("{} entries, {how}", rs.len()));
                 for c in &rs.categories {
                     entry = entry.digest(
                         format!("count.{}", c.name),
@@ -192,7 +210,7 @@ impl Device {
                 Entry::new("intel.drift", Outcome::Error, actor.clone())
                     .reason(format!("{what}; restoring")),
             )?;
-            self.restore_intel(backend, actor)?;
+            self.restore_intel(backend, c, actor)?;
             found = Some(what);
         }
         if let Some(what) = &found {
