@@ -111,7 +111,14 @@ fn records(lab: &Lab) -> Vec<Record> {
 /// Run `nft ARGS...` in the device namespace (as an intruder would), panicking on failure.
 fn nft(lab: &Lab, args: &str) {
     let o = Command::new("ip")
-        .args(["netns", "exec", &lab.dev, "sh", "-c", &format!("nft {args}")])
+        .args([
+            "netns",
+            "exec",
+            &lab.dev,
+            "sh",
+            "-c",
+            &format!("nft {args}"),
+        ])
         .output()
         .expect("nft");
     assert!(
@@ -307,10 +314,23 @@ fn every_edit_of_trustds_tables_with_a_100k_feed_is_repaired_within_2s_and_audit
         let t = edit_and_wait(&lab, edit, ("intel.drift", "intel.enforce"), says, undone);
         eprintln!("blocklist table: {what}: {t:?}");
         times.push((format!("blocklist table: {what}"), t));
-        assert!(!lab.probe(LISTED, None), "{what}: the listed address is dropped again");
-        assert!(!lab.probe(LISTED_NET, None), "{what}: the listed prefix is dropped again");
-        assert!(lab.probe(ALLOWED, None), "{what}: unlisted traffic passes again");
-        assert_eq!(intel_whole(&mut backend), Ok(()), "{what}: the table is whole");
+        assert!(
+            !lab.probe(LISTED, None),
+            "{what}: the listed address is dropped again"
+        );
+        assert!(
+            !lab.probe(LISTED_NET, None),
+            "{what}: the listed prefix is dropped again"
+        );
+        assert!(
+            lab.probe(ALLOWED, None),
+            "{what}: unlisted traffic passes again"
+        );
+        assert_eq!(
+            intel_whole(&mut backend),
+            Ok(()),
+            "{what}: the table is whole"
+        );
     }
 
     let allow = rule_handle(&lab, TABLE, "output", "10.99.0.2 tcp dport 443");
@@ -350,15 +370,24 @@ fn every_edit_of_trustds_tables_with_a_100k_feed_is_repaired_within_2s_and_audit
         let t = edit_and_wait(&lab, edit, ("network.drift", "network.apply"), says, undone);
         eprintln!("policy table: {what}: {t:?}");
         times.push((format!("policy table: {what}"), t));
-        assert!(!lab.probe(FORBIDDEN, None), "{what}: .2:80 is dropped again");
+        assert!(
+            !lab.probe(FORBIDDEN, None),
+            "{what}: .2:80 is dropped again"
+        );
         assert!(lab.probe(ALLOWED, None), "{what}: .2:443 passes again");
-        assert!(!lab.probe(LISTED, None), "{what}: the blocklist still holds");
+        assert!(
+            !lab.probe(LISTED, None),
+            "{what}: the blocklist still holds"
+        );
     }
     let slow: Vec<_> = times
         .iter()
         .filter(|(_, t)| t.audited >= BOUND || t.packets >= BOUND)
         .collect();
-    assert!(slow.is_empty(), "audited or undone later than {BOUND:?}: {slow:?}");
+    assert!(
+        slow.is_empty(),
+        "audited or undone later than {BOUND:?}: {slow:?}"
+    );
     let worst = |f: fn(&Timing) -> Duration| times.iter().map(|(_, t)| f(t)).max();
     println!(
         "drift with a 100k feed, worst of {} edits: audited {:?}, undone (packets) {:?}, \
@@ -444,4 +473,3 @@ fn idle_cpu_of_watching_changes_against_periodic_read_backs_with_a_100k_feed() {
     );
     assert!(daemon.terminate().success());
 }
-

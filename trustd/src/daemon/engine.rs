@@ -495,8 +495,7 @@ impl<B: Backend> Engine<B> {
                 }
                 Command::TablesChanged(changes) => {
                     if let Some(drift) =
-                        self.dev
-                            .tables_changed(&mut self.backend, &changes, me())?
+                        self.dev.tables_changed(&mut self.backend, &changes, me())?
                     {
                         tracing::warn!("enforcement drift repaired: {drift}");
                     }

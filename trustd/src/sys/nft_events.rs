@@ -119,7 +119,9 @@ pub struct OwnChild(u32);
 impl OwnChild {
     /// Register `pid` (a child just spawned).
     pub fn register(pid: u32) -> Self {
-        let mut own = OWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut own = OWN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         own.retain(|(_, reaped)| reaped.is_none_or(|t| now.duration_since(t) < OWN_GRACE));
         own.push((pid, None));
@@ -129,7 +131,9 @@ impl OwnChild {
 
 impl Drop for OwnChild {
     fn drop(&mut self) {
-        let mut own = OWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut own = OWN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (pid, reaped) in own.iter_mut() {
             if *pid == self.0 && reaped.is_none() {
                 *reaped = Some(Instant::now());
@@ -279,7 +283,10 @@ impl Parser {
             12 | 14 | 30 => 4,
             _ => 5,
         };
-        *self.txn.entry((which, rank, verb, object, what)).or_default() += n;
+        *self
+            .txn
+            .entry((which, rank, verb, object, what))
+            .or_default() += n;
     }
 
     /// A transaction ended: attribute its changes to its process.
@@ -431,7 +438,7 @@ impl TableWatcher {
     /// Block until a burst of notifications touching trustd's tables ends (quiet for 25 ms,
     /// or 150 ms after it began) and return what it says. Bursts of trustd's own
     /// transactions only come back too (with nothing that needs attention).
-    pub fn next(&mut self) -> std::io::Result<Changes> {
+    pub fn next_burst(&mut self) -> std::io::Result<Changes> {
         loop {
             self.readable(Duration::from_secs(3600))?;
             self.read_one()?;
@@ -451,7 +458,7 @@ impl TableWatcher {
     /// watcher stopped (so the periodic check covers everything again).
     pub fn run(mut self, mut send: impl FnMut(Changes) -> bool) {
         loop {
-            match self.next() {
+            match self.next_burst() {
                 Ok(c) if c.needs_attention() => {
                     if !send(c) {
                         return;
@@ -590,7 +597,11 @@ mod tests {
     fn rule_and_chain_edits_name_the_chain() {
         let mut p = parser();
         let mut d = nlmsg(nft(6), NFPROTO_INET, &[(1, s("trustd")), (2, s("output"))]);
-        d.extend(nlmsg(nft(5), NFPROTO_INET, &[(1, s("trustd")), (3, s("in put"))]));
+        d.extend(nlmsg(
+            nft(5),
+            NFPROTO_INET,
+            &[(1, s("trustd")), (3, s("in put"))],
+        ));
         d.extend(gen_msg(1));
         p.datagram(&d);
         assert_eq!(

@@ -100,14 +100,15 @@ impl Device {
             "table restored"
         };
         let script = refill.unwrap_or_else(|| render_intel(rs));
-        let restored = backend
-            .apply(&script)
-            .map_err(|e| e.to_string())
-            .and_then(|()| match backend.list_table(INTEL_TABLE) {
-                Ok(Some(text)) => verify_intel_listing(rs, &text),
-                Ok(None) => Err("the blocklist table is gone after the repair".to_owned()),
-                Err(e) => Err(e.to_string()),
-            });
+        let restored =
+            backend
+                .apply(&script)
+                .map_err(|e| e.to_string())
+                .and_then(|()| match backend.list_table(INTEL_TABLE) {
+                    Ok(Some(text)) => verify_intel_listing(rs, &text),
+                    Ok(None) => Err("the blocklist table is gone after the repair".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                });
         match restored {
             Ok(()) => {
                 let mut entry = Entry::new("intel.enforce", Outcome::Ok, actor)
