@@ -458,7 +458,10 @@ impl TableWatcher {
     /// watcher stopped (so the periodic check covers everything again).
     pub fn run(mut self, mut send: impl FnMut(Changes) -> bool) {
         loop {
-            match self.next_burst() {
+            // A parser fault must not end watching silently: it ends it loudly instead.
+            let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.next_burst()))
+                .unwrap_or_else(|_| Err(std::io::Error::other("the notification parser failed")));
+            match next {
                 Ok(c) if c.needs_attention() => {
                     if !send(c) {
                         return;
