@@ -259,6 +259,15 @@ fn run_daemon(
             Err(e) => tracing::error!("not confined: {e}"),
         }
     }
+    // Subscribed before the first apply, so that no change after it goes unseen.
+    let table_watcher = trustd::sys::nft_events::TableWatcher::open(
+        trustd::netfilter::TABLE,
+        trustd::netfilter::INTEL_TABLE,
+    );
+    match &table_watcher {
+        Ok(_) => dev.set_table_events(true),
+        Err(err) => tracing::warn!("watching nftables changes: {err}; periodic checks only"),
+    }
     let config_paths = paths.clone();
     let reconfigure: Reconfigure = Box::new(move || role_groups(&config_paths).map(|g| g.0));
     let (mut engine, posture_rx) =
@@ -319,6 +328,14 @@ fn run_daemon(
                 })?;
         }
         Err(err) => tracing::warn!("watching links: {err}"),
+    }
+
+    // Changes to trustd's tables, from nftables notifications (independent of the bus).
+    if let Ok(w) = table_watcher {
+        let nft_tx = lanes.control.clone();
+        std::thread::Builder::new()
+            .name("nft-events".into())
+            .spawn(move || w.run(|c| nft_tx.blocking_send(Command::TablesChanged(c)).is_ok()))?;
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()

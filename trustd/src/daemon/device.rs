@@ -23,6 +23,9 @@ use crate::sys::netlink::{LinkEvent, LinkState};
 use crate::timefmt::Timestamp;
 use std::collections::BTreeMap;
 
+mod drift;
+pub use drift::INTEL_BACKSTOP;
+
 /// Why a command did not take effect. In every case the previous state stays in force.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -271,6 +274,7 @@ pub struct Device {
     secret: Option<DeviceSecret>,
     key: ed25519_dalek::SigningKey,
     confinement: Option<String>,
+    watch: drift::Watch,
     _lock: StateLock,
 }
 
@@ -320,6 +324,7 @@ impl Device {
             secret,
             key,
             confinement: None,
+            watch: drift::Watch::default(),
             _lock: lock,
         })
     }
@@ -608,7 +613,10 @@ impl Device {
             self.enforce(backend, actor.clone())?;
             found = Some(what);
         }
-        if let Some(rs) = &self.enforced_intel
+        // Reading the blocklist chains back costs about half a second with 100k entries:
+        // with nftables notifications watched it is only a backstop (see drift.rs).
+        if self.watch.intel_due()
+            && let Some(rs) = &self.enforced_intel
             && !intel_chains_intact(backend, rs).unwrap_or(false)
         {
             let what = "the blocklist table was removed or its rules edited".to_owned();

@@ -272,6 +272,8 @@ pub enum Command {
     Tick,
     /// Links changed.
     Links(Vec<LinkEvent>),
+    /// nftables notifications say trustd's tables changed (or may have).
+    TablesChanged(crate::sys::nft_events::Changes),
     /// SIGHUP: reload configuration and state, re-enforce.
     Reload,
     /// Stop, leaving enforcement in the kernel; why (SIGTERM, the bus went away).
@@ -657,6 +659,12 @@ impl<B: Backend> Engine<B> {
                 // The watchdog is fed only while this is recent: it proves that this loop
                 // turns and that the kernel's ruleset was just checked.
                 heartbeat.beat();
+            }
+            Command::TablesChanged(changes) => {
+                if let Some(drift) = self.dev.tables_changed(&mut self.backend, &changes, me())? {
+                    tracing::warn!("enforcement drift repaired: {drift}");
+                }
+                self.publish();
             }
             Command::Links(events) => {
                 if let Some(status) = self.dev.links_changed(&events, me())? {

@@ -8,7 +8,7 @@
 mod device;
 pub mod engine;
 
-pub use device::{Applied, Device, DeviceError, Enforced};
+pub use device::{Applied, Device, DeviceError, Enforced, INTEL_BACKSTOP};
 pub use engine::{
     CallError, Caller, Command, Engine, Heartbeat, Queues, Request, Response, Role, RoleGroups,
     Senders, SharedGroups, queues,

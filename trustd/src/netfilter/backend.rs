@@ -99,6 +99,8 @@ impl NftBackend {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| NftError::Spawn(name.clone(), e))?;
+        // Its transactions are trustd's own, not drift, until it is reaped (and a little after).
+        let _own = crate::sys::nft_events::OwnChild::register(child.id());
         if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(data)
                 .map_err(|e| NftError::Spawn(name.clone(), e))?;

@@ -1,8 +1,10 @@
-//! The only place that talks to the OS below std: clocks, ids, signals, netlink.
+//! The only place that talks to the OS below std: clocks, ids, signals, netlink (links and
+//! nftables change notifications).
 
 use std::path::Path;
 
 pub mod netlink;
+pub mod nft_events;
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), or `unknown`.
 pub fn boot_id() -> String {

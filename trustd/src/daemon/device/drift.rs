@@ -1,0 +1,248 @@
+//! Drift reported by the kernel: what the device does when nftables notifications say that
+//! someone changed trustd's tables (see `sys::nft_events`), and how often the periodic
+//! check still reads the large blocklist table back once notifications are watched.
+//!
+//! A transaction by another process that touched a table is drift, whatever it did: it is
+//! audited with what kind of change it was (object names and counts, never addresses) and
+//! the table is put back. Lost notifications (a socket overrun) are checked by a read-back
+//! first, and so are trustd's own transactions should they ever be taken for foreign ones
+//! too often (a repair loop is impossible: a read-back that matches ends it).
+
+use std::time::{Duration, Instant};
+
+use super::Device;
+use crate::audit::{Actor, Entry, Outcome};
+use crate::netfilter::{
+    self, Backend, INTEL_TABLE, canonical_digest, render_intel, render_intel_refill,
+    verify_intel_listing,
+};
+use crate::sys::nft_events::{Changes, TableChange};
+
+use super::DeviceError;
+
+/// With notifications watched, the periodic check reads the blocklist table's chains back
+/// this often (a backstop; each read costs about half a second of CPU with 100k entries).
+pub const INTEL_BACKSTOP: Duration = Duration::from_secs(300);
+/// Past this many repairs on foreign notifications within [`REPAIR_WINDOW`] for one table,
+/// further notifications are confirmed by a read-back before a repair.
+const REPAIRS_BEFORE_VERIFY: u32 = 5;
+const REPAIR_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the device knows about how its tables are watched.
+#[derive(Debug, Default)]
+pub(super) struct Watch {
+    /// nftables notifications are being received.
+    events: bool,
+    /// When the periodic check last read the blocklist table back.
+    intel_checked: Option<Instant>,
+    /// Repairs on foreign notifications per table (policy, intel): window start and count.
+    repairs: [(Option<Instant>, u32); 2],
+}
+
+impl Watch {
+    /// Whether the periodic check should read the blocklist table back now: every tick
+    /// without notifications, every [`INTEL_BACKSTOP`] with them.
+    pub(super) fn intel_due(&mut self) -> bool {
+        let now = Instant::now();
+        if self.events
+            && self
+                .intel_checked
+                .is_some_and(|t| now.duration_since(t) < INTEL_BACKSTOP)
+        {
+            return false;
+        }
+        self.intel_checked = Some(now);
+        true
+    }
+
+    /// Count a repair on foreign notifications; whether the next one must be confirmed by a
+    /// read-back first.
+    fn verify_first(&mut self, table: usize) -> bool {
+        let now = Instant::now();
+        let (start, n) = &mut self.repairs[table];
+        if start.is_none_or(|s| now.duration_since(s) >= REPAIR_WINDOW) {
+            *start = Some(now);
+            *n = 0;
+        }
+        *n += 1;
+        *n > REPAIRS_BEFORE_VERIFY
+    }
+}
+
+/// What a notification says happened, as an audit reason.
+fn foreign(table: &str, c: &TableChange) -> String {
+    format!("{table} changed by {}", c.foreign.join("; "))
+}
+
+impl Device {
+    /// Put the blocklists last enforced back (already compiled: a repair does not wait for
+    /// the feed to be compiled again) in one transaction, and confirm them by a full
+    /// read-back; audited as `intel.enforce`. When others changed only set elements, only
+    /// those sets are refilled. If that fails, the whole of
+    /// [`Self::enforce_intel`] runs (and records its own outcome); neither ends the daemon.
+    fn restore_intel(
+        &mut self,
+        backend: &mut dyn Backend,
+        change: &TableChange,
+        actor: Actor,
+    ) -> Result<(), DeviceError> {
+        let Some(rs) = &self.enforced_intel else {
+            return Ok(());
+        };
+        // Only elements changed: refill those sets (flushed and filled in one transaction);
+        // anything else, or lost notifications: replace the table.
+        let refill = (!change.structure && !change.unknown && !change.element_sets.is_empty())
+            .then(|| render_intel_refill(rs, &change.element_sets))
+            .flatten();
+        let how = if refill.is_some() {
+            "sets refilled"
+        } else {
+            "table restored"
+        };
+        let script = refill.unwrap_or_else(|| render_intel(rs));
+        let restored =
+            backend
+                .apply(&script)
+                .map_err(|e| e.to_string())
+                .and_then(|()| match backend.list_table(INTEL_TABLE) {
+                    Ok(Some(text)) => verify_intel_listing(rs, &text),
+                    Ok(None) => Err("the blocklist table is gone after the repair".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                });
+        match restored {
+            Ok(()) => {
+                let mut entry = Entry::new("intel.enforce", Outcome::Ok, actor)
+                    .reason(format!("{} entries, {how}", rs.len()));
+                for c in &rs.categories {
+                    entry = entry.digest(
+                        format!("count.{}", c.name),
+                        rs.category_len(&c.name).to_string(),
+                    );
+                }
+                self.audit.append(entry)?;
+                self.intel_failure = None;
+            }
+            Err(why) => {
+                tracing::warn!("blocklists not restored as they were ({why}); applying them anew");
+                self.enforced_intel = None;
+                // A failed re-apply is recorded by enforce_intel and tried again on the next
+                // notification or check; it must not end the daemon (the policy table stays).
+                let _ = self.enforce_intel(backend, actor);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether nftables notifications are watched (set once the watcher is subscribed; the
+    /// periodic check then reads the blocklist table back only every [`INTEL_BACKSTOP`]).
+    pub fn set_table_events(&mut self, on: bool) {
+        self.watch.events = on;
+        // The start's own apply just confirmed the table: the first backstop is due later.
+        self.watch.intel_checked = Some(Instant::now());
+    }
+
+    /// Act on what nftables notifications said about trustd's tables: a foreign change is
+    /// audited as drift (`network.drift`, `intel.drift`) with its kind, and the table put
+    /// back (the policy by [`Self::enforce`], the blocklists by a full replace and read-back);
+    /// lost notifications are checked by a read-back first. Returns the drift found, if any.
+    pub fn tables_changed(
+        &mut self,
+        backend: &mut dyn Backend,
+        changes: &Changes,
+        actor: Actor,
+    ) -> Result<Option<String>, DeviceError> {
+        if changes.stopped {
+            self.watch.events = false;
+            self.audit.append(
+                Entry::new("network.watch", Outcome::Error, actor.clone()).reason(
+                    "nftables notifications are no longer received; the periodic check covers both tables every interval".to_owned(),
+                ),
+            )?;
+        }
+        let mut found = None;
+        if let Some(rs) = self.enforced_rs.clone() {
+            let c = &changes.policy;
+            let what = if !c.foreign.is_empty() && !self.watch.verify_first(0) {
+                Some(foreign("the policy table", c))
+            } else if c.needs_attention() {
+                netfilter::verify(backend, &rs).err().map(|e| {
+                    if c.foreign.is_empty() {
+                        format!("nftables notifications were lost and {e}")
+                    } else {
+                        format!("{}: {e}", foreign("the policy table", c))
+                    }
+                })
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                self.audit.append(
+                    Entry::new("network.drift", Outcome::Error, actor.clone())
+                        .reason(format!("{what}; restoring"))
+                        .digest("ruleset", canonical_digest(&rs)),
+                )?;
+                self.enforce(backend, actor.clone())?;
+                found = Some(what);
+            }
+        }
+        let c = &changes.intel;
+        let what = match &self.enforced_intel {
+            Some(_) if !c.foreign.is_empty() && !self.watch.verify_first(1) => {
+                Some(foreign("the blocklist table", c))
+            }
+            Some(rs) if c.needs_attention() => {
+                let check = match backend.list_table(INTEL_TABLE) {
+                    Ok(Some(text)) => verify_intel_listing(rs, &text).err(),
+                    Ok(None) => Some("the blocklist table is gone".to_owned()),
+                    Err(e) => Some(format!("the blocklist table could not be read back: {e}")),
+                };
+                check.map(|why| {
+                    if c.foreign.is_empty() {
+                        format!("nftables notifications were lost and {why}")
+                    } else {
+                        format!("{}: {why}", foreign("the blocklist table", c))
+                    }
+                })
+            }
+            _ => None,
+        };
+        if let Some(what) = what {
+            self.audit.append(
+                Entry::new("intel.drift", Outcome::Error, actor.clone())
+                    .reason(format!("{what}; restoring")),
+            )?;
+            self.restore_intel(backend, c, actor)?;
+            found = Some(what);
+        }
+        if let Some(what) = &found {
+            let n = self.drift.as_ref().map_or(0, |d| d.0);
+            self.drift = Some((n + 1, what.clone()));
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backstop_reads_the_blocklists_every_tick_until_notifications_are_watched() {
+        let mut w = Watch::default();
+        assert!(w.intel_due() && w.intel_due());
+        w.events = true;
+        assert!(!w.intel_due(), "checked just now");
+        w.intel_checked = Some(Instant::now() - INTEL_BACKSTOP);
+        assert!(w.intel_due());
+    }
+
+    #[test]
+    fn repeated_foreign_repairs_fall_back_to_a_read_back_first() {
+        let mut w = Watch::default();
+        for _ in 0..REPAIRS_BEFORE_VERIFY {
+            assert!(!w.verify_first(1));
+        }
+        assert!(w.verify_first(1));
+        assert!(!w.verify_first(0), "per table");
+    }
+}
