@@ -6,8 +6,9 @@ use crate::bundle::{
     Payload, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation,
 };
 use crate::netfilter::{
-    self, Backend, EnforceError, IntelRuleset, Ruleset, apply_intel, canonical_digest, compile,
-    compile_intel, intel_chains_intact, update_intel,
+    self, Backend, EnforceError, IntelRuleset, Protected, ProtectedKind, Ruleset, apply_intel,
+    canonical_digest, compile, compile_intel, intel_chains_intact, protected, update_exemptions,
+    update_intel,
 };
 use crate::policy::{Effective, LockdownReason, NetworkMode, NetworkPlan, Overlay, effective};
 use crate::policy::{IntelFeed, LifecycleAction, LifecycleCommand, Policy};
@@ -70,6 +71,28 @@ fn lockdown_reason(e: &Effective) -> String {
     }
 }
 
+/// Add the overlap counts to an audit entry: `overlap.<kind>` = entries (counts only).
+fn with_overlaps(mut entry: Entry, overlaps: &BTreeMap<ProtectedKind, usize>) -> Entry {
+    for (k, n) in overlaps {
+        entry = entry.digest(format!("overlap.{}", k.as_str()), n.to_string());
+    }
+    entry
+}
+
+fn overlap_sentence(overlaps: &BTreeMap<ProtectedKind, usize>) -> Option<String> {
+    if overlaps.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = overlaps
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.as_str()))
+        .collect();
+    Some(format!(
+        "blocklist entries overlap protected destinations and are not applied there: {}",
+        parts.join(", ")
+    ))
+}
+
 /// What an accepted input changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -81,6 +104,9 @@ pub struct Applied {
     pub digest: String,
     /// The audit record of the change.
     pub audit_seq: u64,
+    /// What a person should know about the result (for an intel feed: entries that overlap
+    /// protected destinations and do not apply there).
+    pub notes: Vec<String>,
 }
 
 /// Load the trust root and the state, and record the load.
@@ -194,6 +220,8 @@ pub struct Device {
     enforced: Option<String>,
     enforced_rs: Option<Ruleset>,
     enforced_intel: Option<IntelRuleset>,
+    protected: Option<Vec<Protected>>,
+    intel_overlaps: BTreeMap<ProtectedKind, usize>,
     enforcement: Enforcement,
     drift: Option<(u64, String)>,
     intel_failure: Option<String>,
@@ -235,6 +263,8 @@ impl Device {
             enforced: None,
             enforced_rs: None,
             enforced_intel: None,
+            protected: None,
+            intel_overlaps: BTreeMap::new(),
             enforcement: Enforcement::Unconfirmed,
             drift: None,
             intel_failure: None,
@@ -326,8 +356,11 @@ impl Device {
         let eff = self.effective();
         let rs = compile(&eff);
         let mode = eff.mode_name();
+        let guarded = protected(&eff);
+        self.narrow_exemptions(backend, &guarded, &actor)?;
         match netfilter::apply(backend, &rs) {
             Ok(digest) => {
+                self.follow_exemptions(backend, guarded, &actor)?;
                 self.audit.append(
                     Entry::new("network.apply", Outcome::Ok, actor)
                         .transition(
@@ -354,7 +387,7 @@ impl Device {
                         .reason(format!("{mode} not in force: {e}"))
                         .digest("ruleset", canonical_digest(&rs)),
                 )?;
-                let lock = compile(&Effective {
+                let lock_eff = Effective {
                     network: NetworkPlan::Lockdown {
                         reason: LockdownReason::StateUnknown,
                         bootstrap: self
@@ -365,9 +398,13 @@ impl Device {
                     },
                     block_lan_discovery: true,
                     pending_steps: eff.pending_steps.clone(),
-                });
+                };
+                let lock = compile(&lock_eff);
+                let guarded = protected(&lock_eff);
+                self.narrow_exemptions(backend, &guarded, &actor)?;
                 match netfilter::apply(backend, &lock) {
                     Ok(digest) => {
+                        self.follow_exemptions(backend, guarded, &actor)?;
                         self.audit.append(
                             Entry::new("network.apply", Outcome::Ok, actor)
                                 .transition(mode, "lockdown")
@@ -401,6 +438,85 @@ impl Device {
         }
     }
 
+    /// Before a policy table is applied: exempt from the blocklists only what both the table
+    /// in force and the next one protect, so that at no instant is a destination exempt that
+    /// the table in force does not name (docs/SECURITY.md).
+    fn narrow_exemptions(
+        &mut self,
+        backend: &mut dyn Backend,
+        next: &[Protected],
+        actor: &Actor,
+    ) -> Result<(), DeviceError> {
+        let Some(rs) = &self.enforced_intel else {
+            return Ok(());
+        };
+        let both: Vec<Protected> = rs
+            .protected
+            .iter()
+            .filter(|p| next.contains(p))
+            .cloned()
+            .collect();
+        self.set_exemptions(backend, both, actor)
+    }
+
+    /// After a policy table is in force: its protected destinations become the blocklists'
+    /// exemptions (and the protection a later blocklist is compiled with).
+    fn follow_exemptions(
+        &mut self,
+        backend: &mut dyn Backend,
+        now: Vec<Protected>,
+        actor: &Actor,
+    ) -> Result<(), DeviceError> {
+        self.protected = Some(now.clone());
+        self.set_exemptions(backend, now, actor)
+    }
+
+    /// Refill the blocklist table's exemption chains (the sets are not touched), audited
+    /// with the overlaps that follow. On failure the compiled exemptions are still
+    /// recorded as wanted, so the next drift check finds the difference and replaces the
+    /// table.
+    fn set_exemptions(
+        &mut self,
+        backend: &mut dyn Backend,
+        to: Vec<Protected>,
+        actor: &Actor,
+    ) -> Result<(), DeviceError> {
+        let Some(rs) = self.enforced_intel.as_mut() else {
+            return Ok(());
+        };
+        if rs.protected == to {
+            return Ok(());
+        }
+        let result = update_exemptions(backend, &to);
+        rs.protected = to;
+        let overlaps = rs.overlaps();
+        let n = rs.protected.len();
+        match result {
+            Ok(()) => {
+                let entry = Entry::new("intel.exempt", Outcome::Ok, actor.clone()).reason(
+                    format!("{n} policy-named destination(s) exempt from the blocklists"),
+                );
+                self.audit.append(with_overlaps(entry, &overlaps))?;
+                self.intel_overlaps = overlaps;
+            }
+            Err(e) => {
+                self.audit.append(
+                    Entry::new("intel.exempt", Outcome::Error, actor.clone()).reason(format!(
+                        "blocklist exemptions not updated: {e}; the table is replaced at the next check"
+                    )),
+                )?;
+                self.intel_failure = Some(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocklist entries that overlap protected destinations and do not apply there, as a
+    /// sentence with counts by kind (never addresses); `None` if there are none.
+    pub fn blocklist_overlaps(&self) -> Option<String> {
+        overlap_sentence(&self.intel_overlaps)
+    }
+
     /// Put the last-good intel feed's blocklists into their own table: element additions
     /// when only that changed, else one transaction replacing the table, verified by a full
     /// read-back. A failure keeps the previous blocklists and is audited; it never touches
@@ -410,8 +526,16 @@ impl Device {
         backend: &mut dyn Backend,
         actor: Actor,
     ) -> Result<usize, DeviceError> {
-        let rs = compile_intel(self.intel.as_ref().map(Verified::payload));
-        let mut entry = Entry::new("intel.enforce", Outcome::Ok, actor.clone());
+        let mut rs = compile_intel(self.intel.as_ref().map(Verified::payload));
+        rs.protected = self
+            .protected
+            .clone()
+            .unwrap_or_else(|| protected(&self.effective()));
+        let overlaps = rs.overlaps();
+        let mut entry = with_overlaps(
+            Entry::new("intel.enforce", Outcome::Ok, actor.clone()),
+            &overlaps,
+        );
         for c in &rs.categories {
             entry = entry.digest(
                 format!("count.{}", c.name),
@@ -433,6 +557,7 @@ impl Device {
                     .append(entry.reason(format!("{} entries, table {how}", rs.len())))?;
                 let n = rs.len();
                 self.enforced_intel = Some(rs);
+                self.intel_overlaps = overlaps;
                 self.intel_failure = None;
                 Ok(n)
             }
@@ -659,6 +784,7 @@ impl Device {
             tunnel_down,
             drift: self.drift.as_ref().map(|(n, w)| (*n, w.as_str())),
             intel_failure: self.intel_failure.as_deref(),
+            intel_overlaps: self.blocklist_overlaps().as_deref(),
             audit_problems: &self.audit_problems,
             audit_head: self.audit.head(),
             landlock_abi: crate::sys::landlock_abi(),
@@ -955,6 +1081,7 @@ impl Device {
             to_serial: to,
             digest: v.digest().to_owned(),
             audit_seq: receipt.seq,
+            notes: Vec::new(),
         })
     }
 }
