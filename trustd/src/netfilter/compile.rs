@@ -130,6 +130,17 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
         NetworkMode::TorOnly => {
             if let Some(t) = &n.tor {
                 out.push(Rule::new(vec![Match::SkUid(vec![t.uid])], Action::Accept));
+                // What nat_output redirected to Tor's local ports: the output hook still
+                // names the original interface, so `oifname lo` does not match it.
+                let local = cidr("127.0.0.1");
+                out.push(Rule::new(
+                    vec![Match::Daddr(local), Match::Dport(L4::Tcp, vec![t.trans_port])],
+                    Action::Accept,
+                ));
+                out.push(Rule::new(
+                    vec![Match::Daddr(local), Match::Dport(L4::Any, vec![t.dns_port])],
+                    Action::Accept,
+                ));
                 if n.allow_lan {
                     out.extend(lan_rules());
                 }
