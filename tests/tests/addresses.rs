@@ -170,7 +170,8 @@ fn mapped_addresses_in_a_policy_allow_exactly_the_ipv4_destination() {
         ],
     );
     p["network"]["mode"] = json!("proxy-required");
-    p["network"]["proxy"] = json!({"endpoints": [{"address": "::ffff:10.99.0.2", "proto": "tcp", "port": 3128}]});
+    p["network"]["proxy"] =
+        json!({"endpoints": [{"address": "::ffff:10.99.0.2", "proto": "tcp", "port": 3128}]});
     lab.enforce(p);
     expect(
         &lab,
@@ -226,10 +227,19 @@ fn address_forms_that_match_nothing_are_refused_and_the_last_good_feed_stays() {
     }
     // The same forms in a policy are refused too.
     for (field, value) in [
-        ("allow", json!([{"dest": "::10.99.0.2", "proto": "tcp", "ports": [443]}])),
-        ("allow", json!([{"dest": "10.99.0.2/8", "proto": "tcp", "ports": [443]}])),
+        (
+            "allow",
+            json!([{"dest": "::10.99.0.2", "proto": "tcp", "ports": [443]}]),
+        ),
+        (
+            "allow",
+            json!([{"dest": "10.99.0.2/8", "proto": "tcp", "ports": [443]}]),
+        ),
         ("dns", json!({"resolvers": ["::10.99.0.2"]})),
-        ("inbound", json!([{"source": "::/8", "proto": "tcp", "ports": [22]}])),
+        (
+            "inbound",
+            json!([{"source": "::/8", "proto": "tcp", "ports": [22]}]),
+        ),
     ] {
         let mut p = open_lab_policy();
         p["network"][field] = value;
@@ -297,9 +307,18 @@ fn a_feed_cannot_cut_loopback_or_the_destinations_the_policy_names() {
         "the overlap is reported: {out}"
     );
     let r = last_record(&lab, "intel.enforce");
-    assert_eq!(r.digests.get("overlap.loopback").map(String::as_str), Some("2"));
-    assert_eq!(r.digests.get("overlap.resolver").map(String::as_str), Some("1"));
-    assert!(!format!("{r:?}").contains("10.99.0.2"), "no address in the audit record");
+    assert_eq!(
+        r.digests.get("overlap.loopback").map(String::as_str),
+        Some("2")
+    );
+    assert_eq!(
+        r.digests.get("overlap.resolver").map(String::as_str),
+        Some("1")
+    );
+    assert!(
+        !format!("{r:?}").contains("10.99.0.2"),
+        "no address in the audit record"
+    );
     expect(&lab, "everything feed, direct", &local);
     expect(
         &lab,
@@ -347,7 +366,8 @@ fn a_feed_cannot_cut_loopback_or_the_destinations_the_policy_names() {
             Timestamp::now(),
         )
         .expect("policy");
-        dev.enforce(&mut nft, Actor::this_process()).expect("enforce");
+        dev.enforce(&mut nft, Actor::this_process())
+            .expect("enforce");
         if mode == "proxy-required" {
             // The first time through the device: the feed goes in with this policy's
             // exemptions; later modes only refill the exemption chains.
@@ -366,7 +386,9 @@ fn a_feed_cannot_cut_loopback_or_the_destinations_the_policy_names() {
     }
     let p = dev.posture(Timestamp::now());
     assert!(
-        p.reasons.iter().any(|r| r.contains("protected destinations")),
+        p.reasons
+            .iter()
+            .any(|r| r.contains("protected destinations")),
         "posture says so: {:?}",
         p.reasons
     );
@@ -386,9 +408,13 @@ fn a_feed_cannot_cut_loopback_or_the_destinations_the_policy_names() {
         Timestamp::now(),
     )
     .expect("policy");
-    dev.enforce(&mut nft, Actor::this_process()).expect("enforce");
+    dev.enforce(&mut nft, Actor::this_process())
+        .expect("enforce");
     assert!(lab.probe("10.99.0.2:8443/tcp", None), "bootstrap allowlist");
-    assert!(!lab.probe("10.99.0.2:53/udp", None), "not named in lockdown");
+    assert!(
+        !lab.probe("10.99.0.2:53/udp", None),
+        "not named in lockdown"
+    );
     assert!(lab.probe("[::1]:7001/tcp", None), "loopback in lockdown");
     assert!(
         dev.blocklist_overlaps()
@@ -411,7 +437,9 @@ fn the_overlap_is_reported_by_apply_intel_feed_and_posture() {
         lab_policy("vpn-required"),
         tests::bus::BusPolicy::Shipped,
     );
-    let f = lab.sign_intel(feed(json!({"bad": ["10.99.0.2", "127.0.0.1", "10.99.0.3"]})));
+    let f = lab.sign_intel(feed(
+        json!({"bad": ["10.99.0.2", "127.0.0.1", "10.99.0.3"]}),
+    ));
     let addr = daemon.bus.address.clone();
     let (notes, reasons) = tests::rt().block_on(async {
         let c = trustd::dbus::client::Client::connect(Some(&addr))
@@ -442,7 +470,13 @@ fn the_overlap_is_reported_by_apply_intel_feed_and_posture() {
         .output()
         .expect("trustctl");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("vpn-endpoint 1"), "trustctl prints it: {text}");
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("vpn-endpoint 1"),
+        "trustctl prints it: {text}"
+    );
 }
-

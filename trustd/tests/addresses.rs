@@ -6,9 +6,7 @@
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
-use trustd::netfilter::{
-    ProtectedKind, compile, compile_intel, protected, render, render_intel,
-};
+use trustd::netfilter::{ProtectedKind, compile, compile_intel, protected, render, render_intel};
 use trustd::policy::{Cidr, IntelFeed, Overlay, Policy, effective, parse_addr};
 use trustd::state::Lifecycle;
 
@@ -183,14 +181,38 @@ fn every_policy_address_field_follows_the_same_rules() {
     assert!(text.contains("198.51.100.1"), "{text}");
 
     let bad = [
-        (json!({"mode": "direct", "allow": [{"dest": "::198.51.100.1", "proto": "any"}]}), json!({})),
-        (json!({"mode": "direct", "allow": [{"dest": "192.0.2.1/24", "proto": "any"}]}), json!({})),
-        (json!({"mode": "direct", "dns": {"resolvers": ["::198.51.100.53"]}}), json!({})),
-        (json!({"mode": "direct", "dns": {"resolvers": ["0.0.0.0"]}}), json!({})),
-        (json!({"mode": "direct", "inbound": [{"source": "::/64", "proto": "tcp", "ports": [22]}]}), json!({})),
-        (json!({"mode": "proxy-required", "proxy": {"endpoints": [{"address": "::", "proto": "tcp", "port": 3128}]}}), json!({})),
-        (json!({"mode": "vpn-required", "vpn": {"interfaces": ["wg0"], "endpoints": [{"address": "::c633:6401", "proto": "udp", "port": 1}]}}), json!({})),
-        (json!({"mode": "direct"}), json!({"bootstrap_allow": [{"dest": "::ffff:0:0/95", "proto": "tcp", "ports": [443]}]})),
+        (
+            json!({"mode": "direct", "allow": [{"dest": "::198.51.100.1", "proto": "any"}]}),
+            json!({}),
+        ),
+        (
+            json!({"mode": "direct", "allow": [{"dest": "192.0.2.1/24", "proto": "any"}]}),
+            json!({}),
+        ),
+        (
+            json!({"mode": "direct", "dns": {"resolvers": ["::198.51.100.53"]}}),
+            json!({}),
+        ),
+        (
+            json!({"mode": "direct", "dns": {"resolvers": ["0.0.0.0"]}}),
+            json!({}),
+        ),
+        (
+            json!({"mode": "direct", "inbound": [{"source": "::/64", "proto": "tcp", "ports": [22]}]}),
+            json!({}),
+        ),
+        (
+            json!({"mode": "proxy-required", "proxy": {"endpoints": [{"address": "::", "proto": "tcp", "port": 3128}]}}),
+            json!({}),
+        ),
+        (
+            json!({"mode": "vpn-required", "vpn": {"interfaces": ["wg0"], "endpoints": [{"address": "::c633:6401", "proto": "udp", "port": 1}]}}),
+            json!({}),
+        ),
+        (
+            json!({"mode": "direct"}),
+            json!({"bootstrap_allow": [{"dest": "::ffff:0:0/95", "proto": "tcp", "ports": [443]}]}),
+        ),
     ];
     for (network, setup) in bad {
         assert!(
@@ -277,11 +299,17 @@ fn each_mode_protects_the_destinations_it_names_and_not_its_allow_rules() {
     );
     assert_eq!(
         kinds(&lab_like("vpn-required", &[])),
-        [s(VpnEndpoint, "198.51.100.1/32"), s(Resolver, "198.51.100.53/32")]
+        [
+            s(VpnEndpoint, "198.51.100.1/32"),
+            s(Resolver, "198.51.100.53/32")
+        ]
     );
     assert_eq!(
         kinds(&lab_like("proxy-required", &[])),
-        [s(ProxyEndpoint, "198.51.100.2/32"), s(Resolver, "198.51.100.53/32")]
+        [
+            s(ProxyEndpoint, "198.51.100.2/32"),
+            s(Resolver, "198.51.100.53/32")
+        ]
     );
     assert_eq!(kinds(&lab_like("tor-only", &[])), []);
     assert_eq!(

@@ -493,9 +493,9 @@ impl Device {
         let n = rs.protected.len();
         match result {
             Ok(()) => {
-                let entry = Entry::new("intel.exempt", Outcome::Ok, actor.clone()).reason(
-                    format!("{n} policy-named destination(s) exempt from the blocklists"),
-                );
+                let entry = Entry::new("intel.exempt", Outcome::Ok, actor.clone()).reason(format!(
+                    "{n} policy-named destination(s) exempt from the blocklists"
+                ));
                 self.audit.append(with_overlaps(entry, &overlaps))?;
                 self.intel_overlaps = overlaps;
             }

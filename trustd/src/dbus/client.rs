@@ -157,11 +157,17 @@ impl Client {
 
     /// Apply a signed intel feed.
     pub async fn apply_intel_feed(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
-        let (from_serial, to_serial, digest, audit_seq, notes): (u64, u64, String, u64, Vec<String>) =
-            self.proxy("org.enigm.Trust1.Policy")
-                .await?
-                .call("ApplyIntelFeed", &(envelope,))
-                .await?;
+        let (from_serial, to_serial, digest, audit_seq, notes): (
+            u64,
+            u64,
+            String,
+            u64,
+            Vec<String>,
+        ) = self
+            .proxy("org.enigm.Trust1.Policy")
+            .await?
+            .call("ApplyIntelFeed", &(envelope,))
+            .await?;
         Ok(ApplyResult {
             from_serial,
             to_serial,

@@ -60,8 +60,14 @@ impl Policy {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(u64, u64, String, u64, Vec<String>)> {
-        match self.h.call(conn, &hdr, Request::ApplyIntel(envelope)).await? {
-            Response::Applied(a) => Ok((a.from_serial, a.to_serial, a.digest, a.audit_seq, a.notes)),
+        match self
+            .h
+            .call(conn, &hdr, Request::ApplyIntel(envelope))
+            .await?
+        {
+            Response::Applied(a) => {
+                Ok((a.from_serial, a.to_serial, a.digest, a.audit_seq, a.notes))
+            }
             r => Err(unexpected(&r)),
         }
     }

@@ -134,7 +134,10 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
                 // names the original interface, so `oifname lo` does not match it.
                 let local = cidr("127.0.0.1");
                 out.push(Rule::new(
-                    vec![Match::Daddr(local), Match::Dport(L4::Tcp, vec![t.trans_port])],
+                    vec![
+                        Match::Daddr(local),
+                        Match::Dport(L4::Tcp, vec![t.trans_port]),
+                    ],
                     Action::Accept,
                 ));
                 out.push(Rule::new(
@@ -319,9 +322,8 @@ pub fn protected(e: &Effective) -> Vec<Protected> {
         resolvers
             .iter()
             .flat_map(|r| {
-                [Proto::Udp, Proto::Tcp].map(|p| {
-                    protect(ProtectedKind::Resolver, &endpoint_rule(*r, p, 53), via)
-                })
+                [Proto::Udp, Proto::Tcp]
+                    .map(|p| protect(ProtectedKind::Resolver, &endpoint_rule(*r, p, 53), via))
             })
             .collect::<Vec<_>>()
     };

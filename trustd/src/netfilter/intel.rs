@@ -271,8 +271,14 @@ fn base_exemptions(out: bool) -> Vec<Rule> {
         rules.push(accept(Match::IifName(vec!["lo".into()])));
     }
     for p in LOOPBACK_PREFIXES {
-        let c: Cidr = p.parse().unwrap_or_else(|_| Cidr::host(IpAddr::from([127, 0, 0, 1])));
-        rules.push(accept(if out { Match::Daddr(c) } else { Match::Saddr(c) }));
+        let c: Cidr = p
+            .parse()
+            .unwrap_or_else(|_| Cidr::host(IpAddr::from([127, 0, 0, 1])));
+        rules.push(accept(if out {
+            Match::Daddr(c)
+        } else {
+            Match::Saddr(c)
+        }));
     }
     rules.extend(if out {
         link_setup_out()
@@ -659,11 +665,21 @@ pub fn update_intel(
 fn exemption_commands(protected: &[Protected]) -> Vec<Value> {
     let mut cmds = Vec::new();
     for chain in [EXEMPT_OUT, EXEMPT_IN] {
-        cmds.push(json!({"flush": {"chain": {"family": "inet", "table": INTEL_TABLE, "name": chain}}}));
+        cmds.push(
+            json!({"flush": {"chain": {"family": "inet", "table": INTEL_TABLE, "name": chain}}}),
+        );
     }
     let (ex_out, ex_in) = exemption_rules(protected);
-    cmds.extend(ex_out.iter().map(|r| json!({ "add": rule_json(EXEMPT_OUT, r) })));
-    cmds.extend(ex_in.iter().map(|r| json!({ "add": rule_json(EXEMPT_IN, r) })));
+    cmds.extend(
+        ex_out
+            .iter()
+            .map(|r| json!({ "add": rule_json(EXEMPT_OUT, r) })),
+    );
+    cmds.extend(
+        ex_in
+            .iter()
+            .map(|r| json!({ "add": rule_json(EXEMPT_IN, r) })),
+    );
     cmds
 }
 
@@ -705,7 +721,8 @@ fn chain_rules(backend: &mut dyn Backend, chain: &str) -> Result<Option<Vec<Stri
     let Some(text) = backend.list_chain(INTEL_TABLE, chain)? else {
         return Ok(None);
     };
-    let listing: Value = serde_json::from_str(&text).map_err(|e| NftError::Output(e.to_string()))?;
+    let listing: Value =
+        serde_json::from_str(&text).map_err(|e| NftError::Output(e.to_string()))?;
     Ok(Some(
         listing["nftables"]
             .as_array()
