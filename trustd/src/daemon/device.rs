@@ -222,6 +222,7 @@ pub struct Device {
     enforced_intel: Option<IntelRuleset>,
     protected: Option<Vec<Protected>>,
     intel_overlaps: BTreeMap<ProtectedKind, usize>,
+    exemptions_unrecorded: bool,
     enforcement: Enforcement,
     drift: Option<(u64, String)>,
     intel_failure: Option<String>,
@@ -265,6 +266,7 @@ impl Device {
             enforced_intel: None,
             protected: None,
             intel_overlaps: BTreeMap::new(),
+            exemptions_unrecorded: false,
             enforcement: Enforcement::Unconfirmed,
             drift: None,
             intel_failure: None,
@@ -360,9 +362,8 @@ impl Device {
         self.narrow_exemptions(backend, &guarded, &actor)?;
         match netfilter::apply(backend, &rs) {
             Ok(digest) => {
-                self.follow_exemptions(backend, guarded, &actor)?;
                 self.audit.append(
-                    Entry::new("network.apply", Outcome::Ok, actor)
+                    Entry::new("network.apply", Outcome::Ok, actor.clone())
                         .transition(
                             self.enforced.clone().unwrap_or_else(|| "unknown".into()),
                             mode,
@@ -375,6 +376,7 @@ impl Device {
                 self.enforcement = Enforcement::Enforced {
                     digest: digest.clone(),
                 };
+                self.follow_exemptions(backend, guarded, &actor)?;
                 Ok(Enforced {
                     mode,
                     digest,
@@ -404,9 +406,8 @@ impl Device {
                 self.narrow_exemptions(backend, &guarded, &actor)?;
                 match netfilter::apply(backend, &lock) {
                     Ok(digest) => {
-                        self.follow_exemptions(backend, guarded, &actor)?;
                         self.audit.append(
-                            Entry::new("network.apply", Outcome::Ok, actor)
+                            Entry::new("network.apply", Outcome::Ok, actor.clone())
                                 .transition(mode, "lockdown")
                                 .reason(format!("fell back to lockdown: {e}"))
                                 .digest("ruleset", digest.clone()),
@@ -417,6 +418,7 @@ impl Device {
                             digest: digest.clone(),
                             why: e.to_string(),
                         };
+                        self.follow_exemptions(backend, guarded, &actor)?;
                         Ok(Enforced {
                             mode: "lockdown",
                             digest,
@@ -456,7 +458,12 @@ impl Device {
             .filter(|p| next.contains(p))
             .cloned()
             .collect();
-        self.set_exemptions(backend, both, actor)
+        // Recorded with the change it prepares, after the policy table's record (one record
+        // per transition; a failure is recorded at once).
+        if self.set_exemptions(backend, both, actor, false)? {
+            self.exemptions_unrecorded = true;
+        }
+        Ok(())
     }
 
     /// After a policy table is in force: its protected destinations become the blocklists'
@@ -468,35 +475,42 @@ impl Device {
         actor: &Actor,
     ) -> Result<(), DeviceError> {
         self.protected = Some(now.clone());
-        self.set_exemptions(backend, now, actor)
+        self.set_exemptions(backend, now, actor, true).map(|_| ())
     }
 
-    /// Refill the blocklist table's exemption chains (the sets are not touched), audited
-    /// with the overlaps that follow. On failure the compiled exemptions are still
-    /// recorded as wanted, so the next drift check finds the difference and replaces the
-    /// table.
+    /// Refill the blocklist table's exemption chains (the sets are not touched). A success
+    /// is audited, with the overlaps that follow, when `record` says so (it changed
+    /// something now or in an earlier, unrecorded step); a failure always. On failure the
+    /// compiled exemptions are still kept as wanted, so the next drift check finds the
+    /// difference and replaces the table. Returns whether the chains were changed.
     fn set_exemptions(
         &mut self,
         backend: &mut dyn Backend,
         to: Vec<Protected>,
         actor: &Actor,
-    ) -> Result<(), DeviceError> {
+        record: bool,
+    ) -> Result<bool, DeviceError> {
         let Some(rs) = self.enforced_intel.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
-        if rs.protected == to {
-            return Ok(());
-        }
-        let result = update_exemptions(backend, &to);
+        let changed = rs.protected != to;
+        let result = if changed {
+            update_exemptions(backend, &to)
+        } else {
+            Ok(())
+        };
         rs.protected = to;
         let overlaps = rs.overlaps();
         let n = rs.protected.len();
         match result {
             Ok(()) => {
-                let entry = Entry::new("intel.exempt", Outcome::Ok, actor.clone()).reason(format!(
-                    "{n} policy-named destination(s) exempt from the blocklists"
-                ));
-                self.audit.append(with_overlaps(entry, &overlaps))?;
+                if record && (changed || self.exemptions_unrecorded) {
+                    let entry = Entry::new("intel.exempt", Outcome::Ok, actor.clone()).reason(
+                        format!("{n} policy-named destination(s) exempt from the blocklists"),
+                    );
+                    self.audit.append(with_overlaps(entry, &overlaps))?;
+                    self.exemptions_unrecorded = false;
+                }
                 self.intel_overlaps = overlaps;
             }
             Err(e) => {
@@ -508,7 +522,7 @@ impl Device {
                 self.intel_failure = Some(e.to_string());
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Blocklist entries that overlap protected destinations and do not apply there, as a
