@@ -109,6 +109,9 @@ pub struct Input<'a> {
     pub drift: Option<(u64, &'a str)>,
     /// Why the blocklists are not in force, if they are not.
     pub intel_failure: Option<&'a str>,
+    /// Blocklist entries that overlap protected destinations (loopback, policy-named
+    /// endpoints) and are not applied there, as a sentence with counts by kind.
+    pub intel_overlaps: Option<&'a str>,
     /// Problems the audit log's check found.
     pub audit_problems: &'a [String],
     /// Damage records of the audit log no admin has acknowledged: (seq, reason).
@@ -262,6 +265,9 @@ pub fn posture(i: &Input<'_>) -> Posture {
     if let Some(why) = i.intel_failure {
         add(Degraded, format!("blocklists not in force: {why}"));
     }
+    if let Some(overlaps) = i.intel_overlaps {
+        add(Degraded, overlaps.to_owned());
+    }
     if i.landlock_abi == 0 {
         add(Degraded, "Landlock unavailable in this kernel".into());
     }
@@ -376,6 +382,7 @@ mod tests {
                 tunnel_down: self.tunnel_down,
                 drift: self.drift,
                 intel_failure: None,
+                intel_overlaps: None,
                 audit_problems: &self.audit_problems,
                 audit_damage: &self.audit_damage,
                 audit_head: (3, "h".into()),

@@ -690,10 +690,14 @@ mod bus {
         print(
             j,
             json!({"ok": true, "from_serial": r.from_serial, "to_serial": r.to_serial,
-                   "digest": r.digest, "audit_seq": r.audit_seq}),
+                   "digest": r.digest, "audit_seq": r.audit_seq, "notes": r.notes}),
             &format!(
-                "{what} applied: serial {} -> {} ({}), audit record {}",
-                r.from_serial, r.to_serial, r.digest, r.audit_seq
+                "{what} applied: serial {} -> {} ({}), audit record {}{}",
+                r.from_serial,
+                r.to_serial,
+                r.digest,
+                r.audit_seq,
+                r.notes.iter().map(|n| format!("\n{n}")).collect::<String>()
             ),
         );
     }

@@ -122,7 +122,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             // Blocklists second: the policy table never waits for a large feed.
             match dev.enforce_intel(&mut backend, Actor::this_process()) {
-                Ok(n) => println!("blocklists: {n} entries"),
+                Ok(n) => {
+                    println!("blocklists: {n} entries");
+                    if let Some(o) = dev.blocklist_overlaps() {
+                        println!("{o}");
+                    }
+                }
                 Err(err) => eprintln!("trustd: blocklists not updated: {err}"),
             }
             if let Some(kib) = trustd::sys::peak_rss_kib() {

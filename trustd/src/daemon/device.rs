@@ -7,8 +7,9 @@ use crate::bundle::{
     Payload, Role, TrustRoot, Verified, VerifyError, sha256_hex, verify, verify_rotation,
 };
 use crate::netfilter::{
-    self, Backend, EnforceError, IntelRuleset, Ruleset, apply_intel, canonical_digest, compile,
-    compile_intel, intel_chains_intact, update_intel,
+    self, Backend, EnforceError, IntelRuleset, Protected, ProtectedKind, Ruleset, apply_intel,
+    canonical_digest, compile, compile_intel, intel_chains_intact, protected, update_exemptions,
+    update_intel,
 };
 use crate::policy::{Effective, LockdownReason, NetworkMode, NetworkPlan, Overlay, effective};
 use crate::policy::{IntelFeed, LifecycleAction, LifecycleCommand, Policy};
@@ -75,6 +76,28 @@ fn lockdown_reason(e: &Effective) -> String {
     }
 }
 
+/// Add the overlap counts to an audit entry: `overlap.<kind>` = entries (counts only).
+fn with_overlaps(mut entry: Entry, overlaps: &BTreeMap<ProtectedKind, usize>) -> Entry {
+    for (k, n) in overlaps {
+        entry = entry.digest(format!("overlap.{}", k.as_str()), n.to_string());
+    }
+    entry
+}
+
+fn overlap_sentence(overlaps: &BTreeMap<ProtectedKind, usize>) -> Option<String> {
+    if overlaps.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = overlaps
+        .iter()
+        .map(|(k, n)| format!("{} {n}", k.as_str()))
+        .collect();
+    Some(format!(
+        "blocklist entries overlap protected destinations and are not applied there: {}",
+        parts.join(", ")
+    ))
+}
+
 /// What an accepted input changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -86,6 +109,9 @@ pub struct Applied {
     pub digest: String,
     /// The audit record of the change.
     pub audit_seq: u64,
+    /// What a person should know about the result (for an intel feed: entries that overlap
+    /// protected destinations and do not apply there).
+    pub notes: Vec<String>,
 }
 
 /// Load the trust root and the state, and record the load.
@@ -264,6 +290,9 @@ pub struct Device {
     enforced: Option<String>,
     enforced_rs: Option<Ruleset>,
     enforced_intel: Option<IntelRuleset>,
+    protected: Option<Vec<Protected>>,
+    intel_overlaps: BTreeMap<ProtectedKind, usize>,
+    exemptions_unrecorded: bool,
     enforcement: Enforcement,
     drift: Option<(u64, String)>,
     intel_failure: Option<String>,
@@ -315,6 +344,9 @@ impl Device {
             enforced: None,
             enforced_rs: None,
             enforced_intel: None,
+            protected: None,
+            intel_overlaps: BTreeMap::new(),
+            exemptions_unrecorded: false,
             enforcement: Enforcement::Unconfirmed,
             drift: None,
             intel_failure: None,
@@ -408,10 +440,12 @@ impl Device {
         let eff = self.effective();
         let rs = compile(&eff);
         let mode = eff.mode_name();
+        let guarded = protected(&eff);
+        self.narrow_exemptions(backend, &guarded, &actor)?;
         match netfilter::apply(backend, &rs) {
             Ok(digest) => {
                 self.audit.append(
-                    Entry::new("network.apply", Outcome::Ok, actor)
+                    Entry::new("network.apply", Outcome::Ok, actor.clone())
                         .transition(
                             self.enforced.clone().unwrap_or_else(|| "unknown".into()),
                             mode,
@@ -424,6 +458,7 @@ impl Device {
                 self.enforcement = Enforcement::Enforced {
                     digest: digest.clone(),
                 };
+                self.follow_exemptions(backend, guarded, &actor)?;
                 Ok(Enforced {
                     mode,
                     digest,
@@ -436,7 +471,7 @@ impl Device {
                         .reason(format!("{mode} not in force: {e}"))
                         .digest("ruleset", canonical_digest(&rs)),
                 )?;
-                let lock = compile(&Effective {
+                let lock_eff = Effective {
                     network: NetworkPlan::Lockdown {
                         reason: LockdownReason::StateUnknown,
                         bootstrap: self
@@ -447,11 +482,14 @@ impl Device {
                     },
                     block_lan_discovery: true,
                     pending_steps: eff.pending_steps.clone(),
-                });
+                };
+                let lock = compile(&lock_eff);
+                let guarded = protected(&lock_eff);
+                self.narrow_exemptions(backend, &guarded, &actor)?;
                 match netfilter::apply(backend, &lock) {
                     Ok(digest) => {
                         self.audit.append(
-                            Entry::new("network.apply", Outcome::Ok, actor)
+                            Entry::new("network.apply", Outcome::Ok, actor.clone())
                                 .transition(mode, "lockdown")
                                 .reason(format!("fell back to lockdown: {e}"))
                                 .digest("ruleset", digest.clone()),
@@ -462,6 +500,7 @@ impl Device {
                             digest: digest.clone(),
                             why: e.to_string(),
                         };
+                        self.follow_exemptions(backend, guarded, &actor)?;
                         Ok(Enforced {
                             mode: "lockdown",
                             digest,
@@ -483,6 +522,97 @@ impl Device {
         }
     }
 
+    /// Before a policy table is applied: exempt from the blocklists only what both the table
+    /// in force and the next one protect, so that at no instant is a destination exempt that
+    /// the table in force does not name (docs/SECURITY.md).
+    fn narrow_exemptions(
+        &mut self,
+        backend: &mut dyn Backend,
+        next: &[Protected],
+        actor: &Actor,
+    ) -> Result<(), DeviceError> {
+        let Some(rs) = &self.enforced_intel else {
+            return Ok(());
+        };
+        let both: Vec<Protected> = rs
+            .protected
+            .iter()
+            .filter(|p| next.contains(p))
+            .cloned()
+            .collect();
+        // Recorded with the change it prepares, after the policy table's record (one record
+        // per transition; a failure is recorded at once).
+        if self.set_exemptions(backend, both, actor, false)? {
+            self.exemptions_unrecorded = true;
+        }
+        Ok(())
+    }
+
+    /// After a policy table is in force: its protected destinations become the blocklists'
+    /// exemptions (and the protection a later blocklist is compiled with).
+    fn follow_exemptions(
+        &mut self,
+        backend: &mut dyn Backend,
+        now: Vec<Protected>,
+        actor: &Actor,
+    ) -> Result<(), DeviceError> {
+        self.protected = Some(now.clone());
+        self.set_exemptions(backend, now, actor, true).map(|_| ())
+    }
+
+    /// Refill the blocklist table's exemption chains (the sets are not touched). A success
+    /// is audited, with the overlaps that follow, when `record` says so (it changed
+    /// something now or in an earlier, unrecorded step); a failure always. On failure the
+    /// compiled exemptions are still kept as wanted, so the next drift check finds the
+    /// difference and replaces the table. Returns whether the chains were changed.
+    fn set_exemptions(
+        &mut self,
+        backend: &mut dyn Backend,
+        to: Vec<Protected>,
+        actor: &Actor,
+        record: bool,
+    ) -> Result<bool, DeviceError> {
+        let Some(rs) = self.enforced_intel.as_mut() else {
+            return Ok(false);
+        };
+        let changed = rs.protected != to;
+        let result = if changed {
+            update_exemptions(backend, &to)
+        } else {
+            Ok(())
+        };
+        rs.protected = to;
+        let overlaps = rs.overlaps();
+        let n = rs.protected.len();
+        match result {
+            Ok(()) => {
+                if record && (changed || self.exemptions_unrecorded) {
+                    let entry = Entry::new("intel.exempt", Outcome::Ok, actor.clone()).reason(
+                        format!("{n} policy-named destination(s) exempt from the blocklists"),
+                    );
+                    self.audit.append(with_overlaps(entry, &overlaps))?;
+                    self.exemptions_unrecorded = false;
+                }
+                self.intel_overlaps = overlaps;
+            }
+            Err(e) => {
+                self.audit.append(
+                    Entry::new("intel.exempt", Outcome::Error, actor.clone()).reason(format!(
+                        "blocklist exemptions not updated: {e}; the table is replaced at the next check"
+                    )),
+                )?;
+                self.intel_failure = Some(e.to_string());
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Blocklist entries that overlap protected destinations and do not apply there, as a
+    /// sentence with counts by kind (never addresses); `None` if there are none.
+    pub fn blocklist_overlaps(&self) -> Option<String> {
+        overlap_sentence(&self.intel_overlaps)
+    }
+
     /// Put the last-good intel feed's blocklists into their own table: element additions
     /// when only that changed, else one transaction replacing the table, verified by a full
     /// read-back. A failure keeps the previous blocklists and is audited; it never touches
@@ -492,8 +622,16 @@ impl Device {
         backend: &mut dyn Backend,
         actor: Actor,
     ) -> Result<usize, DeviceError> {
-        let rs = compile_intel(self.intel.as_ref().map(Verified::payload));
-        let mut entry = Entry::new("intel.enforce", Outcome::Ok, actor.clone());
+        let mut rs = compile_intel(self.intel.as_ref().map(Verified::payload));
+        rs.protected = self
+            .protected
+            .clone()
+            .unwrap_or_else(|| protected(&self.effective()));
+        let overlaps = rs.overlaps();
+        let mut entry = with_overlaps(
+            Entry::new("intel.enforce", Outcome::Ok, actor.clone()),
+            &overlaps,
+        );
         for c in &rs.categories {
             entry = entry.digest(
                 format!("count.{}", c.name),
@@ -515,6 +653,7 @@ impl Device {
                     .append(entry.reason(format!("{} entries, table {how}", rs.len())))?;
                 let n = rs.len();
                 self.enforced_intel = Some(rs);
+                self.intel_overlaps = overlaps;
                 self.intel_failure = None;
                 Ok(n)
             }
@@ -744,6 +883,7 @@ impl Device {
             tunnel_down,
             drift: self.drift.as_ref().map(|(n, w)| (*n, w.as_str())),
             intel_failure: self.intel_failure.as_deref(),
+            intel_overlaps: self.blocklist_overlaps().as_deref(),
             audit_problems: &self.audit_problems,
             audit_damage: &self.audit_damage,
             audit_head: self.audit.head(),
@@ -1179,6 +1319,7 @@ impl Device {
             to_serial: to,
             digest: v.digest().to_owned(),
             audit_seq: receipt.seq,
+            notes: Vec::new(),
         })
     }
 
@@ -1234,6 +1375,7 @@ impl Device {
             to_serial: to,
             digest: v.digest().to_owned(),
             audit_seq: receipt.seq,
+            notes: Vec::new(),
         })
     }
 }

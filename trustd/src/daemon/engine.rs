@@ -778,9 +778,13 @@ impl<B: Backend> Engine<B> {
                 Ok(Response::Applied(a))
             }
             Request::ApplyIntel(bytes) => {
-                let a = self.dev.apply_intel(&bytes, actor.clone(), now)?;
-                if let Err(e) = self.dev.enforce_intel(&mut self.backend, actor) {
-                    tracing::error!("blocklists not updated: {e}");
+                let mut a = self.dev.apply_intel(&bytes, actor.clone(), now)?;
+                match self.dev.enforce_intel(&mut self.backend, actor) {
+                    Ok(_) => a.notes.extend(self.dev.blocklist_overlaps()),
+                    Err(e) => {
+                        tracing::error!("blocklists not updated: {e}");
+                        a.notes.push(format!("blocklists not updated: {e}"));
+                    }
                 }
                 Ok(Response::Applied(a))
             }

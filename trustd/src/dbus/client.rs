@@ -57,6 +57,8 @@ pub struct ApplyResult {
     pub digest: String,
     /// The audit record's seq.
     pub audit_seq: u64,
+    /// What a person should know (ApplyIntelFeed: overlaps with protected destinations).
+    pub notes: Vec<String>,
 }
 
 /// A connection to trustd.
@@ -144,6 +146,7 @@ impl Client {
             to_serial,
             digest,
             audit_seq,
+            notes: Vec::new(),
         })
     }
 
@@ -154,7 +157,24 @@ impl Client {
 
     /// Apply a signed intel feed.
     pub async fn apply_intel_feed(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
-        self.apply("ApplyIntelFeed", envelope).await
+        let (from_serial, to_serial, digest, audit_seq, notes): (
+            u64,
+            u64,
+            String,
+            u64,
+            Vec<String>,
+        ) = self
+            .proxy("org.enigm.Trust1.Policy")
+            .await?
+            .call("ApplyIntelFeed", &(envelope,))
+            .await?;
+        Ok(ApplyResult {
+            from_serial,
+            to_serial,
+            digest,
+            audit_seq,
+            notes,
+        })
     }
 
     /// Apply a signed trust-root rotation.

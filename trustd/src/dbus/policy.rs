@@ -24,6 +24,7 @@ impl Policy {
                 to_serial,
                 digest,
                 audit_seq,
+                ..
             }) => Ok((from_serial, to_serial, digest, audit_seq)),
             r => Err(unexpected(&r)),
         }
@@ -43,14 +44,21 @@ impl Policy {
         self.apply(&hdr, Request::ApplyBundle(envelope)).await
     }
 
-    /// Verify a signed intel feed and put its blocklists in force.
-    #[zbus(out_args("from_serial", "to_serial", "digest", "audit_seq"))]
+    /// Verify a signed intel feed and put its blocklists in force. Returns what
+    /// ApplyBundle does, and notes: the entries that overlap protected destinations
+    /// (loopback, policy-named endpoints) and are not applied there, counted by kind.
+    #[zbus(out_args("from_serial", "to_serial", "digest", "audit_seq", "notes"))]
     async fn apply_intel_feed(
         &self,
         envelope: Vec<u8>,
         #[zbus(header)] hdr: Header<'_>,
-    ) -> Result<(u64, u64, String, u64)> {
-        self.apply(&hdr, Request::ApplyIntel(envelope)).await
+    ) -> Result<(u64, u64, String, u64, Vec<String>)> {
+        match self.h.call(&hdr, Request::ApplyIntel(envelope)).await? {
+            Response::Applied(a) => {
+                Ok((a.from_serial, a.to_serial, a.digest, a.audit_seq, a.notes))
+            }
+            r => Err(unexpected(&r)),
+        }
     }
 
     /// Verify a trust-root rotation signed by the current root and install it.

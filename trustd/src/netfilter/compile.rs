@@ -130,6 +130,20 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
         NetworkMode::TorOnly => {
             if let Some(t) = &n.tor {
                 out.push(Rule::new(vec![Match::SkUid(vec![t.uid])], Action::Accept));
+                // What nat_output redirected to Tor's local ports: the output hook still
+                // names the original interface, so `oifname lo` does not match it.
+                let local = cidr("127.0.0.1");
+                out.push(Rule::new(
+                    vec![
+                        Match::Daddr(local),
+                        Match::Dport(L4::Tcp, vec![t.trans_port]),
+                    ],
+                    Action::Accept,
+                ));
+                out.push(Rule::new(
+                    vec![Match::Daddr(local), Match::Dport(L4::Any, vec![t.dns_port])],
+                    Action::Accept,
+                ));
                 if n.allow_lan {
                     out.extend(lan_rules());
                 }
@@ -153,6 +167,207 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
         }
     }
     (out, nat)
+}
+
+/// The always-allowed link traffic, outbound: DHCP and DHCPv6 clients, and the ICMPv6 that
+/// link setup needs (docs/SECURITY.md). Shared with the blocklist table's exemptions.
+pub(super) fn link_setup_out() -> Vec<Rule> {
+    vec![
+        Rule::new(
+            vec![
+                Match::Sport(L4::Udp, vec![68]),
+                Match::Dport(L4::Udp, vec![67]),
+            ],
+            Action::Accept,
+        ),
+        Rule::new(
+            vec![
+                Match::Sport(L4::Udp, vec![546]),
+                Match::Dport(L4::Udp, vec![547]),
+            ],
+            Action::Accept,
+        ),
+        Rule::new(
+            vec![Match::Icmpv6Type(vec![
+                "nd-router-solicit",
+                "nd-neighbor-solicit",
+                "nd-neighbor-advert",
+                "mld2-listener-report",
+            ])],
+            Action::Accept,
+        ),
+    ]
+}
+
+/// The always-allowed link traffic, inbound (the replies and announcements of
+/// [`link_setup_out`]).
+pub(super) fn link_setup_in() -> Vec<Rule> {
+    vec![
+        Rule::new(
+            vec![
+                Match::Sport(L4::Udp, vec![67]),
+                Match::Dport(L4::Udp, vec![68]),
+            ],
+            Action::Accept,
+        ),
+        Rule::new(
+            vec![
+                Match::Sport(L4::Udp, vec![547]),
+                Match::Dport(L4::Udp, vec![546]),
+            ],
+            Action::Accept,
+        ),
+        Rule::new(
+            vec![Match::Icmpv6Type(vec![
+                "mld-listener-query",
+                "nd-router-advert",
+                "nd-neighbor-solicit",
+                "nd-neighbor-advert",
+            ])],
+            Action::Accept,
+        ),
+    ]
+}
+
+/// The loopback prefixes: blocklists never apply to them (nor to interface `lo`).
+pub const LOOPBACK_PREFIXES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// What kind of destination a blocklist may not cut, as reports name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProtectedKind {
+    /// Loopback (`lo`, 127.0.0.0/8, ::1), which also carries Tor's local ports.
+    Loopback,
+    /// A VPN endpoint of the policy (vpn-required).
+    VpnEndpoint,
+    /// A proxy endpoint of the policy (proxy-required).
+    ProxyEndpoint,
+    /// A DNS resolver of the policy, port 53.
+    Resolver,
+    /// A rule of the setup bootstrap allowlist (lockdown).
+    Bootstrap,
+}
+
+impl ProtectedKind {
+    /// The name used in apply results, audit records and posture.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Loopback => "loopback",
+            Self::VpnEndpoint => "vpn-endpoint",
+            Self::ProxyEndpoint => "proxy-endpoint",
+            Self::Resolver => "resolver",
+            Self::Bootstrap => "bootstrap",
+        }
+    }
+}
+
+/// A destination that the policy in force names explicitly, which the blocklists do not
+/// cut: the same matches as the policy table's accept rule for it, and for its replies.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Protected {
+    /// What it is.
+    pub kind: ProtectedKind,
+    /// Its address or prefix.
+    pub dest: Cidr,
+    /// Matches of the packets sent to it (interface, address, transport, ports, uids).
+    pub out: Vec<Match>,
+    /// Matches of its replies (interface, conntrack state, source address and port).
+    pub reply: Vec<Match>,
+}
+
+fn protect(kind: ProtectedKind, rule: &AllowRule, via: &[String]) -> Protected {
+    let mut pre = Vec::new();
+    let mut reply = Vec::new();
+    if !via.is_empty() {
+        pre.push(Match::OifName(via.to_vec()));
+        reply.push(Match::IifName(via.to_vec()));
+    }
+    let out = allow_rule(rule, pre).matches;
+    reply.push(Match::CtState(vec!["established", "related"]));
+    reply.push(Match::Saddr(rule.dest));
+    match rule.proto {
+        RuleProto::Tcp => reply.push(Match::Sport(L4::Tcp, rule.ports.clone())),
+        RuleProto::Udp => reply.push(Match::Sport(L4::Udp, rule.ports.clone())),
+        RuleProto::Icmp => reply.push(Match::L4Proto(vec!["icmp", "ipv6-icmp"])),
+        RuleProto::Any => {}
+    }
+    Protected {
+        kind,
+        dest: rule.dest,
+        out,
+        reply,
+    }
+}
+
+fn endpoint_rule(address: std::net::IpAddr, proto: Proto, port: u16) -> AllowRule {
+    AllowRule {
+        dest: Cidr::host(address),
+        proto: match proto {
+            Proto::Tcp => RuleProto::Tcp,
+            Proto::Udp => RuleProto::Udp,
+        },
+        ports: vec![port],
+        uids: vec![],
+        gids: vec![],
+    }
+}
+
+/// The destinations the effective policy names explicitly and its table accepts: in
+/// lockdown the bootstrap allowlist; in `direct` the resolvers; in `vpn-required` the VPN
+/// endpoints (any interface) and the resolvers (through the tunnel); in `proxy-required`
+/// the proxy endpoints and the resolvers; in `tor-only` none beyond loopback (Tor's ports
+/// are local). Plain `allow` rules, LAN prefixes and inbound rules are not protected: the
+/// blocklists exist to cut inside what they allow.
+pub fn protected(e: &Effective) -> Vec<Protected> {
+    let dns = |resolvers: &[std::net::IpAddr], via: &[String]| {
+        resolvers
+            .iter()
+            .flat_map(|r| {
+                [Proto::Udp, Proto::Tcp]
+                    .map(|p| protect(ProtectedKind::Resolver, &endpoint_rule(*r, p, 53), via))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    match &e.network {
+        NetworkPlan::Lockdown { bootstrap, .. } => {
+            out.extend(
+                bootstrap
+                    .iter()
+                    .map(|r| protect(ProtectedKind::Bootstrap, r, &[])),
+            );
+        }
+        NetworkPlan::Enforce(n) => match n.mode {
+            NetworkMode::Direct => out.extend(dns(&n.resolvers, &[])),
+            NetworkMode::VpnRequired => {
+                if let Some(v) = &n.vpn {
+                    for ep in &v.endpoints {
+                        out.push(protect(
+                            ProtectedKind::VpnEndpoint,
+                            &endpoint_rule(ep.address, ep.proto, ep.port),
+                            &[],
+                        ));
+                    }
+                    if !v.interfaces.is_empty() {
+                        out.extend(dns(&n.resolvers, &v.interfaces));
+                    }
+                }
+            }
+            NetworkMode::ProxyRequired => {
+                for ep in n.proxy.iter().flat_map(|p| &p.endpoints) {
+                    out.push(protect(
+                        ProtectedKind::ProxyEndpoint,
+                        &endpoint_rule(ep.address, ep.proto, ep.port),
+                        &[],
+                    ));
+                }
+                out.extend(dns(&n.resolvers, &[]));
+            }
+            NetworkMode::TorOnly => {}
+        },
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Compile the effective policy into trustd's table.
@@ -191,52 +406,8 @@ pub fn compile(e: &Effective) -> Ruleset {
         input.push(d);
     }
     // Always allowed: DHCP and DHCPv6 clients, and the ICMPv6 that link setup needs.
-    output.push(Rule::new(
-        vec![
-            Match::Sport(L4::Udp, vec![68]),
-            Match::Dport(L4::Udp, vec![67]),
-        ],
-        Action::Accept,
-    ));
-    output.push(Rule::new(
-        vec![
-            Match::Sport(L4::Udp, vec![546]),
-            Match::Dport(L4::Udp, vec![547]),
-        ],
-        Action::Accept,
-    ));
-    output.push(Rule::new(
-        vec![Match::Icmpv6Type(vec![
-            "nd-router-solicit",
-            "nd-neighbor-solicit",
-            "nd-neighbor-advert",
-            "mld2-listener-report",
-        ])],
-        Action::Accept,
-    ));
-    input.push(Rule::new(
-        vec![
-            Match::Sport(L4::Udp, vec![67]),
-            Match::Dport(L4::Udp, vec![68]),
-        ],
-        Action::Accept,
-    ));
-    input.push(Rule::new(
-        vec![
-            Match::Sport(L4::Udp, vec![547]),
-            Match::Dport(L4::Udp, vec![546]),
-        ],
-        Action::Accept,
-    ));
-    input.push(Rule::new(
-        vec![Match::Icmpv6Type(vec![
-            "mld-listener-query",
-            "nd-router-advert",
-            "nd-neighbor-solicit",
-            "nd-neighbor-advert",
-        ])],
-        Action::Accept,
-    ));
+    output.extend(link_setup_out());
+    input.extend(link_setup_in());
 
     let mut nat = Vec::new();
     match &e.network {

@@ -4,6 +4,13 @@
 //!
 //! Big interval sets are never edited element by element (deleting from one costs minutes);
 //! a feed that removes prefixes replaces the table in one transaction instead.
+//!
+//! The blocklists never cut what the policy or the always-allowed list guarantees
+//! (docs/SECURITY.md): each base chain first accepts loopback and the always-allowed link
+//! traffic, then jumps to a small regular chain (`exempt_out`, `exempt_in`) that accepts
+//! the destinations the policy in force names explicitly ([`Protected`]). Only those two
+//! chains change when the policy does: they are flushed and refilled in one transaction,
+//! without touching the sets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -11,9 +18,17 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
 
+use super::compile::{LOOPBACK_PREFIXES, Protected, ProtectedKind, link_setup_in, link_setup_out};
+use super::model::{Action, Match, Rule};
+use super::render::render_expr;
 use super::{Backend, EnforceError, NftError};
 use crate::bundle::sha256_hex;
 use crate::policy::{Cidr, IntelFeed};
+
+/// The regular chain holding the outbound exemptions of the policy in force.
+const EXEMPT_OUT: &str = "exempt_out";
+/// The regular chain holding the inbound (reply) exemptions of the policy in force.
+const EXEMPT_IN: &str = "exempt_in";
 
 /// The intel table's name.
 pub const INTEL_TABLE: &str = "trustd_intel";
@@ -35,6 +50,10 @@ pub struct Category {
 pub struct IntelRuleset {
     /// Categories in name order.
     pub categories: Vec<Category>,
+    /// The destinations the policy in force protects from the blocklists (see
+    /// [`crate::netfilter::protected`]); loopback and the always-allowed link traffic are
+    /// exempt in every case.
+    pub protected: Vec<Protected>,
 }
 
 impl IntelRuleset {
@@ -58,6 +77,40 @@ impl IntelRuleset {
     /// Whether there is no entry.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many entries overlap each kind of protected destination (loopback, and the
+    /// policy's [`Self::protected`]): those entries do not apply there. Counts only.
+    pub fn overlaps(&self) -> BTreeMap<ProtectedKind, usize> {
+        let loopback: Vec<Cidr> = LOOPBACK_PREFIXES
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let mut guarded: Vec<(ProtectedKind, Cidr)> = loopback
+            .into_iter()
+            .map(|c| (ProtectedKind::Loopback, c))
+            .collect();
+        guarded.extend(self.protected.iter().map(|p| (p.kind, p.dest)));
+        let mut out = BTreeMap::new();
+        for c in &self.categories {
+            let entries = c
+                .v4_hosts
+                .iter()
+                .chain(&c.v6_hosts)
+                .map(|a| Cidr::host(*a))
+                .chain(c.v4_nets.iter().chain(&c.v6_nets).copied());
+            for e in entries {
+                let kinds: BTreeSet<ProtectedKind> = guarded
+                    .iter()
+                    .filter(|(_, d)| d.overlaps(&e))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in kinds {
+                    *out.entry(k).or_insert(0) += 1;
+                }
+            }
+        }
+        out
     }
 
     /// The counter name of each category (posture shows counts by category name).
@@ -99,7 +152,7 @@ fn without_nested(nets: &BTreeSet<Cidr>) -> BTreeSet<Cidr> {
     let mut ranges: Vec<(u128, u128, Cidr)> = nets
         .iter()
         .map(|c| {
-            let (lo, hi) = range_of(c);
+            let (lo, hi) = c.range();
             (lo, hi, *c)
         })
         .collect();
@@ -127,8 +180,8 @@ enum Elem {
 impl Elem {
     fn range(&self) -> (u128, u128) {
         match self {
-            Self::Host(a) => range_of(&Cidr::host(*a)),
-            Self::Net(c) => range_of(c),
+            Self::Host(a) => Cidr::host(*a).range(),
+            Self::Net(c) => c.range(),
         }
     }
 }
@@ -203,6 +256,55 @@ fn set_decl(s: &SetSpec) -> Value {
     set
 }
 
+fn rule_json(chain: &str, r: &Rule) -> Value {
+    json!({"rule": {"family": "inet", "table": INTEL_TABLE, "chain": chain, "expr": render_expr(r)}})
+}
+
+/// The first rules of a base chain: loopback, the always-allowed link traffic, then the
+/// policy's exemptions (`out`: the output chain, else the input chain).
+fn base_exemptions(out: bool) -> Vec<Rule> {
+    let accept = |m| Rule::new(vec![m], Action::Accept);
+    let mut rules = Vec::new();
+    if out {
+        rules.push(accept(Match::OifName(vec!["lo".into()])));
+    } else {
+        rules.push(accept(Match::IifName(vec!["lo".into()])));
+    }
+    for p in LOOPBACK_PREFIXES {
+        let c: Cidr = p
+            .parse()
+            .unwrap_or_else(|_| Cidr::host(IpAddr::from([127, 0, 0, 1])));
+        rules.push(accept(if out {
+            Match::Daddr(c)
+        } else {
+            Match::Saddr(c)
+        }));
+    }
+    rules.extend(if out {
+        link_setup_out()
+    } else {
+        link_setup_in()
+    });
+    rules.push(Rule::new(
+        vec![],
+        Action::Jump(if out { EXEMPT_OUT } else { EXEMPT_IN }.into()),
+    ));
+    rules
+}
+
+/// The rules of the exemption chains for `protected`: (exempt_out, exempt_in).
+fn exemption_rules(protected: &[Protected]) -> (Vec<Rule>, Vec<Rule>) {
+    protected
+        .iter()
+        .map(|p| {
+            (
+                Rule::new(p.out.clone(), Action::Accept),
+                Rule::new(p.reply.clone(), Action::Accept),
+            )
+        })
+        .unzip()
+}
+
 fn structure(rs: &IntelRuleset) -> Vec<Value> {
     let mut out = Vec::new();
     for (i, _) in rs.categories.iter().enumerate() {
@@ -214,6 +316,15 @@ fn structure(rs: &IntelRuleset) -> Vec<Value> {
             "type": "filter", "hook": hook, "prio": prio, "policy": "accept"}}),
         );
     }
+    for chain in [EXEMPT_OUT, EXEMPT_IN] {
+        out.push(json!({"chain": {"family": "inet", "table": INTEL_TABLE, "name": chain}}));
+    }
+    for (chain, is_out) in [("output", true), ("input", false)] {
+        out.extend(base_exemptions(is_out).iter().map(|r| rule_json(chain, r)));
+    }
+    let (ex_out, ex_in) = exemption_rules(&rs.protected);
+    out.extend(ex_out.iter().map(|r| rule_json(EXEMPT_OUT, r)));
+    out.extend(ex_in.iter().map(|r| rule_json(EXEMPT_IN, r)));
     for (i, s) in sets(rs) {
         out.push(json!({ "set": set_decl(&s) }));
         for (chain, field) in [("output", "daddr"), ("input", "saddr")] {
@@ -375,13 +486,10 @@ struct ListedVal {
 
 impl ListedElem {
     fn range(&self) -> Option<(u128, u128)> {
-        let one = |s: &str| s.parse::<Cidr>().ok().map(|c| range_of(&c));
+        let one = |s: &str| listed_range(s, None);
         match self {
             Self::Addr(s) => one(s),
-            Self::Prefix { prefix } => format!("{}/{}", prefix.addr, prefix.len)
-                .parse::<Cidr>()
-                .ok()
-                .map(|c| range_of(&c)),
+            Self::Prefix { prefix } => listed_range(&prefix.addr, Some(prefix.len)),
             Self::Range { range } => Some((one(&range.0)?.0, one(&range.1)?.1)),
             Self::Wrapped { elem } => elem.val.range(),
         }
@@ -416,18 +524,24 @@ fn listing_items(listing: &Listing) -> Vec<String> {
     items
 }
 
-fn range_of(c: &Cidr) -> (u128, u128) {
-    let (bits, width) = match c.addr() {
+/// The range of an element as the kernel lists it. Parsed as plain text, not by the rules
+/// for signed inputs (the kernel may list `0.0.0.0` as the start of a range).
+fn listed_range(addr: &str, len: Option<u8>) -> Option<(u128, u128)> {
+    let (bits, width) = match addr.parse::<IpAddr>().ok()? {
         IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32),
         IpAddr::V6(a) => (u128::from(a), 128u32),
     };
-    let host = width - u32::from(c.prefix());
+    let len = u32::from(len.unwrap_or(width as u8));
+    if len > width {
+        return None;
+    }
+    let host = width - len;
     let span = if host >= 128 {
         u128::MAX
     } else {
         (1u128 << host) - 1
     };
-    (bits, bits | span)
+    Some((bits & !span, bits | span))
 }
 
 /// Check a full listing: the structure matches, and every compiled entry is blocked by the
@@ -538,36 +652,99 @@ pub fn update_intel(
             }
         }
     }
+    if old.protected != new.protected {
+        cmds.extend(exemption_commands(&new.protected));
+    }
     if !cmds.is_empty() {
         backend.apply(&json!({ "nftables": cmds }).to_string())?;
     }
     Ok(true)
 }
 
-/// The cheap, frequent check: the intel table's chains still hold the compiled rules
-/// (listing a chain does not print set elements, so this stays fast with 100k entries).
-pub fn intel_chains_intact(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<bool, NftError> {
-    for chain in ["output", "input"] {
-        let mut want: Vec<String> = structure(rs)
+/// Commands that refill both exemption chains with `protected` (inside one transaction).
+fn exemption_commands(protected: &[Protected]) -> Vec<Value> {
+    let mut cmds = Vec::new();
+    for chain in [EXEMPT_OUT, EXEMPT_IN] {
+        cmds.push(
+            json!({"flush": {"chain": {"family": "inet", "table": INTEL_TABLE, "name": chain}}}),
+        );
+    }
+    let (ex_out, ex_in) = exemption_rules(protected);
+    cmds.extend(
+        ex_out
             .iter()
-            .filter(|o| o.get("rule").is_some_and(|r| r["chain"] == chain))
-            .map(|o| normalize(o).to_string())
+            .map(|r| json!({ "add": rule_json(EXEMPT_OUT, r) })),
+    );
+    cmds.extend(
+        ex_in
+            .iter()
+            .map(|r| json!({ "add": rule_json(EXEMPT_IN, r) })),
+    );
+    cmds
+}
+
+/// Put `protected` in force as the blocklists' exemptions: both exemption chains are
+/// flushed and refilled in one transaction (the sets are not touched, so this costs what a
+/// small ruleset does), then read back.
+pub fn update_exemptions(
+    backend: &mut dyn Backend,
+    protected: &[Protected],
+) -> Result<(), EnforceError> {
+    let cmds = exemption_commands(protected);
+    backend
+        .apply(&json!({ "nftables": cmds }).to_string())
+        .map_err(EnforceError::Apply)?;
+    let (ex_out, ex_in) = exemption_rules(protected);
+    for (chain, rules) in [(EXEMPT_OUT, ex_out), (EXEMPT_IN, ex_in)] {
+        let want: Vec<String> = rules
+            .iter()
+            .map(|r| normalize(&rule_json(chain, r)).to_string())
             .collect();
-        want.sort();
-        let Some(text) = backend.list_chain(INTEL_TABLE, chain)? else {
-            return Ok(false);
-        };
-        let listing: Value =
-            serde_json::from_str(&text).map_err(|e| NftError::Output(e.to_string()))?;
-        let mut held: Vec<String> = listing["nftables"]
+        let held = chain_rules(backend, chain).map_err(EnforceError::ReadBack)?;
+        if held.as_ref().map(|h| sorted(h.clone())) != Some(sorted(want)) {
+            return Err(EnforceError::Mismatch {
+                expected: format!("{} rules in {chain}", rules.len()),
+                found: held.map_or("absent".into(), |h| format!("{} rules", h.len())),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The normalized rules of one chain of the intel table, `None` if it is absent.
+fn chain_rules(backend: &mut dyn Backend, chain: &str) -> Result<Option<Vec<String>>, NftError> {
+    let Some(text) = backend.list_chain(INTEL_TABLE, chain)? else {
+        return Ok(None);
+    };
+    let listing: Value =
+        serde_json::from_str(&text).map_err(|e| NftError::Output(e.to_string()))?;
+    Ok(Some(
+        listing["nftables"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|o| o.get("rule").is_some())
             .map(|o| normalize(o).to_string())
+            .collect(),
+    ))
+}
+
+/// The cheap, frequent check: the intel table's chains still hold the compiled rules
+/// (listing a chain does not print set elements, so this stays fast with 100k entries).
+pub fn intel_chains_intact(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<bool, NftError> {
+    for chain in ["output", "input", EXEMPT_OUT, EXEMPT_IN] {
+        let want: Vec<String> = structure(rs)
+            .iter()
+            .filter(|o| o.get("rule").is_some_and(|r| r["chain"] == chain))
+            .map(|o| normalize(o).to_string())
             .collect();
-        held.sort();
-        if held != want {
+        let held = chain_rules(backend, chain)?;
+        if held.map(sorted) != Some(sorted(want)) {
             return Ok(false);
         }
     }

@@ -36,7 +36,7 @@ pub struct Base {
 }
 
 /// A transport for port matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum L4 {
     /// TCP.
     Tcp,
@@ -47,7 +47,7 @@ pub enum L4 {
 }
 
 /// One match of a rule (all must hold).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Match {
     /// Output interface name is one of.
     OifName(Vec<String>),
@@ -88,6 +88,8 @@ pub enum Action {
     Drop,
     /// Redirect to a local port (nat chains).
     Redirect(u16),
+    /// Continue in the named regular chain (an accept there ends the base chain too).
+    Jump(String),
 }
 
 /// A rule: matches, an optional named counter, an action.

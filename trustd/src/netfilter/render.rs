@@ -80,15 +80,17 @@ fn render_match(x: &Match) -> Value {
     }
 }
 
-fn render_expr(r: &Rule) -> Vec<Value> {
+/// A rule's expression list, in the shape `nft -j list` prints it.
+pub(super) fn render_expr(r: &Rule) -> Vec<Value> {
     let mut expr: Vec<Value> = r.matches.iter().map(render_match).collect();
     if let Some(c) = &r.counter {
         expr.push(json!({"counter": c}));
     }
-    expr.push(match r.action {
+    expr.push(match &r.action {
         Action::Accept => json!({"accept": null}),
         Action::Drop => json!({"drop": null}),
         Action::Redirect(port) => json!({"redirect": {"port": port}}),
+        Action::Jump(chain) => json!({"jump": {"target": chain}}),
     });
     expr
 }

@@ -11,7 +11,7 @@ mod effective;
 mod intel;
 mod model;
 
-pub use cidr::Cidr;
+pub use cidr::{Cidr, parse_addr};
 pub use command::{LifecycleAction, LifecycleCommand};
 pub use effective::{Effective, EffectiveNetwork, LockdownReason, NetworkPlan, Overlay, effective};
 pub use intel::IntelFeed;

@@ -125,7 +125,8 @@ pub struct Tor {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// Its address.
+    /// Its address (IPv4-mapped input is held as IPv4; see [`super::parse_addr`]).
+    #[serde(deserialize_with = "super::cidr::deserialize_addr")]
     pub address: IpAddr,
     /// Its transport.
     pub proto: Proto,
@@ -194,7 +195,8 @@ pub struct InboundRule {
 #[serde(deny_unknown_fields)]
 pub struct Dns {
     /// The only addresses port 53 may reach. Empty: no DNS (except Tor's in `tor-only`).
-    #[serde(default)]
+    /// IPv4-mapped input is held as IPv4 (see [`super::parse_addr`]).
+    #[serde(default, deserialize_with = "super::cidr::deserialize_addrs")]
     pub resolvers: Vec<IpAddr>,
 }
 
