@@ -45,7 +45,7 @@ fn allow_rule(r: &AllowRule, mut prefix: Vec<Match>) -> Rule {
     if !r.gids.is_empty() {
         prefix.push(Match::SkGid(r.gids.clone()));
     }
-    Rule::new(prefix, Action::Accept)
+    Rule::new(prefix, Action::Admit)
 }
 
 fn dns_rules(resolvers: &[std::net::IpAddr], via: &[Match]) -> Vec<Rule> {
@@ -54,7 +54,7 @@ fn dns_rules(resolvers: &[std::net::IpAddr], via: &[Match]) -> Vec<Rule> {
         let mut m = via.to_vec();
         m.push(Match::Daddr(Cidr::host(*r)));
         m.push(Match::Dport(L4::Any, vec![53]));
-        out.push(Rule::new(m, Action::Accept));
+        out.push(Rule::new(m, Action::Admit));
     }
     // DNS anywhere else is refused, whatever the allow rules say.
     out.push(Rule::new(vec![Match::Dport(L4::Any, vec![53])], Action::Drop).counted("dns_blocked"));
@@ -64,7 +64,7 @@ fn dns_rules(resolvers: &[std::net::IpAddr], via: &[Match]) -> Vec<Rule> {
 fn lan_rules() -> Vec<Rule> {
     LAN_PREFIXES
         .iter()
-        .map(|p| Rule::new(vec![Match::Daddr(cidr(p))], Action::Accept))
+        .map(|p| Rule::new(vec![Match::Daddr(cidr(p))], Action::Admit))
         .collect()
 }
 
@@ -90,7 +90,7 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
                         Match::Daddr(Cidr::host(e.address)),
                         Match::Dport(l4(e.proto), vec![e.port]),
                     ],
-                    Action::Accept,
+                    Action::Admit,
                 ));
             }
             let tun = vec![Match::OifName(vpn.interfaces.clone())];
@@ -111,7 +111,7 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
                         Match::Daddr(Cidr::host(e.address)),
                         Match::Dport(l4(e.proto), vec![e.port]),
                     ],
-                    Action::Accept,
+                    Action::Admit,
                 ));
             }
             out.extend(dns_rules(&n.resolvers, &[]));
@@ -129,7 +129,7 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
         }
         NetworkMode::TorOnly => {
             if let Some(t) = &n.tor {
-                out.push(Rule::new(vec![Match::SkUid(vec![t.uid])], Action::Accept));
+                out.push(Rule::new(vec![Match::SkUid(vec![t.uid])], Action::Admit));
                 if n.allow_lan {
                     out.extend(lan_rules());
                 }
@@ -155,7 +155,47 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
     (out, nat)
 }
 
+/// The regular chain that judges, by the output rules, packets arriving on flows this device
+/// opened whose mark is not current.
+pub const INPUT_REPLY: &str = "input_reply";
+/// The regular chain that judges, by the input rules, packets leaving on flows a peer opened
+/// whose mark is not current.
+pub const OUTPUT_REPLY: &str = "output_reply";
+
+/// The first rules of a filter base chain: loopback, invalid, the fast path for packets of
+/// flows this ruleset admitted, then packets in the reply direction of a flow not (yet)
+/// admitted by it go to `reply_chain`, where the opposite chain's rules judge them.
+fn head(lo: Match, on_tunnel: Option<Match>, reply_chain: &str) -> Vec<Rule> {
+    let mut fast = vec![
+        Match::CtState(vec!["established", "related"]),
+        Match::FlowCurrent,
+    ];
+    fast.extend(on_tunnel);
+    vec![
+        Rule::new(vec![lo], Action::Accept),
+        Rule::new(vec![Match::CtState(vec!["invalid"])], Action::Drop),
+        Rule::new(fast, Action::Accept),
+        Rule::new(vec![Match::CtReply], Action::Goto(reply_chain.to_owned())),
+    ]
+}
+
+/// The rules of `body` seen from the other end of its flows, then a counted drop.
+fn reply_rules(body: &[Rule], counter: &str) -> Vec<Rule> {
+    let mut out: Vec<Rule> = body.iter().filter_map(Rule::mirrored).collect();
+    out.push(Rule::new(vec![], Action::Drop).counted(counter));
+    out
+}
+
 /// Compile the effective policy into trustd's table.
+///
+/// Every filter chain begins the same way: loopback accepted; invalid packets dropped;
+/// packets of flows this ruleset admitted (their conntrack mark carries its generation)
+/// accepted; packets in the reply direction of any other flow judged, in a regular chain, by
+/// the opposite chain's rules mirrored (a reply is admitted when the ruleset would admit the
+/// flow's first packet). Everything else, first packets and packets of flows admitted by an
+/// earlier ruleset alike, goes through the chain's rules, whose accepts mark the flow. So a
+/// ruleset change judges every open flow again on its next packet, in either direction, and
+/// an unchanged ruleset (same generation) leaves open flows alone.
 pub fn compile(e: &Effective) -> Ruleset {
     let filter = |hook| {
         Some(Base {
@@ -165,22 +205,8 @@ pub fn compile(e: &Effective) -> Ruleset {
             policy: "drop",
         })
     };
-    let mut output = vec![
-        Rule::new(vec![Match::OifName(vec!["lo".into()])], Action::Accept),
-        Rule::new(vec![Match::CtState(vec!["invalid"])], Action::Drop),
-        Rule::new(
-            vec![Match::CtState(vec!["established", "related"])],
-            Action::Accept,
-        ),
-    ];
-    let mut input = vec![
-        Rule::new(vec![Match::IifName(vec!["lo".into()])], Action::Accept),
-        Rule::new(vec![Match::CtState(vec!["invalid"])], Action::Drop),
-        Rule::new(
-            vec![Match::CtState(vec!["established", "related"])],
-            Action::Accept,
-        ),
-    ];
+    let mut output = Vec::new();
+    let mut input = Vec::new();
     if e.block_lan_discovery {
         let d = Rule::new(
             vec![Match::Dport(L4::Udp, LAN_DISCOVERY_PORTS.to_vec())],
@@ -196,14 +222,14 @@ pub fn compile(e: &Effective) -> Ruleset {
             Match::Sport(L4::Udp, vec![68]),
             Match::Dport(L4::Udp, vec![67]),
         ],
-        Action::Accept,
+        Action::Admit,
     ));
     output.push(Rule::new(
         vec![
             Match::Sport(L4::Udp, vec![546]),
             Match::Dport(L4::Udp, vec![547]),
         ],
-        Action::Accept,
+        Action::Admit,
     ));
     output.push(Rule::new(
         vec![Match::Icmpv6Type(vec![
@@ -212,21 +238,21 @@ pub fn compile(e: &Effective) -> Ruleset {
             "nd-neighbor-advert",
             "mld2-listener-report",
         ])],
-        Action::Accept,
+        Action::Admit,
     ));
     input.push(Rule::new(
         vec![
             Match::Sport(L4::Udp, vec![67]),
             Match::Dport(L4::Udp, vec![68]),
         ],
-        Action::Accept,
+        Action::Admit,
     ));
     input.push(Rule::new(
         vec![
             Match::Sport(L4::Udp, vec![547]),
             Match::Dport(L4::Udp, vec![546]),
         ],
-        Action::Accept,
+        Action::Admit,
     ));
     input.push(Rule::new(
         vec![Match::Icmpv6Type(vec![
@@ -235,7 +261,7 @@ pub fn compile(e: &Effective) -> Ruleset {
             "nd-neighbor-solicit",
             "nd-neighbor-advert",
         ])],
-        Action::Accept,
+        Action::Admit,
     ));
 
     let mut nat = Vec::new();
@@ -253,28 +279,63 @@ pub fn compile(e: &Effective) -> Ruleset {
                     m.push(Match::Saddr(s));
                 }
                 m.push(Match::Dport(l4(r.proto), r.ports.clone()));
-                input.push(Rule::new(m, Action::Accept));
+                input.push(Rule::new(m, Action::Admit));
             }
         }
     }
-    output.push(Rule::new(vec![], Action::Drop).counted("blocked_out"));
-    input.push(Rule::new(vec![], Action::Drop).counted("blocked_in"));
+    // In vpn-required mode the tunnel decides: a flow admitted through the tunnel whose
+    // packets are routed elsewhere (the tunnel went down) is judged again on every packet,
+    // and the rules only admit what they admit off the tunnel (the endpoints, the LAN).
+    let tunnels = match &e.network {
+        NetworkPlan::Enforce(n) if n.mode == NetworkMode::VpnRequired => n
+            .vpn
+            .as_ref()
+            .map(|v| v.interfaces.clone())
+            .filter(|i| !i.is_empty()),
+        _ => None,
+    };
+    let input_reply = reply_rules(&output, "blocked_in");
+    let output_reply = reply_rules(&input, "blocked_out");
+    let mut input_chain = head(
+        Match::IifName(vec!["lo".into()]),
+        tunnels.clone().map(Match::IifName),
+        INPUT_REPLY,
+    );
+    input_chain.extend(input);
+    input_chain.push(Rule::new(vec![], Action::Drop).counted("blocked_in"));
+    let mut output_chain = head(
+        Match::OifName(vec!["lo".into()]),
+        tunnels.map(Match::OifName),
+        OUTPUT_REPLY,
+    );
+    output_chain.extend(output);
+    output_chain.push(Rule::new(vec![], Action::Drop).counted("blocked_out"));
 
     let mut chains = vec![
         Chain {
             name: "input".into(),
             base: filter("input"),
-            rules: input,
+            rules: input_chain,
         },
         Chain {
             name: "output".into(),
             base: filter("output"),
-            rules: output,
+            rules: output_chain,
         },
         Chain {
             name: "forward".into(),
             base: filter("forward"),
             rules: vec![Rule::new(vec![], Action::Drop).counted("blocked_forward")],
+        },
+        Chain {
+            name: INPUT_REPLY.into(),
+            base: None,
+            rules: input_reply,
+        },
+        Chain {
+            name: OUTPUT_REPLY.into(),
+            base: None,
+            rules: output_reply,
         },
     ];
     if !nat.is_empty() {
@@ -295,5 +356,11 @@ pub fn compile(e: &Effective) -> Ruleset {
         .collect();
     counters.sort();
     counters.dedup();
-    Ruleset { counters, chains }
+    let mut rs = Ruleset {
+        counters,
+        chains,
+        generation: 0,
+    };
+    rs.generation = super::render::flow_generation(&rs);
+    rs
 }
