@@ -21,7 +21,7 @@ const LAN_DISCOVERY_PORTS: [u16; 3] = [1900, 5353, 5355];
 
 fn cidr(s: &str) -> Cidr {
     s.parse()
-        .expect("LAN_PREFIXES are valid prefixes (unit-tested)")
+        .expect("LAN_PREFIXES and 127.0.0.0/8 are valid prefixes (unit-tested)")
 }
 
 fn l4(p: Proto) -> L4 {
@@ -165,18 +165,19 @@ pub const OUTPUT_REPLY: &str = "output_reply";
 /// The first rules of a filter base chain: loopback, invalid, the fast path for packets of
 /// flows this ruleset admitted, then packets in the reply direction of a flow not (yet)
 /// admitted by it go to `reply_chain`, where the opposite chain's rules judge them.
-fn head(lo: Match, on_tunnel: Option<Match>, reply_chain: &str) -> Vec<Rule> {
+fn head(lo: Vec<Rule>, on_tunnel: Option<Match>, reply_chain: &str) -> Vec<Rule> {
     let mut fast = vec![
         Match::CtState(vec!["established", "related"]),
         Match::FlowCurrent,
     ];
     fast.extend(on_tunnel);
-    vec![
-        Rule::new(vec![lo], Action::Accept),
+    let mut rules = lo;
+    rules.extend([
         Rule::new(vec![Match::CtState(vec!["invalid"])], Action::Drop),
         Rule::new(fast, Action::Accept),
         Rule::new(vec![Match::CtReply], Action::Goto(reply_chain.to_owned())),
-    ]
+    ]);
+    rules
 }
 
 /// The rules of `body` seen from the other end of its flows, then a counted drop.
@@ -216,7 +217,9 @@ pub fn compile(e: &Effective) -> Ruleset {
         output.push(d.clone());
         input.push(d);
     }
-    // Always allowed: DHCP and DHCPv6 clients, and the ICMPv6 that link setup needs.
+    // Always allowed: DHCP and DHCPv6 clients, and the ICMPv6 that link setup needs. The
+    // kernel does not track neighbor discovery and MLD (no conntrack entry, so no mark to
+    // set: reading it would end the rule): those rules accept each packet as it is.
     output.push(Rule::new(
         vec![
             Match::Sport(L4::Udp, vec![68]),
@@ -238,7 +241,7 @@ pub fn compile(e: &Effective) -> Ruleset {
             "nd-neighbor-advert",
             "mld2-listener-report",
         ])],
-        Action::Admit,
+        Action::Accept,
     ));
     input.push(Rule::new(
         vec![
@@ -261,7 +264,7 @@ pub fn compile(e: &Effective) -> Ruleset {
             "nd-neighbor-solicit",
             "nd-neighbor-advert",
         ])],
-        Action::Admit,
+        Action::Accept,
     ));
 
     let mut nat = Vec::new();
@@ -297,14 +300,23 @@ pub fn compile(e: &Effective) -> Ruleset {
     let input_reply = reply_rules(&output, "blocked_in");
     let output_reply = reply_rules(&input, "blocked_out");
     let mut input_chain = head(
-        Match::IifName(vec!["lo".into()]),
+        vec![Rule::new(
+            vec![Match::IifName(vec!["lo".into()])],
+            Action::Accept,
+        )],
         tunnels.clone().map(Match::IifName),
         INPUT_REPLY,
     );
     input_chain.extend(input);
     input_chain.push(Rule::new(vec![], Action::Drop).counted("blocked_in"));
     let mut output_chain = head(
-        Match::OifName(vec!["lo".into()]),
+        vec![
+            Rule::new(vec![Match::OifName(vec!["lo".into()])], Action::Accept),
+            // Loopback too: a connection that tor-only's nat redirects to Tor's local ports
+            // leaves over lo, but the output hook still names the interface its first route
+            // chose; its destination is what shows where it goes.
+            Rule::new(vec![Match::Daddr(cidr("127.0.0.0/8"))], Action::Accept),
+        ],
         tunnels.map(Match::OifName),
         OUTPUT_REPLY,
     );
