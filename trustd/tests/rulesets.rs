@@ -189,3 +189,95 @@ fn the_static_early_boot_lockdown_is_the_compiled_no_state_lockdown() {
     let direct = &all_rulesets()[0].1;
     netfilter::apply(&mut nft, direct).expect("apply over the static lockdown");
 }
+
+/// Flows admitted under one ruleset must not keep flowing under another: every ruleset a
+/// device moves between carries its own flow generation (a tightening would otherwise leave
+/// the old ruleset's flows on the fast path), the same ruleset always the same one (so an
+/// unchanged re-apply, a drift repair or a restart cuts nothing), never 0 (the mark of flows
+/// opened before trustd marked anything), and only in the generation's bits of the mark.
+#[test]
+fn each_ruleset_has_its_own_flow_generation_and_keeps_it() {
+    let rulesets = all_rulesets();
+    let mut seen = std::collections::BTreeMap::new();
+    for (name, rs) in &rulesets {
+        assert_ne!(rs.generation, 0, "{name}");
+        assert_eq!(rs.generation & !netfilter::FLOW_MARK_MASK, 0, "{name}");
+        assert_eq!(rs.generation, netfilter::flow_generation(rs), "{name}");
+        if let Some(other) = seen.insert(rs.generation, *name) {
+            panic!(
+                "{name} and {other} share flow generation {:#x}",
+                rs.generation
+            );
+        }
+    }
+    for ((name, a), (_, b)) in rulesets.iter().zip(all_rulesets()) {
+        assert_eq!(a, &b, "{name}: compiling twice gives the same ruleset");
+    }
+    assert_ne!(
+        no_state_lockdown().generation,
+        rulesets[5].1.generation,
+        "the no-state lockdown differs from the suspended one (bootstrap allowlist)"
+    );
+}
+
+/// `ct state established` is no way around the mode: in every filter chain, only packets of
+/// flows this ruleset admitted skip the rules; replies of other flows are judged by the
+/// opposite chain's rules mirrored; and every accept but loopback's marks the flow.
+#[test]
+fn only_flows_this_ruleset_admitted_skip_its_rules() {
+    use netfilter::{Action, INPUT_REPLY, Match, OUTPUT_REPLY};
+    for (name, rs) in all_rulesets() {
+        let chain = |n: &str| rs.chains.iter().find(|c| c.name == n).expect(n);
+        for (hook, reply, opposite) in [
+            ("input", INPUT_REPLY, "output"),
+            ("output", OUTPUT_REPLY, "input"),
+        ] {
+            let rules = &chain(hook).rules;
+            // Untracked packets (neighbor discovery, MLD) have no flow to mark.
+            let skips: Vec<_> = rules
+                .iter()
+                .filter(|r| r.action == Action::Accept)
+                .filter(|r| !matches!(r.matches[..], [Match::Icmpv6Type(_)]))
+                .collect();
+            let lo = if hook == "output" { 2 } else { 1 };
+            assert_eq!(
+                skips.len(),
+                lo + 1,
+                "{name} {hook}: loopback and the fast path"
+            );
+            assert!(
+                skips[lo].matches.contains(&Match::FlowCurrent),
+                "{name} {hook}: established packets pass only with the current mark"
+            );
+            assert_eq!(
+                rules[lo + 2],
+                netfilter::Rule::new(vec![Match::CtReply], Action::Goto(reply.into())),
+                "{name} {hook}"
+            );
+            assert!(
+                rules.iter().all(|r| !r
+                    .matches
+                    .iter()
+                    .any(|m| matches!(m, Match::CtState(s) if s.contains(&"established")))
+                    || r.matches.contains(&Match::FlowCurrent)),
+                "{name} {hook}: no other rule lets established packets through"
+            );
+            // The reply chain is the opposite chain's rules (after its head) mirrored.
+            let body = if opposite == "output" { 5 } else { 4 };
+            let mirrored: Vec<_> = chain(opposite).rules[body..]
+                .iter()
+                .filter_map(netfilter::Rule::mirrored)
+                .collect();
+            let replies = &chain(reply).rules;
+            assert_eq!(
+                &replies[..replies.len() - 1],
+                &mirrored[..mirrored.len() - 1]
+            );
+            assert!(replies.last().expect("a rule").matches.is_empty());
+            assert!(
+                replies.iter().all(|r| r.action != Action::Accept),
+                "{name} {reply}"
+            );
+        }
+    }
+}

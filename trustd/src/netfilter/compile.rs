@@ -21,7 +21,7 @@ const LAN_DISCOVERY_PORTS: [u16; 3] = [1900, 5353, 5355];
 
 fn cidr(s: &str) -> Cidr {
     s.parse()
-        .expect("LAN_PREFIXES are valid prefixes (unit-tested)")
+        .expect("LAN_PREFIXES and 127.0.0.0/8 are valid prefixes (unit-tested)")
 }
 
 fn l4(p: Proto) -> L4 {
@@ -45,7 +45,7 @@ fn allow_rule(r: &AllowRule, mut prefix: Vec<Match>) -> Rule {
     if !r.gids.is_empty() {
         prefix.push(Match::SkGid(r.gids.clone()));
     }
-    Rule::new(prefix, Action::Accept)
+    Rule::new(prefix, Action::Admit)
 }
 
 fn dns_rules(resolvers: &[std::net::IpAddr], via: &[Match]) -> Vec<Rule> {
@@ -54,7 +54,7 @@ fn dns_rules(resolvers: &[std::net::IpAddr], via: &[Match]) -> Vec<Rule> {
         let mut m = via.to_vec();
         m.push(Match::Daddr(Cidr::host(*r)));
         m.push(Match::Dport(L4::Any, vec![53]));
-        out.push(Rule::new(m, Action::Accept));
+        out.push(Rule::new(m, Action::Admit));
     }
     // DNS anywhere else is refused, whatever the allow rules say.
     out.push(Rule::new(vec![Match::Dport(L4::Any, vec![53])], Action::Drop).counted("dns_blocked"));
@@ -64,7 +64,7 @@ fn dns_rules(resolvers: &[std::net::IpAddr], via: &[Match]) -> Vec<Rule> {
 fn lan_rules() -> Vec<Rule> {
     LAN_PREFIXES
         .iter()
-        .map(|p| Rule::new(vec![Match::Daddr(cidr(p))], Action::Accept))
+        .map(|p| Rule::new(vec![Match::Daddr(cidr(p))], Action::Admit))
         .collect()
 }
 
@@ -90,7 +90,7 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
                         Match::Daddr(Cidr::host(e.address)),
                         Match::Dport(l4(e.proto), vec![e.port]),
                     ],
-                    Action::Accept,
+                    Action::Admit,
                 ));
             }
             let tun = vec![Match::OifName(vpn.interfaces.clone())];
@@ -111,7 +111,7 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
                         Match::Daddr(Cidr::host(e.address)),
                         Match::Dport(l4(e.proto), vec![e.port]),
                     ],
-                    Action::Accept,
+                    Action::Admit,
                 ));
             }
             out.extend(dns_rules(&n.resolvers, &[]));
@@ -129,21 +129,7 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
         }
         NetworkMode::TorOnly => {
             if let Some(t) = &n.tor {
-                out.push(Rule::new(vec![Match::SkUid(vec![t.uid])], Action::Accept));
-                // What nat_output redirected to Tor's local ports: the output hook still
-                // names the original interface, so `oifname lo` does not match it.
-                let local = cidr("127.0.0.1");
-                out.push(Rule::new(
-                    vec![
-                        Match::Daddr(local),
-                        Match::Dport(L4::Tcp, vec![t.trans_port]),
-                    ],
-                    Action::Accept,
-                ));
-                out.push(Rule::new(
-                    vec![Match::Daddr(local), Match::Dport(L4::Any, vec![t.dns_port])],
-                    Action::Accept,
-                ));
+                out.push(Rule::new(vec![Match::SkUid(vec![t.uid])], Action::Admit));
                 if n.allow_lan {
                     out.extend(lan_rules());
                 }
@@ -169,23 +155,26 @@ fn mode_rules(n: &EffectiveNetwork) -> (Vec<Rule>, Vec<Rule>) {
     (out, nat)
 }
 
-/// The always-allowed link traffic, outbound: DHCP and DHCPv6 clients, and the ICMPv6 that
-/// link setup needs (docs/SECURITY.md). Shared with the blocklist table's exemptions.
-pub(super) fn link_setup_out() -> Vec<Rule> {
+/// The always-allowed link traffic, outbound: DHCP and DHCPv6 clients (with `dhcp`: the
+/// policy table admits them, the blocklist table's exemptions only accept them), and the
+/// ICMPv6 that link setup needs (docs/SECURITY.md). The kernel does not track neighbor
+/// discovery and MLD (no conntrack entry, so no mark to set: reading it would end the rule):
+/// those rules accept each packet as it is.
+pub(super) fn link_setup_out(dhcp: &Action) -> Vec<Rule> {
     vec![
         Rule::new(
             vec![
                 Match::Sport(L4::Udp, vec![68]),
                 Match::Dport(L4::Udp, vec![67]),
             ],
-            Action::Accept,
+            dhcp.clone(),
         ),
         Rule::new(
             vec![
                 Match::Sport(L4::Udp, vec![546]),
                 Match::Dport(L4::Udp, vec![547]),
             ],
-            Action::Accept,
+            dhcp.clone(),
         ),
         Rule::new(
             vec![Match::Icmpv6Type(vec![
@@ -201,21 +190,21 @@ pub(super) fn link_setup_out() -> Vec<Rule> {
 
 /// The always-allowed link traffic, inbound (the replies and announcements of
 /// [`link_setup_out`]).
-pub(super) fn link_setup_in() -> Vec<Rule> {
+pub(super) fn link_setup_in(dhcp: &Action) -> Vec<Rule> {
     vec![
         Rule::new(
             vec![
                 Match::Sport(L4::Udp, vec![67]),
                 Match::Dport(L4::Udp, vec![68]),
             ],
-            Action::Accept,
+            dhcp.clone(),
         ),
         Rule::new(
             vec![
                 Match::Sport(L4::Udp, vec![547]),
                 Match::Dport(L4::Udp, vec![546]),
             ],
-            Action::Accept,
+            dhcp.clone(),
         ),
         Rule::new(
             vec![Match::Icmpv6Type(vec![
@@ -370,7 +359,48 @@ pub fn protected(e: &Effective) -> Vec<Protected> {
     out
 }
 
+/// The regular chain that judges, by the output rules, packets arriving on flows this device
+/// opened whose mark is not current.
+pub const INPUT_REPLY: &str = "input_reply";
+/// The regular chain that judges, by the input rules, packets leaving on flows a peer opened
+/// whose mark is not current.
+pub const OUTPUT_REPLY: &str = "output_reply";
+
+/// The first rules of a filter base chain: loopback, invalid, the fast path for packets of
+/// flows this ruleset admitted, then packets in the reply direction of a flow not (yet)
+/// admitted by it go to `reply_chain`, where the opposite chain's rules judge them.
+fn head(lo: Vec<Rule>, on_tunnel: Option<Match>, reply_chain: &str) -> Vec<Rule> {
+    let mut fast = vec![
+        Match::CtState(vec!["established", "related"]),
+        Match::FlowCurrent,
+    ];
+    fast.extend(on_tunnel);
+    let mut rules = lo;
+    rules.extend([
+        Rule::new(vec![Match::CtState(vec!["invalid"])], Action::Drop),
+        Rule::new(fast, Action::Accept),
+        Rule::new(vec![Match::CtReply], Action::Goto(reply_chain.to_owned())),
+    ]);
+    rules
+}
+
+/// The rules of `body` seen from the other end of its flows, then a counted drop.
+fn reply_rules(body: &[Rule], counter: &str) -> Vec<Rule> {
+    let mut out: Vec<Rule> = body.iter().filter_map(Rule::mirrored).collect();
+    out.push(Rule::new(vec![], Action::Drop).counted(counter));
+    out
+}
+
 /// Compile the effective policy into trustd's table.
+///
+/// Every filter chain begins the same way: loopback accepted; invalid packets dropped;
+/// packets of flows this ruleset admitted (their conntrack mark carries its generation)
+/// accepted; packets in the reply direction of any other flow judged, in a regular chain, by
+/// the opposite chain's rules mirrored (a reply is admitted when the ruleset would admit the
+/// flow's first packet). Everything else, first packets and packets of flows admitted by an
+/// earlier ruleset alike, goes through the chain's rules, whose accepts mark the flow. So a
+/// ruleset change judges every open flow again on its next packet, in either direction, and
+/// an unchanged ruleset (same generation) leaves open flows alone.
 pub fn compile(e: &Effective) -> Ruleset {
     let filter = |hook| {
         Some(Base {
@@ -380,22 +410,8 @@ pub fn compile(e: &Effective) -> Ruleset {
             policy: "drop",
         })
     };
-    let mut output = vec![
-        Rule::new(vec![Match::OifName(vec!["lo".into()])], Action::Accept),
-        Rule::new(vec![Match::CtState(vec!["invalid"])], Action::Drop),
-        Rule::new(
-            vec![Match::CtState(vec!["established", "related"])],
-            Action::Accept,
-        ),
-    ];
-    let mut input = vec![
-        Rule::new(vec![Match::IifName(vec!["lo".into()])], Action::Accept),
-        Rule::new(vec![Match::CtState(vec!["invalid"])], Action::Drop),
-        Rule::new(
-            vec![Match::CtState(vec!["established", "related"])],
-            Action::Accept,
-        ),
-    ];
+    let mut output = Vec::new();
+    let mut input = Vec::new();
     if e.block_lan_discovery {
         let d = Rule::new(
             vec![Match::Dport(L4::Udp, LAN_DISCOVERY_PORTS.to_vec())],
@@ -406,8 +422,8 @@ pub fn compile(e: &Effective) -> Ruleset {
         input.push(d);
     }
     // Always allowed: DHCP and DHCPv6 clients, and the ICMPv6 that link setup needs.
-    output.extend(link_setup_out());
-    input.extend(link_setup_in());
+    output.extend(link_setup_out(&Action::Admit));
+    input.extend(link_setup_in(&Action::Admit));
 
     let mut nat = Vec::new();
     match &e.network {
@@ -424,28 +440,72 @@ pub fn compile(e: &Effective) -> Ruleset {
                     m.push(Match::Saddr(s));
                 }
                 m.push(Match::Dport(l4(r.proto), r.ports.clone()));
-                input.push(Rule::new(m, Action::Accept));
+                input.push(Rule::new(m, Action::Admit));
             }
         }
     }
-    output.push(Rule::new(vec![], Action::Drop).counted("blocked_out"));
-    input.push(Rule::new(vec![], Action::Drop).counted("blocked_in"));
+    // In vpn-required mode the tunnel decides: a flow admitted through the tunnel whose
+    // packets are routed elsewhere (the tunnel went down) is judged again on every packet,
+    // and the rules only admit what they admit off the tunnel (the endpoints, the LAN).
+    let tunnels = match &e.network {
+        NetworkPlan::Enforce(n) if n.mode == NetworkMode::VpnRequired => n
+            .vpn
+            .as_ref()
+            .map(|v| v.interfaces.clone())
+            .filter(|i| !i.is_empty()),
+        _ => None,
+    };
+    let input_reply = reply_rules(&output, "blocked_in");
+    let output_reply = reply_rules(&input, "blocked_out");
+    let mut input_chain = head(
+        vec![Rule::new(
+            vec![Match::IifName(vec!["lo".into()])],
+            Action::Accept,
+        )],
+        tunnels.clone().map(Match::IifName),
+        INPUT_REPLY,
+    );
+    input_chain.extend(input);
+    input_chain.push(Rule::new(vec![], Action::Drop).counted("blocked_in"));
+    let mut output_chain = head(
+        vec![
+            Rule::new(vec![Match::OifName(vec!["lo".into()])], Action::Accept),
+            // Loopback too: a connection that tor-only's nat redirects to Tor's local ports
+            // leaves over lo, but the output hook still names the interface its first route
+            // chose; its destination is what shows where it goes.
+            Rule::new(vec![Match::Daddr(cidr("127.0.0.0/8"))], Action::Accept),
+        ],
+        tunnels.map(Match::OifName),
+        OUTPUT_REPLY,
+    );
+    output_chain.extend(output);
+    output_chain.push(Rule::new(vec![], Action::Drop).counted("blocked_out"));
 
     let mut chains = vec![
         Chain {
             name: "input".into(),
             base: filter("input"),
-            rules: input,
+            rules: input_chain,
         },
         Chain {
             name: "output".into(),
             base: filter("output"),
-            rules: output,
+            rules: output_chain,
         },
         Chain {
             name: "forward".into(),
             base: filter("forward"),
             rules: vec![Rule::new(vec![], Action::Drop).counted("blocked_forward")],
+        },
+        Chain {
+            name: INPUT_REPLY.into(),
+            base: None,
+            rules: input_reply,
+        },
+        Chain {
+            name: OUTPUT_REPLY.into(),
+            base: None,
+            rules: output_reply,
         },
     ];
     if !nat.is_empty() {
@@ -466,5 +526,11 @@ pub fn compile(e: &Effective) -> Ruleset {
         .collect();
     counters.sort();
     counters.dedup();
-    Ruleset { counters, chains }
+    let mut rs = Ruleset {
+        counters,
+        chains,
+        generation: 0,
+    };
+    rs.generation = super::render::flow_generation(&rs);
+    rs
 }

@@ -257,7 +257,7 @@ fn set_decl(s: &SetSpec) -> Value {
 }
 
 fn rule_json(chain: &str, r: &Rule) -> Value {
-    json!({"rule": {"family": "inet", "table": INTEL_TABLE, "chain": chain, "expr": render_expr(r)}})
+    json!({"rule": {"family": "inet", "table": INTEL_TABLE, "chain": chain, "expr": render_expr(r, 0)}})
 }
 
 /// The first rules of a base chain: loopback, the always-allowed link traffic, then the
@@ -281,9 +281,9 @@ fn base_exemptions(out: bool) -> Vec<Rule> {
         }));
     }
     rules.extend(if out {
-        link_setup_out()
+        link_setup_out(&Action::Accept)
     } else {
-        link_setup_in()
+        link_setup_in(&Action::Accept)
     });
     rules.push(Rule::new(
         vec![],

@@ -11,14 +11,17 @@ mod model;
 mod render;
 
 pub use backend::{Backend, NftBackend, NftError, RecordingBackend};
-pub use compile::{LAN_PREFIXES, LOOPBACK_PREFIXES, Protected, ProtectedKind, compile, protected};
+pub use compile::{
+    INPUT_REPLY, LAN_PREFIXES, LOOPBACK_PREFIXES, OUTPUT_REPLY, Protected, ProtectedKind, compile,
+    protected,
+};
 pub use intel::{
     INTEL_TABLE, IntelRuleset, apply_intel, compile_intel, intel_chains_intact,
     intel_structure_digest, render_intel, render_intel_refill, update_exemptions, update_intel,
     verify_intel_listing,
 };
-pub use model::{Action, Base, Chain, L4, Match, Rule, Ruleset};
-pub use render::{canonical_digest, listing_digest, render};
+pub use model::{Action, Base, Chain, FLOW_MARK_MASK, L4, Match, Rule, Ruleset};
+pub use render::{canonical_digest, flow_generation, listing_digest, render};
 
 /// The table trustd owns.
 pub const TABLE: &str = "trustd";

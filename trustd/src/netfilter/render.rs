@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use super::TABLE;
-use super::model::{Action, L4, Match, Rule, Ruleset};
+use super::model::{Action, FLOW_MARK_MASK, L4, Match, Rule, Ruleset};
 use crate::bundle::sha256_hex;
 use crate::policy::Cidr;
 
@@ -50,11 +50,16 @@ fn l4name(p: L4) -> &'static str {
     }
 }
 
-fn render_match(x: &Match) -> Value {
+fn ct(key: &str) -> Value {
+    json!({"ct": {"key": key}})
+}
+
+fn render_match(x: &Match, generation: u32) -> Value {
     match x {
         Match::OifName(n) => m("==", meta("oifname"), one_or_set(n)),
         Match::OifNameNot(n) => m("!=", meta("oifname"), one_or_set(n)),
         Match::IifName(n) => m("==", meta("iifname"), one_or_set(n)),
+        Match::IifNameNot(n) => m("!=", meta("iifname"), one_or_set(n)),
         Match::CtState(s) if s.len() == 1 => m("in", json!({"ct": {"key": "state"}}), json!(s[0])),
         Match::CtState(s) => m("in", json!({"ct": {"key": "state"}}), json!(s)),
         Match::Daddr(c) => m(
@@ -77,21 +82,41 @@ fn render_match(x: &Match) -> Value {
         Match::Icmpv6Type(t) if t.len() == 1 => m("==", payload("icmpv6", "type"), json!(t[0])),
         Match::Icmpv6Type(t) => m("==", payload("icmpv6", "type"), json!({ "set": t })),
         Match::Ipv4 => m("==", meta("nfproto"), json!("ipv4")),
+        // `ct mark & 0xffffff00 == GEN` lists as a prefix of the mark (the mask is one).
+        Match::FlowCurrent => m(
+            "==",
+            ct("mark"),
+            json!({"prefix": {"addr": generation, "len": FLOW_MARK_MASK.count_ones()}}),
+        ),
+        Match::CtReply => m("==", ct("direction"), json!("reply")),
     }
 }
 
-/// A rule's expression list, in the shape `nft -j list` prints it.
-pub(super) fn render_expr(r: &Rule) -> Vec<Value> {
-    let mut expr: Vec<Value> = r.matches.iter().map(render_match).collect();
+/// A rule's expression list, in the shape `nft -j list` prints it; `generation` is the
+/// ruleset's flow generation (what `Admit` sets and `FlowCurrent` checks).
+pub(super) fn render_expr(r: &Rule, generation: u32) -> Vec<Value> {
+    let mut expr: Vec<Value> = r
+        .matches
+        .iter()
+        .map(|x| render_match(x, generation))
+        .collect();
     if let Some(c) = &r.counter {
         expr.push(json!({"counter": c}));
     }
-    expr.push(match &r.action {
-        Action::Accept => json!({"accept": null}),
-        Action::Drop => json!({"drop": null}),
-        Action::Redirect(port) => json!({"redirect": {"port": port}}),
-        Action::Jump(chain) => json!({"jump": {"target": chain}}),
-    });
+    match &r.action {
+        Action::Accept => expr.push(json!({"accept": null})),
+        Action::Admit => {
+            // `ct mark set ct mark & ~MASK | GEN`; the kernel lists the mask with GEN's bits
+            // set (`& (~MASK | GEN) | GEN`, the same function), so it is written that way.
+            expr.push(json!({"mangle": {"key": ct("mark"), "value": {"|": [
+                {"&": [ct("mark"), !FLOW_MARK_MASK | generation]}, generation]}}}));
+            expr.push(json!({"accept": null}));
+        }
+        Action::Goto(chain) => expr.push(json!({"goto": {"target": chain}})),
+        Action::Jump(chain) => expr.push(json!({"jump": {"target": chain}})),
+        Action::Drop => expr.push(json!({"drop": null})),
+        Action::Redirect(port) => expr.push(json!({"redirect": {"port": port}})),
+    }
     expr
 }
 
@@ -114,7 +139,7 @@ fn objects(rs: &Ruleset) -> Vec<Value> {
     }
     for c in &rs.chains {
         for r in &c.rules {
-            out.push(json!({"rule": {"family": "inet", "table": TABLE, "chain": c.name, "expr": render_expr(r)}}));
+            out.push(json!({"rule": {"family": "inet", "table": TABLE, "chain": c.name, "expr": render_expr(r, rs.generation)}}));
         }
     }
     out
@@ -178,6 +203,24 @@ fn canonical(objs: &[Value]) -> Vec<Value> {
 
 fn digest(objs: &[Value]) -> String {
     sha256_hex(Value::Array(canonical(objs)).to_string().as_bytes())
+}
+
+/// The flow generation of `rs`: the first 24 bits of the digest of `rs` with its generation
+/// left out (taken as 0), in the bits under [`FLOW_MARK_MASK`]; never 0 (a flow nothing has
+/// marked carries 0). Equal rulesets get equal generations; two different rulesets get the
+/// same one with probability 2^-24.
+pub fn flow_generation(rs: &Ruleset) -> u32 {
+    let unmarked = Ruleset {
+        generation: 0,
+        ..rs.clone()
+    };
+    let d = canonical_digest(&unmarked);
+    let top = u32::from_str_radix(&d[..8], 16).expect("a sha256 hex digest") & FLOW_MARK_MASK;
+    if top == 0 {
+        1 << FLOW_MARK_MASK.trailing_zeros()
+    } else {
+        top
+    }
 }
 
 /// Digest of a compiled ruleset.
