@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use crate::KillOnDrop;
 
 /// Every shape the `flood` binary knows (see its usage).
-pub const SHAPES: [&str; 6] = ["noreply", "unread", "fds", "hangup", "names", "conns"];
+pub const SHAPES: [&str; 7] = [
+    "noreply", "unread", "fds", "hangup", "names", "conns", "huge",
+];
 
 /// The ordinary users the flood runs as (base-passwd's lp and nobody: no role in trustd).
 pub const USERS: [(u32, u32); 2] = [(7, 7), (65534, 65534)];

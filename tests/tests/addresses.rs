@@ -348,10 +348,13 @@ fn a_feed_cannot_cut_loopback_or_the_destinations_the_policy_names() {
             vec!["10.99.0.2:3128/tcp", "10.99.0.2:53/udp"],
         ),
         (
-            // Other users' TCP and DNS go to Tor's local ports: loopback.
+            // Regression: other users' TCP and DNS are redirected to Tor's local ports, and
+            // the blocklists once saw only the redirect (loopback, exempt), so Tor reached
+            // any listed address for them. They judge the destination the packet was sent
+            // to: listed, dropped.
             "tor-only",
-            vec!["10.99.0.3:443/tcp", "10.99.0.3:53/udp"],
-            vec!["[fd99::2]:443/tcp"],
+            vec![],
+            vec!["10.99.0.3:443/tcp", "10.99.0.3:53/udp", "[fd99::2]:443/tcp"],
         ),
         (
             "direct",

@@ -77,13 +77,7 @@ fn feed_100k() -> Value {
 /// force. Returns the lab, the daemon and the feed as compiled.
 fn lab_with_feed(tag: &str) -> (Lab, tests::lab::Daemon, Value) {
     let mut lab = Lab::new(tag, false);
-    let mut p = lab_policy("direct");
-    p["network"]["allow"] = json!([
-        {"dest": "10.99.0.3", "proto": "tcp", "ports": [443]},
-        {"dest": "10.99.0.2", "proto": "tcp", "ports": [443]},
-        {"dest": "10.97.0.1", "proto": "tcp", "ports": [443]}
-    ]);
-    let b = lab.sign(p);
+    let b = lab.sign(policy());
     lab.load(&b);
     let feed = feed_100k();
     let f = lab.sign_intel(feed.clone());
@@ -102,6 +96,37 @@ fn lab_with_feed(tag: &str) -> (Lab, tests::lab::Daemon, Value) {
     }
     eprintln!("100k feed in force after {:?}", start.elapsed());
     (lab, daemon, feed)
+}
+
+/// What the blocklist table exempts under the lab's policy and state (the destinations the
+/// policy names; the table's exemption chains are compared with these).
+fn protection(lab: &Lab) -> Vec<trustd::netfilter::Protected> {
+    let mut p = policy();
+    p["serial"] = json!(1);
+    let policy: trustd::policy::Policy = serde_json::from_value(p).expect("policy parses");
+    let state: trustd::state::DeviceState =
+        serde_json::from_slice(&std::fs::read(lab.paths().state_file()).expect("state.json"))
+            .expect("state parses");
+    let e = trustd::policy::effective(
+        Some(&policy),
+        trustd::policy::Overlay {
+            privacy: state.privacy_mode,
+            completed_steps: &state.completed_steps,
+            lifecycle: state.lifecycle,
+        },
+    );
+    trustd::netfilter::protected(&e)
+}
+
+/// The lab's policy: direct, three destinations on 443 allowed.
+fn policy() -> Value {
+    let mut p = lab_policy("direct");
+    p["network"]["allow"] = json!([
+        {"dest": "10.99.0.3", "proto": "tcp", "ports": [443]},
+        {"dest": "10.99.0.2", "proto": "tcp", "ports": [443]},
+        {"dest": "10.97.0.1", "proto": "tcp", "ports": [443]}
+    ]);
+    p
 }
 
 fn records(lab: &Lab) -> Vec<Record> {
@@ -224,9 +249,10 @@ fn every_edit_of_trustds_tables_with_a_100k_feed_is_repaired_within_2s_and_audit
         return;
     }
     let (lab, mut daemon, feed) = lab_with_feed("x");
-    let compiled = compile_intel(Some(
+    let mut compiled = compile_intel(Some(
         &serde_json::from_value::<IntelFeed>(feed).expect("feed parses"),
     ));
+    compiled.protected = protection(&lab);
     let mut backend = NftBackend::in_netns(&lab.dev);
     let intel_whole = |backend: &mut NftBackend| {
         let text = trustd::netfilter::Backend::list_table(backend, INTEL_TABLE)

@@ -10,6 +10,7 @@
 //!   hangup   connections that send 4 calls and close at once, over and over
 //!   names    32 connections calling GetDeviceHandle and GetReport with a new name each time
 //!   conns    200 connections, each with 4 calls pipelined, held open unread
+//!   huge     8 connections, calls with an 8 MiB string argument pipelined, never reading
 //!   PACE     flat (default): as fast as the bus takes them; bursts: 300 calls (or 20
 //!            connections) at once, then 500 ms of quiet, over and over
 //! ```
@@ -61,6 +62,26 @@ fn pipelined(address: &str, until: Instant, flags: u8, fds: bool) {
                 }
                 Err(_) => break,
             }
+        }
+    }
+}
+
+fn huge(address: &str, until: Instant) {
+    let big = "x".repeat(8 << 20);
+    let mut conns: Vec<RawConn> = Vec::new();
+    let mut n = 0u64;
+    while Instant::now() < until {
+        if conns.len() < 8
+            && let Ok(c) = RawConn::connect(address, false)
+        {
+            let _ = c.sock.set_write_timeout(Some(Duration::from_millis(200)));
+            conns.push(c);
+        }
+        for c in &mut conns {
+            n += 1;
+            pace(n * BURST / 4);
+            let m = c.call_bytes("Posture", "GetDeviceHandle", &big, 0, 0);
+            let _ = c.sock.write_all(&m);
         }
     }
 }
@@ -140,6 +161,7 @@ fn main() {
         "hangup" => hangup(address, until),
         "names" => names(address, until),
         "conns" => conns(address, until),
+        "huge" => huge(address, until),
         other => {
             eprintln!("flood: unknown shape {other:?}");
             std::process::exit(2);

@@ -79,6 +79,29 @@ fn busy() -> Error {
     ))
 }
 
+impl socket::Judge for Handle {
+    fn privileged<'a>(
+        &'a self,
+        sender: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let Ok(name) = zbus::names::UniqueName::try_from(sender) else {
+                return false;
+            };
+            match self.caller(&name).await {
+                Ok(c) => {
+                    self.groups
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .role(&c)
+                        == Role::Admin
+                }
+                Err(_) => false,
+            }
+        })
+    }
+}
+
 impl Handle {
     /// The caller of the message, from the bus daemon's `GetConnectionCredentials` for the
     /// message's sender: never from the body, never this process's own identity.
@@ -224,7 +247,10 @@ fn system_bus_address() -> String {
 
 /// A connection builder for `address` (default: the system bus) over a socket that takes no
 /// file descriptors ([`socket::NoFds`]); addresses other than `unix:path=` are refused.
-async fn builder(address: Option<&str>) -> zbus::Result<zbus::connection::Builder<'static>> {
+async fn builder(
+    address: Option<&str>,
+    judge: Option<Arc<dyn socket::Judge>>,
+) -> zbus::Result<zbus::connection::Builder<'static>> {
     let address = address.map_or_else(system_bus_address, str::to_owned);
     let path = socket::unix_path(&address).ok_or_else(|| {
         zbus::Error::Address(format!(
@@ -234,7 +260,7 @@ async fn builder(address: Option<&str>) -> zbus::Result<zbus::connection::Builde
     let sock = socket::NoFds::connect(path)
         .await
         .map_err(|e| zbus::Error::InputOutput(std::sync::Arc::new(e)))?;
-    Ok(zbus::connection::Builder::socket(sock))
+    Ok(zbus::connection::Builder::socket(sock.with_judge(judge)))
 }
 
 /// Register every interface, take the bus name, and start sending `PropertiesChanged` for
@@ -250,7 +276,7 @@ pub async fn serve(
     gate: Gate,
     posture_rx: watch::Receiver<crate::posture::Posture>,
 ) -> zbus::Result<Service> {
-    let aux = builder(address).await?.build().await?;
+    let aux = builder(address, None).await?.build().await?;
     let dbus = zbus::fdo::DBusProxy::builder(&aux)
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
@@ -262,7 +288,8 @@ pub async fn serve(
         dbus,
         callers: Arc::default(),
     };
-    let conn = builder(address)
+    let judge: Arc<dyn socket::Judge> = Arc::new(handle.clone());
+    let conn = builder(address, Some(judge))
         .await?
         .serve_at(
             OBJECT_PATH,

@@ -310,7 +310,9 @@ fn structure(rs: &IntelRuleset) -> Vec<Value> {
     for (i, _) in rs.categories.iter().enumerate() {
         out.push(json!({"counter": {"family": "inet", "table": INTEL_TABLE, "name": format!("intel_{i}")}}));
     }
-    for (hook, prio) in [("output", -10), ("input", -10)] {
+    // Output at -150: after conntrack (-200), before nat (-100), so the blocklists see the
+    // destination a packet was sent to, not the local port a redirect (tor-only) gives it.
+    for (hook, prio) in [("output", -150), ("input", -10)] {
         out.push(
             json!({"chain": {"family": "inet", "table": INTEL_TABLE, "name": hook,
             "type": "filter", "hook": hook, "prio": prio, "policy": "accept"}}),

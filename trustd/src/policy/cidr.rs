@@ -135,10 +135,9 @@ fn classify(text: &str, addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
     if prefix >= 96 && bits >> 32 == MAPPED >> 32 {
         // Inside ::ffff:0:0/96: the IPv4 address or prefix it stands for.
         let v4 = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
-        return Ok(Cidr {
-            addr: IpAddr::V4(v4),
-            prefix: prefix - 96,
-        });
+        // Translated first, then judged as the IPv4 it stands for (`::ffff:0.0.0.0` is the
+        // unspecified address too).
+        return classify(text, IpAddr::V4(v4), prefix - 96);
     }
     if prefix >= 96 && bits >> 32 == 0 {
         if prefix == 128 && v6 == Ipv6Addr::LOCALHOST {
@@ -239,6 +238,29 @@ pub fn deserialize_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>,
 
 #[cfg(test)]
 mod tests {
+    /// Regression: the unspecified address in its mapped spellings was accepted as
+    /// `0.0.0.0/32` (the check ran before the translation).
+    #[test]
+    fn the_unspecified_address_is_refused_in_its_mapped_forms_too() {
+        for s in [
+            "::ffff:0.0.0.0",
+            "::ffff:0:0",
+            "::ffff:0:0/128",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(s.parse::<super::Cidr>().is_err(), "{s} is refused");
+            assert!(
+                super::parse_addr(s).is_err(),
+                "{s} is refused as an address"
+            );
+        }
+        assert!(
+            "::ffff:0:0/96".parse::<super::Cidr>().is_ok(),
+            "0.0.0.0/0 in mapped form"
+        );
+    }
+
     use super::*;
 
     #[test]
