@@ -368,3 +368,114 @@ fn overlaps_are_counted_by_kind() {
         assert!(rules[0].contains("\"lo\""), "{chain}: loopback first");
     }
 }
+
+/// Regression (found in review). The read-back of the blocklist table compares rules sorted (`structure_items`,
+/// `intel_chains_intact`, `verify_intel_listing`): a table whose set-drop rules were moved
+/// in front of the loopback/link/exemption accepts reads back as intact. Such an edit is
+/// repaired only while nftables notifications are watched and the edit is not repeated
+/// (after `REPAIRS_BEFORE_VERIFY` repairs, or with the watcher stopped, the read-back decides):
+/// then a feed cuts loopback and the policy's endpoints, with nothing audited.
+#[test]
+fn a_blocklist_drop_moved_before_the_exemptions_does_not_read_back_as_intact() {
+    use trustd::netfilter::{compile_intel, render_intel, verify_intel_listing};
+    use trustd::policy::IntelFeed;
+    let feed: IntelFeed = serde_json::from_value(json!({
+        "schema": "enigm.intel/v1", "serial": 1,
+        "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
+        "categories": {"all": ["0.0.0.0/0"]}
+    }))
+    .expect("feed");
+    let rs = compile_intel(Some(&feed));
+    let script: Value = serde_json::from_str(&render_intel(&rs)).expect("json");
+    // The script's objects as `nft -j list table` shows them (elements inside their set).
+    let mut objs: Vec<Value> = Vec::new();
+    for c in script["nftables"].as_array().expect("cmds") {
+        let Some(add) = c.get("add") else { continue };
+        if let Some(e) = add.get("element") {
+            let set = objs
+                .iter_mut()
+                .find(|o| o.get("set").is_some_and(|s| s["name"] == e["name"]))
+                .expect("set declared before its elements");
+            set["set"]["elem"] = e["elem"].clone();
+        } else if add.get("table").is_none() {
+            objs.push(add.clone());
+        }
+    }
+    let listing = |objs: &[Value]| json!({"nftables": objs}).to_string();
+    verify_intel_listing(&rs, &listing(&objs)).expect("the table as applied reads back");
+    // Move the output chain's set-drop rule in front of the chain's first rule.
+    let is_out = |o: &Value| o.get("rule").is_some_and(|r| r["chain"] == "output");
+    let first = objs.iter().position(is_out).expect("output rules");
+    let drop = objs
+        .iter()
+        .position(|o| is_out(o) && o.to_string().contains("\"@c0_"))
+        .expect("set rule");
+    let r = objs.remove(drop);
+    objs.insert(first, r);
+    assert!(
+        verify_intel_listing(&rs, &listing(&objs)).is_err(),
+        "a blocklist drop moved before `oifname lo accept` reads back as intact"
+    );
+}
+
+/// A policy from its network and setup sections (the rest fixed).
+fn review_policy(network: Value, setup: Value) -> Result<Policy, String> {
+    let p = json!({
+        "schema": "enigm.policy/v1", "serial": 1,
+        "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
+        "network": network, "setup": setup
+    });
+    let p: Policy = serde_json::from_value(p).map_err(|e| e.to_string())?;
+    p.validate()?;
+    Ok(p)
+}
+
+/// Regression (found in review). The blocklists must not cut the policy-named endpoints "and their replies", but the
+/// reply exemption (`ct state established,related ip6 saddr E udp sport P`) never matches an
+/// ICMP error (`udp sport` implies udp), and errors from routers on the path come from other
+/// addresses: a feed listing `::/0` (or the routers) drops Packet Too Big / frag-needed for
+/// the VPN endpoint's flow, a PMTU black hole (real packets: review2/netns-demos.sh, part 3).
+#[test]
+fn icmp_errors_of_protected_flows_pass_the_blocklists() {
+    use trustd::netfilter::{compile_intel, protected, render_intel};
+    use trustd::policy::IntelFeed;
+    let p = review_policy(
+        json!({"mode": "vpn-required", "vpn": {"interfaces": ["wg0"],
+               "endpoints": [{"address": "2001:db8:2::1", "proto": "udp", "port": 51820}]}}),
+        json!({}),
+    )
+    .expect("policy");
+    let done = Default::default();
+    let eff = effective(
+        Some(&p),
+        Overlay {
+            privacy: false,
+            completed_steps: &done,
+            lifecycle: Lifecycle::Enrolled,
+        },
+    );
+    let feed: IntelFeed = serde_json::from_value(json!({
+        "schema": "enigm.intel/v1", "serial": 1,
+        "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
+        "categories": {"all": ["::/0", "0.0.0.0/0"]}
+    }))
+    .expect("feed");
+    let mut rs = compile_intel(Some(&feed));
+    rs.protected = protected(&eff);
+    let v: Value = serde_json::from_str(&render_intel(&rs)).expect("json");
+    let input: Vec<String> = v["nftables"]
+        .as_array()
+        .expect("cmds")
+        .iter()
+        .filter_map(|c| c.get("add").and_then(|a| a.get("rule")))
+        .filter(|r| r["chain"] == "input" || r["chain"] == "exempt_in")
+        .map(|r| format!("{} {}", r["chain"], r["expr"]))
+        .collect();
+    eprintln!("{}", input.join("\n"));
+    assert!(
+        input
+            .iter()
+            .any(|r| r.contains("related") && !r.contains("sport")),
+        "no rule lets ICMP errors about protected flows through the blocklists"
+    );
+}

@@ -285,6 +285,18 @@ fn base_exemptions(out: bool) -> Vec<Rule> {
     } else {
         link_setup_in(&Action::Accept)
     });
+    if !out {
+        // ICMP errors about flows let out (path MTU discovery among them): they may come
+        // from any router on the path, so a feed listing it (or ::/0) would otherwise black
+        // hole the flows to protected endpoints.
+        rules.push(Rule::new(
+            vec![
+                Match::CtState(vec!["related"]),
+                Match::L4Proto(vec!["icmp", "ipv6-icmp"]),
+            ],
+            Action::Accept,
+        ));
+    }
     rules.push(Rule::new(
         vec![],
         Action::Jump(if out { EXEMPT_OUT } else { EXEMPT_IN }.into()),
@@ -432,12 +444,36 @@ fn normalize(o: &Value) -> Value {
 }
 
 fn structure_items(rs: &IntelRuleset) -> Vec<String> {
-    let mut items: Vec<String> = structure(rs)
-        .iter()
-        .map(|o| normalize(o).to_string())
-        .collect();
-    items.sort();
-    items
+    in_order(
+        structure(rs)
+            .iter()
+            .map(|o| (rule_chain(o), normalize(o).to_string())),
+    )
+}
+
+/// The chain a rule object belongs to (`None` for other objects).
+fn rule_chain(o: &Value) -> Option<String> {
+    o.get("rule")
+        .and_then(|r| r.get("chain"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// Items compared as a whole: every object but the rules in name order, then each chain's
+/// rules in the order they are evaluated. Rule order matters: a drop moved in front of the
+/// exemptions would cut what they protect.
+fn in_order(items: impl Iterator<Item = (Option<String>, String)>) -> Vec<String> {
+    let mut others = Vec::new();
+    let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (chain, item) in items {
+        match chain {
+            Some(c) => rules.entry(c).or_default().push(item),
+            None => others.push(item),
+        }
+    }
+    others.sort();
+    others.extend(rules.into_values().flatten());
+    others
 }
 
 /// The parts of `nft -j list table` that the read-back needs; elements are parsed into
@@ -510,7 +546,7 @@ fn listing_items(listing: &Listing) -> Vec<String> {
     let mut items = Vec::new();
     for i in &listing.nftables {
         if let Some(s) = &i.set {
-            items.push(set_item(&s.name, &s.kind, &s.flags));
+            items.push((None, set_item(&s.name, &s.kind, &s.flags)));
         }
         for (k, v) in [
             ("counter", &i.counter),
@@ -518,12 +554,12 @@ fn listing_items(listing: &Listing) -> Vec<String> {
             ("rule", &i.rule),
         ] {
             if let Some(v) = v {
-                items.push(normalize(&json!({ k: v })).to_string());
+                let o = json!({ k: v });
+                items.push((rule_chain(&o), normalize(&o).to_string()));
             }
         }
     }
-    items.sort();
-    items
+    in_order(items.into_iter())
 }
 
 /// The range of an element as the kernel lists it. Parsed as plain text, not by the rules
@@ -703,7 +739,8 @@ pub fn update_exemptions(
             .map(|r| normalize(&rule_json(chain, r)).to_string())
             .collect();
         let held = chain_rules(backend, chain).map_err(EnforceError::ReadBack)?;
-        if held.as_ref().map(|h| sorted(h.clone())) != Some(sorted(want)) {
+        // In order: a rule moved is a rule changed.
+        if held.as_ref() != Some(&want) {
             return Err(EnforceError::Mismatch {
                 expected: format!("{} rules in {chain}", rules.len()),
                 found: held.map_or("absent".into(), |h| format!("{} rules", h.len())),
@@ -711,11 +748,6 @@ pub fn update_exemptions(
         }
     }
     Ok(())
-}
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
 }
 
 /// The normalized rules of one chain of the intel table, `None` if it is absent.
@@ -746,7 +778,8 @@ pub fn intel_chains_intact(backend: &mut dyn Backend, rs: &IntelRuleset) -> Resu
             .map(|o| normalize(o).to_string())
             .collect();
         let held = chain_rules(backend, chain)?;
-        if held.map(sorted) != Some(sorted(want)) {
+        // In order: a drop moved in front of the exemptions cuts what they protect.
+        if held != Some(want) {
             return Ok(false);
         }
     }
