@@ -154,6 +154,22 @@ impl RawConn {
         raw_message_flags(self.serial, flags, &fields, "s", &string_body(arg))
     }
 
+    /// The bytes of a call of `iface.member` on trustd's object, with one string argument or
+    /// none.
+    pub fn builtin_call(&mut self, iface: &str, member: &str, arg: Option<&str>) -> Vec<u8> {
+        self.serial += 1;
+        let fields: Vec<(u8, char, &[u8])> = vec![
+            (PATH, 'o', b"/org/enigm/Trust1"),
+            (INTERFACE, 's', iface.as_bytes()),
+            (MEMBER, 's', member.as_bytes()),
+            (DESTINATION, 's', b"org.enigm.Trust1"),
+        ];
+        match arg {
+            Some(a) => raw_message_flags(self.serial, 0, &fields, "s", &string_body(a)),
+            None => raw_message_flags(self.serial, 0, &fields, "", &[]),
+        }
+    }
+
     /// Send `bytes` with `fds` attached (SCM_RIGHTS).
     pub fn send_with_fds(&self, bytes: &[u8], fds: &[std::os::fd::RawFd]) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;

@@ -11,6 +11,7 @@
 //!   names    32 connections calling GetDeviceHandle and GetReport with a new name each time
 //!   conns    200 connections, each with 4 calls pipelined, held open unread
 //!   huge     8 connections, calls with an 8 MiB string argument pipelined, never reading
+//!   builtin  4 connections, Introspect and Properties.GetAll pipelined, never reading
 //!   PACE     flat (default): as fast as the bus takes them; bursts: 300 calls (or 20
 //!            connections) at once, then 500 ms of quiet, over and over
 //! ```
@@ -82,6 +83,31 @@ fn huge(address: &str, until: Instant) {
             pace(n * BURST / 4);
             let m = c.call_bytes("Posture", "GetDeviceHandle", &big, 0, 0);
             let _ = c.sock.write_all(&m);
+        }
+    }
+}
+
+fn builtin(address: &str, until: Instant) {
+    let mut conns: Vec<RawConn> = Vec::new();
+    let mut n = 0u64;
+    while Instant::now() < until {
+        if conns.len() < 4
+            && let Ok(c) = RawConn::connect(address, false)
+        {
+            let _ = c.sock.set_write_timeout(Some(Duration::from_millis(200)));
+            conns.push(c);
+        }
+        for c in &mut conns {
+            n += 2;
+            pace(n);
+            let a = c.builtin_call("org.freedesktop.DBus.Introspectable", "Introspect", None);
+            let _ = c.sock.write_all(&a);
+            let b = c.builtin_call(
+                "org.freedesktop.DBus.Properties",
+                "GetAll",
+                Some("org.enigm.Trust1.Posture"),
+            );
+            let _ = c.sock.write_all(&b);
         }
     }
 }
@@ -162,6 +188,7 @@ fn main() {
         "names" => names(address, until),
         "conns" => conns(address, until),
         "huge" => huge(address, until),
+        "builtin" => builtin(address, until),
         other => {
             eprintln!("flood: unknown shape {other:?}");
             std::process::exit(2);

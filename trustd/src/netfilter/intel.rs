@@ -286,14 +286,12 @@ fn base_exemptions(out: bool) -> Vec<Rule> {
         link_setup_in(&Action::Accept)
     });
     if !out {
-        // ICMP errors about flows let out (path MTU discovery among them): they may come
-        // from any router on the path, so a feed listing it (or ::/0) would otherwise black
-        // hole the flows to protected endpoints.
+        // What conntrack relates to flows let out, the ICMP errors about them (path MTU
+        // discovery among them): they may come from any router on the path, so a feed
+        // listing it (or ::/0) would otherwise black hole the flows to protected endpoints.
+        // (No protocol names: a minimal system has no /etc/protocols for nft to read them.)
         rules.push(Rule::new(
-            vec![
-                Match::CtState(vec!["related"]),
-                Match::L4Proto(vec!["icmp", "ipv6-icmp"]),
-            ],
+            vec![Match::CtState(vec!["related"])],
             Action::Accept,
         ));
     }
