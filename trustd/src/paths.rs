@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The locations of DESIGN.md's "Files on a device", resolved under a prefix.
+/// The locations of the files on a device (README, "Files on a device"), resolved under a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     prefix: PathBuf,

@@ -160,7 +160,7 @@ impl Request {
     }
 }
 
-/// Who may do what (DESIGN.md's matrix). `user_may_disable_privacy` comes from the policy.
+/// Who may do what (docs/SECURITY.md, "Who may do what over the bus"). `user_may_disable_privacy` comes from the policy.
 pub fn permitted(req: &Request, role: Role, user_may_disable_privacy: bool) -> bool {
     match req {
         Request::SetPrivacy(true)

@@ -9,7 +9,7 @@ use zbus::{Connection, OwnedVariant, Proxy, Variant};
 
 use super::{BUS_NAME, OBJECT_PATH};
 
-/// The posture properties, in DESIGN.md's order.
+/// The posture properties, in the order of the introspection XML (dbus/org.enigm.Trust1.xml).
 pub const POSTURE_PROPERTIES: [&str; 13] = [
     "Level",
     "Reasons",
@@ -103,7 +103,7 @@ impl Client {
             .await
     }
 
-    /// Every posture property, in DESIGN.md's order.
+    /// Every posture property, in the order of the introspection XML (dbus/org.enigm.Trust1.xml).
     pub async fn posture(&self) -> zbus::Result<Vec<(String, Value)>> {
         let props = self.properties().await?;
         let iface =
@@ -300,7 +300,7 @@ impl std::fmt::Debug for PostureChanges {
 }
 
 impl PostureChanges {
-    /// The next change: the properties that changed, in DESIGN.md's order. `None` when the
+    /// The next change: the properties that changed, in the order of the introspection XML (dbus/org.enigm.Trust1.xml). `None` when the
     /// connection is gone.
     pub async fn next(&mut self) -> Option<Vec<(String, Value)>> {
         use futures_core::Stream;

@@ -34,7 +34,7 @@ pub use gate::Gate;
 pub const BUS_NAME: &str = "org.enigm.Trust1";
 /// The object every interface is served at.
 pub const OBJECT_PATH: &str = "/org/enigm/Trust1";
-/// The interfaces served, in the order of DESIGN.md.
+/// The interfaces served, in the order of the introspection XML.
 pub const INTERFACES: [&str; 7] = [
     "org.enigm.Trust1.Posture",
     "org.enigm.Trust1.Privacy",

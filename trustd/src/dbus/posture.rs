@@ -137,7 +137,7 @@ impl Posture {
     }
 }
 
-/// Each property's name and value, in DESIGN.md's order.
+/// Each property's name and value, in the order of the introspection XML (dbus/org.enigm.Trust1.xml).
 pub(super) fn properties(p: &Snapshot) -> Vec<(&'static str, Variant<'static>)> {
     vec![
         ("Level", Variant::from(p.level.as_str().to_owned())),
