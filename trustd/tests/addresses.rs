@@ -418,28 +418,16 @@ fn a_blocklist_drop_moved_before_the_exemptions_does_not_read_back_as_intact() {
     );
 }
 
-/// A policy from its network and setup sections (the rest fixed).
-fn review_policy(network: Value, setup: Value) -> Result<Policy, String> {
-    let p = json!({
-        "schema": "enigm.policy/v1", "serial": 1,
-        "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
-        "network": network, "setup": setup
-    });
-    let p: Policy = serde_json::from_value(p).map_err(|e| e.to_string())?;
-    p.validate()?;
-    Ok(p)
-}
-
-/// Regression (found in review). The blocklists must not cut the policy-named endpoints "and their replies", but the
-/// reply exemption (`ct state established,related ip6 saddr E udp sport P`) never matches an
-/// ICMP error (`udp sport` implies udp), and errors from routers on the path come from other
-/// addresses: a feed listing `::/0` (or the routers) drops Packet Too Big / frag-needed for
-/// the VPN endpoint's flow, a PMTU black hole (real packets: review2/netns-demos.sh, part 3).
+/// Regression (found in review). The blocklists must not cut the policy-named endpoints and
+/// their replies, but the reply exemption (`ct state established,related ip6 saddr E udp
+/// sport P`) never matches an ICMP error, and errors from routers on the path come from other
+/// addresses: a feed listing `::/0` (or the routers) dropped Packet Too Big / frag-needed for
+/// the VPN endpoint's flow, a path MTU black hole.
 #[test]
 fn icmp_errors_of_protected_flows_pass_the_blocklists() {
     use trustd::netfilter::{compile_intel, protected, render_intel};
     use trustd::policy::IntelFeed;
-    let p = review_policy(
+    let p = policy(
         json!({"mode": "vpn-required", "vpn": {"interfaces": ["wg0"],
                "endpoints": [{"address": "2001:db8:2::1", "proto": "udp", "port": 51820}]}}),
         json!({}),
