@@ -369,12 +369,11 @@ fn overlaps_are_counted_by_kind() {
     }
 }
 
-/// Regression (found in review). The read-back of the blocklist table compares rules sorted (`structure_items`,
-/// `intel_chains_intact`, `verify_intel_listing`): a table whose set-drop rules were moved
-/// in front of the loopback/link/exemption accepts reads back as intact. Such an edit is
-/// repaired only while nftables notifications are watched and the edit is not repeated
-/// (after `REPAIRS_BEFORE_VERIFY` repairs, or with the watcher stopped, the read-back decides):
-/// then a feed cuts loopback and the policy's endpoints, with nothing audited.
+/// Regression (found in review). The read-back of the blocklist table compared rules sorted,
+/// so a table whose set-drop rules were moved in front of the loopback, link and exemption
+/// accepts read back as intact; where the read-back decides (repeated edits, the watcher
+/// stopped, the periodic backstop) a feed then cut loopback and the policy's endpoints with
+/// nothing audited. Rules are now compared in order, chain by chain.
 #[test]
 fn a_blocklist_drop_moved_before_the_exemptions_does_not_read_back_as_intact() {
     use trustd::netfilter::{compile_intel, render_intel, verify_intel_listing};
