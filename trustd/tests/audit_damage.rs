@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
 use trustd::audit::checkpoint::checkpoint_log;
@@ -50,30 +50,6 @@ fn head(dev: &TestDevice) -> PathBuf {
 
 fn sha(bytes: &[u8]) -> String {
     trustd::bundle::sha256_hex(bytes)
-}
-
-fn written(path: &Path) -> Vec<u8> {
-    let mut data = std::fs::read(path).expect("read");
-    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    data.truncate(end);
-    data
-}
-
-fn lines(path: &Path) -> Vec<Vec<u8>> {
-    written(path)
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[Vec<u8>]) {
-    let mut out = Vec::new();
-    for l in lines {
-        out.extend_from_slice(l);
-        out.push(b'\n');
-    }
-    std::fs::write(path, out).expect("write");
 }
 
 /// Flip one digit of the record's time (the line stays well-formed JSON).

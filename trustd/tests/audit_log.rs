@@ -1,12 +1,14 @@
 //! The audit log as its users meet it: many writers at once, segments, a torn tail after
 //! power loss, a writer killed mid-append, and every kind of tampering `verify` must find.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use common::{lines, write_lines, written};
 use trustd::audit::{
     Actor, AuditLog, Entry, Options, Outcome, Problem, read_records, segment_name, verify_dir,
 };
@@ -26,31 +28,6 @@ fn fill(dir: &Path, n: usize, opts: Options) {
 
 fn seg(dir: &Path, i: u32) -> PathBuf {
     dir.join(segment_name(i))
-}
-
-/// The written part of a segment (segments are preallocated with zeros).
-fn written(path: &Path) -> Vec<u8> {
-    let mut data = std::fs::read(path).expect("read");
-    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    data.truncate(end);
-    data
-}
-
-fn lines(path: &Path) -> Vec<Vec<u8>> {
-    written(path)
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[Vec<u8>]) {
-    let mut out = Vec::new();
-    for l in lines {
-        out.extend_from_slice(l);
-        out.push(b'\n');
-    }
-    std::fs::write(path, out).expect("write");
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //! size m, more records after it, then every way of tampering with the files that the
 //! chain alone may or may not see, each caught against the OLD checkpoint.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::written;
 use ed25519_dalek::SigningKey;
 use trustd::audit::checkpoint::{
     self, check_dir_consistency, checkpoint_log, parse_and_verify, prove_consistency,
@@ -60,13 +63,6 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-fn written(path: &Path) -> Vec<u8> {
-    let mut data = std::fs::read(path).expect("read");
-    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    data.truncate(end);
-    data
 }
 
 /// Every line of the log, in order, without newlines.

@@ -1284,15 +1284,14 @@ impl Device {
         // next load sees roles that differ from the ones the floors were set under and
         // starts them over itself.
         if let Err(e) = self.store.install(&v, &mut next) {
-            self.audit.append(
-                Entry::new(kind, Outcome::Error, actor)
-                    .reason(format!(
-                        "record {} not put in force: {e}; root serial {from} stays",
-                        receipt.seq
-                    ))
-                    .digest("input", v.digest()),
-            )?;
-            return Err(e.into());
+            return self.not_in_force(
+                kind,
+                actor,
+                receipt.seq,
+                e,
+                &format!("root serial {from}"),
+                v.digest(),
+            );
         }
         self.state = next;
         self.root = new.clone();
@@ -1321,6 +1320,25 @@ impl Device {
             audit_seq: receipt.seq,
             notes: Vec::new(),
         })
+    }
+
+    /// A verified input was recorded as record `seq` but could not be stored: say so in a
+    /// second record (what stays in force: `stays`) and return the store's error.
+    fn not_in_force<T>(
+        &self,
+        kind: &str,
+        actor: Actor,
+        seq: u64,
+        e: StateError,
+        stays: &str,
+        digest: &str,
+    ) -> Result<T, DeviceError> {
+        self.audit.append(
+            Entry::new(kind, Outcome::Error, actor)
+                .reason(format!("record {seq} not put in force: {e}; {stays} stays"))
+                .digest("input", digest),
+        )?;
+        Err(e.into())
     }
 
     /// Run `check`; a refusal is audited (with the input's digest) and returned.
@@ -1360,15 +1378,14 @@ impl Device {
                 .digest("input", v.digest()),
         )?;
         if let Err(e) = self.store.install(v, &mut self.state) {
-            self.audit.append(
-                Entry::new(kind, Outcome::Error, actor)
-                    .reason(format!(
-                        "record {} not put in force: {e}; serial {from} stays",
-                        receipt.seq
-                    ))
-                    .digest("input", v.digest()),
-            )?;
-            return Err(e.into());
+            return self.not_in_force(
+                kind,
+                actor,
+                receipt.seq,
+                e,
+                &format!("serial {from}"),
+                v.digest(),
+            );
         }
         Ok(Applied {
             from_serial: from,

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -270,4 +270,31 @@ pub fn full_policy(mode: &str, serial: u64) -> Value {
         "privacy": {"network_mode": "tor-only", "block_lan_discovery": true, "user_may_disable": true},
         "setup": {"required_steps": [], "bootstrap_allow": [{"dest": "10.99.0.2", "proto": "tcp", "ports": [8443]}]}
     })
+}
+
+/// The written part of an audit segment (segments are preallocated with zeros).
+pub fn written(path: &Path) -> Vec<u8> {
+    let mut data = std::fs::read(path).expect("read");
+    let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    data.truncate(end);
+    data
+}
+
+/// The records of a segment as lines, without newlines.
+pub fn lines(path: &Path) -> Vec<Vec<u8>> {
+    written(path)
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Write `lines` as a segment, each ended by a newline.
+pub fn write_lines(path: &Path, lines: &[Vec<u8>]) {
+    let mut out = Vec::new();
+    for l in lines {
+        out.extend_from_slice(l);
+        out.push(b'\n');
+    }
+    std::fs::write(path, out).expect("write");
 }
