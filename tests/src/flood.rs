@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crate::KillOnDrop;
 
 /// Every shape the `flood` binary knows (see its usage).
-pub const SHAPES: [&str; 7] = [
-    "noreply", "unread", "fds", "hangup", "names", "conns", "huge",
+pub const SHAPES: [&str; 8] = [
+    "noreply", "unread", "fds", "hangup", "names", "conns", "huge", "builtin",
 ];
 
 /// The ordinary users the flood runs as (base-passwd's lp and nobody: no role in trustd).

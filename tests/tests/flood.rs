@@ -51,6 +51,23 @@ fn a_flood_by_ordinary_users_stops_neither_roots_calls_nor_drift_repair() {
             t.elapsed()
         );
 
+        // An ordinary user who is not flooding (uid 2, another user than the flooders) is
+        // still served.
+        let t = Instant::now();
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=2", "--regid=2", "--clear-groups"])
+            .arg(tests::bin("trustctl"))
+            .args(["--bus", &addr, "status"])
+            .output()
+            .expect("run trustctl as uid 2");
+        assert!(
+            out.status.success() && t.elapsed() < Duration::from_secs(5),
+            "round {round}: an ordinary user's status under another user's flood: {:?} after {:?}: {}",
+            out.status,
+            t.elapsed(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+
         // Someone deletes the policy table: the change notification (or, failing it, the
         // drift check every 1 s) puts it back.
         lab.dev_sh("nft delete table inet trustd");

@@ -83,20 +83,20 @@ impl socket::Judge for Handle {
     fn privileged<'a>(
         &'a self,
         sender: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send + 'a>> {
         Box::pin(async move {
             let Ok(name) = zbus::names::UniqueName::try_from(sender) else {
-                return false;
+                return Some(false);
             };
             match self.caller(&name).await {
-                Ok(c) => {
+                Ok(c) => Some(
                     self.groups
                         .read()
                         .unwrap_or_else(PoisonError::into_inner)
                         .role(&c)
-                        == Role::Admin
-                }
-                Err(_) => false,
+                        == Role::Admin,
+                ),
+                Err(_) => None,
             }
         })
     }

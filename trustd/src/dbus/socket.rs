@@ -36,13 +36,101 @@ pub fn unix_path(address: &str) -> Option<&str> {
 /// every method of `org.enigm.Trust1` open to ordinary callers takes a few short strings.
 pub const SMALL_BODY: u32 = 64 * 1024;
 
+/// Method calls a sender not known to be privileged may make at once, and per second after
+/// that, before its calls are dropped unread (a token bucket per unique bus name).
+pub const SENDER_BURST: f64 = 64.0;
+/// See [`SENDER_BURST`].
+pub const SENDER_RATE: f64 = 32.0;
+/// How long the reader waits for a verdict on a sender that is over its budget.
+const JUDGE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// Names whose buckets the reader remembers; past it, full buckets are forgotten.
+const MAX_TRACKED: usize = 4096;
+
+/// A token bucket: `burst` calls at once, `rate` per second refilled.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(burst: f64, now: tokio::time::Instant) -> Self {
+        Self {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Refill to `now`, then take `cost` tokens if there are as many.
+    fn take(&mut self, cost: f64, burst: f64, rate: f64, now: tokio::time::Instant) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(burst);
+        self.at = now;
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn full(&self, burst: f64, rate: f64, now: tokio::time::Instant) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + dt * rate >= burst
+    }
+}
+
+/// Per-sender budgets of method calls (see [`SENDER_BURST`]), and the verdicts on senders
+/// that went over them.
+///
+/// There is no overall budget: a caller over it could not be told from root without asking
+/// the bus, and under a flood the bus answers late, so root's calls would be the ones dropped.
+/// How many senders one user has is the bus daemon's limit (`max_connections_per_user`).
+#[derive(Debug)]
+struct Budgets {
+    senders: std::collections::HashMap<String, Bucket>,
+    privileged: std::collections::HashMap<String, bool>,
+    dropped: u64,
+    warned: Option<tokio::time::Instant>,
+}
+
+impl Budgets {
+    fn new() -> Self {
+        Self {
+            senders: std::collections::HashMap::new(),
+            privileged: std::collections::HashMap::new(),
+            dropped: 0,
+            warned: None,
+        }
+    }
+
+    /// Whether a method call from `sender` costing `cost` tokens is within its budget
+    /// (charged if so).
+    fn take(&mut self, sender: &str, cost: f64) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.senders.len() >= MAX_TRACKED && !self.senders.contains_key(sender) {
+            self.senders
+                .retain(|_, b| !b.full(SENDER_BURST, SENDER_RATE, now));
+            if self.senders.len() >= MAX_TRACKED {
+                self.senders.clear();
+            }
+        }
+        self.senders
+            .entry(sender.to_owned())
+            .or_insert_with(|| Bucket::new(SENDER_BURST, now))
+            .take(cost, SENDER_BURST, SENDER_RATE, now)
+    }
+}
+
 /// Decides whether a message's sender (its unique bus name) may have a large body read.
 pub trait Judge: Send + Sync + std::fmt::Debug {
-    /// Whether `sender` is privileged (root or the admin group).
+    /// Whether `sender` is privileged (root or the admin group); `None` when that could not
+    /// be learnt (the bus did not answer), which the reader treats as not privileged for
+    /// this message only.
     fn privileged<'a>(
         &'a self,
         sender: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send + 'a>>;
 }
 
 /// The read half.
@@ -58,6 +146,8 @@ pub struct Reader {
     /// Body bytes of the current message to hand out, and to throw away.
     body_left: u64,
     skip_left: u64,
+    /// Method-call budgets (only with a judge: the serving connection).
+    budgets: Budgets,
 }
 
 /// The write half.
@@ -92,6 +182,7 @@ impl Socket for JudgedStream {
                 at: 0,
                 body_left: 0,
                 skip_left: 0,
+                budgets: Budgets::new(),
             },
             Writer(w),
         )
@@ -133,6 +224,25 @@ fn primary(h: &[u8; 16]) -> io::Result<(bool, u8, u32, u32)> {
 
 /// The SENDER header field (code 7) of a message whose whole header is `h`.
 fn sender(h: &[u8], big: bool, fields_len: usize) -> Option<String> {
+    string_field(h, big, fields_len, 7)
+}
+
+/// How many tokens of its sender's budget a method call costs: about its reply's size in
+/// units of a few KiB, so that a sender cannot make trustd write more than it reads. An
+/// `Introspect` reply is the whole interface description (about 20 KiB), `GetAll` a whole
+/// interface's properties, `GetReport` a signed posture report; everything else answers with
+/// a few short strings.
+fn cost(h: &[u8], big: bool, fields_len: usize) -> f64 {
+    match string_field(h, big, fields_len, 3).as_deref() {
+        Some("Introspect") => 16.0,
+        Some("GetAll" | "GetReport") => 4.0,
+        _ => 1.0,
+    }
+}
+
+/// A string-typed header field (`code`: 1 PATH, 2 INTERFACE, 3 MEMBER, 6 DESTINATION,
+/// 7 SENDER; D-Bus specification, "Message Format") of a message whose whole header is `h`.
+fn string_field(h: &[u8], big: bool, fields_len: usize, want: u8) -> Option<String> {
     let end = 16usize.checked_add(fields_len)?.min(h.len());
     let u = |b: &[u8]| -> Option<usize> {
         let a: [u8; 4] = b.get(..4)?.try_into().ok()?;
@@ -154,7 +264,7 @@ fn sender(h: &[u8], big: bool, fields_len: usize) -> Option<String> {
                 p = p.next_multiple_of(4);
                 let n = u(h.get(p..)?)?;
                 let v = h.get(p + 4..p + 4 + n)?;
-                if code == 7 {
+                if code == want {
                     return String::from_utf8(v.to_vec()).ok();
                 }
                 p += 4 + n + 1;
@@ -173,7 +283,8 @@ fn sender(h: &[u8], big: bool, fields_len: usize) -> Option<String> {
 }
 
 impl Reader {
-    /// Read the next message's header; decide whether its body is read or thrown away.
+    /// Read the next message's header; decide whether its body is read or thrown away, or
+    /// the whole message dropped (`pending` left empty).
     async fn next_header(&mut self) -> io::Result<bool> {
         let mut h = [0u8; 16];
         match self.inner.read_exact(&mut h).await {
@@ -181,20 +292,45 @@ impl Reader {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
             Err(e) => return Err(e),
         }
-        let (big, _ty, body_len, fields_len) = primary(&h)?;
+        let (big, ty, body_len, fields_len) = primary(&h)?;
         let rest = (16 + fields_len as usize).next_multiple_of(8) - 16;
         let mut header = h.to_vec();
         header.resize(16 + rest, 0);
         self.inner.read_exact(&mut header[16..]).await?;
-        let mut keep = true;
-        if body_len > SMALL_BODY
-            && let Some(judge) = &self.judge
-        {
-            keep = match sender(&header, big, fields_len as usize) {
-                Some(s) => judge.privileged(&s).await,
-                None => false,
-            };
+        let Some(judge) = self.judge.clone() else {
+            self.body_left = u64::from(body_len);
+            self.pending = header;
+            self.at = 0;
+            return Ok(true);
+        };
+        let from = sender(&header, big, fields_len as usize);
+        // Method calls (type 1) are budgeted; what the bus daemon sends and replies are not.
+        if ty == 1 && from.as_deref() != Some("org.freedesktop.DBus") {
+            let c = cost(&header, big, fields_len as usize);
+            let within = from.as_deref().is_some_and(|s| self.budgets.take(s, c));
+            if !within && !self.privileged(judge.as_ref(), from.as_deref()).await {
+                self.budgets.dropped += 1;
+                let now = tokio::time::Instant::now();
+                if self
+                    .budgets
+                    .warned
+                    .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
+                {
+                    self.budgets.warned = Some(now);
+                    tracing::warn!(
+                        "method calls over budget from ordinary callers dropped unread ({} so \
+                         far; latest from {})",
+                        self.budgets.dropped,
+                        from.as_deref().unwrap_or("no sender")
+                    );
+                }
+                self.skip_left = u64::from(body_len);
+                self.pending.clear();
+                self.at = 0;
+                return Ok(true);
+            }
         }
+        let keep = body_len <= SMALL_BODY || self.privileged(judge.as_ref(), from.as_deref()).await;
         if keep {
             self.body_left = u64::from(body_len);
         } else {
@@ -207,6 +343,26 @@ impl Reader {
         self.pending = header;
         self.at = 0;
         Ok(true)
+    }
+
+    /// Whether `sender` is root or an admin, remembered per name once the judge answers
+    /// within [`JUDGE_WAIT`] (a name is never reused on a bus).
+    async fn privileged(&mut self, judge: &dyn Judge, sender: Option<&str>) -> bool {
+        let Some(sender) = sender else { return false };
+        if let Some(&p) = self.budgets.privileged.get(sender) {
+            return p;
+        }
+        let r = tokio::time::timeout(JUDGE_WAIT, judge.privileged(sender)).await;
+        match r {
+            Ok(Some(p)) => {
+                if self.budgets.privileged.len() >= MAX_TRACKED {
+                    self.budgets.privileged.clear();
+                }
+                self.budgets.privileged.insert(sender.to_owned(), p);
+                p
+            }
+            Ok(None) | Err(_) => false,
+        }
     }
 }
 
@@ -292,7 +448,73 @@ impl WriteHalf for Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::unix_path;
+    use super::{Bucket, SENDER_BURST, SENDER_RATE, cost, primary, sender, unix_path};
+    use std::time::Duration;
+
+    #[test]
+    fn a_sender_gets_its_burst_then_its_rate() {
+        let t0 = tokio::time::Instant::now();
+        let mut b = Bucket::new(SENDER_BURST, t0);
+        let taken = (0..200)
+            .filter(|_| b.take(1.0, SENDER_BURST, SENDER_RATE, t0))
+            .count();
+        assert_eq!(taken, 64, "the burst, no more, at one instant");
+        // One second later: 32 more.
+        let t1 = t0 + Duration::from_secs(1);
+        let taken = (0..200)
+            .filter(|_| b.take(1.0, SENDER_BURST, SENDER_RATE, t1))
+            .count();
+        assert_eq!(taken, 32);
+        // An Introspect (16) is refused with 15 tokens, taken with 16.
+        let t2 = t1 + Duration::from_millis(15 * 1000 / 32);
+        assert!(!b.take(16.0, SENDER_BURST, SENDER_RATE, t2));
+        let t3 = t1 + Duration::from_millis(16 * 1000 / 32 + 1);
+        assert!(b.take(16.0, SENDER_BURST, SENDER_RATE, t3));
+        // Never more than the burst, however long idle.
+        let t4 = t3 + Duration::from_secs(3600);
+        assert!(b.full(SENDER_BURST, SENDER_RATE, t4));
+        let taken = (0..200)
+            .filter(|_| b.take(1.0, SENDER_BURST, SENDER_RATE, t4))
+            .count();
+        assert_eq!(taken, 64);
+    }
+
+    /// The header fields the reader decides on, read from messages as zbus writes them, in
+    /// both byte orders.
+    #[test]
+    fn sender_and_cost_from_real_headers() {
+        for endian in [zbus::wire::Endian::Little, zbus::wire::Endian::Big] {
+            let m = |iface: &str, member: &str| {
+                zbus::Message::method_call("/org/enigm/Trust1", member)
+                    .interface(iface)
+                    .sender(":1.42")
+                    .destination("org.enigm.Trust1")
+                    .endian(endian)
+                    .build(&("org.enigm.Trust1.Posture",))
+                    .expect("build")
+            };
+            for (iface, member, want) in [
+                ("org.freedesktop.DBus.Introspectable", "Introspect", 16.0),
+                ("org.freedesktop.DBus.Properties", "GetAll", 4.0),
+                ("org.enigm.Trust1.Posture", "GetReport", 4.0),
+                ("org.freedesktop.DBus.Properties", "Get", 1.0),
+                ("org.enigm.Trust1.Posture", "GetDeviceHandle", 1.0),
+            ] {
+                let msg = m(iface, member);
+                let bytes = msg.data().to_vec();
+                let h: [u8; 16] = bytes[..16].try_into().expect("16 bytes");
+                let (big, ty, _body, fields) = primary(&h).expect("primary");
+                assert_eq!(big, endian == zbus::wire::Endian::Big);
+                assert_eq!(ty, 1, "a method call");
+                let header = &bytes[..(16 + fields as usize).next_multiple_of(8)];
+                assert_eq!(
+                    sender(header, big, fields as usize).as_deref(),
+                    Some(":1.42")
+                );
+                assert_eq!(cost(header, big, fields as usize), want, "{member}");
+            }
+        }
+    }
 
     #[test]
     fn unix_path_addresses_and_others() {
