@@ -65,7 +65,14 @@ fn the_suite_passes_inside_the_enigm_os_image() {
     for b in ["vm-suite", "netprobe"] {
         copy_stripped(&bin_dir().join(b), &tests.join(b));
     }
-    std::fs::write(tests.join("run"), "#!/bin/sh\nexec ./vm-suite\n").expect("run");
+    // The suite in its own process group, and whatever it leaves behind killed when it ends:
+    // a leftover child holding the output pipe would keep the runner (and the VM) waiting
+    // for end of file until the run's timeout, after a failure most of all.
+    std::fs::write(
+        tests.join("run"),
+        "#!/bin/sh\nsetsid ./vm-suite &\npid=$!\nwait $pid\nrc=$?\nkill -KILL -- -$pid 2>/dev/null\nexit $rc\n",
+    )
+    .expect("run");
     std::fs::set_permissions(tests.join("run"), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
 
