@@ -9,7 +9,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ed25519_dalek::{Signature as EdSignature, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature as EdSignature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::Paths;
@@ -97,8 +97,9 @@ pub fn sign_report(report: &Report, key: &SigningKey) -> Result<String, serde_js
     serde_json::to_string_pretty(&env)
 }
 
-/// Check a report offline: the envelope's type, a signature by `key` over it, the schema,
-/// and that it answers `nonce`. Returns the report.
+/// Check a report offline: the envelope's type, a signature by `key` over it (whatever its
+/// keyid says; at most [`crate::bundle::MAX_SIGNATURES`] are read), the schema, and that it
+/// answers `nonce`. Returns the report.
 pub fn verify_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Report, String> {
     if bytes.len() > MAX_REPORT_BYTES {
         return Err(format!(
@@ -119,13 +120,20 @@ pub fn verify_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Re
         .map_err(|e| format!("payload is not base64: {e}"))?;
     let msg = pae(&env.payload_type, &payload);
     let want = key_id(key);
+    if env.signatures.len() > crate::bundle::MAX_SIGNATURES {
+        return Err(format!(
+            "the report has {} signatures; at most {} are read",
+            env.signatures.len(),
+            crate::bundle::MAX_SIGNATURES
+        ));
+    }
+    // The keyid is a hint (DSSE): any signature that verifies with `key` counts.
     let signed = env.signatures.iter().any(|s| {
-        s.keyid == want
-            && STANDARD
-                .decode(&s.sig)
-                .ok()
-                .and_then(|b| EdSignature::from_slice(&b).ok())
-                .is_some_and(|sig| key.verify(&msg, &sig).is_ok())
+        STANDARD
+            .decode(&s.sig)
+            .ok()
+            .and_then(|b| EdSignature::from_slice(&b).ok())
+            .is_some_and(|sig| key.verify_strict(&msg, &sig).is_ok())
     });
     if !signed {
         return Err(format!("no valid signature by device key {want}"));
@@ -196,5 +204,28 @@ mod tests {
         let e = verify_report(env.to_string().as_bytes(), "nonce-1234", &vk).expect_err("edit");
         assert!(e.contains("no valid signature"), "{e}");
         assert!(valid_nonce("abcdefgh") && !valid_nonce("short") && !valid_nonce("bad nonce!"));
+    }
+
+    /// The keyid is a hint (DSSE): a report whose keyid was dropped or renamed by a tool
+    /// still verifies with the key; another key's signature under the right keyid does not.
+    #[test]
+    fn a_report_verifies_by_its_key_whatever_the_keyid_says() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let vk = key.verifying_key();
+        let signed = sign_report(&report("nonce-1234", &key), &key).expect("sign");
+        let mut env: serde_json::Value = serde_json::from_str(&signed).expect("json");
+        env["signatures"][0]
+            .as_object_mut()
+            .expect("object")
+            .remove("keyid");
+        assert!(verify_report(env.to_string().as_bytes(), "nonce-1234", &vk).is_ok());
+        env["signatures"][0]["keyid"] = "device".into();
+        assert!(verify_report(env.to_string().as_bytes(), "nonce-1234", &vk).is_ok());
+        let forged = sign_report(&report("nonce-1234", &key), &other).expect("sign");
+        let mut env: serde_json::Value = serde_json::from_str(&forged).expect("json");
+        env["signatures"][0]["keyid"] = key_id(&vk).into();
+        let e = verify_report(env.to_string().as_bytes(), "nonce-1234", &vk).expect_err("other");
+        assert!(e.contains("no valid signature"), "{e}");
     }
 }

@@ -24,7 +24,10 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
-    /// Lowercase hex SHA-256 of the signer's raw public key.
+    /// Lowercase hex SHA-256 of the signer's raw public key, as trustctl writes it. DSSE
+    /// makes the field optional and unauthenticated: absent reads as empty, and a verifier
+    /// tries the role's keys whatever it says.
+    #[serde(default)]
     pub keyid: String,
     /// Standard base64 of the 64-byte ed25519 signature.
     pub sig: String,

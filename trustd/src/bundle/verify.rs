@@ -112,8 +112,16 @@ fn short(keyid: &str) -> &str {
     keyid.get(..16).unwrap_or(keyid)
 }
 
+/// The most signatures an envelope may carry: each may be tried against every key of the
+/// role, so their number bounds the work an input can cause.
+pub const MAX_SIGNATURES: usize = 16;
+
 /// Parse the envelope and check the threshold of `role` in `root`; returns the payload
 /// bytes and the keyids that counted.
+///
+/// A signature's `keyid` is a hint (DSSE: optional and not authenticated): it may be empty or
+/// name no key of the role, and the signature still counts for the role's key that verifies
+/// it. Each distinct key counts once, however many signatures it made.
 fn check_signatures(
     bytes: &[u8],
     limit: usize,
@@ -139,32 +147,69 @@ fn check_signatures(
         .map_err(|_| VerifyError::PayloadBase64)?;
     let msg = pae(&env.payload_type, &payload);
     let keys = root.role(role);
+    if env.signatures.len() > MAX_SIGNATURES {
+        return Err(VerifyError::Threshold {
+            role,
+            need: keys.threshold,
+            got: 0,
+            details: format!(
+                " (the envelope has {} signatures; at most {MAX_SIGNATURES} are read)",
+                env.signatures.len()
+            ),
+        });
+    }
     let mut good = BTreeSet::new();
     let mut problems = Vec::new();
-    for s in &env.signatures {
-        let id = short(&s.keyid);
-        if !keys.keyids.contains(&s.keyid) {
-            problems.push(format!("keyid {id}: not a key of the {role} role"));
-            continue;
-        }
-        let Some(key) = root.key(&s.keyid) else {
-            problems.push(format!("keyid {id}: key does not decode"));
-            continue;
+    for (i, s) in env.signatures.iter().enumerate() {
+        let label = if s.keyid.is_empty() {
+            format!("signature {} (no keyid)", i + 1)
+        } else {
+            format!("keyid {}", short(&s.keyid))
         };
         let sig = STANDARD
             .decode(&s.sig)
             .ok()
             .and_then(|raw| ed25519_dalek::Signature::from_slice(&raw).ok());
         let Some(sig) = sig else {
-            problems.push(format!("keyid {id}: signature is not 64 bytes of base64"));
+            problems.push(format!("{label}: signature is not 64 bytes of base64"));
             continue;
         };
-        if key.verify_strict(&msg, &sig).is_err() {
-            problems.push(format!("keyid {id}: signature does not verify"));
+        // DSSE's keyid is an unauthenticated hint: the key it names is tried first, then
+        // every other key of the role. What counts is the key that verifies.
+        let hinted = keys.keyids.contains(&s.keyid);
+        let hint = hinted.then_some(&s.keyid);
+        let mut undecodable = false;
+        let signer = hint
+            .into_iter()
+            .chain(keys.keyids.iter().filter(|k| Some(*k) != hint))
+            .find(|kid| match root.key(kid) {
+                Some(key) => key.verify_strict(&msg, &sig).is_ok(),
+                None => {
+                    undecodable |= hint == Some(*kid);
+                    false
+                }
+            });
+        let Some(signer) = signer else {
+            problems.push(if undecodable {
+                format!("{label}: key does not decode")
+            } else if hinted {
+                format!("{label}: signature does not verify")
+            } else if s.keyid.is_empty() {
+                format!("{label}: verifies with no key of the {role} role")
+            } else {
+                format!("{label}: not a key of the {role} role")
+            });
             continue;
-        }
-        if !good.insert(s.keyid.clone()) {
-            problems.push(format!("keyid {id}: signed more than once, counted once"));
+        };
+        if !good.insert(signer.clone()) {
+            if Some(signer) == hint {
+                problems.push(format!("{label}: signed more than once, counted once"));
+            } else {
+                problems.push(format!(
+                    "{label}: made by key {}, which signed more than once, counted once",
+                    short(signer)
+                ));
+            }
         }
     }
     let got = u32::try_from(good.len()).unwrap_or(u32::MAX);
