@@ -231,3 +231,44 @@ fn audit_verify_exits_1_and_names_the_damage() {
         r.stdout
     );
 }
+
+/// `--out NAME` names the pair `NAME.key` and `NAME.pub` whatever dots NAME has, and an
+/// existing key is never replaced: a second run fails with exit 1, its files untouched.
+#[test]
+fn keygen_names_the_pair_after_out_and_never_replaces_a_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let first = json(&ok(trustctl(
+        d,
+        &["--json", "keygen", "--out", "admin.2026"],
+    )));
+    assert!(d.join("admin.2026.key").exists() && d.join("admin.2026.pub").exists());
+    assert_eq!(
+        std::fs::metadata(d.join("admin.2026.key"))
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    ok(trustctl(d, &["keygen", "--out", "ops.key"]));
+    assert!(d.join("ops.key").exists() && d.join("ops.pub").exists());
+    assert!(!d.join("ops.key.key").exists());
+
+    let before = std::fs::read(d.join("admin.2026.key")).expect("key");
+    let again = trustctl(d, &["keygen", "--out", "admin.2026"]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("an existing key is never replaced"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(
+        std::fs::read(d.join("admin.2026.key")).expect("key"),
+        before
+    );
+    let public: Value =
+        serde_json::from_slice(&std::fs::read(d.join("admin.2026.pub")).expect("pub"))
+            .expect("json");
+    assert_eq!(first["keyid"], public["keyid"]);
+}

@@ -865,25 +865,67 @@ mod bus {
     }
 }
 
+/// `NAME.key` and `NAME.pub` for `--out NAME`: the suffix is added, never substituted, so
+/// `admin.2026` gives `admin.2026.key`; a NAME already ending in `.key` or `.pub` loses it.
+fn key_paths(out: &Path) -> (PathBuf, PathBuf) {
+    let mut base = out.as_os_str().to_owned();
+    let text = base.to_string_lossy();
+    if let Some(stem) = text
+        .strip_suffix(".key")
+        .or_else(|| text.strip_suffix(".pub"))
+        .filter(|s| !s.is_empty() && !s.ends_with('/'))
+    {
+        base = stem.into();
+    }
+    let with = |ext: &str| {
+        let mut p = base.clone();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    (with(".key"), with(".pub"))
+}
+
 fn keygen(j: bool, out: &Path) -> Result<ExitCode> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let key = generate_key().context("reading the system's random source")?;
-    let private = out.with_extension("key");
-    let public = out.with_extension("pub");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&private)
-        .with_context(|| format!("creating {}", private.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(&PrivateKeyFile::new(&key))?)?;
-    f.sync_all()?;
-    std::fs::write(
+    let (private, public) = key_paths(out);
+    let create = |path: &Path, mode: u32, bytes: &[u8]| -> Result<()> {
+        let mut f = match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+        {
+            Ok(f) => f,
+            // The admin's request is refused (exit 1), not a failure of the system.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Refused(format!(
+                    "{} exists: an existing key is never replaced; nothing written",
+                    path.display()
+                ))
+                .into());
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        };
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(())
+    };
+    create(
+        &private,
+        0o600,
+        &serde_json::to_vec_pretty(&PrivateKeyFile::new(&key))?,
+    )?;
+    if let Err(e) = create(
         &public,
-        serde_json::to_vec_pretty(&PublicKeyFile::new(&key.verifying_key()))?,
-    )
-    .with_context(|| format!("writing {}", public.display()))?;
+        0o644,
+        &serde_json::to_vec_pretty(&PublicKeyFile::new(&key.verifying_key()))?,
+    ) {
+        // Nothing half made: the private key without its public half is removed.
+        let _ = std::fs::remove_file(&private);
+        return Err(e);
+    }
     let id = key_id(&key.verifying_key());
     print(
         j,
