@@ -420,7 +420,7 @@ mod tests {
     #[test]
     fn each_reason_sets_its_level() {
         type Tweak = fn(&mut Case);
-        let cases: [(Tweak, Level, &str); 13] = [
+        let cases: [(Tweak, Level, &str); 14] = [
             (
                 |c| c.policy = None,
                 Level::Untrusted,
@@ -465,6 +465,11 @@ mod tests {
                 |c| c.now = "2027-02-01T00:00:00Z",
                 Level::Degraded,
                 "policy serial 7 expired at 2027-01-01T00:00:00Z",
+            ),
+            (
+                |c| c.now = "1970-01-01T00:00:00Z",
+                Level::Degraded,
+                "the clock is implausible: it reads 1970-01-01T00:00:00Z",
             ),
             (
                 |c| c.policy = Some(policy(&["eula", "wifi"])),
