@@ -288,7 +288,11 @@ mod tests {
             "2026-11-20T00:00:00Z",
             None,
         );
-        let fresh = assess(ts("2026-11-19T00:00:00Z"), &[h.clone()], ts(BUILD));
+        let fresh = assess(
+            ts("2026-11-19T00:00:00Z"),
+            std::slice::from_ref(&h),
+            ts(BUILD),
+        );
         assert!(fresh.stale.is_empty() && fresh.clock.is_none(), "{fresh:?}");
         assert!(fresh.reasons().is_empty());
         let a = assess(ts("2026-11-21T00:00:00Z"), &[h], ts(BUILD));
@@ -312,11 +316,19 @@ mod tests {
             Some(86_400),
         );
         assert!(
-            assess(ts("2026-11-10T23:00:00Z"), &[h.clone()], ts(BUILD))
-                .stale
-                .is_empty()
+            assess(
+                ts("2026-11-10T23:00:00Z"),
+                std::slice::from_ref(&h),
+                ts(BUILD)
+            )
+            .stale
+            .is_empty()
         );
-        let a = assess(ts("2026-11-12T00:00:00Z"), &[h.clone()], ts(BUILD));
+        let a = assess(
+            ts("2026-11-12T00:00:00Z"),
+            std::slice::from_ref(&h),
+            ts(BUILD),
+        );
         assert_eq!(a.stale[0].why, Why::OlderThanMaxAge);
         assert_eq!(a.stale[0].since, ts("2026-11-11T00:00:00Z"));
         assert!(
@@ -352,7 +364,11 @@ mod tests {
             None,
         );
         // 1970: behind both; the latest evidence (the policy's issue time) is named.
-        let a = assess(ts("1970-01-01T00:00:00Z"), &[policy.clone()], ts(BUILD));
+        let a = assess(
+            ts("1970-01-01T00:00:00Z"),
+            std::slice::from_ref(&policy),
+            ts(BUILD),
+        );
         assert_eq!(
             a.clock,
             Some(ClockDoubt::BeforeIssue {
