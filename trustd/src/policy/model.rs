@@ -18,7 +18,8 @@ pub struct Policy {
     pub serial: u64,
     /// When the admin issued it.
     pub issued_at: Timestamp,
-    /// After this the device refuses it (and keeps the last good one).
+    /// After this the device refuses it (and keeps the last good one); installed, it stays in
+    /// force past this, stale in posture.
     pub expires_at: Timestamp,
     /// Network enforcement.
     pub network: Network,
