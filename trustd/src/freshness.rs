@@ -238,7 +238,8 @@ impl Jump {
 /// before it counts as a jump (NTP slews far less; a step or a manual set is more).
 pub const JUMP_TOLERANCE_SECS: i64 = 60;
 
-/// Watches the wall clock against the monotonic clock (CLOCK_MONOTONIC, nanoseconds).
+/// Watches the wall clock against a monotonic clock (nanoseconds; the device uses
+/// CLOCK_BOOTTIME, which also counts time suspended).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClockWatch {
     last: Option<(Timestamp, u64)>,

@@ -69,13 +69,13 @@ impl Device {
         assess(now, &self.held_inputs(), build_time())
     }
 
-    /// Look at the clock (`now`, and the monotonic clock) and record what changed since the
+    /// Look at the clock (`now`, and CLOCK_BOOTTIME, which counts suspend) and record what changed since the
     /// last look: a jump of the wall clock, an input that turned stale, the clock turning
     /// implausible or plausible again. Returns the sentences recorded. Nothing in force
     /// changes. Call it on every periodic check.
     pub fn check_time(&mut self, now: Timestamp, actor: Actor) -> Result<Vec<String>, DeviceError> {
         let mut out = Vec::new();
-        if let Some(jump) = self.time.clock.observe(now, crate::sys::monotonic_ns()) {
+        if let Some(jump) = self.time.clock.observe(now, crate::sys::boottime_ns()) {
             let why = jump.sentence();
             self.audit.append(
                 Entry::new("clock.jump", Outcome::Ok, actor.clone())
