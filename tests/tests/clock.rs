@@ -332,6 +332,28 @@ fn a_frozen_intel_feed_turns_stale_in_posture_and_the_signed_report() {
         signed.iter().any(|r| r.starts_with(&stale_prefix)),
         "{signed:?}"
     );
+    // And so does the verifier's tool.
+    let work = lab.prefix.path().to_owned();
+    std::fs::write(work.join("report.json"), &report).expect("write report");
+    let key_file = lab.paths().device_pub().display().to_string();
+    let r = trustctl(
+        &work,
+        &[
+            "posture",
+            "verify",
+            "report.json",
+            "--nonce",
+            "nonce-frozen-feed",
+            "--key",
+            &key_file,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("reason: {stale_prefix}")),
+        "{}",
+        r.stdout
+    );
 
     // Once, however many ticks saw it.
     std::thread::sleep(Duration::from_millis(600));
