@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bundle;
 pub mod config;
 pub mod dbus;
+pub mod freshness;
 pub mod json;
 pub mod launch;
 pub mod paths;

@@ -120,6 +120,9 @@ pub struct Input<'a> {
     pub audit_head: (u64, String),
     /// The kernel's Landlock ABI (0: unavailable).
     pub landlock_abi: u32,
+    /// Stale installed inputs and doubts about the wall clock, each a sentence
+    /// ([`crate::freshness::Assessment::reasons`]); each makes the device `degraded`.
+    pub freshness: &'a [String],
     /// How trustd itself is confined (`Landlock ABI 2: partially enforced`), if it is.
     pub confinement: Option<&'a str>,
 }
@@ -233,16 +236,10 @@ pub fn posture(i: &Input<'_>) -> Posture {
             "lifecycle unknown until a signed command sets it".into(),
         ),
     }
-    if let Some(p) = &i.policy
-        && i.now > p.expires_at
-    {
-        add(
-            Degraded,
-            format!(
-                "policy serial {} expired at {}: still enforced until a newer one is applied",
-                p.serial, p.expires_at
-            ),
-        );
+    // Expiry and max_age of the installed inputs, and the clock itself: never a reason to
+    // take anything out of force, always one to say so.
+    for r in i.freshness {
+        add(Degraded, r.clone());
     }
     if !i.effective.pending_steps.is_empty() {
         add(
@@ -367,6 +364,21 @@ mod tests {
                     lifecycle: self.state.lifecycle,
                 },
             );
+            let held: Vec<crate::freshness::Held> = self
+                .policy
+                .iter()
+                .map(|p| crate::freshness::Held {
+                    role: crate::bundle::Role::Policy,
+                    serial: p.serial,
+                    digest: "d".into(),
+                    issued_at: p.issued_at,
+                    expires_at: p.expires_at,
+                    max_age: None,
+                })
+                .collect();
+            let now = Timestamp::parse(self.now).expect("time");
+            let build = Timestamp::parse("2026-01-01T00:00:00Z").expect("time");
+            let freshness = crate::freshness::assess(now, &held, build).reasons();
             posture(&Input {
                 state: &self.state,
                 condition: &self.condition,
@@ -387,6 +399,7 @@ mod tests {
                 audit_damage: &self.audit_damage,
                 audit_head: (3, "h".into()),
                 landlock_abi: self.landlock_abi,
+                freshness: &freshness,
                 confinement: self.confinement,
             })
         }
@@ -407,7 +420,7 @@ mod tests {
     #[test]
     fn each_reason_sets_its_level() {
         type Tweak = fn(&mut Case);
-        let cases: [(Tweak, Level, &str); 13] = [
+        let cases: [(Tweak, Level, &str); 14] = [
             (
                 |c| c.policy = None,
                 Level::Untrusted,
@@ -452,6 +465,11 @@ mod tests {
                 |c| c.now = "2027-02-01T00:00:00Z",
                 Level::Degraded,
                 "policy serial 7 expired at 2027-01-01T00:00:00Z",
+            ),
+            (
+                |c| c.now = "1970-01-01T00:00:00Z",
+                Level::Degraded,
+                "the clock is implausible: it reads 1970-01-01T00:00:00Z",
             ),
             (
                 |c| c.policy = Some(policy(&["eula", "wifi"])),

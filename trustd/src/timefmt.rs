@@ -46,6 +46,13 @@ impl Timestamp {
     pub fn plus_secs(&self, secs: i64) -> Self {
         Self(self.0 + time::Duration::seconds(secs))
     }
+
+    /// This time shifted by `secs` seconds, held at the first or last representable
+    /// instant (years -9999 and 9999) instead of overflowing: for times that come from a
+    /// clock or an input, which may be anything.
+    pub fn saturating_plus_secs(&self, secs: i64) -> Self {
+        Self(self.0.saturating_add(time::Duration::seconds(secs)))
+    }
 }
 
 impl std::fmt::Display for Timestamp {

@@ -23,6 +23,9 @@ struct Case {
 fn cases() -> Vec<Case> {
     let good = signed_policy(9);
     let (k2, k3, k5, k8, k9) = (key(2), key(3), key(5), key(8), key(9));
+    let mut future = policy(9);
+    future["issued_at"] = json!("2027-01-01T00:00:00Z");
+    future["expires_at"] = json!("2028-01-01T00:00:00Z");
     let mut expired = policy(9);
     expired["issued_at"] = json!("2020-01-01T00:00:00Z");
     expired["expires_at"] = json!("2020-01-02T00:00:00Z");
@@ -86,7 +89,12 @@ fn cases() -> Vec<Case> {
         Case {
             name: "an expired bundle",
             input: sign(POLICY, &expired, &[&k2, &k3]),
-            error: "payload expired at 2020-01-02T00:00:00Z (now 2026-11-24T12:00:00Z)".into(),
+            error: "payload expired at 2020-01-02T00:00:00Z; this device's clock reads 2026-11-24T12:00:00Z (if the clock is wrong, set it and apply again)".into(),
+        },
+        Case {
+            name: "a bundle issued after the device's clock (the clock is behind)",
+            input: sign(POLICY, &future, &[&k2, &k3]),
+            error: "payload issued at 2027-01-01T00:00:00Z, later than this device's clock reads (2026-11-24T12:00:00Z): the clock is behind or the input is misdated; set the clock and apply again".into(),
         },
         Case {
             name: "an oversized envelope",
@@ -114,7 +122,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "unknown fields",
             input: sign(POLICY, &unknown, &[&k2, &k3]),
-            error: "payload is not valid: unknown field `colour`, expected one of `schema`, `serial`, `issued_at`, `expires_at`, `network`, `privacy`, `launcher`, `setup` at line 1 column 9".into(),
+            error: "payload is not valid: unknown field `colour`, expected one of `schema`, `serial`, `issued_at`, `expires_at`, `network`, `privacy`, `launcher`, `setup`, `max_age` at line 1 column 9".into(),
         },
         Case {
             name: "a wrong schema version",

@@ -498,9 +498,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print(
                 j,
                 json!({"ok": true, "origin": r.origin, "time": r.time.to_string(),
-                       "level": r.posture.get("Level"), "evidence": r.evidence}),
+                       "level": r.posture.get("Level"), "reasons": r.posture.get("Reasons"),
+                       "evidence": r.evidence}),
                 &format!(
-                    "valid report from {} at {}: level {}, policy {}, ruleset {}",
+                    "valid report from {} at {}: level {}, policy {}, ruleset {}{}",
                     r.origin,
                     r.time,
                     r.posture
@@ -508,7 +509,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .map(ToString::to_string)
                         .unwrap_or_default(),
                     r.evidence.policy_digest,
-                    r.evidence.ruleset_digest
+                    r.evidence.ruleset_digest,
+                    // Why the level is what it is (a stale input, the clock), one per line.
+                    r.posture
+                        .get("Reasons")
+                        .and_then(serde_json::Value::as_array)
+                        .map(|rs| rs
+                            .iter()
+                            .filter_map(serde_json::Value::as_str)
+                            .map(|r| format!("\n  reason: {r}"))
+                            .collect::<String>())
+                        .unwrap_or_default()
                 ),
             );
             Ok(ExitCode::SUCCESS)

@@ -70,11 +70,25 @@ pub enum VerifyError {
     /// Parsed but inconsistent.
     #[error("payload is invalid: {0}")]
     Invalid(String),
-    /// Past its expiry.
-    #[error("payload expired at {expires_at} (now {now})")]
+    /// Past its expiry by this device's clock (which may itself be wrong: the message says
+    /// what it reads).
+    #[error(
+        "payload expired at {expires_at}; this device's clock reads {now} (if the clock is wrong, set it and apply again)"
+    )]
     Expired {
         /// Its expires_at.
         expires_at: Timestamp,
+        /// The device's time.
+        now: Timestamp,
+    },
+    /// Issued later than this device's clock reads, by more than [`MAX_CLOCK_SKEW_SECS`]:
+    /// the clock is behind (or the input is misdated), so its expiry cannot be judged.
+    #[error(
+        "payload issued at {issued_at}, later than this device's clock reads ({now}): the clock is behind or the input is misdated; set the clock and apply again"
+    )]
+    NotYetValid {
+        /// Its issued_at.
+        issued_at: Timestamp,
         /// The device's time.
         now: Timestamp,
     },
@@ -103,6 +117,7 @@ impl VerifyError {
             Self::Schema { .. } => "wrong-schema",
             Self::Invalid(_) => "invalid-payload",
             Self::Expired { .. } => "expired",
+            Self::NotYetValid { .. } => "not-yet-valid",
             Self::Rollback { .. } => "rollback",
         }
     }
@@ -262,10 +277,22 @@ fn parse_payload<P: Payload>(payload: &[u8]) -> Result<P, VerifyError> {
     Ok(p)
 }
 
+/// How far a new input's `issued_at` may lie ahead of this device's clock, in seconds
+/// (the signer's clock and the device's may differ a little).
+pub const MAX_CLOCK_SKEW_SECS: i64 = 600;
+
+/// A new input is judged against the device's clock: not expired, not issued (beyond the
+/// skew) after it, and above the installed serial.
 fn check_freshness<P: Payload>(p: &P, now: Timestamp, installed: u64) -> Result<(), VerifyError> {
     if now > p.expires_at() {
         return Err(VerifyError::Expired {
             expires_at: p.expires_at(),
+            now,
+        });
+    }
+    if p.issued_at() > now.saturating_plus_secs(MAX_CLOCK_SKEW_SECS) {
+        return Err(VerifyError::NotYetValid {
+            issued_at: p.issued_at(),
             now,
         });
     }

@@ -24,6 +24,7 @@ use crate::sys::netlink::{LinkEvent, LinkState};
 use crate::timefmt::Timestamp;
 use std::collections::BTreeMap;
 
+mod clock;
 mod drift;
 pub use drift::INTEL_BACKSTOP;
 
@@ -304,6 +305,7 @@ pub struct Device {
     key: ed25519_dalek::SigningKey,
     confinement: Option<String>,
     watch: drift::Watch,
+    time: clock::TimeWatch,
     _lock: StateLock,
 }
 
@@ -357,6 +359,7 @@ impl Device {
             key,
             confinement: None,
             watch: drift::Watch::default(),
+            time: clock::TimeWatch::default(),
             _lock: lock,
         })
     }
@@ -868,6 +871,7 @@ impl Device {
         let status = self.network_status();
         let tunnel_down = matches!(&eff.network, NetworkPlan::Enforce(n) if n.mode == NetworkMode::VpnRequired)
             && self.tunnel_up().is_none();
+        let freshness = self.freshness(now).reasons();
         posture::posture(&posture::Input {
             state: &self.state,
             condition: &self.condition,
@@ -888,6 +892,7 @@ impl Device {
             audit_damage: &self.audit_damage,
             audit_head: self.audit.head(),
             landlock_abi: crate::sys::landlock_abi(),
+            freshness: &freshness,
             confinement: self.confinement.as_deref(),
         })
     }

@@ -476,6 +476,9 @@ impl<B: Backend> Engine<B> {
         if let Err(err) = dev.enforce_intel(&mut backend, me()) {
             tracing::error!("blocklists not updated: {err}");
         }
+        for why in dev.check_time(clock(), me())? {
+            tracing::warn!("{why}");
+        }
         let (tx, rx) = watch::channel(dev.posture(clock()));
         Ok((
             Self {
@@ -654,6 +657,10 @@ impl<B: Backend> Engine<B> {
                 }
                 if let Some(drift) = self.dev.check_drift(&mut self.backend, me())? {
                     tracing::warn!("enforcement drift repaired: {drift}");
+                }
+                // Staleness and the clock are judged again on every tick, without a new input.
+                for why in self.dev.check_time((self.clock)(), me())? {
+                    tracing::warn!("{why}");
                 }
                 self.publish();
                 // The watchdog is fed only while this is recent: it proves that this loop

@@ -17,7 +17,7 @@ pub struct IntelFeed {
     pub serial: u64,
     /// When it was issued.
     pub issued_at: Timestamp,
-    /// After this it is refused.
+    /// After this a new feed is refused; an installed one stays in force, stale in posture.
     pub expires_at: Timestamp,
     /// Category name to addresses and prefixes.
     pub categories: BTreeMap<String, Vec<Cidr>>,

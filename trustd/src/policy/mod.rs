@@ -16,8 +16,9 @@ pub use command::{LifecycleAction, LifecycleCommand};
 pub use effective::{Effective, EffectiveNetwork, LockdownReason, NetworkPlan, Overlay, effective};
 pub use intel::IntelFeed;
 pub use model::{
-    AllowRule, App, AppMode, Dns, Endpoint, InboundRule, LandlockProfile, Launcher, Network,
-    NetworkMode, Policy, Privacy, Proto, ProxySection, RuleProto, Setup, Tor, Vpn,
+    AllowRule, App, AppMode, Dns, Endpoint, InboundRule, LandlockProfile, Launcher,
+    MAX_MAX_AGE_SECS, MIN_MAX_AGE_SECS, MaxAge, Network, NetworkMode, Policy, Privacy, Proto,
+    ProxySection, RuleProto, Setup, Tor, Vpn,
 };
 
 /// A name as used for app ids, setup steps, intel categories and verifier ids:

@@ -18,7 +18,8 @@ pub struct Policy {
     pub serial: u64,
     /// When the admin issued it.
     pub issued_at: Timestamp,
-    /// After this the device refuses it (and keeps the last good one).
+    /// After this the device refuses it (and keeps the last good one); installed, it stays in
+    /// force past this, stale in posture.
     pub expires_at: Timestamp,
     /// Network enforcement.
     pub network: Network,
@@ -31,7 +32,31 @@ pub struct Policy {
     /// What holds until setup is complete.
     #[serde(default)]
     pub setup: Setup,
+    /// How old an installed input may grow before posture calls it stale (absent: only
+    /// expiry makes an input stale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<MaxAge>,
 }
+
+/// The longest a device should go on with an input after it was issued, in seconds per
+/// role. Past it the input keeps enforcing (expiry and age never open anything) but posture
+/// is `degraded`, naming the input and since when it is stale: a feed an attacker holds
+/// back (TUF's freeze attack) shows before it expires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxAge {
+    /// Seconds after its `issued_at` that the installed policy is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<u64>,
+    /// Seconds after its `issued_at` that the installed intel feed is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intel: Option<u64>,
+}
+
+/// The shortest `max_age` a policy may set, in seconds (a minute).
+pub const MIN_MAX_AGE_SECS: u64 = 60;
+/// The longest `max_age` a policy may set, in seconds (about 100 years).
+pub const MAX_MAX_AGE_SECS: u64 = 100 * 366 * 86_400;
 
 /// How traffic may leave the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -344,6 +369,17 @@ impl Policy {
     /// Checks what the types cannot: references between sections, required sections per
     /// mode, names and paths. The first problem is returned as a sentence.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(m) = &self.max_age {
+            for (role, v) in [("policy", m.policy), ("intel", m.intel)] {
+                if let Some(v) = v
+                    && !(MIN_MAX_AGE_SECS..=MAX_MAX_AGE_SECS).contains(&v)
+                {
+                    return Err(format!(
+                        "max_age.{role} is {v} seconds; it must be from {MIN_MAX_AGE_SECS} to {MAX_MAX_AGE_SECS}"
+                    ));
+                }
+            }
+        }
         let n = &self.network;
         let modes = [Some(n.mode), self.privacy.network_mode];
         for mode in modes.into_iter().flatten() {

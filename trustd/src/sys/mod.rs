@@ -15,12 +15,23 @@ pub fn boot_id() -> String {
 
 /// CLOCK_MONOTONIC in nanoseconds (0 if the clock cannot be read).
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: like CLOCK_MONOTONIC, but it also counts time suspended,
+/// so that a wall clock that moved across a suspend is not taken for a jump (0 if the clock
+/// cannot be read).
+pub fn boottime_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, exclusively borrowed timespec for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     if rc != 0 {
         return 0;
     }
