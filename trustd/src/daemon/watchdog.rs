@@ -85,7 +85,7 @@ fn status_of(level: Level, reasons: &[String]) -> String {
     let name = level.as_str();
     let text = match (level, reasons.split_first()) {
         (Level::Trusted, _) | (_, None) => format!("posture {name}"),
-        (_, Some((first, rest))) if rest.is_empty() => format!("posture {name}: {first}"),
+        (_, Some((first, []))) => format!("posture {name}: {first}"),
         (_, Some((first, rest))) => {
             format!("posture {name}: {first} (+{} more)", rest.len())
         }
