@@ -13,8 +13,17 @@ use tests::bus::{Bus, BusPolicy};
 use tests::lab::{Daemon, Lab, can_run, lab_policy, wait_ready};
 
 /// A lab with a policy loaded, trustd started on a private bus with `env` besides
-/// `NOTIFY_SOCKET`, and the socket it notifies.
+/// `NOTIFY_SOCKET` and a drift check every 100 ms, and the socket it notifies.
 fn start(tag: &str, env: &[(&str, &str)]) -> (Lab, Daemon, UnixDatagram, tempfile::TempDir) {
+    start_every(tag, 100, env)
+}
+
+/// [`start`] with a drift interval of `interval_ms`.
+fn start_every(
+    tag: &str,
+    interval_ms: u64,
+    env: &[(&str, &str)],
+) -> (Lab, Daemon, UnixDatagram, tempfile::TempDir) {
     let mut lab = Lab::new(tag, false);
     let b = lab.sign(lab_policy("direct"));
     lab.load(&b);
@@ -27,8 +36,7 @@ fn start(tag: &str, env: &[(&str, &str)]) -> (Lab, Daemon, UnixDatagram, tempfil
     let addr = bus.address.clone();
     let mut vars: Vec<(&str, &std::ffi::OsStr)> = vec![("NOTIFY_SOCKET", path.as_os_str())];
     vars.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
-    // A drift check every 100 ms: far more often than the pings should come.
-    let daemon = lab.run_daemon_env(bus, 100, &[], &vars);
+    let daemon = lab.run_daemon_env(bus, interval_ms, &[], &vars);
     wait_ready(&addr);
     (lab, daemon, sock, dir)
 }
@@ -178,5 +186,26 @@ fn a_watchdog_meant_for_another_process_gets_no_pings() {
     assert!(
         !msgs.iter().any(|(_, m)| has(m, "WATCHDOG=1")),
         "pings for a watchdog of pid 1: {msgs:?}"
+    );
+}
+
+/// A drift interval longer than the watchdog timeout (60 s against 2 s) is capped at a quarter
+/// of the timeout: the engine keeps beating, so a healthy trustd keeps pinging (uncapped, its
+/// heartbeat would be stale within a second and systemd would kill it).
+#[test]
+fn a_drift_interval_longer_than_the_watchdog_is_capped_so_a_healthy_trustd_keeps_pinging() {
+    if !can_run(&["ip", "nft", "dbus-daemon"]) {
+        return;
+    }
+    let (_lab, _daemon, sock, _dir) = start_every("wc", 60_000, &[("WATCHDOG_USEC", "2000000")]);
+    assert!(
+        wait_for(&sock, Duration::from_secs(5), |m| has(m, "READY=1")).is_some(),
+        "READY=1"
+    );
+    let msgs = collect(&sock, Duration::from_secs(5));
+    let pings = msgs.iter().filter(|(_, m)| has(m, "WATCHDOG=1")).count();
+    assert!(
+        (4..=6).contains(&pings),
+        "a ping every second for 5 s, got {pings}: {msgs:?}"
     );
 }
