@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tests::bus::BusPolicy;
 use tests::flood::{Flood, SHAPES, usage};
 use tests::lab::{can_run, lab_policy, serve};
@@ -46,21 +45,6 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// A feed of 100,000 entries: 70,000 addresses and 30,000 /24 networks, none overlapping.
-fn feed_100k() -> serde_json::Value {
-    let hosts: Vec<String> = (1..=70_000u32)
-        .map(|i| std::net::Ipv4Addr::from(0x0b00_0000 | i).to_string())
-        .collect();
-    let nets: Vec<String> = (0..30_000u32)
-        .map(|i| format!("{}/24", std::net::Ipv4Addr::from(0x1400_0000 | (i << 8))))
-        .collect();
-    json!({
-        "schema": "enigm.intel/v1", "serial": 0,
-        "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
-        "categories": {"malware": hosts, "trackers": nets}
-    })
-}
-
 #[test]
 fn trustd_memory_stays_within_its_budget_idle_with_a_100k_feed_and_under_a_flood() {
     if !can_run(&["ip", "nft", "setpriv", "dbus-daemon"]) {
@@ -73,7 +57,7 @@ fn trustd_memory_stays_within_its_budget_idle_with_a_100k_feed_and_under_a_flood
     let (idle, _) = usage(pid);
 
     // The feed over the bus, as an admin would send it; the nft children watched meanwhile.
-    let f = lab.sign_intel(feed_100k());
+    let f = lab.sign_intel(tests::lab::feed_100k());
     let envelope = std::fs::read(&f).expect("feed");
     let applying = std::thread::spawn(move || {
         tests::rt().block_on(async {

@@ -100,6 +100,7 @@ fn the_suite_passes_inside_the_enigm_os_image() {
         "ok: OOM kill",
         "ok: after the power cut",
         "ok: binary missing at boot",
+        "ok: memory with a 100k feed",
         "ok: systemd-analyze security exposure",
     ] {
         assert!(stdout.contains(expect), "missing {expect:?}");
