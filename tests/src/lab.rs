@@ -569,6 +569,22 @@ pub fn lab_policy(mode: &str) -> Value {
     })
 }
 
+/// An intel feed of 100,000 entries (serial set when signed): 70,000 addresses in 11.0.0.0/8
+/// and 30,000 /24 networks in 20.0.0.0/8, none overlapping.
+pub fn feed_100k() -> Value {
+    let hosts: Vec<String> = (1..=70_000u32)
+        .map(|i| std::net::Ipv4Addr::from(0x0b00_0000 | i).to_string())
+        .collect();
+    let nets: Vec<String> = (0..30_000u32)
+        .map(|i| format!("{}/24", std::net::Ipv4Addr::from(0x1400_0000 | (i << 8))))
+        .collect();
+    json!({
+        "schema": "enigm.intel/v1", "serial": 0,
+        "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
+        "categories": {"malware": hosts, "trackers": nets}
+    })
+}
+
 /// `trustd run` in the lab's device namespace, serving on its own private bus.
 #[derive(Debug)]
 pub struct Daemon {

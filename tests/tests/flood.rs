@@ -187,13 +187,15 @@ fn the_watchdog_is_fed_only_while_the_engine_and_the_bus_service_work() {
         .expect("chmod");
     let bus = tests::bus::Bus::start(BusPolicy::Shipped, "");
     let addr = bus.address.clone();
+    // A watchdog of 4 s: pings every 2 s (half of it), an engine without a drift check for
+    // 2 s counts as wedged.
     let daemon = lab.run_daemon_env(
         bus,
         200,
         &["--nft", &nft.display().to_string()],
         &[
             ("NOTIFY_SOCKET", notify.as_os_str()),
-            ("WATCHDOG_USEC", std::ffi::OsStr::new("30000000")),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("4000000")),
         ],
     );
     tests::lab::wait_ready(&addr);

@@ -1,7 +1,8 @@
 //! The in-VM suite: builds (or restores from cache) the Enigm OS image with this build's
 //! trustd, its units and bus policy, then boots it under QEMU three times on one disk and runs
 //! `vm-suite` inside (boot order, READY, posture over the real system bus, bundles, privacy,
-//! SIGKILL, a power cut mid-burst, a missing binary at boot, systemd-analyze security).
+//! SIGKILL, SIGSTOP and the watchdog, an OOM kill, a power cut mid-burst, a missing binary at
+//! boot, systemd-analyze security).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -102,8 +103,11 @@ fn the_suite_passes_inside_the_enigm_os_image() {
         "ok: boot order",
         "ok: bundle serial 1 applied",
         "ok: SIGKILL",
+        "ok: SIGSTOP",
+        "ok: OOM kill",
         "ok: after the power cut",
         "ok: binary missing at boot",
+        "ok: memory with a 100k feed",
         "ok: systemd-analyze security exposure",
     ] {
         assert!(stdout.contains(expect), "missing {expect:?}");

@@ -16,9 +16,11 @@ use trustd::Paths;
 use trustd::audit::Actor;
 use trustd::config::Config;
 use trustd::daemon::engine::Reconfigure;
+use trustd::daemon::watchdog::Timing;
 use trustd::daemon::{Command, Device, DeviceError, Engine, Heartbeat, RoleGroups};
 use trustd::dbus::Gate;
 use trustd::netfilter::NftBackend;
+use trustd::sys::NotifyState;
 use trustd::timefmt::Timestamp;
 
 #[derive(Parser, Debug)]
@@ -283,7 +285,18 @@ fn run_daemon(
     let refusals = gate.clone();
     engine.set_busy_source(Box::new(move || refusals.take_refusals()));
     let groups = engine.groups();
-    let interval = Duration::from_millis(interval_ms.unwrap_or(config.check_interval_ms).max(50));
+    // The watchdog's timeout sets the ping period and caps the drift interval.
+    let timing = Timing::new(
+        trustd::sys::watchdog_timeout(),
+        Duration::from_millis(interval_ms.unwrap_or(config.check_interval_ms)),
+    );
+    let interval = timing.drift;
+    if let Some(w) = timing.watchdog {
+        tracing::info!(
+            "watchdog timeout {w:?}: ping every {:?} while the engine and the bus service work; drift check every {interval:?}",
+            timing.ping
+        );
+    }
     let heartbeat = Arc::new(Heartbeat::default());
 
     // The engine on a thread and a runtime of its own: it checks for drift on its own timer,
@@ -308,8 +321,14 @@ fn run_daemon(
         .spawn(move || {
             loop {
                 let cmd = match trustd::sys::wait_signal(Duration::from_secs(3600)) {
-                    Some(trustd::sys::Signal::Stop) => Command::Stop("stopped by signal"),
-                    Some(trustd::sys::Signal::Reload) => Command::Reload,
+                    Some(trustd::sys::Signal::Stop) => {
+                        notify(&[
+                            NotifyState::Stopping,
+                            NotifyState::Status("stopping; enforcement stays in the kernel"),
+                        ]);
+                        Command::Stop("stopped by signal")
+                    }
+                    Some(trustd::sys::Signal::Reload) => reload_notified(),
                     None => continue,
                 };
                 if sig_tx.blocking_send(cmd).is_err() {
@@ -343,6 +362,7 @@ fn run_daemon(
             .spawn(move || w.run(|c| nft_tx.blocking_send(Command::TablesChanged(c)).is_ok()))?;
     }
 
+    let mut status_rx = posture_rx.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -353,21 +373,16 @@ fn run_daemon(
             .await
             .context("serving org.enigm.Trust1 on the bus")?;
         tracing::info!("serving {} on the bus", trustd::dbus::BUS_NAME);
-        if let Err(e) = trustd::sys::sd_notify("READY=1") {
-            tracing::warn!("READY not sent: {e}");
-        }
+        let status = trustd::daemon::watchdog::status_line(&status_rx.borrow_and_update());
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        let reporter = tokio::spawn(report_status(status_rx, status));
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let supervisor = tokio::spawn(supervise(
-            service,
-            heartbeat,
-            interval,
-            stop_tx,
-            lost.clone(),
-        ));
+        let supervisor = tokio::spawn(supervise(service, heartbeat, timing, stop_tx, lost.clone()));
         let r = done_rx
             .await
             .context("the engine thread ended without a result")?;
         supervisor.abort();
+        reporter.abort();
         anyhow::Ok((r, lost.load(std::sync::atomic::Ordering::SeqCst)))
     })?;
     rt.shutdown_timeout(Duration::from_millis(200));
@@ -380,22 +395,65 @@ fn run_daemon(
     })
 }
 
+/// Tell the service manager `states`; a failure is logged, never fatal.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = trustd::sys::notify(states) {
+        tracing::warn!("telling the service manager {states:?}: {e}");
+    }
+}
+
+/// SIGHUP: `RELOADING=1` (with `MONOTONIC_USEC`, as `Type=notify-reload` wants) now, the
+/// reload command for the engine, and `READY=1` once the engine has carried it out.
+fn reload_notified() -> Command {
+    let now = NotifyState::monotonic_usec_now();
+    match &now {
+        Ok(t) => notify(&[NotifyState::Reloading, t.clone()]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
+    let (tx, rx) = oneshot::channel();
+    // A thread of its own, so that the signal thread stays free to take a SIGTERM while the
+    // engine reloads.
+    let waiter = std::thread::Builder::new()
+        .name("reload-ready".into())
+        .spawn(move || {
+            if rx.blocking_recv().is_ok() {
+                notify(&[NotifyState::Ready]);
+            }
+        });
+    if let Err(e) = waiter {
+        tracing::warn!("READY after the reload will not be sent: {e}");
+    }
+    Command::Reload { done: Some(tx) }
+}
+
+/// Keep `STATUS=` in step with posture: its level and worst reason, sent when that text
+/// changes. `last` is what was sent with `READY=1`.
+async fn report_status(
+    mut posture: tokio::sync::watch::Receiver<trustd::posture::Posture>,
+    mut last: String,
+) {
+    while posture.changed().await.is_ok() {
+        let status = trustd::daemon::watchdog::status_line(&posture.borrow_and_update());
+        if status != last {
+            notify(&[NotifyState::Status(&status)]);
+            last = status;
+        }
+    }
+}
+
 /// Feed the service manager's watchdog only while both halves of trustd work: the engine
 /// finished a drift check recently, and the service answers a property read sent through the
-/// bus. If the bus connection is lost, stop (exit 3) so that the service manager restarts
-/// trustd; enforcement stays in the kernel meanwhile.
+/// bus. Pings go at half the watchdog timeout (see [`Timing`]), and only if `$WATCHDOG_PID`
+/// is unset or ours. If the bus connection is lost, stop (exit 3) so that the service
+/// manager restarts trustd; enforcement stays in the kernel meanwhile.
 async fn supervise(
     service: trustd::dbus::Service,
     heartbeat: Arc<Heartbeat>,
-    interval: Duration,
+    timing: Timing,
     stop: tokio::sync::mpsc::Sender<Command>,
     lost: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    // The engine may take a while on one command (a large blocklist); past this without a
-    // drift check it counts as wedged.
-    let engine_bound = (interval * 3).max(Duration::from_secs(5));
-    let answer_bound = Duration::from_secs(2);
-    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(500)));
+    let mut tick = tokio::time::interval(timing.ping);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_ping = tokio::time::Instant::now();
     let mut healthy = true;
@@ -418,23 +476,25 @@ async fn supervise(
             {
                 tracing::error!("the bus connection is lost ({e}): stopping");
                 lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                notify(&[
+                    NotifyState::Stopping,
+                    NotifyState::Status("the bus connection was lost: restarting"),
+                ]);
                 let _ = stop
                     .send(Command::Stop("the bus connection was lost"))
                     .await;
                 return;
             }
         }
-        let engine_ok = heartbeat.age().is_some_and(|a| a <= engine_bound);
-        let bus_ok = service.answers(answer_bound).await;
+        let engine_ok = heartbeat.age().is_some_and(|a| a <= timing.engine_bound);
+        let bus_ok = service.answers(timing.answer_bound).await;
         if engine_ok && bus_ok {
             if !healthy {
                 tracing::info!("the engine and the bus service answer again");
             }
             healthy = true;
-            if trustd::sys::watchdog_enabled()
-                && let Err(e) = trustd::sys::sd_notify("WATCHDOG=1")
-            {
-                tracing::warn!("watchdog ping: {e}");
+            if timing.watchdog.is_some() {
+                notify(&[NotifyState::Watchdog]);
             }
         } else if healthy {
             healthy = false;

@@ -274,8 +274,12 @@ pub enum Command {
     Links(Vec<LinkEvent>),
     /// nftables notifications say trustd's tables changed (or may have).
     TablesChanged(crate::sys::nft_events::Changes),
-    /// SIGHUP: reload configuration and state, re-enforce.
-    Reload,
+    /// SIGHUP: reload configuration and state, re-enforce; `done` is told when that is over
+    /// (whatever its outcome), so that the service manager hears `READY=1` again.
+    Reload {
+        /// Told once the reload is over.
+        done: Option<oneshot::Sender<()>>,
+    },
     /// Stop, leaving enforcement in the kernel; why (SIGTERM, the bus went away).
     Stop(&'static str),
 }
@@ -679,9 +683,13 @@ impl<B: Backend> Engine<B> {
                 }
                 self.publish();
             }
-            Command::Reload => {
-                self.reload()?;
+            Command::Reload { done } => {
+                let r = self.reload();
                 self.publish();
+                if let Some(d) = done {
+                    let _ = d.send(());
+                }
+                r?;
             }
             Command::Stop(why) => {
                 let summaries = self.denials.drain();

@@ -7,6 +7,7 @@
 
 mod device;
 pub mod engine;
+pub mod watchdog;
 
 pub use device::{Applied, Device, DeviceError, Enforced, INTEL_BACKSTOP};
 pub use engine::{

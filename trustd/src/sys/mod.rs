@@ -157,25 +157,39 @@ pub fn landlock_abi() -> u32 {
     u32::try_from(rc).unwrap_or(0)
 }
 
-/// Tell the service manager something (`READY=1`, `WATCHDOG=1`, `STATUS=...`) through
-/// `$NOTIFY_SOCKET`. Without that variable (not started by systemd) it does nothing.
-pub fn sd_notify(state: &str) -> std::io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
-    };
-    let sock = std::os::unix::net::UnixDatagram::unbound()?;
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-    let addr = match bytes.strip_prefix(b"@") {
-        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
-        None => std::os::unix::net::SocketAddr::from_pathname(&path)?,
-    };
-    sock.send_to_addr(state.as_bytes(), &addr).map(|_| ())
+/// What trustd tells the service manager (`sd_notify(3)`), from the `sd-notify` crate.
+pub use sd_notify::NotifyState;
+
+/// Tell the service manager `states` in one datagram through `$NOTIFY_SOCKET`
+/// (`sd_notify(3)`: one `KEY=VALUE` line each). Without that variable (not started by
+/// systemd) it does nothing. A `STATUS=` text must be one line: see [`status_text`].
+pub fn notify(states: &[NotifyState]) -> std::io::Result<()> {
+    sd_notify::notify(states)
 }
 
-/// Whether the service manager expects watchdog pings (`$WATCHDOG_USEC` is set).
-pub fn watchdog_enabled() -> bool {
-    std::env::var_os("WATCHDOG_USEC").is_some()
+/// The service manager's watchdog timeout, as `sd_watchdog_enabled(3)` reads it:
+/// `$WATCHDOG_USEC` (microseconds), honoured only if `$WATCHDOG_PID` is unset or names this
+/// process (a variable inherited from a parent that was itself supervised is not ours).
+/// `None`: no watchdog, send no `WATCHDOG=1`.
+pub fn watchdog_timeout() -> Option<std::time::Duration> {
+    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
+}
+
+/// `text` made safe as the value of a `STATUS=` line: control characters (a newline would
+/// start another `KEY=VALUE` line, e.g. a forged `WATCHDOG=1`) become spaces, and the text is
+/// cut to `max` characters (with an ellipsis).
+pub fn status_text(text: &str, max: usize) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.chars().count() <= max {
+        clean
+    } else {
+        let mut cut: String = clean.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
 }
 
 /// Set no_new_privs: neither this process nor what it executes can gain privileges (setuid,
