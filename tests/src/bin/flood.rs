@@ -12,6 +12,11 @@
 //!   conns    200 connections, each with 4 calls pipelined, held open unread
 //!   huge     8 connections, calls with an 8 MiB string argument pipelined, never reading
 //!   builtin  4 connections, Introspect and Properties.GetAll pipelined, never reading
+//!   signals  8 connections, unicast signals with a body just under 64 KiB addressed to
+//!            trustd, pipelined, never reading
+//!   longpath 4 connections, Posture calls on an object path of 16 MiB, never reading
+//!   gone     connections that pipeline 2000 no-reply calls (over their budget) and close at
+//!            once, over and over
 //!   PACE     flat (default): as fast as the bus takes them; bursts: 300 calls (or 20
 //!            connections) at once, then 500 ms of quiet, over and over
 //! ```
@@ -20,7 +25,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use tests::rawbus::{NO_REPLY_EXPECTED, RawConn};
+use tests::rawbus::{NO_REPLY_EXPECTED, RawConn, raw_message, string_body};
 
 /// After each `BURST` calls, how long a paced client waits (None: never).
 static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
@@ -112,6 +117,77 @@ fn builtin(address: &str, until: Instant) {
     }
 }
 
+/// Connections (at most `n`) each writing `msg(serial)` over and over, never reading.
+fn writers(address: &str, until: Instant, n: usize, msg: &dyn Fn(u32) -> Vec<u8>) {
+    let mut conns: Vec<RawConn> = Vec::new();
+    let mut serial = 100u32;
+    while Instant::now() < until {
+        if conns.len() < n
+            && let Ok(c) = RawConn::connect(address, false)
+        {
+            let _ = c.sock.set_write_timeout(Some(Duration::from_millis(200)));
+            conns.push(c);
+        }
+        for c in &mut conns {
+            serial += 1;
+            pace(u64::from(serial));
+            let _ = c.sock.write_all(&msg(serial));
+        }
+    }
+}
+
+fn signals(address: &str, until: Instant) {
+    let body = string_body(&"x".repeat(60 * 1024));
+    writers(address, until, 8, &|serial| {
+        let fields: Vec<(u8, char, &[u8])> = vec![
+            (1, 'o', b"/org/enigm/Trust1"),
+            (2, 's', b"org.enigm.Trust1.Posture"),
+            (3, 's', b"Changed"),
+            (6, 's', b"org.enigm.Trust1"),
+        ];
+        let mut m = raw_message(serial, &fields, "s", &body);
+        m[1] = 4; // SIGNAL
+        m
+    });
+}
+
+fn longpath(address: &str, until: Instant) {
+    let path = format!("/{}", "a".repeat((16 << 20) - 1));
+    let body = string_body("verifier.example.org");
+    writers(address, until, 4, &|serial| {
+        let fields: Vec<(u8, char, &[u8])> = vec![
+            (1, 'o', path.as_bytes()),
+            (2, 's', b"org.enigm.Trust1.Posture"),
+            (3, 's', b"GetDeviceHandle"),
+            (6, 's', b"org.enigm.Trust1"),
+        ];
+        raw_message(serial, &fields, "s", &body)
+    });
+}
+
+fn gone(address: &str, until: Instant) {
+    let mut n = 0u64;
+    while Instant::now() < until {
+        let Ok(mut c) = RawConn::connect(address, false) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let mut all = Vec::new();
+        for i in 0..2000 {
+            n += 1;
+            all.extend(c.call_bytes(
+                "Posture",
+                "GetDeviceHandle",
+                &format!("g{i}.example"),
+                NO_REPLY_EXPECTED,
+                0,
+            ));
+        }
+        pace(n);
+        let _ = c.sock.write_all(&all);
+    }
+}
+
 fn hangup(address: &str, until: Instant) {
     let mut n = 0u64;
     while Instant::now() < until {
@@ -189,6 +265,9 @@ fn main() {
         "conns" => conns(address, until),
         "huge" => huge(address, until),
         "builtin" => builtin(address, until),
+        "signals" => signals(address, until),
+        "longpath" => longpath(address, until),
+        "gone" => gone(address, until),
         other => {
             eprintln!("flood: unknown shape {other:?}");
             std::process::exit(2);

@@ -1,0 +1,114 @@
+//! Review 11: floods that the per-sender call budget in the serving socket
+//! (trustd/src/dbus/socket.rs) does not bound. Each runs as two ordinary users on a real
+//! dbus-daemon with the shipped bus policy, beside root's calls and a measure of the bus
+//! daemon's own latency (so that what is trustd's can be told from what is the bus's).
+
+use std::time::Duration;
+
+use tests::bus::BusPolicy;
+use tests::flood::{Flood, percentile, usage};
+use tests::lab::{can_run, lab_policy, serve};
+
+/// `n` of root's `ActivePolicy` calls (an engine round trip), each on the connection trustctl
+/// would use: their latencies in microseconds, and how many failed or timed out (with the
+/// first error).
+fn root_calls(address: &str, n: usize, bus: &mut Vec<u64>) -> (Vec<u64>, usize, Option<String>) {
+    tests::rt().block_on(async {
+        let c = trustd::dbus::client::Client::connect(Some(address))
+            .await
+            .expect("root connects");
+        let dbus = zbus::fdo::DBusProxy::new(c.connection())
+            .await
+            .expect("bus proxy");
+        let (mut ok, mut failed, mut first) = (Vec::new(), 0, None);
+        for _ in 0..n {
+            // The bus daemon's own latency at that moment (what any service would see).
+            let t = std::time::Instant::now();
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), dbus.get_id()).await {
+                bus.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
+            let t = std::time::Instant::now();
+            match tokio::time::timeout(Duration::from_secs(5), c.active_policy()).await {
+                Ok(Ok(_)) => ok.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)),
+                Ok(Err(e)) => {
+                    failed += 1;
+                    let e = e.to_string();
+                    first.get_or_insert(e.chars().take(160).collect());
+                }
+                Err(_) => {
+                    failed += 1;
+                    first.get_or_insert("timed out after 5 s".to_owned());
+                }
+            }
+        }
+        (ok, failed, first)
+    })
+}
+
+/// Root's `ActivePolicy` idle, then under `shape` (as two ordinary users), and trustd's RSS
+/// before and at most during: (idle p99, flood p99, failed calls, RSS before, RSS max).
+fn under(tag: &str, shape: &str) -> (u64, u64, usize, u64, u64) {
+    let (lab, mut daemon) = serve(tag, lab_policy("direct"), BusPolicy::Shipped);
+    let addr = daemon.bus.address.clone();
+    let pid = daemon.id();
+    let (idle, _, _) = root_calls(&addr, 50, &mut Vec::new());
+    let mut bus = Vec::new();
+    let (rss0, _) = usage(pid);
+    let flood = Flood::start(&addr, &[shape], 30_000);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut rss_max = rss0;
+    let mut busy = Vec::new();
+    let mut timeouts = 0;
+    let mut why = None;
+    for _ in 0..4 {
+        let (ok, failed, first) = root_calls(&addr, 25, &mut bus);
+        timeouts += failed;
+        why = why.or(first);
+        busy.extend(ok);
+        rss_max = rss_max.max(usage(pid).0);
+    }
+    // Enforcement maintenance must not depend on the bus: a deleted table comes back.
+    lab.dev_sh("nft delete table inet trustd");
+    let t = std::time::Instant::now();
+    while !lab.dev_sh("nft list tables").contains("inet trustd\n") {
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{shape}: the deleted table was not restored within 1.5 s under the flood"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("{shape}: a deleted table restored in {:?}", t.elapsed());
+    drop(flood);
+    let (i99, b99) = (percentile(&idle, 99), percentile(&busy, 99));
+    eprintln!(
+        "{shape}: root's ActivePolicy idle p99 {i99} us, under the flood p50 {} p99 {b99} us, {timeouts} of 100 failed (first: {why:?}); the bus daemon's GetId p50 {} p99 {} us; trustd RSS {rss0} -> {rss_max} KiB",
+        percentile(&busy, 50),
+        percentile(&bus, 50),
+        percentile(&bus, 99)
+    );
+    let _ = daemon.terminate();
+    (i99, b99, timeouts, rss0, rss_max)
+}
+
+/// The object path of a call is a header field of any length the bus's message limit allows
+/// (32 MiB on the system bus): trustd reads every header whole whoever sent it, and zbus
+/// answers a call on an unknown object with an error that repeats the path.
+#[test]
+fn a_long_object_path_neither_grows_memory_nor_stalls_roots_calls() {
+    if !can_run(&["ip", "nft", "setpriv", "dbus-daemon"]) {
+        return;
+    }
+    let (i99, b99, timeouts, rss0, rss_max) = under("fp", "longpath");
+    assert_eq!(
+        timeouts, 0,
+        "root's calls failed under calls with 16 MiB paths"
+    );
+    assert!(
+        rss_max < rss0 + 64 * 1024,
+        "trustd's memory grew by more than 64 MiB under calls with 16 MiB paths ({rss0} -> {rss_max} KiB)"
+    );
+    assert!(
+        b99 <= (10 * i99).max(100_000),
+        "root's p99 under calls with 16 MiB paths is {b99} us, idle {i99} us (target: at most 10x)"
+    );
+}
