@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use crate::KillOnDrop;
 
 /// Every shape the `flood` binary knows (see its usage).
-pub const SHAPES: [&str; 8] = [
-    "noreply", "unread", "fds", "hangup", "names", "conns", "huge", "builtin",
+pub const SHAPES: [&str; 11] = [
+    "noreply", "unread", "fds", "hangup", "names", "conns", "huge", "builtin", "signals",
+    "longpath", "gone",
 ];
 
 /// The ordinary users the flood runs as (base-passwd's lp and nobody: no role in trustd).

@@ -17,9 +17,8 @@ pub use keys::{KeyFileError, PrivateKeyFile, PublicKeyFile, generate_key, key_id
 pub use trust_root::{RoleChange, RoleKeys, Roles, TrustKey, TrustRoot};
 pub(crate) use verify::verify_self_signed_root;
 pub use verify::{
-    MAX_CLOCK_SKEW_SECS, MAX_ENVELOPE_BYTES, MAX_INTEL_ENVELOPE_BYTES, MAX_SIGNATURES,
-    VerifyError, verify,
-    verify_installed, verify_rotation,
+    MAX_CLOCK_SKEW_SECS, MAX_ENVELOPE_BYTES, MAX_INTEL_ENVELOPE_BYTES, MAX_SIGNATURES, VerifyError,
+    verify, verify_installed, verify_rotation,
 };
 
 use crate::policy::{IntelFeed, LifecycleCommand, Policy};

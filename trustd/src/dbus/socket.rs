@@ -41,6 +41,11 @@ pub const SMALL_BODY: u32 = 64 * 1024;
 pub const SENDER_BURST: f64 = 64.0;
 /// See [`SENDER_BURST`].
 pub const SENDER_RATE: f64 = 32.0;
+/// The largest header field array read, from anyone. Every header field but the object path
+/// is at most 255 bytes (D-Bus specification, "Valid Names"), and trustd serves one short
+/// path: a message with more is thrown away unread (its header and body skipped as they
+/// arrive), so that no sender can make trustd hold, or echo in an error, a long path.
+pub const MAX_HEADER_FIELDS: u32 = 8 * 1024;
 /// How long the reader waits for a verdict on a sender that is over its budget.
 const JUDGE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Names whose buckets the reader remembers; past it, full buckets are forgotten.
@@ -101,6 +106,23 @@ impl Budgets {
             privileged: std::collections::HashMap::new(),
             dropped: 0,
             warned: None,
+        }
+    }
+
+    /// Count a message dropped unread; say so in the log at most every 10 s.
+    fn dropped(&mut self, why: impl FnOnce() -> String) {
+        self.dropped += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .warned
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
+        {
+            self.warned = Some(now);
+            tracing::warn!(
+                "messages to trustd dropped unread: {} so far; the latest: {}",
+                self.dropped,
+                why()
+            );
         }
     }
 
@@ -292,8 +314,19 @@ impl Reader {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
             Err(e) => return Err(e),
         }
-        let (big, ty, body_len, fields_len) = primary(&h)?;
+        let (big, _ty, body_len, fields_len) = primary(&h)?;
         let rest = (16 + fields_len as usize).next_multiple_of(8) - 16;
+        if self.judge.is_some() && fields_len > MAX_HEADER_FIELDS {
+            self.budgets.dropped(|| {
+                format!(
+                    "{fields_len} bytes of header fields (at most {MAX_HEADER_FIELDS} are read)"
+                )
+            });
+            self.skip_left = rest as u64 + u64::from(body_len);
+            self.pending.clear();
+            self.at = 0;
+            return Ok(true);
+        }
         let mut header = h.to_vec();
         header.resize(16 + rest, 0);
         self.inner.read_exact(&mut header[16..]).await?;
@@ -304,26 +337,15 @@ impl Reader {
             return Ok(true);
         };
         let from = sender(&header, big, fields_len as usize);
-        // Method calls (type 1) are budgeted; what the bus daemon sends and replies are not.
-        if ty == 1 && from.as_deref() != Some("org.freedesktop.DBus") {
+        // Every message from anyone but the bus daemon is budgeted: method calls, and signals
+        // or replies sent to trustd unasked.
+        if from.as_deref() != Some("org.freedesktop.DBus") {
             let c = cost(&header, big, fields_len as usize);
             let within = from.as_deref().is_some_and(|s| self.budgets.take(s, c));
             if !within && !self.privileged(judge.as_ref(), from.as_deref()).await {
-                self.budgets.dropped += 1;
-                let now = tokio::time::Instant::now();
-                if self
-                    .budgets
-                    .warned
-                    .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
-                {
-                    self.budgets.warned = Some(now);
-                    tracing::warn!(
-                        "method calls over budget from ordinary callers dropped unread ({} so \
-                         far; latest from {})",
-                        self.budgets.dropped,
-                        from.as_deref().unwrap_or("no sender")
-                    );
-                }
+                let who = from.as_deref().unwrap_or("no sender").to_owned();
+                self.budgets
+                    .dropped(|| format!("over its call budget (latest from {who})"));
                 self.skip_left = u64::from(body_len);
                 self.pending.clear();
                 self.at = 0;
@@ -334,9 +356,9 @@ impl Reader {
         if keep {
             self.body_left = u64::from(body_len);
         } else {
-            tracing::warn!(
-                "a message of {body_len} bytes from a sender that is not an admin: body not read"
-            );
+            self.budgets.dropped(|| {
+                format!("the body of a {body_len}-byte message from a sender that is not an admin (its call fails)")
+            });
             self.skip_left = u64::from(body_len);
             header[4..8].copy_from_slice(&[0; 4]);
         }
