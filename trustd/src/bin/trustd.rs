@@ -48,7 +48,7 @@ enum Cmd {
     /// check that the kernel still holds the ruleset and put it back (audited) if not.
     /// SIGTERM stops without removing anything; SIGHUP reloads configuration and state.
     Run {
-        /// The nft binary.
+        /// The nft binary (each run is killed at trustd.json's `nft_timeout_ms`).
         #[arg(long, default_value = "nft")]
         nft: PathBuf,
         /// How often to check for drift, in milliseconds (default: trustd.json's, or 1000).
@@ -104,7 +104,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Apply { nft } => {
-            let mut backend = NftBackend::new(nft);
+            let deadline = Config::load(&paths)
+                .map(|c| c.nft_timeout_ms)
+                .unwrap_or_else(|e| {
+                    tracing::error!(
+                        "configuration not read ({e}): the default nft deadline applies"
+                    );
+                    Config::default().nft_timeout_ms
+                });
+            let mut backend = NftBackend::new(nft).with_deadline(Duration::from_millis(deadline));
             let mut dev = match Device::open(&paths, Actor::this_process()) {
                 Ok(d) => d,
                 Err(e) => return lockdown_without_state(&mut backend, &e),
@@ -237,7 +245,7 @@ fn confine_self(paths: &Paths, nft: &std::path::Path) -> Result<String, String> 
 
 fn run_daemon(
     paths: &Paths,
-    mut backend: NftBackend,
+    backend: NftBackend,
     interval_ms: Option<u64>,
     bus: Option<String>,
     confine: Option<PathBuf>,
@@ -247,6 +255,7 @@ fn run_daemon(
         tracing::error!("configuration not read ({e}): only uid 0 holds the admin role");
         (RoleGroups::default(), Config::default())
     });
+    let mut backend = backend.with_deadline(Duration::from_millis(config.nft_timeout_ms));
     let mut dev = match Device::open(paths, me()) {
         Ok(d) => d,
         Err(e) => return lockdown_without_state(&mut backend, &e),

@@ -461,6 +461,20 @@ fn me() -> Actor {
     Actor::this_process()
 }
 
+/// A failure to enforce (nft failed, hung or is missing) is already audited and shown in
+/// posture, and the ruleset in the kernel stays: it must not end the daemon, which retries
+/// at its next check. Other errors (audit log, state directory) pass on.
+fn survive<T>(r: Result<T, DeviceError>) -> Result<Option<T>, DeviceError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(DeviceError::Enforce(e)) => {
+            tracing::error!("enforcement failed, the ruleset in the kernel stays: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl<B: Backend> Engine<B> {
     /// Enforce the device's effective policy and blocklists, and return the engine and the
     /// first posture (to publish before the bus name is taken).
@@ -632,6 +646,9 @@ impl<B: Backend> Engine<B> {
 
     /// Carry out one command; `true` when it was Stop.
     fn handle(&mut self, cmd: Command, heartbeat: &Heartbeat) -> Result<bool, DeviceError> {
+        // Each command gets its own nft children's deadlines (docs/ARCHITECTURE.md, "Child
+        // processes").
+        self.backend.begin_operation();
         match cmd {
             Command::Call {
                 caller,
@@ -652,7 +669,7 @@ impl<B: Backend> Engine<B> {
                     self.busy_recorded = now;
                     self.record_busy()?;
                 }
-                if let Some(drift) = self.dev.check_drift(&mut self.backend, me())? {
+                if let Some(Some(drift)) = survive(self.dev.check_drift(&mut self.backend, me()))? {
                     tracing::warn!("enforcement drift repaired: {drift}");
                 }
                 self.publish();
@@ -661,7 +678,9 @@ impl<B: Backend> Engine<B> {
                 heartbeat.beat();
             }
             Command::TablesChanged(changes) => {
-                if let Some(drift) = self.dev.tables_changed(&mut self.backend, &changes, me())? {
+                if let Some(Some(drift)) =
+                    survive(self.dev.tables_changed(&mut self.backend, &changes, me()))?
+                {
                     tracing::warn!("enforcement drift repaired: {drift}");
                 }
                 self.publish();
@@ -720,7 +739,7 @@ impl<B: Backend> Engine<B> {
         if let Ok(links) = crate::sys::netlink::dump_links() {
             self.dev.set_links(&links);
         }
-        self.dev.enforce(&mut self.backend, me())?;
+        survive(self.dev.enforce(&mut self.backend, me()))?;
         if let Err(err) = self.dev.enforce_intel(&mut self.backend, me()) {
             tracing::error!("blocklists not updated: {err}");
         }
