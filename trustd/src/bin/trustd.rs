@@ -19,6 +19,7 @@ use trustd::daemon::engine::Reconfigure;
 use trustd::daemon::{Command, Device, DeviceError, Engine, Heartbeat, RoleGroups};
 use trustd::dbus::Gate;
 use trustd::netfilter::NftBackend;
+use trustd::sys::netlink::LinkUpdate;
 use trustd::timefmt::Timestamp;
 
 #[derive(Parser, Debug)]
@@ -334,11 +335,17 @@ fn run_daemon(
             std::thread::Builder::new()
                 .name("links".into())
                 .spawn(move || {
-                    while let Ok(events) = w.next() {
-                        if link_tx.blocking_send(Command::Links(events)).is_err() {
-                            break;
-                        }
-                    }
+                    // Never ends on an error: an overrun or a failed receive resubscribes
+                    // and resyncs every link (audited as network.links).
+                    w.run(|update| {
+                        let cmd = match update {
+                            LinkUpdate::Events(events) => Command::Links(events),
+                            LinkUpdate::Resync { links, why, at } => {
+                                Command::LinksResynced { links, why, at }
+                            }
+                        };
+                        link_tx.blocking_send(cmd).is_ok()
+                    });
                 })?;
         }
         Err(err) => tracing::warn!("watching links: {err}"),

@@ -741,6 +741,36 @@ impl Device {
         Ok(Some(after))
     }
 
+    /// Link notifications were lost (`why`, noticed at `at`) and the watcher read every link
+    /// again: `links` replaces what was known. The gap is audited (`network.links`, with the
+    /// network status before and after), whatever changed. Returns the status if it changed.
+    pub fn links_resynced(
+        &mut self,
+        links: &[LinkState],
+        why: &str,
+        at: &str,
+        actor: Actor,
+    ) -> Result<Option<String>, DeviceError> {
+        let before = self.network_status();
+        self.set_links(links);
+        let after = self.network_status();
+        self.audit.append(
+            Entry::new("network.links", Outcome::Error, actor)
+                .transition(before.clone(), after.clone())
+                .reason(format!(
+                    "link events lost at {at} ({why}); resynced from a full link list: {} link(s)",
+                    links.len()
+                )),
+        )?;
+        Ok((after != before).then_some(after))
+    }
+
+    /// The links as trustd knows them: name and whether it is up (administratively and
+    /// with carrier).
+    pub fn links(&self) -> &BTreeMap<String, bool> {
+        &self.links
+    }
+
     /// Check that the kernel still holds the ruleset last enforced; if someone removed or
     /// edited it, audit the drift and put it back. Returns the drift found, if any.
     pub fn check_drift(

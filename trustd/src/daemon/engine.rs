@@ -272,6 +272,16 @@ pub enum Command {
     Tick,
     /// Links changed.
     Links(Vec<LinkEvent>),
+    /// Link notifications were lost; every link as read again (see
+    /// [`crate::sys::netlink::LinkUpdate::Resync`]).
+    LinksResynced {
+        /// Every link now.
+        links: Vec<crate::sys::netlink::LinkState>,
+        /// What was lost and why.
+        why: String,
+        /// When it was noticed.
+        at: String,
+    },
     /// nftables notifications say trustd's tables changed (or may have).
     TablesChanged(crate::sys::nft_events::Changes),
     /// SIGHUP: reload configuration and state, re-enforce.
@@ -687,6 +697,12 @@ impl<B: Backend> Engine<B> {
             }
             Command::Links(events) => {
                 if let Some(status) = self.dev.links_changed(&events, me())? {
+                    tracing::info!("network: {status}");
+                }
+                self.publish();
+            }
+            Command::LinksResynced { links, why, at } => {
+                if let Some(status) = self.dev.links_resynced(&links, &why, &at, me())? {
                     tracing::info!("network: {status}");
                 }
                 self.publish();
