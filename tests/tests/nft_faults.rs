@@ -302,3 +302,50 @@ fn a_missing_hung_failing_or_killed_nft_never_blocks_trustd_nor_removes_the_rule
         "the stop is recorded"
     );
 }
+
+#[test]
+fn trustd_started_without_nft_serves_its_posture_and_keeps_the_ruleset_loaded() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new("nm", false);
+    // Early boot's ruleset, put there with the real nft.
+    lab.enforce(lab_policy("direct"));
+    let before = policy_table(&lab);
+    let missing = lab.prefix.path().join("no-such-nft");
+    let missing_arg = missing.display().to_string();
+    let mut daemon = lab.run_daemon_with(
+        Bus::start(BusPolicy::Shipped, ""),
+        500,
+        &["--nft", &missing_arg],
+    );
+    wait_ready(&daemon.bus.address);
+    let rt = tests::rt();
+    let client = rt
+        .block_on(Client::connect(Some(&daemon.bus.address)))
+        .expect("client");
+    assert_eq!(rt.block_on(enforcement(&client)), "failed");
+    let posture = rt.block_on(reasons(&client));
+    assert!(
+        posture.contains(&format!(
+            "{missing_arg} could not be started: No such file or directory"
+        )),
+        "{posture}"
+    );
+    let records = read_records(&lab.paths().audit_dir()).expect("audit");
+    assert!(
+        records.iter().any(|r| r.kind == "network.apply"
+            && r.outcome == Outcome::Error
+            && r.reason
+                .as_deref()
+                .is_some_and(|w| w.contains(&missing_arg))),
+        "the failed apply is recorded"
+    );
+    // Checks keep going and the daemon keeps serving; the ruleset stays.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(policy_table(&lab), before);
+    let start = Instant::now();
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+}

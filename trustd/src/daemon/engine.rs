@@ -495,8 +495,12 @@ impl<B: Backend> Engine<B> {
         reconfigure: Reconfigure,
         clock: fn() -> Timestamp,
     ) -> Result<(Self, watch::Receiver<Posture>), DeviceError> {
-        let e = dev.enforce(&mut backend, me())?;
-        tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
+        // An nft that fails, hangs or is missing at start leaves the ruleset already loaded
+        // (early boot's) in force; the failure is recorded, posture shows it, and the drift
+        // check tries again: serving posture beats a restart loop.
+        if let Some(e) = survive(dev.enforce(&mut backend, me()))? {
+            tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
+        }
         if let Err(err) = dev.enforce_intel(&mut backend, me()) {
             tracing::error!("blocklists not updated: {err}");
         }

@@ -635,6 +635,10 @@ mod tests {
         d.truncate(d.len() - 4);
         p.datagram(&d);
         assert!(p.out.policy.unknown && p.out.intel.unknown);
+        assert_eq!(
+            p.out.gap.as_deref(),
+            Some("a notification arrived cut short")
+        );
     }
 
     #[test]
