@@ -136,7 +136,8 @@ pub fn run<G>(
 /// In the child, before exec: an empty signal mask, default dispositions, and death with the
 /// thread that started it. Only async-signal-safe calls.
 fn clean_signal_state() -> std::io::Result<()> {
-    // SAFETY (whole body): plain system calls on stack memory; see `run`.
+    // SAFETY: plain system calls (sigemptyset, sigprocmask, rt_sigaction, getppid, prctl,
+    // _exit) on stack memory that outlives each call; all are async-signal-safe (see `run`).
     unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
