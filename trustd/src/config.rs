@@ -1,5 +1,5 @@
 //! The local configuration, `/etc/trustd/trustd.json` (optional): which groups hold the admin
-//! and setup roles, and how often drift is checked. Unknown fields are refused, as everywhere.
+//! and setup roles, how often drift is checked, and how long an `nft` child may run. Unknown fields are refused, as everywhere.
 
 use serde::Deserialize;
 
@@ -38,7 +38,15 @@ pub struct Config {
     pub check_interval_ms: u64,
     /// Sign an audit checkpoint every this many records (and at every clean stop).
     pub checkpoint_every: u64,
+    /// How long one `nft` child may run, in milliseconds, before it is killed (with its
+    /// process group) and the operation fails with the previous ruleset kept
+    /// ([`NFT_TIMEOUT_MS`] bounds it).
+    pub nft_timeout_ms: u64,
 }
+
+/// The accepted range of `nft_timeout_ms`: long enough for a large blocklist (a 1M-entry
+/// feed takes nft about 25 s), short enough that a hung `nft` cannot hold the daemon for long.
+pub const NFT_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -47,6 +55,8 @@ impl Default for Config {
             setup_group: GroupRef::Name("trustd-setup".into()),
             check_interval_ms: 1000,
             checkpoint_every: 1000,
+            nft_timeout_ms: u64::try_from(crate::netfilter::DEFAULT_NFT_DEADLINE.as_millis())
+                .unwrap_or(20_000),
         }
     }
 }
@@ -76,6 +86,14 @@ impl Config {
         let c: Self = crate::json::parse_strict(&bytes).map_err(|e| err(e.to_string()))?;
         if c.check_interval_ms < 50 {
             return Err(err("check_interval_ms must be at least 50".into()));
+        }
+        if !NFT_TIMEOUT_MS.contains(&c.nft_timeout_ms) {
+            return Err(err(format!(
+                "nft_timeout_ms must be between {} and {} (it is {})",
+                NFT_TIMEOUT_MS.start(),
+                NFT_TIMEOUT_MS.end(),
+                c.nft_timeout_ms
+            )));
         }
         Ok(c)
     }
@@ -107,5 +125,26 @@ mod tests {
             GroupRef::Name("no-such-group-trustd".into()).resolve(),
             None
         );
+    }
+
+    #[test]
+    fn the_nft_deadline_has_a_default_and_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path());
+        assert_eq!(Config::default().nft_timeout_ms, 20_000);
+        std::fs::create_dir_all(paths.config_dir()).expect("mkdir");
+        std::fs::write(paths.config_file(), br#"{"nft_timeout_ms": 1500}"#).expect("write");
+        assert_eq!(Config::load(&paths).expect("load").nft_timeout_ms, 1500);
+        for bad in ["0", "99", "600001"] {
+            std::fs::write(
+                paths.config_file(),
+                format!(r#"{{"nft_timeout_ms": {bad}}}"#),
+            )
+            .expect("write");
+            let e = Config::load(&paths).expect_err(bad).to_string();
+            assert!(e.contains("nft_timeout_ms must be between"), "{bad}: {e}");
+        }
+        std::fs::write(paths.config_file(), br#"{"nft_timeout_ms": "10"}"#).expect("write");
+        assert!(Config::load(&paths).is_err());
     }
 }

@@ -109,6 +109,9 @@ pub struct Input<'a> {
     pub drift: Option<(u64, &'a str)>,
     /// Why the blocklists are not in force, if they are not.
     pub intel_failure: Option<&'a str>,
+    /// Why the last check could not read the kernel's ruleset back (nft failed, hung or is
+    /// missing), until a read-back works again.
+    pub check_failure: Option<&'a str>,
     /// Blocklist entries that overlap protected destinations (loopback, policy-named
     /// endpoints) and are not applied there, as a sentence with counts by kind.
     pub intel_overlaps: Option<&'a str>,
@@ -259,6 +262,9 @@ pub fn posture(i: &Input<'_>) -> Posture {
             format!("enforcement drift repaired {n} time(s) since start; last: {last}"),
         );
     }
+    if let Some(why) = i.check_failure {
+        add(Untrusted, format!("enforcement not confirmed: {why}"));
+    }
     if let Some(why) = i.intel_failure {
         add(Degraded, format!("blocklists not in force: {why}"));
     }
@@ -394,6 +400,7 @@ mod tests {
                 tunnel_down: self.tunnel_down,
                 drift: self.drift,
                 intel_failure: None,
+                check_failure: None,
                 intel_overlaps: None,
                 audit_problems: &self.audit_problems,
                 audit_damage: &self.audit_damage,

@@ -179,3 +179,47 @@ fn a_stopped_watcher_is_audited() {
             .any(|r| r.kind == "network.watch" && r.outcome == Outcome::Error)
     );
 }
+
+/// Lost notifications (a socket overrun, or a receive error after which the watcher
+/// subscribed again) once left no trace when the tables read back intact: the gap is
+/// audited with what was lost, and both tables are read back.
+#[test]
+fn a_gap_in_notifications_is_audited_and_both_tables_read_back() {
+    let dev = TestDevice::new();
+    let mut d = Device::open(&dev.paths, Actor::this_process()).expect("open");
+    let mut fake = RecordingBackend::default();
+    d.enforce(&mut fake, Actor::this_process())
+        .expect("enforce");
+    let applied = fake.applied.len();
+    let unknown = TableChange {
+        unknown: true,
+        ..TableChange::default()
+    };
+    let gap = Changes {
+        policy: unknown.clone(),
+        intel: unknown,
+        gap: Some("receiving nftables notifications failed: EIO; subscribed again".into()),
+        ..Changes::default()
+    };
+    assert_eq!(
+        d.tables_changed(&mut fake, &gap, Actor::this_process())
+            .expect("gap"),
+        None,
+        "the tables read back as enforced"
+    );
+    assert_eq!(fake.applied.len(), applied, "nothing to repair");
+    let records = read_records(&dev.paths.audit_dir()).expect("audit");
+    let watch: Vec<String> = records
+        .iter()
+        .filter(|r| r.kind == "network.watch" && r.outcome == Outcome::Error)
+        .filter_map(|r| r.reason.clone())
+        .collect();
+    assert!(
+        watch
+            .iter()
+            .any(|r| r.starts_with("nftables notifications lost at ")
+                && r.contains("subscribed again")
+                && r.contains("both tables are read back")),
+        "{watch:?}"
+    );
+}

@@ -21,6 +21,7 @@ use trustd::daemon::{Command, Device, DeviceError, Engine, Heartbeat, RoleGroups
 use trustd::dbus::Gate;
 use trustd::netfilter::NftBackend;
 use trustd::sys::NotifyState;
+use trustd::sys::netlink::LinkUpdate;
 use trustd::timefmt::Timestamp;
 
 #[derive(Parser, Debug)]
@@ -50,7 +51,7 @@ enum Cmd {
     /// check that the kernel still holds the ruleset and put it back (audited) if not.
     /// SIGTERM stops without removing anything; SIGHUP reloads configuration and state.
     Run {
-        /// The nft binary.
+        /// The nft binary (each run is killed at trustd.json's `nft_timeout_ms`).
         #[arg(long, default_value = "nft")]
         nft: PathBuf,
         /// How often to check for drift, in milliseconds (default: trustd.json's, or 1000).
@@ -106,7 +107,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Apply { nft } => {
-            let mut backend = NftBackend::new(nft);
+            let deadline = Config::load(&paths)
+                .map(|c| c.nft_timeout_ms)
+                .unwrap_or_else(|e| {
+                    tracing::error!(
+                        "configuration not read ({e}): the default nft deadline applies"
+                    );
+                    Config::default().nft_timeout_ms
+                });
+            let mut backend = NftBackend::new(nft).with_deadline(Duration::from_millis(deadline));
             let mut dev = match Device::open(&paths, Actor::this_process()) {
                 Ok(d) => d,
                 Err(e) => return lockdown_without_state(&mut backend, &e),
@@ -239,7 +248,7 @@ fn confine_self(paths: &Paths, nft: &std::path::Path) -> Result<String, String> 
 
 fn run_daemon(
     paths: &Paths,
-    mut backend: NftBackend,
+    backend: NftBackend,
     interval_ms: Option<u64>,
     bus: Option<String>,
     confine: Option<PathBuf>,
@@ -249,6 +258,7 @@ fn run_daemon(
         tracing::error!("configuration not read ({e}): only uid 0 holds the admin role");
         (RoleGroups::default(), Config::default())
     });
+    let mut backend = backend.with_deadline(Duration::from_millis(config.nft_timeout_ms));
     let mut dev = match Device::open(paths, me()) {
         Ok(d) => d,
         Err(e) => return lockdown_without_state(&mut backend, &e),
@@ -344,11 +354,17 @@ fn run_daemon(
             std::thread::Builder::new()
                 .name("links".into())
                 .spawn(move || {
-                    while let Ok(events) = w.next() {
-                        if link_tx.blocking_send(Command::Links(events)).is_err() {
-                            break;
-                        }
-                    }
+                    // Never ends on an error: an overrun or a failed receive resubscribes
+                    // and resyncs every link (audited as network.links).
+                    w.run(|update| {
+                        let cmd = match update {
+                            LinkUpdate::Events(events) => Command::Links(events),
+                            LinkUpdate::Resync { links, why, at } => {
+                                Command::LinksResynced { links, why, at }
+                            }
+                        };
+                        link_tx.blocking_send(cmd).is_ok()
+                    });
                 })?;
         }
         Err(err) => tracing::warn!("watching links: {err}"),

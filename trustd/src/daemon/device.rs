@@ -306,6 +306,11 @@ pub struct Device {
     confinement: Option<String>,
     watch: drift::Watch,
     time: clock::TimeWatch,
+    /// Why the kernel's ruleset could not be read back at the last check (nft failed, hung
+    /// or is missing), recorded once per streak; cleared by the next read-back that works.
+    check_failure: Option<String>,
+    /// When a failed enforcement is tried again, and the pause after that.
+    retry: Option<(std::time::Instant, std::time::Duration)>,
     _lock: StateLock,
 }
 
@@ -360,6 +365,8 @@ impl Device {
             confinement: None,
             watch: drift::Watch::default(),
             time: clock::TimeWatch::default(),
+            check_failure: None,
+            retry: None,
             _lock: lock,
         })
     }
@@ -461,6 +468,8 @@ impl Device {
                 self.enforcement = Enforcement::Enforced {
                     digest: digest.clone(),
                 };
+                // The apply read the table back: what a failed check left unconfirmed is.
+                self.check_failure = None;
                 self.follow_exemptions(backend, guarded, &actor)?;
                 Ok(Enforced {
                     mode,
@@ -735,6 +744,36 @@ impl Device {
         Ok(Some(after))
     }
 
+    /// Link notifications were lost (`why`, noticed at `at`) and the watcher read every link
+    /// again: `links` replaces what was known. The gap is audited (`network.links`, with the
+    /// network status before and after), whatever changed. Returns the status if it changed.
+    pub fn links_resynced(
+        &mut self,
+        links: &[LinkState],
+        why: &str,
+        at: &str,
+        actor: Actor,
+    ) -> Result<Option<String>, DeviceError> {
+        let before = self.network_status();
+        self.set_links(links);
+        let after = self.network_status();
+        self.audit.append(
+            Entry::new("network.links", Outcome::Error, actor)
+                .transition(before.clone(), after.clone())
+                .reason(format!(
+                    "link events lost at {at} ({why}); resynced from a full link list: {} link(s)",
+                    links.len()
+                )),
+        )?;
+        Ok((after != before).then_some(after))
+    }
+
+    /// The links as trustd knows them: name and whether it is up (administratively and
+    /// with carrier).
+    pub fn links(&self) -> &BTreeMap<String, bool> {
+        &self.links
+    }
+
     /// Check that the kernel still holds the ruleset last enforced; if someone removed or
     /// edited it, audit the drift and put it back. Returns the drift found, if any.
     pub fn check_drift(
@@ -743,8 +782,37 @@ impl Device {
         actor: Actor,
     ) -> Result<Option<String>, DeviceError> {
         let mut found = None;
-        if let Some(rs) = &self.enforced_rs
-            && let Err(e) = netfilter::verify(backend, rs)
+        let check = self
+            .enforced_rs
+            .as_ref()
+            .map(|rs| (netfilter::verify(backend, rs), canonical_digest(rs)));
+        if let Some((Err(EnforceError::ReadBack(e)), digest)) = &check {
+            // nft could not list the table (it failed, hung or is missing): that is not
+            // drift, and re-applying would need the same nft. Recorded once per streak.
+            let why = format!(
+                "reading the ruleset back failed: {e}; what the kernel holds is not confirmed, the ruleset in the kernel stays"
+            );
+            if self.check_failure.is_none() {
+                self.audit.append(
+                    Entry::new("network.check", Outcome::Error, actor)
+                        .reason(why.clone())
+                        .digest("ruleset", digest.clone()),
+                )?;
+            }
+            self.check_failure = Some(why);
+            return Ok(None);
+        }
+        if let Some((Ok(digest), _)) = &check
+            && let Some(was) = self.check_failure.take()
+        {
+            self.audit.append(
+                Entry::new("network.check", Outcome::Ok, actor.clone())
+                    .reason(format!("the ruleset reads back again (after: {was})"))
+                    .digest("ruleset", digest.clone()),
+            )?;
+        }
+        if let Some((Err(e), _)) = check
+            && let Some(rs) = &self.enforced_rs
         {
             let what = e.to_string();
             self.audit.append(
@@ -754,6 +822,8 @@ impl Device {
             )?;
             self.enforce(backend, actor.clone())?;
             found = Some(what);
+        } else {
+            self.retry_failed_enforcement(backend, &actor)?;
         }
         // Reading the blocklist chains back costs about half a second with 100k entries:
         // with nftables notifications watched it is only a backstop (see drift.rs).
@@ -777,6 +847,59 @@ impl Device {
             self.drift = Some((n + 1, what.clone()));
         }
         Ok(found)
+    }
+
+    /// After an enforcement that failed (the policy not in force: lockdown or the previous
+    /// ruleset instead; or the blocklists or their exemptions not updated), try again: first
+    /// after 1 s, then after twice the pause before, up to 5 minutes, so a failing nft costs
+    /// a record per attempt, not per check. A success clears the failure (and posture); a
+    /// failure is audited by [`Self::enforce`] or [`Self::enforce_intel`].
+    fn retry_failed_enforcement(
+        &mut self,
+        backend: &mut dyn Backend,
+        actor: &Actor,
+    ) -> Result<(), DeviceError> {
+        use std::time::{Duration, Instant};
+        let policy_failed = matches!(
+            self.enforcement,
+            Enforcement::Failed { .. } | Enforcement::Fallback { .. }
+        );
+        if !policy_failed && self.intel_failure.is_none() {
+            self.retry = None;
+            return Ok(());
+        }
+        let now = Instant::now();
+        let (due, pause) = *self
+            .retry
+            .get_or_insert((now + Duration::from_secs(1), Duration::from_secs(1)));
+        if now < due {
+            return Ok(());
+        }
+        let next = (pause * 2).min(Duration::from_secs(300));
+        self.retry = Some((now + next, next));
+        if policy_failed {
+            match self.enforce(backend, actor.clone()) {
+                Ok(_) => {}
+                Err(DeviceError::Enforce(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.intel_failure.is_some() {
+            // Replaced whole: the exemption chains may differ from what is recorded as wanted.
+            self.enforced_intel = None;
+            match self.enforce_intel(backend, actor.clone()) {
+                Ok(_) | Err(DeviceError::Enforce(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !matches!(
+            self.enforcement,
+            Enforcement::Failed { .. } | Enforcement::Fallback { .. }
+        ) && self.intel_failure.is_none()
+        {
+            self.retry = None;
+        }
+        Ok(())
     }
 
     /// Turn privacy mode on or off (who may is the caller's decision), persisted and audited.
@@ -887,6 +1010,7 @@ impl Device {
             tunnel_down,
             drift: self.drift.as_ref().map(|(n, w)| (*n, w.as_str())),
             intel_failure: self.intel_failure.as_deref(),
+            check_failure: self.check_failure.as_deref(),
             intel_overlaps: self.blocklist_overlaps().as_deref(),
             audit_problems: &self.audit_problems,
             audit_damage: &self.audit_damage,

@@ -272,6 +272,16 @@ pub enum Command {
     Tick,
     /// Links changed.
     Links(Vec<LinkEvent>),
+    /// Link notifications were lost; every link as read again (see
+    /// [`crate::sys::netlink::LinkUpdate::Resync`]).
+    LinksResynced {
+        /// Every link now.
+        links: Vec<crate::sys::netlink::LinkState>,
+        /// What was lost and why.
+        why: String,
+        /// When it was noticed.
+        at: String,
+    },
     /// nftables notifications say trustd's tables changed (or may have).
     TablesChanged(crate::sys::nft_events::Changes),
     /// SIGHUP: reload configuration and state, re-enforce; `done` is told when that is over
@@ -465,6 +475,20 @@ fn me() -> Actor {
     Actor::this_process()
 }
 
+/// A failure to enforce (nft failed, hung or is missing) is already audited and shown in
+/// posture, and the ruleset in the kernel stays: it must not end the daemon, which retries
+/// at its next check. Other errors (audit log, state directory) pass on.
+fn survive<T>(r: Result<T, DeviceError>) -> Result<Option<T>, DeviceError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(DeviceError::Enforce(e)) => {
+            tracing::error!("enforcement failed, the ruleset in the kernel stays: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl<B: Backend> Engine<B> {
     /// Enforce the device's effective policy and blocklists, and return the engine and the
     /// first posture (to publish before the bus name is taken).
@@ -475,8 +499,12 @@ impl<B: Backend> Engine<B> {
         reconfigure: Reconfigure,
         clock: fn() -> Timestamp,
     ) -> Result<(Self, watch::Receiver<Posture>), DeviceError> {
-        let e = dev.enforce(&mut backend, me())?;
-        tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
+        // An nft that fails, hangs or is missing at start leaves the ruleset already loaded
+        // (early boot's) in force; the failure is recorded, posture shows it, and the drift
+        // check tries again: serving posture beats a restart loop.
+        if let Some(e) = survive(dev.enforce(&mut backend, me()))? {
+            tracing::info!("enforcing {} (ruleset {})", e.mode, e.digest);
+        }
         if let Err(err) = dev.enforce_intel(&mut backend, me()) {
             tracing::error!("blocklists not updated: {err}");
         }
@@ -639,6 +667,9 @@ impl<B: Backend> Engine<B> {
 
     /// Carry out one command; `true` when it was Stop.
     fn handle(&mut self, cmd: Command, heartbeat: &Heartbeat) -> Result<bool, DeviceError> {
+        // Each command gets its own nft children's deadlines (docs/ARCHITECTURE.md, "Child
+        // processes").
+        self.backend.begin_operation();
         match cmd {
             Command::Call {
                 caller,
@@ -659,7 +690,7 @@ impl<B: Backend> Engine<B> {
                     self.busy_recorded = now;
                     self.record_busy()?;
                 }
-                if let Some(drift) = self.dev.check_drift(&mut self.backend, me())? {
+                if let Some(Some(drift)) = survive(self.dev.check_drift(&mut self.backend, me()))? {
                     tracing::warn!("enforcement drift repaired: {drift}");
                 }
                 // Staleness and the clock are judged again on every tick, without a new input.
@@ -672,13 +703,21 @@ impl<B: Backend> Engine<B> {
                 heartbeat.beat();
             }
             Command::TablesChanged(changes) => {
-                if let Some(drift) = self.dev.tables_changed(&mut self.backend, &changes, me())? {
+                if let Some(Some(drift)) =
+                    survive(self.dev.tables_changed(&mut self.backend, &changes, me()))?
+                {
                     tracing::warn!("enforcement drift repaired: {drift}");
                 }
                 self.publish();
             }
             Command::Links(events) => {
                 if let Some(status) = self.dev.links_changed(&events, me())? {
+                    tracing::info!("network: {status}");
+                }
+                self.publish();
+            }
+            Command::LinksResynced { links, why, at } => {
+                if let Some(status) = self.dev.links_resynced(&links, &why, &at, me())? {
                     tracing::info!("network: {status}");
                 }
                 self.publish();
@@ -735,7 +774,7 @@ impl<B: Backend> Engine<B> {
         if let Ok(links) = crate::sys::netlink::dump_links() {
             self.dev.set_links(&links);
         }
-        self.dev.enforce(&mut self.backend, me())?;
+        survive(self.dev.enforce(&mut self.backend, me()))?;
         if let Err(err) = self.dev.enforce_intel(&mut self.backend, me()) {
             tracing::error!("blocklists not updated: {err}");
         }

@@ -1,21 +1,45 @@
 //! How a ruleset reaches the kernel: `nft -j -f -` (the real backend) or a recording fake for
 //! unit tests of the logic around it. Chosen by the caller, never by a test-only compile switch.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::sys::child::{self, ChildError};
 
 use serde_json::Value;
 
 /// Why nft failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    /// nft could not be started.
-    #[error("running {0}: {1}")]
-    Spawn(String, #[source] std::io::Error),
+    /// nft could not be started (missing, not executable), did not finish within its
+    /// deadline (killed and reaped), or its pipes failed.
+    #[error("{0}")]
+    Child(#[source] ChildError),
+    /// nft was not started: an earlier nft of the same operation hung until its deadline,
+    /// so this one would most likely hang too.
+    #[error("{program} not run: {why}")]
+    Skipped {
+        /// The program.
+        program: String,
+        /// What happened earlier in the operation.
+        why: String,
+    },
+    /// nft was killed by a signal before it finished (not by trustd's deadline).
+    #[error("{program} was {how} before it finished{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Died {
+        /// The program.
+        program: String,
+        /// How it ended (`killed by signal 9 (SIGKILL)`).
+        how: String,
+        /// What it printed.
+        stderr: String,
+    },
     /// nft refused the script or the listing failed (its stderr).
-    #[error("nft exited with {code}: {stderr}")]
+    #[error("{program} exited with {code}: {stderr}")]
     Failed {
+        /// The program.
+        program: String,
         /// Exit code.
         code: i32,
         /// What it printed.
@@ -35,30 +59,41 @@ pub trait Backend: Send {
     /// `nft -j list chain inet TABLE CHAIN` as printed (rules, no set elements); `None` if
     /// the chain does not exist.
     fn list_chain(&mut self, table: &str, chain: &str) -> Result<Option<String>, NftError>;
+    /// A new operation (one engine command) begins: forget that an `nft` of the previous
+    /// operation hung (see [`NftError::Skipped`]).
+    fn begin_operation(&mut self) {}
 }
 
-/// The real backend: the `nft` binary.
+/// How long one `nft` may run before it is killed, unless configured (`nft_timeout_ms`):
+/// far above a 100k-entry blocklist replace (about 4 s), below the watchdog's 30 s.
+pub const DEFAULT_NFT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The real backend: the `nft` binary, run as a child with a deadline
+/// ([`crate::sys::child::run`]: clean signal state, its own process group, killed and reaped
+/// at the deadline).
 #[derive(Debug, Clone)]
 pub struct NftBackend {
     nft: PathBuf,
     prefix: Vec<String>,
+    deadline: Duration,
+    /// Why no further `nft` is started in this operation (one hung until its deadline).
+    hung: Option<String>,
 }
 
 impl Default for NftBackend {
     fn default() -> Self {
-        Self {
-            nft: "nft".into(),
-            prefix: Vec::new(),
-        }
+        Self::new("nft")
     }
 }
 
 impl NftBackend {
-    /// Use the `nft` at this path.
+    /// Use the `nft` at this path (a name is looked up in `PATH`), with the default deadline.
     pub fn new(nft: impl Into<PathBuf>) -> Self {
         Self {
             nft: nft.into(),
             prefix: Vec::new(),
+            deadline: DEFAULT_NFT_DEADLINE,
+            hung: None,
         }
     }
 
@@ -67,11 +102,24 @@ impl NftBackend {
         Self {
             nft: "ip".into(),
             prefix: vec!["netns".into(), "exec".into(), name.into(), "nft".into()],
+            ..Self::new("ip")
         }
     }
 
+    /// Kill every `nft` that runs longer than `deadline`.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The deadline of one `nft`.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// A listing as printed; `None` if what it names does not exist.
-    fn list(&self, args: &[&str]) -> Result<Option<String>, NftError> {
+    fn list(&mut self, args: &[&str]) -> Result<Option<String>, NftError> {
         match self.run(args, None) {
             Ok(out) => String::from_utf8(out)
                 .map(Some)
@@ -85,36 +133,39 @@ impl NftBackend {
         }
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, NftError> {
-        let name = self.nft.display().to_string();
-        let mut child = Command::new(&self.nft)
-            .args(&self.prefix)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| NftError::Spawn(name.clone(), e))?;
-        // Its transactions are trustd's own, not drift, until it is reaped (and a little after).
-        let _own = crate::sys::nft_events::OwnChild::register(child.id());
-        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(data)
-                .map_err(|e| NftError::Spawn(name.clone(), e))?;
+    fn run(&mut self, args: &[&str], stdin: Option<&[u8]>) -> Result<Vec<u8>, NftError> {
+        let program = self.nft.display().to_string();
+        if let Some(why) = &self.hung {
+            return Err(NftError::Skipped {
+                program,
+                why: why.clone(),
+            });
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| NftError::Spawn(name, e))?;
-        if out.status.success() {
-            Ok(out.stdout)
-        } else {
-            Err(NftError::Failed {
-                code: out.status.code().unwrap_or(-1),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
+        let mut cmd = Command::new(&self.nft);
+        cmd.args(&self.prefix).args(args);
+        // Its transactions are trustd's own, not drift, until it is reaped (and a little after).
+        let out = child::run(&mut cmd, stdin, self.deadline, |pid| {
+            crate::sys::nft_events::OwnChild::register(pid)
+        })
+        .map_err(|e| {
+            if matches!(e, ChildError::Timeout { .. }) {
+                self.hung = Some(format!("an earlier {program} of this operation hung: {e}"));
+            }
+            NftError::Child(e)
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        match out.status.code() {
+            Some(0) => Ok(out.stdout),
+            Some(code) => Err(NftError::Failed {
+                program,
+                code,
+                stderr,
+            }),
+            None => Err(NftError::Died {
+                program,
+                how: child::describe(out.status),
+                stderr,
+            }),
         }
     }
 }
@@ -131,6 +182,10 @@ impl Backend for NftBackend {
 
     fn list_table(&mut self, name: &str) -> Result<Option<String>, NftError> {
         self.list(&["-j", "list", "table", "inet", name])
+    }
+
+    fn begin_operation(&mut self) {
+        self.hung = None;
     }
 }
 
@@ -168,6 +223,7 @@ impl Backend for RecordingBackend {
             serde_json::from_str(script).map_err(|e| NftError::Output(e.to_string()))?;
         if std::mem::take(&mut self.fail_next) {
             return Err(NftError::Failed {
+                program: "nft".into(),
                 code: 1,
                 stderr: "Error: Could not process rule: injected failure".into(),
             });

@@ -10,7 +10,7 @@ mod intel;
 mod model;
 mod render;
 
-pub use backend::{Backend, NftBackend, NftError, RecordingBackend};
+pub use backend::{Backend, DEFAULT_NFT_DEADLINE, NftBackend, NftError, RecordingBackend};
 pub use compile::{
     INPUT_REPLY, LAN_PREFIXES, LOOPBACK_PREFIXES, OUTPUT_REPLY, Protected, ProtectedKind, compile,
     protected,

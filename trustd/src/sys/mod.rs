@@ -1,8 +1,9 @@
-//! The only place that talks to the OS below std: clocks, ids, signals, netlink (links and
-//! nftables change notifications).
+//! The only place that talks to the OS below std: clocks, ids, signals, child processes
+//! (deadline, clean signal state), netlink (links and nftables change notifications).
 
 use std::path::Path;
 
+pub mod child;
 pub mod netlink;
 pub mod nft_events;
 

@@ -1,6 +1,13 @@
 //! Link state from rtnetlink: a dump at start, then the kernel's link notifications.
 //! trustd's rules match tunnel interfaces by name, so enforcement never waits on this; it
 //! feeds what trustd reports (`vpn-required: tunnel down, blocking`) and audits.
+//!
+//! Watching never ends silently: when the socket overruns (`ENOBUFS`: the kernel dropped
+//! notifications) or any receive fails, [`LinkWatcher::run`] subscribes again, then reads
+//! the full link list, and hands it on as a [`LinkUpdate::Resync`] saying what was lost.
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -29,6 +36,28 @@ pub enum LinkEvent {
 
 /// The link multicast group (RTMGRP_LINK).
 const RTMGRP_LINK: u32 = 1;
+
+/// The receive buffer asked for (`SO_RCVBUFFORCE`, else `SO_RCVBUF` as the limit allows):
+/// room for a few thousand link notifications between two reads.
+const RCVBUF: usize = 4 << 20;
+
+/// What the link watcher hands on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkUpdate {
+    /// Changes the kernel reported, in order.
+    Events(Vec<LinkEvent>),
+    /// Notifications were lost (or the socket failed): the watcher subscribed again and
+    /// read every link; `links` replaces what was known.
+    Resync {
+        /// Every link now.
+        links: Vec<LinkState>,
+        /// What happened: `receive buffer overrun (ENOBUFS): link notifications were
+        /// dropped by the kernel`, or the receive error.
+        why: String,
+        /// When the loss was noticed (RFC 3339 UTC).
+        at: String,
+    },
+}
 
 fn state_of(m: &LinkMessage) -> Option<LinkState> {
     let name = m.attributes.iter().find_map(|a| match a {
@@ -103,21 +132,152 @@ pub fn dump_links() -> std::io::Result<Vec<LinkState>> {
 #[derive(Debug)]
 pub struct LinkWatcher {
     sock: Socket,
+    rcvbuf: usize,
 }
 
 impl LinkWatcher {
-    /// Subscribe.
+    /// Subscribe, with a receive buffer of 4 MiB (as far as the kernel allows).
     pub fn open() -> std::io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
-        Ok(Self { sock })
+        Self::with_receive_buffer(RCVBUF)
     }
 
-    /// Block until the kernel reports changes; return them.
+    /// Subscribe with a receive buffer of `bytes` (the kernel doubles it and enforces a
+    /// minimum); a small one overruns sooner, which is how the resync is tested.
+    pub fn with_receive_buffer(bytes: usize) -> std::io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+        let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: the socket is open for the call; the option value is a c_int that
+            // lives across the call and its size is passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const size).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
+        Ok(Self {
+            sock,
+            rcvbuf: bytes,
+        })
+    }
+
+    /// Block until the kernel reports changes; return them. `ENOBUFS` means notifications
+    /// were dropped (the socket overran): the links must be read again.
     pub fn next(&self) -> std::io::Result<Vec<LinkEvent>> {
         let (data, _) = self.sock.recv_from_full()?;
         let mut events = Vec::new();
         parse(&data, &mut events);
         Ok(events)
+    }
+
+    /// Hand every change to `send` until it returns false (the receiver is gone). On an
+    /// overrun or any receive error: subscribe again (retrying, 100 ms to 5 s apart, until
+    /// it works), read every link, and hand on a [`LinkUpdate::Resync`]; subscribing before
+    /// the dump means no change after it goes unseen. Never returns because of an error.
+    pub fn run(self, send: impl FnMut(LinkUpdate) -> bool) {
+        self.run_with(send, |w| w.next(), dump_links);
+    }
+
+    /// [`Self::run`] with the receive and the dump given (the seam its tests use to inject
+    /// failures).
+    pub fn run_with(
+        mut self,
+        mut send: impl FnMut(LinkUpdate) -> bool,
+        mut receive: impl FnMut(&Self) -> std::io::Result<Vec<LinkEvent>>,
+        mut dump: impl FnMut() -> std::io::Result<Vec<LinkState>>,
+    ) {
+        loop {
+            let err = match receive(&self) {
+                Ok(events) => {
+                    if !events.is_empty() && !send(LinkUpdate::Events(events)) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            let at = crate::timefmt::Timestamp::now().to_string();
+            let why = if err.raw_os_error() == Some(libc::ENOBUFS) {
+                "receive buffer overrun (ENOBUFS): link notifications were dropped by the kernel"
+                    .to_owned()
+            } else {
+                format!("receiving link notifications failed: {err}")
+            };
+            tracing::warn!("{why}; subscribing again and reading every link");
+            let mut pause = Duration::from_millis(100);
+            let links = loop {
+                match Self::with_receive_buffer(self.rcvbuf).and_then(|w| Ok((w, dump()?))) {
+                    Ok((w, links)) => {
+                        self = w;
+                        break links;
+                    }
+                    Err(e) => {
+                        tracing::error!("link watcher: resubscribing failed: {e}; retrying");
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            if !send(LinkUpdate::Resync { links, why, at }) {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receive_error_resubscribes_and_resyncs_instead_of_ending() {
+        let Ok(w) = LinkWatcher::with_receive_buffer(4096) else {
+            // No netlink in this sandbox: nothing to watch.
+            return;
+        };
+        let mut calls = 0;
+        let mut got = Vec::new();
+        w.run_with(
+            |u| {
+                got.push(u);
+                got.len() < 3
+            },
+            |_| {
+                calls += 1;
+                match calls {
+                    1 => Err(std::io::Error::from_raw_os_error(libc::ENOBUFS)),
+                    2 => Ok(vec![LinkEvent::Removed("x0".into())]),
+                    _ => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+                }
+            },
+            || {
+                Ok(vec![LinkState {
+                    name: "lo".into(),
+                    up: true,
+                }])
+            },
+        );
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            matches!(&got[0], LinkUpdate::Resync { why, links, .. } if why.contains("ENOBUFS") && links.len() == 1),
+            "{got:?}"
+        );
+        assert_eq!(
+            got[1],
+            LinkUpdate::Events(vec![LinkEvent::Removed("x0".into())])
+        );
+        assert!(
+            matches!(&got[2], LinkUpdate::Resync { why, .. } if why.contains("receiving link notifications failed")),
+            "{got:?}"
+        );
     }
 }

@@ -95,9 +95,13 @@ pub struct Changes {
     pub policy: TableChange,
     /// The blocklist table (`inet trustd_intel`).
     pub intel: TableChange,
-    /// The watcher stopped (its socket failed): no more notifications will come, so the
-    /// periodic check must cover everything again.
+    /// The watcher stopped (its socket failed and could not be opened again): no more
+    /// notifications will come, so the periodic check must cover everything again.
     pub stopped: bool,
+    /// Why notifications were lost, if they were: the socket overran (`ENOBUFS`), a message
+    /// was cut, or a receive failed and the watcher subscribed again. Both tables are then
+    /// marked unknown (to be read back) and the gap is audited.
+    pub gap: Option<String>,
 }
 
 impl Changes {
@@ -220,7 +224,7 @@ impl Parser {
             let kind = u16::from_ne_bytes([h[4], h[5]]);
             if len < 16 || off + len > buf.len() {
                 // A cut message: what it said is lost.
-                self.lost();
+                self.lost("a notification arrived cut short");
                 return;
             }
             self.message(kind, &buf[off + 16..off + len]);
@@ -344,8 +348,11 @@ impl Parser {
         }
     }
 
-    /// Notifications were lost: both tables may have changed in any way.
-    fn lost(&mut self) {
+    /// Notifications were lost (`why`): both tables may have changed in any way.
+    fn lost(&mut self, why: &str) {
+        if self.out.gap.is_none() {
+            self.out.gap = Some(why.to_owned());
+        }
         self.txn.clear();
         self.out.policy.unknown = true;
         self.out.intel.unknown = true;
@@ -427,7 +434,8 @@ impl TableWatcher {
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                self.parser.lost();
+                self.parser
+                    .lost("receive buffer overrun (ENOBUFS): the kernel dropped notifications");
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
@@ -454,9 +462,15 @@ impl TableWatcher {
     }
 
     /// Hand every burst that needs attention to `send` until it returns false (the
-    /// receiver is gone) or the socket fails; then hand on one last [`Changes`] saying the
-    /// watcher stopped (so the periodic check covers everything again).
+    /// receiver is gone). When a receive fails, subscribe again (up to 5 tries, 100 ms to
+    /// 1.6 s apart) and hand on a [`Changes`] with both tables unknown and the gap named, so
+    /// that both are read back; only if subscribing keeps failing, hand on one last
+    /// [`Changes`] saying the watcher stopped (so the periodic check covers everything).
     pub fn run(mut self, mut send: impl FnMut(Changes) -> bool) {
+        let unknown = TableChange {
+            unknown: true,
+            ..TableChange::default()
+        };
         loop {
             // A parser fault must not end watching silently: it ends it loudly instead.
             let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.next_burst()))
@@ -469,19 +483,46 @@ impl TableWatcher {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!("nftables notifications: {e}; the periodic check takes over");
-                    let _ = send(Changes {
-                        policy: TableChange {
-                            unknown: true,
-                            ..TableChange::default()
-                        },
-                        intel: TableChange {
-                            unknown: true,
-                            ..TableChange::default()
-                        },
-                        stopped: true,
-                    });
-                    return;
+                    let tables = self.parser.tables.clone();
+                    let mut pause = Duration::from_millis(100);
+                    let mut reopened = None;
+                    for _ in 0..5 {
+                        match Self::open(&tables[0], &tables[1]) {
+                            Ok(w) => {
+                                reopened = Some(w);
+                                break;
+                            }
+                            Err(e2) => {
+                                tracing::error!("nftables notifications: resubscribing: {e2}");
+                                std::thread::sleep(pause);
+                                pause *= 2;
+                            }
+                        }
+                    }
+                    let Some(w) = reopened else {
+                        tracing::error!(
+                            "nftables notifications: {e}; the periodic check takes over"
+                        );
+                        let _ = send(Changes {
+                            policy: unknown.clone(),
+                            intel: unknown.clone(),
+                            stopped: true,
+                            gap: Some(format!("receiving nftables notifications failed: {e}")),
+                        });
+                        return;
+                    };
+                    tracing::warn!("nftables notifications: {e}; subscribed again");
+                    self = w;
+                    if !send(Changes {
+                        policy: unknown.clone(),
+                        intel: unknown.clone(),
+                        stopped: false,
+                        gap: Some(format!(
+                            "receiving nftables notifications failed: {e}; subscribed again"
+                        )),
+                    }) {
+                        return;
+                    }
                 }
             }
         }
@@ -594,6 +635,10 @@ mod tests {
         d.truncate(d.len() - 4);
         p.datagram(&d);
         assert!(p.out.policy.unknown && p.out.intel.unknown);
+        assert_eq!(
+            p.out.gap.as_deref(),
+            Some("a notification arrived cut short")
+        );
     }
 
     #[test]

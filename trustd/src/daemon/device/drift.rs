@@ -159,6 +159,14 @@ impl Device {
                 ),
             )?;
         }
+        if let Some(gap) = &changes.gap {
+            self.audit.append(
+                Entry::new("network.watch", Outcome::Error, actor.clone()).reason(format!(
+                    "nftables notifications lost at {} ({gap}); both tables are read back now",
+                    crate::timefmt::Timestamp::now()
+                )),
+            )?;
+        }
         let mut found = None;
         if let Some(rs) = self.enforced_rs.clone() {
             let c = &changes.policy;

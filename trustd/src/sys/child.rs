@@ -1,0 +1,502 @@
+//! Child processes: every program trustd runs (today `nft`, possibly through `ip netns
+//! exec`) goes through [`run`]. Owns starting, feeding, timing out, killing and reaping them;
+//! it knows nothing about what they do.
+//!
+//! A child starts in a clean signal state whatever trustd's threads have blocked or ignored
+//! (an empty signal mask, every signal's disposition back to the default), in a process
+//! group of its own, and with `PR_SET_PDEATHSIG` = SIGKILL, so that it dies if the thread that
+//! started it goes away (trustd killed). It gets a deadline: at the deadline its whole
+//! process group is killed with SIGKILL (a child cannot ignore that) and the child is reaped,
+//! so the caller never waits past the deadline by more than the kill (and never leaves a
+//! zombie or a hung helper behind).
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a killed child may take to be reaped before it is left to a reaper thread (a
+/// process in uninterruptible sleep dies only when it leaves it).
+const REAP_GRACE: Duration = Duration::from_millis(500);
+
+/// What a child printed and how it ended.
+#[derive(Debug)]
+pub struct Output {
+    /// How it ended (an exit code, or the signal that killed it).
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// Why a child did not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    /// It could not be started (missing, not executable, no memory...).
+    #[error("{program} could not be started: {source}")]
+    Spawn {
+        /// The program, as named.
+        program: String,
+        /// What the OS said (`ENOENT`, `EACCES`...).
+        #[source]
+        source: std::io::Error,
+    },
+    /// It did not finish within its deadline: its process group was killed (SIGKILL) and
+    /// the child reaped.
+    #[error(
+        "{program} did not finish within its deadline of {} ms: killed (SIGKILL, with its process group) and reaped",
+        deadline.as_millis()
+    )]
+    Timeout {
+        /// The program, as named.
+        program: String,
+        /// The deadline it had.
+        deadline: Duration,
+    },
+    /// Feeding it or reading from it failed (it was killed and reaped).
+    #[error("talking to {program} failed: {source}")]
+    Io {
+        /// The program, as named.
+        program: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Run `cmd` with `stdin` as its input (none: `/dev/null`), collecting stdout and stderr,
+/// for at most `deadline`. `started` is called with the child's pid as soon as it exists
+/// (whatever it returns is kept until the child is reaped, e.g. a registration guard).
+///
+/// The command's stdio and process group are set here; its program, arguments and
+/// environment are the caller's.
+///
+/// # Errors
+/// [`ChildError::Spawn`] if it could not start, [`ChildError::Timeout`] if the deadline
+/// passed (it is then killed and reaped), [`ChildError::Io`] if a pipe failed. A child that
+/// ran to its end is `Ok` whatever its exit status (a death by signal included).
+pub fn run<G>(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+    started: impl FnOnce(u32) -> G,
+) -> Result<Output, ChildError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let start = Instant::now();
+    let end = start + deadline;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    // Its own process group: at the deadline the group is killed, helpers included.
+    .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (sigemptyset, sigprocmask, sigaction, prctl, getppid) on
+    // stack memory; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(clean_signal_state);
+    }
+    let mut child = cmd.spawn().map_err(|source| ChildError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let _guard = started(child.id());
+    match talk(&mut child, stdin, end) {
+        Ok(Some((stdout, stderr))) => match wait_until(&mut child, end) {
+            Ok(Some(status)) => Ok(Output {
+                status,
+                stdout,
+                stderr,
+            }),
+            Ok(None) => {
+                kill_and_reap(child);
+                Err(ChildError::Timeout { program, deadline })
+            }
+            Err(source) => {
+                kill_and_reap(child);
+                Err(ChildError::Io { program, source })
+            }
+        },
+        Ok(None) => {
+            kill_and_reap(child);
+            Err(ChildError::Timeout { program, deadline })
+        }
+        Err(source) => {
+            kill_and_reap(child);
+            Err(ChildError::Io { program, source })
+        }
+    }
+}
+
+/// In the child, before exec: an empty signal mask, default dispositions, and death with the
+/// thread that started it. Only async-signal-safe calls.
+fn clean_signal_state() -> std::io::Result<()> {
+    // SAFETY: plain system calls (sigemptyset, sigprocmask, rt_sigaction, getppid, prctl,
+    // _exit) on stack memory that outlives each call; all are async-signal-safe (see `run`).
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Every signal number the kernel knows (1..=64), through the system call itself:
+        // the C library refuses the numbers it reserves (32, 33), which a parent may still
+        // have ignored. SIGKILL and SIGSTOP refuse the change and need none.
+        let dfl = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64 {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &raw const dfl,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+        let parent = libc::getppid();
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The parent may have died between fork and prctl: then die now.
+        if libc::getppid() != parent {
+            libc::_exit(127);
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's `struct sigaction` (x86_64 and arm64 alike: handler, flags, restorer, a
+/// 64-bit mask), for `rt_sigaction`.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+fn nonblocking(fd: &impl AsRawFd) -> std::io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Feed stdin and drain stdout and stderr until both are closed; `None` if `end` came first.
+fn talk(
+    child: &mut Child,
+    input: Option<&[u8]>,
+    end: Instant,
+) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    if let Some(fd) = &stdout {
+        nonblocking(fd)?;
+    }
+    if let Some(fd) = &stderr {
+        nonblocking(fd)?;
+    }
+    if let Some(fd) = &stdin {
+        nonblocking(fd)?;
+    }
+    let input = input.unwrap_or_default();
+    let mut written = 0;
+    if input.is_empty() {
+        stdin = None;
+    }
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut buf = vec![0u8; 64 << 10];
+    while stdout.is_some() || stderr.is_some() {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let mut fds = Vec::with_capacity(3);
+        let raw = |f: Option<i32>, events| libc::pollfd {
+            fd: f.unwrap_or(-1),
+            events,
+            revents: 0,
+        };
+        fds.push(raw(stdin.as_ref().map(AsRawFd::as_raw_fd), libc::POLLOUT));
+        fds.push(raw(stdout.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN));
+        fds.push(raw(stderr.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN));
+        let ms = libc::c_int::try_from(left.as_millis() + 1).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fds` is a valid array of 3 pollfds for the duration of the call; negative
+        // descriptors are ignored by poll.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[0].revents != 0
+            && let Some(pipe) = stdin.as_mut()
+        {
+            match pipe.write(&input[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // It closed its input: what it says and its exit status tell the rest.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => written = input.len(),
+                Err(e) => return Err(e),
+            }
+            if written >= input.len() {
+                stdin = None;
+            }
+        }
+        if fds[1].revents != 0 {
+            drain(&mut stdout, &mut out, &mut buf)?;
+        }
+        if fds[2].revents != 0 {
+            drain(&mut stderr, &mut err, &mut buf)?;
+        }
+    }
+    Ok(Some((out, err)))
+}
+
+/// Read what a non-blocking pipe holds into `sink`; at its end, close it (`None`).
+fn drain<R: Read>(pipe: &mut Option<R>, sink: &mut Vec<u8>, buf: &mut [u8]) -> std::io::Result<()> {
+    let Some(p) = pipe.as_mut() else {
+        return Ok(());
+    };
+    loop {
+        match p.read(buf) {
+            Ok(0) => {
+                *pipe = None;
+                return Ok(());
+            }
+            Ok(n) => sink.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Wait for the child's exit until `end`; `None` if it is still running then.
+fn wait_until(child: &mut Child, end: Instant) -> std::io::Result<Option<ExitStatus>> {
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// SIGKILL the child's process group (and the child itself, should it have left the group),
+/// then reap it; one that does not die within [`REAP_GRACE`] is reaped by a thread of its own.
+fn kill_and_reap(mut child: Child) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
+    if pid > 0 {
+        // SAFETY: kill takes integers; the group is the child's own (`process_group(0)`), and
+        // the child is not reaped yet, so its pid cannot name another process.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let end = Instant::now() + REAP_GRACE;
+    if let Ok(Some(_)) = wait_until(&mut child, end) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    if let Err(e) = spawned {
+        tracing::error!("child {pid} killed but not reaped: {e}");
+    }
+}
+
+/// What the exit status says, as a person reads it: `exit code 1`, `killed by signal 9
+/// (SIGKILL)`.
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s} ({})", signal_name(s)),
+        (None, None) => "an unknown status".to_owned(),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        _ => "another signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Processes whose process group is `pgid` (from `/proc/PID/stat`).
+    fn group_members(pgid: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            // state, ppid, pgrp; a zombie is dead (killed, waiting for init to reap it).
+            let f: Vec<&str> = after.split_whitespace().collect();
+            if f.get(2) == Some(&pgid.to_string().as_str()) && f.first() != Some(&"Z") {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_deadline_kills_a_child_that_ignores_sigterm_with_its_group_and_reaps_it() {
+        let mut pid = 0;
+        let start = Instant::now();
+        let err = run(
+            Command::new("sh").args(["-c", "trap '' TERM; sleep 100; sleep 100"]),
+            None,
+            Duration::from_millis(300),
+            |p| pid = p,
+        )
+        .expect_err("it hangs");
+        let took = start.elapsed();
+        assert!(matches!(err, ChildError::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("300 ms"), "{err}");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // Reaped (no zombie) and nothing of its group is left running (the `sleep` included;
+        // it was killed too, and init reaps it).
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert_eq!(group_members(pid), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn the_deadline_holds_while_the_child_does_not_read_its_input() {
+        // 8 MiB fills any pipe: the writer must not block past the deadline.
+        let input = vec![b'x'; 8 << 20];
+        let start = Instant::now();
+        let err = run(
+            Command::new("sleep").arg("100"),
+            Some(&input),
+            Duration::from_millis(200),
+            |_| (),
+        )
+        .expect_err("it never reads");
+        assert!(matches!(err, ChildError::Timeout { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_child_starts_with_an_empty_signal_mask_and_default_dispositions() {
+        // Block and ignore signals in this thread as trustd does in every thread.
+        // SAFETY: sigset_t is plain data initialized by sigemptyset; the mask change only
+        // affects this test's thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGHUP);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        let out = run(
+            Command::new("cat").arg("/proc/self/status"),
+            None,
+            Duration::from_secs(10),
+            |_| (),
+        )
+        .expect("cat");
+        assert!(out.status.success());
+        let status = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or("missing")
+                .to_owned()
+        };
+        assert_eq!(field("SigBlk:"), "0000000000000000", "{status}");
+        assert_eq!(field("SigIgn:"), "0000000000000000", "{status}");
+    }
+
+    #[test]
+    fn exits_deaths_and_missing_programs_are_told_apart() {
+        let out = run(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Some(b"input"),
+            Duration::from_secs(10),
+            |_| (),
+        )
+        .expect("runs");
+        assert_eq!(describe(out.status), "exit code 3");
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        let out = run(
+            Command::new("sh").args(["-c", "kill -9 $$"]),
+            None,
+            Duration::from_secs(10),
+            |_| (),
+        )
+        .expect("runs");
+        assert_eq!(describe(out.status), "killed by signal 9 (SIGKILL)");
+        let err = run(
+            &mut Command::new("/nonexistent/nft"),
+            None,
+            Duration::from_secs(10),
+            |_| (),
+        )
+        .expect_err("missing");
+        assert!(
+            matches!(&err, ChildError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            "{err}"
+        );
+        // Input larger than a pipe is fed while the output is drained.
+        let big = vec![b'y'; 4 << 20];
+        let out = run(
+            &mut Command::new("cat"),
+            Some(&big),
+            Duration::from_secs(10),
+            |_| (),
+        )
+        .expect("cat");
+        assert_eq!(out.stdout.len(), big.len());
+    }
+}
