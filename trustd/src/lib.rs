@@ -15,6 +15,7 @@ pub mod policy;
 pub mod posture;
 pub mod report;
 pub mod state;
+pub mod storage;
 pub mod sys;
 pub mod timefmt;
 
