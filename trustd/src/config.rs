@@ -38,6 +38,10 @@ pub struct Config {
     pub check_interval_ms: u64,
     /// Sign an audit checkpoint every this many records (and at every clean stop).
     pub checkpoint_every: u64,
+    /// Size of each audit segment, in bytes, preallocated when the segment is started (at
+    /// least 4096; default 8 MiB). Within a segment a full filesystem does not stop the log;
+    /// starting the next one needs this much free space.
+    pub audit_segment_bytes: u64,
 }
 
 impl Default for Config {
@@ -47,6 +51,7 @@ impl Default for Config {
             setup_group: GroupRef::Name("trustd-setup".into()),
             check_interval_ms: 1000,
             checkpoint_every: 1000,
+            audit_segment_bytes: crate::audit::Options::default().max_segment_bytes,
         }
     }
 }
@@ -76,6 +81,9 @@ impl Config {
         let c: Self = crate::json::parse_strict(&bytes).map_err(|e| err(e.to_string()))?;
         if c.check_interval_ms < 50 {
             return Err(err("check_interval_ms must be at least 50".into()));
+        }
+        if c.audit_segment_bytes < 4096 {
+            return Err(err("audit_segment_bytes must be at least 4096".into()));
         }
         Ok(c)
     }

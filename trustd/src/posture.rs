@@ -122,6 +122,9 @@ pub struct Input<'a> {
     pub landlock_abi: u32,
     /// How trustd itself is confined (`Landlock ABI 2: partially enforced`), if it is.
     pub confinement: Option<&'a str>,
+    /// Storage that fails to take writes (the audit log, the state directory), one
+    /// sentence each: which store, path, errno, since when.
+    pub storage: &'a [String],
 }
 
 /// The posture snapshot. Field for field the properties of `org.enigm.Trust1.Posture`.
@@ -268,6 +271,9 @@ pub fn posture(i: &Input<'_>) -> Posture {
     if let Some(overlaps) = i.intel_overlaps {
         add(Degraded, overlaps.to_owned());
     }
+    for fault in i.storage {
+        add(Degraded, format!("storage failing: {fault}"));
+    }
     if i.landlock_abi == 0 {
         add(Degraded, "Landlock unavailable in this kernel".into());
     }
@@ -334,6 +340,7 @@ mod tests {
         audit_damage: Vec<(u64, String)>,
         landlock_abi: u32,
         confinement: Option<&'static str>,
+        storage: Vec<String>,
     }
 
     impl Case {
@@ -354,6 +361,7 @@ mod tests {
                 audit_damage: vec![],
                 landlock_abi: 4,
                 confinement: Some("Landlock ABI 4: fully enforced"),
+                storage: vec![],
             }
         }
 
@@ -388,6 +396,7 @@ mod tests {
                 audit_head: (3, "h".into()),
                 landlock_abi: self.landlock_abi,
                 confinement: self.confinement,
+                storage: &self.storage,
             })
         }
     }
@@ -407,7 +416,12 @@ mod tests {
     #[test]
     fn each_reason_sets_its_level() {
         type Tweak = fn(&mut Case);
-        let cases: [(Tweak, Level, &str); 13] = [
+        let cases: [(Tweak, Level, &str); 14] = [
+            (
+                |c| c.storage = vec!["audit log /a: ENOSPC (full) since 2026-06-01T00:00:00Z".into()],
+                Level::Degraded,
+                "storage failing: audit log /a: ENOSPC",
+            ),
             (
                 |c| c.policy = None,
                 Level::Untrusted,

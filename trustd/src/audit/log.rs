@@ -775,11 +775,13 @@ impl AuditLog {
                 // Nothing of this batch is in the log, nor of what was queued behind it
                 // (chained onto it): every one of those callers is refused, and the chain
                 // goes on from the last durable record.
-                let why = crate::error_chain(&e);
-                if s.fault.is_none()
-                    && let AuditError::Io { path, source } = &e
-                {
-                    s.fault = Some(StorageFault::new("audit log", path, source, Timestamp::now()));
+                let mut why = crate::error_chain(&e);
+                if let AuditError::Io { path, source } = &e {
+                    why = format!("{why} [{}]", crate::storage::errno_name(source));
+                    if s.fault.is_none() {
+                        s.fault =
+                            Some(StorageFault::new("audit log", path, source, Timestamp::now()));
+                    }
                 }
                 let durable = self.durable_next.load(Ordering::Acquire);
                 s.next_seq = durable;

@@ -247,7 +247,10 @@ fn run_daemon(
         tracing::error!("configuration not read ({e}): only uid 0 holds the admin role");
         (RoleGroups::default(), Config::default())
     });
-    let mut dev = match Device::open(paths, me()) {
+    let opts = trustd::audit::Options {
+        max_segment_bytes: config.audit_segment_bytes,
+    };
+    let mut dev = match Device::open_with(paths, me(), opts) {
         Ok(d) => d,
         Err(e) => return lockdown_without_state(&mut backend, &e),
     };

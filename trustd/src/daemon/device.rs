@@ -20,6 +20,7 @@ use crate::state::{
     Condition, DeviceState, Installed, Lifecycle, Loaded, RoleReset, StateError, StateStore,
     load_trust_root, start_over,
 };
+use crate::storage::StorageFault;
 use crate::sys::netlink::{LinkEvent, LinkState};
 use crate::timefmt::Timestamp;
 use std::collections::BTreeMap;
@@ -304,6 +305,8 @@ pub struct Device {
     key: ed25519_dalek::SigningKey,
     confinement: Option<String>,
     watch: drift::Watch,
+    /// The state directory's first failed write not yet followed by a successful one.
+    state_fault: Option<StorageFault>,
     _lock: StateLock,
 }
 
@@ -311,6 +314,11 @@ impl Device {
     /// Lock the state directory, open the audit log, load the state (never failing on bad
     /// state: it loads as most restrictive) and record the load.
     pub fn open(paths: &Paths, actor: Actor) -> Result<Self, DeviceError> {
+        Self::open_with(paths, actor, Options::default())
+    }
+
+    /// [`Self::open`] with the audit log's options (its segment size).
+    pub fn open_with(paths: &Paths, actor: Actor, opts: Options) -> Result<Self, DeviceError> {
         let store = StateStore::new(paths.clone());
         let lock = store.lock()?;
         // The device key first: the audit log is checked against the checkpoint it signed
@@ -322,7 +330,7 @@ impl Device {
             key: key.verifying_key(),
         };
         let (audit, report) =
-            AuditLog::open_anchored(&paths.audit_dir(), Options::default(), Some(&anchor))?;
+            AuditLog::open_anchored(&paths.audit_dir(), opts, Some(&anchor))?;
         let (root, loaded) = load_and_record(&store, &audit, actor.clone(), "stopped")?;
         let secret = settle_secret(store.paths(), &audit, loaded.state.lifecycle, actor.clone())?;
         if made {
@@ -357,6 +365,7 @@ impl Device {
             key,
             confinement: None,
             watch: drift::Watch::default(),
+            state_fault: None,
             _lock: lock,
         })
     }
@@ -444,7 +453,7 @@ impl Device {
         self.narrow_exemptions(backend, &guarded, &actor)?;
         match netfilter::apply(backend, &rs) {
             Ok(digest) => {
-                self.audit.append(
+                self.audit.record(
                     Entry::new("network.apply", Outcome::Ok, actor.clone())
                         .transition(
                             self.enforced.clone().unwrap_or_else(|| "unknown".into()),
@@ -452,7 +461,7 @@ impl Device {
                         )
                         .reason(lockdown_reason(&eff))
                         .digest("ruleset", digest.clone()),
-                )?;
+                );
                 self.enforced = Some(mode.to_owned());
                 self.enforced_rs = Some(rs);
                 self.enforcement = Enforcement::Enforced {
@@ -466,11 +475,11 @@ impl Device {
                 })
             }
             Err(e) => {
-                self.audit.append(
+                self.audit.record(
                     Entry::new("network.apply", Outcome::Error, actor.clone())
                         .reason(format!("{mode} not in force: {e}"))
                         .digest("ruleset", canonical_digest(&rs)),
-                )?;
+                );
                 let lock_eff = Effective {
                     network: NetworkPlan::Lockdown {
                         reason: LockdownReason::StateUnknown,
@@ -488,12 +497,12 @@ impl Device {
                 self.narrow_exemptions(backend, &guarded, &actor)?;
                 match netfilter::apply(backend, &lock) {
                     Ok(digest) => {
-                        self.audit.append(
+                        self.audit.record(
                             Entry::new("network.apply", Outcome::Ok, actor.clone())
                                 .transition(mode, "lockdown")
                                 .reason(format!("fell back to lockdown: {e}"))
                                 .digest("ruleset", digest.clone()),
-                        )?;
+                        );
                         self.enforced = Some("lockdown".into());
                         self.enforced_rs = Some(lock);
                         self.enforcement = Enforcement::Fallback {
@@ -508,10 +517,10 @@ impl Device {
                         })
                     }
                     Err(e2) => {
-                        self.audit.append(
+                        self.audit.record(
                             Entry::new("network.apply", Outcome::Error, actor)
                                 .reason(format!("lockdown not in force either: {e2}; the ruleset in the kernel stays")),
-                        )?;
+                        );
                         self.enforcement = Enforcement::Failed {
                             why: format!("{e}; lockdown: {e2}"),
                         };
@@ -590,17 +599,17 @@ impl Device {
                     let entry = Entry::new("intel.exempt", Outcome::Ok, actor.clone()).reason(
                         format!("{n} policy-named destination(s) exempt from the blocklists"),
                     );
-                    self.audit.append(with_overlaps(entry, &overlaps))?;
+                    self.audit.record(with_overlaps(entry, &overlaps));
                     self.exemptions_unrecorded = false;
                 }
                 self.intel_overlaps = overlaps;
             }
             Err(e) => {
-                self.audit.append(
+                self.audit.record(
                     Entry::new("intel.exempt", Outcome::Error, actor.clone()).reason(format!(
                         "blocklist exemptions not updated: {e}; the table is replaced at the next check"
                     )),
-                )?;
+                );
                 self.intel_failure = Some(e.to_string());
             }
         }
@@ -650,7 +659,7 @@ impl Device {
         match result {
             Ok(how) => {
                 self.audit
-                    .append(entry.reason(format!("{} entries, table {how}", rs.len())))?;
+                    .record(entry.reason(format!("{} entries, table {how}", rs.len())));
                 let n = rs.len();
                 self.enforced_intel = Some(rs);
                 self.intel_overlaps = overlaps;
@@ -659,11 +668,11 @@ impl Device {
             }
             Err(e) => {
                 self.audit
-                    .append(
+                    .record(
                         Entry::new("intel.enforce", Outcome::Error, actor).reason(format!(
                             "blocklists not updated: {e}; the previous ones stay"
                         )),
-                    )?;
+                    );
                 self.intel_failure = Some(e.to_string());
                 Err(e.into())
             }
@@ -726,9 +735,9 @@ impl Device {
         if after == before {
             return Ok(None);
         }
-        self.audit.append(
+        self.audit.record(
             Entry::new("network.status", Outcome::Ok, actor).transition(before, after.clone()),
-        )?;
+        );
         Ok(Some(after))
     }
 
@@ -744,11 +753,11 @@ impl Device {
             && let Err(e) = netfilter::verify(backend, rs)
         {
             let what = e.to_string();
-            self.audit.append(
+            self.audit.record(
                 Entry::new("network.drift", Outcome::Error, actor.clone())
                     .reason(format!("{what}; restoring"))
                     .digest("ruleset", canonical_digest(rs)),
-            )?;
+            );
             self.enforce(backend, actor.clone())?;
             found = Some(what);
         }
@@ -759,10 +768,10 @@ impl Device {
             && !intel_chains_intact(backend, rs).unwrap_or(false)
         {
             let what = "the blocklist table was removed or its rules edited".to_owned();
-            self.audit.append(
+            self.audit.record(
                 Entry::new("intel.drift", Outcome::Error, actor.clone())
                     .reason(format!("{what}; restoring")),
-            )?;
+            );
             self.enforced_intel = None;
             // A failed re-apply is recorded by enforce_intel and tried again next interval;
             // it must not end the daemon (the policy table is separate and stays).
@@ -786,11 +795,12 @@ impl Device {
         )?;
         let mut next = self.state.clone();
         next.privacy_mode = on;
-        if let Err(e) = self.store.save(&next) {
-            self.audit.append(
+        let saved = self.store.save(&next);
+        if let Err(e) = self.note_state(saved) {
+            self.audit.record(
                 Entry::new("privacy.set", Outcome::Error, actor)
                     .reason(format!("not saved: {e}; privacy stays {}", name(from))),
-            )?;
+            );
             return Err(e.into());
         }
         self.state = next;
@@ -834,15 +844,81 @@ impl Device {
                 )
                 .reason(format!("step {step} complete")),
         )?;
-        if let Err(e) = self.store.save(&next) {
-            self.audit.append(
+        let saved = self.store.save(&next);
+        if let Err(e) = self.note_state(saved) {
+            self.audit.record(
                 Entry::new("setup.step", Outcome::Error, actor)
                     .reason(format!("not saved: {e}; step {step} stays pending")),
-            )?;
+            );
             return Err(e.into());
         }
         self.state = next;
         Ok(true)
+    }
+
+    /// Keep track of the state directory's health from the outcome of a write to it: a
+    /// failed write opens a fault (posture names it), a successful one closes it (and says
+    /// so in the audit log).
+    fn note_state<T>(&mut self, r: Result<T, StateError>) -> Result<T, StateError> {
+        match &r {
+            Ok(_) => self.state_recovered(),
+            Err(StateError::Io { path, source }) => {
+                if self.state_fault.is_none() {
+                    let f = StorageFault::new("state directory", path, source, Timestamp::now());
+                    tracing::error!("state not written: {}", f.describe());
+                    self.state_fault = Some(f);
+                }
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    fn state_recovered(&mut self) {
+        if let Some(f) = self.state_fault.take() {
+            self.audit.record(
+                Entry::new("state.storage", Outcome::Ok, Actor::this_process()).reason(format!(
+                    "the state directory takes writes again (failed: {})",
+                    f.describe()
+                )),
+            );
+        }
+    }
+
+    /// The periodic check of storage that failed: the audit log writes its gap record if it
+    /// can, and a failed state directory is written a probe file (created, synced, removed).
+    /// Each that works again clears its posture reason.
+    pub fn probe_storage(&mut self) {
+        self.audit.probe();
+        if self.state_fault.is_some() {
+            let probe = self.store.paths().state_dir().join(".probe");
+            let r = crate::state::atomic::write_atomic(&probe, b"probe\n", 0o600)
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(|source| StateError::Io {
+                    path: probe.clone(),
+                    source,
+                });
+            if r.is_err() {
+                let _ = std::fs::remove_file(&probe);
+            }
+            let _ = self.note_state(r);
+        }
+    }
+
+    /// The storage failures in effect, as posture reasons: which store, which path, which
+    /// errno, since when (and for the audit log, how many records were not written).
+    pub fn storage_faults(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(g) = self.audit.gap() {
+            out.push(g.posture_reason());
+        }
+        if let Some(f) = &self.state_fault {
+            out.push(format!(
+                "{}; no change can be made until it takes writes (the state in force stays)",
+                f.describe()
+            ));
+        }
+        out
     }
 
     /// Whether an ordinary user may turn privacy mode off (the policy says so).
@@ -889,6 +965,7 @@ impl Device {
             audit_head: self.audit.head(),
             landlock_abi: crate::sys::landlock_abi(),
             confinement: self.confinement.as_deref(),
+            storage: &self.storage_faults(),
         })
     }
 
@@ -987,11 +1064,11 @@ impl Device {
                 source,
             })
             .and_then(|()| self.store.save(&next));
-        if let Err(e) = saved {
-            self.audit.append(
+        if let Err(e) = self.note_state(saved) {
+            self.audit.record(
                 Entry::new("command.apply", Outcome::Error, actor)
                     .reason(format!("not saved: {e}; lifecycle stays {}", from.as_str())),
-            )?;
+            );
             return Err(e.into());
         }
         self.state = next;
@@ -1283,7 +1360,8 @@ impl Device {
         // The rotated root is the commit point: should the state below not be written, the
         // next load sees roles that differ from the ones the floors were set under and
         // starts them over itself.
-        if let Err(e) = self.store.install(&v, &mut next) {
+        let stored = self.store.install(&v, &mut next);
+        if let Err(e) = self.note_state(stored) {
             return self.not_in_force(
                 kind,
                 actor,
@@ -1333,11 +1411,13 @@ impl Device {
         stays: &str,
         digest: &str,
     ) -> Result<T, DeviceError> {
-        self.audit.append(
+        // The store's error is the caller's answer even if this record cannot be written
+        // either (it is then counted for the gap record).
+        self.audit.record(
             Entry::new(kind, Outcome::Error, actor)
                 .reason(format!("record {seq} not put in force: {e}; {stays} stays"))
                 .digest("input", digest),
-        )?;
+        );
         Err(e.into())
     }
 
@@ -1377,7 +1457,8 @@ impl Device {
                 .transition(format!("serial {from}"), format!("serial {to}"))
                 .digest("input", v.digest()),
         )?;
-        if let Err(e) = self.store.install(v, &mut self.state) {
+        let stored = self.store.install(v, &mut self.state);
+        if let Err(e) = self.note_state(stored) {
             return self.not_in_force(
                 kind,
                 actor,
