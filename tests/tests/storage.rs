@@ -113,7 +113,16 @@ exec ip netns exec "$DEV" "$TRUSTD" --prefix "$PREFIX" run --check-interval-ms 2
     /// `nft list table inet trustd` in the device's network namespace ("" if absent).
     fn table(&self) -> String {
         let o = Command::new("ip")
-            .args(["netns", "exec", &self.lab.dev, "nft", "list", "table", "inet", "trustd"])
+            .args([
+                "netns",
+                "exec",
+                &self.lab.dev,
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "trustd",
+            ])
             .output()
             .expect("nft");
         String::from_utf8_lossy(&o.stdout).into_owned()
@@ -141,7 +150,16 @@ exec ip netns exec "$DEV" "$TRUSTD" --prefix "$PREFIX" run --check-interval-ms 2
     /// Delete trustd's policy table behind its back and wait until it is back.
     fn drift_is_repaired(&self, before: &str) {
         let o = Command::new("ip")
-            .args(["netns", "exec", &self.lab.dev, "nft", "delete", "table", "inet", "trustd"])
+            .args([
+                "netns",
+                "exec",
+                &self.lab.dev,
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                "trustd",
+            ])
             .status()
             .expect("nft");
         assert!(o.success());
@@ -178,7 +196,10 @@ exec ip netns exec "$DEV" "$TRUSTD" --prefix "$PREFIX" run --check-interval-ms 2
 fn refused(r: &Run, path: &Path, errno: &str) {
     assert_ne!(r.code, 0, "must be refused: {}", r.stdout);
     let e = &r.stderr;
-    assert!(e.contains(&path.display().to_string()), "names the path: {e}");
+    assert!(
+        e.contains(&path.display().to_string()),
+        "names the path: {e}"
+    );
     assert!(e.contains(errno), "names the errno {errno}: {e}");
     assert!(e.contains("nothing changed"), "says nothing changed: {e}");
 }
@@ -208,8 +229,16 @@ fn a_full_state_and_audit_filesystem_refuses_changes_keeps_enforcing_and_records
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("ENOSPC") && r.stderr.contains("nothing changed"), "{}", r.stderr);
-    assert_eq!(l.table(), before, "the kernel changed although the change was refused");
+    assert!(
+        r.stderr.contains("ENOSPC") && r.stderr.contains("nothing changed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        l.table(),
+        before,
+        "the kernel changed although the change was refused"
+    );
     // Each refused change still writes its records where the segment has room; soon the
     // audit log has none either.
     let start = Instant::now();
@@ -217,11 +246,18 @@ fn a_full_state_and_audit_filesystem_refuses_changes_keeps_enforcing_and_records
         let r = l.ctl(&["privacy", "on"]);
         assert_ne!(r.code, 0, "{}", r.stdout);
         assert!(r.stderr.contains("ENOSPC"), "{}", r.stderr);
-        assert!(start.elapsed() < Duration::from_secs(30), "the audit log never filled");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the audit log never filled"
+        );
     }
     let r = l.ctl(&["privacy", "on"]);
     refused(&r, &l.audit, "ENOSPC");
-    assert_eq!(l.table(), before, "the kernel changed although the change was refused");
+    assert_eq!(
+        l.table(),
+        before,
+        "the kernel changed although the change was refused"
+    );
     let r = l.ctl(&["policy", "apply", &signed]);
     refused(&r, &l.audit, "ENOSPC");
     assert_eq!(l.table(), before);
@@ -284,7 +320,10 @@ fn a_read_only_state_and_audit_directory_refuses_changes_keeps_enforcing_and_rec
         let r = l.ctl(&["privacy", "on"]);
         assert_ne!(r.code, 0, "{}", r.stdout);
         assert!(r.stderr.contains("EROFS"), "{}", r.stderr);
-        assert!(start.elapsed() < Duration::from_secs(30), "the audit log never needed a segment");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the audit log never needed a segment"
+        );
     }
     assert_eq!(l.table(), before);
     l.drift_is_repaired(&before);

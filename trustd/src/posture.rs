@@ -418,7 +418,10 @@ mod tests {
         type Tweak = fn(&mut Case);
         let cases: [(Tweak, Level, &str); 14] = [
             (
-                |c| c.storage = vec!["audit log /a: ENOSPC (full) since 2026-06-01T00:00:00Z".into()],
+                |c| {
+                    c.storage =
+                        vec!["audit log /a: ENOSPC (full) since 2026-06-01T00:00:00Z".into()]
+                },
                 Level::Degraded,
                 "storage failing: audit log /a: ENOSPC",
             ),

@@ -138,7 +138,11 @@ impl Gap {
 
     /// The sentence of the `audit.gap` record.
     pub fn sentence(&self, now: Timestamp) -> String {
-        let kinds: Vec<String> = self.missed.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let kinds: Vec<String> = self
+            .missed
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         format!(
             "{} record(s) could not be written between {} and {} ({}): {}; the log takes writes again since {now}",
             self.total(),
@@ -205,8 +209,14 @@ mod tests {
         g.absorb(later);
         assert_eq!(g.total(), 4);
         let s = g.sentence(at(20));
-        assert!(s.starts_with("4 record(s) could not be written between"), "{s}");
-        assert!(s.contains(&at(5).to_string()) && s.contains(&at(12).to_string()), "{s}");
+        assert!(
+            s.starts_with("4 record(s) could not be written between"),
+            "{s}"
+        );
+        assert!(
+            s.contains(&at(5).to_string()) && s.contains(&at(12).to_string()),
+            "{s}"
+        );
         assert!(s.contains("/a/s: EIO"), "{s}");
         assert!(
             s.contains("network.apply 1, network.drift 2, privacy.set 1"),

@@ -383,7 +383,10 @@ fn a_record_that_cannot_be_written_is_refused_counted_and_the_gap_recorded_once_
     for i in 0..30 {
         match log.append(entry(i)) {
             Ok(r) => {
-                assert_eq!(refused, 0, "a record after a refusal must wait for the storage");
+                assert_eq!(
+                    refused, 0,
+                    "a record after a refusal must wait for the storage"
+                );
                 assert_eq!(r.seq, ok);
                 ok += 1;
             }
@@ -406,7 +409,9 @@ fn a_record_that_cannot_be_written_is_refused_counted_and_the_gap_recorded_once_
     let rep = verify_dir(d.path()).expect("verify");
     assert!(rep.ok(), "{:?}", rep.problems);
     assert_eq!(rep.records, ok);
-    let r = log.append(entry(100)).expect("append after the storage is back");
+    let r = log
+        .append(entry(100))
+        .expect("append after the storage is back");
     assert_eq!(r.seq, ok + 1, "the gap record comes first");
     assert!(log.gap().is_none());
     let recs = read_records(d.path()).expect("read");
@@ -415,7 +420,10 @@ fn a_record_that_cannot_be_written_is_refused_counted_and_the_gap_recorded_once_
     assert_eq!(g.digests["missed"], (refused + 1).to_string());
     assert_eq!(g.digests["count.test.append"], (refused + 1).to_string());
     assert!(
-        g.reason.as_deref().unwrap_or_default().contains("segment-00000001.jsonl"),
+        g.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("segment-00000001.jsonl"),
         "{:?}",
         g.reason
     );
@@ -425,7 +433,10 @@ fn a_record_that_cannot_be_written_is_refused_counted_and_the_gap_recorded_once_
     drop(log);
     // A reopen finds nothing to repair and no damage.
     let (_, report) = AuditLog::open(d.path(), opts_small()).expect("reopen");
-    assert!(report.repaired.is_none() && report.damage.is_none(), "{report:?}");
+    assert!(
+        report.repaired.is_none() && report.damage.is_none(),
+        "{report:?}"
+    );
 }
 
 #[test]

@@ -582,7 +582,9 @@ impl AuditLog {
         match self.append(entry) {
             Ok(r) => Some(r),
             Err(e) => {
-                tracing::error!("audit record {kind} not written (counted for the gap record): {e}");
+                tracing::error!(
+                    "audit record {kind} not written (counted for the gap record): {e}"
+                );
                 None
             }
         }
@@ -603,7 +605,9 @@ impl AuditLog {
         let now = Timestamp::now();
         let fault = lock(&self.shared).fault.clone().unwrap_or_else(|| {
             let io = match e {
-                AuditError::Io { source, .. } => std::io::Error::new(source.kind(), source.to_string()),
+                AuditError::Io { source, .. } => {
+                    std::io::Error::new(source.kind(), source.to_string())
+                }
                 other => std::io::Error::other(other.to_string()),
             };
             StorageFault::new("audit log", &self.dir, &io, now)
@@ -779,8 +783,12 @@ impl AuditLog {
                 if let AuditError::Io { path, source } = &e {
                     why = format!("{why} [{}]", crate::storage::errno_name(source));
                     if s.fault.is_none() {
-                        s.fault =
-                            Some(StorageFault::new("audit log", path, source, Timestamp::now()));
+                        s.fault = Some(StorageFault::new(
+                            "audit log",
+                            path,
+                            source,
+                            Timestamp::now(),
+                        ));
                     }
                 }
                 let durable = self.durable_next.load(Ordering::Acquire);
@@ -788,8 +796,11 @@ impl AuditLog {
                 s.prev = s.durable_prev;
                 s.pending.clear();
                 s.pending_last = None;
-                let ids: Vec<std::thread::ThreadId> =
-                    waiters.iter().chain(&s.waiters).map(std::thread::Thread::id).collect();
+                let ids: Vec<std::thread::ThreadId> = waiters
+                    .iter()
+                    .chain(&s.waiters)
+                    .map(std::thread::Thread::id)
+                    .collect();
                 for id in ids {
                     s.failed.insert(id, why.clone());
                 }

@@ -329,8 +329,7 @@ impl Device {
             origin: crate::report::origin(&key.verifying_key()),
             key: key.verifying_key(),
         };
-        let (audit, report) =
-            AuditLog::open_anchored(&paths.audit_dir(), opts, Some(&anchor))?;
+        let (audit, report) = AuditLog::open_anchored(&paths.audit_dir(), opts, Some(&anchor))?;
         let (root, loaded) = load_and_record(&store, &audit, actor.clone(), "stopped")?;
         let secret = settle_secret(store.paths(), &audit, loaded.state.lifecycle, actor.clone())?;
         if made {

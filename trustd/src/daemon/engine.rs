@@ -250,12 +250,12 @@ impl From<DeviceError> for CallError {
                     crate::error_chain(&e)
                 ))
             }
-            DeviceError::Enforce(_)
-            | DeviceError::Secret(_)
-            | DeviceError::Checkpoint(_) => Self::Failed(format!(
-                "{}; the state in force stays",
-                crate::error_chain(&e)
-            )),
+            DeviceError::Enforce(_) | DeviceError::Secret(_) | DeviceError::Checkpoint(_) => {
+                Self::Failed(format!(
+                    "{}; the state in force stays",
+                    crate::error_chain(&e)
+                ))
+            }
         }
     }
 }
