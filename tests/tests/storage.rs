@@ -85,6 +85,54 @@ exec ip netns exec "$DEV" "$TRUSTD" --prefix "$PREFIX" run --check-interval-ms 2
         }
     }
 
+    /// Keep the daemon's mount namespace (and its tmpfs) alive past the daemon: a process
+    /// that sleeps in it.
+    fn keeper(&self) -> KillOnDrop {
+        let c = Command::new("nsenter")
+            .args(["-t", &self.daemon.id().to_string(), "-m", "sleep", "600"])
+            .spawn()
+            .expect("nsenter sleep");
+        KillOnDrop(Some(c))
+    }
+
+    /// Kill the daemon (SIGKILL), run `cmd` in the namespace `keeper` holds, and start a new
+    /// daemon there on a new bus.
+    fn kill_and_restart(&mut self, keeper: &KillOnDrop, cmd: &str) {
+        let _ = self.daemon.child.0.as_mut().map(std::process::Child::kill);
+        let _ = self.daemon.wait();
+        let r: Run = Command::new("nsenter")
+            .args(["-t", &keeper.id().to_string(), "-m", "sh", "-c", cmd])
+            .env("STATE", &self.state)
+            .env("AUDIT", &self.audit)
+            .output()
+            .expect("nsenter")
+            .into();
+        assert_eq!(r.code, 0, "{cmd}: {}", r.stderr);
+        let bus = Bus::start(BusPolicy::Shipped, "");
+        let child = Command::new("nsenter")
+            .args([
+                "-t",
+                &keeper.id().to_string(),
+                "-m",
+                "ip",
+                "netns",
+                "exec",
+                &self.lab.dev,
+            ])
+            .arg(bin("trustd"))
+            .arg("--prefix")
+            .arg(self.lab.prefix.path())
+            .args(["run", "--check-interval-ms", "200", "--bus", &bus.address])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("trustd run");
+        self.daemon = Daemon {
+            child: KillOnDrop(Some(child)),
+            bus,
+        };
+        wait_ready(&self.daemon.bus.address);
+    }
+
     /// Run `cmd` with sh in the daemon's mount namespace.
     fn in_ns(&self, cmd: &str) -> Run {
         Command::new("nsenter")
@@ -344,5 +392,68 @@ fn a_read_only_state_and_audit_directory_refuses_changes_keeps_enforcing_and_rec
         recs.iter().any(|r| r["kind"] == "state.storage"),
         "the state directory's recovery is recorded"
     );
+    l.verify_passes();
+}
+
+#[test]
+fn a_daemon_killed_while_its_audit_log_is_full_restarts_without_crying_tamper() {
+    // A record cut short by ENOSPC is trustd's own torn write, never acknowledged: after a
+    // crash the next start cuts it as such (audit.repair), records no damage, keeps
+    // posture free of damage reasons, and the log verifies.
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut l = Lab2::start("sk");
+    let before = l.table();
+    let keeper = l.keeper();
+    l.must(r#"dd if=/dev/zero of="$STATE/fill" bs=4k 2>/dev/null || true; dd if=/dev/zero of="$AUDIT/fill" bs=4k 2>/dev/null || true"#);
+    let start = Instant::now();
+    while !l.status().contains("storage failing: audit log") {
+        assert_ne!(l.ctl(&["privacy", "on"]).code, 0);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the audit log never filled"
+        );
+    }
+    for _ in 0..3 {
+        assert_ne!(l.ctl(&["privacy", "on"]).code, 0);
+    }
+    let torn = l.in_ns(r#""$TRUSTCTL" audit verify --prefix "$PREFIX""#);
+    eprintln!(
+        "offline verify during the outage: exit {} {}",
+        torn.code,
+        torn.stdout.lines().last().unwrap_or_default()
+    );
+    // The running daemon knows the torn bytes for its own unfinished write: its check
+    // passes and posture shows no broken chain.
+    let r = l.ctl(&["audit", "verify"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let s = l.status();
+    assert!(
+        !s.contains("audit chain broken") && !s.contains("damage"),
+        "{s}"
+    );
+    l.kill_and_restart(&keeper, r#"rm -f "$STATE/fill" "$AUDIT/fill""#);
+    assert_eq!(
+        l.table(),
+        before,
+        "enforcement is unchanged across the crash"
+    );
+    let s = l.status();
+    assert!(
+        !s.contains("damage"),
+        "no damage for trustd's own torn write: {s}"
+    );
+    let recs = l.tail(80);
+    assert!(
+        !recs.iter().any(|r| r["kind"] == "audit.damage"),
+        "{recs:#?}"
+    );
+    if torn.code != 0 {
+        assert!(
+            recs.iter().any(|r| r["kind"] == "audit.repair"),
+            "the torn write is cut and recorded as a repair: {recs:#?}"
+        );
+    }
     l.verify_passes();
 }

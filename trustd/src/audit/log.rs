@@ -596,6 +596,14 @@ impl AuditLog {
         self.close_gap().is_ok()
     }
 
+    /// Bytes that a failed batch may have left past the last record, as (segment file name,
+    /// how many): trustd's own unfinished write, which the next batch covers (or the next
+    /// open cuts as never acknowledged). `None` when there are none.
+    pub fn unfinished(&self) -> Option<(String, u64)> {
+        let io = lock(&self.io);
+        (io.dirty_end > io.seg_len).then(|| (segment_name(io.seg_index), io.dirty_end - io.seg_len))
+    }
+
     /// The storage failure in effect and the records missed so far, while a gap is open.
     pub fn gap(&self) -> Option<Gap> {
         lock(&self.gap).clone()

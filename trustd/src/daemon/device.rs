@@ -1204,7 +1204,21 @@ impl Device {
     /// recorded damage no admin acknowledged included; posture shows the chain's problems
     /// that no damage record names.
     pub fn verify_audit(&mut self) -> Result<(u64, Vec<String>), DeviceError> {
-        let insp = crate::audit::damage::inspect(self.audit.dir(), None)?;
+        let mut insp = crate::audit::damage::inspect(self.audit.dir(), None)?;
+        // A torn tail that is this writer's own failed write (the storage failed mid-batch)
+        // is neither tamper nor damage: the next write covers it.
+        if let Some((seg, n)) = self.audit.unfinished() {
+            let own = |p: &crate::audit::Problem| {
+                matches!(p, crate::audit::Problem::TornTail { segment, bytes }
+                    if *segment == seg && *bytes <= n)
+            };
+            let keep: Vec<bool> = insp.report.problems.iter().map(|p| !own(p)).collect();
+            if keep.len() == insp.findings.len() {
+                let mut k = keep.iter();
+                insp.findings.retain(|_| *k.next().unwrap_or(&true));
+            }
+            insp.report.problems.retain(|p| !own(p));
+        }
         let history = self.audit.history();
         let mut all: Vec<String> = insp
             .report
