@@ -1056,13 +1056,19 @@ impl Device {
         next.lifecycle = to;
         // The envelope first (its serial is the floor should state.json be lost), then the
         // state that names the new lifecycle.
+        // If the state cannot be saved, the previous envelope is put back: a refused command
+        // raises no floor.
         let last = self.store.paths().last_command();
-        let saved = crate::state::atomic::write_atomic(&last, v.envelope_bytes(), 0o600)
+        let saved = crate::state::atomic::replace_keeping(&last, v.envelope_bytes(), 0o600)
             .map_err(|source| StateError::Io {
                 path: last.clone(),
                 source,
             })
-            .and_then(|()| self.store.save(&next));
+            .and_then(|kept| {
+                let saved = self.store.save(&next);
+                kept.settle(saved.is_ok());
+                saved
+            });
         if let Err(e) = self.note_state(saved) {
             self.audit.record(
                 Entry::new("command.apply", Outcome::Error, actor)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::atomic::{create_dir_all, fsync_dir, write_atomic};
+use super::atomic::{create_dir_all, fsync_dir, replace_keeping, write_atomic};
 use super::recovery::{Installed, RoleReset, start_over};
 use super::{DeviceState, STATE_VERSION, Serials};
 use crate::Paths;
@@ -366,51 +366,22 @@ impl StateStore {
     ) -> Result<(), StateError> {
         let path = (P::ROLE != Role::Command).then(|| self.input_path(P::ROLE));
         let mut next = state.clone();
-        // The envelope in place before, kept by a second link (no data written) until the
-        // state that names the new one is saved: if that fails, the old envelope is put
-        // back, so that a refused install is not completed by the next load.
-        let mut kept: Option<(PathBuf, PathBuf, bool)> = None;
+        // The envelope in place before is kept (a second link) until the state that names
+        // the new one is saved: if that fails, it is put back, so that a refused install is
+        // not completed by the next load.
+        let mut kept = None;
         if let Some(path) = path {
             let dir = self.paths.state_dir();
             create_dir_all(&dir, 0o700).map_err(io(&dir))?;
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            let backup = dir.join(format!(".{}.before-install", name.unwrap_or_default()));
-            let _ = std::fs::remove_file(&backup);
-            let had = match std::fs::hard_link(&path, &backup) {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                Err(e) => return Err(io(&backup)(e)),
-            };
-            if let Err(e) = write_atomic(&path, input.envelope_bytes(), 0o600) {
-                let _ = std::fs::remove_file(&backup);
-                return Err(io(&path)(e));
-            }
-            kept = Some((path, backup, had));
+            kept = Some(replace_keeping(&path, input.envelope_bytes(), 0o600).map_err(io(&path))?);
         }
         next.serials.raise(P::ROLE, input.payload().serial());
         if matches!(P::ROLE, Role::Policy | Role::Intel) {
             *digest_slot(&mut next, P::ROLE) = Some(input.digest().to_owned());
         }
         let saved = self.save(&next);
-        if let Some((path, backup, had)) = kept {
-            let undo = if saved.is_err() {
-                if had {
-                    std::fs::rename(&backup, &path)
-                } else {
-                    std::fs::remove_file(&path)
-                }
-                .and_then(|()| crate::state::atomic::fsync_dir(&self.paths.state_dir()))
-            } else if had {
-                std::fs::remove_file(&backup)
-            } else {
-                Ok(())
-            };
-            if let Err(e) = undo {
-                tracing::error!(
-                    "{}: not put back as it was after the install was refused ({e}); the next load settles it",
-                    path.display()
-                );
-            }
+        if let Some(k) = kept {
+            k.settle(saved.is_ok());
         }
         saved?;
         *state = next;
