@@ -312,6 +312,7 @@ fn a_full_state_and_audit_filesystem_refuses_changes_keeps_enforcing_and_records
 
     // Reads go on; posture names each store, its path and the errno.
     let s = l.status();
+    eprintln!("status while both stores are full:\n{s}");
     assert!(s.contains("degraded") || s.contains("untrusted"), "{s}");
     assert!(s.contains("storage failing: audit log"), "{s}");
     assert!(s.contains("storage failing: state directory"), "{s}");
@@ -331,6 +332,7 @@ fn a_full_state_and_audit_filesystem_refuses_changes_keeps_enforcing_and_records
         .iter()
         .find(|r| r["kind"] == "audit.gap")
         .unwrap_or_else(|| panic!("no audit.gap record in {recs:#?}"));
+    eprintln!("{gap}");
     let missed: u64 = gap["digests"]["missed"]
         .as_str()
         .and_then(|s| s.parse().ok())
