@@ -1097,12 +1097,14 @@ impl Device {
             Ok(())
         };
         if let Err(e) = effect {
-            self.audit.append(
+            // The lifecycle is in force: a record that cannot be written now is counted for
+            // the gap record, never answered as "nothing changed".
+            self.audit.record(
                 Entry::new("device.secret", Outcome::Error, actor).reason(format!(
                     "lifecycle {} is in force, but the device secret was not updated: {e}; the next start finishes it",
                     to.as_str()
                 )),
-            )?;
+            );
         }
         Ok((from, to))
     }
@@ -1401,13 +1403,12 @@ impl Device {
             // In force or not is decided above: a file left in place is refused by every
             // later load as well, since the root in force no longer verifies it.
             if let Err(e) = self.store.set_aside(r.change.role) {
-                self.audit
-                    .append(
-                        Entry::new(kind, Outcome::Error, actor.clone()).reason(format!(
-                            "the {} that left force was not set aside: {e}; it stays out of force",
-                            r.change.role
-                        )),
-                    )?;
+                self.audit.record(
+                    Entry::new(kind, Outcome::Error, actor.clone()).reason(format!(
+                        "the {} that left force was not set aside: {e}; it stays out of force",
+                        r.change.role
+                    )),
+                );
             }
         }
         Ok(Applied {
