@@ -42,6 +42,10 @@ pub struct Config {
     /// process group) and the operation fails with the previous ruleset kept
     /// ([`NFT_TIMEOUT_MS`] bounds it).
     pub nft_timeout_ms: u64,
+    /// Size of each audit segment, in bytes, preallocated when the segment is started (at
+    /// least 4096; default 8 MiB). Within a segment a full filesystem does not stop the log;
+    /// starting the next one needs this much free space.
+    pub audit_segment_bytes: u64,
 }
 
 /// The accepted range of `nft_timeout_ms`: long enough for a large blocklist (a 1M-entry
@@ -57,6 +61,7 @@ impl Default for Config {
             checkpoint_every: 1000,
             nft_timeout_ms: u64::try_from(crate::netfilter::DEFAULT_NFT_DEADLINE.as_millis())
                 .unwrap_or(20_000),
+            audit_segment_bytes: crate::audit::Options::default().max_segment_bytes,
         }
     }
 }
@@ -94,6 +99,9 @@ impl Config {
                 NFT_TIMEOUT_MS.end(),
                 c.nft_timeout_ms
             )));
+        }
+        if c.audit_segment_bytes < 4096 {
+            return Err(err("audit_segment_bytes must be at least 4096".into()));
         }
         Ok(c)
     }

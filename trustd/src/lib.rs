@@ -16,6 +16,7 @@ pub mod policy;
 pub mod posture;
 pub mod report;
 pub mod state;
+pub mod storage;
 pub mod sys;
 pub mod timefmt;
 

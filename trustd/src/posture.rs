@@ -128,6 +128,9 @@ pub struct Input<'a> {
     pub freshness: &'a [String],
     /// How trustd itself is confined (`Landlock ABI 2: partially enforced`), if it is.
     pub confinement: Option<&'a str>,
+    /// Storage that fails to take writes (the audit log, the state directory), one
+    /// sentence each: which store, path, errno, since when.
+    pub storage: &'a [String],
 }
 
 /// The posture snapshot. Field for field the properties of `org.enigm.Trust1.Posture`.
@@ -271,6 +274,9 @@ pub fn posture(i: &Input<'_>) -> Posture {
     if let Some(overlaps) = i.intel_overlaps {
         add(Degraded, overlaps.to_owned());
     }
+    for fault in i.storage {
+        add(Degraded, format!("storage failing: {fault}"));
+    }
     if i.landlock_abi == 0 {
         add(Degraded, "Landlock unavailable in this kernel".into());
     }
@@ -337,6 +343,7 @@ mod tests {
         audit_damage: Vec<(u64, String)>,
         landlock_abi: u32,
         confinement: Option<&'static str>,
+        storage: Vec<String>,
     }
 
     impl Case {
@@ -357,6 +364,7 @@ mod tests {
                 audit_damage: vec![],
                 landlock_abi: 4,
                 confinement: Some("Landlock ABI 4: fully enforced"),
+                storage: vec![],
             }
         }
 
@@ -408,6 +416,7 @@ mod tests {
                 landlock_abi: self.landlock_abi,
                 freshness: &freshness,
                 confinement: self.confinement,
+                storage: &self.storage,
             })
         }
     }
@@ -428,6 +437,14 @@ mod tests {
     fn each_reason_sets_its_level() {
         type Tweak = fn(&mut Case);
         let cases: [(Tweak, Level, &str); 14] = [
+            (
+                |c| {
+                    c.storage =
+                        vec!["audit log /a: ENOSPC (full) since 2026-06-01T00:00:00Z".into()]
+                },
+                Level::Degraded,
+                "storage failing: audit log /a: ENOSPC",
+            ),
             (
                 |c| c.policy = None,
                 Level::Untrusted,

@@ -364,3 +364,122 @@ fn a_writer_killed_mid_append_loses_no_acknowledged_record() {
     let rep = verify_dir(d.path()).expect("verify");
     assert!(rep.ok(), "{:?}", rep.problems);
 }
+
+#[test]
+fn a_record_that_cannot_be_written_is_refused_counted_and_the_gap_recorded_once_storage_returns() {
+    // A segment rollover that fails (here: the next segment's name is taken by a
+    // directory, as a full or read-only filesystem fails a create) refuses the record, and
+    // later records are refused as well until the storage works; then one audit.gap record
+    // comes first, counting the missed records by kind, and the chain verifies.
+    let d = tempfile::tempdir().expect("tempdir");
+    let opts = Options {
+        max_segment_bytes: 2048,
+    };
+    let (log, _) = AuditLog::open(d.path(), opts).expect("open");
+    let blocker = seg(d.path(), 1);
+    std::fs::create_dir(&blocker).expect("mkdir");
+    let mut ok = 0u64;
+    let mut refused = 0u64;
+    for i in 0..30 {
+        match log.append(entry(i)) {
+            Ok(r) => {
+                assert_eq!(
+                    refused, 0,
+                    "a record after a refusal must wait for the storage"
+                );
+                assert_eq!(r.seq, ok);
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("segment-00000001.jsonl"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok > 0 && refused > 0, "ok {ok} refused {refused}");
+    assert!(log.record(entry(99)).is_none());
+    let gap = log.gap().expect("a gap is open");
+    assert_eq!(gap.total(), refused + 1);
+    assert_eq!(gap.fault.store, "audit log");
+    assert!(gap.fault.path.ends_with("segment-00000001.jsonl"));
+    assert!(!log.probe(), "the storage still fails");
+
+    std::fs::remove_dir(&blocker).expect("rmdir");
+    // Nothing of the refused records reached the files.
+    let rep = verify_dir(d.path()).expect("verify");
+    assert!(rep.ok(), "{:?}", rep.problems);
+    assert_eq!(rep.records, ok);
+    let r = log
+        .append(entry(100))
+        .expect("append after the storage is back");
+    assert_eq!(r.seq, ok + 1, "the gap record comes first");
+    assert!(log.gap().is_none());
+    let recs = read_records(d.path()).expect("read");
+    let g = &recs[usize::try_from(ok).expect("usize")];
+    assert_eq!(g.kind, "audit.gap");
+    assert_eq!(g.digests["missed"], (refused + 1).to_string());
+    assert_eq!(g.digests["count.test.append"], (refused + 1).to_string());
+    assert!(
+        g.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("segment-00000001.jsonl"),
+        "{:?}",
+        g.reason
+    );
+    let rep = verify_dir(d.path()).expect("verify");
+    assert!(rep.ok(), "{:?}", rep.problems);
+    assert_eq!(rep.records, ok + 2);
+    drop(log);
+    // A reopen finds nothing to repair and no damage.
+    let (_, report) = AuditLog::open(d.path(), opts_small()).expect("reopen");
+    assert!(
+        report.repaired.is_none() && report.damage.is_none(),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn concurrent_writers_across_a_failure_keep_one_chain() {
+    // Records queued behind a failed batch were chained onto it: they are refused too, and
+    // the chain goes on from the last durable record (no gaps, no forks in verify).
+    let d = tempfile::tempdir().expect("tempdir");
+    let (log, _) = AuditLog::open(d.path(), opts_small()).expect("open");
+    let log = Arc::new(log);
+    std::fs::create_dir(seg(d.path(), 3)).expect("mkdir");
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                (0..40)
+                    .filter(|i| log.append(entry(t * 1000 + i)).is_ok())
+                    .count()
+            })
+        })
+        .collect();
+    let ok: usize = threads.into_iter().map(|t| t.join().expect("join")).sum();
+    std::fs::remove_dir(seg(d.path(), 3)).expect("rmdir");
+    let rep = verify_dir(d.path()).expect("verify");
+    assert!(rep.ok(), "{:?}", rep.problems);
+    // Every record a caller was told is durable is there, and nothing else but gap records
+    // (a gap record is written before the next record whenever the storage takes it).
+    let appended = |d: &Path| {
+        read_records(d)
+            .expect("read")
+            .iter()
+            .filter(|r| r.kind != "audit.gap")
+            .count()
+    };
+    assert_eq!(appended(d.path()), ok);
+    log.append(entry(7)).expect("append");
+    let rep = verify_dir(d.path()).expect("verify");
+    assert!(rep.ok(), "{:?}", rep.problems);
+    assert_eq!(appended(d.path()), ok + 1);
+    assert!(log.gap().is_none());
+}
+
+fn opts_small() -> Options {
+    Options {
+        max_segment_bytes: 2048,
+    }
+}

@@ -1,7 +1,10 @@
 //! The writer: one process appends; many threads may call [`AuditLog::append`] at once and
 //! share one `fdatasync` per batch (group commit). A call returns only once its record is on
-//! disk. After a write error the log refuses every later append: a transition that cannot
-//! be audited must not happen.
+//! disk. A batch whose write fails is refused to every caller in it (and to those queued
+//! behind it), its bytes are overwritten by the next batch, and the chain goes on from the
+//! last durable record: a transition that cannot be audited must not happen, and a log
+//! whose storage comes back takes records again. Records that could not be written are
+//! counted by kind and recorded in one `audit.gap` record before the next record.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -20,6 +23,7 @@ use super::segment::{
 use super::verify::Problem;
 use super::{AUDIT_MESSAGE_ID, Actor, Entry, GENESIS, Outcome, Record, record_hash};
 use crate::state::atomic::{create_dir_all, fsync_dir};
+use crate::storage::{GAP_KIND, Gap, StorageFault};
 use crate::timefmt::Timestamp;
 
 /// Why the audit log could not be opened or appended to.
@@ -34,10 +38,9 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
-    /// An earlier write failed; nothing more is accepted until the log is reopened.
-    #[error(
-        "audit log is failed after an earlier write error ({0}); no further records are accepted"
-    )]
+    /// The batch that carried this record could not be written (or one before it in the
+    /// same group commit); the record is not in the log.
+    #[error("audit record not written ({0})")]
     Failed(String),
     /// Another process is writing this log.
     #[error("audit log {0} is in use by another writer")]
@@ -120,7 +123,13 @@ struct Shared {
     flushing: bool,
     gathering: bool,
     waiters: Vec<std::thread::Thread>,
-    failed: Option<String>,
+    /// Callers whose records were in a batch that failed (or queued behind it), with the
+    /// failure: each takes its own entry out and returns it.
+    failed: std::collections::HashMap<std::thread::ThreadId, String>,
+    /// The hash of the last durable record (where the chain goes on after a failed batch).
+    durable_prev: [u8; 32],
+    /// The first write failure not yet followed by a successful write.
+    fault: Option<StorageFault>,
     flushes: u64,
 }
 
@@ -138,6 +147,10 @@ struct Io {
     /// Whether the head was fsynced since open (once: so that a power loss right after
     /// the first batch does not leave an empty head beside acknowledged records).
     head_synced: bool,
+    /// Where bytes of a failed batch may lie beyond `seg_len` in the current segment: the
+    /// next write covers them (with zeros past its own end), so that no torn record stays
+    /// for a later record to follow.
+    dirty_end: u64,
     max_segment_bytes: u64,
     _lock: File,
 }
@@ -163,6 +176,9 @@ pub struct AuditLog {
     /// What the log's audit records say about damage and checkpoints (as of open, plus
     /// the damage open recorded).
     history: Mutex<History>,
+    /// Records not written since the storage failed; written as an `audit.gap` record
+    /// before any other record once the log takes writes again. Locked before `shared`.
+    gap: Mutex<Option<Gap>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -423,7 +439,9 @@ impl AuditLog {
                 flushing: false,
                 gathering: false,
                 waiters: Vec::new(),
-                failed: None,
+                failed: std::collections::HashMap::new(),
+                durable_prev: genesis,
+                fault: None,
                 flushes: 0,
             }),
             gather: Condvar::new(),
@@ -438,12 +456,14 @@ impl AuditLog {
                 partial,
                 head,
                 head_synced: false,
+                dirty_end: 0,
                 max_segment_bytes: opts.max_segment_bytes.max(1),
                 _lock: lock_file,
             }),
             tree: Mutex::new(tree),
             tree_grows: AtomicBool::new(true),
             history: Mutex::new(History::default()),
+            gap: Mutex::new(None),
         };
         // Damage first: before the head is rewritten and before any other record.
         if !new.is_empty() {
@@ -541,8 +561,94 @@ impl AuditLog {
         (self.durable_next.load(Ordering::Acquire), s.flushes)
     }
 
-    /// Append `entry`; returns once it is on disk.
+    /// Append `entry`; returns once it is on disk. Records missed while the storage failed
+    /// are recorded first, in one `audit.gap` record. A record that cannot be written is
+    /// counted in the gap (by kind) and the error returned: the caller must not make the
+    /// change it records.
     pub fn append(&self, entry: Entry) -> Result<Receipt, AuditError> {
+        let kind = entry.kind.clone();
+        let result = self.close_gap().and_then(|()| self.append_one(entry));
+        if let Err(e) = &result {
+            self.miss(&kind, e);
+        }
+        result
+    }
+
+    /// Append a record of what trustd did anyway (enforcement, drift repair, link changes:
+    /// enforcement beats logging). If it cannot be written it is counted in the gap and
+    /// logged, and `None` returned; the caller goes on.
+    pub fn record(&self, entry: Entry) -> Option<Receipt> {
+        let kind = entry.kind.clone();
+        match self.append(entry) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(
+                    "audit record {kind} not written (counted for the gap record): {e}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Try to write the gap record now, if records were missed (the periodic probe of a
+    /// failed log). Returns whether the log takes writes (no gap is left open).
+    pub fn probe(&self) -> bool {
+        self.close_gap().is_ok()
+    }
+
+    /// Bytes that a failed batch may have left past the last record, as (segment file name,
+    /// how many): trustd's own unfinished write, which the next batch covers (or the next
+    /// open cuts as never acknowledged). `None` when there are none.
+    pub fn unfinished(&self) -> Option<(String, u64)> {
+        let io = lock(&self.io);
+        (io.dirty_end > io.seg_len).then(|| (segment_name(io.seg_index), io.dirty_end - io.seg_len))
+    }
+
+    /// The storage failure in effect and the records missed so far, while a gap is open.
+    pub fn gap(&self) -> Option<Gap> {
+        lock(&self.gap).clone()
+    }
+
+    fn miss(&self, kind: &str, e: &AuditError) {
+        let now = Timestamp::now();
+        let fault = lock(&self.shared).fault.clone().unwrap_or_else(|| {
+            let io = match e {
+                AuditError::Io { source, .. } => {
+                    std::io::Error::new(source.kind(), source.to_string())
+                }
+                other => std::io::Error::other(other.to_string()),
+            };
+            StorageFault::new("audit log", &self.dir, &io, now)
+        });
+        lock(&self.gap)
+            .get_or_insert_with(|| Gap::new(fault))
+            .miss(kind, now);
+    }
+
+    /// Write the `audit.gap` record if records were missed. Holds the gap lock throughout,
+    /// so that no other record lands before it.
+    fn close_gap(&self) -> Result<(), AuditError> {
+        let mut g = lock(&self.gap);
+        let Some(gap) = g.as_ref() else {
+            return Ok(());
+        };
+        let now = Timestamp::now();
+        let mut entry = Entry::new(GAP_KIND, Outcome::Error, Actor::this_process())
+            .reason(gap.sentence(now))
+            .digest("missed", gap.total().to_string())
+            .digest("first", gap.first.to_string())
+            .digest("last", gap.last.to_string())
+            .digest("errno", gap.fault.errno.clone());
+        for (k, n) in &gap.missed {
+            entry = entry.digest(format!("count.{k}"), n.to_string());
+        }
+        self.append_one(entry)?;
+        tracing::warn!("audit log takes writes again: {}", gap.sentence(now));
+        *g = None;
+        Ok(())
+    }
+
+    fn append_one(&self, entry: Entry) -> Result<Receipt, AuditError> {
         // Serialize outside the lock with a placeholder place in the chain; under the lock
         // only the `seq` and `prev` prefix is written and the line hashed.
         let mut record = Record {
@@ -564,10 +670,9 @@ impl AuditLog {
             .get(PLACEHOLDER_PREFIX_LEN..)
             .ok_or_else(|| io_err(&self.dir)(std::io::Error::other("record serialization")))?;
 
+        let me = std::thread::current().id();
         let mut s = lock(&self.shared);
-        if let Some(f) = &s.failed {
-            return Err(AuditError::Failed(f.clone()));
-        }
+        s.failed.remove(&me);
         let seq = s.next_seq;
         if seq >= MAX_SEQ {
             return Err(AuditError::Damaged {
@@ -596,18 +701,17 @@ impl AuditLog {
         drop(s);
 
         let result = loop {
+            let mut s = lock(&self.shared);
+            // A failed batch is checked first: after it the seqs are given out again, and
+            // a later batch's success says nothing about this record.
+            if let Some(f) = s.failed.remove(&me) {
+                break Err(AuditError::Failed(f));
+            }
             if self.durable_next.load(Ordering::Acquire) > seq {
                 break Ok(Receipt {
                     seq,
                     hash: hash_hex(&hash),
                 });
-            }
-            let s = lock(&self.shared);
-            if let Some(f) = &s.failed {
-                break Err(AuditError::Failed(f.clone()));
-            }
-            if self.durable_next.load(Ordering::Acquire) > seq {
-                continue;
             }
             if s.flushing {
                 // The leader of the batch in flight unparks us when it is done: either our
@@ -672,18 +776,47 @@ impl AuditLog {
         s.flushing = false;
         let mut wake_all_pending = false;
         match (written, last) {
-            (Ok(()), Some((l, _))) => {
+            (Ok(()), Some((l, h))) => {
                 self.durable_next.store(l + 1, Ordering::Release);
+                s.durable_prev = h;
+                s.fault = None;
                 s.flushes += 1;
             }
             (Ok(()), None) => {}
             (Err(e), _) => {
-                s.failed = Some(e.to_string());
+                // Nothing of this batch is in the log, nor of what was queued behind it
+                // (chained onto it): every one of those callers is refused, and the chain
+                // goes on from the last durable record.
+                let mut why = crate::error_chain(&e);
+                if let AuditError::Io { path, source } = &e {
+                    why = format!("{why} [{}]", crate::storage::errno_name(source));
+                    if s.fault.is_none() {
+                        s.fault = Some(StorageFault::new(
+                            "audit log",
+                            path,
+                            source,
+                            Timestamp::now(),
+                        ));
+                    }
+                }
+                let durable = self.durable_next.load(Ordering::Acquire);
+                s.next_seq = durable;
+                s.prev = s.durable_prev;
+                s.pending.clear();
+                s.pending_last = None;
+                let ids: Vec<std::thread::ThreadId> = waiters
+                    .iter()
+                    .chain(&s.waiters)
+                    .map(std::thread::Thread::id)
+                    .collect();
+                for id in ids {
+                    s.failed.insert(id, why.clone());
+                }
                 wake_all_pending = true;
             }
         }
         let next: Vec<std::thread::Thread> = if wake_all_pending {
-            s.waiters.clone()
+            std::mem::take(&mut s.waiters)
         } else {
             s.waiters.first().cloned().into_iter().collect()
         };
@@ -726,35 +859,101 @@ impl Io {
     /// [`Io::partial`]), empty but after an open that left a torn tail in place.
     fn write_batch(&mut self, batch: &[u8], last: (u64, [u8; 32])) -> Result<Vec<u8>, AuditError> {
         if self.seg_len > 0 && self.seg_len + batch.len() as u64 > self.max_segment_bytes {
+            // What a failed batch left past the last record is zeroed before the segment
+            // is left behind (it must not stay as a torn line).
+            self.clear_dirty()?;
             let index = self.seg_index + 1;
             let path = self.dir.join(segment_name(index));
-            let f = create_preallocated(&path, self.max_segment_bytes).map_err(io_err(&path))?;
+            let f = match create_preallocated(&path, self.max_segment_bytes) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && unused(&path) => {
+                    // Left by an earlier attempt that failed half way: it holds no record.
+                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                    create_preallocated(&path, self.max_segment_bytes).map_err(io_err(&path))?
+                }
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    return Err(io_err(&path)(e));
+                }
+            };
             self.seg = f;
             self.seg_index = index;
             self.seg_len = 0;
+            self.dirty_end = 0;
             // The old segment's torn tail stays there, a line without its newline.
             self.partial.clear();
         }
         let path = self.dir.join(segment_name(self.seg_index));
+        let end = self.seg_len + batch.len() as u64;
+        // Bytes a failed batch left beyond this batch's end are overwritten with zeros in
+        // the same write.
+        let pad = usize::try_from(self.dirty_end.saturating_sub(end)).unwrap_or(0);
+        let mut buf;
+        let data = if pad > 0 {
+            buf = Vec::with_capacity(batch.len() + pad);
+            buf.extend_from_slice(batch);
+            buf.resize(batch.len() + pad, 0);
+            &buf[..]
+        } else {
+            batch
+        };
+        self.dirty_end = self.dirty_end.max(end);
         // Within the preallocated zeros the file's size does not change, so fdatasync
-        // flushes the data alone.
+        // flushes the data alone. After a failed fdatasync the next batch writes its bytes
+        // again (a retried fdatasync alone may report success for pages it dropped).
         self.seg
-            .write_all_at(batch, self.seg_len)
+            .write_all_at(data, self.seg_len)
             .map_err(io_err(&path))?;
         self.seg.sync_data().map_err(io_err(&path))?;
-        self.seg_len += batch.len() as u64;
+        self.seg_len = end;
+        self.dirty_end = 0;
         let carry = std::mem::take(&mut self.partial);
         // After the data is durable: the head may lag the log after a crash, never lead it.
+        // A head that cannot be written lags (verify and open accept a lagging head); the
+        // records are durable and acknowledged.
         let head_path = self.dir.join(HEAD_FILE);
-        self.head
+        let head = self
+            .head
             .write_all_at(&encode_head(last.0, &last.1), 0)
-            .map_err(io_err(&head_path))?;
-        if !self.head_synced {
-            self.head.sync_data().map_err(io_err(&head_path))?;
-            self.head_synced = true;
+            .and_then(|()| {
+                if self.head_synced {
+                    Ok(())
+                } else {
+                    self.head.sync_data()
+                }
+            });
+        match head {
+            Ok(()) => self.head_synced = true,
+            Err(e) => tracing::error!(
+                "audit head {} not updated ({}): it lags the log until the next write",
+                head_path.display(),
+                crate::storage::errno_name(&e)
+            ),
         }
         Ok(carry)
     }
+
+    /// Zero what a failed batch may have left past the last record of the current segment.
+    fn clear_dirty(&mut self) -> Result<(), AuditError> {
+        if self.dirty_end <= self.seg_len {
+            return Ok(());
+        }
+        let path = self.dir.join(segment_name(self.seg_index));
+        let n = usize::try_from(self.dirty_end - self.seg_len).unwrap_or(0);
+        self.seg
+            .write_all_at(&vec![0u8; n], self.seg_len)
+            .and_then(|()| self.seg.sync_data())
+            .map_err(io_err(&path))?;
+        self.dirty_end = 0;
+        Ok(())
+    }
+}
+
+/// Whether the segment at `path` holds no record (all zeros): one a failed rollover left.
+fn unused(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|d| written_len(&d) == 0)
 }
 
 /// Send a committed record to journald (or wherever tracing is set up to go).

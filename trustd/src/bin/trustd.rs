@@ -259,7 +259,10 @@ fn run_daemon(
         (RoleGroups::default(), Config::default())
     });
     let mut backend = backend.with_deadline(Duration::from_millis(config.nft_timeout_ms));
-    let mut dev = match Device::open(paths, me()) {
+    let opts = trustd::audit::Options {
+        max_segment_bytes: config.audit_segment_bytes,
+    };
+    let mut dev = match Device::open_with(paths, me(), opts) {
         Ok(d) => d,
         Err(e) => return lockdown_without_state(&mut backend, &e),
     };

@@ -20,6 +20,7 @@ use crate::state::{
     Condition, DeviceState, Installed, Lifecycle, Loaded, RoleReset, StateError, StateStore,
     load_trust_root, start_over,
 };
+use crate::storage::StorageFault;
 use crate::sys::netlink::{LinkEvent, LinkState};
 use crate::timefmt::Timestamp;
 use std::collections::BTreeMap;
@@ -311,6 +312,8 @@ pub struct Device {
     check_failure: Option<String>,
     /// When a failed enforcement is tried again, and the pause after that.
     retry: Option<(std::time::Instant, std::time::Duration)>,
+    /// The state directory's first failed write not yet followed by a successful one.
+    state_fault: Option<StorageFault>,
     _lock: StateLock,
 }
 
@@ -318,6 +321,11 @@ impl Device {
     /// Lock the state directory, open the audit log, load the state (never failing on bad
     /// state: it loads as most restrictive) and record the load.
     pub fn open(paths: &Paths, actor: Actor) -> Result<Self, DeviceError> {
+        Self::open_with(paths, actor, Options::default())
+    }
+
+    /// [`Self::open`] with the audit log's options (its segment size).
+    pub fn open_with(paths: &Paths, actor: Actor, opts: Options) -> Result<Self, DeviceError> {
         let store = StateStore::new(paths.clone());
         let lock = store.lock()?;
         // The device key first: the audit log is checked against the checkpoint it signed
@@ -328,8 +336,7 @@ impl Device {
             origin: crate::report::origin(&key.verifying_key()),
             key: key.verifying_key(),
         };
-        let (audit, report) =
-            AuditLog::open_anchored(&paths.audit_dir(), Options::default(), Some(&anchor))?;
+        let (audit, report) = AuditLog::open_anchored(&paths.audit_dir(), opts, Some(&anchor))?;
         let (root, loaded) = load_and_record(&store, &audit, actor.clone(), "stopped")?;
         let secret = settle_secret(store.paths(), &audit, loaded.state.lifecycle, actor.clone())?;
         if made {
@@ -367,6 +374,7 @@ impl Device {
             time: clock::TimeWatch::default(),
             check_failure: None,
             retry: None,
+            state_fault: None,
             _lock: lock,
         })
     }
@@ -454,7 +462,7 @@ impl Device {
         self.narrow_exemptions(backend, &guarded, &actor)?;
         match netfilter::apply(backend, &rs) {
             Ok(digest) => {
-                self.audit.append(
+                self.audit.record(
                     Entry::new("network.apply", Outcome::Ok, actor.clone())
                         .transition(
                             self.enforced.clone().unwrap_or_else(|| "unknown".into()),
@@ -462,7 +470,7 @@ impl Device {
                         )
                         .reason(lockdown_reason(&eff))
                         .digest("ruleset", digest.clone()),
-                )?;
+                );
                 self.enforced = Some(mode.to_owned());
                 self.enforced_rs = Some(rs);
                 self.enforcement = Enforcement::Enforced {
@@ -478,11 +486,11 @@ impl Device {
                 })
             }
             Err(e) => {
-                self.audit.append(
+                self.audit.record(
                     Entry::new("network.apply", Outcome::Error, actor.clone())
                         .reason(format!("{mode} not in force: {e}"))
                         .digest("ruleset", canonical_digest(&rs)),
-                )?;
+                );
                 let lock_eff = Effective {
                     network: NetworkPlan::Lockdown {
                         reason: LockdownReason::StateUnknown,
@@ -500,12 +508,12 @@ impl Device {
                 self.narrow_exemptions(backend, &guarded, &actor)?;
                 match netfilter::apply(backend, &lock) {
                     Ok(digest) => {
-                        self.audit.append(
+                        self.audit.record(
                             Entry::new("network.apply", Outcome::Ok, actor.clone())
                                 .transition(mode, "lockdown")
                                 .reason(format!("fell back to lockdown: {e}"))
                                 .digest("ruleset", digest.clone()),
-                        )?;
+                        );
                         self.enforced = Some("lockdown".into());
                         self.enforced_rs = Some(lock);
                         self.enforcement = Enforcement::Fallback {
@@ -520,10 +528,10 @@ impl Device {
                         })
                     }
                     Err(e2) => {
-                        self.audit.append(
+                        self.audit.record(
                             Entry::new("network.apply", Outcome::Error, actor)
                                 .reason(format!("lockdown not in force either: {e2}; the ruleset in the kernel stays")),
-                        )?;
+                        );
                         self.enforcement = Enforcement::Failed {
                             why: format!("{e}; lockdown: {e2}"),
                         };
@@ -602,17 +610,17 @@ impl Device {
                     let entry = Entry::new("intel.exempt", Outcome::Ok, actor.clone()).reason(
                         format!("{n} policy-named destination(s) exempt from the blocklists"),
                     );
-                    self.audit.append(with_overlaps(entry, &overlaps))?;
+                    self.audit.record(with_overlaps(entry, &overlaps));
                     self.exemptions_unrecorded = false;
                 }
                 self.intel_overlaps = overlaps;
             }
             Err(e) => {
-                self.audit.append(
+                self.audit.record(
                     Entry::new("intel.exempt", Outcome::Error, actor.clone()).reason(format!(
                         "blocklist exemptions not updated: {e}; the table is replaced at the next check"
                     )),
-                )?;
+                );
                 self.intel_failure = Some(e.to_string());
             }
         }
@@ -662,7 +670,7 @@ impl Device {
         match result {
             Ok(how) => {
                 self.audit
-                    .append(entry.reason(format!("{} entries, table {how}", rs.len())))?;
+                    .record(entry.reason(format!("{} entries, table {how}", rs.len())));
                 let n = rs.len();
                 self.enforced_intel = Some(rs);
                 self.intel_overlaps = overlaps;
@@ -671,11 +679,11 @@ impl Device {
             }
             Err(e) => {
                 self.audit
-                    .append(
+                    .record(
                         Entry::new("intel.enforce", Outcome::Error, actor).reason(format!(
                             "blocklists not updated: {e}; the previous ones stay"
                         )),
-                    )?;
+                    );
                 self.intel_failure = Some(e.to_string());
                 Err(e.into())
             }
@@ -738,9 +746,9 @@ impl Device {
         if after == before {
             return Ok(None);
         }
-        self.audit.append(
+        self.audit.record(
             Entry::new("network.status", Outcome::Ok, actor).transition(before, after.clone()),
-        )?;
+        );
         Ok(Some(after))
     }
 
@@ -815,11 +823,11 @@ impl Device {
             && let Some(rs) = &self.enforced_rs
         {
             let what = e.to_string();
-            self.audit.append(
+            self.audit.record(
                 Entry::new("network.drift", Outcome::Error, actor.clone())
                     .reason(format!("{what}; restoring"))
                     .digest("ruleset", canonical_digest(rs)),
-            )?;
+            );
             self.enforce(backend, actor.clone())?;
             found = Some(what);
         } else {
@@ -832,10 +840,10 @@ impl Device {
             && !intel_chains_intact(backend, rs).unwrap_or(false)
         {
             let what = "the blocklist table was removed or its rules edited".to_owned();
-            self.audit.append(
+            self.audit.record(
                 Entry::new("intel.drift", Outcome::Error, actor.clone())
                     .reason(format!("{what}; restoring")),
-            )?;
+            );
             self.enforced_intel = None;
             // A failed re-apply is recorded by enforce_intel and tried again next interval;
             // it must not end the daemon (the policy table is separate and stays).
@@ -912,11 +920,12 @@ impl Device {
         )?;
         let mut next = self.state.clone();
         next.privacy_mode = on;
-        if let Err(e) = self.store.save(&next) {
-            self.audit.append(
+        let saved = self.store.save(&next);
+        if let Err(e) = self.note_state(saved) {
+            self.audit.record(
                 Entry::new("privacy.set", Outcome::Error, actor)
                     .reason(format!("not saved: {e}; privacy stays {}", name(from))),
-            )?;
+            );
             return Err(e.into());
         }
         self.state = next;
@@ -960,15 +969,81 @@ impl Device {
                 )
                 .reason(format!("step {step} complete")),
         )?;
-        if let Err(e) = self.store.save(&next) {
-            self.audit.append(
+        let saved = self.store.save(&next);
+        if let Err(e) = self.note_state(saved) {
+            self.audit.record(
                 Entry::new("setup.step", Outcome::Error, actor)
                     .reason(format!("not saved: {e}; step {step} stays pending")),
-            )?;
+            );
             return Err(e.into());
         }
         self.state = next;
         Ok(true)
+    }
+
+    /// Keep track of the state directory's health from the outcome of a write to it: a
+    /// failed write opens a fault (posture names it), a successful one closes it (and says
+    /// so in the audit log).
+    fn note_state<T>(&mut self, r: Result<T, StateError>) -> Result<T, StateError> {
+        match &r {
+            Ok(_) => self.state_recovered(),
+            Err(StateError::Io { path, source }) => {
+                if self.state_fault.is_none() {
+                    let f = StorageFault::new("state directory", path, source, Timestamp::now());
+                    tracing::error!("state not written: {}", f.describe());
+                    self.state_fault = Some(f);
+                }
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    fn state_recovered(&mut self) {
+        if let Some(f) = self.state_fault.take() {
+            self.audit.record(
+                Entry::new("state.storage", Outcome::Ok, Actor::this_process()).reason(format!(
+                    "the state directory takes writes again (failed: {})",
+                    f.describe()
+                )),
+            );
+        }
+    }
+
+    /// The periodic check of storage that failed: the audit log writes its gap record if it
+    /// can, and a failed state directory is written a probe file (created, synced, removed).
+    /// Each that works again clears its posture reason.
+    pub fn probe_storage(&mut self) {
+        self.audit.probe();
+        if self.state_fault.is_some() {
+            let probe = self.store.paths().state_dir().join(".probe");
+            let r = crate::state::atomic::write_atomic(&probe, b"probe\n", 0o600)
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(|source| StateError::Io {
+                    path: probe.clone(),
+                    source,
+                });
+            if r.is_err() {
+                let _ = std::fs::remove_file(&probe);
+            }
+            let _ = self.note_state(r);
+        }
+    }
+
+    /// The storage failures in effect, as posture reasons: which store, which path, which
+    /// errno, since when (and for the audit log, how many records were not written).
+    pub fn storage_faults(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(g) = self.audit.gap() {
+            out.push(g.posture_reason());
+        }
+        if let Some(f) = &self.state_fault {
+            out.push(format!(
+                "{}; no change can be made until it takes writes (the state in force stays)",
+                f.describe()
+            ));
+        }
+        out
     }
 
     /// Whether an ordinary user may turn privacy mode off (the policy says so).
@@ -1018,6 +1093,7 @@ impl Device {
             landlock_abi: crate::sys::landlock_abi(),
             freshness: &freshness,
             confinement: self.confinement.as_deref(),
+            storage: &self.storage_faults(),
         })
     }
 
@@ -1109,18 +1185,24 @@ impl Device {
         next.lifecycle = to;
         // The envelope first (its serial is the floor should state.json be lost), then the
         // state that names the new lifecycle.
+        // If the state cannot be saved, the previous envelope is put back: a refused command
+        // raises no floor.
         let last = self.store.paths().last_command();
-        let saved = crate::state::atomic::write_atomic(&last, v.envelope_bytes(), 0o600)
+        let saved = crate::state::atomic::replace_keeping(&last, v.envelope_bytes(), 0o600)
             .map_err(|source| StateError::Io {
                 path: last.clone(),
                 source,
             })
-            .and_then(|()| self.store.save(&next));
-        if let Err(e) = saved {
-            self.audit.append(
+            .and_then(|kept| {
+                let saved = self.store.save(&next);
+                kept.settle(saved.is_ok());
+                saved
+            });
+        if let Err(e) = self.note_state(saved) {
+            self.audit.record(
                 Entry::new("command.apply", Outcome::Error, actor)
                     .reason(format!("not saved: {e}; lifecycle stays {}", from.as_str())),
-            )?;
+            );
             return Err(e.into());
         }
         self.state = next;
@@ -1144,12 +1226,14 @@ impl Device {
             Ok(())
         };
         if let Err(e) = effect {
-            self.audit.append(
+            // The lifecycle is in force: a record that cannot be written now is counted for
+            // the gap record, never answered as "nothing changed".
+            self.audit.record(
                 Entry::new("device.secret", Outcome::Error, actor).reason(format!(
                     "lifecycle {} is in force, but the device secret was not updated: {e}; the next start finishes it",
                     to.as_str()
                 )),
-            )?;
+            );
         }
         Ok((from, to))
     }
@@ -1257,7 +1341,21 @@ impl Device {
     /// recorded damage no admin acknowledged included; posture shows the chain's problems
     /// that no damage record names.
     pub fn verify_audit(&mut self) -> Result<(u64, Vec<String>), DeviceError> {
-        let insp = crate::audit::damage::inspect(self.audit.dir(), None)?;
+        let mut insp = crate::audit::damage::inspect(self.audit.dir(), None)?;
+        // A torn tail that is this writer's own failed write (the storage failed mid-batch)
+        // is neither tamper nor damage: the next write covers it.
+        if let Some((seg, n)) = self.audit.unfinished() {
+            let own = |p: &crate::audit::Problem| {
+                matches!(p, crate::audit::Problem::TornTail { segment, bytes }
+                    if *segment == seg && *bytes <= n)
+            };
+            let keep: Vec<bool> = insp.report.problems.iter().map(|p| !own(p)).collect();
+            if keep.len() == insp.findings.len() {
+                let mut k = keep.iter();
+                insp.findings.retain(|_| *k.next().unwrap_or(&true));
+            }
+            insp.report.problems.retain(|p| !own(p));
+        }
         let history = self.audit.history();
         let mut all: Vec<String> = insp
             .report
@@ -1412,7 +1510,8 @@ impl Device {
         // The rotated root is the commit point: should the state below not be written, the
         // next load sees roles that differ from the ones the floors were set under and
         // starts them over itself.
-        if let Err(e) = self.store.install(&v, &mut next) {
+        let stored = self.store.install(&v, &mut next);
+        if let Err(e) = self.note_state(stored) {
             return self.not_in_force(
                 kind,
                 actor,
@@ -1433,13 +1532,12 @@ impl Device {
             // In force or not is decided above: a file left in place is refused by every
             // later load as well, since the root in force no longer verifies it.
             if let Err(e) = self.store.set_aside(r.change.role) {
-                self.audit
-                    .append(
-                        Entry::new(kind, Outcome::Error, actor.clone()).reason(format!(
-                            "the {} that left force was not set aside: {e}; it stays out of force",
-                            r.change.role
-                        )),
-                    )?;
+                self.audit.record(
+                    Entry::new(kind, Outcome::Error, actor.clone()).reason(format!(
+                        "the {} that left force was not set aside: {e}; it stays out of force",
+                        r.change.role
+                    )),
+                );
             }
         }
         Ok(Applied {
@@ -1462,11 +1560,13 @@ impl Device {
         stays: &str,
         digest: &str,
     ) -> Result<T, DeviceError> {
-        self.audit.append(
+        // The store's error is the caller's answer even if this record cannot be written
+        // either (it is then counted for the gap record).
+        self.audit.record(
             Entry::new(kind, Outcome::Error, actor)
                 .reason(format!("record {seq} not put in force: {e}; {stays} stays"))
                 .digest("input", digest),
-        )?;
+        );
         Err(e.into())
     }
 
@@ -1506,7 +1606,8 @@ impl Device {
                 .transition(format!("serial {from}"), format!("serial {to}"))
                 .digest("input", v.digest()),
         )?;
-        if let Err(e) = self.store.install(v, &mut self.state) {
+        let stored = self.store.install(v, &mut self.state);
+        if let Err(e) = self.note_state(stored) {
             return self.not_in_force(
                 kind,
                 actor,

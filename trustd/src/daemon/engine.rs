@@ -241,14 +241,21 @@ impl From<DeviceError> for CallError {
             DeviceError::Refused(v) => Self::Refused(format!("{v}; the last good one stays")),
             DeviceError::UnknownStep(why) => Self::UnknownStep(why),
             DeviceError::CommandRefused(why) => Self::Refused(format!("{why}; nothing changed")),
-            DeviceError::State(_)
-            | DeviceError::Audit(_)
-            | DeviceError::Enforce(_)
-            | DeviceError::Secret(_)
-            | DeviceError::Checkpoint(_) => Self::Failed(format!(
-                "{}; the state in force stays",
-                crate::error_chain(&e)
-            )),
+            DeviceError::State(_) | DeviceError::Audit(_) => {
+                let errno = crate::storage::io_cause(&e)
+                    .map(|io| format!(" [{}]", crate::storage::errno_name(io)))
+                    .unwrap_or_default();
+                Self::Failed(format!(
+                    "{}{errno}: the change could not be made durable, so nothing changed; the state in force stays",
+                    crate::error_chain(&e)
+                ))
+            }
+            DeviceError::Enforce(_) | DeviceError::Secret(_) | DeviceError::Checkpoint(_) => {
+                Self::Failed(format!(
+                    "{}; the state in force stays",
+                    crate::error_chain(&e)
+                ))
+            }
         }
     }
 }
@@ -548,7 +555,7 @@ impl<B: Backend> Engine<B> {
                 || "callers not yet identified".to_owned(),
                 |u| format!("uid {u}"),
             );
-            self.dev.audit().append(
+            self.dev.audit().record(
                 Entry::new(
                     "bus.busy",
                     Outcome::Refused,
@@ -561,7 +568,7 @@ impl<B: Backend> Engine<B> {
                 .reason(format!(
                     "{n} calls of {who} refused unheard: too many of its calls were already waiting; nothing changed"
                 )),
-            )?;
+            );
         }
         Ok(())
     }
@@ -586,11 +593,11 @@ impl<B: Backend> Engine<B> {
                 "launch.check" => "refused launch checks",
                 _ => "launch reports",
             };
-            self.dev.audit().append(
+            self.dev.audit().record(
                 Entry::new(kind, Outcome::Refused, actor).reason(format!(
                     "{n} further {what} of uid {uid} within a minute, past the {DENIALS_RECORDED_PER_MINUTE} recorded one by one"
                 )),
-            )?;
+            );
         }
         Ok(())
     }
@@ -626,8 +633,9 @@ impl<B: Backend> Engine<B> {
 
     /// Take commands until Stop (or until every sender is gone), and check the kernel for
     /// drift every `interval` on the engine's own timer, so that enforcement is maintained
-    /// whatever the bus does. Errors of the audit log or the state directory end the loop:
-    /// the daemon exits and enforcement stays in the kernel.
+    /// whatever the bus does. Storage that fails does not end the loop: changes are refused,
+    /// drift is still repaired and links still followed, the records that could not be
+    /// written are counted for the audit log's gap record, and posture names the failure.
     ///
     /// Run it on a runtime of its own thread (a current-thread tokio runtime): it waits only
     /// on the queues and the timer, and the blocking work (fsync, nft) runs between waits.
@@ -690,6 +698,9 @@ impl<B: Backend> Engine<B> {
                     self.busy_recorded = now;
                     self.record_busy()?;
                 }
+                // Storage that failed is tried again: the audit log's gap record, a probe
+                // file in the state directory.
+                self.dev.probe_storage();
                 if let Some(Some(drift)) = survive(self.dev.check_drift(&mut self.backend, me()))? {
                     tracing::warn!("enforcement drift repaired: {drift}");
                 }
@@ -734,10 +745,10 @@ impl<B: Backend> Engine<B> {
                 let summaries = self.denials.drain();
                 self.record_suppressed(summaries)?;
                 self.record_busy()?;
-                self.dev.audit().append(
+                self.dev.audit().record(
                     Entry::new("trustd.stop", Outcome::Ok, me())
                         .reason(format!("{why}; enforcement stays in the kernel")),
-                )?;
+                );
                 // The log's last record is covered by a signed checkpoint.
                 if let Err(e) = self.dev.checkpoint() {
                     tracing::error!("no checkpoint at stop: {e}");

@@ -43,6 +43,85 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     result
 }
 
+/// A file replaced by [`replace_keeping`]: the previous content is kept under a second link
+/// until [`Kept::commit`] drops it or [`Kept::undo`] puts it back.
+#[derive(Debug)]
+pub struct Kept {
+    path: std::path::PathBuf,
+    backup: std::path::PathBuf,
+    had: bool,
+}
+
+/// Replace `path` like [`write_atomic`], keeping its previous content (a second link: no
+/// data is copied, so it works on a nearly full filesystem) so that the replacement can be
+/// undone if a later step of the same change fails.
+pub fn replace_keeping(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<Kept> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
+    let backup = dir.join(format!(".{}.before", name.to_string_lossy()));
+    let _ = std::fs::remove_file(&backup);
+    let had = match std::fs::hard_link(path, &backup) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    if let Err(e) = write_atomic(path, bytes, mode) {
+        let _ = std::fs::remove_file(&backup);
+        return Err(e);
+    }
+    Ok(Kept {
+        path: path.to_owned(),
+        backup,
+        had,
+    })
+}
+
+impl Kept {
+    /// The change went through: drop the previous content.
+    pub fn commit(self) -> std::io::Result<()> {
+        if self.had {
+            std::fs::remove_file(&self.backup)?;
+        }
+        Ok(())
+    }
+
+    /// The change was refused: put the previous content back (or remove the file if there
+    /// was none), durably.
+    pub fn undo(self) -> std::io::Result<()> {
+        if self.had {
+            std::fs::rename(&self.backup, &self.path)?;
+        } else {
+            std::fs::remove_file(&self.path)?;
+        }
+        match self.path.parent() {
+            Some(dir) => fsync_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::commit`] or [`Self::undo`] as `ok` says; a failure is logged (the next load
+    /// settles what is left).
+    pub fn settle(self, ok: bool) {
+        let path = self.path.clone();
+        let r = if ok { self.commit() } else { self.undo() };
+        if let Err(e) = r {
+            tracing::error!(
+                "{}: not {} after the change ({e}); the next load settles it",
+                path.display(),
+                if ok {
+                    "cleaned up"
+                } else {
+                    "put back as it was"
+                }
+            );
+        }
+    }
+}
+
 /// Create `dir` and its parents with `mode` for the new ones, fsyncing each parent.
 pub fn create_dir_all(dir: &Path, mode: u32) -> std::io::Result<()> {
     if dir.is_dir() {
@@ -68,6 +147,30 @@ use std::os::unix::fs::DirBuilderExt;
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_kept_replacement_is_undone_or_committed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("f.json");
+        write_atomic(&p, b"old", 0o600).expect("write");
+        replace_keeping(&p, b"new", 0o600)
+            .expect("replace")
+            .undo()
+            .expect("undo");
+        assert_eq!(std::fs::read(&p).expect("read"), b"old");
+        replace_keeping(&p, b"new", 0o600)
+            .expect("replace")
+            .commit()
+            .expect("commit");
+        assert_eq!(std::fs::read(&p).expect("read"), b"new");
+        let q = d.path().join("g.json");
+        replace_keeping(&q, b"x", 0o600)
+            .expect("replace")
+            .undo()
+            .expect("undo");
+        assert!(!q.exists());
+        assert_eq!(std::fs::read_dir(d.path()).expect("ls").count(), 1);
+    }
 
     #[test]
     fn replaces_content_and_sets_mode_and_leaves_no_temp() {

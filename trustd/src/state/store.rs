@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::atomic::{create_dir_all, fsync_dir, write_atomic};
+use super::atomic::{create_dir_all, fsync_dir, replace_keeping, write_atomic};
 use super::recovery::{Installed, RoleReset, start_over};
 use super::{DeviceState, STATE_VERSION, Serials};
 use crate::Paths;
@@ -366,16 +366,24 @@ impl StateStore {
     ) -> Result<(), StateError> {
         let path = (P::ROLE != Role::Command).then(|| self.input_path(P::ROLE));
         let mut next = state.clone();
+        // The envelope in place before is kept (a second link) until the state that names
+        // the new one is saved: if that fails, it is put back, so that a refused install is
+        // not completed by the next load.
+        let mut kept = None;
         if let Some(path) = path {
             let dir = self.paths.state_dir();
             create_dir_all(&dir, 0o700).map_err(io(&dir))?;
-            write_atomic(&path, input.envelope_bytes(), 0o600).map_err(io(&path))?;
+            kept = Some(replace_keeping(&path, input.envelope_bytes(), 0o600).map_err(io(&path))?);
         }
         next.serials.raise(P::ROLE, input.payload().serial());
         if matches!(P::ROLE, Role::Policy | Role::Intel) {
             *digest_slot(&mut next, P::ROLE) = Some(input.digest().to_owned());
         }
-        self.save(&next)?;
+        let saved = self.save(&next);
+        if let Some(k) = kept {
+            k.settle(saved.is_ok());
+        }
+        saved?;
         *state = next;
         Ok(())
     }

@@ -119,7 +119,7 @@ impl Device {
                         rs.category_len(&c.name).to_string(),
                     );
                 }
-                self.audit.append(entry)?;
+                self.audit.record(entry);
                 self.intel_failure = None;
             }
             Err(why) => {
@@ -153,11 +153,11 @@ impl Device {
     ) -> Result<Option<String>, DeviceError> {
         if changes.stopped {
             self.watch.events = false;
-            self.audit.append(
+            self.audit.record(
                 Entry::new("network.watch", Outcome::Error, actor.clone()).reason(
                     "nftables notifications are no longer received; the periodic check covers both tables every interval".to_owned(),
                 ),
-            )?;
+            );
         }
         if let Some(gap) = &changes.gap {
             self.audit.append(
@@ -184,11 +184,11 @@ impl Device {
                 None
             };
             if let Some(what) = what {
-                self.audit.append(
+                self.audit.record(
                     Entry::new("network.drift", Outcome::Error, actor.clone())
                         .reason(format!("{what}; restoring"))
                         .digest("ruleset", canonical_digest(&rs)),
-                )?;
+                );
                 self.enforce(backend, actor.clone())?;
                 found = Some(what);
             }
@@ -215,10 +215,10 @@ impl Device {
             _ => None,
         };
         if let Some(what) = what {
-            self.audit.append(
+            self.audit.record(
                 Entry::new("intel.drift", Outcome::Error, actor.clone())
                     .reason(format!("{what}; restoring")),
-            )?;
+            );
             self.restore_intel(backend, c, actor)?;
             found = Some(what);
         }
