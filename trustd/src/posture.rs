@@ -436,7 +436,7 @@ mod tests {
     #[test]
     fn each_reason_sets_its_level() {
         type Tweak = fn(&mut Case);
-        let cases: [(Tweak, Level, &str); 14] = [
+        let cases: [(Tweak, Level, &str); 15] = [
             (
                 |c| {
                     c.storage =

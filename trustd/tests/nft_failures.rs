@@ -157,7 +157,9 @@ fn a_failed_enforcement_is_retried_by_the_checks_and_a_success_clears_posture() 
     let p = d.posture(now());
     assert_eq!(p.enforcement, "enforced");
     assert!(
-        !p.reasons.iter().any(|r| r.contains("stays")),
+        !p.reasons
+            .iter()
+            .any(|r| r.contains("the ruleset already in the kernel stays")),
         "{:?}",
         p.reasons
     );
