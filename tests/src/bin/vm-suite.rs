@@ -610,9 +610,12 @@ fn boot3() -> Result<u8> {
     };
     // Under TCG nft runs many times slower than on hardware: applying the feed keeps the
     // engine busy for longer than the watchdog allows (so trustd would rightly be restarted
-    // in the middle). For this measurement only, a runtime drop-in lengthens the watchdog.
+    // in the middle), and longer than nft's default deadline (so the apply would rightly be
+    // killed). For this measurement only, a runtime drop-in lengthens the watchdog and
+    // trustd.json the deadline.
     sh("mkdir -p /run/systemd/system/trustd.service.d && \
         printf '[Service]\\nWatchdogSec=600\\n' >/run/systemd/system/trustd.service.d/50-slow-vm.conf && \
+        printf '{\"nft_timeout_ms\": 590000}\\n' >/etc/trustd/trustd.json && \
         systemctl daemon-reload && systemctl restart trustd.service")?;
     rt.block_on(async {
         let c = Client::connect(None).await.map_err(|e| e.to_string())?;
@@ -628,7 +631,8 @@ fn boot3() -> Result<u8> {
             .map_err(|e| format!("100k feed: {e}"))
     });
     let took = t.elapsed();
-    sh("rm /run/systemd/system/trustd.service.d/50-slow-vm.conf && systemctl daemon-reload")?;
+    sh("rm /run/systemd/system/trustd.service.d/50-slow-vm.conf /etc/trustd/trustd.json && \
+        systemctl daemon-reload")?;
     if let Err(e) = applied {
         let journal = sh("journalctl -b -u trustd.service --no-pager -o cat | tail -n 15")?;
         let oom = sh("dmesg | grep -i 'out of memory' || true")?;
