@@ -166,3 +166,77 @@ fn a_failed_enforcement_is_retried_by_the_checks_and_a_success_clears_posture() 
     let applies = kinds(&dev, "network.apply");
     assert_eq!(applies.last().map(|a| a.0), Some(Outcome::Ok));
 }
+
+/// An executable script `body` in a new temporary directory (kept alive by the returned guard).
+fn script(body: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nft");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    (dir, path)
+}
+
+/// An `nft` that prints without bound (a broken or hostile binary, a listing gone wrong) is
+/// read whole into trustd's memory: the deadline bounds the time, nothing bounds the bytes.
+/// Here it prints 256 MiB (the unit's whole `MemoryMax=`) within its deadline, and trustd's
+/// own memory grows by as much: in the service it is trustd that the OOM killer then kills,
+/// not the `nft` child (SECURITY.md: "If it kills an `nft` child, that apply fails"). A
+/// listing trustd reads back (a table, two chains) has a size it can bound well below that.
+#[test]
+fn an_nft_that_prints_without_bound_does_not_grow_trustds_memory_with_it() {
+    let (_dir, nft) = script("head -c 268435456 /dev/zero");
+    let mut backend =
+        trustd::netfilter::NftBackend::new(&nft).with_deadline(Duration::from_secs(30));
+    let before = trustd::sys::peak_rss_kib().expect("VmHWM");
+    let r = backend.list_table(trustd::netfilter::TABLE);
+    let after = trustd::sys::peak_rss_kib().expect("VmHWM");
+    let grew = after.saturating_sub(before) / 1024;
+    eprintln!(
+        "peak RSS {before} KiB -> {after} KiB (+{grew} MiB); result {}",
+        match &r {
+            Ok(Some(s)) => format!("a listing of {} bytes", s.len()),
+            Ok(None) => "no table".into(),
+            Err(e) => e.to_string(),
+        }
+    );
+    assert!(
+        grew < 64,
+        "reading one nft listing grew this process's peak RSS by {grew} MiB"
+    );
+}
+
+/// A helper an `nft` leaves behind in a session of its own (`setsid`) escapes the kill of the
+/// child's process group, and PR_SET_PDEATHSIG is not inherited: it outlives the deadline and
+/// trustd, against "at the deadline its whole process group is killed ... and leaves no child
+/// behind". It also keeps the pipes open, so an `nft` that itself exited 0 at once is reported
+/// as hung.
+#[test]
+fn a_helper_that_leaves_nfts_process_group_is_not_left_running() {
+    let (dir, nft) = script(
+        "setsid sh -c 'echo $$ > \"$(dirname \"$0\")/helper\"; exec sleep 1000' \"$0\" &\nsleep 0.2\nexit 0",
+    );
+    let mut backend =
+        trustd::netfilter::NftBackend::new(&nft).with_deadline(Duration::from_millis(1000));
+    let r = backend.apply(r#"{"nftables": []}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    let helper: u32 = std::fs::read_to_string(dir.path().join("helper"))
+        .expect("the helper wrote its pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let alive = std::fs::read_to_string(format!("/proc/{helper}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+    if alive {
+        // SAFETY: kill takes integers; the pid is the helper this test's script started.
+        unsafe {
+            libc::kill(helper as i32, libc::SIGKILL);
+        }
+    }
+    eprintln!("apply: {r:?}");
+    assert!(
+        !alive,
+        "the helper (pid {helper}) is still running after the apply returned ({r:?})"
+    );
+    assert!(r.is_ok(), "nft exited 0 at once, yet: {r:?}");
+}
