@@ -349,3 +349,74 @@ fn trustd_started_without_nft_serves_its_posture_and_keeps_the_ruleset_loaded() 
     assert!(status.success(), "{status}");
     assert!(start.elapsed() < Duration::from_secs(3));
 }
+
+/// trustd killed (SIGKILL, the OOM killer, or the watchdog's SIGABRT) while an `nft` hangs:
+/// the `nft` dies with it (PR_SET_PDEATHSIG), but what that `nft` started in its process group
+/// does not, since only the direct child has the death signal and nobody kills the group any
+/// more. SECURITY.md: children "die if trustd does"; the deadline kills "its whole process
+/// group" precisely because helpers exist.
+#[test]
+fn trustd_killed_while_an_nft_hangs_leaves_nothing_of_its_process_group_running() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new("nk", false);
+    let b = lab.sign(lab_policy("direct"));
+    lab.load(&b);
+    std::fs::write(
+        lab.paths().config_file(),
+        json!({"nft_timeout_ms": 60_000}).to_string(),
+    )
+    .expect("trustd.json");
+    let tools = tempfile::tempdir().expect("tempdir");
+    let nft: PathBuf = tools.path().join("nft");
+    std::fs::write(&nft, SCRIPT).expect("script");
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(tools.path().join("mode"), "ok").expect("mode");
+    let nft_arg = nft.display().to_string();
+    let mut daemon = lab.run_daemon_with(
+        Bus::start(BusPolicy::Shipped, ""),
+        500,
+        &["--nft", &nft_arg],
+    );
+    wait_ready(&daemon.bus.address);
+    std::fs::write(tools.path().join("mode"), "hang").expect("mode");
+    let start = Instant::now();
+    while hung_pids(tools.path()).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5), "no nft hung");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let groups = hung_pids(tools.path());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &daemon.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let _ = daemon.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some(i) = stat.rfind(')') else { continue };
+        let f: Vec<&str> = stat[i + 1..].split_whitespace().collect();
+        if f[0] != "Z" && groups.contains(&f[2].parse().unwrap_or(0)) {
+            left.push(stat[..=i].to_owned());
+            if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+                // SAFETY: kill takes integers; the process is one this test's script started.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "the hung nft's process group outlived trustd: {left:?}"
+    );
+}

@@ -225,8 +225,13 @@ fn a_helper_that_leaves_nfts_process_group_is_not_left_running() {
         .trim()
         .parse()
         .expect("pid");
-    let alive = std::fs::read_to_string(format!("/proc/{helper}/stat"))
-        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+    let alive = std::fs::read_to_string(format!("/proc/{helper}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    });
     if alive {
         // SAFETY: kill takes integers; the pid is the helper this test's script started.
         unsafe {
