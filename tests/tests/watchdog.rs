@@ -214,15 +214,15 @@ fn a_drift_interval_longer_than_the_watchdog_is_capped_so_a_healthy_trustd_keeps
 const HANGING_NFT: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 case "$(cat "$dir/mode" 2>/dev/null)" in
-  hang) trap '' TERM; sleep 1000 ;;
+  hang) trap '' TERM; exec sleep 1000 ;;
   *) exec nft "$@" ;;
 esac
 "#;
 
-/// An `nft` that hangs is the fault item 2 of issue 15 handles: each one is killed at its
+/// An `nft` that hangs is a fault trustd handles by deadlines: each one is killed at its
 /// deadline, the engine never blocks past it, trustd goes on serving its posture and retrying.
 /// Here with the shipped numbers: the default deadline (20 s, no trustd.json) and the unit's
-/// `WatchdogSec=30` (the engine counts as wedged after 5 s without a drift check). A trustd doing exactly what the design
+/// `WatchdogSec=30` (the engine counts as wedged after 5 s without a drift check). A trustd doing what it is meant to
 /// says must therefore keep feeding the watchdog: if the pings stop for a whole timeout,
 /// systemd kills it (SIGABRT) and restarts it, and since every check runs a new `nft` that
 /// hangs again, it is killed in a loop, its retries' back-off and its posture lost each time.

@@ -631,8 +631,10 @@ fn boot3() -> Result<u8> {
             .map_err(|e| format!("100k feed: {e}"))
     });
     let took = t.elapsed();
-    sh("rm /run/systemd/system/trustd.service.d/50-slow-vm.conf /etc/trustd/trustd.json && \
-        systemctl daemon-reload")?;
+    sh(
+        "rm /run/systemd/system/trustd.service.d/50-slow-vm.conf /etc/trustd/trustd.json && \
+        systemctl daemon-reload",
+    )?;
     if let Err(e) = applied {
         let journal = sh("journalctl -b -u trustd.service --no-pager -o cat | tail -n 15")?;
         let oom = sh("dmesg | grep -i 'out of memory' || true")?;

@@ -505,7 +505,11 @@ async fn supervise(
                 return;
             }
         }
-        let engine_ok = heartbeat.age().is_some_and(|a| a <= timing.engine_bound);
+        // An engine waiting for a child (nft) still within its deadline is busy with bounded
+        // work, not wedged: a hung nft is killed at its deadline and reported, and must not
+        // get trustd itself killed (and its retries and posture lost) over and over.
+        let engine_ok = heartbeat.age().is_some_and(|a| a <= timing.engine_bound)
+            || trustd::sys::child::waiting_within_deadline();
         let bus_ok = service.answers(timing.answer_bound).await;
         if engine_ok && bus_ok {
             if !healthy {

@@ -66,6 +66,48 @@ pub enum ChildError {
     },
 }
 
+/// The most a child may write to stdout: past it, it is killed and the call fails (an `nft`
+/// listing of a million blocklist entries is some tens of MiB).
+pub const MAX_STDOUT: usize = 64 << 20;
+/// What is kept of a child's stderr (the rest is read and thrown away).
+pub const MAX_STDERR: usize = 64 << 10;
+/// After the child itself has exited, how long output still held open by a helper it left
+/// behind is waited for.
+const AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// The deadline (CLOCK_MONOTONIC, ms) of the child being waited for right now; 0 for none.
+static WAITING_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether this process is waiting for a child that is still within its deadline: busy
+/// with bounded work, not wedged (the watchdog's supervisor asks).
+pub fn waiting_within_deadline() -> bool {
+    match WAITING_UNTIL.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => false,
+        until => crate::sys::monotonic_ns() / 1_000_000 <= until,
+    }
+}
+
+/// Clears [`WAITING_UNTIL`] when the wait is over, however it ends.
+struct Waiting;
+
+impl Waiting {
+    fn until(deadline: Duration) -> Self {
+        let now = crate::sys::monotonic_ns() / 1_000_000;
+        let d = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        WAITING_UNTIL.store(
+            now.saturating_add(d).max(1),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        Self
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING_UNTIL.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Run `cmd` with `stdin` as its input (none: `/dev/null`), collecting stdout and stderr,
 /// for at most `deadline`. `started` is called with the child's pid as soon as it exists
 /// (whatever it returns is kept until the child is reaped, e.g. a registration guard).
@@ -106,6 +148,7 @@ pub fn run<G>(
         source,
     })?;
     let _guard = started(child.id());
+    let _waiting = Waiting::until(deadline);
     match talk(&mut child, stdin, end) {
         Ok(Some((stdout, stderr))) => match wait_until(&mut child, end) {
             Ok(Some(status)) => Ok(Output {
@@ -221,6 +264,7 @@ fn talk(
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut buf = vec![0u8; 64 << 10];
+    let mut exited: Option<Instant> = None;
     while stdout.is_some() || stderr.is_some() {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -235,6 +279,27 @@ fn talk(
         fds.push(raw(stdin.as_ref().map(AsRawFd::as_raw_fd), libc::POLLOUT));
         fds.push(raw(stdout.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN));
         fds.push(raw(stderr.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN));
+        // Whether the child itself has ended: output a helper it left behind holds open is
+        // then waited for only briefly (its exit status is what counts).
+        if exited.is_none() && has_exited(child.id()) {
+            exited = Some(Instant::now());
+        }
+        if exited.is_some_and(|t| t.elapsed() >= AFTER_EXIT) {
+            // What still holds the pipes open is a helper the child left behind, possibly in
+            // a session of its own (out of reach of the group kill): found by the pipes it
+            // holds, and killed.
+            let held: Vec<u64> = [
+                stdout.as_ref().map(AsRawFd::as_raw_fd),
+                stderr.as_ref().map(AsRawFd::as_raw_fd),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(pipe_inode)
+            .collect();
+            kill_holders(&held);
+            break;
+        }
+        let left = left.min(Duration::from_millis(50));
         let ms = libc::c_int::try_from(left.as_millis() + 1).unwrap_or(libc::c_int::MAX);
         // SAFETY: `fds` is a valid array of 3 pollfds for the duration of the call; negative
         // descriptors are ignored by poll.
@@ -261,29 +326,43 @@ fn talk(
                 stdin = None;
             }
         }
-        if fds[1].revents != 0 {
-            drain(&mut stdout, &mut out, &mut buf)?;
+        if fds[1].revents != 0 && drain(&mut stdout, &mut out, &mut buf, MAX_STDOUT)? {
+            return Err(std::io::Error::other(format!(
+                "it wrote more than {MAX_STDOUT} bytes to stdout (killed)"
+            )));
         }
         if fds[2].revents != 0 {
-            drain(&mut stderr, &mut err, &mut buf)?;
+            let _over = drain(&mut stderr, &mut err, &mut buf, MAX_STDERR)?;
         }
     }
     Ok(Some((out, err)))
 }
 
-/// Read what a non-blocking pipe holds into `sink`; at its end, close it (`None`).
-fn drain<R: Read>(pipe: &mut Option<R>, sink: &mut Vec<u8>, buf: &mut [u8]) -> std::io::Result<()> {
+/// Read what a non-blocking pipe holds into `sink`, keeping at most `limit` bytes; at its
+/// end, close it (`None`). Returns whether more than `limit` bytes came (the excess is
+/// thrown away).
+fn drain<R: Read>(
+    pipe: &mut Option<R>,
+    sink: &mut Vec<u8>,
+    buf: &mut [u8],
+    limit: usize,
+) -> std::io::Result<bool> {
     let Some(p) = pipe.as_mut() else {
-        return Ok(());
+        return Ok(false);
     };
+    let mut over = false;
     loop {
         match p.read(buf) {
             Ok(0) => {
                 *pipe = None;
-                return Ok(());
+                return Ok(over);
             }
-            Ok(n) => sink.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Ok(n) => {
+                let room = limit.saturating_sub(sink.len());
+                sink.extend_from_slice(&buf[..n.min(room)]);
+                over |= n > room;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(over),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -308,6 +387,67 @@ fn wait_until(child: &mut Child, end: Instant) -> std::io::Result<Option<ExitSta
 
 /// SIGKILL the child's process group (and the child itself, should it have left the group),
 /// then reap it; one that does not die within [`REAP_GRACE`] is reaped by a thread of its own.
+/// The inode of the pipe behind descriptor `fd`.
+fn pipe_inode(fd: i32) -> Option<u64> {
+    // SAFETY: fstat fills the zeroed stat buffer for a descriptor this process owns.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd, &mut st) == 0).then_some(st.st_ino)
+    }
+}
+
+/// SIGKILL every other process holding one of the pipes `inodes` (`/proc/PID/fd`).
+fn kill_holders(inodes: &[u64]) {
+    if inodes.is_empty() {
+        return;
+    }
+    let names: Vec<String> = inodes.iter().map(|i| format!("pipe:[{i}]")).collect();
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| names.iter().any(|n| l.as_os_str() == n.as_str()))
+        });
+        if holds && let Ok(pid) = libc::pid_t::try_from(pid) {
+            tracing::warn!("killing process {pid}, left behind by a child and holding its output");
+            // SAFETY: kill takes integers; `pid` holds this process's own pipe to the child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Whether child `pid` has exited, without reaping it (`waitid` with `WNOWAIT`): its pid, and
+/// so its process group's id, stay its own until it is reaped.
+fn has_exited(pid: u32) -> bool {
+    let pid: libc::id_t = pid;
+    // SAFETY: `info` is a zeroed siginfo_t that waitid fills; P_PID with WNOHANG | WNOWAIT
+    // only inspects our own child and leaves it waitable.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let rc = libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        rc == 0 && info.si_pid() != 0
+    }
+}
+
 fn kill_and_reap(mut child: Child) {
     let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
     if pid > 0 {
