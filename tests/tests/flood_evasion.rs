@@ -1,5 +1,5 @@
-//! Review 11: floods that the per-sender call budget in the serving socket
-//! (trustd/src/dbus/socket.rs) does not bound. Each runs as two ordinary users on a real
+//! Floods aimed past the per-sender call budget in the serving socket
+//! (trustd/src/dbus/socket.rs): a long object path. Each runs as two ordinary users on a real
 //! dbus-daemon with the shipped bus policy, beside root's calls and a measure of the bus
 //! daemon's own latency (so that what is trustd's can be told from what is the bus's).
 
