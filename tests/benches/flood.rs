@@ -21,6 +21,11 @@ fn main() {
     let n = 400;
     let timeout = Duration::from_secs(5);
     let idle = admin_latencies(&addr, n, timeout);
+    assert_eq!(
+        idle.failed, 0,
+        "ActivePolicy as root: {:?}",
+        idle.first_error
+    );
     let (p50i, p99i) = (percentile(&idle.admin, 50), percentile(&idle.admin, 99));
     println!("admin call (ActivePolicy as root), {n} calls each:");
     println!(
@@ -47,6 +52,11 @@ fn main() {
             std::time::Instant::now(),
         );
         let busy = admin_latencies(&addr, n, timeout);
+        assert_eq!(
+            busy.failed, 0,
+            "ActivePolicy as root: {:?}",
+            busy.first_error
+        );
         let secs = t.elapsed().as_secs_f64();
         #[allow(clippy::cast_precision_loss)]
         let share = |a: u64, b: u64| (b - a) as f64 / 100.0 / secs * 100.0;

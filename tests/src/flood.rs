@@ -117,9 +117,11 @@ pub fn admin_latencies(address: &str, n: usize, timeout: Duration) -> Latencies 
         for _ in 0..n {
             let t = Instant::now();
             match tokio::time::timeout(timeout, c.active_policy()).await {
-                Ok(r) => {
-                    r.expect("ActivePolicy as root");
-                    out.admin.push(us(t));
+                Ok(Ok(_)) => out.admin.push(us(t)),
+                Ok(Err(e)) => {
+                    out.failed += 1;
+                    out.first_error
+                        .get_or_insert_with(|| e.to_string().chars().take(160).collect());
                 }
                 Err(_) => out.timeouts += 1,
             }
@@ -141,6 +143,27 @@ pub struct Latencies {
     pub bus: Vec<u64>,
     /// Admin calls without an answer in time.
     pub timeouts: usize,
+    /// Admin calls answered with an error, and the first such error.
+    pub failed: usize,
+    /// See `failed`.
+    pub first_error: Option<String>,
+}
+
+/// The children of process `pid` (from /proc).
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.to_owned();
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// CPU time used so far by process `pid` and by all its threads (user + system), in clock

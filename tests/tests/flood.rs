@@ -36,6 +36,11 @@ fn a_flood_by_ordinary_users_stops_neither_roots_calls_nor_drift_repair() {
             l.timeouts, 0,
             "round {round}: root's calls timed out under the flood"
         );
+        assert_eq!(
+            l.failed, 0,
+            "round {round}: ActivePolicy as root failed: {:?}",
+            l.first_error
+        );
         all.extend(l.admin);
         bus.extend(l.bus);
         let t = Instant::now();
@@ -121,23 +126,6 @@ fn a_flood_by_ordinary_users_stops_neither_roots_calls_nor_drift_repair() {
     );
     let drift = records.iter().filter(|r| r.kind.contains("drift")).count();
     assert!(drift >= 4, "each repair is audited ({drift} drift records)");
-}
-
-/// The children of process `pid` (from /proc).
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let after = s.rsplit_once(')')?.1.to_owned();
-                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
 }
 
 /// Whether a `WATCHDOG=1` arrives on `sock` within `within` (older ones drained first).
@@ -240,7 +228,7 @@ fn the_watchdog_is_fed_only_while_the_engine_and_the_bus_service_work() {
     });
     std::thread::sleep(Duration::from_secs(6));
     let fed = watchdog_ping(&sock, Duration::from_secs(4));
-    for child in children(daemon.id()) {
+    for child in tests::flood::children(daemon.id()) {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &child.to_string()])
             .status();

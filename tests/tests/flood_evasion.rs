@@ -11,38 +11,14 @@ use tests::lab::{can_run, lab_policy, serve};
 
 /// `n` of root's `ActivePolicy` calls (an engine round trip), each on the connection trustctl
 /// would use: their latencies in microseconds, and how many failed or timed out (with the
-/// first error).
+/// first error); the bus daemon's own latency meanwhile goes to `bus`.
 fn root_calls(address: &str, n: usize, bus: &mut Vec<u64>) -> (Vec<u64>, usize, Option<String>) {
-    tests::rt().block_on(async {
-        let c = trustd::dbus::client::Client::connect(Some(address))
-            .await
-            .expect("root connects");
-        let dbus = zbus::fdo::DBusProxy::new(c.connection())
-            .await
-            .expect("bus proxy");
-        let (mut ok, mut failed, mut first) = (Vec::new(), 0, None);
-        for _ in 0..n {
-            // The bus daemon's own latency at that moment (what any service would see).
-            let t = std::time::Instant::now();
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), dbus.get_id()).await {
-                bus.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
-            }
-            let t = std::time::Instant::now();
-            match tokio::time::timeout(Duration::from_secs(5), c.active_policy()).await {
-                Ok(Ok(_)) => ok.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)),
-                Ok(Err(e)) => {
-                    failed += 1;
-                    let e = e.to_string();
-                    first.get_or_insert(e.chars().take(160).collect());
-                }
-                Err(_) => {
-                    failed += 1;
-                    first.get_or_insert("timed out after 5 s".to_owned());
-                }
-            }
-        }
-        (ok, failed, first)
-    })
+    let l = tests::flood::admin_latencies(address, n, Duration::from_secs(5));
+    bus.extend(l.bus);
+    let first = l
+        .first_error
+        .or_else(|| (l.timeouts > 0).then(|| "timed out after 5 s".to_owned()));
+    (l.admin, l.failed + l.timeouts, first)
 }
 
 /// Root's `ActivePolicy` idle, then under `shape` (as two ordinary users), and trustd's RSS

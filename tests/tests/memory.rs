@@ -28,23 +28,6 @@ fn peak(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The children of process `pid` (from /proc).
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let after = s.rsplit_once(')')?.1.to_owned();
-                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
-}
-
 #[test]
 fn trustd_memory_stays_within_its_budget_idle_with_a_100k_feed_and_under_a_flood() {
     if !can_run(&["ip", "nft", "setpriv", "dbus-daemon"]) {
@@ -70,7 +53,7 @@ fn trustd_memory_stays_within_its_budget_idle_with_a_100k_feed_and_under_a_flood
     let t = Instant::now();
     let mut nft_peak = 0;
     while !applying.is_finished() {
-        for child in children(pid) {
+        for child in tests::flood::children(pid) {
             nft_peak = nft_peak.max(peak(child));
         }
         std::thread::sleep(Duration::from_millis(5));

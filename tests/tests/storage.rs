@@ -252,6 +252,18 @@ fn refused(r: &Run, path: &Path, errno: &str) {
     assert!(e.contains("nothing changed"), "says nothing changed: {e}");
 }
 
+/// Ask for changes (`privacy on`), each refused naming `errno`, until posture says the audit
+/// log is failing too (within 30 s, else `never`).
+fn refuse_until_the_audit_log_fails(l: &Lab2, errno: &str, never: &str) {
+    let start = Instant::now();
+    while !l.status().contains("storage failing: audit log") {
+        let r = l.ctl(&["privacy", "on"]);
+        assert_ne!(r.code, 0, "{}", r.stdout);
+        assert!(r.stderr.contains(errno), "{}", r.stderr);
+        assert!(start.elapsed() < Duration::from_secs(30), "{never}");
+    }
+}
+
 #[test]
 fn a_full_state_and_audit_filesystem_refuses_changes_keeps_enforcing_and_records_the_gap() {
     if !can_run(TOOLS) {
@@ -289,16 +301,7 @@ fn a_full_state_and_audit_filesystem_refuses_changes_keeps_enforcing_and_records
     );
     // Each refused change still writes its records where the segment has room; soon the
     // audit log has none either.
-    let start = Instant::now();
-    while !l.status().contains("storage failing: audit log") {
-        let r = l.ctl(&["privacy", "on"]);
-        assert_ne!(r.code, 0, "{}", r.stdout);
-        assert!(r.stderr.contains("ENOSPC"), "{}", r.stderr);
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the audit log never filled"
-        );
-    }
+    refuse_until_the_audit_log_fails(&l, "ENOSPC", "the audit log never filled");
     let r = l.ctl(&["privacy", "on"]);
     refused(&r, &l.audit, "ENOSPC");
     assert_eq!(
@@ -365,16 +368,7 @@ fn a_read_only_state_and_audit_directory_refuses_changes_keeps_enforcing_and_rec
 
     // Each refused change still writes records to the open segment; within a few the log
     // needs a new segment, which the read-only directory refuses too.
-    let start = Instant::now();
-    while !l.status().contains("storage failing: audit log") {
-        let r = l.ctl(&["privacy", "on"]);
-        assert_ne!(r.code, 0, "{}", r.stdout);
-        assert!(r.stderr.contains("EROFS"), "{}", r.stderr);
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the audit log never needed a segment"
-        );
-    }
+    refuse_until_the_audit_log_fails(&l, "EROFS", "the audit log never needed a segment");
     assert_eq!(l.table(), before);
     l.drift_is_repaired(&before);
 

@@ -15,13 +15,14 @@ use tests::lab::{Daemon, Lab, can_run, lab_policy, wait_ready};
 /// A lab with a policy loaded, trustd started on a private bus with `env` besides
 /// `NOTIFY_SOCKET` and a drift check every 100 ms, and the socket it notifies.
 fn start(tag: &str, env: &[(&str, &str)]) -> (Lab, Daemon, UnixDatagram, tempfile::TempDir) {
-    start_every(tag, 100, env)
+    start_every(tag, 100, &[], env)
 }
 
-/// [`start`] with a drift interval of `interval_ms`.
+/// [`start`] with a drift interval of `interval_ms` and `args` for trustd.
 fn start_every(
     tag: &str,
     interval_ms: u64,
+    args: &[&str],
     env: &[(&str, &str)],
 ) -> (Lab, Daemon, UnixDatagram, tempfile::TempDir) {
     let mut lab = Lab::new(tag, false);
@@ -36,7 +37,7 @@ fn start_every(
     let addr = bus.address.clone();
     let mut vars: Vec<(&str, &std::ffi::OsStr)> = vec![("NOTIFY_SOCKET", path.as_os_str())];
     vars.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
-    let daemon = lab.run_daemon_env(bus, interval_ms, &[], &vars);
+    let daemon = lab.run_daemon_env(bus, interval_ms, args, &vars);
     wait_ready(&addr);
     (lab, daemon, sock, dir)
 }
@@ -197,7 +198,8 @@ fn a_drift_interval_longer_than_the_watchdog_is_capped_so_a_healthy_trustd_keeps
     if !can_run(&["ip", "nft", "dbus-daemon"]) {
         return;
     }
-    let (_lab, _daemon, sock, _dir) = start_every("wc", 60_000, &[("WATCHDOG_USEC", "2000000")]);
+    let (_lab, _daemon, sock, _dir) =
+        start_every("wc", 60_000, &[], &[("WATCHDOG_USEC", "2000000")]);
     assert!(
         wait_for(&sock, Duration::from_secs(5), |m| has(m, "READY=1")).is_some(),
         "READY=1"
@@ -237,22 +239,12 @@ fn an_nft_that_hangs_within_its_deadline_does_not_get_trustd_killed_by_the_watch
     std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     let nft_arg = nft.display().to_string();
-    let mut lab = Lab::new("wh", false);
-    let b = lab.sign(lab_policy("direct"));
-    lab.load(&b);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("notify");
-    let sock = UnixDatagram::bind(&path).expect("notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(50)))
-        .expect("timeout");
-    let bus = Bus::start(BusPolicy::Shipped, "");
-    let addr = bus.address.clone();
-    let vars: Vec<(&str, &std::ffi::OsStr)> = vec![
-        ("NOTIFY_SOCKET", path.as_os_str()),
-        ("WATCHDOG_USEC", std::ffi::OsStr::new("30000000")),
-    ];
-    let _daemon = lab.run_daemon_env(bus, 500, &["--nft", &nft_arg], &vars);
-    wait_ready(&addr);
+    let (_lab, _daemon, sock, _dir) = start_every(
+        "wh",
+        500,
+        &["--nft", &nft_arg],
+        &[("WATCHDOG_USEC", "30000000")],
+    );
     assert!(
         wait_for(&sock, Duration::from_secs(5), |m| has(m, "READY=1")).is_some(),
         "READY=1"

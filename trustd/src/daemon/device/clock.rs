@@ -25,6 +25,25 @@ pub(super) struct TimeWatch {
 /// The key of a recorded clock doubt.
 const CLOCK_KEY: &str = "clock:implausible";
 
+impl Held {
+    /// An installed signed input of `role`, with the `max_age` its policy sets for it.
+    fn of<P: crate::bundle::Payload>(
+        role: Role,
+        v: &crate::bundle::Verified<P>,
+        max_age: Option<u64>,
+    ) -> Self {
+        let p = v.payload();
+        Self {
+            role,
+            serial: p.serial(),
+            digest: v.digest().to_owned(),
+            issued_at: p.issued_at(),
+            expires_at: p.expires_at(),
+            max_age,
+        }
+    }
+}
+
 impl Device {
     /// The installed inputs whose time matters: the policy, the intel feed (each with the
     /// policy's `max_age` for its role) and the trust root.
@@ -32,26 +51,10 @@ impl Device {
         let max_age = self.policy.as_ref().and_then(|p| p.payload().max_age);
         let mut held = Vec::new();
         if let Some(p) = &self.policy {
-            let p_ = p.payload();
-            held.push(Held {
-                role: Role::Policy,
-                serial: p_.serial,
-                digest: p.digest().to_owned(),
-                issued_at: p_.issued_at,
-                expires_at: p_.expires_at,
-                max_age: max_age.and_then(|m| m.policy),
-            });
+            held.push(Held::of(Role::Policy, p, max_age.and_then(|m| m.policy)));
         }
         if let Some(i) = &self.intel {
-            let i_ = i.payload();
-            held.push(Held {
-                role: Role::Intel,
-                serial: i_.serial,
-                digest: i.digest().to_owned(),
-                issued_at: i_.issued_at,
-                expires_at: i_.expires_at,
-                max_age: max_age.and_then(|m| m.intel),
-            });
+            held.push(Held::of(Role::Intel, i, max_age.and_then(|m| m.intel)));
         }
         held.push(Held {
             role: Role::Root,
