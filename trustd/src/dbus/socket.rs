@@ -383,7 +383,13 @@ impl Reader {
                 self.budgets.privileged.insert(sender.to_owned(), p);
                 p
             }
-            Ok(None) | Err(_) => false,
+            // No answer (the sender is gone, or the bus is too slow): not privileged, and kept
+            // so, since a name is never reused; asking again for each of a departed flooder's
+            // queued calls stalled this reader (and root's calls behind it).
+            Ok(None) | Err(_) => {
+                self.budgets.privileged.insert(sender.to_owned(), false);
+                false
+            }
         }
     }
 }
