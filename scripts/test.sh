@@ -7,14 +7,23 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-tools=(nft ip dbus-daemon setpriv faketime unshare nsenter mount qemu-system-x86_64 mmdebstrap mkfs.ext4 zstd cpio strip)
+tools=(nft ip dbus-daemon setpriv faketime unshare nsenter mount qemu-system-x86_64 mmdebstrap mkfs.ext4 zstd cpio strip go)
 missing=()
 for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
+[[ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ]] || missing+=(golang.org/x/mod)
 if ((${#missing[@]})) && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
   echo "installing the packages for: ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     nftables iproute2 dbus util-linux mount procps ca-certificates faketime \
-    mmdebstrap qemu-system-x86 e2fsprogs zstd cpio binutils >/dev/null
+    mmdebstrap qemu-system-x86 e2fsprogs zstd cpio binutils \
+    golang-go golang-golang-x-mod-dev python3-venv >/dev/null
+fi
+# securesystemslib (PyPI), an outside DSSE implementation for the interop test, in a venv
+# under target/ made once. Without it that test skips (and fails under CI=true).
+venv=target/interop-venv
+if ! "$venv/bin/python" -c 'import securesystemslib.dsse' 2>/dev/null; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q 'securesystemslib[crypto]==1.6.0' ||
+    echo "could not make $venv with securesystemslib"
 fi
 
 log=$(mktemp)

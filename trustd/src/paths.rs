@@ -90,6 +90,11 @@ impl Paths {
         self.state_dir().join("device.pub")
     }
 
+    /// The same public key as a signed-note verifier key (one line), for checkpoint verifiers.
+    pub fn device_vkey(&self) -> PathBuf {
+        self.state_dir().join("device.vkey")
+    }
+
     /// Lock held by whoever writes the state directory (the daemon, or `trustctl` offline).
     pub fn state_lock(&self) -> PathBuf {
         self.state_dir().join(".lock")

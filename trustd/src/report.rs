@@ -1,7 +1,8 @@
 //! Evidence for someone off the device: the device signing key, and posture reports.
 //!
 //! The device key (ed25519, 0600 beside the device secret, made at first start) signs audit
-//! checkpoints (C2SP signed notes, origin and key name `enigm.org/trustd/<keyid>`) and
+//! checkpoints (C2SP signed notes, origin and key name `enigm.org/trustd/<first 16 hex digits of
+//! the device key's keyid>`) and
 //! posture reports: DSSE envelopes of type `application/vnd.enigm.posture-report+json` over the
 //! posture, its evidence (policy and ruleset digests, the audit checkpoint, boot id, kernel,
 //! Landlock ABI) and the verifier's nonce. A verifier checks a report offline with the
@@ -28,20 +29,35 @@ pub fn origin(key: &VerifyingKey) -> String {
 }
 
 /// Load the device key, or make it (0600, and the public half 0644) if there is none.
-/// Returns the key and whether it was made now.
+/// Returns the key and whether it was made now. The public half is written twice, as
+/// `device.pub` (trustd's key file) and `device.vkey` (a signed-note verifier key under the
+/// checkpoint origin); the vkey is rewritten at load when it is missing or names another key.
 pub fn load_or_create_key(paths: &Paths) -> std::io::Result<(SigningKey, bool)> {
-    match PrivateKeyFile::load(&paths.device_key()) {
-        Ok(k) => return Ok((k, false)),
-        Err(_) if !paths.device_key().exists() => {}
+    let made = match PrivateKeyFile::load(&paths.device_key()) {
+        Ok(k) => Some((k, false)),
+        Err(_) if !paths.device_key().exists() => None,
         Err(e) => return Err(std::io::Error::other(e.to_string())),
+    };
+    let (key, new) = match made {
+        Some(loaded) => loaded,
+        None => {
+            let key = crate::bundle::generate_key().map_err(std::io::Error::other)?;
+            crate::state::atomic::create_dir_all(&paths.state_dir(), 0o700)?;
+            let private = serde_json::to_vec_pretty(&PrivateKeyFile::new(&key))?;
+            crate::state::atomic::write_atomic(&paths.device_key(), &private, 0o600)?;
+            let public = serde_json::to_vec_pretty(&PublicKeyFile::new(&key.verifying_key()))?;
+            crate::state::atomic::write_atomic(&paths.device_pub(), &public, 0o644)?;
+            (key, true)
+        }
+    };
+    let vk = key.verifying_key();
+    let vkey = crate::audit::checkpoint::verifier_key(&origin(&vk), &vk)
+        .map_err(std::io::Error::other)?
+        + "\n";
+    if std::fs::read_to_string(paths.device_vkey()).ok().as_deref() != Some(vkey.as_str()) {
+        crate::state::atomic::write_atomic(&paths.device_vkey(), vkey.as_bytes(), 0o644)?;
     }
-    let key = crate::bundle::generate_key().map_err(std::io::Error::other)?;
-    crate::state::atomic::create_dir_all(&paths.state_dir(), 0o700)?;
-    let private = serde_json::to_vec_pretty(&PrivateKeyFile::new(&key))?;
-    crate::state::atomic::write_atomic(&paths.device_key(), &private, 0o600)?;
-    let public = serde_json::to_vec_pretty(&PublicKeyFile::new(&key.verifying_key()))?;
-    crate::state::atomic::write_atomic(&paths.device_pub(), &public, 0o644)?;
-    Ok((key, true))
+    Ok((key, new))
 }
 
 /// What a report proves beyond the posture itself.

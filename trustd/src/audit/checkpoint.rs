@@ -5,7 +5,7 @@
 //! (c2sp.org/tlog-checkpoint):
 //!
 //! ```text
-//! enigm.org/trustd/<device handle>
+//! enigm.org/trustd/<first 16 hex digits of the device key's keyid>
 //! 1234
 //! <base64 of the root hash>
 //!
@@ -17,6 +17,10 @@
 //! three lines (no extension lines), a canonical size no larger than 2^63 - 1, a canonical
 //! base64 root of 32 bytes, one signature by the given key (name and key ID). Signatures by
 //! other keys (a witness's cosignature, say) are skipped, as signed-note requires.
+//!
+//! The key name is the origin. The device's public key is also published as a signed-note
+//! verifier key ([`verifier_key`], `device.vkey`): `<name>+<key ID hex>+<base64 of 0x01 ||
+//! public key>`, the form Go's `golang.org/x/mod/sumdb/note` and other note verifiers read.
 
 use std::path::Path;
 
@@ -51,7 +55,7 @@ const ED25519: u8 = 0x01;
 /// A tree head of the log: what a checkpoint signs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
-    /// Who issued it: `enigm.org/trustd/<device handle>`.
+    /// Who issued it: `enigm.org/trustd/<first 16 hex digits of the device key's keyid>`.
     pub origin: String,
     /// The number of records covered.
     pub size: u64,
@@ -131,6 +135,12 @@ pub enum CheckpointError {
         name: String,
         /// What is wrong.
         reason: &'static str,
+    },
+    /// A verifier key (vkey) is malformed or does not match itself.
+    #[error("verifier key {reason}")]
+    VerifierKey {
+        /// What is wrong.
+        reason: String,
     },
     /// A signature line is malformed.
     #[error("checkpoint note line {line}: {reason}")]
@@ -245,6 +255,75 @@ pub fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
         .chain_update(key.as_bytes())
         .finalize();
     [h[0], h[1], h[2], h[3]]
+}
+
+/// The signed-note verifier key (c2sp.org/signed-note) of the ed25519 `key` under `name`:
+/// `<name>+<key ID, 8 lowercase hex digits>+<base64 of 0x01 || the 32-byte key>`, one line
+/// without a newline. Errors: a name signed-note does not allow.
+pub fn verifier_key(name: &str, key: &VerifyingKey) -> Result<String, CheckpointError> {
+    check_key_name(name)?;
+    let mut blob = Vec::with_capacity(33);
+    blob.push(ED25519);
+    blob.extend_from_slice(key.as_bytes());
+    Ok(format!(
+        "{name}+{}+{}",
+        hex(&key_id(name, key)),
+        STANDARD.encode(blob)
+    ))
+}
+
+/// Parse a signed-note verifier key of an ed25519 key (the form [`verifier_key`] writes; one
+/// trailing newline is allowed): its name and key. Refused: not three `+`-separated fields, a
+/// name signed-note does not allow, a key ID that is not 8 lowercase hex digits or not the one
+/// the name and key give, non-canonical base64, another signature type than ed25519 (0x01),
+/// or bytes that are not an ed25519 public key.
+pub fn parse_verifier_key(vkey: &str) -> Result<(String, VerifyingKey), CheckpointError> {
+    let bad = |reason: String| CheckpointError::VerifierKey { reason };
+    let line = vkey.strip_suffix('\n').unwrap_or(vkey);
+    let mut fields = line.splitn(3, '+');
+    let (Some(name), Some(id), Some(b64)) = (fields.next(), fields.next(), fields.next()) else {
+        return Err(bad(
+            "is not <name>+<key ID>+<base64 key> (three fields separated by '+')".into(),
+        ));
+    };
+    check_name(name).map_err(|reason| bad(format!("name {name:?} {reason}")))?;
+    if id.len() != 8
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(bad(format!("key ID {id:?} is not 8 lowercase hex digits")));
+    }
+    let raw = STANDARD
+        .decode(b64)
+        .ok()
+        .filter(|raw| STANDARD.encode(raw) == b64)
+        .ok_or_else(|| bad("key is not canonical base64".into()))?;
+    match raw.split_first() {
+        Some((&ED25519, rest)) if rest.len() == 32 => {}
+        Some((&ED25519, rest)) => {
+            return Err(bad(format!(
+                "ed25519 key is {} bytes; it is 32",
+                rest.len()
+            )));
+        }
+        Some((t, _)) => {
+            return Err(bad(format!(
+                "has signature type 0x{t:02x}; only ed25519 (0x01) is accepted"
+            )));
+        }
+        None => return Err(bad("key is empty".into())),
+    }
+    let bytes: [u8; 32] = raw[1..].try_into().expect("checked: 32 bytes");
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| bad("key is not an ed25519 public key".into()))?;
+    if hex(&key_id(name, &key)) != id {
+        return Err(bad(format!(
+            "key ID {id} is not the one name {name:?} and its key give ({})",
+            hex(&key_id(name, &key))
+        )));
+    }
+    Ok((name.to_owned(), key))
 }
 
 /// Key names and origins: non-empty, no spaces, no `+`, no control characters, one line.
@@ -700,6 +779,71 @@ mod tests {
     }
 
     const NAME: &str = "enigm.org/trustd/AbCdEfGhIjKlMnOpQrStUv";
+
+    /// The example key pair of Go's golang.org/x/mod/sumdb/note documentation: its private
+    /// key `PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz`
+    /// (seed after the 0x01) has the verifier key below.
+    const GO_SEED: &str = "810a1402d5146c8d84f2443330f54080ebf98ee17d9c74f6252fc5d5c7283173";
+    const GO_VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+
+    fn go_key() -> SigningKey {
+        let seed: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&GO_SEED[2 * i..2 * i + 2], 16).expect("test data"))
+            .collect();
+        SigningKey::from_bytes(&seed.try_into().expect("test data"))
+    }
+
+    #[test]
+    fn verifier_key_matches_the_go_note_documentation_example() {
+        let k = go_key();
+        assert_eq!(
+            verifier_key("PeterNeumann", &k.verifying_key()).expect("test data"),
+            GO_VKEY
+        );
+        let (name, vk) = parse_verifier_key(&format!("{GO_VKEY}\n")).expect("test data");
+        assert_eq!((name.as_str(), vk), ("PeterNeumann", k.verifying_key()));
+    }
+
+    #[test]
+    fn verifier_keys_that_do_not_match_themselves_are_refused() {
+        let good = verifier_key(NAME, &key(7).verifying_key()).expect("test data");
+        let (name, id, b64) = {
+            let mut f = good.splitn(3, '+');
+            (
+                f.next().expect("test data"),
+                f.next().expect("test data"),
+                f.next().expect("test data"),
+            )
+        };
+        let other = verifier_key(NAME, &key(8).verifying_key()).expect("test data");
+        let other_b64 = other.splitn(3, '+').nth(2).expect("test data");
+        let mut wrong_type = STANDARD.decode(b64).expect("test data");
+        wrong_type[0] = 0x02;
+        for (bad, why) in [
+            (format!("{name}+{id}"), "three fields"),
+            (format!("other+{id}+{b64}"), "key ID"),
+            (format!("{name}+{id}+{other_b64}"), "key ID"),
+            (
+                format!("{name}+{}+{b64}", id.to_uppercase()),
+                "lowercase hex",
+            ),
+            (
+                format!("{name}+{id}+{}", STANDARD.encode(&wrong_type)),
+                "signature type 0x02",
+            ),
+            (format!("{name}+{id}+{}", &b64[..b64.len() - 4]), "bytes"),
+            (format!("{name}+{id}+{b64}="), "canonical base64"),
+            (format!("na me+{id}+{b64}"), "space"),
+            (format!("{good}\n\n"), "canonical base64"),
+        ] {
+            let e = parse_verifier_key(&bad).expect_err("refused").to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_verifier_key(&good).expect("test data").1,
+            key(7).verifying_key()
+        );
+    }
 
     fn cp() -> Checkpoint {
         Checkpoint {

@@ -39,7 +39,7 @@ pub const MAX_LISTED: usize = 32;
 /// The device's own key, against which the stored checkpoint is checked at open.
 #[derive(Debug, Clone)]
 pub struct Anchor {
-    /// The checkpoint origin and note key name (`enigm.org/trustd/<keyid>`).
+    /// The checkpoint origin and note key name (`enigm.org/trustd/<first 16 hex digits of the device key's keyid>`).
     pub origin: String,
     /// The device's public key.
     pub key: VerifyingKey,

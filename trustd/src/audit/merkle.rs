@@ -667,6 +667,34 @@ pub(crate) fn for_each_line(dir: &Path, mut f: impl FnMut(&[u8])) -> Result<(), 
     Ok(())
 }
 
+/// Write every record of the log in `dir` to `out` as JSON lines, oldest first: each record's
+/// exact bytes (the Merkle leaf: RFC 6962 leaf hash = SHA-256(0x00 || line)) and a newline,
+/// without the segments' preallocated, unwritten tail. Returns the number of records. Errors:
+/// a segment that cannot be read, or `out` refusing a write (reported under `out_name`).
+pub fn export_records(
+    dir: &Path,
+    out: &mut dyn std::io::Write,
+    out_name: &Path,
+) -> Result<u64, AuditError> {
+    let mut n = 0u64;
+    let mut failed = None;
+    for_each_line(dir, |line| {
+        if failed.is_none() {
+            match out.write_all(line).and_then(|()| out.write_all(b"\n")) {
+                Ok(()) => n += 1,
+                Err(e) => failed = Some(e),
+            }
+        }
+    })?;
+    match failed.map_or_else(|| out.flush(), Err) {
+        Ok(()) => Ok(n),
+        Err(source) => Err(AuditError::Io {
+            path: out_name.into(),
+            source,
+        }),
+    }
+}
+
 /// The Merkle tree of the log in `dir`, from its files alone (for an offline verifier; the
 /// writer keeps its own, see [`super::AuditLog::tree_head`]).
 pub fn merkle_from_dir(dir: &Path) -> Result<MerkleTree, AuditError> {

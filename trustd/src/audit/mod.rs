@@ -15,7 +15,9 @@ mod verify;
 
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointError};
 pub use log::{AuditError, AuditLog, MAX_SEQ, OpenReport, Options, Receipt};
-pub use merkle::{ConsistencyProof, InclusionProof, MerkleTree, ProofError, merkle_from_dir};
+pub use merkle::{
+    ConsistencyProof, InclusionProof, MerkleTree, ProofError, export_records, merkle_from_dir,
+};
 pub use record::{Actor, Entry, GENESIS, Outcome, Record, record_hash};
 pub use segment::{HEAD_FILE, segment_name};
 pub use verify::{Problem, VerifyReport, read_records, verify_dir};

@@ -170,7 +170,7 @@ enum PostureCmd {
         /// The nonce the verifier sent.
         #[arg(long)]
         nonce: String,
-        /// The device's public key file (`device.pub`).
+        /// The device's public key: its `device.pub`, or its signed-note verifier key `device.vkey`.
         #[arg(long)]
         key: PathBuf,
     },
@@ -277,6 +277,17 @@ enum AuditCmd {
         #[arg(short = 'n', default_value_t = 10)]
         n: usize,
     },
+    /// Write every record as JSON lines, oldest first (offline, from the files): each line is
+    /// exactly the bytes the log's Merkle tree hashes, so `jq`, Python's `json` and RFC 6962
+    /// verifiers read it as is.
+    Export {
+        /// Root prefix of the device's files.
+        #[arg(long, default_value = "/")]
+        prefix: PathBuf,
+        /// Output file (stdout if absent).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
     /// Acknowledge the damage the daemon recorded in the log (after reviewing it with
     /// `status` and `audit tail`): posture stops showing it; the damage records stay and
     /// the acknowledgement is itself recorded.
@@ -299,7 +310,7 @@ enum AuditCmd {
         /// A checkpoint saved earlier.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// The device's public key file (`device.pub`).
+        /// The device's public key: its `device.pub`, or its signed-note verifier key `device.vkey`.
         #[arg(long)]
         key: PathBuf,
         /// Root prefix of the device's files.
@@ -313,7 +324,7 @@ enum AuditCmd {
         old: PathBuf,
         /// A later checkpoint (default: the log as the files are now).
         new: Option<PathBuf>,
-        /// The device's public key file (`device.pub`).
+        /// The device's public key: its `device.pub`, or its signed-note verifier key `device.vkey`.
         #[arg(long)]
         key: PathBuf,
         /// Root prefix of the device's files.
@@ -427,6 +438,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Audit { cmd } => match cmd {
             AuditCmd::Verify { prefix: Some(p) } => audit_verify(j, &p),
             AuditCmd::Tail { prefix: Some(p), n } => audit_tail(j, &p, n),
+            AuditCmd::Export { prefix, out } => audit_export(&prefix, out.as_deref()),
             AuditCmd::Prove {
                 seq,
                 checkpoint,
@@ -493,7 +505,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Posture {
             cmd: PostureCmd::Verify { file, nonce, key },
         } => {
-            let vk = PublicKeyFile::load(&key)?;
+            let vk = device_key(&key)?;
             let r = trustd::report::verify_report(&read(&file)?, &nonce, &vk).map_err(Refused)?;
             print(
                 j,
@@ -528,6 +540,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// The device's public key from `path`: trustd's key file (`device.pub`, JSON) or a
+/// signed-note verifier key (`device.vkey`), whose name must be the key's checkpoint origin.
+fn device_key(path: &Path) -> Result<ed25519_dalek::VerifyingKey> {
+    let bytes = read(path)?;
+    if bytes.trim_ascii_start().starts_with(b"{") {
+        return Ok(PublicKeyFile::load(path)?);
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| Refused(format!("{}: not UTF-8", path.display())))?;
+    let (name, key) = trustd::audit::checkpoint::parse_verifier_key(&text)
+        .map_err(|e| Refused(format!("{}: {e}", path.display())))?;
+    let origin = trustd::report::origin(&key);
+    if name != origin {
+        return Err(Refused(format!(
+            "{}: verifier key name {name} is not its key's origin {origin}",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(key)
+}
+
 /// A checkpoint file verified with the device key (its key name is the key's origin).
 fn load_checkpoint(
     path: &Path,
@@ -549,8 +583,25 @@ fn load_checkpoint(
     Ok(cp)
 }
 
+fn audit_export(prefix: &Path, out: Option<&Path>) -> Result<ExitCode> {
+    let dir = Paths::new(prefix).audit_dir();
+    match out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            trustd::audit::export_records(&dir, &mut w, path)?;
+        }
+        None => {
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            trustd::audit::export_records(&dir, &mut w, Path::new("stdout"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn audit_prove(j: bool, seq: u64, cp: &Path, key: &Path, prefix: &Path) -> Result<ExitCode> {
-    let vk = PublicKeyFile::load(key)?;
+    let vk = device_key(key)?;
     let cp = load_checkpoint(cp, &vk)?;
     let dir = Paths::new(prefix).audit_dir();
     let (proof, line) = trustd::audit::checkpoint::prove_inclusion_in_dir(&dir, seq, &cp)
@@ -578,7 +629,7 @@ fn audit_consistency(
     prefix: &Path,
 ) -> Result<ExitCode> {
     use trustd::audit::checkpoint::{check_dir_consistency, verify_consistency_proof};
-    let vk = PublicKeyFile::load(key)?;
+    let vk = device_key(key)?;
     let old = load_checkpoint(old, &vk)?;
     let dir = Paths::new(prefix).audit_dir();
     let now = check_dir_consistency(&dir, &old).map_err(|e| Refused(e.to_string()))?;
@@ -592,6 +643,11 @@ fn audit_consistency(
         "the log ({} records) extends checkpoint size {}: nothing before it was removed or rewritten",
         now.size, old.size
     );
+    // The proofs, for a verifier that checks them itself (RFC 6962 section 2.1.2 order;
+    // hashes as lowercase hex).
+    let mut out = json!({"ok": true, "old_size": old.size, "size": now.size,
+                         "old_root": trustd::bundle::hex(&old.root), "root": trustd::bundle::hex(&now.root),
+                         "proof": serde_json::to_value(&now.proof)?});
     if let Some(new) = new {
         let new = load_checkpoint(new, &vk)?;
         let tree = trustd::audit::merkle_from_dir(&dir).map_err(|e| Refused(e.to_string()))?;
@@ -612,16 +668,15 @@ fn audit_consistency(
             .consistency_proof(old.size, new.size)
             .map_err(|e| Refused(e.to_string()))?;
         verify_consistency_proof(&old, &new, &proof).map_err(|e| Refused(e.to_string()))?;
+        out["new_size"] = json!(new.size);
+        out["new_root"] = json!(trustd::bundle::hex(&new.root));
+        out["new_proof"] = serde_json::to_value(&proof)?;
         text.push_str(&format!(
             "; checkpoint size {} extends checkpoint size {}",
             new.size, old.size
         ));
     }
-    print(
-        j,
-        json!({"ok": true, "old_size": old.size, "size": now.size}),
-        &text,
-    );
+    print(j, out, &text);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -844,7 +899,9 @@ mod bus {
                 write_out(out.as_deref(), format!("{r}\n").as_bytes())?;
             }
             Op::Posture(PostureCmd::Verify { .. })
-            | Op::Audit(AuditCmd::Prove { .. } | AuditCmd::Consistency { .. }) => {
+            | Op::Audit(
+                AuditCmd::Prove { .. } | AuditCmd::Consistency { .. } | AuditCmd::Export { .. },
+            ) => {
                 return Err(anyhow!("internal: this command runs offline"));
             }
             Op::Audit(AuditCmd::Tail { n, .. }) => {
