@@ -15,17 +15,12 @@
 //! Exit codes: 1 refused (by policy, hash or confinement); 2 usage; 3 trustd unreachable or
 //! exec failed.
 
-use std::ffi::CString;
-use std::io::Read;
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sha2::{Digest, Sha256};
 use trustd::dbus::client::Client;
 use trustd::launch::Profile;
+use trustd::launch::exec::{argv, exec_env, open_pinned};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,41 +68,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Open and hash the executable; the descriptor is what will be executed.
-fn open_pinned(p: &Profile) -> Result<OwnedFd, String> {
-    let mut f = std::fs::File::open(&p.exec).map_err(|e| format!("{}: {e}", p.exec))?;
-    let meta = f.metadata().map_err(|e| format!("{}: {e}", p.exec))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", p.exec));
-    }
-    // Only root may be able to change it between the hash and the exec.
-    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} may be written by others than root (owner uid {}, mode {:o}): it cannot be pinned",
-            p.exec,
-            meta.uid(),
-            meta.mode() & 0o7777
-        ));
-    }
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", p.exec))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let got = trustd::bundle::hex(&h.finalize());
-    if got != p.sha256 {
-        return Err(format!(
-            "{} has sha256 {got}, the policy pins {}",
-            p.exec, p.sha256
-        ));
-    }
-    Ok(f.into())
-}
-
 async fn launch(cli: &Cli) -> Outcome {
     let c = match Client::connect(cli.bus.as_deref()).await {
         Ok(c) => c,
@@ -133,7 +93,8 @@ async fn launch(cli: &Cli) -> Outcome {
     };
     let fd = match open_pinned(&profile) {
         Ok(fd) => fd,
-        Err(why) => {
+        Err(e) => {
+            let why = e.to_string();
             report(false, &why).await;
             return Outcome::Refused(why);
         }
@@ -157,28 +118,11 @@ async fn launch(cli: &Cli) -> Outcome {
     report(true, &how).await;
     drop(c);
 
-    let to_c = |b: &[u8]| CString::new(b).map_err(|_| "an argument contains a NUL byte".to_owned());
-    let mut argv = vec![match to_c(profile.exec.as_bytes()) {
+    let argv = match argv(&profile.exec, &cli.args) {
         Ok(a) => a,
         Err(e) => return Outcome::System(e),
-    }];
-    for a in &cli.args {
-        match to_c(a.as_bytes()) {
-            Ok(a) => argv.push(a),
-            Err(e) => return Outcome::System(e),
-        }
-    }
-    // The dynamic loader's variables (LD_PRELOAD, LD_LIBRARY_PATH...) would run code that
-    // is not pinned inside the pinned app: they are not passed on.
-    let env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| !k.as_bytes().starts_with(b"LD_"))
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend(v.as_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
+    };
+    let env = exec_env(std::env::vars_os());
     let e = trustd::sys::exec_fd(&fd, &argv, &env);
     Outcome::System(format!("executing {}: {e}", profile.exec))
 }

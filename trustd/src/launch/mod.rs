@@ -1,4 +1,5 @@
-//! Launch decisions (pure) and the Landlock confinement `trustd-launch` applies.
+//! Launch decisions (pure), and what `trustd-launch` does with a yes: the exec-time checks
+//! ([`exec`]) and the Landlock confinement ([`landlock`]).
 //!
 //! Deny by default: an app starts only if the policy lists it, the executable is the one the
 //! policy names, and the device's mode allows it:
@@ -9,6 +10,7 @@
 //! - privacy mode: apps with the `privacy` mode that `privacy.deny_apps` does not name;
 //! - otherwise: apps with the `normal` mode.
 
+pub mod exec;
 pub mod landlock;
 
 use serde::{Deserialize, Serialize};
