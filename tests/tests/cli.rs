@@ -272,3 +272,82 @@ fn keygen_names_the_pair_after_out_and_never_replaces_a_key() {
             .expect("json");
     assert_eq!(first["keyid"], public["keyid"]);
 }
+
+#[test]
+fn one_exit_code_rule_for_every_command_and_json_for_every_outcome() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let d = d.path();
+    setup(d);
+    // --help states the rule.
+    let help = ok(trustctl(d, &["--help"]));
+    assert!(
+        help.stdout
+            .contains("1 refused: the input or the request is invalid"),
+        "{}",
+        help.stdout
+    );
+    // Usage errors: exit 2, with a suggestion for a typo; with --json, one object.
+    let r = trustctl(d, &["statsu"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("'status'"), "{}", r.stderr);
+    let r = trustctl(d, &["--json", "statsu"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let v = json(&r);
+    assert_eq!(
+        (v["ok"].as_bool(), v["error"].as_str()),
+        (Some(false), Some("usage"))
+    );
+    // Invalid input to an offline command is a refusal (1), not a system failure (3).
+    for args in [
+        &["trust-root", "--role", "root=x:r.pub"][..],
+        &[
+            "trust-root",
+            "--role",
+            "root=1:r.pub",
+            "--role",
+            "policy=1:a.pub",
+            "--role",
+            "intel=1:r.pub",
+            "--role",
+            "command=1:r.pub",
+            "--role",
+            "owner=1:r.pub",
+        ],
+        &["trust-root", "--role", "root=1:r.pub"],
+        &[
+            "trust-root",
+            "--role",
+            "root=1:r.pub",
+            "--role",
+            "policy=1:a.pub",
+            "--role",
+            "intel=1:r.pub",
+            "--role",
+            "command=1:r.pub",
+            "--expires",
+            "tomorrow",
+        ],
+        &["sign", "--type", "bogus", "--key", "a.key", "p3.json"],
+        &["verify", "--trust-root", "p3.json", "p3.dsse"],
+    ] {
+        let mut with_json = vec!["--json"];
+        with_json.extend(args);
+        let r = trustctl(d, &with_json);
+        assert_eq!(r.code, 1, "{args:?}: {}{}", r.stdout, r.stderr);
+        let v = json(&r);
+        assert_eq!(v["error"], "refused", "{args:?}: {v}");
+        let r = trustctl(d, args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.starts_with("trustctl: "), "{args:?}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
+    }
+    // A document written to a file: with --json, one result naming it.
+    let r = ok(trustctl(
+        d,
+        &[
+            "--json", "sign", "--type", "policy", "--key", "a.key", "p3.json", "-o", "one.dsse",
+        ],
+    ));
+    assert_eq!(json(&r), serde_json::json!({"ok": true, "out": "one.dsse"}));
+    assert!(d.join("one.dsse").exists());
+}

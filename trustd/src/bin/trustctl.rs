@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -22,11 +22,21 @@ use trustd::policy::{IntelFeed, LifecycleCommand, Policy};
 use trustd::state::{StateStore, load_trust_root};
 use trustd::timefmt::Timestamp;
 
+/// The one exit-code rule of every command, shown in `--help`.
+const EXIT_CODES: &str = "Exit codes (every command): 0 done; 1 refused: the input or the request is \
+invalid, not signed as required, or not allowed (the reason is printed, nothing changed); \
+2 usage: the command line is wrong; 3 the system failed: a file could not be read or \
+written, trustd is not reachable or failed.\n\nWith --json every command prints one JSON \
+object per line: results and errors carry \"ok\" (errors also \"error\": \"refused\", \
+\"usage\" or \"system\", and \"reason\"); `audit tail` prints the records themselves and \
+`audit export` writes them as JSON lines.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "trustctl",
     version,
-    about = "Admin CLI of trustd, the trust agent of Enigm OS"
+    about = "Admin CLI of trustd, the trust agent of Enigm OS",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Print JSON instead of text.
@@ -345,6 +355,11 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// A refusal (exit 1) as an error.
+fn refused(reason: String) -> anyhow::Error {
+    Refused(reason).into()
+}
+
 fn payload_type(kind: &str) -> Result<&str> {
     Ok(match kind {
         "policy" => Policy::PAYLOAD_TYPE,
@@ -352,15 +367,25 @@ fn payload_type(kind: &str) -> Result<&str> {
         "command" => LifecycleCommand::PAYLOAD_TYPE,
         "trust-root" => TrustRoot::PAYLOAD_TYPE,
         other if other.contains('/') => other,
-        other => bail!(
-            "unknown payload type {other:?}: use policy, intel, command, trust-root or a media type"
-        ),
+        other => {
+            return Err(refused(format!(
+                "unknown payload type {other:?}: use policy, intel, command, trust-root or a media type"
+            )));
+        }
     })
 }
 
-fn write_out(out: Option<&Path>, bytes: &[u8]) -> Result<()> {
+/// Write a command's document to `out` (stdout if None). With --json and a file, one result
+/// object names the file.
+fn write_out(j: bool, out: Option<&Path>, bytes: &[u8]) -> Result<()> {
     match out {
-        Some(p) => std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display())),
+        Some(p) => {
+            std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display()))?;
+            if j {
+                println!("{}", json!({"ok": true, "out": p}));
+            }
+            Ok(())
+        }
         None => {
             use std::io::Write;
             std::io::stdout().write_all(bytes).context("writing stdout")
@@ -382,7 +407,25 @@ fn print(json_out: bool, value: serde_json::Value, text: &str) {
 
 fn main() -> ExitCode {
     trustd::logging::init("trustctl", tracing::Level::WARN);
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors exit 2; with --json they are one JSON object too. Help and version
+        // print as usual (exit 0).
+        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+            let reason = e.to_string();
+            let reason = reason
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            println!(
+                "{}",
+                json!({"ok": false, "error": "usage", "reason": reason})
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let json_out = cli.json;
     match run(cli) {
         Ok(code) => code,
@@ -410,7 +453,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             serial,
             expires,
             out,
-        } => trust_root(&roles, serial, expires.as_deref(), out.as_deref()),
+        } => trust_root(j, &roles, serial, expires.as_deref(), out.as_deref()),
         Cmd::Sign {
             kind,
             keys,
@@ -425,7 +468,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let env = sign_envelope(ptype, &read(&payload)?, &keys);
             let mut bytes = serde_json::to_vec_pretty(&env)?;
             bytes.push(b'\n');
-            write_out(out.as_deref(), &bytes)?;
+            write_out(j, out.as_deref(), &bytes)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify {
@@ -485,7 +528,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let parsed: LifecycleCommand = serde_json::from_value(cmd.clone())?;
             parsed
                 .validate()
-                .map_err(|e| anyhow!("the command would be invalid: {e}"))?;
+                .map_err(|e| refused(format!("the command would be invalid: {e}")))?;
             let keys = keys
                 .iter()
                 .map(|k| PrivateKeyFile::load(k).map_err(anyhow::Error::from))
@@ -497,7 +540,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             let mut bytes = serde_json::to_vec_pretty(&env)?;
             bytes.push(b'\n');
-            write_out(out.as_deref(), &bytes)?;
+            write_out(j, out.as_deref(), &bytes)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Device { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Device(cmd)),
@@ -892,11 +935,11 @@ mod bus {
             }
             Op::Audit(AuditCmd::Checkpoint { out }) => {
                 let note = c.checkpoint().await.map_err(daemon_error)?;
-                write_out(out.as_deref(), note.as_bytes())?;
+                write_out(j, out.as_deref(), note.as_bytes())?;
             }
             Op::Posture(PostureCmd::Report { nonce, out }) => {
                 let r = c.report(&nonce).await.map_err(daemon_error)?;
-                write_out(out.as_deref(), format!("{r}\n").as_bytes())?;
+                write_out(j, out.as_deref(), format!("{r}\n").as_bytes())?;
             }
             Op::Posture(PostureCmd::Verify { .. })
             | Op::Audit(
@@ -1008,6 +1051,7 @@ fn keygen(j: bool, out: &Path) -> Result<ExitCode> {
 }
 
 fn trust_root(
+    j: bool,
     roles: &[String],
     serial: u64,
     expires: Option<&str>,
@@ -1015,21 +1059,27 @@ fn trust_root(
 ) -> Result<ExitCode> {
     let now = Timestamp::now();
     let expires_at = match expires {
-        Some(e) => Timestamp::parse(e).map_err(|e| anyhow!(e))?,
+        Some(e) => Timestamp::parse(e).map_err(|e| refused(format!("--expires: {e}")))?,
         None => now.plus_secs(365 * 24 * 3600),
     };
     let mut keys = std::collections::BTreeMap::new();
     let mut by_role = std::collections::BTreeMap::new();
     for spec in roles {
         let (role, rest) = spec.split_once('=').ok_or_else(|| {
-            anyhow!("--role {spec:?}: expected ROLE=THRESHOLD:KEY.pub[,KEY.pub...]")
+            refused(format!(
+                "--role {spec:?}: expected ROLE=THRESHOLD:KEY.pub[,KEY.pub...]"
+            ))
         })?;
         let (threshold, files) = rest.split_once(':').ok_or_else(|| {
-            anyhow!("--role {spec:?}: expected ROLE=THRESHOLD:KEY.pub[,KEY.pub...]")
+            refused(format!(
+                "--role {spec:?}: expected ROLE=THRESHOLD:KEY.pub[,KEY.pub...]"
+            ))
         })?;
-        let threshold: u32 = threshold
-            .parse()
-            .with_context(|| format!("--role {spec:?}: threshold"))?;
+        let threshold: u32 = threshold.parse().map_err(|e| {
+            refused(format!(
+                "--role {spec:?}: threshold {threshold:?} is not a number: {e}"
+            ))
+        })?;
         let mut keyids = Vec::new();
         for f in files.split(',') {
             let k = PublicKeyFile::load(Path::new(f))?;
@@ -1047,9 +1097,9 @@ fn trust_root(
     }
     let mut take = |name: &str| {
         by_role.remove(name).ok_or_else(|| {
-            anyhow!(
+            refused(format!(
                 "--role {name}=... is missing (root, policy, intel and command are all required)"
-            )
+            ))
         })
     };
     let root = TrustRoot {
@@ -1066,13 +1116,15 @@ fn trust_root(
         },
     };
     if let Some(extra) = by_role.keys().next() {
-        bail!("unknown role {extra:?}");
+        return Err(refused(format!(
+            "unknown role {extra:?} (the roles are root, policy, intel and command)"
+        )));
     }
     root.validate()
-        .map_err(|e| anyhow!("trust root would be invalid: {e}"))?;
+        .map_err(|e| refused(format!("trust root would be invalid: {e}")))?;
     let mut bytes = serde_json::to_vec_pretty(&root)?;
     bytes.push(b'\n');
-    write_out(out, &bytes)?;
+    write_out(j, out, &bytes)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1111,9 +1163,9 @@ fn envelope_type(bytes: &[u8]) -> Option<String> {
 fn verify_cmd(j: bool, root_path: &Path, installed: u64, envelope: &Path) -> Result<ExitCode> {
     let bytes = read(envelope)?;
     let root: TrustRoot = trustd::json::parse_strict(&read(root_path)?)
-        .map_err(|e| anyhow!("trust root {}: {e}", root_path.display()))?;
+        .map_err(|e| refused(format!("trust root {}: {e}", root_path.display())))?;
     root.validate()
-        .map_err(|e| anyhow!("trust root {}: {e}", root_path.display()))?;
+        .map_err(|e| refused(format!("trust root {}: {e}", root_path.display())))?;
     let now = Timestamp::now();
     let refused = |e: VerifyError| anyhow::Error::new(Refused(e.to_string()));
     let (value, text) = match envelope_type(&bytes).as_deref() {
