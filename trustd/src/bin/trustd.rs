@@ -266,6 +266,27 @@ fn run_daemon(
         Ok(d) => d,
         Err(e) => return lockdown_without_state(&mut backend, &e),
     };
+    // The TPM before confinement: the TCTI library is loaded and the device opened now.
+    if let Some(tcti) = &config.tpm {
+        match trustd::tpm::EsapiTpm::open(tcti, paths.tpm_ak_blob()) {
+            Ok(tpm) => match {
+                use trustd::tpm::Tpm as _;
+                if let Err(e) = tpm.identity().export(&paths.state_dir()) {
+                    tracing::warn!("exporting the TPM's public keys: {e}");
+                }
+                dev.attach_tpm(Box::new(tpm))
+            } {
+                Ok(()) => tracing::info!("TPM at {tcti}: measurements and quotes in use"),
+                Err(e) => tracing::error!("TPM at {tcti}: {e}"),
+            },
+            Err(e) => {
+                tracing::error!("TPM at {tcti} not in use: {e}");
+                dev.tpm_unavailable(e.to_string());
+            }
+        }
+    } else {
+        tracing::info!("no TPM configured: evidence is signed by the software key only");
+    }
     match trustd::sys::netlink::dump_links() {
         Ok(links) => dev.set_links(&links),
         Err(err) => tracing::warn!("reading links: {err}"),
