@@ -123,6 +123,11 @@ pub struct ReportV2 {
     pub signer: String,
     /// The TPM quote and event log (`None`: no TPM).
     pub attestation: Option<Attestation>,
+    /// Consistency proofs (RFC 6962) from every audit tree head measured this boot (at a
+    /// start or a checkpoint) smaller than the report's checkpoint, to it: the log in the
+    /// report still extends every root the TPM holds.
+    #[serde(default)]
+    pub proofs: Vec<crate::audit::ConsistencyProof>,
 }
 
 /// The quote's qualifying data for a report: SHA-256 over a domain string, the nonce and
@@ -143,6 +148,7 @@ pub fn qualifying_data(nonce: &str, body: &[u8]) -> [u8; 32] {
 pub fn sign_report_v2(
     report: &Report,
     key: &SigningKey,
+    proofs: Vec<crate::audit::ConsistencyProof>,
     attest: impl FnOnce(&[u8; 32]) -> Result<Option<Attestation>, String>,
 ) -> Result<String, String> {
     let mut report = report.clone();
@@ -159,6 +165,7 @@ pub fn sign_report_v2(
         }
         .into(),
         attestation,
+        proofs,
     };
     let env = sign_envelope(
         REPORT_TYPE,
@@ -181,6 +188,8 @@ pub struct Opened {
     pub attestation: Option<Attestation>,
     /// The qualifying data the quote must carry (v2).
     pub qualifying: [u8; 32],
+    /// The consistency proofs from measured tree heads (v2).
+    pub proofs: Vec<crate::audit::ConsistencyProof>,
 }
 
 /// Check a report offline: the envelope's type, a signature by `key` over it (whatever its
@@ -265,7 +274,7 @@ pub fn open_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Open
                 }
             }
             let q = qualifying_data(&r.nonce, &body);
-            (r, Some((v2.signer, v2.attestation, q)))
+            (r, Some((v2.signer, v2.attestation, q, v2.proofs)))
         }
         other => {
             return Err(format!(
@@ -293,13 +302,15 @@ pub fn open_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Open
             signer: SIGNER_SOFTWARE.into(),
             attestation: None,
             qualifying: [0; 32],
+            proofs: Vec::new(),
         },
-        Some((signer, attestation, qualifying)) => Opened {
+        Some((signer, attestation, qualifying, proofs)) => Opened {
             report,
             version: 2,
             signer,
             attestation,
             qualifying,
+            proofs,
         },
     })
 }

@@ -1458,7 +1458,7 @@ impl Device {
             },
         };
         let Some(tpm) = &self.tpm else {
-            return crate::report::sign_report_v2(&report, &self.key, |_| Ok(None))
+            return crate::report::sign_report_v2(&report, &self.key, Vec::new(), |_| Ok(None))
                 .map_err(DeviceError::Checkpoint);
         };
         // The checkpoint reported is the last one measured (one stored before the TPM was
@@ -1471,7 +1471,19 @@ impl Device {
         {
             self.measure_checkpoint(&cp);
         }
-        crate::report::sign_report_v2(&report, &self.key, |q| {
+        // Proofs that the log reported extends every tree head measured this boot.
+        let size = self.audit.tree_head().0;
+        let heads: std::collections::BTreeSet<u64> =
+            crate::tpm::verify::measured_heads(lock_tpm(tpm).events())
+                .into_iter()
+                .map(|(s, _)| s)
+                .filter(|s| (1..size).contains(s))
+                .collect();
+        let proofs = heads
+            .into_iter()
+            .filter_map(|s| self.audit.consistency_proof(s, size).ok())
+            .collect();
+        crate::report::sign_report_v2(&report, &self.key, proofs, |q| {
             lock_tpm(tpm)
                 .attest(q)
                 .map(Some)

@@ -100,6 +100,19 @@ fn flush_stale(ctx: &mut Context) {
     }
 }
 
+/// The NV index of the ECC P-256 EK certificate (TCG EK Credential Profile).
+const EK_CERT_ECC_P256: u32 = 0x01c0_000a;
+
+/// Whether the TPM holds an ECC EK certificate (asked first, so that a TPM without one does
+/// not make the TSS log errors).
+fn has_ek_certificate(ctx: &mut Context) -> bool {
+    matches!(
+        ctx.get_capability(CapabilityType::Handles, EK_CERT_ECC_P256, 1),
+        Ok((CapabilityData::Handles(list), _))
+            if list.iter().any(|h| u32::from(*h) == EK_CERT_ECC_P256)
+    )
+}
+
 fn open_inner(tcti: &str, blob_path: &Path) -> Result<(Inner, Identity), TpmError> {
     let conf = tss_esapi::TctiNameConf::from_str(tcti).map_err(|e| TpmError::Tcti {
         tcti: tcti.to_owned(),
@@ -119,12 +132,16 @@ fn open_inner(tcti: &str, blob_path: &Path) -> Result<(Inner, Identity), TpmErro
         .and_then(|(p, _, _)| ecc_pem(&p));
     let _ = ctx.flush_context(ek.into());
     let (ak, created, replaced) = result?;
-    let ek_certificate = ek::retrieve_ek_pubcert(
-        &mut ctx,
-        AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
-    )
-    .ok()
-    .map(|der| STANDARD.encode(der));
+    let ek_certificate = has_ek_certificate(&mut ctx)
+        .then(|| {
+            ek::retrieve_ek_pubcert(
+                &mut ctx,
+                AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+            )
+            .ok()
+        })
+        .flatten()
+        .map(|der| STANDARD.encode(der));
     let (public, name, _) = ctx
         .read_public(ak)
         .map_err(tss("read the attestation key"))?;
@@ -274,7 +291,9 @@ type Job = Box<dyn FnOnce(&mut Inner) + Send>;
 /// a thread of its own.
 #[derive(Debug)]
 pub struct EsapiTpm {
-    tx: mpsc::Sender<Job>,
+    tx: Option<mpsc::Sender<Job>>,
+    /// Closed by the TPM thread when it ends (its objects flushed).
+    done: mpsc::Receiver<()>,
     identity: Identity,
     tcti: String,
     gone: Option<String>,
@@ -286,18 +305,22 @@ impl EsapiTpm {
     pub fn open(tcti: &str, blob_path: PathBuf) -> Result<Self, TpmError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel::<()>();
         let name = tcti.to_owned();
         std::thread::Builder::new()
             .name("trustd-tpm".into())
-            .spawn(move || match open_inner(&name, &blob_path) {
-                Ok((mut inner, id)) => {
-                    let _ = ready_tx.send(Ok(id));
-                    while let Ok(job) = rx.recv() {
-                        job(&mut inner);
+            .spawn(move || {
+                let _done = done_tx;
+                match open_inner(&name, &blob_path) {
+                    Ok((mut inner, id)) => {
+                        let _ = ready_tx.send(Ok(id));
+                        while let Ok(job) = rx.recv() {
+                            job(&mut inner);
+                        }
                     }
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
             })
             .map_err(|e| TpmError::Tcti {
@@ -308,7 +331,8 @@ impl EsapiTpm {
             .recv_timeout(TPM_DEADLINE * 2)
             .map_err(|_| TpmError::Hung { op: "open" })??;
         Ok(Self {
-            tx,
+            tx: Some(tx),
+            done,
             identity,
             tcti: tcti.to_owned(),
             gone: None,
@@ -332,7 +356,7 @@ impl EsapiTpm {
         let job: Job = Box::new(move |inner| {
             let _ = rtx.send(f(inner));
         });
-        if self.tx.send(job).is_err() {
+        if self.tx.as_ref().is_none_or(|tx| tx.send(job).is_err()) {
             self.gone = Some("the TPM thread ended".into());
             return Err(TpmError::Gone("the TPM thread ended".into()));
         }
@@ -343,6 +367,15 @@ impl EsapiTpm {
                 Err(TpmError::Hung { op })
             }
         }
+    }
+}
+
+impl Drop for EsapiTpm {
+    /// Ends the TPM thread and waits (at most [`TPM_DEADLINE`]) until it has flushed the
+    /// AK, so that the next user of a raw TPM finds its object slots free.
+    fn drop(&mut self) {
+        self.tx = None;
+        let _ = self.done.recv_timeout(TPM_DEADLINE);
     }
 }
 

@@ -39,6 +39,25 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The audit tree heads measured in `events`: `(size, root hex)` of every checkpoint and of
+/// the log at every start.
+pub fn measured_heads(events: &[Event]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let (size, root) = match e.kind {
+                Kind::Checkpoint => ("size", "root"),
+                Kind::Start => ("audit_size", "audit_root"),
+                Kind::Enforce => return None,
+            };
+            Some((
+                e.detail.get(size)?.parse().ok()?,
+                e.detail.get(root)?.clone(),
+            ))
+        })
+        .collect()
+}
+
 fn last<'a>(events: &'a [Event], kind: Kind) -> Option<&'a Event> {
     events.iter().rev().find(|e| e.kind == kind)
 }
@@ -105,6 +124,40 @@ pub fn verify(
             m_size.unwrap_or("?"),
             m_root.unwrap_or("?")
         ));
+    }
+    // The log reported extends every tree head measured this boot (a log rewritten and its
+    // checkpoint re-signed with the device key does not).
+    for (size, mroot) in measured_heads(&a.events) {
+        if size == 0 {
+            continue;
+        }
+        if size > cp.size {
+            return Err(format!(
+                "a tree head of {size} records was measured, but the report's checkpoint has {}: the audit log was cut",
+                cp.size
+            ));
+        }
+        let old_root = hex32(&mroot).ok_or_else(|| format!("measured root {mroot} is not hex"))?;
+        if size == cp.size {
+            if old_root != cp.root {
+                return Err(format!(
+                    "the measured root of {size} records is {mroot}, the report's is {root}: the audit log was rewritten"
+                ));
+            }
+            continue;
+        }
+        let proof = opened
+            .proofs
+            .iter()
+            .find(|p| p.old_size == size && p.new_size == cp.size)
+            .ok_or_else(|| {
+                format!("the report has no consistency proof from the measured size {size}")
+            })?;
+        proof.verify(&old_root, &cp.root).map_err(|e| {
+            format!(
+                "the audit log no longer extends the root measured at size {size} ({e}): it was rewritten"
+            )
+        })?;
     }
     // And its ruleset is the last one measured as enforced.
     if !r.evidence.ruleset_digest.is_empty() {
