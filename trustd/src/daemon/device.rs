@@ -1494,7 +1494,8 @@ impl Device {
 
     /// Use `tpm` for evidence from now on: the measurement log under the runtime directory
     /// is checked against trustd's PCR, the start is measured (with the audit log's tree
-    /// head) and recorded with the attestation key's name.
+    /// head) and recorded with the attestation key's name. Fails only when the log cannot
+    /// be opened or the PCR read; a failed measurement shows in posture.
     pub fn attach_tpm(
         &mut self,
         tpm: Box<dyn crate::tpm::Tpm>,
@@ -1510,8 +1511,9 @@ impl Device {
             ("ak".to_owned(), id.ak_name.clone()),
         ]);
         let m = std::sync::Mutex::new(m);
-        let r = lock_tpm(&m).measure(crate::tpm::Kind::Start, detail);
         self.tpm = Some(m);
+        // A failed measurement is kept for posture (the Measurements' problem) and recorded.
+        self.measure(crate::tpm::Kind::Start, detail);
         self.tpm_unavailable = None;
         let mut entry = Entry::new("tpm.attach", Outcome::Ok, Actor::this_process())
             .transition(
@@ -1529,7 +1531,7 @@ impl Device {
             ));
         }
         self.audit.record(entry);
-        r
+        Ok(())
     }
 
     /// A TPM is configured but cannot be used: posture says so, reports are signed by the

@@ -58,7 +58,7 @@ pub fn measured_heads(events: &[Event]) -> Vec<(u64, String)> {
         .collect()
 }
 
-fn last<'a>(events: &'a [Event], kind: Kind) -> Option<&'a Event> {
+fn last(events: &[Event], kind: Kind) -> Option<&Event> {
     events.iter().rev().find(|e| e.kind == kind)
 }
 
