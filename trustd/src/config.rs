@@ -170,4 +170,19 @@ mod tests {
         std::fs::write(paths.config_file(), br#"{"nft_timeout_ms": "10"}"#).expect("write");
         assert!(Config::load(&paths).is_err());
     }
+
+    #[test]
+    fn the_tpm_is_a_tcti_or_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path());
+        assert_eq!(Config::default().tpm, None);
+        std::fs::create_dir_all(paths.config_dir()).expect("mkdir");
+        for good in ["device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321"] {
+            std::fs::write(paths.config_file(), format!(r#"{{"tpm": "{good}"}}"#)).expect("write");
+            assert_eq!(Config::load(&paths).expect(good).tpm.as_deref(), Some(good));
+        }
+        std::fs::write(paths.config_file(), br#"{"tpm": "/dev/tpm0"}"#).expect("write");
+        let e = Config::load(&paths).expect_err("not a tcti").to_string();
+        assert!(e.contains("is not a TCTI"), "{e}");
+    }
 }

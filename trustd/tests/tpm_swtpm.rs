@@ -247,3 +247,65 @@ fn a_swtpm_quote_verifies_with_tpm2_checkquote_and_the_event_log_replays() {
         assert!(after.clock.reset_count > first.clock.reset_count);
     }
 }
+
+/// What the TPM costs on swtpm (printed; run with `--nocapture` to read them): one PCR
+/// extend (a measurement), one whole report with its quote, and offline verifications per
+/// second. Bounds are loose: a quote must not take seconds.
+#[test]
+fn tpm_costs_on_swtpm() {
+    if !can_run_privileged(TOOLS) {
+        return;
+    }
+    let dev = TestDevice::new();
+    let tpm = Swtpm::start(&dev.dir.path().join("swtpm"));
+    let mut d = open_with_tpm(&dev, &tpm);
+    d.apply_policy(&signed_policy(1), Actor::this_process(), now())
+        .expect("policy");
+    let n = 50;
+    let t = Instant::now();
+    for _ in 0..n {
+        d.enforce(&mut RecordingBackend::default(), Actor::this_process())
+            .expect("enforce");
+    }
+    let enforce_ms = t.elapsed().as_secs_f64() * 1000.0 / f64::from(n);
+    let mut without = Device::open(&TestDevice::new().paths, Actor::this_process()).expect("open");
+    without
+        .apply_policy(&signed_policy(1), Actor::this_process(), now())
+        .expect("policy");
+    let t = Instant::now();
+    for _ in 0..n {
+        without
+            .enforce(&mut RecordingBackend::default(), Actor::this_process())
+            .expect("enforce");
+    }
+    let plain_ms = t.elapsed().as_secs_f64() * 1000.0 / f64::from(n);
+    let t = Instant::now();
+    let mut last = String::new();
+    for i in 0..n {
+        last = d
+            .report(&format!("nonce-cost-{i:04}"), now())
+            .expect("report");
+    }
+    let report_ms = t.elapsed().as_secs_f64() * 1000.0 / f64::from(n);
+    let key = trustd::report::load_or_create_key(&dev.paths)
+        .expect("key")
+        .0
+        .verifying_key();
+    let pem = std::fs::read_to_string(dev.paths.state_dir().join("tpm-ak.pem")).expect("pem");
+    let ak = trustd::tpm::quote::ak_from_pem(&pem).expect("ak");
+    let nonce = format!("nonce-cost-{:04}", n - 1);
+    let t = Instant::now();
+    let m = 200;
+    for _ in 0..m {
+        let o = trustd::report::open_report(last.as_bytes(), &nonce, &key).expect("opens");
+        trustd::tpm::verify::verify(&o, &ak, &key).expect("verifies");
+    }
+    let per_s = f64::from(m) / t.elapsed().as_secs_f64();
+    eprintln!(
+        "swtpm: enforce (fake nft) with its measurement {enforce_ms:.2} ms vs {plain_ms:.2} ms without a TPM; \
+         whole report with checkpoint and quote {report_ms:.1} ms; {per_s:.0} verifications/s \
+         of a {} byte report",
+        last.len()
+    );
+    assert!(report_ms < 2000.0, "a report took {report_ms} ms");
+}
