@@ -14,6 +14,9 @@ command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v dbus-daemon >/dev/null || need+=(dbus)
 command -v setpriv >/dev/null || need+=(util-linux)
+# Building trustd links libtss2 (TPM access) through pkg-config.
+command -v pkg-config >/dev/null || need+=(pkg-config)
+pkg-config --exists tss2-esys tss2-tctildr 2>/dev/null || need+=(libtss2-dev)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

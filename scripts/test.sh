@@ -7,15 +7,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-tools=(nft ip dbus-daemon setpriv faketime unshare nsenter mount qemu-system-x86_64 mmdebstrap mkfs.ext4 zstd cpio strip go)
+tools=(nft ip dbus-daemon setpriv faketime unshare nsenter mount qemu-system-x86_64 mmdebstrap mkfs.ext4 zstd cpio strip pkg-config swtpm tpm2_checkquote go)
 missing=()
 for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
 [[ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ]] || missing+=(golang.org/x/mod)
+pkg-config --exists tss2-esys 2>/dev/null || missing+=(libtss2-dev)
 if ((${#missing[@]})) && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
   echo "installing the packages for: ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     nftables iproute2 dbus util-linux mount procps ca-certificates faketime \
     mmdebstrap qemu-system-x86 e2fsprogs zstd cpio binutils \
+    pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools \
     golang-go golang-golang-x-mod-dev python3-venv >/dev/null
 fi
 # securesystemslib (PyPI), an outside DSSE implementation for the interop test, in a venv

@@ -62,6 +62,7 @@ pub mod bus;
 pub mod flood;
 pub mod lab;
 pub mod rawbus;
+pub mod swtpm;
 
 /// A single-threaded tokio runtime for a test's bus calls.
 pub fn rt() -> tokio::runtime::Runtime {

@@ -1,5 +1,6 @@
 //! The local configuration, `/etc/trustd/trustd.json` (optional): which groups hold the admin
-//! and setup roles, how often drift is checked, and how long an `nft` child may run. Unknown fields are refused, as everywhere.
+//! and setup roles, how often drift is checked, how long an `nft` child may run, and which
+//! TPM holds the attestation key. Unknown fields are refused, as everywhere.
 
 use serde::Deserialize;
 
@@ -46,6 +47,10 @@ pub struct Config {
     /// least 4096; default 8 MiB). Within a segment a full filesystem does not stop the log;
     /// starting the next one needs this much free space.
     pub audit_segment_bytes: u64,
+    /// The TPM's TCTI, as the TSS names it: `device:/dev/tpmrm0` on a device (the kernel's
+    /// resource manager), `swtpm:host=127.0.0.1,port=P` for a software TPM. Absent: no TPM,
+    /// and reports say their evidence is signed by the software key only.
+    pub tpm: Option<String>,
 }
 
 /// The accepted range of `nft_timeout_ms`: long enough for a large blocklist (a 1M-entry
@@ -62,6 +67,7 @@ impl Default for Config {
             nft_timeout_ms: u64::try_from(crate::netfilter::DEFAULT_NFT_DEADLINE.as_millis())
                 .unwrap_or(20_000),
             audit_segment_bytes: crate::audit::Options::default().max_segment_bytes,
+            tpm: None,
         }
     }
 }
@@ -98,6 +104,15 @@ impl Config {
                 NFT_TIMEOUT_MS.start(),
                 NFT_TIMEOUT_MS.end(),
                 c.nft_timeout_ms
+            )));
+        }
+        if let Some(t) = &c.tpm
+            && !["device:", "swtpm:", "mssim:", "tabrmd:"]
+                .iter()
+                .any(|k| t.starts_with(k))
+        {
+            return Err(err(format!(
+                "tpm {t:?} is not a TCTI (device:PATH, swtpm:host=H,port=P, mssim:..., tabrmd:...)"
             )));
         }
         if c.audit_segment_bytes < 4096 {
@@ -154,5 +169,20 @@ mod tests {
         }
         std::fs::write(paths.config_file(), br#"{"nft_timeout_ms": "10"}"#).expect("write");
         assert!(Config::load(&paths).is_err());
+    }
+
+    #[test]
+    fn the_tpm_is_a_tcti_or_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path());
+        assert_eq!(Config::default().tpm, None);
+        std::fs::create_dir_all(paths.config_dir()).expect("mkdir");
+        for good in ["device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321"] {
+            std::fs::write(paths.config_file(), format!(r#"{{"tpm": "{good}"}}"#)).expect("write");
+            assert_eq!(Config::load(&paths).expect(good).tpm.as_deref(), Some(good));
+        }
+        std::fs::write(paths.config_file(), br#"{"tpm": "/dev/tpm0"}"#).expect("write");
+        let e = Config::load(&paths).expect_err("not a tcti").to_string();
+        assert!(e.contains("is not a TCTI"), "{e}");
     }
 }

@@ -19,6 +19,7 @@ pub mod state;
 pub mod storage;
 pub mod sys;
 pub mod timefmt;
+pub mod tpm;
 
 pub use paths::Paths;
 pub mod daemon;

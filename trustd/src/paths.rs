@@ -105,6 +105,17 @@ impl Paths {
         self.prefix.join("var/log/trustd/audit")
     }
 
+    /// The TPM attestation key's wrapped blob (0600): only the TPM that made it can load it.
+    pub fn tpm_ak_blob(&self) -> PathBuf {
+        self.state_dir().join("tpm-ak.json")
+    }
+
+    /// trustd's TPM measurement event log since boot (JSON lines, under the runtime
+    /// directory: it goes with the reboot that resets the PCR).
+    pub fn measurement_log(&self) -> PathBuf {
+        self.runtime_dir().join("measurements.jsonl")
+    }
+
     /// `/run/trustd`: runtime files.
     pub fn runtime_dir(&self) -> PathBuf {
         self.prefix.join("run/trustd")

@@ -7,6 +7,12 @@
 //! posture, its evidence (policy and ruleset digests, the audit checkpoint, boot id, kernel,
 //! Landlock ABI) and the verifier's nonce. A verifier checks a report offline with the
 //! device's public key and the nonce it sent.
+//!
+//! Version 2 (`enigm.posture-report/v2`, made since trustd has TPM attestation) wraps the same
+//! report as exact bytes (`body`) beside what signs the evidence (`signer`: `tpm` or
+//! `software-key-only`) and, with a TPM, an [`Attestation`]: a quote by the TPM's
+//! attestation key whose qualifying data is [`qualifying_data`] of the nonce and the body,
+//! with the PCR values and trustd's measurement event log. Version 1 reports still verify.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -15,13 +21,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::Paths;
 use crate::bundle::{Envelope, PrivateKeyFile, PublicKeyFile, key_id, pae, sign_envelope};
+use crate::tpm::Attestation;
 
 /// The report's payload type.
 pub const REPORT_TYPE: &str = "application/vnd.enigm.posture-report+json";
 /// The report's schema.
 pub const REPORT_SCHEMA: &str = "enigm.posture-report/v1";
-/// The largest report a verifier reads.
-pub const MAX_REPORT_BYTES: usize = 256 << 10;
+/// The schema of a version 2 report and of its body.
+pub const REPORT_SCHEMA_V2: &str = "enigm.posture-report/v2";
+/// The largest report a verifier reads (a v2 report carries the event log since boot).
+pub const MAX_REPORT_BYTES: usize = 4 << 20;
+/// `signer` of a report whose evidence a TPM quote covers.
+pub const SIGNER_TPM: &str = "tpm";
+/// `signer` of a report signed by the device's software key only.
+pub const SIGNER_SOFTWARE: &str = "software-key-only";
 
 /// The checkpoint origin and note key name of a device key.
 pub fn origin(key: &VerifyingKey) -> String {
@@ -113,10 +126,98 @@ pub fn sign_report(report: &Report, key: &SigningKey) -> Result<String, serde_js
     serde_json::to_string_pretty(&env)
 }
 
+/// The v2 payload: the report as exact bytes, what signs its evidence, and the TPM's
+/// attestation over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportV2 {
+    /// Always [`REPORT_SCHEMA_V2`].
+    pub schema: String,
+    /// Base64 of the [`Report`]'s JSON (its schema [`REPORT_SCHEMA_V2`]).
+    pub body: String,
+    /// [`SIGNER_TPM`] or [`SIGNER_SOFTWARE`].
+    pub signer: String,
+    /// The TPM quote and event log (`None`: no TPM).
+    pub attestation: Option<Attestation>,
+    /// Consistency proofs (RFC 6962) from every audit tree head measured this boot (at a
+    /// start or a checkpoint) smaller than the report's checkpoint, to it: the log in the
+    /// report still extends every root the TPM holds.
+    #[serde(default)]
+    pub proofs: Vec<crate::audit::ConsistencyProof>,
+}
+
+/// The quote's qualifying data for a report: SHA-256 over a domain string, the nonce and
+/// SHA-256 of the body's exact bytes (32 bytes, within `TPM2B_DATA`).
+pub fn qualifying_data(nonce: &str, body: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"enigm.org/trustd/posture-report/v2\0");
+    h.update(nonce.as_bytes());
+    h.update(b"\0");
+    h.update(sha2::Sha256::digest(body));
+    h.finalize().into()
+}
+
+/// Make a v2 report: `attest` is given the qualifying data and returns the attestation
+/// (`None` without a TPM) or why there is none; the result is signed by `key` as a DSSE
+/// envelope (JSON).
+pub fn sign_report_v2(
+    report: &Report,
+    key: &SigningKey,
+    proofs: Vec<crate::audit::ConsistencyProof>,
+    attest: impl FnOnce(&[u8; 32]) -> Result<Option<Attestation>, String>,
+) -> Result<String, String> {
+    let mut report = report.clone();
+    report.schema = REPORT_SCHEMA_V2.into();
+    let body = serde_json::to_vec(&report).map_err(|e| e.to_string())?;
+    let attestation = attest(&qualifying_data(&report.nonce, &body))?;
+    let v2 = ReportV2 {
+        schema: REPORT_SCHEMA_V2.into(),
+        body: STANDARD.encode(&body),
+        signer: if attestation.is_some() {
+            SIGNER_TPM
+        } else {
+            SIGNER_SOFTWARE
+        }
+        .into(),
+        attestation,
+        proofs,
+    };
+    let env = sign_envelope(
+        REPORT_TYPE,
+        &serde_json::to_vec(&v2).map_err(|e| e.to_string())?,
+        std::slice::from_ref(key),
+    );
+    serde_json::to_string_pretty(&env).map_err(|e| e.to_string())
+}
+
+/// A report whose signature, schema, nonce and origin checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The report.
+    pub report: Report,
+    /// 1 or 2.
+    pub version: u8,
+    /// What signs the evidence ([`SIGNER_SOFTWARE`] for every v1 report).
+    pub signer: String,
+    /// The TPM attestation (v2 with a TPM).
+    pub attestation: Option<Attestation>,
+    /// The qualifying data the quote must carry (v2).
+    pub qualifying: [u8; 32],
+    /// The consistency proofs from measured tree heads (v2).
+    pub proofs: Vec<crate::audit::ConsistencyProof>,
+}
+
 /// Check a report offline: the envelope's type, a signature by `key` over it (whatever its
 /// keyid says; at most [`crate::bundle::MAX_SIGNATURES`] are read), the schema, and that it
 /// answers `nonce`. Returns the report.
 pub fn verify_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Report, String> {
+    open_report(bytes, nonce, key).map(|o| o.report)
+}
+
+/// [`verify_report`] for either version, returning the v2 parts too (unchecked: see
+/// [`crate::tpm::verify`]).
+pub fn open_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Opened, String> {
     if bytes.len() > MAX_REPORT_BYTES {
         return Err(format!(
             "report is {} bytes, over {MAX_REPORT_BYTES}",
@@ -154,10 +255,49 @@ pub fn verify_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Re
     if !signed {
         return Err(format!("no valid signature by device key {want}"));
     }
-    let report: Report = crate::json::parse_strict(&payload).map_err(|e| format!("report: {e}"))?;
-    if report.schema != REPORT_SCHEMA {
-        return Err(format!("schema {:?}, not {REPORT_SCHEMA}", report.schema));
+    #[derive(Deserialize)]
+    struct Probe {
+        schema: String,
     }
+    let probe: Probe = serde_json::from_slice(&payload).map_err(|e| format!("report: {e}"))?;
+    let (report, opened) = match probe.schema.as_str() {
+        REPORT_SCHEMA => {
+            let r: Report =
+                crate::json::parse_strict(&payload).map_err(|e| format!("report: {e}"))?;
+            (r, None)
+        }
+        REPORT_SCHEMA_V2 => {
+            let v2: ReportV2 =
+                crate::json::parse_strict(&payload).map_err(|e| format!("report: {e}"))?;
+            let body = STANDARD
+                .decode(&v2.body)
+                .map_err(|e| format!("report body is not base64: {e}"))?;
+            let r: Report =
+                crate::json::parse_strict(&body).map_err(|e| format!("report body: {e}"))?;
+            if r.schema != REPORT_SCHEMA_V2 {
+                return Err(format!(
+                    "report body schema {:?}, not {REPORT_SCHEMA_V2}",
+                    r.schema
+                ));
+            }
+            match (v2.signer.as_str(), &v2.attestation) {
+                (SIGNER_TPM, Some(_)) | (SIGNER_SOFTWARE, None) => {}
+                (s, a) => {
+                    return Err(format!(
+                        "signer {s:?} with {} attestation",
+                        if a.is_some() { "an" } else { "no" }
+                    ));
+                }
+            }
+            let q = qualifying_data(&r.nonce, &body);
+            (r, Some((v2.signer, v2.attestation, q, v2.proofs)))
+        }
+        other => {
+            return Err(format!(
+                "schema {other:?}, not {REPORT_SCHEMA} or {REPORT_SCHEMA_V2}"
+            ));
+        }
+    };
     if report.nonce != nonce {
         return Err(format!(
             "the report answers nonce {:?}, not {nonce:?} (a replayed report)",
@@ -171,7 +311,24 @@ pub fn verify_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Re
             origin(key)
         ));
     }
-    Ok(report)
+    Ok(match opened {
+        None => Opened {
+            report,
+            version: 1,
+            signer: SIGNER_SOFTWARE.into(),
+            attestation: None,
+            qualifying: [0; 32],
+            proofs: Vec::new(),
+        },
+        Some((signer, attestation, qualifying, proofs)) => Opened {
+            report,
+            version: 2,
+            signer,
+            attestation,
+            qualifying,
+            proofs,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -173,7 +173,11 @@ enum PostureCmd {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
-    /// Check a report offline: signed by the device key, answering the nonce.
+    /// Check a report offline: signed by the device key, answering the nonce. With --ak, also
+    /// its TPM evidence: the quote's signature by the attestation key, its binding to the
+    /// nonce and report, the PCR values, the replay of trustd's event log, and that the
+    /// report's checkpoint and ruleset are the last measured. With --earlier, also what
+    /// happened since an earlier report (a reboot) and that the log still extends it.
     Verify {
         /// The report (DSSE envelope).
         file: PathBuf,
@@ -183,6 +187,16 @@ enum PostureCmd {
         /// The device's public key: its `device.pub`, or its signed-note verifier key `device.vkey`.
         #[arg(long)]
         key: PathBuf,
+        /// The device TPM's attestation key (SPKI PEM, `tpm-ak.pem`): require and check the
+        /// TPM quote.
+        #[arg(long)]
+        ak: Option<PathBuf>,
+        /// An earlier report of the same device, checked the same way (needs --ak).
+        #[arg(long, requires_all = ["ak", "earlier_nonce"])]
+        earlier: Option<PathBuf>,
+        /// The nonce the earlier report answered.
+        #[arg(long)]
+        earlier_nonce: Option<String>,
     },
 }
 
@@ -546,17 +560,71 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Device { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Device(cmd)),
         Cmd::Launch { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Launch(cmd)),
         Cmd::Posture {
-            cmd: PostureCmd::Verify { file, nonce, key },
+            cmd:
+                PostureCmd::Verify {
+                    file,
+                    nonce,
+                    key,
+                    ak,
+                    earlier,
+                    earlier_nonce,
+                },
         } => {
             let vk = device_key(&key)?;
-            let r = trustd::report::verify_report(&read(&file)?, &nonce, &vk).map_err(Refused)?;
+            let opened =
+                trustd::report::open_report(&read(&file)?, &nonce, &vk).map_err(Refused)?;
+            let mut tpm = serde_json::Value::Null;
+            let mut tpm_text = format!("\n  evidence signer: {}", opened.signer);
+            if let Some(ak) = &ak {
+                let pem = std::fs::read_to_string(ak)
+                    .with_context(|| format!("reading {}", ak.display()))?;
+                let akey = trustd::tpm::quote::ak_from_pem(&pem)
+                    .map_err(|e| Refused(format!("{}: {e}", ak.display())))?;
+                let v = trustd::tpm::verify::verify(&opened, &akey, &vk)
+                    .map_err(|e| Refused(format!("TPM evidence: {e}")))?;
+                let mut notes = Vec::new();
+                if let (Some(earlier), Some(en)) = (&earlier, &earlier_nonce) {
+                    let eo = trustd::report::open_report(&read(earlier)?, en, &vk)
+                        .map_err(|e| Refused(format!("earlier report: {e}")))?;
+                    let ev = trustd::tpm::verify::verify(&eo, &akey, &vk)
+                        .map_err(|e| Refused(format!("earlier report's TPM evidence: {e}")))?;
+                    notes = trustd::tpm::verify::compare(&ev, &v)
+                        .map_err(|e| Refused(format!("since the earlier report: {e}")))?;
+                    if notes.is_empty() {
+                        notes.push("no reboot between the reports; the measurements extend the earlier ones".into());
+                    }
+                }
+                tpm = json!({
+                    "pcr": trustd::tpm::TRUSTD_PCR,
+                    "pcrs": v.pcrs.iter().map(|(k, v)| (k.to_string(), json!(trustd::bundle::hex(v)))).collect::<serde_json::Map<_, _>>(),
+                    "clock": v.clock,
+                    "events": v.events.len(),
+                    "checkpoint": {"size": v.checkpoint.0, "root": v.checkpoint.1},
+                    "since_earlier": notes,
+                });
+                tpm_text = format!(
+                    "\n  TPM quote verified with {}: PCRs {:?}, {} measured events replay to PCR {}, checkpoint size {} is the last measured, TPM reset count {} restart count {}{}",
+                    ak.display(),
+                    v.pcrs.keys().collect::<Vec<_>>(),
+                    v.events.len(),
+                    trustd::tpm::TRUSTD_PCR,
+                    v.checkpoint.0,
+                    v.clock.reset_count,
+                    v.clock.restart_count,
+                    notes.iter().map(|n| format!("\n  {n}")).collect::<String>()
+                );
+            } else if opened.attestation.is_some() {
+                tpm_text.push_str(" (the TPM quote is not checked without --ak)");
+            }
+            let r = opened.report;
             print(
                 j,
                 json!({"ok": true, "origin": r.origin, "time": r.time.to_string(),
                        "level": r.posture.get("Level"), "reasons": r.posture.get("Reasons"),
-                       "evidence": r.evidence}),
+                       "evidence": r.evidence, "version": opened.version,
+                       "signer": opened.signer, "tpm": tpm}),
                 &format!(
-                    "valid report from {} at {}: level {}, policy {}, ruleset {}{}",
+                    "valid report from {} at {}: level {}, policy {}, ruleset {}{}{tpm_text}",
                     r.origin,
                     r.time,
                     r.posture

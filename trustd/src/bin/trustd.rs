@@ -246,6 +246,30 @@ fn confine_self(paths: &Paths, nft: &std::path::Path) -> Result<String, String> 
     trustd::launch::landlock::restrict(&read, &write, &execute).map(|c| c.to_string())
 }
 
+/// Open the TPM at `tcti`, export its public keys beside the device key and attach it (or
+/// record why not: posture says so, reports are signed by the software key only).
+fn attach_tpm(paths: &Paths, dev: &mut Device, tcti: &str) {
+    use trustd::tpm::Tpm as _;
+    match trustd::tpm::EsapiTpm::open(tcti, paths.tpm_ak_blob()) {
+        Ok(tpm) => {
+            if let Err(e) = tpm.identity().export(&paths.state_dir()) {
+                tracing::warn!("exporting the TPM's public keys: {e}");
+            }
+            match dev.attach_tpm(Box::new(tpm)) {
+                Ok(()) => tracing::info!("TPM at {tcti}: measurements and quotes in use"),
+                Err(e) => {
+                    tracing::error!("TPM at {tcti} not in use: {e}");
+                    dev.tpm_unavailable(e.to_string());
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!("TPM at {tcti} not in use: {e}");
+            dev.tpm_unavailable(e.to_string());
+        }
+    }
+}
+
 fn run_daemon(
     paths: &Paths,
     backend: NftBackend,
@@ -266,6 +290,12 @@ fn run_daemon(
         Ok(d) => d,
         Err(e) => return lockdown_without_state(&mut backend, &e),
     };
+    // The TPM before confinement: the TCTI library is loaded and the device opened now.
+    if let Some(tcti) = &config.tpm {
+        attach_tpm(paths, &mut dev, tcti);
+    } else {
+        tracing::info!("no TPM configured: evidence is signed by the software key only");
+    }
     match trustd::sys::netlink::dump_links() {
         Ok(links) => dev.set_links(&links),
         Err(err) => tracing::warn!("reading links: {err}"),

@@ -27,6 +27,20 @@ use std::collections::BTreeMap;
 
 mod clock;
 mod drift;
+
+fn lock_tpm(
+    m: &std::sync::Mutex<crate::tpm::Measurements>,
+) -> std::sync::MutexGuard<'_, crate::tpm::Measurements> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether the last checkpoint measured is `cp`.
+fn measured_is(m: &crate::tpm::Measurements, cp: &crate::audit::checkpoint::Checkpoint) -> bool {
+    m.last_checkpoint().is_some_and(|d| {
+        d.get("size") == Some(&cp.size.to_string())
+            && d.get("root") == Some(&crate::bundle::hex(&cp.root))
+    })
+}
 pub use drift::INTEL_BACKSTOP;
 
 /// Why a command did not take effect. In every case the previous state stays in force.
@@ -314,6 +328,10 @@ pub struct Device {
     retry: Option<(std::time::Instant, std::time::Duration)>,
     /// The state directory's first failed write not yet followed by a successful one.
     state_fault: Option<StorageFault>,
+    /// trustd's TPM measurements (`None`: no TPM; see [`Self::attach_tpm`]).
+    tpm: Option<std::sync::Mutex<crate::tpm::Measurements>>,
+    /// Why a configured TPM is not in use.
+    tpm_unavailable: Option<String>,
     _lock: StateLock,
 }
 
@@ -375,6 +393,8 @@ impl Device {
             check_failure: None,
             retry: None,
             state_fault: None,
+            tpm: None,
+            tpm_unavailable: None,
             _lock: lock,
         })
     }
@@ -473,6 +493,7 @@ impl Device {
                 );
                 self.enforced = Some(mode.to_owned());
                 self.enforced_rs = Some(rs);
+                self.measure_enforcement(mode, &digest);
                 self.enforcement = Enforcement::Enforced {
                     digest: digest.clone(),
                 };
@@ -516,6 +537,7 @@ impl Device {
                         );
                         self.enforced = Some("lockdown".into());
                         self.enforced_rs = Some(lock);
+                        self.measure_enforcement("lockdown", &digest);
                         self.enforcement = Enforcement::Fallback {
                             digest: digest.clone(),
                             why: e.to_string(),
@@ -1070,7 +1092,7 @@ impl Device {
         let tunnel_down = matches!(&eff.network, NetworkPlan::Enforce(n) if n.mode == NetworkMode::VpnRequired)
             && self.tunnel_up().is_none();
         let freshness = self.freshness(now).reasons();
-        posture::posture(&posture::Input {
+        let mut p = posture::posture(&posture::Input {
             state: &self.state,
             condition: &self.condition,
             effective: &eff,
@@ -1094,7 +1116,12 @@ impl Device {
             freshness: &freshness,
             confinement: self.confinement.as_deref(),
             storage: &self.storage_faults(),
-        })
+        });
+        if let Some(why) = self.tpm_problem() {
+            p.level = p.level.max(posture::Level::Degraded);
+            p.reasons.push(why);
+        }
+        p
     }
 
     /// The device's handle for `verifier` (see [`DeviceSecret::handle`]).
@@ -1274,7 +1301,10 @@ impl Device {
                 .digest("size", size.to_string()),
         )?;
         checkpoint_log(&self.audit, &origin, &origin, &self.key)
-            .map(|(_, note)| note)
+            .map(|(cp, note)| {
+                self.measure_checkpoint(&cp);
+                note
+            })
             .or_else(|e| {
                 self.audit.append(
                     Entry::new(CHECKPOINT_KIND, Outcome::Error, Actor::this_process())
@@ -1427,8 +1457,143 @@ impl Device {
                 landlock_abi: crate::sys::landlock_abi(),
             },
         };
-        crate::report::sign_report(&report, &self.key)
-            .map_err(|e| DeviceError::Checkpoint(e.to_string()))
+        let Some(tpm) = &self.tpm else {
+            return crate::report::sign_report_v2(&report, &self.key, Vec::new(), |_| Ok(None))
+                .map_err(DeviceError::Checkpoint);
+        };
+        // The checkpoint reported is the last one measured (one stored before the TPM was
+        // attached is measured now).
+        if let Ok(cp) = crate::audit::checkpoint::parse_and_verify(
+            &report.evidence.checkpoint,
+            &report.origin,
+            &self.key.verifying_key(),
+        ) && !measured_is(&lock_tpm(tpm), &cp)
+        {
+            self.measure_checkpoint(&cp);
+        }
+        // Proofs that the log reported extends every tree head measured this boot.
+        let size = self.audit.tree_head().0;
+        let heads: std::collections::BTreeSet<u64> =
+            crate::tpm::verify::measured_heads(lock_tpm(tpm).events())
+                .into_iter()
+                .map(|(s, _)| s)
+                .filter(|s| (1..size).contains(s))
+                .collect();
+        let proofs = heads
+            .into_iter()
+            .filter_map(|s| self.audit.consistency_proof(s, size).ok())
+            .collect();
+        crate::report::sign_report_v2(&report, &self.key, proofs, |q| {
+            lock_tpm(tpm)
+                .attest(q)
+                .map(Some)
+                .map_err(|e| format!("TPM quote: {e}"))
+        })
+        .map_err(DeviceError::Checkpoint)
+    }
+
+    /// Use `tpm` for evidence from now on: the measurement log under the runtime directory
+    /// is checked against trustd's PCR, the start is measured (with the audit log's tree
+    /// head) and recorded with the attestation key's name. Fails only when the log cannot
+    /// be opened or the PCR read; a failed measurement shows in posture.
+    pub fn attach_tpm(
+        &mut self,
+        tpm: Box<dyn crate::tpm::Tpm>,
+    ) -> Result<(), crate::tpm::TpmError> {
+        let id = tpm.identity().clone();
+        let m = crate::tpm::Measurements::open(tpm, &self.store.paths().measurement_log())?;
+        let (size, root) = self.audit.tree_head();
+        let detail = BTreeMap::from([
+            ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            ("boot_id".to_owned(), crate::sys::boot_id()),
+            ("audit_size".to_owned(), size.to_string()),
+            ("audit_root".to_owned(), crate::bundle::hex(&root)),
+            ("ak".to_owned(), id.ak_name.clone()),
+        ]);
+        let m = std::sync::Mutex::new(m);
+        self.tpm = Some(m);
+        // A failed measurement is kept for posture (the Measurements' problem) and recorded.
+        self.measure(crate::tpm::Kind::Start, detail);
+        self.tpm_unavailable = None;
+        let mut entry = Entry::new("tpm.attach", Outcome::Ok, Actor::this_process())
+            .transition(
+                "none",
+                if id.created {
+                    "ak-created"
+                } else {
+                    "ak-loaded"
+                },
+            )
+            .digest("ak", id.ak_name);
+        if let Some(why) = id.replaced {
+            entry = entry.reason(format!(
+                "the earlier attestation key no longer loads ({why}); a new one was made"
+            ));
+        }
+        self.audit.record(entry);
+        Ok(())
+    }
+
+    /// A TPM is configured but cannot be used: posture says so, reports are signed by the
+    /// software key only.
+    pub fn tpm_unavailable(&mut self, why: String) {
+        self.audit.record(
+            Entry::new("tpm.attach", Outcome::Error, Actor::this_process()).reason(why.clone()),
+        );
+        self.tpm_unavailable = Some(why);
+    }
+
+    /// The attestation key and EK, when a TPM is attached.
+    pub fn tpm_identity(&self) -> Option<crate::tpm::Identity> {
+        self.tpm.as_ref().map(|t| lock_tpm(t).identity().clone())
+    }
+
+    fn tpm_problem(&self) -> Option<String> {
+        if let Some(why) = &self.tpm_unavailable {
+            return Some(format!(
+                "the TPM configured is not in use ({why}): evidence is signed by the software key only"
+            ));
+        }
+        let t = lock_tpm(self.tpm.as_ref()?);
+        t.problem()
+            .map(|p| format!("TPM measurements cannot be trusted this boot: {p}"))
+    }
+
+    fn measure(&self, kind: crate::tpm::Kind, detail: BTreeMap<String, String>) {
+        let Some(t) = &self.tpm else { return };
+        if let Err(e) = lock_tpm(t).measure(kind, detail) {
+            self.audit.record(
+                Entry::new("tpm.measure", Outcome::Error, Actor::this_process())
+                    .reason(e.to_string()),
+            );
+        }
+    }
+
+    fn measure_enforcement(&self, mode: &str, ruleset: &str) {
+        let policy = self
+            .policy
+            .as_ref()
+            .map(|p| p.digest().to_owned())
+            .unwrap_or_default();
+        self.measure(
+            crate::tpm::Kind::Enforce,
+            BTreeMap::from([
+                ("mode".to_owned(), mode.to_owned()),
+                ("policy".to_owned(), policy),
+                ("ruleset".to_owned(), ruleset.to_owned()),
+            ]),
+        );
+    }
+
+    fn measure_checkpoint(&self, cp: &crate::audit::checkpoint::Checkpoint) {
+        self.measure(
+            crate::tpm::Kind::Checkpoint,
+            BTreeMap::from([
+                ("origin".to_owned(), cp.origin.clone()),
+                ("size".to_owned(), cp.size.to_string()),
+                ("root".to_owned(), crate::bundle::hex(&cp.root)),
+            ]),
+        );
     }
 
     /// Verify and install a policy bundle.
