@@ -390,7 +390,12 @@ pub struct Engine<B: Backend> {
     denials: Denials,
     busy: BusySource,
     busy_recorded: std::time::Instant,
+    monotonic: Monotonic,
 }
+
+/// Where the engine reads the monotonic clock for its denial budget and its busy summaries:
+/// [`std::time::Instant::now`] in the daemon; a test injects one it can move forward.
+pub type Monotonic = Box<dyn Fn() -> std::time::Instant + Send>;
 
 /// Where the engine takes the counts of calls refused before they reached it (the bus
 /// service's admission limits): (uid, how many; `None`: callers not yet identified).
@@ -421,8 +426,12 @@ struct DenialWindow {
 impl Denials {
     /// Whether this denial is recorded on its own; expired windows with suppressed denials
     /// come back as summaries to record first.
-    fn admit(&mut self, caller: &Caller, kind: &'static str) -> (bool, Vec<Suppressed>) {
-        let now = std::time::Instant::now();
+    fn admit(
+        &mut self,
+        caller: &Caller,
+        kind: &'static str,
+        now: std::time::Instant,
+    ) -> (bool, Vec<Suppressed>) {
         let summaries = self.expire(now);
         let w = self
             .0
@@ -531,6 +540,7 @@ impl<B: Backend> Engine<B> {
                 denials: Denials::default(),
                 busy: Box::new(Vec::new),
                 busy_recorded: std::time::Instant::now(),
+                monotonic: Box::new(std::time::Instant::now),
             },
             rx,
         ))
@@ -540,6 +550,35 @@ impl<B: Backend> Engine<B> {
     /// every clean stop). 0: only at stops and on request.
     pub fn set_checkpoint_every(&mut self, n: u64) {
         self.checkpoint_every = n;
+    }
+
+    /// Read the monotonic clock here (the denial budget's minute, the busy summaries' minute)
+    /// instead of [`std::time::Instant::now`]; the minute of busy summaries starts over.
+    pub fn set_monotonic(&mut self, clock: Monotonic) {
+        self.busy_recorded = clock();
+        self.monotonic = clock;
+    }
+
+    /// Carry out one command as [`Self::run`] does between its waits (the engine driven
+    /// in-process, step by step, with no timer of its own); `Ok(true)` when it was Stop.
+    /// A [`Command::Tick`] here is one drift check.
+    ///
+    /// # Errors
+    ///
+    /// What ends [`Self::run`]: the audit log or the state directory failed where no
+    /// change may go unrecorded.
+    pub fn step(&mut self, cmd: Command) -> Result<bool, DeviceError> {
+        self.handle(cmd, &Heartbeat::default())
+    }
+
+    /// The backend (a fake's failures are set through it in tests).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// The device, read-only.
+    pub fn device(&self) -> &Device {
+        &self.dev
     }
 
     /// Where to take the counts of calls refused as busy before they reached the engine;
@@ -609,7 +648,8 @@ impl<B: Backend> Engine<B> {
         kind: &'static str,
         entry: Entry,
     ) -> Result<(), CallError> {
-        let (record, summaries) = self.denials.admit(caller, kind);
+        let now = (self.monotonic)();
+        let (record, summaries) = self.denials.admit(caller, kind, now);
         self.record_suppressed(summaries)
             .map_err(|e| CallError::Failed(e.to_string()))?;
         if record {
@@ -691,7 +731,7 @@ impl<B: Backend> Engine<B> {
                 let _ = reply.send(result);
             }
             Command::Tick => {
-                let now = std::time::Instant::now();
+                let now = (self.monotonic)();
                 let summaries = self.denials.expire(now);
                 self.record_suppressed(summaries)?;
                 if now.duration_since(self.busy_recorded) >= DENIAL_WINDOW {
@@ -805,7 +845,8 @@ impl<B: Backend> Engine<B> {
                 caller.uid,
                 role.as_str()
             );
-            let (record, summaries) = self.denials.admit(caller, "authz.denied");
+            let now = (self.monotonic)();
+            let (record, summaries) = self.denials.admit(caller, "authz.denied", now);
             self.record_suppressed(summaries)
                 .map_err(|e| CallError::Failed(e.to_string()))?;
             if record {

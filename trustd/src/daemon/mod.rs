@@ -11,6 +11,6 @@ pub mod watchdog;
 
 pub use device::{Applied, Device, DeviceError, Enforced, INTEL_BACKSTOP};
 pub use engine::{
-    CallError, Caller, Command, Engine, Heartbeat, Queues, Request, Response, Role, RoleGroups,
-    Senders, SharedGroups, queues,
+    CallError, Caller, Command, Engine, Heartbeat, Monotonic, Queues, Request, Response, Role,
+    RoleGroups, Senders, SharedGroups, queues,
 };
