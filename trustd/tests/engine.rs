@@ -13,7 +13,7 @@ use common::engine::*;
 use common::policy;
 use serde_json::{Value, json};
 use trustd::audit::{Actor, Outcome};
-use trustd::daemon::{CallError, Caller, Command, Request, Response};
+use trustd::daemon::{Call, CallError, Caller, Command, LaunchAnswer, LifecycleChange, Method};
 use trustd::sys::nft_events::{Changes, TableChange};
 
 /// A policy that requires the setup step `eula` and lets a user turn privacy mode off or not.
@@ -24,58 +24,51 @@ fn role_policy(user_may_disable: bool) -> Value {
     p
 }
 
-/// One request of every kind the engine takes from callers.
-fn every_request() -> Vec<Request> {
-    vec![
-        Request::SetPrivacy(true),
-        Request::SetPrivacy(false),
-        Request::ApplyBundle(signed(role_policy(false), 6)),
-        Request::ApplyIntel(b"{}".to_vec()),
-        Request::ApplyTrustRoot(b"{}".to_vec()),
-        Request::ActivePolicy,
-        Request::CompleteStep("eula".into()),
-        Request::AuditTail(5),
-        Request::AuditVerify,
-        Request::AcknowledgeDamage(u64::MAX),
-        Request::CheckLaunch {
-            app: "org.example.app".into(),
-            exe: String::new(),
-        },
-        Request::ReportLaunch {
-            app: "org.example.app".into(),
-            started: false,
-            reason: "refused at exec".into(),
-        },
-        Request::ApplyCommand(b"{}".to_vec()),
-        Request::DeviceHandle("mdm.example.org".into()),
-        Request::Checkpoint,
-        Request::Report("nonce-1".into()),
-    ]
-}
-
-/// Fails to compile when a request kind is added: add it to [`every_request`] and to
-/// [`who_may`].
-fn _every_kind_is_listed(r: &Request) {
-    match r {
-        Request::SetPrivacy(_)
-        | Request::ApplyBundle(_)
-        | Request::ApplyIntel(_)
-        | Request::ApplyTrustRoot(_)
-        | Request::ActivePolicy
-        | Request::CompleteStep(_)
-        | Request::AuditTail(_)
-        | Request::AuditVerify
-        | Request::AcknowledgeDamage(_)
-        | Request::CheckLaunch { .. }
-        | Request::ReportLaunch { .. }
-        | Request::ApplyCommand(_)
-        | Request::DeviceHandle(_)
-        | Request::Checkpoint
-        | Request::Report(_) => {}
+/// Call `m` with arguments that reach its action when allowed; the answer without its
+/// value. The match is exhaustive: a new method does not compile until it is here.
+fn call_any(h: &mut Harness, who: &Caller, m: Method) -> Result<(), CallError> {
+    let app = || "org.example.app".to_owned();
+    match m {
+        Method::PrivacyOn => h.call(who, |tx| Call::SetPrivacy(true, tx)),
+        Method::PrivacyOff => h.call(who, |tx| Call::SetPrivacy(false, tx)),
+        Method::ApplyBundle => {
+            let b = signed(role_policy(false), 6);
+            h.call(who, |tx| Call::ApplyBundle(b, tx)).map(drop)
+        }
+        Method::ApplyIntelFeed => h
+            .call(who, |tx| Call::ApplyIntel(b"{}".to_vec(), tx))
+            .map(drop),
+        Method::ApplyTrustRoot => h
+            .call(who, |tx| Call::ApplyTrustRoot(b"{}".to_vec(), tx))
+            .map(drop),
+        Method::ActivePolicy => h.call(who, Call::ActivePolicy).map(drop),
+        Method::CompleteStep => h.call(who, |tx| Call::CompleteStep("eula".into(), tx)),
+        Method::Tail => h.call(who, |tx| Call::AuditTail(5, tx)).map(drop),
+        Method::Verify => h.call(who, Call::AuditVerify).map(drop),
+        Method::AcknowledgeDamage => h
+            .call(who, |tx| Call::AcknowledgeDamage(u64::MAX, tx))
+            .map(drop),
+        Method::CheckLaunch => h
+            .call(who, |tx| Call::CheckLaunch(app(), String::new(), tx))
+            .map(drop),
+        Method::ReportLaunch => h.call(who, |tx| {
+            Call::ReportLaunch(app(), false, "refused at exec".into(), tx)
+        }),
+        Method::ApplyCommand => h
+            .call(who, |tx| Call::ApplyCommand(b"{}".to_vec(), tx))
+            .map(drop),
+        Method::GetDeviceHandle => h
+            .call(who, |tx| Call::DeviceHandle("mdm.example.org".into(), tx))
+            .map(drop),
+        Method::Checkpoint => h.call(who, Call::Checkpoint).map(drop),
+        Method::GetReport => h
+            .call(who, |tx| Call::Report("nonce-1".into(), tx))
+            .map(drop),
     }
 }
 
-/// The table of docs/SECURITY.md ("Who may do what over the bus"), written out on its own:
+/// The table of docs/SECURITY.md ("Who may do what over the bus"), written out on its own
+/// (not read from [`Method::allowed`]):
 /// (user, setup, admin) for each method; `None` for "if the policy allows".
 fn who_may(name: &str) -> (Option<bool>, Option<bool>, bool) {
     match name {
@@ -94,7 +87,7 @@ fn who_may(name: &str) -> (Option<bool>, Option<bool>, bool) {
     }
 }
 
-fn denied(r: &Result<Response, CallError>) -> Option<&str> {
+fn denied<T>(r: &Result<T, CallError>) -> Option<&str> {
     match r {
         Err(CallError::AccessDenied(why)) => Some(why),
         _ => None,
@@ -119,8 +112,8 @@ fn every_request_by_every_role_is_allowed_or_denied_as_the_table_says_and_denial
         // Authorization depends on the role and the policy only, so one device serves every
         // request (what an allowed call changes does not change who may call).
         let mut h = Harness::new(Some(role_policy(may_disable)));
-        for request in every_request() {
-            let name = request.name();
+        for method in Method::ALL {
+            let name = method.name();
             let (u, s, a) = who_may(name);
             for (role, who) in &callers {
                 let allowed = match *role {
@@ -131,7 +124,7 @@ fn every_request_by_every_role_is_allowed_or_denied_as_the_table_says_and_denial
                 let before = h.records().len();
                 let state = h.engine.device().state().clone();
                 let applied = h.engine.backend_mut().applied.len();
-                let answer = h.call(who, request.clone());
+                let answer = call_any(&mut h, who, method);
                 let new: Vec<_> = h.records().split_off(before);
                 let denials: Vec<_> = new.iter().filter(|r| r.kind == "authz.denied").collect();
                 if allowed {
@@ -192,22 +185,18 @@ fn denials_past_the_budget_are_counted_and_summarised_once_the_minute_is_over() 
             .collect()
     };
     for _ in 0..25 {
-        assert!(denied(&h.call(&user(), Request::Checkpoint)).is_some());
+        assert!(denied(&h.call(&user(), Call::Checkpoint)).is_some());
     }
     assert_eq!(denials(&h, user().uid).len(), 20, "20 one by one");
     // Another uid has its own budget; another kind (a refused launch check) too.
-    assert!(denied(&h.call(&nobody(), Request::Checkpoint)).is_some());
+    assert!(denied(&h.call(&nobody(), Call::Checkpoint)).is_some());
     assert_eq!(denials(&h, nobody().uid).len(), 1);
     for _ in 0..3 {
-        let r = h.call(
-            &user(),
-            Request::CheckLaunch {
-                app: "org.example.nope".into(),
-                exe: String::new(),
-            },
-        );
+        let r = h.call(&user(), |tx| {
+            Call::CheckLaunch("org.example.nope".into(), String::new(), tx)
+        });
         assert!(
-            matches!(r, Ok(Response::Launch { allowed: false, .. })),
+            matches!(&r, Ok(LaunchAnswer { allowed: false, .. })),
             "{r:?}"
         );
     }
@@ -229,12 +218,12 @@ fn denials_past_the_budget_are_counted_and_summarised_once_the_minute_is_over() 
         )
     );
     // A new minute: recorded one by one again.
-    assert!(denied(&h.call(&user(), Request::Checkpoint)).is_some());
+    assert!(denied(&h.call(&user(), Call::Checkpoint)).is_some());
     assert_eq!(denials(&h, user().uid).len(), 22);
 
     // Stop closes every window with a summary.
     for _ in 0..21 {
-        assert!(denied(&h.call(&user(), Request::AuditVerify)).is_some());
+        assert!(denied(&h.call(&user(), Call::AuditVerify)).is_some());
     }
     assert_eq!(denials(&h, user().uid).len(), 22 + 19);
     assert!(h.engine.step(Command::Stop("test")).expect("stop"));
@@ -273,8 +262,8 @@ fn nft_failing_n_applies_in_a_row_keeps_the_last_ruleset_in_force_until_a_retry_
 
     // One failure: the policy's table is refused, lockdown goes in instead.
     h.engine.backend_mut().fail_applies = 1;
-    let r = h.call(&root(), Request::SetPrivacy(true));
-    assert_eq!(r, Ok(Response::Done));
+    let r = h.call(&root(), |tx| Call::SetPrivacy(true, tx));
+    assert_eq!(r, Ok(()));
     // (NetworkMode names the mode the state asks for; Enforcement what the kernel holds.)
     assert_eq!(h.now().enforcement, "fallback-lockdown");
     assert!(!holds_policy(&mut h), "lockdown in the kernel");
@@ -291,7 +280,7 @@ fn nft_failing_n_applies_in_a_row_keeps_the_last_ruleset_in_force_until_a_retry_
 
     // Two in a row: neither the policy nor lockdown; what the kernel holds stays.
     h.engine.backend_mut().fail_applies = 2;
-    let r = h.call(&root(), Request::SetPrivacy(false));
+    let r = h.call(&root(), |tx| Call::SetPrivacy(false, tx));
     match &r {
         Err(CallError::Failed(why)) => assert!(why.ends_with("the state in force stays"), "{why}"),
         other => panic!("expected a failure, got {other:?}"),
@@ -427,9 +416,9 @@ fn lifecycle_commands_bind_to_this_device_and_revoke_destroys_the_secret() {
     let mut h = Harness::new(Some(policy(0)));
     const MDM: &str = "mdm.example.org";
     let handle = |h: &mut Harness, who: &Caller, verifier: &str| match h
-        .call(who, Request::DeviceHandle(verifier.into()))
+        .call(who, |tx| Call::DeviceHandle(verifier.into(), tx))
     {
-        Ok(Response::Text(t)) => t,
+        Ok(t) => t,
         other => panic!("a handle: {other:?}"),
     };
     let mdm = handle(&mut h, &root(), MDM);
@@ -437,49 +426,46 @@ fn lifecycle_commands_bind_to_this_device_and_revoke_destroys_the_secret() {
     let other = handle(&mut h, &root(), "attest.example.org");
     assert_ne!(mdm, other);
     assert_eq!(h.now().lifecycle, "unenrolled");
-    let refused = |r: Result<Response, CallError>| match r {
+    let refused = |r: Result<LifecycleChange, CallError>| match r {
         Err(CallError::Refused(why)) => why,
         other => panic!("expected a refusal, got {other:?}"),
     };
 
     // An ordinary user may not send one, even validly signed.
     let enroll = command(1, MDM, &mdm, "enroll");
-    assert!(denied(&h.call(&user(), Request::ApplyCommand(enroll.clone()))).is_some());
+    assert!(denied(&h.call(&user(), |tx| Call::ApplyCommand(enroll.clone(), tx))).is_some());
     // Another device's command; this device's handle for another issuer.
-    let why = refused(h.call(
-        &root(),
-        Request::ApplyCommand(command(1, MDM, "AAAAAAAAAAAAAAAAAAAAAA", "enroll")),
-    ));
+    let why = refused(h.call(&root(), |tx| {
+        Call::ApplyCommand(command(1, MDM, "AAAAAAAAAAAAAAAAAAAAAA", "enroll"), tx)
+    }));
     assert!(why.contains("not this one"), "{why}");
-    let why = refused(h.call(
-        &root(),
-        Request::ApplyCommand(command(1, MDM, &other, "enroll")),
-    ));
+    let why = refused(h.call(&root(), |tx| {
+        Call::ApplyCommand(command(1, MDM, &other, "enroll"), tx)
+    }));
     assert!(why.contains("not this one"), "{why}");
     assert_eq!(h.now().lifecycle, "unenrolled");
 
     let lc = |from: &str, to: &str| {
-        Ok(Response::Lifecycle {
+        Ok(LifecycleChange {
             from: from.into(),
             to: to.into(),
         })
     };
     assert_eq!(
-        h.call(&root(), Request::ApplyCommand(enroll.clone())),
+        h.call(&root(), |tx| Call::ApplyCommand(enroll.clone(), tx)),
         lc("unenrolled", "enrolled")
     );
     // A replay is below the serial floor.
-    let why = refused(h.call(&root(), Request::ApplyCommand(enroll)));
+    let why = refused(h.call(&root(), |tx| Call::ApplyCommand(enroll, tx)));
     assert!(
         why.contains("nothing changed") || why.contains("last good"),
         "{why}"
     );
     // A transition the lifecycle forbids (resume while enrolled) is refused, audited.
     let before = h.of_kind("command.apply").len();
-    refused(h.call(
-        &root(),
-        Request::ApplyCommand(command(2, MDM, &mdm, "resume")),
-    ));
+    refused(h.call(&root(), |tx| {
+        Call::ApplyCommand(command(2, MDM, &mdm, "resume"), tx)
+    }));
     let recs = h.of_kind("command.apply");
     assert_eq!(recs.len(), before + 1);
     assert_eq!(recs[before].outcome, Outcome::Refused);
@@ -488,19 +474,19 @@ fn lifecycle_commands_bind_to_this_device_and_revoke_destroys_the_secret() {
 
     // Suspend: lockdown in the kernel when the call returns; resume: the policy again.
     assert_eq!(
-        h.call(
-            &root(),
-            Request::ApplyCommand(command(3, MDM, &mdm, "suspend"))
-        ),
+        h.call(&root(), |tx| Call::ApplyCommand(
+            command(3, MDM, &mdm, "suspend"),
+            tx
+        )),
         lc("enrolled", "suspended")
     );
     assert!(!holds_policy(&mut h));
     assert_eq!(h.now().network_mode, "lockdown");
     assert_eq!(
-        h.call(
-            &root(),
-            Request::ApplyCommand(command(4, MDM, &mdm, "resume"))
-        ),
+        h.call(&root(), |tx| Call::ApplyCommand(
+            command(4, MDM, &mdm, "resume"),
+            tx
+        )),
         lc("suspended", "enrolled")
     );
     assert!(holds_policy(&mut h));
@@ -509,22 +495,22 @@ fn lifecycle_commands_bind_to_this_device_and_revoke_destroys_the_secret() {
     let secret = h.dev.paths.device_secret();
     assert!(secret.exists());
     assert_eq!(
-        h.call(
-            &root(),
-            Request::ApplyCommand(command(5, MDM, &mdm, "revoke"))
-        ),
+        h.call(&root(), |tx| Call::ApplyCommand(
+            command(5, MDM, &mdm, "revoke"),
+            tx
+        )),
         lc("enrolled", "revoked")
     );
     assert!(!secret.exists(), "device secret destroyed");
     assert!(!holds_policy(&mut h), "lockdown in the kernel");
     assert!(
-        h.call(&user(), Request::DeviceHandle(MDM.into())).is_err(),
+        h.call(&user(), |tx| Call::DeviceHandle(MDM.into(), tx))
+            .is_err(),
         "no handle without a secret"
     );
-    let why = refused(h.call(
-        &root(),
-        Request::ApplyCommand(command(6, MDM, &mdm, "enroll")),
-    ));
+    let why = refused(h.call(&root(), |tx| {
+        Call::ApplyCommand(command(6, MDM, &mdm, "enroll"), tx)
+    }));
     assert!(why.contains("has no secret"), "{why}");
     assert!(
         h.of_kind("device.secret")
@@ -541,6 +527,9 @@ fn lifecycle_commands_bind_to_this_device_and_revoke_destroys_the_secret() {
     let mut h = Harness::start(dev, d);
     assert_eq!(h.now().lifecycle, "revoked");
     assert!(!h.dev.paths.device_secret().exists());
-    assert!(h.call(&root(), Request::DeviceHandle(MDM.into())).is_err());
+    assert!(
+        h.call(&root(), |tx| Call::DeviceHandle(MDM.into(), tx))
+            .is_err()
+    );
     assert!(!holds_policy(&mut h));
 }

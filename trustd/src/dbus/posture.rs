@@ -11,8 +11,8 @@ use zbus::object_server::SignalEmitter;
 
 use zbus::message::Header;
 
-use super::{Handle, error::Result, unexpected};
-use crate::daemon::{Request, Response};
+use super::{Handle, error::Result};
+use crate::daemon::Call;
 use crate::posture::Posture as Snapshot;
 
 /// The interface: reads the snapshot the engine publishes.
@@ -41,20 +41,16 @@ impl Posture {
         verifier: String,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<String> {
-        match self.h.call(&hdr, Request::DeviceHandle(verifier)).await? {
-            Response::Text(t) => Ok(t),
-            r => Err(unexpected(&r)),
-        }
+        self.h
+            .call(&hdr, |tx| Call::DeviceHandle(verifier, tx))
+            .await
     }
 
     /// A posture report answering `nonce` (8 to 128 of [A-Za-z0-9_-]): the posture, its
     /// evidence (policy and ruleset digests, a fresh audit checkpoint, boot id, kernel,
     /// Landlock ABI) and the nonce, as a DSSE envelope (JSON) signed by the device key.
     async fn get_report(&self, nonce: String, #[zbus(header)] hdr: Header<'_>) -> Result<String> {
-        match self.h.call(&hdr, Request::Report(nonce)).await? {
-            Response::Text(t) => Ok(t),
-            r => Err(unexpected(&r)),
-        }
+        self.h.call(&hdr, |tx| Call::Report(nonce, tx)).await
     }
 
     /// `trusted`, `degraded` or `untrusted`.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use trustd::audit::{Actor, Options, Record, read_records};
-use trustd::daemon::{CallError, Caller, Command, Device, Engine, Request, Response, RoleGroups};
+use trustd::daemon::{Call, CallError, Caller, Command, Device, Engine, RoleGroups, Tx};
 use trustd::freshness::build_time;
 use trustd::netfilter::{Backend, RecordingBackend};
 use trustd::posture::Posture;
@@ -145,15 +145,18 @@ impl Harness {
         }
     }
 
-    /// One call, carried out to its answer.
-    pub fn call(&mut self, who: &Caller, request: Request) -> Result<Response, CallError> {
+    /// One call, carried out to its answer (of its own type).
+    pub fn call<T>(
+        &mut self,
+        who: &Caller,
+        call: impl FnOnce(Tx<T>) -> Call,
+    ) -> Result<T, CallError> {
         let (reply, mut answer) = tokio::sync::oneshot::channel();
         let stop = self
             .engine
             .step(Command::Call {
                 caller: who.clone(),
-                request,
-                reply,
+                call: call(reply),
             })
             .expect("a call does not end the engine");
         assert!(!stop);
