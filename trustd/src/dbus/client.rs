@@ -9,22 +9,9 @@ use zbus::{Connection, OwnedVariant, Variant};
 
 use super::{BUS_NAME, OBJECT_PATH};
 
-/// The posture properties, in the order of the introspection XML (dbus/org.enigm.Trust1.xml).
-pub const POSTURE_PROPERTIES: [&str; 13] = [
-    "Level",
-    "Reasons",
-    "Enforcement",
-    "NetworkMode",
-    "PrivacyMode",
-    "PolicySerial",
-    "PolicyDigest",
-    "RulesetDigest",
-    "SetupComplete",
-    "PendingSetupSteps",
-    "Lifecycle",
-    "AuditHead",
-    "Confinement",
-];
+/// The posture properties, in the order of the introspection XML (dbus/org.enigm.Trust1.xml):
+/// the names of the service's own table.
+pub const POSTURE_PROPERTIES: [&str; super::posture::NAMES.len()] = super::posture::NAMES;
 
 /// A D-Bus value as JSON (strings, numbers, booleans, arrays and structs as arrays).
 pub fn variant_json(v: &Variant<'_>) -> Value {
