@@ -16,7 +16,7 @@ use common::*;
 use serde_json::{Value, json};
 use trustd::audit::{Actor, read_records, verify_dir};
 use trustd::daemon::{
-    CallError, Caller, Command, Device, Engine, Heartbeat, Request, RoleGroups, queues,
+    Call, CallError, Caller, Command, Device, Engine, Heartbeat, RoleGroups, queues,
 };
 use trustd::freshness::build_time;
 use trustd::netfilter::RecordingBackend;
@@ -132,13 +132,12 @@ fn the_engine_keeps_enforcing_across_clock_jumps_and_says_so() {
             .expect("runtime")
             .block_on(engine.run(q, Duration::from_millis(20), heartbeat))
     });
-    let call = |request: Request| {
+    let call = |bytes: Vec<u8>| {
         let (reply, answer) = tokio::sync::oneshot::channel();
         tx.admin
             .blocking_send(Command::Call {
                 caller: admin(),
-                request,
-                reply,
+                call: Call::ApplyIntel(bytes, reply),
             })
             .expect("send");
         answer.blocking_recv().expect("answer")
@@ -173,7 +172,7 @@ fn the_engine_keeps_enforcing_across_clock_jumps_and_says_so() {
         "{:?}",
         p.reasons
     );
-    let e = call(Request::ApplyIntel(signed_intel(8))).expect_err("expired by the clock");
+    let e = call(signed_intel(8)).expect_err("expired by the clock");
     let CallError::Refused(why) = e else {
         panic!("{e:?}")
     };
@@ -195,7 +194,7 @@ fn the_engine_keeps_enforcing_across_clock_jumps_and_says_so() {
         "{:?}",
         p.reasons
     );
-    let e = call(Request::ApplyIntel(signed_intel(8))).expect_err("issued after the clock");
+    let e = call(signed_intel(8)).expect_err("issued after the clock");
     let CallError::Refused(why) = e else {
         panic!("{e:?}")
     };
@@ -210,7 +209,7 @@ fn the_engine_keeps_enforcing_across_clock_jumps_and_says_so() {
         freshness_reasons(p).is_empty()
     });
     same_enforcement(&p);
-    call(Request::ApplyIntel(signed_intel(8))).expect("a good clock judges the input fresh");
+    call(signed_intel(8)).expect("a good clock judges the input fresh");
 
     std::thread::sleep(Duration::from_millis(100));
     tx.control

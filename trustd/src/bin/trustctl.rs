@@ -800,6 +800,7 @@ mod bus {
     use anyhow::{Context, Result, anyhow};
     use serde_json::{Value, json};
     use std::process::ExitCode;
+    use trustd::dbus::Failure;
     use trustd::dbus::client::{ApplyResult, Client};
 
     #[derive(Debug)]
@@ -818,25 +819,18 @@ mod bus {
 
     /// A refusal by the daemon (access denied, input refused) exits 1; anything else 3.
     fn daemon_error(e: zbus::Error) -> anyhow::Error {
-        if let zbus::Error::MethodError(name, msg, _) = &e {
-            let short = name.as_str().rsplit('.').next().unwrap_or_default();
-            let text = format!("{short}: {}", msg.as_deref().unwrap_or(""));
-            if name.as_str().ends_with(".AccessDenied")
-                || name.as_str().starts_with("org.enigm.Trust1.Error.Refused")
-                || name
-                    .as_str()
-                    .starts_with("org.enigm.Trust1.Error.UnknownStep")
-            {
-                return Refused(text).into();
+        match Failure::from(e) {
+            Failure::Trustd(e) => {
+                let text = format!("{}: {}", e.short_name(), e.message());
+                if e.is_refusal() {
+                    Refused(text).into()
+                } else {
+                    anyhow!(text)
+                }
             }
-            return anyhow!(text);
+            Failure::BusDenied(msg) => Refused(format!("AccessDenied (bus policy): {msg}")).into(),
+            Failure::Bus(e) => anyhow!(e),
         }
-        if let zbus::Error::FDO(fdo) = &e
-            && let zbus::fdo::Error::AccessDenied(msg) = fdo.as_ref()
-        {
-            return Refused(format!("AccessDenied (bus policy): {msg}")).into();
-        }
-        anyhow!(e)
     }
 
     pub(super) fn run(j: bool, address: Option<&str>, op: Op) -> Result<ExitCode> {

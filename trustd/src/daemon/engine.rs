@@ -7,261 +7,16 @@ use std::sync::PoisonError;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Applied, Device, DeviceError};
+use super::api::{
+    Answer, AuditCheck, Call, CallError, Caller, DENIED_KIND, LaunchAnswer, LifecycleChange,
+    Method, RoleGroups, SharedGroups,
+};
+use super::{Device, DeviceError};
 use crate::audit::{Actor, Entry, Outcome};
 use crate::netfilter::Backend;
 use crate::posture::Posture;
 use crate::sys::netlink::LinkEvent;
 use crate::timefmt::Timestamp;
-
-/// Who is calling, as the bus daemon reported it for the message's sender. Never taken from
-/// the message body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The caller's uid.
-    pub uid: u32,
-    /// Its groups (primary and supplementary) as the bus daemon saw them at connect time.
-    pub gids: Vec<u32>,
-    /// Its pid, when the bus reports one.
-    pub pid: Option<u32>,
-    /// Its unique bus name.
-    pub bus_name: String,
-}
-
-impl Caller {
-    /// The audit record's actor.
-    pub fn actor(&self) -> Actor {
-        Actor {
-            uid: Some(self.uid),
-            pid: self.pid,
-            bus_name: Some(self.bus_name.clone()),
-        }
-    }
-}
-
-/// A caller's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// uid 0 or a member of the admin group.
-    Admin,
-    /// A member of the setup group.
-    Setup,
-    /// Everyone else.
-    User,
-}
-
-impl Role {
-    /// The name in audit records and errors.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Setup => "setup",
-            Self::User => "user",
-        }
-    }
-}
-
-/// Which gids hold which role (`None`: the group does not exist, so nobody holds the role
-/// through it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RoleGroups {
-    /// The admin group.
-    pub admin: Option<u32>,
-    /// The setup group.
-    pub setup: Option<u32>,
-}
-
-impl RoleGroups {
-    /// The caller's role: admin = uid 0 or the admin group; setup = the setup group.
-    pub fn role(&self, c: &Caller) -> Role {
-        let member = |g: Option<u32>| g.is_some_and(|g| c.gids.contains(&g));
-        if c.uid == 0 || member(self.admin) {
-            Role::Admin
-        } else if member(self.setup) {
-            Role::Setup
-        } else {
-            Role::User
-        }
-    }
-}
-
-/// Who holds which role, shared between the engine (which authorizes, and reloads it on
-/// SIGHUP) and the bus service (which queues privileged callers' calls in their own lane).
-pub type SharedGroups = std::sync::Arc<std::sync::RwLock<RoleGroups>>;
-
-/// What a caller asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// Privacy mode on or off.
-    SetPrivacy(bool),
-    /// A signed policy bundle.
-    ApplyBundle(Vec<u8>),
-    /// A signed intel feed.
-    ApplyIntel(Vec<u8>),
-    /// A signed trust-root rotation.
-    ApplyTrustRoot(Vec<u8>),
-    /// The last-good policy's payload.
-    ActivePolicy,
-    /// A setup step done.
-    CompleteStep(String),
-    /// The last N audit records.
-    AuditTail(u32),
-    /// Check the audit log.
-    AuditVerify,
-    /// An admin acknowledges the audit log damage recorded up to this seq (`u64::MAX`: all).
-    AcknowledgeDamage(u64),
-    /// May this app start?
-    CheckLaunch {
-        /// The app id.
-        app: String,
-        /// The executable the launcher is about to run (empty: the policy's).
-        exe: String,
-    },
-    /// What a launcher did after a check: started the app, or refused at exec time.
-    ReportLaunch {
-        /// The app id.
-        app: String,
-        /// Whether it started.
-        started: bool,
-        /// Why not, or how it is confined.
-        reason: String,
-    },
-    /// A signed lifecycle command.
-    ApplyCommand(Vec<u8>),
-    /// The device's handle for a verifier.
-    DeviceHandle(String),
-    /// A signed checkpoint of the audit log now.
-    Checkpoint,
-    /// A signed posture report answering a nonce.
-    Report(String),
-}
-
-impl Request {
-    /// The method's name, for audit records and errors.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::SetPrivacy(true) => "SetPrivacyMode(true)",
-            Self::SetPrivacy(false) => "SetPrivacyMode(false)",
-            Self::ApplyBundle(_) => "ApplyBundle",
-            Self::ApplyIntel(_) => "ApplyIntelFeed",
-            Self::ApplyTrustRoot(_) => "ApplyTrustRoot",
-            Self::ActivePolicy => "ActivePolicy",
-            Self::CompleteStep(_) => "CompleteStep",
-            Self::AuditTail(_) => "Tail",
-            Self::AuditVerify => "Verify",
-            Self::AcknowledgeDamage(_) => "AcknowledgeDamage",
-            Self::CheckLaunch { .. } => "CheckLaunch",
-            Self::ReportLaunch { .. } => "ReportLaunch",
-            Self::ApplyCommand(_) => "ApplyCommand",
-            Self::DeviceHandle(_) => "GetDeviceHandle",
-            Self::Checkpoint => "Checkpoint",
-            Self::Report(_) => "GetReport",
-        }
-    }
-}
-
-/// Who may do what (docs/SECURITY.md, "Who may do what over the bus"). `user_may_disable_privacy` comes from the policy.
-pub fn permitted(req: &Request, role: Role, user_may_disable_privacy: bool) -> bool {
-    match req {
-        Request::SetPrivacy(true)
-        | Request::CheckLaunch { .. }
-        | Request::ReportLaunch { .. }
-        | Request::DeviceHandle(_)
-        | Request::Report(_) => true,
-        Request::SetPrivacy(false) => role == Role::Admin || user_may_disable_privacy,
-        Request::CompleteStep(_) => matches!(role, Role::Admin | Role::Setup),
-        Request::ApplyBundle(_)
-        | Request::ApplyIntel(_)
-        | Request::ApplyTrustRoot(_)
-        | Request::ActivePolicy
-        | Request::ApplyCommand(_)
-        | Request::Checkpoint
-        | Request::AuditTail(_)
-        | Request::AuditVerify
-        | Request::AcknowledgeDamage(_) => role == Role::Admin,
-    }
-}
-
-/// A successful answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Response {
-    /// Done; nothing to return.
-    Done,
-    /// A signed input was installed.
-    Applied(Applied),
-    /// Text (the active policy).
-    Text(String),
-    /// Lines (audit records).
-    Lines(Vec<String>),
-    /// A launch decision.
-    Launch {
-        /// Whether the app may start.
-        allowed: bool,
-        /// Why.
-        reason: String,
-        /// The profile as JSON (empty when refused).
-        profile: String,
-    },
-    /// A lifecycle transition.
-    Lifecycle {
-        /// Before.
-        from: String,
-        /// After.
-        to: String,
-    },
-    /// An audit check: records checked and problems found.
-    Verified {
-        /// Records read.
-        records: u64,
-        /// Problems found (empty: the log is intact).
-        problems: Vec<String>,
-    },
-}
-
-/// Why a call did not take effect. In every case the state in force stays.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    /// The caller's role may not do this (the refusal is audited).
-    #[error("{0}")]
-    AccessDenied(String),
-    /// The input was refused (bad signature, rollback, expired, malformed...).
-    #[error("{0}")]
-    Refused(String),
-    /// The setup step is not one the policy requires.
-    #[error("{0}")]
-    UnknownStep(String),
-    /// The daemon could not carry it out (disk, audit log, kernel).
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl From<DeviceError> for CallError {
-    fn from(e: DeviceError) -> Self {
-        match e {
-            DeviceError::Refused(v) => Self::Refused(format!("{v}; the last good one stays")),
-            DeviceError::UnknownStep(why) => Self::UnknownStep(why),
-            DeviceError::CommandRefused(why) => Self::Refused(format!("{why}; nothing changed")),
-            DeviceError::State(_) | DeviceError::Audit(_) => {
-                let errno = crate::storage::io_cause(&e)
-                    .map(|io| format!(" [{}]", crate::storage::errno_name(io)))
-                    .unwrap_or_default();
-                Self::Failed(format!(
-                    "{}{errno}: the change could not be made durable, so nothing changed; the state in force stays",
-                    crate::error_chain(&e)
-                ))
-            }
-            DeviceError::Enforce(_) | DeviceError::Secret(_) | DeviceError::Checkpoint(_) => {
-                Self::Failed(format!(
-                    "{}; the state in force stays",
-                    crate::error_chain(&e)
-                ))
-            }
-        }
-    }
-}
-
-/// The reply to a call.
-pub type Reply = oneshot::Sender<Result<Response, CallError>>;
 
 /// What the engine's queue carries.
 #[derive(Debug)]
@@ -270,10 +25,8 @@ pub enum Command {
     Call {
         /// Who.
         caller: Caller,
-        /// What.
-        request: Request,
-        /// Where the answer goes.
-        reply: Reply,
+        /// What, and where its answer goes.
+        call: Call,
     },
     /// Check the kernel for drift.
     Tick,
@@ -390,7 +143,12 @@ pub struct Engine<B: Backend> {
     denials: Denials,
     busy: BusySource,
     busy_recorded: std::time::Instant,
+    monotonic: Monotonic,
 }
+
+/// Where the engine reads the monotonic clock for its denial budget and its busy summaries:
+/// [`std::time::Instant::now`] in the daemon; a test injects one it can move forward.
+pub type Monotonic = Box<dyn Fn() -> std::time::Instant + Send>;
 
 /// Where the engine takes the counts of calls refused before they reached it (the bus
 /// service's admission limits): (uid, how many; `None`: callers not yet identified).
@@ -421,8 +179,12 @@ struct DenialWindow {
 impl Denials {
     /// Whether this denial is recorded on its own; expired windows with suppressed denials
     /// come back as summaries to record first.
-    fn admit(&mut self, caller: &Caller, kind: &'static str) -> (bool, Vec<Suppressed>) {
-        let now = std::time::Instant::now();
+    fn admit(
+        &mut self,
+        caller: &Caller,
+        kind: &'static str,
+        now: std::time::Instant,
+    ) -> (bool, Vec<Suppressed>) {
         let summaries = self.expire(now);
         let w = self
             .0
@@ -531,6 +293,7 @@ impl<B: Backend> Engine<B> {
                 denials: Denials::default(),
                 busy: Box::new(Vec::new),
                 busy_recorded: std::time::Instant::now(),
+                monotonic: Box::new(std::time::Instant::now),
             },
             rx,
         ))
@@ -540,6 +303,35 @@ impl<B: Backend> Engine<B> {
     /// every clean stop). 0: only at stops and on request.
     pub fn set_checkpoint_every(&mut self, n: u64) {
         self.checkpoint_every = n;
+    }
+
+    /// Read the monotonic clock here (the denial budget's minute, the busy summaries' minute)
+    /// instead of [`std::time::Instant::now`]; the minute of busy summaries starts over.
+    pub fn set_monotonic(&mut self, clock: Monotonic) {
+        self.busy_recorded = clock();
+        self.monotonic = clock;
+    }
+
+    /// Carry out one command as [`Self::run`] does between its waits (the engine driven
+    /// in-process, step by step, with no timer of its own); `Ok(true)` when it was Stop.
+    /// A [`Command::Tick`] here is one drift check.
+    ///
+    /// # Errors
+    ///
+    /// What ends [`Self::run`]: the audit log or the state directory failed where no
+    /// change may go unrecorded.
+    pub fn step(&mut self, cmd: Command) -> Result<bool, DeviceError> {
+        self.handle(cmd, &Heartbeat::default())
+    }
+
+    /// The backend (a fake's failures are set through it in tests).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// The device, read-only.
+    pub fn device(&self) -> &Device {
+        &self.dev
     }
 
     /// Where to take the counts of calls refused as busy before they reached the engine;
@@ -602,14 +394,28 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// Append a record a caller's call caused, within that caller's budget.
+    /// Append a record a call of `method` caused by itself, within its caller's budget
+    /// for the method's kind ([`Method::budgeted_kind`]; a method without one is recorded
+    /// under its name's budget).
     fn append_budgeted(
+        &mut self,
+        caller: &Caller,
+        method: Method,
+        entry: Entry,
+    ) -> Result<(), CallError> {
+        let kind = method.budgeted_kind().unwrap_or(method.name());
+        self.append_budgeted_kind(caller, kind, entry)
+    }
+
+    /// Append a record a caller's call caused, within that caller's budget for `kind`.
+    fn append_budgeted_kind(
         &mut self,
         caller: &Caller,
         kind: &'static str,
         entry: Entry,
     ) -> Result<(), CallError> {
-        let (record, summaries) = self.denials.admit(caller, kind);
+        let now = (self.monotonic)();
+        let (record, summaries) = self.denials.admit(caller, kind, now);
         self.record_suppressed(summaries)
             .map_err(|e| CallError::Failed(e.to_string()))?;
         if record {
@@ -679,19 +485,14 @@ impl<B: Backend> Engine<B> {
         // processes").
         self.backend.begin_operation();
         match cmd {
-            Command::Call {
-                caller,
-                request,
-                reply,
-            } => {
-                let result = self.call(&caller, request);
+            Command::Call { caller, call } => {
+                let answer = self.call(&caller, call);
                 self.maybe_checkpoint();
                 self.publish();
-                // A caller that went away does not need its answer.
-                let _ = reply.send(result);
+                answer.send();
             }
             Command::Tick => {
-                let now = std::time::Instant::now();
+                let now = (self.monotonic)();
                 let summaries = self.denials.expire(now);
                 self.record_suppressed(summaries)?;
                 if now.duration_since(self.busy_recorded) >= DENIAL_WINDOW {
@@ -792,164 +593,211 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    fn call(&mut self, caller: &Caller, request: Request) -> Result<Response, CallError> {
-        let role = self
-            .groups
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .role(caller);
-        let name = request.name();
-        if !permitted(&request, role, self.dev.user_may_disable_privacy()) {
-            let why = format!(
-                "{name} is not allowed for uid {} (role {})",
-                caller.uid,
-                role.as_str()
-            );
-            let (record, summaries) = self.denials.admit(caller, "authz.denied");
-            self.record_suppressed(summaries)
-                .map_err(|e| CallError::Failed(e.to_string()))?;
-            if record {
-                self.dev
-                    .audit()
-                    .append(
-                        Entry::new("authz.denied", Outcome::Refused, caller.actor())
-                            .reason(why.clone()),
-                    )
-                    .map_err(|e| CallError::Failed(e.to_string()))?;
-            }
-            return Err(CallError::AccessDenied(format!("{why}; nothing changed")));
+    /// Authorize a call, carry it out and audit it; the answer is sent by the caller of
+    /// this once the posture is republished.
+    fn call(&mut self, caller: &Caller, call: Call) -> Answer {
+        let method = call.method();
+        if let Err(e) = self.authorize(caller, method) {
+            return call.refuse(e);
         }
-        if let Request::CheckLaunch { app, .. } | Request::ReportLaunch { app, .. } = &request
+        if let Call::CheckLaunch(app, ..) | Call::ReportLaunch(app, ..) = &call
             && !crate::policy::is_valid_name(app)
         {
-            return Err(CallError::Refused(format!(
+            let why = format!(
                 "{:?} is not an app id; nothing changed",
                 app.chars().take(80).collect::<String>()
-            )));
+            );
+            return call.refuse(CallError::Refused(why));
         }
         let actor = caller.actor();
         let now = (self.clock)();
-        match request {
-            Request::SetPrivacy(on) => {
-                if self.dev.state().privacy_mode != on {
-                    self.dev.set_privacy(on, actor.clone())?;
-                    self.dev.enforce(&mut self.backend, actor)?;
-                }
-                Ok(Response::Done)
+        match call {
+            Call::SetPrivacy(on, tx) => Answer::new(tx, self.set_privacy(on, actor)),
+            Call::ApplyBundle(bytes, tx) => {
+                let r = self
+                    .dev
+                    .apply_policy(&bytes, actor.clone(), now)
+                    .and_then(|a| self.dev.enforce(&mut self.backend, actor).map(|_| a));
+                Answer::new(tx, r.map_err(CallError::from))
             }
-            Request::ApplyBundle(bytes) => {
-                let a = self.dev.apply_policy(&bytes, actor.clone(), now)?;
-                self.dev.enforce(&mut self.backend, actor)?;
-                Ok(Response::Applied(a))
+            Call::ApplyIntel(bytes, tx) => {
+                let r = self
+                    .dev
+                    .apply_intel(&bytes, actor.clone(), now)
+                    .map(|mut a| {
+                        match self.dev.enforce_intel(&mut self.backend, actor) {
+                            Ok(_) => a.notes.extend(self.dev.blocklist_overlaps()),
+                            Err(e) => {
+                                tracing::error!("blocklists not updated: {e}");
+                                a.notes.push(format!("blocklists not updated: {e}"));
+                            }
+                        }
+                        a
+                    });
+                Answer::new(tx, r.map_err(CallError::from))
             }
-            Request::ApplyIntel(bytes) => {
-                let mut a = self.dev.apply_intel(&bytes, actor.clone(), now)?;
-                match self.dev.enforce_intel(&mut self.backend, actor) {
-                    Ok(_) => a.notes.extend(self.dev.blocklist_overlaps()),
-                    Err(e) => {
-                        tracing::error!("blocklists not updated: {e}");
-                        a.notes.push(format!("blocklists not updated: {e}"));
-                    }
-                }
-                Ok(Response::Applied(a))
+            Call::ApplyTrustRoot(bytes, tx) => {
+                let r = self
+                    .dev
+                    .apply_trust_root(&bytes, actor.clone(), now)
+                    .and_then(|a| {
+                        // A rotation can take the policy or the feed out of force: the kernel
+                        // follows before the caller gets its reply.
+                        self.dev.enforce(&mut self.backend, actor.clone())?;
+                        if let Err(e) = self.dev.enforce_intel(&mut self.backend, actor) {
+                            tracing::error!("blocklists not updated: {e}");
+                        }
+                        Ok(a)
+                    });
+                Answer::new(tx, r.map_err(CallError::from))
             }
-            Request::ApplyTrustRoot(bytes) => {
-                let a = self.dev.apply_trust_root(&bytes, actor.clone(), now)?;
-                // A rotation can take the policy or the feed out of force: the kernel
-                // follows before the caller gets its reply.
-                self.dev.enforce(&mut self.backend, actor.clone())?;
-                if let Err(e) = self.dev.enforce_intel(&mut self.backend, actor) {
-                    tracing::error!("blocklists not updated: {e}");
-                }
-                Ok(Response::Applied(a))
-            }
-            Request::ActivePolicy => match self.dev.policy() {
-                Some(p) => serde_json::to_string_pretty(p.payload())
-                    .map(Response::Text)
-                    .map_err(|e| CallError::Failed(e.to_string())),
-                None => Ok(Response::Text(String::new())),
-            },
-            Request::CompleteStep(step) => {
-                if self.dev.complete_step(&step, actor.clone())? {
-                    self.dev.enforce(&mut self.backend, actor)?;
-                }
-                Ok(Response::Done)
-            }
-            Request::AuditTail(n) => {
-                let records = crate::audit::read_records(self.dev.audit().dir())
-                    .map_err(|e| CallError::Failed(e.to_string()))?;
-                let skip = records.len().saturating_sub(n as usize);
-                records[skip..]
-                    .iter()
-                    .map(serde_json::to_string)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Response::Lines)
-                    .map_err(|e| CallError::Failed(e.to_string()))
-            }
-            Request::CheckLaunch { app, exe } => {
-                let d = self.dev.check_launch(&app, &exe);
-                if !d.allowed {
-                    // Refusals are recorded; an allowed check is a query (the launch itself
-                    // is reported by the launcher).
-                    self.append_budgeted(
-                        caller,
-                        "launch.check",
-                        Entry::new("launch.check", Outcome::Refused, caller.actor())
-                            .reason(d.reason.clone())
-                            .digest("app", app),
-                    )?;
-                }
-                let profile = match &d.profile {
-                    Some(p) => {
-                        serde_json::to_string(p).map_err(|e| CallError::Failed(e.to_string()))?
-                    }
-                    None => String::new(),
+            Call::ActivePolicy(tx) => {
+                let r = match self.dev.policy() {
+                    Some(p) => serde_json::to_string_pretty(p.payload())
+                        .map_err(|e| CallError::Failed(e.to_string())),
+                    None => Ok(String::new()),
                 };
-                Ok(Response::Launch {
-                    allowed: d.allowed,
-                    reason: d.reason,
-                    profile,
-                })
+                Answer::new(tx, r)
             }
-            Request::ReportLaunch {
-                app,
-                started,
-                reason,
-            } => {
+            Call::CompleteStep(step, tx) => {
+                let r = self
+                    .dev
+                    .complete_step(&step, actor.clone())
+                    .and_then(|changed| {
+                        if changed {
+                            self.dev.enforce(&mut self.backend, actor)?;
+                        }
+                        Ok(())
+                    });
+                Answer::new(tx, r.map_err(CallError::from))
+            }
+            Call::AuditTail(n, tx) => Answer::new(tx, self.tail(n)),
+            Call::CheckLaunch(app, exe, tx) => {
+                Answer::new(tx, self.check_launch(caller, method, app, &exe))
+            }
+            Call::ReportLaunch(app, started, reason, tx) => {
                 let outcome = if started {
                     Outcome::Ok
                 } else {
                     Outcome::Refused
                 };
-                self.append_budgeted(
+                let r = self.append_budgeted(
                     caller,
-                    "launch.exec",
+                    method,
                     Entry::new("launch.exec", outcome, caller.actor())
                         .reason(reason.chars().take(256).collect::<String>())
                         .digest("app", app),
-                )?;
-                Ok(Response::Done)
+                );
+                Answer::new(tx, r)
             }
-            Request::ApplyCommand(bytes) => {
-                let (from, to) = self.dev.apply_command(&bytes, actor.clone(), now)?;
-                self.dev.enforce(&mut self.backend, actor)?;
-                Ok(Response::Lifecycle {
-                    from: from.as_str().to_owned(),
-                    to: to.as_str().to_owned(),
-                })
+            Call::ApplyCommand(bytes, tx) => {
+                let r =
+                    self.dev
+                        .apply_command(&bytes, actor.clone(), now)
+                        .and_then(|(from, to)| {
+                            self.dev.enforce(&mut self.backend, actor)?;
+                            Ok(LifecycleChange {
+                                from: from.as_str().to_owned(),
+                                to: to.as_str().to_owned(),
+                            })
+                        });
+                Answer::new(tx, r.map_err(CallError::from))
             }
-            Request::DeviceHandle(verifier) => {
-                Ok(Response::Text(self.dev.device_handle(&verifier)?))
+            Call::DeviceHandle(verifier, tx) => Answer::new(
+                tx,
+                self.dev.device_handle(&verifier).map_err(CallError::from),
+            ),
+            Call::Checkpoint(tx) => Answer::new(tx, self.dev.checkpoint().map_err(CallError::from)),
+            Call::Report(nonce, tx) => {
+                Answer::new(tx, self.dev.report(&nonce, now).map_err(CallError::from))
             }
-            Request::Checkpoint => Ok(Response::Text(self.dev.checkpoint()?)),
-            Request::Report(nonce) => Ok(Response::Text(self.dev.report(&nonce, now)?)),
-            Request::AuditVerify => {
-                let (records, problems) = self.dev.verify_audit()?;
-                Ok(Response::Verified { records, problems })
+            Call::AuditVerify(tx) => {
+                let r = self
+                    .dev
+                    .verify_audit()
+                    .map(|(records, problems)| AuditCheck { records, problems });
+                Answer::new(tx, r.map_err(CallError::from))
             }
-            Request::AcknowledgeDamage(through) => {
-                Ok(Response::Text(self.dev.acknowledge_damage(through, actor)?))
-            }
+            Call::AcknowledgeDamage(through, tx) => Answer::new(
+                tx,
+                self.dev
+                    .acknowledge_damage(through, actor)
+                    .map_err(CallError::from),
+            ),
         }
+    }
+
+    /// Whether the caller's role may call `method`; a denial is audited (within the
+    /// caller's budget) and returned.
+    fn authorize(&mut self, caller: &Caller, method: Method) -> Result<(), CallError> {
+        let role = self
+            .groups
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .role(caller);
+        if method.allowed(role, self.dev.user_may_disable_privacy()) {
+            return Ok(());
+        }
+        let why = format!(
+            "{} is not allowed for uid {} (role {})",
+            method.name(),
+            caller.uid,
+            role.as_str()
+        );
+        self.append_budgeted_kind(
+            caller,
+            DENIED_KIND,
+            Entry::new(DENIED_KIND, Outcome::Refused, caller.actor()).reason(why.clone()),
+        )?;
+        Err(CallError::AccessDenied(format!("{why}; nothing changed")))
+    }
+
+    fn set_privacy(&mut self, on: bool, actor: Actor) -> Result<(), CallError> {
+        if self.dev.state().privacy_mode != on {
+            self.dev.set_privacy(on, actor.clone())?;
+            self.dev.enforce(&mut self.backend, actor)?;
+        }
+        Ok(())
+    }
+
+    fn tail(&self, n: u32) -> Result<Vec<String>, CallError> {
+        let records = crate::audit::read_records(self.dev.audit().dir())
+            .map_err(|e| CallError::Failed(e.to_string()))?;
+        let skip = records.len().saturating_sub(n as usize);
+        records[skip..]
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CallError::Failed(e.to_string()))
+    }
+
+    fn check_launch(
+        &mut self,
+        caller: &Caller,
+        method: Method,
+        app: String,
+        exe: &str,
+    ) -> Result<LaunchAnswer, CallError> {
+        let d = self.dev.check_launch(&app, exe);
+        if !d.allowed {
+            // Refusals are recorded; an allowed check is a query (the launch itself is
+            // reported by the launcher).
+            self.append_budgeted(
+                caller,
+                method,
+                Entry::new("launch.check", Outcome::Refused, caller.actor())
+                    .reason(d.reason.clone())
+                    .digest("app", app),
+            )?;
+        }
+        let profile = match &d.profile {
+            Some(p) => serde_json::to_string(p).map_err(|e| CallError::Failed(e.to_string()))?,
+            None => String::new(),
+        };
+        Ok(LaunchAnswer {
+            allowed: d.allowed,
+            reason: d.reason,
+            profile,
+        })
     }
 }

@@ -5,12 +5,14 @@
 //! the audit log while it lives. [`Engine`] owns it in the running daemon and takes every
 //! command (bus calls, drift ticks, link changes, signals) from one queue.
 
+pub mod api;
 mod device;
 pub mod engine;
 pub mod watchdog;
 
-pub use device::{Applied, Device, DeviceError, Enforced, INTEL_BACKSTOP};
-pub use engine::{
-    CallError, Caller, Command, Engine, Heartbeat, Queues, Request, Response, Role, RoleGroups,
-    Senders, SharedGroups, queues,
+pub use api::{
+    AuditCheck, Call, CallError, Caller, LaunchAnswer, LifecycleChange, Method, Role, RoleGroups,
+    SharedGroups, Tx,
 };
+pub use device::{Applied, Device, DeviceError, Enforced, INTEL_BACKSTOP};
+pub use engine::{Command, Engine, Heartbeat, Monotonic, Queues, Senders, queues};

@@ -3,8 +3,8 @@
 use zbus::interface;
 use zbus::message::Header;
 
-use super::{Handle, error::Result, unexpected};
-use crate::daemon::{Request, Response};
+use super::{Handle, error::Result};
+use crate::daemon::{AuditCheck, Call};
 
 /// The interface.
 #[derive(Debug)]
@@ -25,33 +25,23 @@ const MAX_TAIL: u32 = 10_000;
 impl Audit {
     /// The last `n` records (at most 10000), one JSON object each, oldest first.
     async fn tail(&self, n: u32, #[zbus(header)] hdr: Header<'_>) -> Result<Vec<String>> {
-        match self
-            .h
-            .call(&hdr, Request::AuditTail(n.min(MAX_TAIL)))
-            .await?
-        {
-            Response::Lines(l) => Ok(l),
-            r => Err(unexpected(&r)),
-        }
+        self.h
+            .call(&hdr, |tx| Call::AuditTail(n.min(MAX_TAIL), tx))
+            .await
     }
 
     /// A checkpoint of the log as it is now: a C2SP signed note (origin, size, root hash)
     /// signed by the device key. Keep it: later logs can be proven to extend it.
     async fn checkpoint(&self, #[zbus(header)] hdr: Header<'_>) -> Result<String> {
-        match self.h.call(&hdr, Request::Checkpoint).await? {
-            Response::Text(t) => Ok(t),
-            r => Err(unexpected(&r)),
-        }
+        self.h.call(&hdr, Call::Checkpoint).await
     }
 
     /// Check the whole log: the chain, the segments and the head. Returns the records read
     /// and every problem found (none: intact).
     #[zbus(out_args("records", "problems"))]
     async fn verify(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(u64, Vec<String>)> {
-        match self.h.call(&hdr, Request::AuditVerify).await? {
-            Response::Verified { records, problems } => Ok((records, problems)),
-            r => Err(unexpected(&r)),
-        }
+        let AuditCheck { records, problems } = self.h.call(&hdr, Call::AuditVerify).await?;
+        Ok((records, problems))
     }
 
     /// Acknowledge the damage recorded in the log's `audit.damage` records up to and
@@ -63,13 +53,8 @@ impl Audit {
         through: u64,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<String> {
-        match self
-            .h
-            .call(&hdr, Request::AcknowledgeDamage(through))
-            .await?
-        {
-            Response::Text(t) => Ok(t),
-            r => Err(unexpected(&r)),
-        }
+        self.h
+            .call(&hdr, |tx| Call::AcknowledgeDamage(through, tx))
+            .await
     }
 }

@@ -5,26 +5,13 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 use zbus::proxy::CacheProperties;
-use zbus::{Connection, OwnedVariant, Proxy, Variant};
+use zbus::{Connection, OwnedVariant, Variant};
 
 use super::{BUS_NAME, OBJECT_PATH};
 
-/// The posture properties, in the order of the introspection XML (dbus/org.enigm.Trust1.xml).
-pub const POSTURE_PROPERTIES: [&str; 13] = [
-    "Level",
-    "Reasons",
-    "Enforcement",
-    "NetworkMode",
-    "PrivacyMode",
-    "PolicySerial",
-    "PolicyDigest",
-    "RulesetDigest",
-    "SetupComplete",
-    "PendingSetupSteps",
-    "Lifecycle",
-    "AuditHead",
-    "Confinement",
-];
+/// The posture properties, in the order of the introspection XML (dbus/org.enigm.Trust1.xml):
+/// the names of the service's own table.
+pub const POSTURE_PROPERTIES: [&str; super::posture::NAMES.len()] = super::posture::NAMES;
 
 /// A D-Bus value as JSON (strings, numbers, booleans, arrays and structs as arrays).
 pub fn variant_json(v: &Variant<'_>) -> Value {
@@ -61,6 +48,108 @@ pub struct ApplyResult {
     pub notes: Vec<String>,
 }
 
+// The interfaces as typed proxies: interface, method and argument types are declared once
+// here (they mirror dbus/org.enigm.Trust1.xml; the tests check both against the service).
+
+#[zbus::proxy(
+    interface = "org.enigm.Trust1.Posture",
+    default_service = "org.enigm.Trust1",
+    default_path = "/org/enigm/Trust1"
+)]
+trait Posture {
+    /// This device's handle for a verifier.
+    fn get_device_handle(&self, verifier: &str) -> zbus::Result<String>;
+    /// A signed posture report answering `nonce`.
+    fn get_report(&self, nonce: &str) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.enigm.Trust1.Privacy",
+    default_service = "org.enigm.Trust1",
+    default_path = "/org/enigm/Trust1"
+)]
+trait Privacy {
+    /// Privacy mode on or off.
+    fn set_privacy_mode(&self, on: bool) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.enigm.Trust1.Policy",
+    default_service = "org.enigm.Trust1",
+    default_path = "/org/enigm/Trust1"
+)]
+trait Policy {
+    /// (from_serial, to_serial, digest, audit_seq).
+    fn apply_bundle(&self, envelope: &[u8]) -> zbus::Result<(u64, u64, String, u64)>;
+    /// (from_serial, to_serial, digest, audit_seq, notes).
+    fn apply_intel_feed(
+        &self,
+        envelope: &[u8],
+    ) -> zbus::Result<(u64, u64, String, u64, Vec<String>)>;
+    /// (from_serial, to_serial, digest, audit_seq).
+    fn apply_trust_root(&self, envelope: &[u8]) -> zbus::Result<(u64, u64, String, u64)>;
+    /// The last-good policy's payload (empty: none).
+    fn active_policy(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.enigm.Trust1.Launcher",
+    default_service = "org.enigm.Trust1",
+    default_path = "/org/enigm/Trust1"
+)]
+trait Launcher {
+    /// (allowed, reason, profile JSON).
+    fn check_launch(&self, app_id: &str, exe: &str) -> zbus::Result<(bool, String, String)>;
+    /// What the launcher did.
+    fn report_launch(&self, app_id: &str, started: bool, reason: &str) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.enigm.Trust1.Setup",
+    default_service = "org.enigm.Trust1",
+    default_path = "/org/enigm/Trust1"
+)]
+trait Setup {
+    /// Complete a setup step.
+    fn complete_step(&self, step: &str) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.enigm.Trust1.Device",
+    default_service = "org.enigm.Trust1",
+    default_path = "/org/enigm/Trust1"
+)]
+trait Device {
+    /// (from, to).
+    fn apply_command(&self, envelope: &[u8]) -> zbus::Result<(String, String)>;
+}
+
+#[zbus::proxy(
+    interface = "org.enigm.Trust1.Audit",
+    default_service = "org.enigm.Trust1",
+    default_path = "/org/enigm/Trust1"
+)]
+trait Audit {
+    /// The last `n` records.
+    fn tail(&self, n: u32) -> zbus::Result<Vec<String>>;
+    /// (records, problems).
+    fn verify(&self) -> zbus::Result<(u64, Vec<String>)>;
+    /// Acknowledge damage up to `through`.
+    fn acknowledge_damage(&self, through: u64) -> zbus::Result<String>;
+    /// A signed checkpoint.
+    fn checkpoint(&self) -> zbus::Result<String>;
+}
+
+/// A proxy of one interface, its properties never cached (posture changes under it).
+macro_rules! proxy {
+    ($conn:expr, $p:ident) => {
+        $p::builder($conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+    };
+}
+
 /// A connection to trustd.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -84,16 +173,6 @@ impl Client {
         &self.conn
     }
 
-    async fn proxy(&self, iface: &'static str) -> zbus::Result<Proxy<'static>> {
-        zbus::proxy::Builder::new(&self.conn)
-            .destination(BUS_NAME)
-            .path(OBJECT_PATH)
-            .interface(iface)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-    }
-
     async fn properties(&self) -> zbus::Result<zbus::fdo::PropertiesProxy<'static>> {
         zbus::fdo::PropertiesProxy::builder(&self.conn)
             .destination(BUS_NAME)
@@ -105,10 +184,11 @@ impl Client {
 
     /// Every posture property, in the order of the introspection XML (dbus/org.enigm.Trust1.xml).
     pub async fn posture(&self) -> zbus::Result<Vec<(String, Value)>> {
-        let props = self.properties().await?;
-        let iface =
-            zbus::names::InterfaceName::from_static_str_unchecked("org.enigm.Trust1.Posture");
-        let all: HashMap<String, OwnedVariant> = props.get_all(iface).await?;
+        let iface = proxy!(&self.conn, PostureProxy)?
+            .inner()
+            .interface()
+            .to_owned();
+        let all: HashMap<String, OwnedVariant> = self.properties().await?.get_all(iface).await?;
         Ok(POSTURE_PROPERTIES
             .iter()
             .map(|n| {
@@ -122,103 +202,64 @@ impl Client {
 
     /// One posture property.
     pub async fn posture_property(&self, name: &str) -> zbus::Result<Value> {
-        let p = self.proxy("org.enigm.Trust1.Posture").await?;
-        let v: OwnedVariant = p.get_property(name).await?;
+        let p = proxy!(&self.conn, PostureProxy)?;
+        let v: OwnedVariant = p.inner().get_property(name).await?;
         Ok(variant_json(&Variant::from(v)))
     }
 
     /// Privacy mode on or off.
     pub async fn set_privacy_mode(&self, on: bool) -> zbus::Result<()> {
-        self.proxy("org.enigm.Trust1.Privacy")
-            .await?
-            .call("SetPrivacyMode", &(on,))
-            .await
-    }
-
-    async fn apply(&self, method: &str, envelope: &[u8]) -> zbus::Result<ApplyResult> {
-        let (from_serial, to_serial, digest, audit_seq): (u64, u64, String, u64) = self
-            .proxy("org.enigm.Trust1.Policy")
-            .await?
-            .call(method, &(envelope,))
-            .await?;
-        Ok(ApplyResult {
-            from_serial,
-            to_serial,
-            digest,
-            audit_seq,
-            notes: Vec::new(),
-        })
+        proxy!(&self.conn, PrivacyProxy)?.set_privacy_mode(on).await
     }
 
     /// Apply a signed policy bundle.
     pub async fn apply_bundle(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
-        self.apply("ApplyBundle", envelope).await
+        let r = proxy!(&self.conn, PolicyProxy)?
+            .apply_bundle(envelope)
+            .await?;
+        Ok(ApplyResult::from((r.0, r.1, r.2, r.3, Vec::new())))
     }
 
     /// Apply a signed intel feed.
     pub async fn apply_intel_feed(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
-        let (from_serial, to_serial, digest, audit_seq, notes): (
-            u64,
-            u64,
-            String,
-            u64,
-            Vec<String>,
-        ) = self
-            .proxy("org.enigm.Trust1.Policy")
-            .await?
-            .call("ApplyIntelFeed", &(envelope,))
+        let r = proxy!(&self.conn, PolicyProxy)?
+            .apply_intel_feed(envelope)
             .await?;
-        Ok(ApplyResult {
-            from_serial,
-            to_serial,
-            digest,
-            audit_seq,
-            notes,
-        })
+        Ok(ApplyResult::from(r))
     }
 
     /// Apply a signed trust-root rotation.
     pub async fn apply_trust_root(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
-        self.apply("ApplyTrustRoot", envelope).await
+        let r = proxy!(&self.conn, PolicyProxy)?
+            .apply_trust_root(envelope)
+            .await?;
+        Ok(ApplyResult::from((r.0, r.1, r.2, r.3, Vec::new())))
     }
 
     /// The active policy's payload (empty: none).
     pub async fn active_policy(&self) -> zbus::Result<String> {
-        self.proxy("org.enigm.Trust1.Policy")
-            .await?
-            .call("ActivePolicy", &())
-            .await
+        proxy!(&self.conn, PolicyProxy)?.active_policy().await
     }
 
     /// Complete a setup step.
     pub async fn complete_step(&self, step: &str) -> zbus::Result<()> {
-        self.proxy("org.enigm.Trust1.Setup")
-            .await?
-            .call("CompleteStep", &(step,))
-            .await
+        proxy!(&self.conn, SetupProxy)?.complete_step(step).await
     }
 
     /// The last `n` audit records (JSON lines).
     pub async fn audit_tail(&self, n: u32) -> zbus::Result<Vec<String>> {
-        self.proxy("org.enigm.Trust1.Audit")
-            .await?
-            .call("Tail", &(n,))
-            .await
+        proxy!(&self.conn, AuditProxy)?.tail(n).await
     }
 
     /// Check the audit log: records read and problems found.
     pub async fn audit_verify(&self) -> zbus::Result<(u64, Vec<String>)> {
-        self.proxy("org.enigm.Trust1.Audit")
-            .await?
-            .call("Verify", &())
-            .await
+        proxy!(&self.conn, AuditProxy)?.verify().await
     }
 
     /// Acknowledge the audit log damage recorded up to record `through` (`u64::MAX`: all).
     pub async fn audit_acknowledge(&self, through: u64) -> zbus::Result<String> {
-        self.proxy("org.enigm.Trust1.Audit")
-            .await?
-            .call("AcknowledgeDamage", &(through,))
+        proxy!(&self.conn, AuditProxy)?
+            .acknowledge_damage(through)
             .await
     }
 
@@ -228,9 +269,8 @@ impl Client {
         app_id: &str,
         exe: &str,
     ) -> zbus::Result<(bool, String, String)> {
-        self.proxy("org.enigm.Trust1.Launcher")
-            .await?
-            .call("CheckLaunch", &(app_id, exe))
+        proxy!(&self.conn, LauncherProxy)?
+            .check_launch(app_id, exe)
             .await
     }
 
@@ -241,56 +281,67 @@ impl Client {
         started: bool,
         reason: &str,
     ) -> zbus::Result<()> {
-        self.proxy("org.enigm.Trust1.Launcher")
-            .await?
-            .call("ReportLaunch", &(app_id, started, reason))
+        proxy!(&self.conn, LauncherProxy)?
+            .report_launch(app_id, started, reason)
             .await
     }
 
     /// Apply a signed lifecycle command: `(from, to)`.
     pub async fn apply_command(&self, envelope: &[u8]) -> zbus::Result<(String, String)> {
-        self.proxy("org.enigm.Trust1.Device")
-            .await?
-            .call("ApplyCommand", &(envelope,))
+        proxy!(&self.conn, DeviceProxy)?
+            .apply_command(envelope)
             .await
     }
 
     /// The device's handle for a verifier.
     pub async fn device_handle(&self, verifier: &str) -> zbus::Result<String> {
-        self.proxy("org.enigm.Trust1.Posture")
-            .await?
-            .call("GetDeviceHandle", &(verifier,))
+        proxy!(&self.conn, PostureProxy)?
+            .get_device_handle(verifier)
             .await
     }
 
     /// A signed checkpoint of the audit log now.
     pub async fn checkpoint(&self) -> zbus::Result<String> {
-        self.proxy("org.enigm.Trust1.Audit")
-            .await?
-            .call("Checkpoint", &())
-            .await
+        proxy!(&self.conn, AuditProxy)?.checkpoint().await
     }
 
     /// A signed posture report answering `nonce`.
     pub async fn report(&self, nonce: &str) -> zbus::Result<String> {
-        self.proxy("org.enigm.Trust1.Posture")
-            .await?
-            .call("GetReport", &(nonce,))
-            .await
+        proxy!(&self.conn, PostureProxy)?.get_report(nonce).await
     }
 
     /// Subscribe to posture changes (before making the change you want to see).
     pub async fn posture_changes(&self) -> zbus::Result<PostureChanges> {
+        let iface = proxy!(&self.conn, PostureProxy)?
+            .inner()
+            .interface()
+            .to_owned();
         let props = self.properties().await?;
         Ok(PostureChanges {
             inner: Box::pin(props.receive_properties_changed().await?),
+            iface: iface.into(),
         })
+    }
+}
+
+impl From<(u64, u64, String, u64, Vec<String>)> for ApplyResult {
+    fn from(
+        (from_serial, to_serial, digest, audit_seq, notes): (u64, u64, String, u64, Vec<String>),
+    ) -> Self {
+        Self {
+            from_serial,
+            to_serial,
+            digest,
+            audit_seq,
+            notes,
+        }
     }
 }
 
 /// The `PropertiesChanged` signals of `org.enigm.Trust1.Posture`.
 pub struct PostureChanges {
     inner: std::pin::Pin<Box<zbus::fdo::PropertiesChangedStream>>,
+    iface: zbus::names::OwnedInterfaceName,
 }
 
 impl std::fmt::Debug for PostureChanges {
@@ -307,7 +358,7 @@ impl PostureChanges {
         loop {
             let sig = std::future::poll_fn(|cx| self.inner.as_mut().poll_next(cx)).await?;
             let Ok(args) = sig.args() else { continue };
-            if args.interface_name().as_str() != "org.enigm.Trust1.Posture" {
+            if args.interface_name().as_str() != self.iface.as_str() {
                 continue;
             }
             let mut changed: Vec<(String, Value)> = args

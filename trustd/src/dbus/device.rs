@@ -3,8 +3,8 @@
 use zbus::interface;
 use zbus::message::Header;
 
-use super::{Handle, error::Result, unexpected};
-use crate::daemon::{Request, Response};
+use super::{Handle, error::Result};
+use crate::daemon::{Call, LifecycleChange};
 
 /// The interface.
 #[derive(Debug)]
@@ -29,9 +29,10 @@ impl Device {
         envelope: Vec<u8>,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(String, String)> {
-        match self.h.call(&hdr, Request::ApplyCommand(envelope)).await? {
-            Response::Lifecycle { from, to } => Ok((from, to)),
-            r => Err(unexpected(&r)),
-        }
+        let LifecycleChange { from, to } = self
+            .h
+            .call(&hdr, |tx| Call::ApplyCommand(envelope, tx))
+            .await?;
+        Ok((from, to))
     }
 }

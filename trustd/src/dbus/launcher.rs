@@ -3,8 +3,8 @@
 use zbus::interface;
 use zbus::message::Header;
 
-use super::{Handle, error::Result, unexpected};
-use crate::daemon::{Request, Response};
+use super::{Handle, error::Result};
+use crate::daemon::{Call, LaunchAnswer};
 
 /// The interface.
 #[derive(Debug)]
@@ -31,18 +31,15 @@ impl Launcher {
         exe: String,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(bool, String, String)> {
-        match self
+        let LaunchAnswer {
+            allowed,
+            reason,
+            profile,
+        } = self
             .h
-            .call(&hdr, Request::CheckLaunch { app: app_id, exe })
-            .await?
-        {
-            Response::Launch {
-                allowed,
-                reason,
-                profile,
-            } => Ok((allowed, reason, profile)),
-            r => Err(unexpected(&r)),
-        }
+            .call(&hdr, |tx| Call::CheckLaunch(app_id, exe, tx))
+            .await?;
+        Ok((allowed, reason, profile))
     }
 
     /// What the launcher did after a check: `started` with how the app is confined, or
@@ -55,20 +52,8 @@ impl Launcher {
         reason: String,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<()> {
-        match self
-            .h
-            .call(
-                &hdr,
-                Request::ReportLaunch {
-                    app: app_id,
-                    started,
-                    reason,
-                },
-            )
-            .await?
-        {
-            Response::Done => Ok(()),
-            r => Err(unexpected(&r)),
-        }
+        self.h
+            .call(&hdr, |tx| Call::ReportLaunch(app_id, started, reason, tx))
+            .await
     }
 }

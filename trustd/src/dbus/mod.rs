@@ -26,8 +26,8 @@ use zbus::Connection;
 use zbus::message::Header;
 use zbus::names::BusName;
 
-use crate::daemon::{Caller, Command, Request, Response, Role, Senders, SharedGroups};
-pub use error::Error;
+use crate::daemon::{Call, Caller, Command, Role, Senders, SharedGroups, Tx};
+pub use error::{Error, Failure};
 pub use gate::Gate;
 
 /// The well-known name.
@@ -158,7 +158,13 @@ impl Handle {
     /// the engine's answer. A call over its connection's or its uid's limit, or finding the
     /// ordinary callers' lane full, is refused at once with `Busy` (counted, and recorded as
     /// one record per uid).
-    async fn call(&self, hdr: &Header<'_>, request: Request) -> error::Result<Response> {
+    ///
+    /// `call` makes the engine's call from the reply channel of the answer's own type.
+    async fn call<T>(
+        &self,
+        hdr: &Header<'_>,
+        call: impl FnOnce(Tx<T>) -> Call,
+    ) -> error::Result<T> {
         let sender = hdr
             .sender()
             .ok_or_else(|| Error::AccessDenied("the call carries no sender".into()))?;
@@ -173,8 +179,7 @@ impl Handle {
         let (reply, answer) = oneshot::channel();
         let cmd = Command::Call {
             caller,
-            request,
-            reply,
+            call: call(reply),
         };
         let stopping = || Error::Failed("trustd is stopping; nothing changed".into());
         if role == Role::Admin {
@@ -207,10 +212,6 @@ pub fn posture_json(p: &crate::posture::Posture) -> serde_json::Map<String, serd
         .iter()
         .map(|(k, v)| ((*k).to_owned(), client::variant_json(v)))
         .collect()
-}
-
-fn unexpected(r: &Response) -> Error {
-    Error::Failed(format!("internal: unexpected answer {r:?}"))
 }
 
 /// The service on the bus: the serving connection, and the second one it uses to ask the bus

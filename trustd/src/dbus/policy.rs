@@ -3,8 +3,8 @@
 use zbus::interface;
 use zbus::message::Header;
 
-use super::{Handle, error::Result, unexpected};
-use crate::daemon::{Applied, Request, Response};
+use super::{Handle, error::Result};
+use crate::daemon::{Applied, Call, Tx};
 
 /// The interface.
 #[derive(Debug)]
@@ -17,17 +17,19 @@ impl Policy {
         Self { h }
     }
 
-    async fn apply(&self, hdr: &Header<'_>, r: Request) -> Result<(u64, u64, String, u64)> {
-        match self.h.call(hdr, r).await? {
-            Response::Applied(Applied {
-                from_serial,
-                to_serial,
-                digest,
-                audit_seq,
-                ..
-            }) => Ok((from_serial, to_serial, digest, audit_seq)),
-            r => Err(unexpected(&r)),
-        }
+    async fn apply(
+        &self,
+        hdr: &Header<'_>,
+        call: impl FnOnce(Tx<Applied>) -> Call,
+    ) -> Result<(u64, u64, String, u64)> {
+        let Applied {
+            from_serial,
+            to_serial,
+            digest,
+            audit_seq,
+            ..
+        } = self.h.call(hdr, call).await?;
+        Ok((from_serial, to_serial, digest, audit_seq))
     }
 }
 
@@ -41,7 +43,7 @@ impl Policy {
         envelope: Vec<u8>,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(u64, u64, String, u64)> {
-        self.apply(&hdr, Request::ApplyBundle(envelope)).await
+        self.apply(&hdr, |tx| Call::ApplyBundle(envelope, tx)).await
     }
 
     /// Verify a signed intel feed and put its blocklists in force. Returns what
@@ -53,12 +55,11 @@ impl Policy {
         envelope: Vec<u8>,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(u64, u64, String, u64, Vec<String>)> {
-        match self.h.call(&hdr, Request::ApplyIntel(envelope)).await? {
-            Response::Applied(a) => {
-                Ok((a.from_serial, a.to_serial, a.digest, a.audit_seq, a.notes))
-            }
-            r => Err(unexpected(&r)),
-        }
+        let a = self
+            .h
+            .call(&hdr, |tx| Call::ApplyIntel(envelope, tx))
+            .await?;
+        Ok((a.from_serial, a.to_serial, a.digest, a.audit_seq, a.notes))
     }
 
     /// Verify a trust-root rotation signed by the current root and install it.
@@ -68,14 +69,12 @@ impl Policy {
         envelope: Vec<u8>,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(u64, u64, String, u64)> {
-        self.apply(&hdr, Request::ApplyTrustRoot(envelope)).await
+        self.apply(&hdr, |tx| Call::ApplyTrustRoot(envelope, tx))
+            .await
     }
 
     /// The last-good policy's payload as JSON (empty: none installed).
     async fn active_policy(&self, #[zbus(header)] hdr: Header<'_>) -> Result<String> {
-        match self.h.call(&hdr, Request::ActivePolicy).await? {
-            Response::Text(t) => Ok(t),
-            r => Err(unexpected(&r)),
-        }
+        self.h.call(&hdr, Call::ActivePolicy).await
     }
 }

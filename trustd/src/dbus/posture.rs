@@ -11,8 +11,8 @@ use zbus::object_server::SignalEmitter;
 
 use zbus::message::Header;
 
-use super::{Handle, error::Result, unexpected};
-use crate::daemon::{Request, Response};
+use super::{Handle, error::Result};
+use crate::daemon::Call;
 use crate::posture::Posture as Snapshot;
 
 /// The interface: reads the snapshot the engine publishes.
@@ -28,135 +28,129 @@ impl Posture {
     }
 }
 
-// Each method call runs in a task of its own, so that a call waiting for the engine never
-// holds up the dispatch of others; the bus service's admission limits (`gate`) bound how
-// many such tasks a caller can have.
-#[interface(name = "org.enigm.Trust1.Posture")]
-impl Posture {
-    /// This device's handle for `verifier` (a verifier id such as `mdm.example.org`):
-    /// HMAC-SHA256 of the device secret and the id, 22 characters of base64url. Stable for
-    /// one verifier, unlinkable across verifiers, never a hardware identifier.
-    async fn get_device_handle(
-        &self,
-        verifier: String,
-        #[zbus(header)] hdr: Header<'_>,
-    ) -> Result<String> {
-        match self.h.call(&hdr, Request::DeviceHandle(verifier)).await? {
-            Response::Text(t) => Ok(t),
-            r => Err(unexpected(&r)),
-        }
-    }
+/// One posture property: its D-Bus name and its value in a snapshot (the value's D-Bus type
+/// is its Rust type's, the one the interface serves).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Property {
+    /// The D-Bus name (`PolicySerial`).
+    pub name: &'static str,
+    /// The D-Bus type (`t`).
+    pub signature: &'static zbus::Signature,
+    /// Its value in a snapshot.
+    pub value: fn(&Snapshot) -> Variant<'static>,
+}
 
-    /// A posture report answering `nonce` (8 to 128 of [A-Za-z0-9_-]): the posture, its
-    /// evidence (policy and ruleset digests, a fresh audit checkpoint, boot id, kernel,
-    /// Landlock ABI) and the nonce, as a DSSE envelope (JSON) signed by the device key.
-    async fn get_report(&self, nonce: String, #[zbus(header)] hdr: Header<'_>) -> Result<String> {
-        match self.h.call(&hdr, Request::Report(nonce)).await? {
-            Response::Text(t) => Ok(t),
-            r => Err(unexpected(&r)),
-        }
-    }
+/// The table of posture properties, each row `getter "Name": Type = |snapshot| value;` with
+/// its doc comment. It makes the interface's property getters, [`PROPERTIES`] (which the
+/// `PropertiesChanged` diff, the client's [`super::client::POSTURE_PROPERTIES`] and the
+/// signed report's posture read) and nothing else: a property is one row here plus its line
+/// in dbus/org.enigm.Trust1.xml (the introspection test compares them).
+macro_rules! posture_properties {
+    ($( $(#[doc = $doc:literal])* $getter:ident $name:tt : $ty:ty = |$p:ident| $value:expr; )*) => {
+        /// Every posture property, in the order of the introspection XML.
+        pub(super) const PROPERTIES: &[Property] = &[$(
+            Property {
+                name: $name,
+                signature: <$ty as zbus::zvariant::Type>::SIGNATURE,
+                value: |$p: &Snapshot| {
+                    let v: $ty = $value;
+                    Variant::from(v)
+                },
+            },
+        )*];
 
+        // Each method call runs in a task of its own, so that a call waiting for the engine
+        // never holds up the dispatch of others; the bus service's admission limits (`gate`)
+        // bound how many such tasks a caller can have.
+        #[interface(name = "org.enigm.Trust1.Posture")]
+        impl Posture {
+            /// This device's handle for `verifier` (a verifier id such as `mdm.example.org`):
+            /// HMAC-SHA256 of the device secret and the id, 22 characters of base64url. Stable for
+            /// one verifier, unlinkable across verifiers, never a hardware identifier.
+            async fn get_device_handle(
+                &self,
+                verifier: String,
+                #[zbus(header)] hdr: Header<'_>,
+            ) -> Result<String> {
+                self.h
+                    .call(&hdr, |tx| Call::DeviceHandle(verifier, tx))
+                    .await
+            }
+
+            /// A posture report answering `nonce` (8 to 128 of [A-Za-z0-9_-]): the posture, its
+            /// evidence (policy and ruleset digests, a fresh audit checkpoint, boot id, kernel,
+            /// Landlock ABI) and the nonce, as a DSSE envelope (JSON) signed by the device key.
+            async fn get_report(
+                &self,
+                nonce: String,
+                #[zbus(header)] hdr: Header<'_>,
+            ) -> Result<String> {
+                self.h.call(&hdr, |tx| Call::Report(nonce, tx)).await
+            }
+
+            $(
+                $(#[doc = $doc])*
+                #[zbus(property, name = $name)]
+                fn $getter(&self) -> $ty {
+                    let $p: &Snapshot = &self.rx.borrow();
+                    $value
+                }
+            )*
+        }
+    };
+}
+
+posture_properties! {
     /// `trusted`, `degraded` or `untrusted`.
-    #[zbus(property)]
-    fn level(&self) -> String {
-        self.rx.borrow().level.as_str().to_owned()
-    }
-
+    level "Level": String = |p| p.level.as_str().to_owned();
     /// Why the level is not `trusted`, worst first, as sentences.
-    #[zbus(property)]
-    fn reasons(&self) -> Vec<String> {
-        self.rx.borrow().reasons.clone()
-    }
-
+    reasons "Reasons": Vec<String> = |p| p.reasons.clone();
     /// What the kernel holds: `enforced`, `fallback-lockdown`, `failed`, `unconfirmed`.
-    #[zbus(property)]
-    fn enforcement(&self) -> String {
-        self.rx.borrow().enforcement.clone()
-    }
-
+    enforcement "Enforcement": String = |p| p.enforcement.clone();
     /// `lockdown` or the policy's network mode in force.
-    #[zbus(property)]
-    fn network_mode(&self) -> String {
-        self.rx.borrow().network_mode.clone()
-    }
-
+    network_mode "NetworkMode": String = |p| p.network_mode.clone();
     /// Whether privacy mode is on.
-    #[zbus(property)]
-    fn privacy_mode(&self) -> bool {
-        self.rx.borrow().privacy_mode
-    }
-
+    privacy_mode "PrivacyMode": bool = |p| p.privacy_mode;
     /// Serial of the last-good policy (0: none).
-    #[zbus(property)]
-    fn policy_serial(&self) -> u64 {
-        self.rx.borrow().policy_serial
-    }
-
+    policy_serial "PolicySerial": u64 = |p| p.policy_serial;
     /// SHA-256 of the last-good policy envelope (empty: none).
-    #[zbus(property)]
-    fn policy_digest(&self) -> String {
-        self.rx.borrow().policy_digest.clone()
-    }
-
+    policy_digest "PolicyDigest": String = |p| p.policy_digest.clone();
     /// Digest of the ruleset confirmed in the kernel (empty: none confirmed).
-    #[zbus(property)]
-    fn ruleset_digest(&self) -> String {
-        self.rx.borrow().ruleset_digest.clone()
-    }
-
+    ruleset_digest "RulesetDigest": String = |p| p.ruleset_digest.clone();
     /// Whether every required setup step is complete.
-    #[zbus(property)]
-    fn setup_complete(&self) -> bool {
-        self.rx.borrow().setup_complete
-    }
-
+    setup_complete "SetupComplete": bool = |p| p.setup_complete;
     /// The required setup steps not yet complete.
-    #[zbus(property)]
-    fn pending_setup_steps(&self) -> Vec<String> {
-        self.rx.borrow().pending_setup_steps.clone()
-    }
-
+    pending_setup_steps "PendingSetupSteps": Vec<String> = |p| p.pending_setup_steps.clone();
     /// `unenrolled`, `enrolled`, `suspended`, `revoked`, `retired` or `unknown`.
-    #[zbus(property)]
-    fn lifecycle(&self) -> String {
-        self.rx.borrow().lifecycle.clone()
-    }
-
+    lifecycle "Lifecycle": String = |p| p.lifecycle.clone();
     /// Records in the audit log and the hash of the last one.
-    #[zbus(property)]
-    fn audit_head(&self) -> (u64, String) {
-        self.rx.borrow().audit_head.clone()
-    }
-
+    audit_head "AuditHead": (u64, String) = |p| p.audit_head.clone();
     /// How trustd itself is confined: `Landlock ABI N: fully enforced` (or `partially
     /// enforced`, `not enforced`), or `not confined`.
-    #[zbus(property)]
-    fn confinement(&self) -> String {
-        self.rx.borrow().confinement.clone()
-    }
+    confinement "Confinement": String = |p| p.confinement.clone();
 }
+
+/// The names of [`PROPERTIES`], in its order.
+pub(super) const NAMES: [&str; PROPERTIES.len()] = {
+    let mut out = [""; PROPERTIES.len()];
+    let mut i = 0;
+    while i < PROPERTIES.len() {
+        out[i] = PROPERTIES[i].name;
+        i += 1;
+    }
+    out
+};
 
 /// Each property's name and value, in the order of the introspection XML (dbus/org.enigm.Trust1.xml).
 pub(super) fn properties(p: &Snapshot) -> Vec<(&'static str, Variant<'static>)> {
-    vec![
-        ("Level", Variant::from(p.level.as_str().to_owned())),
-        ("Reasons", Variant::from(p.reasons.clone())),
-        ("Enforcement", Variant::from(p.enforcement.clone())),
-        ("NetworkMode", Variant::from(p.network_mode.clone())),
-        ("PrivacyMode", Variant::from(p.privacy_mode)),
-        ("PolicySerial", Variant::from(p.policy_serial)),
-        ("PolicyDigest", Variant::from(p.policy_digest.clone())),
-        ("RulesetDigest", Variant::from(p.ruleset_digest.clone())),
-        ("SetupComplete", Variant::from(p.setup_complete)),
-        (
-            "PendingSetupSteps",
-            Variant::from(p.pending_setup_steps.clone()),
-        ),
-        ("Lifecycle", Variant::from(p.lifecycle.clone())),
-        ("AuditHead", Variant::from(p.audit_head.clone())),
-        ("Confinement", Variant::from(p.confinement.clone())),
-    ]
+    PROPERTIES
+        .iter()
+        .map(|r| {
+            let v = (r.value)(p);
+            debug_assert_eq!(v.value_signature(), r.signature, "{}", r.name);
+            (r.name, v)
+        })
+        .collect()
 }
 
 /// Send one `PropertiesChanged` per posture change, carrying every property that changed.
@@ -164,7 +158,7 @@ pub(super) async fn signal_changes(
     emitter: SignalEmitter<'static>,
     mut rx: watch::Receiver<Snapshot>,
 ) {
-    let iface = InterfaceName::from_static_str_unchecked("org.enigm.Trust1.Posture");
+    let iface = InterfaceName::from_static_str_unchecked(super::INTERFACES[0]);
     let mut last = properties(&rx.borrow_and_update());
     while rx.changed().await.is_ok() {
         let now = properties(&rx.borrow_and_update());
@@ -186,5 +180,39 @@ pub(super) async fn signal_changes(
             tracing::warn!("PropertiesChanged not sent: {e}");
         }
         last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table and the committed introspection XML name the same properties with the same
+    /// types (the XML lists them in its own order).
+    #[test]
+    fn the_table_matches_the_introspection_xml() {
+        let xml = include_str!("../../../dbus/org.enigm.Trust1.xml");
+        let start = xml
+            .find("<interface name=\"org.enigm.Trust1.Posture\">")
+            .expect("the Posture interface");
+        let iface = &xml[start..start + xml[start..].find("</interface>").expect("end")];
+        let mut in_xml: Vec<(String, String)> = iface
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                let rest = l.strip_prefix("<property name=\"")?;
+                let (name, rest) = rest.split_once('"')?;
+                let ty = rest.split_once("type=\"")?.1.split_once('"')?.0;
+                Some((name.to_owned(), ty.to_owned()))
+            })
+            .collect();
+        let mut in_table: Vec<(String, String)> = PROPERTIES
+            .iter()
+            .map(|r| (r.name.to_owned(), r.signature.to_string()))
+            .collect();
+        in_xml.sort();
+        in_table.sort();
+        assert_eq!(in_table, in_xml);
+        assert_eq!(NAMES.len(), PROPERTIES.len());
     }
 }

@@ -4,8 +4,8 @@
 use zbus::interface;
 use zbus::message::Header;
 
-use super::{Handle, error::Result, unexpected};
-use crate::daemon::{Request, Response};
+use super::{Handle, error::Result};
+use crate::daemon::Call;
 
 /// The interface.
 #[derive(Debug)]
@@ -24,9 +24,6 @@ impl Privacy {
     /// Turn privacy mode on or off. Returns once the change is recorded in the audit log and
     /// the matching ruleset is confirmed in the kernel.
     async fn set_privacy_mode(&self, on: bool, #[zbus(header)] hdr: Header<'_>) -> Result<()> {
-        match self.h.call(&hdr, Request::SetPrivacy(on)).await? {
-            Response::Done => Ok(()),
-            r => Err(unexpected(&r)),
-        }
+        self.h.call(&hdr, |tx| Call::SetPrivacy(on, tx)).await
     }
 }

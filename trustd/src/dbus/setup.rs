@@ -3,8 +3,8 @@
 use zbus::interface;
 use zbus::message::Header;
 
-use super::{Handle, error::Result, unexpected};
-use crate::daemon::{Request, Response};
+use super::{Handle, error::Result};
+use crate::daemon::Call;
 
 /// The interface.
 #[derive(Debug)]
@@ -23,9 +23,6 @@ impl Setup {
     /// Mark a step the policy requires as complete. When the last one completes, the network
     /// leaves the bootstrap allowlist for the policy.
     async fn complete_step(&self, step: String, #[zbus(header)] hdr: Header<'_>) -> Result<()> {
-        match self.h.call(&hdr, Request::CompleteStep(step)).await? {
-            Response::Done => Ok(()),
-            r => Err(unexpected(&r)),
-        }
+        self.h.call(&hdr, |tx| Call::CompleteStep(step, tx)).await
     }
 }

@@ -189,61 +189,169 @@ impl Backend for NftBackend {
     }
 }
 
-/// A fake that records every script and lists back the last one applied (as the kernel
-/// would, minus handles). `fail_next` makes the next apply fail as nft would.
+/// A fake that records every script and keeps each table as the scripts leave it (as the
+/// kernel would, minus handles): `add` of a table, a chain, a rule, a set, a counter or set
+/// elements; `delete` of a table or set elements; `flush` of a chain or a set. A script is one
+/// transaction: a failed one changes nothing. `fail_next` makes the next apply fail as nft
+/// would; `fail_applies` the next N in a row.
 #[derive(Debug, Default)]
 pub struct RecordingBackend {
     /// Every script applied, in order.
     pub applied: Vec<Value>,
     /// Make the next apply fail.
     pub fail_next: bool,
-    table: Option<Vec<Value>>,
+    /// Make this many applies in a row fail (after `fail_next`'s, if set), counted down by
+    /// each; a failed apply changes nothing in the fake "kernel".
+    pub fail_applies: u32,
+    /// Each table's objects (no table object), by table name.
+    tables: std::collections::BTreeMap<String, Vec<Value>>,
 }
 
 impl RecordingBackend {
-    /// Replace what the fake "kernel" holds (to simulate someone editing the table).
+    /// Replace what the fake "kernel" holds in trustd's policy table (`inet trustd`; `None`:
+    /// the table is deleted), to simulate someone editing it.
     pub fn set_table(&mut self, objects: Option<Vec<Value>>) {
-        self.table = objects;
+        self.set_named_table(super::TABLE, objects);
+    }
+
+    /// Replace what the fake "kernel" holds in the table `name` (`None`: deleted).
+    pub fn set_named_table(&mut self, name: &str, objects: Option<Vec<Value>>) {
+        match objects {
+            Some(o) => self.tables.insert(name.to_owned(), o),
+            None => self.tables.remove(name),
+        };
     }
 }
 
+/// The error nft gives for a script naming what does not exist.
+fn no_such(what: &str) -> NftError {
+    NftError::Failed {
+        program: "nft".into(),
+        code: 1,
+        stderr: format!("Error: Could not process rule: No such file or directory ({what})"),
+    }
+}
+
+/// The table an object (`{"rule": {"table": ...}}`) or a body names.
+fn table_of(body: &Value) -> Option<&str> {
+    body.get("table").and_then(Value::as_str)
+}
+
+/// Carry out one script command on `tables`.
+fn fake_command(
+    tables: &mut std::collections::BTreeMap<String, Vec<Value>>,
+    cmd: &Value,
+) -> Result<(), NftError> {
+    let (op, obj) = match cmd.as_object().and_then(|m| m.iter().next()) {
+        Some((op, obj)) => (op.as_str(), obj),
+        None => return Err(NftError::Output(format!("not a command: {cmd}"))),
+    };
+    let (kind, body) = match obj.as_object().and_then(|m| m.iter().next()) {
+        Some((k, b)) => (k.as_str(), b),
+        None => return Err(NftError::Output(format!("not an object: {obj}"))),
+    };
+    let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
+    let named = |o: &Value, k: &str| {
+        o.get(k)
+            .is_some_and(|b| b.get("name").and_then(Value::as_str) == Some(name))
+    };
+    match (op, kind) {
+        ("add", "table") => {
+            tables.entry(name.to_owned()).or_default();
+        }
+        ("delete", "table") => {
+            tables.remove(name).ok_or_else(|| no_such(name))?;
+        }
+        ("add" | "delete", "element") | ("flush", "set") => {
+            let t = table_of(body).unwrap_or_default();
+            let set = tables
+                .get_mut(t)
+                .and_then(|objs| objs.iter_mut().find(|o| named(o, "set")))
+                .and_then(|o| o.get_mut("set"))
+                .ok_or_else(|| no_such(name))?;
+            let given = body["elem"].as_array().cloned().unwrap_or_default();
+            let held = set
+                .as_object_mut()
+                .ok_or_else(|| no_such(name))?
+                .entry("elem")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            let held = held.as_array_mut().ok_or_else(|| no_such(name))?;
+            match op {
+                "add" => held.extend(given),
+                "delete" => held.retain(|e| !given.contains(e)),
+                _ => held.clear(),
+            }
+        }
+        ("flush", "chain") => {
+            let t = table_of(body).unwrap_or_default();
+            let objs = tables.get_mut(t).ok_or_else(|| no_such(t))?;
+            objs.retain(|o| !o.get("rule").is_some_and(|r| r["chain"] == name));
+        }
+        ("add", _) => {
+            let t = table_of(body).unwrap_or_default();
+            tables
+                .get_mut(t)
+                .ok_or_else(|| no_such(t))?
+                .push(obj.clone());
+        }
+        _ => {
+            return Err(NftError::Output(format!(
+                "the fake does not know {op} {kind}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Backend for RecordingBackend {
-    fn list_chain(&mut self, _table: &str, chain: &str) -> Result<Option<String>, NftError> {
-        Ok(self.table.as_ref().map(|objs| {
-            let items: Vec<&Value> = objs
-                .iter()
-                .filter(|o| o.get("rule").is_some_and(|r| r["chain"] == chain))
-                .collect();
-            serde_json::json!({ "nftables": items }).to_string()
-        }))
+    fn list_chain(&mut self, table: &str, chain: &str) -> Result<Option<String>, NftError> {
+        let Some(objs) = self.tables.get(table) else {
+            return Ok(None);
+        };
+        if !objs
+            .iter()
+            .any(|o| o.get("chain").is_some_and(|c| c["name"] == chain))
+        {
+            return Ok(None);
+        }
+        let items: Vec<&Value> = objs
+            .iter()
+            .filter(|o| o.get("rule").is_some_and(|r| r["chain"] == chain))
+            .collect();
+        Ok(Some(serde_json::json!({ "nftables": items }).to_string()))
     }
 
     fn apply(&mut self, script: &str) -> Result<(), NftError> {
         let script: Value =
             serde_json::from_str(script).map_err(|e| NftError::Output(e.to_string()))?;
-        if std::mem::take(&mut self.fail_next) {
+        let fail = if std::mem::take(&mut self.fail_next) {
+            true
+        } else if self.fail_applies > 0 {
+            self.fail_applies -= 1;
+            true
+        } else {
+            false
+        };
+        if fail {
             return Err(NftError::Failed {
                 program: "nft".into(),
                 code: 1,
                 stderr: "Error: Could not process rule: injected failure".into(),
             });
         }
-        self.applied.push(script.clone());
-        let adds: Vec<Value> = script["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.get("add").cloned())
-            .filter(|o| o.get("table").is_none())
-            .collect();
-        self.table = Some(adds);
+        let mut tables = self.tables.clone();
+        for cmd in script["nftables"].as_array().into_iter().flatten() {
+            fake_command(&mut tables, cmd)?;
+        }
+        self.tables = tables;
+        self.applied.push(script);
         Ok(())
     }
 
-    fn list_table(&mut self, _name: &str) -> Result<Option<String>, NftError> {
+    fn list_table(&mut self, name: &str) -> Result<Option<String>, NftError> {
         Ok(self
-            .table
-            .clone()
+            .tables
+            .get(name)
             .map(|objs| serde_json::json!({ "nftables": objs }).to_string()))
     }
 }

@@ -298,3 +298,5 @@ pub fn write_lines(path: &Path, lines: &[Vec<u8>]) {
     }
     std::fs::write(path, out).expect("write");
 }
+
+pub mod engine;
