@@ -50,6 +50,17 @@ impl Role {
             Self::Command => "command",
         }
     }
+
+    /// What a person calls the input the role signs: `trust root`, `policy`, `intel feed`,
+    /// `lifecycle command`.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Self::Root => "trust root",
+            Self::Policy => "policy",
+            Self::Intel => "intel feed",
+            Self::Command => "lifecycle command",
+        }
+    }
 }
 
 impl std::fmt::Display for Role {
@@ -58,7 +69,10 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// A document type that arrives signed.
+/// A document type that arrives signed: everything the verifier and the state directory
+/// need to know of one kind of signed input is here (and, for the state's slots, in
+/// [`crate::state::Stored`]), so that adding a kind is one implementation, not a search
+/// for `match role`.
 pub trait Payload: DeserializeOwned {
     /// The DSSE `payloadType`.
     const PAYLOAD_TYPE: &'static str;
@@ -66,6 +80,11 @@ pub trait Payload: DeserializeOwned {
     const SCHEMA: &'static str;
     /// The trust-root role whose keys must sign it.
     const ROLE: Role;
+    /// Envelopes above this many bytes are refused before any parsing.
+    const MAX_ENVELOPE_BYTES: usize;
+    /// The file name its last accepted envelope is kept under in the state directory
+    /// (see [`crate::Paths::input`]).
+    const FILE_NAME: &'static str;
     /// Its `serial`.
     fn serial(&self) -> u64;
     /// Its `issued_at`.
@@ -77,11 +96,13 @@ pub trait Payload: DeserializeOwned {
 }
 
 macro_rules! payload {
-    ($t:ty, $ptype:literal, $schema:literal, $role:expr) => {
+    ($t:ty, $ptype:literal, $schema:literal, $role:expr, $cap:expr, $file:literal) => {
         impl Payload for $t {
             const PAYLOAD_TYPE: &'static str = $ptype;
             const SCHEMA: &'static str = $schema;
             const ROLE: Role = $role;
+            const MAX_ENVELOPE_BYTES: usize = $cap;
+            const FILE_NAME: &'static str = $file;
             fn serial(&self) -> u64 {
                 self.serial
             }
@@ -102,25 +123,33 @@ payload!(
     Policy,
     "application/vnd.enigm.policy+json",
     "enigm.policy/v1",
-    Role::Policy
+    Role::Policy,
+    MAX_ENVELOPE_BYTES,
+    "policy.dsse.json"
 );
 payload!(
     IntelFeed,
     "application/vnd.enigm.intel+json",
     "enigm.intel/v1",
-    Role::Intel
+    Role::Intel,
+    MAX_INTEL_ENVELOPE_BYTES,
+    "intel.dsse.json"
 );
 payload!(
     LifecycleCommand,
     "application/vnd.enigm.command+json",
     "enigm.command/v1",
-    Role::Command
+    Role::Command,
+    MAX_ENVELOPE_BYTES,
+    "command.dsse.json"
 );
 payload!(
     TrustRoot,
     "application/vnd.enigm.trust-root+json",
     "enigm.trust-root/v1",
-    Role::Root
+    Role::Root,
+    MAX_ENVELOPE_BYTES,
+    "trust-root.dsse.json"
 );
 
 /// A payload whose envelope passed every check. Only the verifier makes one.

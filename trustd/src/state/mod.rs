@@ -6,10 +6,12 @@
 //! restrictive state and says why, so that no error path can open the device up.
 
 pub mod atomic;
+pub mod input;
 pub mod recovery;
 pub mod secret;
 pub mod store;
 
+pub use input::{Stored, StoredRole};
 pub use recovery::{Installed, LeftForce, RoleReset, start_over};
 pub use store::{Condition, Loaded, StateError, StateStore, load_trust_root};
 
@@ -105,33 +107,18 @@ pub struct Serials {
 impl Serials {
     /// The serial held for `role`.
     pub fn get(&self, role: Role) -> u64 {
-        match role {
-            Role::Root => self.root,
-            Role::Policy => self.policy,
-            Role::Intel => self.intel,
-            Role::Command => self.command,
-        }
+        StoredRole::of_role(role).floor(self)
     }
 
     /// Set the serial of `role`: only fast-forward recovery lowers a floor (see
     /// [`recovery`]); everything else raises.
     pub fn set(&mut self, role: Role, serial: u64) {
-        match role {
-            Role::Root => self.root = serial,
-            Role::Policy => self.policy = serial,
-            Role::Intel => self.intel = serial,
-            Role::Command => self.command = serial,
-        }
+        *StoredRole::of_role(role).floor_mut(self) = serial;
     }
 
     /// Raise the serial of `role` (never lowers it).
     pub fn raise(&mut self, role: Role, serial: u64) {
-        let slot = match role {
-            Role::Root => &mut self.root,
-            Role::Policy => &mut self.policy,
-            Role::Intel => &mut self.intel,
-            Role::Command => &mut self.command,
-        };
+        let slot = StoredRole::of_role(role).floor_mut(self);
         *slot = (*slot).max(serial);
     }
 }
