@@ -22,7 +22,8 @@ use super::segment::{
 };
 use super::verify::Problem;
 use super::{AUDIT_MESSAGE_ID, Actor, Entry, GENESIS, Outcome, Record, record_hash};
-use crate::state::atomic::{create_dir_all, fsync_dir};
+use crate::files::atomic::{create_dir_all, fsync_dir};
+use crate::files::lock::{LockError, try_lock};
 use crate::storage::{GAP_KIND, Gap, StorageFault};
 use crate::timefmt::Timestamp;
 
@@ -152,7 +153,7 @@ struct Io {
     /// for a later record to follow.
     dirty_end: u64,
     max_segment_bytes: u64,
-    _lock: File,
+    _lock: crate::files::lock::DirLock,
 }
 
 /// An open audit log (the single writer of its directory).
@@ -240,17 +241,11 @@ impl AuditLog {
     ) -> Result<(Self, OpenReport), AuditError> {
         create_dir_all(dir, 0o750).map_err(io_err(dir))?;
         let lock_path = dir.join(".lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(AuditError::Locked(dir.into())),
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
-        }
+        let lock_file = match try_lock(&lock_path) {
+            Ok(l) => l,
+            Err(LockError::Held) => return Err(AuditError::Locked(dir.into())),
+            Err(LockError::Io(e)) => return Err(io_err(&lock_path)(e)),
+        };
 
         let mut report = OpenReport::default();
         // Everything is inspected before any byte is changed.
@@ -284,7 +279,7 @@ impl AuditLog {
         let mut repair: Option<Entry> = None;
         if let Some((index, path, end, bytes)) = tail {
             let seg = segment_name(index);
-            let digest = crate::bundle::sha256_hex(&bytes);
+            let digest = crate::digest::sha256_hex(&bytes);
             let acked = first.acknowledged_through();
             let head_sound = match &first.head {
                 HeadFound::At(h, _) => last_seq.is_some_and(|l| *h <= l),

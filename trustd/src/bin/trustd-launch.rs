@@ -98,7 +98,7 @@ fn open_pinned(p: &Profile) -> Result<OwnedFd, String> {
         }
         h.update(&buf[..n]);
     }
-    let got = trustd::bundle::hex(&h.finalize());
+    let got = trustd::digest::hex(&h.finalize());
     if got != p.sha256 {
         return Err(format!(
             "{} has sha256 {got}, the policy pins {}",

@@ -21,6 +21,9 @@ pub use verify::{
     verify, verify_installed, verify_rotation,
 };
 
+/// Hex and SHA-256 live in [`crate::digest`]; kept here for callers of the signed-input API
+/// ([`Verified::digest`] is one).
+pub use crate::digest::{hex, sha256_hex};
 use crate::policy::{IntelFeed, LifecycleCommand, Policy};
 use crate::timefmt::Timestamp;
 
@@ -184,21 +187,4 @@ impl<T> Verified<T> {
     pub fn signers(&self) -> &[String] {
         &self.signers
     }
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
-
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex(&sha2::Sha256::digest(bytes))
 }

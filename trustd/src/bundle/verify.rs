@@ -6,7 +6,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
-use super::{Envelope, Payload, Role, TrustRoot, Verified, pae, sha256_hex};
+use super::{Envelope, Payload, Role, TrustRoot, Verified, pae};
+use crate::digest::sha256_hex;
 use crate::json::{JsonError, parse_strict};
 use crate::timefmt::Timestamp;
 

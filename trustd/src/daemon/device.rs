@@ -1017,7 +1017,7 @@ impl Device {
         self.audit.probe();
         if self.state_fault.is_some() {
             let probe = self.store.paths().state_dir().join(".probe");
-            let r = crate::state::atomic::write_atomic(&probe, b"probe\n", 0o600)
+            let r = crate::files::atomic::write_atomic(&probe, b"probe\n", 0o600)
                 .and_then(|()| std::fs::remove_file(&probe))
                 .map_err(|source| StateError::Io {
                     path: probe.clone(),

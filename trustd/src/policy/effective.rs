@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::{AllowRule, InboundRule, NetworkMode, Policy, ProxySection, Tor, Vpn};
-use crate::state::Lifecycle;
+use super::Lifecycle;
 
 /// Why the network is in lockdown.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::bundle::{Role, RoleChange, Roles, TrustRoot, sha256_hex};
+use crate::bundle::{Role, RoleChange, Roles, TrustRoot};
+use crate::digest::sha256_hex;
 
 use super::DeviceState;
 use super::input::StoredRole;

@@ -11,7 +11,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::atomic::{create_dir_all, write_atomic};
+use crate::files::atomic::{create_dir_all, fsync_dir, write_atomic};
 use crate::Paths;
 
 /// The secret's length in bytes.
@@ -82,7 +82,7 @@ impl DeviceSecret {
     /// Remove the secret from disk (and the directory entry durably).
     pub fn destroy(paths: &Paths) -> std::io::Result<()> {
         match std::fs::remove_file(paths.device_secret()) {
-            Ok(()) => super::atomic::fsync_dir(&paths.state_dir()),
+            Ok(()) => fsync_dir(&paths.state_dir()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }

@@ -1,13 +1,14 @@
 //! Reading and writing the state directory.
 
-use std::fs::{File, OpenOptions};
+
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::atomic::{create_dir_all, fsync_dir, replace_keeping, write_atomic};
+use crate::files::atomic::{create_dir_all, fsync_dir, replace_keeping, write_atomic};
+use crate::files::lock::{DirLock, LockError, try_lock};
 use super::input::{Stored, StoredRole};
 use super::recovery::{Installed, RoleReset, start_over};
 use super::{DeviceState, STATE_VERSION, Serials};
@@ -92,10 +93,7 @@ pub struct StateStore {
 }
 
 /// Held while a process writes the state directory; released on drop.
-#[derive(Debug)]
-pub struct StateLock {
-    _file: File,
-}
+pub type StateLock = DirLock;
 
 impl StateStore {
     /// The store under `paths`.
@@ -113,16 +111,10 @@ impl StateStore {
         let dir = self.paths.state_dir();
         create_dir_all(&dir, 0o700).map_err(io(&dir))?;
         let path = self.paths.state_lock();
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(StateLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked(dir)),
-            Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+        match try_lock(&path) {
+            Ok(l) => Ok(l),
+            Err(LockError::Held) => Err(StateError::Locked(dir)),
+            Err(LockError::Io(e)) => Err(io(&path)(e)),
         }
     }
 
