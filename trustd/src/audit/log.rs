@@ -172,7 +172,8 @@ pub struct AuditLog {
     /// The Merkle tree over the durable records, grown by each batch's leader after the
     /// batch is on disk and before its callers return; locked after `io`, never before.
     tree: Mutex<MerkleTree>,
-    /// Cleared only by [`AuditLog::freeze_tree_for_bench`].
+    /// Cleared only by `AuditLog::freeze_tree_for_bench` (cargo feature `bench`).
+    #[cfg(feature = "bench")]
     tree_grows: AtomicBool,
     /// What the log's audit records say about damage and checkpoints (as of open, plus
     /// the damage open recorded).
@@ -456,6 +457,7 @@ impl AuditLog {
                 _lock: lock_file,
             }),
             tree: Mutex::new(tree),
+            #[cfg(feature = "bench")]
             tree_grows: AtomicBool::new(true),
             history: Mutex::new(History::default()),
             gap: Mutex::new(None),
@@ -542,11 +544,24 @@ impl AuditLog {
         f(&lock(&self.tree))
     }
 
-    /// Benchmarks only: stop growing the tree, to measure appends without it. The tree stays
-    /// what it was, the tree head of a prefix of the log; it never grows again.
-    #[doc(hidden)]
+    /// Benchmarks only (cargo feature `bench`, which no shipped build enables): stop growing
+    /// the tree, to measure appends without it. The tree stays what it was, the tree head of
+    /// a prefix of the log; it never grows again.
+    #[cfg(feature = "bench")]
     pub fn freeze_tree_for_bench(&self) {
         self.tree_grows.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a batch grows the tree: always, unless a benchmark froze it.
+    fn tree_grows(&self) -> bool {
+        #[cfg(feature = "bench")]
+        {
+            self.tree_grows.load(Ordering::Relaxed)
+        }
+        #[cfg(not(feature = "bench"))]
+        {
+            true
+        }
     }
 
     /// Records appended and fdatasync batches since open (their ratio is the group-commit
@@ -759,7 +774,7 @@ impl AuditLog {
             Some(last) => {
                 let mut io = lock(&self.io);
                 io.write_batch(&batch, last).map(|carry| {
-                    if self.tree_grows.load(Ordering::Relaxed) {
+                    if self.tree_grows() {
                         self.grow_tree(carry, &batch);
                     }
                 })

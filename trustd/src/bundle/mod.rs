@@ -164,9 +164,6 @@ pub struct Verified<T> {
     signers: Vec<String>,
 }
 
-/// A verified policy bundle.
-pub type VerifiedBundle = Verified<Policy>;
-
 impl<T> Verified<T> {
     /// The checked payload.
     pub fn payload(&self) -> &T {

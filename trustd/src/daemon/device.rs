@@ -1058,11 +1058,6 @@ impl Device {
         self.confinement = Some(how);
     }
 
-    /// Record what a check of the audit log found (posture shows it).
-    pub fn set_audit_problems(&mut self, problems: Vec<String>) {
-        self.audit_problems = problems;
-    }
-
     /// The posture of the device now.
     pub fn posture(&self, now: Timestamp) -> Posture {
         let eff = self.effective();
@@ -1185,9 +1180,7 @@ impl Device {
         // state that names the new lifecycle and the command serial, in one write. If the
         // state cannot be saved, the previous envelope is put back: a refused command
         // raises no floor.
-        let saved = self
-            .store
-            .install_with(&v, &mut next, |n| n.lifecycle = to);
+        let saved = self.store.install_with(&v, &mut next, |n| n.lifecycle = to);
         if let Err(e) = self.note_state(saved) {
             self.audit.record(
                 Entry::new("command.apply", Outcome::Error, actor)
@@ -1477,8 +1470,14 @@ impl Device {
             .unwrap_or_else(|| self.root.roles.clone());
         let command = std::fs::read(self.store.input_path(Role::Command)).ok();
         let installed = Installed::default()
-            .with(Role::Policy, self.policy.as_ref().map(Verified::envelope_bytes))
-            .with(Role::Intel, self.intel.as_ref().map(Verified::envelope_bytes))
+            .with(
+                Role::Policy,
+                self.policy.as_ref().map(Verified::envelope_bytes),
+            )
+            .with(
+                Role::Intel,
+                self.intel.as_ref().map(Verified::envelope_bytes),
+            )
             .with(Role::Command, command.as_deref());
         let resets = start_over(&mut next, &under, new, &installed);
         let kind = "trust-root.rotate";
@@ -1508,7 +1507,11 @@ impl Device {
         }
         self.state = next;
         self.root = new.clone();
-        let left = |role: Role| resets.iter().any(|r| r.change.role == role && r.left.is_some());
+        let left = |role: Role| {
+            resets
+                .iter()
+                .any(|r| r.change.role == role && r.left.is_some())
+        };
         if left(Role::Policy) {
             self.policy = None;
         }

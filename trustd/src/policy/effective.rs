@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use super::{AllowRule, InboundRule, NetworkMode, Policy, ProxySection, Tor, Vpn};
 use super::Lifecycle;
+use super::{AllowRule, InboundRule, NetworkMode, Policy, ProxySection, Tor, Vpn};
 
 /// Why the network is in lockdown.
 #[derive(Debug, Clone, PartialEq, Eq)]

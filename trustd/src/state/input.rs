@@ -70,8 +70,11 @@ pub struct StoredRole {
     floor: fn(&Serials) -> u64,
     floor_mut: fn(&mut Serials) -> &mut u64,
     digest_mut: fn(&mut DeviceState) -> Option<&mut Option<String>>,
-    check: fn(&[u8], &TrustRoot) -> Result<(u64, String), VerifyError>,
+    check: CheckInstalled,
 }
+
+/// Re-check an installed envelope of one type: its serial and digest.
+type CheckInstalled = fn(&[u8], &TrustRoot) -> Result<(u64, String), VerifyError>;
 
 impl std::fmt::Debug for StoredRole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,7 +85,10 @@ impl std::fmt::Debug for StoredRole {
     }
 }
 
-fn check_installed<P: Payload>(bytes: &[u8], root: &TrustRoot) -> Result<(u64, String), VerifyError> {
+fn check_installed<P: Payload>(
+    bytes: &[u8],
+    root: &TrustRoot,
+) -> Result<(u64, String), VerifyError> {
     verify_installed::<P>(bytes, root).map(|v| (v.payload().serial(), v.digest().to_owned()))
 }
 

@@ -11,8 +11,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::files::atomic::{create_dir_all, fsync_dir, write_atomic};
 use crate::Paths;
+use crate::files::atomic::{create_dir_all, fsync_dir, write_atomic};
 
 /// The secret's length in bytes.
 pub const SECRET_LEN: usize = 32;

@@ -1,14 +1,11 @@
 //! Reading and writing the state directory.
 
-
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::files::atomic::{create_dir_all, fsync_dir, replace_keeping, write_atomic};
-use crate::files::lock::{DirLock, LockError, try_lock};
 use super::input::{Stored, StoredRole};
 use super::recovery::{Installed, RoleReset, start_over};
 use super::{DeviceState, STATE_VERSION, Serials};
@@ -16,6 +13,8 @@ use crate::Paths;
 use crate::bundle::{
     Envelope, Payload, Role, TrustRoot, Verified, verify_installed, verify_self_signed_root,
 };
+use crate::files::atomic::{create_dir_all, fsync_dir, replace_keeping, write_atomic};
+use crate::files::lock::{DirLock, LockError, try_lock};
 use crate::json::parse_strict;
 use crate::policy::{IntelFeed, Policy};
 

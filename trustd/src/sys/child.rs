@@ -211,9 +211,9 @@ fn clean_signal_state() -> std::io::Result<()> {
     let parent = nix::unistd::getppid();
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
     // The parent may have died between fork and prctl: then the child must not run (the
-    // error ends it before exec; no one is left to read it).
+    // error ends it before exec; no one is left to read it). An OS error allocates nothing.
     if nix::unistd::getppid() != parent {
-        return Err(std::io::Error::other("the parent died before exec"));
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(())
 }

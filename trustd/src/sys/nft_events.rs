@@ -400,9 +400,7 @@ impl TableWatcher {
             Ok(0) => Ok(false),
             Ok(_) => Ok(true),
             Err(nix::errno::Errno::EINTR) => Ok(false),
-            Err(e) => {
-                Err(e.into())
-            }
+            Err(e) => Err(e.into()),
         }
     }
 
