@@ -45,13 +45,7 @@ pub struct Held {
 impl Held {
     /// How a person names it: `policy serial 7`, `intel feed serial 3`, `trust root serial 1`.
     pub fn name(&self) -> String {
-        let what = match self.role {
-            Role::Root => "trust root",
-            Role::Policy => "policy",
-            Role::Intel => "intel feed",
-            Role::Command => "lifecycle command",
-        };
-        format!("{what} serial {}", self.serial)
+        format!("{} serial {}", self.role.noun(), self.serial)
     }
 
     /// When it became (or becomes) stale: the earlier of its expiry and `issued_at` plus

@@ -8,6 +8,8 @@ pub mod audit;
 pub mod bundle;
 pub mod config;
 pub mod dbus;
+pub mod digest;
+pub mod files;
 pub mod freshness;
 pub mod json;
 pub mod launch;

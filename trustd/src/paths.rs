@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::bundle::{Payload, TrustRoot};
+use crate::policy::{IntelFeed, LifecycleCommand, Policy};
+
 /// The locations of the files on a device (README, "Files on a device"), resolved under a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
@@ -54,19 +57,25 @@ impl Paths {
         self.state_dir().join("state.json")
     }
 
+    /// The last accepted signed input of type `P`, as the envelope it arrived in: the
+    /// state directory's [`Payload::FILE_NAME`].
+    pub fn input<P: Payload>(&self) -> PathBuf {
+        self.state_dir().join(P::FILE_NAME)
+    }
+
     /// The last-good policy bundle, as the signed envelope it arrived in.
     pub fn policy_bundle(&self) -> PathBuf {
-        self.state_dir().join("policy.dsse.json")
+        self.input::<Policy>()
     }
 
     /// The last-good intel feed, as the signed envelope it arrived in.
     pub fn intel_feed(&self) -> PathBuf {
-        self.state_dir().join("intel.dsse.json")
+        self.input::<IntelFeed>()
     }
 
     /// A trust root accepted by rotation; it supersedes the provisioned one.
     pub fn rotated_trust_root(&self) -> PathBuf {
-        self.state_dir().join("trust-root.dsse.json")
+        self.input::<TrustRoot>()
     }
 
     /// The device secret (0600) from which device handles are derived.
@@ -77,7 +86,7 @@ impl Paths {
     /// The last lifecycle command accepted, as the signed envelope it arrived in: its serial
     /// is the command floor again if state.json is lost.
     pub fn last_command(&self) -> PathBuf {
-        self.state_dir().join("command.dsse.json")
+        self.input::<LifecycleCommand>()
     }
 
     /// The device's signing key (0600): signs audit checkpoints and posture reports.
@@ -157,6 +166,19 @@ mod tests {
             Path::new("/etc/trustd/trust-root.json")
         );
         assert_eq!(p.state_file(), Path::new("/var/lib/trustd/state.json"));
+        assert_eq!(
+            p.policy_bundle(),
+            Path::new("/var/lib/trustd/policy.dsse.json")
+        );
+        assert_eq!(p.intel_feed(), Path::new("/var/lib/trustd/intel.dsse.json"));
+        assert_eq!(
+            p.rotated_trust_root(),
+            Path::new("/var/lib/trustd/trust-root.dsse.json")
+        );
+        assert_eq!(
+            p.last_command(),
+            Path::new("/var/lib/trustd/command.dsse.json")
+        );
         assert_eq!(p.audit_dir(), Path::new("/var/log/trustd/audit"));
         assert_eq!(p.runtime_dir(), Path::new("/run/trustd"));
     }

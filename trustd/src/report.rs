@@ -55,11 +55,11 @@ pub fn load_or_create_key(paths: &Paths) -> std::io::Result<(SigningKey, bool)> 
         Some(loaded) => loaded,
         None => {
             let key = crate::bundle::generate_key().map_err(std::io::Error::other)?;
-            crate::state::atomic::create_dir_all(&paths.state_dir(), 0o700)?;
+            crate::files::atomic::create_dir_all(&paths.state_dir(), 0o700)?;
             let private = serde_json::to_vec_pretty(&PrivateKeyFile::new(&key))?;
-            crate::state::atomic::write_atomic(&paths.device_key(), &private, 0o600)?;
+            crate::files::atomic::write_atomic(&paths.device_key(), &private, 0o600)?;
             let public = serde_json::to_vec_pretty(&PublicKeyFile::new(&key.verifying_key()))?;
-            crate::state::atomic::write_atomic(&paths.device_pub(), &public, 0o644)?;
+            crate::files::atomic::write_atomic(&paths.device_pub(), &public, 0o644)?;
             (key, true)
         }
     };
@@ -68,7 +68,7 @@ pub fn load_or_create_key(paths: &Paths) -> std::io::Result<(SigningKey, bool)> 
         .map_err(std::io::Error::other)?
         + "\n";
     if std::fs::read_to_string(paths.device_vkey()).ok().as_deref() != Some(vkey.as_str()) {
-        crate::state::atomic::write_atomic(&paths.device_vkey(), vkey.as_bytes(), 0o644)?;
+        crate::files::atomic::write_atomic(&paths.device_vkey(), vkey.as_bytes(), 0o644)?;
     }
     Ok((key, new))
 }

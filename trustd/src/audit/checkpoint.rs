@@ -34,7 +34,7 @@ use super::merkle::{
 };
 use super::segment::chain_fields;
 use super::{AuditError, AuditLog};
-use crate::bundle::hex;
+use crate::digest::hex;
 
 /// The latest checkpoint, in the audit directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
@@ -549,7 +549,7 @@ pub fn parse_and_verify(
 /// Store `note` as the latest checkpoint of the log in `dir` (atomically and durably).
 pub fn write_checkpoint(dir: &Path, note: &str) -> Result<(), AuditError> {
     let path = dir.join(CHECKPOINT_FILE);
-    crate::state::atomic::write_atomic(&path, note.as_bytes(), 0o640)
+    crate::files::atomic::write_atomic(&path, note.as_bytes(), 0o640)
         .map_err(|source| AuditError::Io { path, source })
 }
 

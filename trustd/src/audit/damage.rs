@@ -17,7 +17,7 @@ use super::merkle::Hash;
 use super::record::{Outcome, Record};
 use super::segment::{HEAD_FILE, decode_head, list_segments, segment_name, written_len};
 use super::verify::{Problem, VerifyReport, verify_dir};
-use crate::bundle::{hex, sha256_hex};
+use crate::digest::{hex, sha256_hex};
 
 /// The kind of a damage record: what an open (or a repair) found wrong.
 pub const DAMAGE_KIND: &str = "audit.damage";

@@ -22,7 +22,8 @@ use super::segment::{
 };
 use super::verify::Problem;
 use super::{AUDIT_MESSAGE_ID, Actor, Entry, GENESIS, Outcome, Record, record_hash};
-use crate::state::atomic::{create_dir_all, fsync_dir};
+use crate::files::atomic::{create_dir_all, fsync_dir};
+use crate::files::lock::{LockError, try_lock};
 use crate::storage::{GAP_KIND, Gap, StorageFault};
 use crate::timefmt::Timestamp;
 
@@ -152,7 +153,7 @@ struct Io {
     /// for a later record to follow.
     dirty_end: u64,
     max_segment_bytes: u64,
-    _lock: File,
+    _lock: crate::files::lock::DirLock,
 }
 
 /// An open audit log (the single writer of its directory).
@@ -171,7 +172,8 @@ pub struct AuditLog {
     /// The Merkle tree over the durable records, grown by each batch's leader after the
     /// batch is on disk and before its callers return; locked after `io`, never before.
     tree: Mutex<MerkleTree>,
-    /// Cleared only by [`AuditLog::freeze_tree_for_bench`].
+    /// Cleared only by `AuditLog::freeze_tree_for_bench` (cargo feature `bench`).
+    #[cfg(feature = "bench")]
     tree_grows: AtomicBool,
     /// What the log's audit records say about damage and checkpoints (as of open, plus
     /// the damage open recorded).
@@ -240,17 +242,11 @@ impl AuditLog {
     ) -> Result<(Self, OpenReport), AuditError> {
         create_dir_all(dir, 0o750).map_err(io_err(dir))?;
         let lock_path = dir.join(".lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(AuditError::Locked(dir.into())),
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
-        }
+        let lock_file = match try_lock(&lock_path) {
+            Ok(l) => l,
+            Err(LockError::Held) => return Err(AuditError::Locked(dir.into())),
+            Err(LockError::Io(e)) => return Err(io_err(&lock_path)(e)),
+        };
 
         let mut report = OpenReport::default();
         // Everything is inspected before any byte is changed.
@@ -284,7 +280,7 @@ impl AuditLog {
         let mut repair: Option<Entry> = None;
         if let Some((index, path, end, bytes)) = tail {
             let seg = segment_name(index);
-            let digest = crate::bundle::sha256_hex(&bytes);
+            let digest = crate::digest::sha256_hex(&bytes);
             let acked = first.acknowledged_through();
             let head_sound = match &first.head {
                 HeadFound::At(h, _) => last_seq.is_some_and(|l| *h <= l),
@@ -461,6 +457,7 @@ impl AuditLog {
                 _lock: lock_file,
             }),
             tree: Mutex::new(tree),
+            #[cfg(feature = "bench")]
             tree_grows: AtomicBool::new(true),
             history: Mutex::new(History::default()),
             gap: Mutex::new(None),
@@ -547,11 +544,24 @@ impl AuditLog {
         f(&lock(&self.tree))
     }
 
-    /// Benchmarks only: stop growing the tree, to measure appends without it. The tree stays
-    /// what it was, the tree head of a prefix of the log; it never grows again.
-    #[doc(hidden)]
+    /// Benchmarks only (cargo feature `bench`, which no shipped build enables): stop growing
+    /// the tree, to measure appends without it. The tree stays what it was, the tree head of
+    /// a prefix of the log; it never grows again.
+    #[cfg(feature = "bench")]
     pub fn freeze_tree_for_bench(&self) {
         self.tree_grows.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a batch grows the tree: always, unless a benchmark froze it.
+    fn tree_grows(&self) -> bool {
+        #[cfg(feature = "bench")]
+        {
+            self.tree_grows.load(Ordering::Relaxed)
+        }
+        #[cfg(not(feature = "bench"))]
+        {
+            true
+        }
     }
 
     /// Records appended and fdatasync batches since open (their ratio is the group-commit
@@ -764,7 +774,7 @@ impl AuditLog {
             Some(last) => {
                 let mut io = lock(&self.io);
                 io.write_batch(&batch, last).map(|carry| {
-                    if self.tree_grows.load(Ordering::Relaxed) {
+                    if self.tree_grows() {
                         self.grow_tree(carry, &batch);
                     }
                 })

@@ -145,7 +145,7 @@ impl std::fmt::Debug for MerkleTree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MerkleTree")
             .field("size", &self.size())
-            .field("root", &crate::bundle::hex(&self.root()))
+            .field("root", &crate::digest::hex(&self.root()))
             .finish_non_exhaustive()
     }
 }
@@ -599,7 +599,7 @@ mod hex_hash {
     use super::{Hash, parse_hash_hex};
 
     pub(super) fn serialize<S: Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::bundle::hex(h))
+        s.serialize_str(&crate::digest::hex(h))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
@@ -622,7 +622,7 @@ mod hex_hashes {
     pub(super) fn serialize<S: Serializer>(hs: &[Hash], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(hs.len()))?;
         for h in hs {
-            seq.serialize_element(&crate::bundle::hex(h))?;
+            seq.serialize_element(&crate::digest::hex(h))?;
         }
         seq.end()
     }
@@ -1118,8 +1118,8 @@ mod tests {
             c
         );
         let upper = json.replace(
-            &crate::bundle::hex(&c.path[0]),
-            &crate::bundle::hex(&c.path[0]).to_uppercase(),
+            &crate::digest::hex(&c.path[0]),
+            &crate::digest::hex(&c.path[0]).to_uppercase(),
         );
         assert!(serde_json::from_str::<ConsistencyProof>(&upper).is_err());
         let extra = json.replacen('{', r#"{"extra":1,"#, 1);

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bundle::hex;
+use crate::digest::hex;
 
 /// The head file: the last acknowledged record's seq and hash, rewritten in place after each
 /// group commit. It lets `verify` detect a log cut short after records were acknowledged.
@@ -64,7 +64,7 @@ pub(crate) fn create_preallocated(path: &Path, len: u64) -> std::io::Result<std:
     }
     f.sync_all()?;
     if let Some(dir) = path.parent() {
-        crate::state::atomic::fsync_dir(dir)?;
+        crate::files::atomic::fsync_dir(dir)?;
     }
     Ok(f)
 }
@@ -72,7 +72,7 @@ pub(crate) fn create_preallocated(path: &Path, len: u64) -> std::io::Result<std:
 /// The head block for (seq, hash).
 pub(crate) fn encode_head(seq: u64, hash: &[u8; 32]) -> [u8; HEAD_LEN] {
     let body = format!("{HEAD_MAGIC} {seq:020} {}", hex(hash));
-    let check = &crate::bundle::sha256_hex(body.as_bytes())[..16];
+    let check = &crate::digest::sha256_hex(body.as_bytes())[..16];
     let text = format!("{body} {check}");
     let mut out = [b' '; HEAD_LEN];
     out[..text.len()].copy_from_slice(text.as_bytes());
@@ -91,7 +91,7 @@ pub(crate) fn decode_head(bytes: &[u8]) -> Result<Option<(u64, String)>, String>
         return Err("head file is malformed".into());
     };
     let body = format!("{magic} {seq} {hash}");
-    if magic != HEAD_MAGIC || crate::bundle::sha256_hex(body.as_bytes())[..16] != *check {
+    if magic != HEAD_MAGIC || crate::digest::sha256_hex(body.as_bytes())[..16] != *check {
         return Err("head file is malformed or torn".into());
     }
     let seq = seq

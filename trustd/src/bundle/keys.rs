@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::sha256_hex;
+use crate::digest::sha256_hex;
 
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,9 @@ pub use verify::{
     verify, verify_installed, verify_rotation,
 };
 
+/// Hex and SHA-256 live in [`crate::digest`]; kept here for callers of the signed-input API
+/// ([`Verified::digest`] is one).
+pub use crate::digest::{hex, sha256_hex};
 use crate::policy::{IntelFeed, LifecycleCommand, Policy};
 use crate::timefmt::Timestamp;
 
@@ -50,6 +53,17 @@ impl Role {
             Self::Command => "command",
         }
     }
+
+    /// What a person calls the input the role signs: `trust root`, `policy`, `intel feed`,
+    /// `lifecycle command`.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Self::Root => "trust root",
+            Self::Policy => "policy",
+            Self::Intel => "intel feed",
+            Self::Command => "lifecycle command",
+        }
+    }
 }
 
 impl std::fmt::Display for Role {
@@ -58,7 +72,10 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// A document type that arrives signed.
+/// A document type that arrives signed: everything the verifier and the state directory
+/// need to know of one kind of signed input is here (and, for the state's slots, in
+/// [`crate::state::Stored`]), so that adding a kind is one implementation, not a search
+/// for `match role`.
 pub trait Payload: DeserializeOwned {
     /// The DSSE `payloadType`.
     const PAYLOAD_TYPE: &'static str;
@@ -66,6 +83,11 @@ pub trait Payload: DeserializeOwned {
     const SCHEMA: &'static str;
     /// The trust-root role whose keys must sign it.
     const ROLE: Role;
+    /// Envelopes above this many bytes are refused before any parsing.
+    const MAX_ENVELOPE_BYTES: usize;
+    /// The file name its last accepted envelope is kept under in the state directory
+    /// (see [`crate::Paths::input`]).
+    const FILE_NAME: &'static str;
     /// Its `serial`.
     fn serial(&self) -> u64;
     /// Its `issued_at`.
@@ -77,11 +99,13 @@ pub trait Payload: DeserializeOwned {
 }
 
 macro_rules! payload {
-    ($t:ty, $ptype:literal, $schema:literal, $role:expr) => {
+    ($t:ty, $ptype:literal, $schema:literal, $role:expr, $cap:expr, $file:literal) => {
         impl Payload for $t {
             const PAYLOAD_TYPE: &'static str = $ptype;
             const SCHEMA: &'static str = $schema;
             const ROLE: Role = $role;
+            const MAX_ENVELOPE_BYTES: usize = $cap;
+            const FILE_NAME: &'static str = $file;
             fn serial(&self) -> u64 {
                 self.serial
             }
@@ -102,25 +126,33 @@ payload!(
     Policy,
     "application/vnd.enigm.policy+json",
     "enigm.policy/v1",
-    Role::Policy
+    Role::Policy,
+    MAX_ENVELOPE_BYTES,
+    "policy.dsse.json"
 );
 payload!(
     IntelFeed,
     "application/vnd.enigm.intel+json",
     "enigm.intel/v1",
-    Role::Intel
+    Role::Intel,
+    MAX_INTEL_ENVELOPE_BYTES,
+    "intel.dsse.json"
 );
 payload!(
     LifecycleCommand,
     "application/vnd.enigm.command+json",
     "enigm.command/v1",
-    Role::Command
+    Role::Command,
+    MAX_ENVELOPE_BYTES,
+    "command.dsse.json"
 );
 payload!(
     TrustRoot,
     "application/vnd.enigm.trust-root+json",
     "enigm.trust-root/v1",
-    Role::Root
+    Role::Root,
+    MAX_ENVELOPE_BYTES,
+    "trust-root.dsse.json"
 );
 
 /// A payload whose envelope passed every check. Only the verifier makes one.
@@ -131,9 +163,6 @@ pub struct Verified<T> {
     digest: String,
     signers: Vec<String>,
 }
-
-/// A verified policy bundle.
-pub type VerifiedBundle = Verified<Policy>;
 
 impl<T> Verified<T> {
     /// The checked payload.
@@ -155,21 +184,4 @@ impl<T> Verified<T> {
     pub fn signers(&self) -> &[String] {
         &self.signers
     }
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
-
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex(&sha2::Sha256::digest(bytes))
 }

@@ -6,7 +6,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
-use super::{Envelope, Payload, Role, TrustRoot, Verified, pae, sha256_hex};
+use super::{Envelope, Payload, Role, TrustRoot, Verified, pae};
+use crate::digest::sha256_hex;
 use crate::json::{JsonError, parse_strict};
 use crate::timefmt::Timestamp;
 
@@ -314,12 +315,8 @@ pub fn verify<P: Payload>(
     now: Timestamp,
     installed_serial: u64,
 ) -> Result<Verified<P>, VerifyError> {
-    let limit = if P::ROLE == Role::Intel {
-        MAX_INTEL_ENVELOPE_BYTES
-    } else {
-        MAX_ENVELOPE_BYTES
-    };
-    let (payload, signers) = check_signatures(bytes, limit, P::PAYLOAD_TYPE, root, P::ROLE)?;
+    let (payload, signers) =
+        check_signatures(bytes, P::MAX_ENVELOPE_BYTES, P::PAYLOAD_TYPE, root, P::ROLE)?;
     let p: P = parse_payload(&payload)?;
     check_freshness(&p, now, installed_serial)?;
     Ok(Verified {
@@ -339,7 +336,7 @@ pub fn verify_rotation(
 ) -> Result<Verified<TrustRoot>, VerifyError> {
     let (payload, signers) = check_signatures(
         bytes,
-        MAX_ENVELOPE_BYTES,
+        TrustRoot::MAX_ENVELOPE_BYTES,
         TrustRoot::PAYLOAD_TYPE,
         current,
         Role::Root,
@@ -347,7 +344,7 @@ pub fn verify_rotation(
     let new: TrustRoot = parse_payload(&payload)?;
     check_signatures(
         bytes,
-        MAX_ENVELOPE_BYTES,
+        TrustRoot::MAX_ENVELOPE_BYTES,
         TrustRoot::PAYLOAD_TYPE,
         &new,
         Role::Root,
@@ -368,12 +365,8 @@ pub fn verify_installed<P: Payload>(
     bytes: &[u8],
     root: &TrustRoot,
 ) -> Result<Verified<P>, VerifyError> {
-    let limit = if P::ROLE == Role::Intel {
-        MAX_INTEL_ENVELOPE_BYTES
-    } else {
-        MAX_ENVELOPE_BYTES
-    };
-    let (payload, signers) = check_signatures(bytes, limit, P::PAYLOAD_TYPE, root, P::ROLE)?;
+    let (payload, signers) =
+        check_signatures(bytes, P::MAX_ENVELOPE_BYTES, P::PAYLOAD_TYPE, root, P::ROLE)?;
     let p: P = parse_payload(&payload)?;
     Ok(Verified {
         payload: p,
@@ -386,10 +379,10 @@ pub fn verify_installed<P: Payload>(
 /// Re-check an envelope already accepted earlier (a rotated root on disk): its own root
 /// threshold and payload, but not expiry or serial.
 pub(crate) fn verify_self_signed_root(bytes: &[u8]) -> Result<TrustRoot, VerifyError> {
-    if bytes.len() > MAX_ENVELOPE_BYTES {
+    if bytes.len() > TrustRoot::MAX_ENVELOPE_BYTES {
         return Err(VerifyError::TooLarge {
             size: bytes.len(),
-            limit: MAX_ENVELOPE_BYTES,
+            limit: TrustRoot::MAX_ENVELOPE_BYTES,
         });
     }
     let env: Envelope = parse_strict(bytes).map_err(VerifyError::Envelope)?;
@@ -399,7 +392,7 @@ pub(crate) fn verify_self_signed_root(bytes: &[u8]) -> Result<TrustRoot, VerifyE
     let root: TrustRoot = parse_payload(&payload)?;
     check_signatures(
         bytes,
-        MAX_ENVELOPE_BYTES,
+        TrustRoot::MAX_ENVELOPE_BYTES,
         TrustRoot::PAYLOAD_TYPE,
         &root,
         Role::Root,

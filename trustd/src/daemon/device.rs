@@ -18,7 +18,7 @@ use crate::state::secret::DeviceSecret;
 use crate::state::store::StateLock;
 use crate::state::{
     Condition, DeviceState, Installed, Lifecycle, Loaded, RoleReset, StateError, StateStore,
-    load_trust_root, start_over,
+    Stored, load_trust_root, start_over,
 };
 use crate::storage::StorageFault;
 use crate::sys::netlink::{LinkEvent, LinkState};
@@ -1039,7 +1039,7 @@ impl Device {
         self.audit.probe();
         if self.state_fault.is_some() {
             let probe = self.store.paths().state_dir().join(".probe");
-            let r = crate::state::atomic::write_atomic(&probe, b"probe\n", 0o600)
+            let r = crate::files::atomic::write_atomic(&probe, b"probe\n", 0o600)
                 .and_then(|()| std::fs::remove_file(&probe))
                 .map_err(|source| StateError::Io {
                     path: probe.clone(),
@@ -1078,11 +1078,6 @@ impl Device {
     /// How trustd confined itself (posture shows it).
     pub fn set_confinement(&mut self, how: String) {
         self.confinement = Some(how);
-    }
-
-    /// Record what a check of the audit log found (posture shows it).
-    pub fn set_audit_problems(&mut self, problems: Vec<String>) {
-        self.audit_problems = problems;
     }
 
     /// The posture of the device now.
@@ -1208,23 +1203,11 @@ impl Device {
                 .digest("device", cmd.device.clone()),
         )?;
         let mut next = self.state.clone();
-        next.serials.raise(crate::bundle::Role::Command, cmd.serial);
-        next.lifecycle = to;
         // The envelope first (its serial is the floor should state.json be lost), then the
-        // state that names the new lifecycle.
-        // If the state cannot be saved, the previous envelope is put back: a refused command
+        // state that names the new lifecycle and the command serial, in one write. If the
+        // state cannot be saved, the previous envelope is put back: a refused command
         // raises no floor.
-        let last = self.store.paths().last_command();
-        let saved = crate::state::atomic::replace_keeping(&last, v.envelope_bytes(), 0o600)
-            .map_err(|source| StateError::Io {
-                path: last.clone(),
-                source,
-            })
-            .and_then(|kept| {
-                let saved = self.store.save(&next);
-                kept.settle(saved.is_ok());
-                saved
-            });
+        let saved = self.store.install_with(&v, &mut next, |n| n.lifecycle = to);
         if let Err(e) = self.note_state(saved) {
             self.audit.record(
                 Entry::new("command.apply", Outcome::Error, actor)
@@ -1650,17 +1633,18 @@ impl Device {
             .floor_roles
             .clone()
             .unwrap_or_else(|| self.root.roles.clone());
-        let command = std::fs::read(self.store.paths().last_command()).ok();
-        let resets = start_over(
-            &mut next,
-            &under,
-            new,
-            &Installed {
-                policy: self.policy.as_ref().map(Verified::envelope_bytes),
-                intel: self.intel.as_ref().map(Verified::envelope_bytes),
-                command: command.as_deref(),
-            },
-        );
+        let command = std::fs::read(self.store.input_path(Role::Command)).ok();
+        let installed = Installed::default()
+            .with(
+                Role::Policy,
+                self.policy.as_ref().map(Verified::envelope_bytes),
+            )
+            .with(
+                Role::Intel,
+                self.intel.as_ref().map(Verified::envelope_bytes),
+            )
+            .with(Role::Command, command.as_deref());
+        let resets = start_over(&mut next, &under, new, &installed);
         let kind = "trust-root.rotate";
         let (from, to) = (self.root.serial, new.serial);
         let mut entry = Entry::new(kind, Outcome::Ok, actor.clone())
@@ -1688,12 +1672,18 @@ impl Device {
         }
         self.state = next;
         self.root = new.clone();
+        let left = |role: Role| {
+            resets
+                .iter()
+                .any(|r| r.change.role == role && r.left.is_some())
+        };
+        if left(Role::Policy) {
+            self.policy = None;
+        }
+        if left(Role::Intel) {
+            self.intel = None;
+        }
         for r in resets.iter().filter(|r| r.left.is_some()) {
-            match r.change.role {
-                Role::Policy => self.policy = None,
-                Role::Intel => self.intel = None,
-                _ => {}
-            }
             // In force or not is decided above: a file left in place is refused by every
             // later load as well, since the root in force no longer verifies it.
             if let Err(e) = self.store.set_aside(r.change.role) {
@@ -1758,7 +1748,7 @@ impl Device {
 
     /// Record the change, then make it: the log never misses a change that happened. If the
     /// write fails after the record, a second record says so and the old state stays.
-    fn install<P: Payload>(
+    fn install<P: Stored>(
         &mut self,
         kind: &str,
         v: &Verified<P>,

@@ -93,7 +93,7 @@ pub fn open_pinned(p: &Profile) -> Result<OwnedFd, PinError> {
         }
         h.update(&buf[..n]);
     }
-    let got = crate::bundle::hex(&h.finalize());
+    let got = crate::digest::hex(&h.finalize());
     if got != p.sha256 {
         return Err(PinError::Hash {
             path: p.exec.clone(),
@@ -167,7 +167,7 @@ mod tests {
         // As root the hash is what differs; otherwise the owner already refuses it.
         match e {
             PinError::Hash { got, .. } => {
-                assert_eq!(got, crate::bundle::hex(&Sha256::digest(b"#!/bin/sh\n")));
+                assert_eq!(got, crate::digest::hex(&Sha256::digest(b"#!/bin/sh\n")));
             }
             PinError::Writable { uid, .. } => assert_ne!(uid, 0),
             e => panic!("{e}"),

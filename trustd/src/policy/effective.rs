@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use super::Lifecycle;
 use super::{AllowRule, InboundRule, NetworkMode, Policy, ProxySection, Tor, Vpn};
-use crate::state::Lifecycle;
 
 /// Why the network is in lockdown.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ mod intel;
 mod model;
 
 pub use cidr::{Cidr, parse_addr};
-pub use command::{LifecycleAction, LifecycleCommand};
+pub use command::{Lifecycle, LifecycleAction, LifecycleCommand};
 pub use effective::{Effective, EffectiveNetwork, LockdownReason, NetworkPlan, Overlay, effective};
 pub use intel::IntelFeed;
 pub use model::{

@@ -13,33 +13,32 @@
 //! Pure: the caller passes the installed envelopes' bytes, writes the state, sets aside
 //! the inputs that left force and audits what [`start_over`] returns. Reads no file.
 
-use crate::bundle::{
-    Payload, Role, RoleChange, Roles, TrustRoot, VerifyError, sha256_hex, verify_installed,
-};
-use crate::policy::{IntelFeed, LifecycleCommand, Policy};
+use std::collections::BTreeMap;
+
+use crate::bundle::{Role, RoleChange, Roles, TrustRoot};
+use crate::digest::sha256_hex;
 
 use super::DeviceState;
-use super::store::{digest_slot, unverified_serial};
+use super::input::StoredRole;
+use super::store::unverified_serial;
 
-/// The envelopes installed on the device, as stored.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Installed<'a> {
-    /// The last-good policy bundle.
-    pub policy: Option<&'a [u8]>,
-    /// The last-good intel feed.
-    pub intel: Option<&'a [u8]>,
-    /// The last lifecycle command accepted.
-    pub command: Option<&'a [u8]>,
-}
+/// The envelopes installed on the device, as stored, by role.
+#[derive(Debug, Clone, Default)]
+pub struct Installed<'a>(BTreeMap<Role, &'a [u8]>);
 
 impl<'a> Installed<'a> {
+    /// With `bytes` as the installed input of `role` (`None`: none is installed).
+    #[must_use]
+    pub fn with(mut self, role: Role, bytes: Option<&'a [u8]>) -> Self {
+        match bytes {
+            Some(b) => self.0.insert(role, b),
+            None => self.0.remove(&role),
+        };
+        self
+    }
+
     fn of(&self, role: Role) -> Option<&'a [u8]> {
-        match role {
-            Role::Root => None,
-            Role::Policy => self.policy,
-            Role::Intel => self.intel,
-            Role::Command => self.command,
-        }
+        self.0.get(&role).copied()
     }
 }
 
@@ -95,13 +94,9 @@ impl std::fmt::Display for RoleReset {
     }
 }
 
-fn check<P: Payload>(bytes: &[u8], root: &TrustRoot) -> Result<(u64, String), VerifyError> {
-    verify_installed::<P>(bytes, root).map(|v| (v.payload().serial(), v.digest().to_owned()))
-}
-
 /// Bring `state`'s floors, set under the roles `under`, under `root`: every role but root
-/// whose keys or threshold differ starts over (see the module), and the digest of a policy
-/// or intel feed that left force is cleared. `state.floor_roles` becomes `root`'s roles.
+/// whose keys or threshold differ starts over (see the module), and the digest of an input
+/// that left force is cleared (where `state.json` names one: [`super::Stored::digest_mut`]). `state.floor_roles` becomes `root`'s roles.
 /// Returns one entry per role started over, in the order policy, intel, command.
 pub fn start_over(
     state: &mut DeviceState,
@@ -115,13 +110,9 @@ pub fn start_over(
         if role == Role::Root {
             continue;
         }
+        let stored = StoredRole::of_role(role);
         let verdict = installed.of(role).map(|bytes| {
-            let result = match role {
-                Role::Policy => check::<Policy>(bytes, root),
-                Role::Intel => check::<IntelFeed>(bytes, root),
-                _ => check::<LifecycleCommand>(bytes, root),
-            };
-            result.map_err(|e| LeftForce {
+            stored.check_installed(bytes, root).map_err(|e| LeftForce {
                 digest: sha256_hex(bytes),
                 serial: unverified_serial(bytes),
                 why: e.to_string(),
@@ -135,8 +126,10 @@ pub fn start_over(
         let from = state.serials.get(role);
         let to = kept.as_ref().map_or(0, |(serial, _)| *serial);
         state.serials.set(role, to);
-        if left.is_some() && matches!(role, Role::Policy | Role::Intel) {
-            *digest_slot(state, role) = None;
+        if left.is_some()
+            && let Some(digest) = stored.digest_mut(state)
+        {
+            *digest = None;
         }
         resets.push(RoleReset {
             change,
@@ -237,10 +230,7 @@ mod tests {
             &mut s,
             &old.roles,
             &new,
-            &Installed {
-                policy: Some(&attack),
-                ..Installed::default()
-            },
+            &Installed::default().with(Role::Policy, Some(&attack)),
         );
         assert_eq!(resets.len(), 1);
         let r = &resets[0];
@@ -275,10 +265,7 @@ mod tests {
             &mut s,
             &root(&[&key(2)], 1).roles,
             &root(&[&key(8)], 1),
-            &Installed {
-                policy: Some(&both),
-                ..Installed::default()
-            },
+            &Installed::default().with(Role::Policy, Some(&both)),
         );
         assert_eq!(resets[0].kept, Some((40, sha256_hex(&both))));
         assert_eq!(resets[0].left, None);
@@ -294,10 +281,7 @@ mod tests {
             &mut s,
             &root(&[&key(2), &key(3)], 1).roles,
             &root(&[&key(2), &key(3)], 2),
-            &Installed {
-                policy: Some(&one),
-                ..Installed::default()
-            },
+            &Installed::default().with(Role::Policy, Some(&one)),
         );
         assert_eq!(resets[0].floor, (u64::MAX, 0));
         assert!(resets[0].left.is_some());
@@ -311,10 +295,7 @@ mod tests {
             &mut s,
             &root(&[&key(2)], 1).roles,
             &root(&[&key(2), &key(9)], 1),
-            &Installed {
-                policy: Some(&p),
-                ..Installed::default()
-            },
+            &Installed::default().with(Role::Policy, Some(&p)),
         );
         assert_eq!(resets[0].floor, (12, 12));
         assert!(resets[0].kept.is_some() && resets[0].left.is_none());
@@ -350,10 +331,7 @@ mod tests {
             &mut s,
             &old.roles,
             &new,
-            &Installed {
-                policy: Some(&p),
-                ..Installed::default()
-            },
+            &Installed::default().with(Role::Policy, Some(&p)),
         );
         assert_eq!(resets, []);
         assert_eq!(s.serials.policy, u64::MAX, "policy keys did not change");
@@ -390,11 +368,9 @@ mod tests {
             &mut s,
             &old.roles,
             &new,
-            &Installed {
-                intel: Some(&feed),
-                command: Some(b"not an envelope"),
-                ..Installed::default()
-            },
+            &Installed::default()
+                .with(Role::Intel, Some(&feed))
+                .with(Role::Command, Some(b"not an envelope")),
         );
         let roles: Vec<Role> = resets.iter().map(|r| r.change.role).collect();
         assert_eq!(roles, [Role::Intel, Role::Command]);

@@ -7,15 +7,19 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
 
-use super::atomic::{create_dir_all, write_atomic};
 use crate::Paths;
+use crate::files::atomic::{create_dir_all, fsync_dir, write_atomic};
 
 /// The secret's length in bytes.
 pub const SECRET_LEN: usize = 32;
 
-/// The device secret. Its bytes never leave this type.
+/// The device secret. Its bytes never leave this type, and are zeroed when it is dropped
+/// (`zeroize`, which the compiler may not optimize away; copies made before, such as a
+/// register spill, are not covered).
 pub struct DeviceSecret([u8; SECRET_LEN]);
 
 impl std::fmt::Debug for DeviceSecret {
@@ -26,51 +30,43 @@ impl std::fmt::Debug for DeviceSecret {
 
 impl Drop for DeviceSecret {
     fn drop(&mut self) {
-        // Not a guarantee against copies the compiler made, but no plain copy lingers here.
-        self.0 = [0; SECRET_LEN];
+        self.0.zeroize();
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) with a key of at most one block.
+/// HMAC-SHA256 (RFC 2104, the `hmac` crate) of `msg` under `key` (any length: a key longer
+/// than a block is hashed first).
 pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |b: u8| -> [u8; 64] { block.map(|k| k ^ b) };
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
+    // HMAC takes a key of any length: new_from_slice cannot fail for it.
+    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else {
+        unreachable!("HMAC accepts keys of every length")
+    };
+    mac.update(msg);
+    mac.finalize().into_bytes().into()
 }
 
 impl DeviceSecret {
     /// A new random secret.
     pub fn generate() -> std::io::Result<Self> {
-        let mut b = [0u8; SECRET_LEN];
-        getrandom::fill(&mut b).map_err(std::io::Error::other)?;
-        Ok(Self(b))
+        let mut s = Self([0u8; SECRET_LEN]);
+        getrandom::fill(&mut s.0).map_err(std::io::Error::other)?;
+        Ok(s)
     }
 
     /// The secret on disk, if there is one of the right length.
     pub fn load(paths: &Paths) -> std::io::Result<Option<Self>> {
-        match std::fs::read(paths.device_secret()) {
+        match std::fs::read(paths.device_secret()).map(Zeroizing::new) {
             Ok(b) => {
-                let arr: [u8; SECRET_LEN] = b.as_slice().try_into().map_err(|_| {
-                    std::io::Error::other(format!(
+                let mut s = Self([0u8; SECRET_LEN]);
+                if b.len() != SECRET_LEN {
+                    return Err(std::io::Error::other(format!(
                         "{} is {} bytes, not {SECRET_LEN}",
                         paths.device_secret().display(),
                         b.len()
-                    ))
-                })?;
-                Ok(Some(Self(arr)))
+                    )));
+                }
+                s.0.copy_from_slice(&b);
+                Ok(Some(s))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -86,7 +82,7 @@ impl DeviceSecret {
     /// Remove the secret from disk (and the directory entry durably).
     pub fn destroy(paths: &Paths) -> std::io::Result<()> {
         match std::fs::remove_file(paths.device_secret()) {
-            Ok(()) => super::atomic::fsync_dir(&paths.state_dir()),
+            Ok(()) => fsync_dir(&paths.state_dir()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }

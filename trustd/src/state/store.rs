@@ -1,21 +1,22 @@
 //! Reading and writing the state directory.
 
-use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::atomic::{create_dir_all, fsync_dir, replace_keeping, write_atomic};
+use super::input::{Stored, StoredRole};
 use super::recovery::{Installed, RoleReset, start_over};
 use super::{DeviceState, STATE_VERSION, Serials};
 use crate::Paths;
 use crate::bundle::{
     Envelope, Payload, Role, TrustRoot, Verified, verify_installed, verify_self_signed_root,
 };
+use crate::files::atomic::{create_dir_all, fsync_dir, replace_keeping, write_atomic};
+use crate::files::lock::{DirLock, LockError, try_lock};
 use crate::json::parse_strict;
-use crate::policy::{IntelFeed, LifecycleCommand, Policy};
+use crate::policy::{IntelFeed, Policy};
 
 /// Why the state directory could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +92,7 @@ pub struct StateStore {
 }
 
 /// Held while a process writes the state directory; released on drop.
-#[derive(Debug)]
-pub struct StateLock {
-    _file: File,
-}
+pub type StateLock = DirLock;
 
 impl StateStore {
     /// The store under `paths`.
@@ -112,16 +110,10 @@ impl StateStore {
         let dir = self.paths.state_dir();
         create_dir_all(&dir, 0o700).map_err(io(&dir))?;
         let path = self.paths.state_lock();
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(StateLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked(dir)),
-            Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+        match try_lock(&path) {
+            Ok(l) => Ok(l),
+            Err(LockError::Held) => Err(StateError::Locked(dir)),
+            Err(LockError::Io(e)) => Err(io(&path)(e)),
         }
     }
 
@@ -179,24 +171,14 @@ impl StateStore {
                 // Only the inputs of changed roles are read (a feed can be large).
                 let changed: Vec<Role> =
                     under.changes(&root.roles).iter().map(|c| c.role).collect();
-                let read = |role: Role| {
-                    changed
-                        .contains(&role)
-                        .then(|| std::fs::read(self.input_path(role)).ok())
-                        .flatten()
-                };
-                let (policy, intel, command) =
-                    (read(Role::Policy), read(Role::Intel), read(Role::Command));
-                resets = start_over(
-                    &mut state,
-                    &under,
-                    root,
-                    &Installed {
-                        policy: policy.as_deref(),
-                        intel: intel.as_deref(),
-                        command: command.as_deref(),
-                    },
-                );
+                let bytes: Vec<(Role, Vec<u8>)> = changed
+                    .iter()
+                    .filter_map(|role| Some((*role, std::fs::read(self.input_path(*role)).ok()?)))
+                    .collect();
+                let installed = bytes
+                    .iter()
+                    .fold(Installed::default(), |i, (role, b)| i.with(*role, Some(b)));
+                resets = start_over(&mut state, &under, root, &installed);
                 for r in &resets {
                     notes.push(format!(
                         "the trust root changed a role since its floor was set: {r}"
@@ -209,20 +191,8 @@ impl StateStore {
             _ => {}
         }
         state.floor_roles = Some(root.roles.clone());
-        let policy = self.load_input::<Policy>(
-            &self.paths.policy_bundle(),
-            root,
-            &mut state,
-            trusted,
-            &mut notes,
-        );
-        let intel = self.load_input::<IntelFeed>(
-            &self.paths.intel_feed(),
-            root,
-            &mut state,
-            trusted,
-            &mut notes,
-        );
+        let policy = self.load_input::<Policy>(root, &mut state, trusted, &mut notes);
+        let intel = self.load_input::<IntelFeed>(root, &mut state, trusted, &mut notes);
         Loaded {
             state,
             condition,
@@ -234,19 +204,20 @@ impl StateStore {
         }
     }
 
-    fn load_input<P: Payload>(
+    /// Load the last-good input of type `P`, one `state.json` names by digest.
+    fn load_input<P: Stored>(
         &self,
-        path: &Path,
         root: &TrustRoot,
         state: &mut DeviceState,
         trusted_state: bool,
         notes: &mut Vec<String>,
     ) -> Option<Verified<P>> {
         let what = P::ROLE.as_str();
-        let bytes = match std::fs::read(path) {
+        let path = self.paths.input::<P>();
+        let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                if trusted_state && digest_slot(state, P::ROLE).is_some() {
+                if trusted_state && P::digest_mut(state).is_some_and(|d| d.is_some()) {
                     notes.push(format!("last-good {what} file is missing: none in force"));
                 }
                 return None;
@@ -269,8 +240,8 @@ impl StateStore {
             }
         };
         let serial = v.payload().serial();
-        let held = state.serials.get(P::ROLE);
-        let matches = digest_slot(state, P::ROLE).as_deref() == Some(v.digest());
+        let held = P::floor(&state.serials);
+        let matches = P::digest_mut(state).is_some_and(|d| d.as_deref() == Some(v.digest()));
         if trusted_state && !matches {
             if serial > held {
                 // Power was lost between writing the input and writing state.json.
@@ -284,36 +255,43 @@ impl StateStore {
                 return None;
             }
         }
-        state.serials.raise(P::ROLE, serial);
-        *digest_slot(state, P::ROLE) = Some(v.digest().to_owned());
+        let floor = P::floor_mut(&mut state.serials);
+        *floor = (*floor).max(serial);
+        if let Some(d) = P::digest_mut(state) {
+            *d = Some(v.digest().to_owned());
+        }
         Some(v)
     }
 
     /// The most restrictive state. Its floors come from the signed inputs on disk that
-    /// `root` still verifies: the policy and intel feed raise theirs when loaded, the last
-    /// command here, the root's from `root` itself. An input the trust root no longer
-    /// verifies (one signed by keys a rotation removed, with whatever serial) raises
-    /// nothing, or a stolen key's serial would come back with a lost state.json.
+    /// `root` still verifies: the inputs loaded at start (policy, intel feed) raise theirs
+    /// when loaded, every other one (the last command) here, the root's from `root` itself.
+    /// An input the trust root no longer verifies (one signed by keys a rotation removed,
+    /// with whatever serial) raises nothing, or a stolen key's serial would come back with a
+    /// lost state.json.
     fn restrictive(&self, root: &TrustRoot) -> DeviceState {
         let mut serials = Serials::default();
         serials.raise(Role::Root, root.serial);
-        if let Some(v) = std::fs::read(self.paths.last_command())
-            .ok()
-            .and_then(|b| verify_installed::<LifecycleCommand>(&b, root).ok())
-        {
-            serials.raise(Role::Command, v.payload().serial);
+        for role in Role::ALL {
+            let stored = StoredRole::of_role(role);
+            if role == Role::Root || stored.loaded_at_start() {
+                continue;
+            }
+            if let Some((serial, _)) = std::fs::read(self.input_path(role))
+                .ok()
+                .and_then(|b| stored.check_installed(&b, root).ok())
+            {
+                serials.raise(role, serial);
+            }
         }
         DeviceState::most_restrictive(serials)
     }
 
-    /// The file an installed input of `role` is kept in.
+    /// The file an installed input of `role` is kept in ([`Payload::FILE_NAME`]).
     pub fn input_path(&self, role: Role) -> PathBuf {
-        match role {
-            Role::Policy => self.paths.policy_bundle(),
-            Role::Intel => self.paths.intel_feed(),
-            Role::Root => self.paths.rotated_trust_root(),
-            Role::Command => self.paths.last_command(),
-        }
+        self.paths
+            .state_dir()
+            .join(StoredRole::of_role(role).file_name)
     }
 
     /// Move the installed input of `role` out of use, to `<its name>.untrusted` beside it
@@ -336,15 +314,11 @@ impl StateStore {
     }
 
     fn has_other_state(&self) -> bool {
-        [
-            self.paths.policy_bundle(),
-            self.paths.intel_feed(),
-            self.paths.device_secret(),
-            self.paths.rotated_trust_root(),
-            self.paths.last_command(),
-        ]
-        .iter()
-        .any(|p| p.exists())
+        Role::ALL
+            .into_iter()
+            .map(|role| self.input_path(role))
+            .chain([self.paths.device_secret()])
+            .any(|p| p.exists())
     }
 
     /// Persist `state` atomically.
@@ -359,41 +333,41 @@ impl StateStore {
 
     /// Make `input` the last good one of its role: the envelope first, then the state that
     /// names it. A crash between the two is completed by the next [`Self::load`].
-    pub fn install<P: Payload>(
+    pub fn install<P: Stored>(
         &self,
         input: &Verified<P>,
         state: &mut DeviceState,
     ) -> Result<(), StateError> {
-        let path = (P::ROLE != Role::Command).then(|| self.input_path(P::ROLE));
+        self.install_with(input, state, |_| {})
+    }
+
+    /// [`Self::install`], with `also` changing the state in the same write (a lifecycle
+    /// command's new lifecycle): both take effect, or neither.
+    pub fn install_with<P: Stored>(
+        &self,
+        input: &Verified<P>,
+        state: &mut DeviceState,
+        also: impl FnOnce(&mut DeviceState),
+    ) -> Result<(), StateError> {
+        let path = self.paths.input::<P>();
         let mut next = state.clone();
         // The envelope in place before is kept (a second link) until the state that names
         // the new one is saved: if that fails, it is put back, so that a refused install is
-        // not completed by the next load.
-        let mut kept = None;
-        if let Some(path) = path {
-            let dir = self.paths.state_dir();
-            create_dir_all(&dir, 0o700).map_err(io(&dir))?;
-            kept = Some(replace_keeping(&path, input.envelope_bytes(), 0o600).map_err(io(&path))?);
+        // not completed by the next load (and a refused command raises no floor).
+        let dir = self.paths.state_dir();
+        create_dir_all(&dir, 0o700).map_err(io(&dir))?;
+        let kept = replace_keeping(&path, input.envelope_bytes(), 0o600).map_err(io(&path))?;
+        let floor = P::floor_mut(&mut next.serials);
+        *floor = (*floor).max(input.payload().serial());
+        if let Some(d) = P::digest_mut(&mut next) {
+            *d = Some(input.digest().to_owned());
         }
-        next.serials.raise(P::ROLE, input.payload().serial());
-        if matches!(P::ROLE, Role::Policy | Role::Intel) {
-            *digest_slot(&mut next, P::ROLE) = Some(input.digest().to_owned());
-        }
+        also(&mut next);
         let saved = self.save(&next);
-        if let Some(k) = kept {
-            k.settle(saved.is_ok());
-        }
+        kept.settle(saved.is_ok());
         saved?;
         *state = next;
         Ok(())
-    }
-}
-
-/// Where `state` names the digest of the installed input of `role` (policy or intel).
-pub(super) fn digest_slot(state: &mut DeviceState, role: Role) -> &mut Option<String> {
-    match role {
-        Role::Intel => &mut state.intel_digest,
-        _ => &mut state.policy_digest,
     }
 }
 

@@ -11,7 +11,11 @@
 //! zombie or a hung helper behind).
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -138,8 +142,8 @@ pub fn run<G>(
     // Its own process group: at the deadline the group is killed, helpers included.
     .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (sigemptyset, sigprocmask, sigaction, prctl, getppid) on
-    // stack memory; it allocates nothing and takes no lock.
+    // async-signal-safe calls (sigprocmask, rt_sigaction, prctl, getppid) on stack memory;
+    // it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(clean_signal_state);
     }
@@ -179,24 +183,22 @@ pub fn run<G>(
 /// In the child, before exec: an empty signal mask, default dispositions, and death with the
 /// thread that started it. Only async-signal-safe calls.
 fn clean_signal_state() -> std::io::Result<()> {
-    // SAFETY: plain system calls (sigemptyset, sigprocmask, rt_sigaction, getppid, prctl,
-    // _exit) on stack memory that outlives each call; all are async-signal-safe (see `run`).
-    unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // Every signal number the kernel knows (1..=64), through the system call itself:
-        // the C library refuses the numbers it reserves (32, 33), which a parent may still
-        // have ignored. SIGKILL and SIGSTOP refuse the change and need none.
-        let dfl = KernelSigaction {
-            handler: libc::SIG_DFL,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        };
-        for sig in 1..=64 {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    // Every signal number the kernel knows (1..=64), through the system call itself: the C
+    // library (and nix's `Signal`) refuse the numbers libc reserves (32, 33), which a parent
+    // may still have ignored. SIGKILL and SIGSTOP refuse the change and need none.
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        // SAFETY: nix has no call that takes a raw signal number. `dfl` is a valid kernel
+        // sigaction on the stack that outlives the call; a null old-action pointer is
+        // allowed; rt_sigaction is async-signal-safe (see `run`).
+        unsafe {
             libc::syscall(
                 libc::SYS_rt_sigaction,
                 sig,
@@ -205,14 +207,13 @@ fn clean_signal_state() -> std::io::Result<()> {
                 std::mem::size_of::<u64>(),
             );
         }
-        let parent = libc::getppid();
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // The parent may have died between fork and prctl: then die now.
-        if libc::getppid() != parent {
-            libc::_exit(127);
-        }
+    }
+    let parent = nix::unistd::getppid();
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    // The parent may have died between fork and prctl: then the child must not run (the
+    // error ends it before exec; no one is left to read it). An OS error allocates nothing.
+    if nix::unistd::getppid() != parent {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(())
 }
@@ -227,15 +228,10 @@ struct KernelSigaction {
     mask: u64,
 }
 
-fn nonblocking(fd: &impl AsRawFd) -> std::io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments only.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+fn nonblocking(fd: &impl AsFd) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_retain(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
@@ -270,15 +266,6 @@ fn talk(
         if left.is_zero() {
             return Ok(None);
         }
-        let mut fds = Vec::with_capacity(3);
-        let raw = |f: Option<i32>, events| libc::pollfd {
-            fd: f.unwrap_or(-1),
-            events,
-            revents: 0,
-        };
-        fds.push(raw(stdin.as_ref().map(AsRawFd::as_raw_fd), libc::POLLOUT));
-        fds.push(raw(stdout.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN));
-        fds.push(raw(stderr.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN));
         // Whether the child itself has ended: output a helper it left behind holds open is
         // then waited for only briefly (its exit status is what counts).
         if exited.is_none() && has_exited(child.id()) {
@@ -289,29 +276,30 @@ fn talk(
             // a session of its own (out of reach of the group kill): found by the pipes it
             // holds, and killed.
             let held: Vec<u64> = [
-                stdout.as_ref().map(AsRawFd::as_raw_fd),
-                stderr.as_ref().map(AsRawFd::as_raw_fd),
+                stdout.as_ref().and_then(pipe_inode),
+                stderr.as_ref().and_then(pipe_inode),
             ]
             .into_iter()
             .flatten()
-            .filter_map(pipe_inode)
             .collect();
             kill_holders(&held);
             break;
         }
         let left = left.min(Duration::from_millis(50));
-        let ms = libc::c_int::try_from(left.as_millis() + 1).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `fds` is a valid array of 3 pollfds for the duration of the call; negative
-        // descriptors are ignored by poll.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if fds[0].revents != 0
+        let ms = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
+        let ready = match poll_ready(
+            [
+                stdin.as_ref().map(|p| (p.as_fd(), PollFlags::POLLOUT)),
+                stdout.as_ref().map(|p| (p.as_fd(), PollFlags::POLLIN)),
+                stderr.as_ref().map(|p| (p.as_fd(), PollFlags::POLLIN)),
+            ],
+            ms,
+        ) {
+            Ok(r) => r,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if ready[0]
             && let Some(pipe) = stdin.as_mut()
         {
             match pipe.write(&input[written..]) {
@@ -326,16 +314,38 @@ fn talk(
                 stdin = None;
             }
         }
-        if fds[1].revents != 0 && drain(&mut stdout, &mut out, &mut buf, MAX_STDOUT)? {
+        if ready[1] && drain(&mut stdout, &mut out, &mut buf, MAX_STDOUT)? {
             return Err(std::io::Error::other(format!(
                 "it wrote more than {MAX_STDOUT} bytes to stdout (killed)"
             )));
         }
-        if fds[2].revents != 0 {
+        if ready[2] {
             let _over = drain(&mut stderr, &mut err, &mut buf, MAX_STDERR)?;
         }
     }
     Ok(Some((out, err)))
+}
+
+/// Poll the descriptors present in `fds` (an absent one is not polled and never ready) for
+/// up to `ms` milliseconds: which of them are ready (any event, errors and hang-ups
+/// included).
+fn poll_ready(
+    fds: [Option<(std::os::fd::BorrowedFd<'_>, PollFlags)>; 3],
+    ms: u16,
+) -> nix::Result<[bool; 3]> {
+    let mut slots = [None; 3];
+    let mut polled = Vec::with_capacity(3);
+    for (i, fd) in fds.into_iter().enumerate() {
+        if let Some((fd, events)) = fd {
+            slots[i] = Some(polled.len());
+            polled.push(PollFd::new(fd, events));
+        }
+    }
+    nix::poll::poll(&mut polled, PollTimeout::from(ms))?;
+    Ok(slots.map(|s| {
+        s.and_then(|i| polled[i].revents())
+            .is_some_and(|r| !r.is_empty())
+    }))
 }
 
 /// Read what a non-blocking pipe holds into `sink`, keeping at most `limit` bytes; at its
@@ -388,12 +398,8 @@ fn wait_until(child: &mut Child, end: Instant) -> std::io::Result<Option<ExitSta
 /// SIGKILL the child's process group (and the child itself, should it have left the group),
 /// then reap it; one that does not die within [`REAP_GRACE`] is reaped by a thread of its own.
 /// The inode of the pipe behind descriptor `fd`.
-fn pipe_inode(fd: i32) -> Option<u64> {
-    // SAFETY: fstat fills the zeroed stat buffer for a descriptor this process owns.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        (libc::fstat(fd, &mut st) == 0).then_some(st.st_ino)
-    }
+fn pipe_inode(fd: &impl AsFd) -> Option<u64> {
+    nix::sys::stat::fstat(fd.as_fd()).ok().map(|st| st.st_ino)
 }
 
 /// SIGKILL every other process holding one of the pipes `inodes` (`/proc/PID/fd`).
@@ -422,10 +428,8 @@ fn kill_holders(inodes: &[u64]) {
         });
         if holds && let Ok(pid) = libc::pid_t::try_from(pid) {
             tracing::warn!("killing process {pid}, left behind by a child and holding its output");
-            // SAFETY: kill takes integers; `pid` holds this process's own pipe to the child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            // `pid` holds this process's own pipe to the child.
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
@@ -433,30 +437,27 @@ fn kill_holders(inodes: &[u64]) {
 /// Whether child `pid` has exited, without reaping it (`waitid` with `WNOWAIT`): its pid, and
 /// so its process group's id, stay its own until it is reaped.
 fn has_exited(pid: u32) -> bool {
-    let pid: libc::id_t = pid;
-    // SAFETY: `info` is a zeroed siginfo_t that waitid fills; P_PID with WNOHANG | WNOWAIT
-    // only inspects our own child and leaves it waitable.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let rc = libc::waitid(
-            libc::P_PID,
-            pid,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        );
-        rc == 0 && info.si_pid() != 0
-    }
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // P_PID with WNOHANG | WNOWAIT only inspects our own child and leaves it waitable.
+    matches!(
+        waitid(
+            Id::Pid(Pid::from_raw(pid)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ),
+        Ok(status) if status != WaitStatus::StillAlive
+    )
 }
 
 fn kill_and_reap(mut child: Child) {
     let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
     if pid > 0 {
-        // SAFETY: kill takes integers; the group is the child's own (`process_group(0)`), and
-        // the child is not reaped yet, so its pid cannot name another process.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::kill(pid, libc::SIGKILL);
-        }
+        // The group is the child's own (`process_group(0)`), and the child is not reaped
+        // yet, so its pid cannot name another process.
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     let end = Instant::now() + REAP_GRACE;
     if let Ok(Some(_)) = wait_until(&mut child, end) {
@@ -567,15 +568,11 @@ mod tests {
     #[test]
     fn a_child_starts_with_an_empty_signal_mask_and_default_dispositions() {
         // Block and ignore signals in this thread as trustd does in every thread.
-        // SAFETY: sigset_t is plain data initialized by sigemptyset; the mask change only
-        // affects this test's thread.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGHUP);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        }
+        // The mask change only affects this test's thread.
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGHUP);
+        set.thread_block().expect("block");
         let out = run(
             Command::new("cat").arg("/proc/self/status"),
             None,

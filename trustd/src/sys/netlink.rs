@@ -6,7 +6,6 @@
 //! notifications) or any receive fails, [`LinkWatcher::run`] subscribes again, then reads
 //! the full link list, and hands it on as a [`LinkUpdate::Resync`] saying what was lost.
 
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -15,6 +14,7 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use nix::sys::socket::{setsockopt, sockopt};
 
 /// A link's state as the kernel reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,22 +146,10 @@ impl LinkWatcher {
     pub fn with_receive_buffer(bytes: usize) -> std::io::Result<Self> {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
         sock.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
-        let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            // SAFETY: the socket is open for the call; the option value is a c_int that
-            // lives across the call and its size is passed.
-            let rc = unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&raw const size).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc == 0 {
-                break;
-            }
+        let size = bytes.min(libc::c_int::MAX as usize);
+        // SO_RCVBUFFORCE (above the system's maximum, with CAP_NET_ADMIN), else SO_RCVBUF.
+        if setsockopt(&sock, sockopt::RcvBufForce, &size).is_err() {
+            let _ = setsockopt(&sock, sockopt::RcvBuf, &size);
         }
         Ok(Self {
             sock,

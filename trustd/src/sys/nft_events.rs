@@ -13,11 +13,13 @@
 //! the ruleset; deciding what a change means is the daemon's.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{setsockopt, sockopt};
 
 /// The nftables multicast group (`NFNLGRP_NFTABLES`).
 const NFNLGRP_NFTABLES: u32 = 7;
@@ -32,7 +34,7 @@ const NFTA_GEN_PROC_PID: u16 = 2;
 const NFTA_GEN_PROC_NAME: u16 = 3;
 /// How much the kernel may queue for this socket before it overruns (`SO_RCVBUFFORCE`; a
 /// flush of a 100k-element set announces every element). Memory is only used while queued.
-const RCVBUF: libc::c_int = 64 << 20;
+const RCVBUF: usize = 64 << 20;
 /// A burst ends after this much quiet...
 const QUIET: Duration = Duration::from_millis(25);
 /// ...or this long after it began, whichever comes first.
@@ -373,24 +375,12 @@ impl TableWatcher {
         let mut sock = Socket::new(NETLINK_NETFILTER)?;
         sock.bind_auto()?;
         sock.add_membership(NFNLGRP_NFTABLES)?;
-        let size: libc::c_int = RCVBUF;
-        // SAFETY: the socket is open for the call; the option value is a c_int that lives
-        // across the call and its size is passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&raw const size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
+        if let Err(e) = setsockopt(&sock, sockopt::RcvBufForce, &RCVBUF) {
             // Without the larger buffer a big flush overruns sooner; that is still seen
             // (ENOBUFS), only less precisely.
             tracing::warn!(
                 "nftables notifications: receive buffer not enlarged: {}",
-                std::io::Error::last_os_error()
+                std::io::Error::from(e)
             );
         }
         Ok(Self {
@@ -404,25 +394,13 @@ impl TableWatcher {
 
     /// Wait up to `timeout` for the socket to become readable.
     fn readable(&self, timeout: Duration) -> std::io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call and the count is 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        match rc {
-            0 => Ok(false),
-            r if r > 0 => Ok(true),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
+        let mut pfd = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        match poll(&mut pfd, timeout) {
+            Ok(0) => Ok(false),
+            Ok(_) => Ok(true),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
