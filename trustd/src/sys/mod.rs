@@ -5,6 +5,7 @@ use std::path::Path;
 
 pub mod child;
 pub mod netlink;
+pub mod nfnl;
 pub mod nft_events;
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), or `unknown`.
