@@ -155,8 +155,12 @@ fn is_own(pid: u32) -> bool {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .any(|(p, reaped)| *p == pid && reaped.is_none_or(|t| now.duration_since(t) < OWN_GRACE));
-    // trustd itself commits the blocklist table's netlink batches.
-    pid == std::process::id() || registered || parent_of(pid) == Some(std::process::id())
+    // trustd itself commits the blocklist table's netlink batches; the kernel names the
+    // committing thread, which may be any of trustd's.
+    pid == std::process::id()
+        || registered
+        || std::path::Path::new(&format!("/proc/self/task/{pid}")).exists()
+        || parent_of(pid) == Some(std::process::id())
 }
 
 /// The parent pid of a live process (`/proc/PID/stat`, the field after the command name).
