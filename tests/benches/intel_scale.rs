@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use trustd::bundle::{
-    Payload, PublicKeyFile, RoleKeys, Roles, SigningKey, TrustKey, TrustRoot, generate_key,
-    key_id, sign_envelope, verify,
+    Payload, PublicKeyFile, RoleKeys, Roles, SigningKey, TrustKey, TrustRoot, generate_key, key_id,
+    sign_envelope, verify,
 };
 use trustd::netfilter::{Backend, NftBackend, apply_intel, compile_intel, update_intel};
 use trustd::policy::IntelFeed;
@@ -63,7 +63,12 @@ fn entries(n: usize) -> (Vec<String>, Vec<String>) {
         .map(|i| std::net::Ipv4Addr::from(0x0b00_0000 + i * 7 + 1).to_string())
         .collect();
     let p = (0..(n - hosts) as u32)
-        .map(|i| format!("{}/24", std::net::Ipv4Addr::from(0x8000_0000 | ((2 * i) << 8))))
+        .map(|i| {
+            format!(
+                "{}/24",
+                std::net::Ipv4Addr::from(0x8000_0000 | ((2 * i) << 8))
+            )
+        })
         .collect();
     (h, p)
 }
@@ -247,7 +252,10 @@ fn bench(n: usize, signer: &Signer, old: bool) {
         &serde_json::from_value::<IntelFeed>(feed(2, &hosts2, &nets)).expect("feed"),
     ));
     let t = Instant::now();
-    assert!(update_intel(&mut nl, &rs, &rs2).expect("add"), "incremental");
+    assert!(
+        update_intel(&mut nl, &rs, &rs2).expect("add"),
+        "incremental"
+    );
     let t_add = t.elapsed();
     let cut = 1000.min(nets.len());
     let nets3 = &nets[cut..];
@@ -255,7 +263,10 @@ fn bench(n: usize, signer: &Signer, old: bool) {
         &serde_json::from_value::<IntelFeed>(feed(3, &hosts2, nets3)).expect("feed"),
     ));
     let t = Instant::now();
-    assert!(update_intel(&mut nl, &rs2, &rs3).expect("delete"), "incremental");
+    assert!(
+        update_intel(&mut nl, &rs2, &rs3).expect("delete"),
+        "incremental"
+    );
     let t_del = t.elapsed();
     println!(
         "  1k addresses added: {:.1} ms; {cut} prefixes deleted from the interval set: {:.1} ms (target <= 10 ms each)",

@@ -26,10 +26,24 @@ fn feed(malware: &[&str], trackers: &[&str]) -> Value {
 /// `nft -j list table inet trustd_intel` in `ns`, without handles, set elements sorted.
 fn listing(ns: &str) -> Value {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-j", "list", "table", "inet", INTEL_TABLE])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "-j",
+            "list",
+            "table",
+            "inet",
+            INTEL_TABLE,
+        ])
         .output()
         .expect("nft");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut v: Value = serde_json::from_slice(&out.stdout).expect("json");
     for item in v["nftables"].as_array_mut().expect("list") {
         for (_, inner) in item.as_object_mut().expect("object").iter_mut() {
@@ -98,7 +112,8 @@ fn the_table_built_over_netlink_lists_as_nft_builds_it_and_drops_real_packets() 
     lab.load(&f);
     let mut dev = Device::open(&lab.paths(), Actor::this_process()).expect("device");
     let mut nl = NftBackend::in_netns(&lab.dev);
-    dev.enforce(&mut nl, Actor::this_process()).expect("enforce");
+    dev.enforce(&mut nl, Actor::this_process())
+        .expect("enforce");
     dev.enforce_intel(&mut nl, Actor::this_process())
         .expect("blocklists over netlink");
 
@@ -117,8 +132,14 @@ fn the_table_built_over_netlink_lists_as_nft_builds_it_and_drops_real_packets() 
     let text = serde_json::to_string(&held).expect("json");
     verify_intel_listing(&rs_protected, &text).expect("the listing holds the compiled table");
 
-    assert!(!lab.probe("10.99.0.3:443/tcp", None), "a listed address is dropped");
-    assert!(!lab.probe("10.97.0.1:443/tcp", None), "a listed prefix is dropped");
+    assert!(
+        !lab.probe("10.99.0.3:443/tcp", None),
+        "a listed address is dropped"
+    );
+    assert!(
+        !lab.probe("10.97.0.1:443/tcp", None),
+        "a listed prefix is dropped"
+    );
     assert!(lab.probe("10.99.0.2:443/tcp", None), "others pass");
 
     // An update that adds an address and removes a prefix: element batches, no replace.
@@ -139,11 +160,17 @@ fn the_table_built_over_netlink_lists_as_nft_builds_it_and_drops_real_packets() 
         .find(|r| r.kind == "intel.enforce")
         .expect("record");
     assert!(
-        last.reason.as_deref().unwrap_or("").ends_with("table updated"),
+        last.reason
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("table updated"),
         "{:?}",
         last.reason
     );
-    assert!(!lab.probe("10.99.0.2:443/tcp", None), "the added address is dropped");
+    assert!(
+        !lab.probe("10.99.0.2:443/tcp", None),
+        "the added address is dropped"
+    );
     assert!(
         lab.probe("10.97.0.1:443/tcp", None),
         "the removed prefix passes again (deleted from its interval set)"

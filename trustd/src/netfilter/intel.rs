@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
 
 use super::compile::{LOOPBACK_PREFIXES, Protected, ProtectedKind, link_setup_in, link_setup_out};
+use super::intel_netlink::{self, with_netlink};
 use super::model::{Action, Match, Rule};
 use super::render::render_expr;
-use super::intel_netlink::{self, with_netlink};
 use super::{Backend, EnforceError, NftError};
 use crate::bundle::sha256_hex;
 use crate::policy::{Cidr, IntelFeed};

@@ -137,10 +137,18 @@ fn be32(v: &[u8]) -> u32 {
 /// The hook of a dumped chain, `None` for a regular chain.
 fn hook_of(body: &[u8]) -> Option<Hook> {
     let nest = attrs(body).find(|(t, _)| *t == NFTA_CHAIN_HOOK)?.1;
-    let num = attrs(nest).find(|(t, _)| *t == NFTA_HOOK_HOOKNUM).map(|(_, v)| be32(v))?;
-    let prio = attrs(nest).find(|(t, _)| *t == NFTA_HOOK_PRIORITY).map(|(_, v)| be32(v))?;
-    let policy = attrs(body).find(|(t, _)| *t == NFTA_CHAIN_POLICY).map_or(NF_ACCEPT, |(_, v)| be32(v));
-    let kind = attrs(body).find(|(t, _)| *t == NFTA_CHAIN_TYPE).map(|(_, v)| str_attr(v))?;
+    let num = attrs(nest)
+        .find(|(t, _)| *t == NFTA_HOOK_HOOKNUM)
+        .map(|(_, v)| be32(v))?;
+    let prio = attrs(nest)
+        .find(|(t, _)| *t == NFTA_HOOK_PRIORITY)
+        .map(|(_, v)| be32(v))?;
+    let policy = attrs(body)
+        .find(|(t, _)| *t == NFTA_CHAIN_POLICY)
+        .map_or(NF_ACCEPT, |(_, v)| be32(v));
+    let kind = attrs(body)
+        .find(|(t, _)| *t == NFTA_CHAIN_TYPE)
+        .map(|(_, v)| str_attr(v))?;
     Some((num, prio as i32, policy, kind))
 }
 
@@ -199,9 +207,10 @@ fn renest(raw: &[u8], at: Nest<'_>) -> Vec<u8> {
             (Nest::Exprs, 1) => Some(Nest::Expr),
             (Nest::Expr, 2) => Some(Nest::ExprData(expr_name)),
             (Nest::ExprData(n), t) => match (n, t) {
-                (b"cmp\0", 3) | (b"immediate\0", 2) | (b"bitwise\0", 4 | 5 | 7) | (b"range\0", 3..=4) => {
-                    Some(Nest::Data)
-                }
+                (b"cmp\0", 3)
+                | (b"immediate\0", 2)
+                | (b"bitwise\0", 4 | 5 | 7)
+                | (b"range\0", 3..=4) => Some(Nest::Data),
                 _ => None,
             },
             (Nest::Data, 2) => Some(Nest::Leaf),
@@ -267,7 +276,9 @@ fn shape(sock: &mut NfSocket, table: &str) -> Result<Option<Shape>, NftError> {
                 let flags = attrs(r.body)
                     .find(|(t, _)| *t == NFTA_SET_FLAGS && r.body.len() >= 4)
                     .map_or(0, |(_, v)| {
-                        u32::from_be_bytes(v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]))
+                        u32::from_be_bytes(
+                            v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
+                        )
                     });
                 s.sets.insert(
                     name,
@@ -321,7 +332,10 @@ fn shape(sock: &mut NfSocket, table: &str) -> Result<Option<Shape>, NftError> {
                 .ok_or("an object without a name")?;
             s.objs.insert(
                 name,
-                (copy(r.body, &[NFTA_OBJ_TYPE]), copy(r.body, &[NFTA_OBJ_DATA])),
+                (
+                    copy(r.body, &[NFTA_OBJ_TYPE]),
+                    copy(r.body, &[NFTA_OBJ_DATA]),
+                ),
             );
             Ok(())
         },
@@ -333,8 +347,8 @@ fn shape(sock: &mut NfSocket, table: &str) -> Result<Option<Shape>, NftError> {
         NFPROTO_INET,
         |_| {},
         |r| {
-            let in_table = attrs(r.body)
-                .any(|(t, v)| t == NFTA_CHAIN_TABLE && str_attr(v) == table);
+            let in_table =
+                attrs(r.body).any(|(t, v)| t == NFTA_CHAIN_TABLE && str_attr(v) == table);
             if in_table {
                 let name = attrs(r.body)
                     .find(|(t, _)| *t == NFTA_CHAIN_NAME)
@@ -441,7 +455,11 @@ fn put_elems(
     elems: impl Iterator<Item = Elem>,
     what: &str,
 ) -> usize {
-    let top = if set.v6 { u128::MAX } else { u128::from(u32::MAX) };
+    let top = if set.v6 {
+        u128::MAX
+    } else {
+        u128::from(u32::MAX)
+    };
     let mut nest: Option<usize> = None;
     let mut n = 0;
     for e in elems {
@@ -461,7 +479,12 @@ fn put_elems(
                 open.then_some(&UDATA_INTERVAL_OPEN[..]),
             );
             if !open {
-                put_key(b, &key_bytes(hi + 1, set.v6), NFT_SET_ELEM_INTERVAL_END, None);
+                put_key(
+                    b,
+                    &key_bytes(hi + 1, set.v6),
+                    NFT_SET_ELEM_INTERVAL_END,
+                    None,
+                );
             }
         } else {
             put_key(b, &key_bytes(lo, set.v6), 0, None);
@@ -563,8 +586,13 @@ fn check_elems(sock: &mut NfSocket, rs: &IntelRuleset, set: &SetSpec) -> Result<
         return Err(format!("set {name} is missing"));
     }
     let n = set.len(rs);
-    let top = if set.v6 { u128::MAX } else { u128::from(u32::MAX) };
-    let open = usize::from(set.interval && set.elems(rs).last().is_some_and(|e| e.range().1 == top));
+    let top = if set.v6 {
+        u128::MAX
+    } else {
+        u128::from(u32::MAX)
+    };
+    let open =
+        usize::from(set.interval && set.elems(rs).last().is_some_and(|e| e.range().1 == top));
     let want_ends = if set.interval { n - open } else { 0 };
     if starts != n || ends != want_ends {
         return Err(format!(
@@ -609,7 +637,12 @@ pub(super) fn replace(
         b.put_str(NFTA_TABLE_NAME, INTEL_TABLE);
     }
     for (name, (kind, data)) in &tmpl.objs {
-        b.begin(NFT_MSG_NEWOBJ, NLM_F_CREATE, NFPROTO_INET, format!("counter {name}"));
+        b.begin(
+            NFT_MSG_NEWOBJ,
+            NLM_F_CREATE,
+            NFPROTO_INET,
+            format!("counter {name}"),
+        );
         b.put_str(NFTA_OBJ_TABLE, INTEL_TABLE);
         b.put_str(NFTA_OBJ_NAME, name);
         b.put_raw(kind);
@@ -621,7 +654,12 @@ pub(super) fn replace(
     let mut order: Vec<(&String, &(Vec<u8>, bool))> = tmpl.sets.iter().collect();
     order.sort_by_key(|(name, (_, anon))| (*anon, anon_number(name), (*name).clone()));
     for (id, (name, (decl, anon))) in (1u32..).zip(order) {
-        b.begin(NFT_MSG_NEWSET, NLM_F_CREATE, NFPROTO_INET, format!("set {name}"));
+        b.begin(
+            NFT_MSG_NEWSET,
+            NLM_F_CREATE,
+            NFPROTO_INET,
+            format!("set {name}"),
+        );
         b.put_str(NFTA_SET_TABLE, INTEL_TABLE);
         for (t, raw) in raw_attrs(decl) {
             if t == NFTA_SET_NAME && *anon {
@@ -728,7 +766,11 @@ pub(super) fn check(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Option<Result<
     let held = match shape(&mut nlk.sock, INTEL_TABLE) {
         Ok(Some(h)) => h,
         Ok(None) => return Some(Err("the blocklist table is gone".into())),
-        Err(e) => return Some(Err(format!("the blocklist table could not be read back: {e}"))),
+        Err(e) => {
+            return Some(Err(format!(
+                "the blocklist table could not be read back: {e}"
+            )));
+        }
     };
     let want = &nlk.applied.as_ref()?.1;
     if let Err(e) = same_shape(&held, want) {
@@ -751,8 +793,18 @@ pub(super) fn update(
     old: &IntelRuleset,
     new: &IntelRuleset,
 ) -> Result<bool, NftError> {
-    let names = |rs: &IntelRuleset| rs.categories.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-    let shape = |rs: &IntelRuleset| sets(rs).into_iter().map(|(_, s)| s.name).collect::<Vec<_>>();
+    let names = |rs: &IntelRuleset| {
+        rs.categories
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+    };
+    let shape = |rs: &IntelRuleset| {
+        sets(rs)
+            .into_iter()
+            .map(|(_, s)| s.name)
+            .collect::<Vec<_>>()
+    };
     if names(old) != names(new) || shape(old) != shape(new) || old.protected != new.protected {
         return Ok(false);
     }
@@ -770,7 +822,11 @@ pub(super) fn update(
                 Elem::Host(a) => !s.has_host(to, a),
                 Elem::Net(c) => s.net_at_or_below(to, c.addr()) != Some(*c),
             });
-            let what = if op == NFT_MSG_DELSETELEM { "removed elements" } else { "added elements" };
+            let what = if op == NFT_MSG_DELSETELEM {
+                "removed elements"
+            } else {
+                "added elements"
+            };
             put_elems(&mut b, op, s, gone, what);
         }
     }

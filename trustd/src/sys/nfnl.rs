@@ -105,7 +105,10 @@ fn ext_ack(body: &[u8]) -> String {
     let mut parts = Vec::new();
     for (t, v) in attrs(tlvs) {
         match t {
-            1 => parts.push(String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or_default()).into_owned()),
+            1 => parts.push(
+                String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or_default())
+                    .into_owned(),
+            ),
             2 if v.len() == 4 => parts.push(format!(
                 "attribute at offset {}",
                 u32::from_ne_bytes([v[0], v[1], v[2], v[3]])
@@ -157,7 +160,10 @@ impl MsgBuf {
 
     /// The bytes written since offset `start` (see [`Batch::bytes`]).
     pub fn raw_since(&self, start: usize) -> Vec<u8> {
-        self.buf.get(start..).map(<[u8]>::to_vec).unwrap_or_default()
+        self.buf
+            .get(start..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// Bytes of the message being written so far.
@@ -199,7 +205,8 @@ impl MsgBuf {
     pub fn nest_begin(&mut self, kind: u16) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         at
     }
 
@@ -366,9 +373,10 @@ impl NfSocket {
         let mut off = 0;
         let buf = &mut batch.out.buf;
         while off + 16 <= buf.len() {
-            let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
-                as usize;
-            let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+            let len =
+                u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+            let seq =
+                u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
             buf[off + 8..off + 12].copy_from_slice(&base.wrapping_add(seq).to_ne_bytes());
             off += len.max(16);
         }

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::Device;
 use crate::audit::{Actor, Entry, Outcome};
-use crate::netfilter::{
-    self, Backend, canonical_digest, check_intel, refill_intel,
-};
+use crate::netfilter::{self, Backend, canonical_digest, check_intel, refill_intel};
 use crate::sys::nft_events::{Changes, TableChange};
 
 use super::DeviceError;
