@@ -25,7 +25,7 @@ use trustd::bundle::{
     Payload, PublicKeyFile, RoleKeys, Roles, SigningKey, TrustKey, TrustRoot, generate_key, key_id,
     sign_envelope, verify,
 };
-use trustd::netfilter::{Backend, NftBackend, apply_intel, compile_intel, update_intel};
+use trustd::netfilter::{NftBackend, apply_intel, compile_intel, update_intel};
 use trustd::policy::IntelFeed;
 use trustd::timefmt::Timestamp;
 
@@ -294,7 +294,6 @@ fn bench(n: usize, signer: &Signer, old: bool) {
             secs(t_old),
             secs(t_old) / secs(base)
         );
-        let _ = json_path.list_table("none");
     }
 
     // The real binary: peak RSS of trustd and of its whole process tree.
