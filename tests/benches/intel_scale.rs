@@ -20,9 +20,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use trustd::bundle::{
-    Payload, PublicKeyFile, RoleKeys, Roles, SigningKey, TrustKey, TrustRoot, generate_key, key_id,
+    Payload, PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot, generate_key, key_id,
     sign_envelope, verify,
 };
 use trustd::netfilter::{NftBackend, apply_intel, compile_intel, update_intel};
