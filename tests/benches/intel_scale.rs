@@ -85,6 +85,8 @@ fn feed(serial: u64, hosts: &[String], nets: &[String]) -> Value {
 
 /// Run `cmd`, returning its wall time and the peak RSS (KiB) of it and every descendant
 /// it waited for (`wait4`), and its stdout.
+// The child is reaped by `wait4` (for its rusage), which clippy does not see.
+#[allow(clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command, stdin: Option<&[u8]>) -> (Duration, u64, String) {
     let t = Instant::now();
     let mut child = cmd
