@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use super::IntelNetlink;
 use crate::sys::child::{self, ChildError};
+use crate::sys::nfnl::NfSocket;
 
 use serde_json::Value;
 
@@ -45,6 +47,10 @@ pub enum NftError {
         /// What it printed.
         stderr: String,
     },
+    /// The kernel refused a netlink batch (nothing of it was committed), or a netlink
+    /// exchange with nf_tables failed.
+    #[error("nf_tables over netlink: {0}")]
+    Netlink(String),
     /// nft printed something that is not JSON.
     #[error("nft printed invalid JSON: {0}")]
     Output(String),
@@ -62,6 +68,14 @@ pub trait Backend: Send {
     /// A new operation (one engine command) begins: forget that an `nft` of the previous
     /// operation hung (see [`NftError::Skipped`]).
     fn begin_operation(&mut self) {}
+    /// Lend out the netlink socket that carries the intel table (see
+    /// [`crate::netfilter::IntelNetlink`]), if this backend has one; it is given back with
+    /// [`Self::put_intel_netlink`]. Backends without one (the fake) take the `nft` JSON path.
+    fn take_intel_netlink(&mut self) -> Option<IntelNetlink> {
+        None
+    }
+    /// Give back what [`Self::take_intel_netlink`] lent.
+    fn put_intel_netlink(&mut self, _nl: IntelNetlink) {}
 }
 
 /// How long one `nft` may run before it is killed, unless configured (`nft_timeout_ms`):
@@ -71,13 +85,33 @@ pub const DEFAULT_NFT_DEADLINE: Duration = Duration::from_secs(20);
 /// The real backend: the `nft` binary, run as a child with a deadline
 /// ([`crate::sys::child::run`]: clean signal state, its own process group, killed and reaped
 /// at the deadline).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NftBackend {
     nft: PathBuf,
     prefix: Vec<String>,
     deadline: Duration,
     /// Why no further `nft` is started in this operation (one hung until its deadline).
     hung: Option<String>,
+    /// The network namespace (`ip netns` name) the tables are in; `None`: this process's.
+    netns: Option<String>,
+    /// The intel table's netlink socket: `Some(None)` until first needed, `None` when the
+    /// intel table goes through `nft` ([`Self::without_netlink`], or the socket could not
+    /// be opened).
+    intel: Option<Option<IntelNetlink>>,
+}
+
+impl Clone for NftBackend {
+    /// A copy opens its own netlink socket when it needs one.
+    fn clone(&self) -> Self {
+        Self {
+            nft: self.nft.clone(),
+            prefix: self.prefix.clone(),
+            deadline: self.deadline,
+            hung: self.hung.clone(),
+            netns: self.netns.clone(),
+            intel: self.intel.as_ref().map(|_| None),
+        }
+    }
 }
 
 impl Default for NftBackend {
@@ -94,7 +128,17 @@ impl NftBackend {
             prefix: Vec::new(),
             deadline: DEFAULT_NFT_DEADLINE,
             hung: None,
+            netns: None,
+            intel: Some(None),
         }
+    }
+
+    /// Put the intel table through `nft` JSON too, as before the netlink path (for
+    /// comparisons).
+    #[must_use]
+    pub fn without_netlink(mut self) -> Self {
+        self.intel = None;
+        self
     }
 
     /// Run nft inside the named network namespace (`ip netns exec NAME nft ...`).
@@ -102,6 +146,7 @@ impl NftBackend {
         Self {
             nft: "ip".into(),
             prefix: vec!["netns".into(), "exec".into(), name.into(), "nft".into()],
+            netns: Some(name.to_owned()),
             ..Self::new("ip")
         }
     }
@@ -186,6 +231,31 @@ impl Backend for NftBackend {
 
     fn begin_operation(&mut self) {
         self.hung = None;
+    }
+
+    fn take_intel_netlink(&mut self) -> Option<IntelNetlink> {
+        let slot = self.intel.as_mut()?;
+        if let Some(nl) = slot.take() {
+            return Some(nl);
+        }
+        let sock = match &self.netns {
+            Some(ns) => NfSocket::open_in_netns(ns, self.deadline),
+            None => NfSocket::open(self.deadline),
+        };
+        match sock {
+            Ok(s) => Some(IntelNetlink::new(s)),
+            Err(e) => {
+                tracing::warn!("blocklist table through nft: no nf_tables netlink socket: {e}");
+                self.intel = None;
+                None
+            }
+        }
+    }
+
+    fn put_intel_netlink(&mut self, nl: IntelNetlink) {
+        if let Some(slot) = self.intel.as_mut() {
+            *slot = Some(nl);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
 
 use super::compile::{LOOPBACK_PREFIXES, Protected, ProtectedKind, link_setup_in, link_setup_out};
+use super::intel_netlink::{self, with_netlink};
 use super::model::{Action, Match, Rule};
 use super::render::render_expr;
 use super::{Backend, EnforceError, NftError};
@@ -172,13 +173,13 @@ fn without_nested(nets: &BTreeSet<Cidr>) -> BTreeSet<Cidr> {
 
 /// A set element as compiled.
 #[derive(Debug, Clone, Copy)]
-enum Elem {
+pub(super) enum Elem {
     Host(IpAddr),
     Net(Cidr),
 }
 
 impl Elem {
-    fn range(&self) -> (u128, u128) {
+    pub(super) fn range(&self) -> (u128, u128) {
         match self {
             Self::Host(a) => Cidr::host(*a).range(),
             Self::Net(c) => c.range(),
@@ -210,32 +211,74 @@ impl Serialize for Elem {
     }
 }
 
-struct SetSpec {
-    name: String,
-    v6: bool,
-    interval: bool,
-    elems: Vec<Elem>,
+/// One set of the intel table: its name, family, kind, and where its elements are.
+pub(super) struct SetSpec {
+    pub(super) name: String,
+    pub(super) v6: bool,
+    pub(super) interval: bool,
+    /// The category's index.
+    pub(super) cat: usize,
 }
 
-fn sets(rs: &IntelRuleset) -> Vec<(usize, SetSpec)> {
+impl SetSpec {
+    /// The set's elements, straight from the compiled category (no copy).
+    pub(super) fn elems<'a>(&self, rs: &'a IntelRuleset) -> Box<dyn Iterator<Item = Elem> + 'a> {
+        let c = &rs.categories[self.cat];
+        match (self.v6, self.interval) {
+            (false, false) => Box::new(c.v4_hosts.iter().map(|a| Elem::Host(*a))),
+            (false, true) => Box::new(c.v4_nets.iter().map(|n| Elem::Net(*n))),
+            (true, false) => Box::new(c.v6_hosts.iter().map(|a| Elem::Host(*a))),
+            (true, true) => Box::new(c.v6_nets.iter().map(|n| Elem::Net(*n))),
+        }
+    }
+
+    /// How many elements it holds.
+    pub(super) fn len(&self, rs: &IntelRuleset) -> usize {
+        let c = &rs.categories[self.cat];
+        match (self.v6, self.interval) {
+            (false, false) => c.v4_hosts.len(),
+            (false, true) => c.v4_nets.len(),
+            (true, false) => c.v6_hosts.len(),
+            (true, true) => c.v6_nets.len(),
+        }
+    }
+
+    /// Whether `addr` is one of its addresses (hash sets).
+    pub(super) fn has_host(&self, rs: &IntelRuleset, addr: &IpAddr) -> bool {
+        let c = &rs.categories[self.cat];
+        if self.v6 {
+            c.v6_hosts.contains(addr)
+        } else {
+            c.v4_hosts.contains(addr)
+        }
+    }
+
+    /// The prefix of this interval set with the greatest start at or below `addr`.
+    pub(super) fn net_at_or_below(&self, rs: &IntelRuleset, addr: IpAddr) -> Option<Cidr> {
+        let c = &rs.categories[self.cat];
+        let nets = if self.v6 { &c.v6_nets } else { &c.v4_nets };
+        nets.range(..=Cidr::host(addr)).next_back().copied()
+    }
+}
+
+/// The sets of `rs` (those with elements), with their category's index.
+pub(super) fn sets(rs: &IntelRuleset) -> Vec<(usize, SetSpec)> {
     let mut out = Vec::new();
     for (i, c) in rs.categories.iter().enumerate() {
-        let hosts = |s: &BTreeSet<IpAddr>| s.iter().map(|a| Elem::Host(*a)).collect::<Vec<_>>();
-        let nets = |s: &BTreeSet<Cidr>| s.iter().map(|n| Elem::Net(*n)).collect::<Vec<_>>();
-        for (suffix, v6, interval, elems) in [
-            ("v4h", false, false, hosts(&c.v4_hosts)),
-            ("v4n", false, true, nets(&c.v4_nets)),
-            ("v6h", true, false, hosts(&c.v6_hosts)),
-            ("v6n", true, true, nets(&c.v6_nets)),
+        for (suffix, v6, interval, empty) in [
+            ("v4h", false, false, c.v4_hosts.is_empty()),
+            ("v4n", false, true, c.v4_nets.is_empty()),
+            ("v6h", true, false, c.v6_hosts.is_empty()),
+            ("v6n", true, true, c.v6_nets.is_empty()),
         ] {
-            if !elems.is_empty() {
+            if !empty {
                 out.push((
                     i,
                     SetSpec {
                         name: format!("c{i}_{suffix}"),
                         v6,
                         interval,
-                        elems,
+                        cat: i,
                     },
                 ));
             }
@@ -351,6 +394,72 @@ fn structure(rs: &IntelRuleset) -> Vec<Value> {
     out
 }
 
+/// The scratch table in which `nft` compiles the intel table's chains, rules, counters and
+/// set declarations (no elements, no hooks) for the netlink path to copy.
+pub const TEMPLATE_TABLE: &str = "trustd_intel_tmpl";
+
+/// The intel table's structure as the scratch table [`TEMPLATE_TABLE`] holds it: the same
+/// objects, its chains without hooks (so that nothing in it sees a packet).
+fn template_structure(rs: &IntelRuleset) -> Vec<Value> {
+    structure(rs)
+        .into_iter()
+        .map(|mut o| {
+            for kind in ["counter", "chain", "set", "rule"] {
+                if let Some(inner) = o.get_mut(kind).and_then(Value::as_object_mut) {
+                    inner.insert("table".into(), json!(TEMPLATE_TABLE));
+                    if kind == "chain" {
+                        for k in ["type", "hook", "prio", "policy"] {
+                            inner.remove(k);
+                        }
+                    }
+                }
+            }
+            o
+        })
+        .collect()
+}
+
+/// The script that (re)creates the scratch table: small, whatever the feed's size.
+pub(super) fn render_template(rs: &IntelRuleset) -> String {
+    let table = json!({"table": {"family": "inet", "name": TEMPLATE_TABLE}});
+    let mut cmds = vec![
+        json!({"add": table.clone()}),
+        json!({"delete": table.clone()}),
+        json!({"add": table}),
+    ];
+    let mut objs = template_structure(rs);
+    objs.sort_by_key(|o| match () {
+        _ if o.get("counter").is_some() => 0,
+        _ if o.get("set").is_some() => 1,
+        _ if o.get("chain").is_some() => 2,
+        _ => 3,
+    });
+    cmds.extend(objs.into_iter().map(|o| json!({ "add": o })));
+    json!({ "nftables": cmds }).to_string()
+}
+
+/// Check `nft -j list table inet` [`TEMPLATE_TABLE`] against the compiled structure.
+pub(super) fn verify_template_listing(rs: &IntelRuleset, listing: &str) -> Result<(), String> {
+    let listing: Listing = serde_json::from_str(listing)
+        .map_err(|e| format!("the scratch table listing does not parse: {e}"))?;
+    let want = in_order(
+        template_structure(rs)
+            .iter()
+            .map(|o| (rule_chain(o), normalize(o).to_string())),
+    );
+    let held = listing_items(&listing);
+    if want != held {
+        let missing = want.iter().find(|i| !held.contains(i));
+        let extra = held.iter().find(|i| !want.contains(i));
+        return Err(format!(
+            "nft compiled the intel table's chains, rules or sets otherwise (missing {}, unexpected {})",
+            missing.map_or("nothing", String::as_str),
+            extra.map_or("nothing", String::as_str)
+        ));
+    }
+    Ok(())
+}
+
 /// The script (JSON text) that replaces the intel table in one transaction. Elements are
 /// serialized straight from the compiled sets, never held as a JSON tree: a 100k-entry feed
 /// would otherwise cost tens of MiB.
@@ -390,13 +499,14 @@ pub fn render_intel(rs: &IntelRuleset) -> String {
             .map(|o| json!({ "add": o }).to_string()),
     );
     for (_, s) in sets(rs) {
+        let elems: Vec<Elem> = s.elems(rs).collect();
         let add = Add {
             add: Element {
                 element: Body {
                     family: "inet",
                     table: INTEL_TABLE,
                     name: &s.name,
-                    elem: &s.elems,
+                    elem: &elems,
                 },
             },
         };
@@ -604,7 +714,7 @@ pub fn verify_intel_listing(rs: &IntelRuleset, listing: &str) -> Result<(), Stri
     }
     for (_, s) in sets(rs) {
         let ranges = held.get(s.name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-        for e in &s.elems {
+        for e in s.elems(rs) {
             let (lo, hi) = e.range();
             // The last range starting at or before `lo` must reach `hi`.
             let i = ranges.partition_point(|r| r.0 <= lo);
@@ -612,7 +722,7 @@ pub fn verify_intel_listing(rs: &IntelRuleset, listing: &str) -> Result<(), Stri
                 return Err(format!(
                     "set {} is missing {}",
                     s.name,
-                    serde_json::to_string(e).unwrap_or_default()
+                    serde_json::to_string(&e).unwrap_or_default()
                 ));
             }
         }
@@ -620,8 +730,13 @@ pub fn verify_intel_listing(rs: &IntelRuleset, listing: &str) -> Result<(), Stri
     Ok(())
 }
 
-/// Replace the intel table with `rs` and verify it by a full read-back.
+/// Replace the intel table with `rs` in one transaction and verify it by a full read-back:
+/// over netlink when the backend has a socket for it (see `intel_netlink`), else as one
+/// `nft` JSON script and a full listing.
 pub fn apply_intel(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<(), EnforceError> {
+    if let Some(r) = with_netlink(backend, |nl, b| intel_netlink::replace(nl, b, rs)) {
+        return r;
+    }
     backend
         .apply(&render_intel(rs))
         .map_err(EnforceError::Apply)?;
@@ -646,6 +761,9 @@ pub fn update_intel(
     old: &IntelRuleset,
     new: &IntelRuleset,
 ) -> Result<bool, NftError> {
+    if let Some(r) = with_netlink(backend, |nl, _| intel_netlink::update(nl, old, new)) {
+        return r;
+    }
     let names = |rs: &IntelRuleset| {
         rs.categories
             .iter()
@@ -726,6 +844,7 @@ pub fn update_exemptions(
     backend: &mut dyn Backend,
     protected: &[Protected],
 ) -> Result<(), EnforceError> {
+    with_netlink(backend, |nl, _| intel_netlink::forget_rules(nl));
     let cmds = exemption_commands(protected);
     backend
         .apply(&json!({ "nftables": cmds }).to_string())
@@ -769,6 +888,11 @@ fn chain_rules(backend: &mut dyn Backend, chain: &str) -> Result<Option<Vec<Stri
 /// The cheap, frequent check: the intel table's chains still hold the compiled rules
 /// (listing a chain does not print set elements, so this stays fast with 100k entries).
 pub fn intel_chains_intact(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<bool, NftError> {
+    // Over netlink, the rules as put in force (a dump of rules only: `nft list chain`
+    // fetches every element of the table first).
+    if let Some(Some(r)) = with_netlink(backend, |nl, _| intel_netlink::rules_intact(nl, rs)) {
+        return r;
+    }
     for chain in ["output", "input", EXEMPT_OUT, EXEMPT_IN] {
         let want: Vec<String> = structure(rs)
             .iter()
@@ -799,10 +923,63 @@ pub fn render_intel_refill(rs: &IntelRuleset, names: &[String]) -> Option<String
             "{{\"add\":{{\"element\":{{\"family\":\"inet\",\"table\":{},\"name\":{},\"elem\":{}}}}}}}",
             json!(INTEL_TABLE),
             json!(s.name),
-            serde_json::to_string(&s.elems).ok()?
+            serde_json::to_string(&s.elems(rs).collect::<Vec<_>>()).ok()?
         ));
     }
     Some(format!("{{\"nftables\":[{}]}}", cmds.join(",")))
+}
+
+/// The full read-back of the intel table put in force with `rs`: over netlink when the
+/// backend put it there (declarations and rules as confirmed then, each set's elements
+/// as compiled), else by `nft -j list table`. `Err` says what differs.
+pub fn check_intel(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<(), String> {
+    if let Some(Some(r)) = with_netlink(backend, |nl, _| intel_netlink::check(nl, rs)) {
+        return r;
+    }
+    match backend.list_table(INTEL_TABLE) {
+        Ok(Some(text)) => verify_intel_listing(rs, &text),
+        Ok(None) => Err("the blocklist table is gone".to_owned()),
+        Err(e) => Err(format!("the blocklist table could not be read back: {e}")),
+    }
+}
+
+/// Put back the compiled elements of the named sets (the repair when others changed only
+/// set elements), or the whole table when that is not possible, in one transaction, and
+/// read back what was put back. Returns how (`sets refilled`, `table restored`).
+pub fn refill_intel(
+    backend: &mut dyn Backend,
+    rs: &IntelRuleset,
+    names: &[String],
+) -> Result<&'static str, String> {
+    if !names.is_empty()
+        && let Some(r) = with_netlink(backend, |nl, _| intel_netlink::refill(nl, rs, names))
+    {
+        match r {
+            Ok(true) => return Ok("sets refilled"),
+            Ok(false) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if with_netlink(backend, |_, _| ()).is_some() {
+        return apply_intel(backend, rs)
+            .map(|()| "table restored")
+            .map_err(|e| e.to_string());
+    }
+    let refill = (!names.is_empty())
+        .then(|| render_intel_refill(rs, names))
+        .flatten();
+    let how = if refill.is_some() {
+        "sets refilled"
+    } else {
+        "table restored"
+    };
+    let script = refill.unwrap_or_else(|| render_intel(rs));
+    backend.apply(&script).map_err(|e| e.to_string())?;
+    match backend.list_table(INTEL_TABLE) {
+        Ok(Some(text)) => verify_intel_listing(rs, &text).map(|()| how),
+        Ok(None) => Err("the blocklist table is gone after the repair".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod backend;
 mod compile;
 mod intel;
+mod intel_netlink;
 mod model;
 mod render;
 
@@ -16,10 +17,11 @@ pub use compile::{
     protected,
 };
 pub use intel::{
-    INTEL_TABLE, IntelRuleset, apply_intel, compile_intel, intel_chains_intact,
-    intel_structure_digest, render_intel, render_intel_refill, update_exemptions, update_intel,
-    verify_intel_listing,
+    INTEL_TABLE, IntelRuleset, TEMPLATE_TABLE, apply_intel, check_intel, compile_intel,
+    intel_chains_intact, intel_structure_digest, refill_intel, render_intel, render_intel_refill,
+    update_exemptions, update_intel, verify_intel_listing,
 };
+pub use intel_netlink::IntelNetlink;
 pub use model::{Action, Base, Chain, FLOW_MARK_MASK, L4, Match, Rule, Ruleset};
 pub use render::{canonical_digest, flow_generation, listing_digest, render};
 

@@ -12,6 +12,7 @@ use nix::time::{ClockId, clock_gettime};
 
 pub mod child;
 pub mod netlink;
+pub mod nfnl;
 pub mod nft_events;
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), or `unknown`.

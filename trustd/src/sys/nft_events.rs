@@ -148,7 +148,7 @@ impl Drop for OwnChild {
     }
 }
 
-/// Whether `pid` committed on trustd's behalf: a registered child, or (should the
+/// Whether `pid` committed on trustd's behalf: trustd itself, a registered child, or (should the
 /// notification come before the registration) a live process whose parent is trustd.
 fn is_own(pid: u32) -> bool {
     let now = Instant::now();
@@ -157,7 +157,12 @@ fn is_own(pid: u32) -> bool {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .any(|(p, reaped)| *p == pid && reaped.is_none_or(|t| now.duration_since(t) < OWN_GRACE));
-    registered || parent_of(pid) == Some(std::process::id())
+    // trustd itself commits the blocklist table's netlink batches; the kernel names the
+    // committing thread, which may be any of trustd's.
+    pid == std::process::id()
+        || registered
+        || std::path::Path::new(&format!("/proc/self/task/{pid}")).exists()
+        || parent_of(pid) == Some(std::process::id())
 }
 
 /// The parent pid of a live process (`/proc/PID/stat`, the field after the command name).

@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::Device;
 use crate::audit::{Actor, Entry, Outcome};
-use crate::netfilter::{
-    self, Backend, INTEL_TABLE, canonical_digest, render_intel, render_intel_refill,
-    verify_intel_listing,
-};
+use crate::netfilter::{self, Backend, canonical_digest, check_intel, refill_intel};
 use crate::sys::nft_events::{Changes, TableChange};
 
 use super::DeviceError;
@@ -91,24 +88,14 @@ impl Device {
         };
         // Only elements changed: refill those sets (flushed and filled in one transaction);
         // anything else, or lost notifications: replace the table.
-        let refill = (!change.structure && !change.unknown && !change.element_sets.is_empty())
-            .then(|| render_intel_refill(rs, &change.element_sets))
-            .flatten();
-        let how = if refill.is_some() {
-            "sets refilled"
+        let names: &[String] = if !change.structure && !change.unknown {
+            &change.element_sets
         } else {
-            "table restored"
+            &[]
         };
-        let script = refill.unwrap_or_else(|| render_intel(rs));
-        let restored =
-            backend
-                .apply(&script)
-                .map_err(|e| e.to_string())
-                .and_then(|()| match backend.list_table(INTEL_TABLE) {
-                    Ok(Some(text)) => verify_intel_listing(rs, &text),
-                    Ok(None) => Err("the blocklist table is gone after the repair".to_owned()),
-                    Err(e) => Err(e.to_string()),
-                });
+        let restored = refill_intel(backend, rs, names);
+        let how = restored.as_ref().map_or("", |h| *h);
+        let restored = restored.map(|_| ());
         match restored {
             Ok(()) => {
                 let mut entry = Entry::new("intel.enforce", Outcome::Ok, actor)
@@ -199,11 +186,7 @@ impl Device {
                 Some(foreign("the blocklist table", c))
             }
             Some(rs) if c.needs_attention() => {
-                let check = match backend.list_table(INTEL_TABLE) {
-                    Ok(Some(text)) => verify_intel_listing(rs, &text).err(),
-                    Ok(None) => Some("the blocklist table is gone".to_owned()),
-                    Err(e) => Some(format!("the blocklist table could not be read back: {e}")),
-                };
+                let check = check_intel(backend, rs).err();
                 check.map(|why| {
                     if c.foreign.is_empty() {
                         format!("nftables notifications were lost and {why}")

@@ -1,0 +1,187 @@
+//! The blocklist table built over nf_tables netlink by trustd itself, in namespaces the
+//! tests create and delete: admins' tools (`nft -j list`) see exactly what the `nft` JSON
+//! path puts there, real packets to listed addresses and prefixes are dropped, and element
+//! updates (interval deletions included) move the kernel to the new feed in one step.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use tests::lab::{Lab, can_run, lab_policy};
+use trustd::audit::{Actor, read_records};
+use trustd::daemon::Device;
+use trustd::netfilter::{
+    INTEL_TABLE, NftBackend, apply_intel, compile_intel, verify_intel_listing,
+};
+
+const TOOLS: &[&str] = &["ip", "nft"];
+
+fn feed(malware: &[&str], trackers: &[&str]) -> Value {
+    json!({
+        "schema": "enigm.intel/v1", "serial": 0,
+        "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
+        "categories": {"malware": malware, "trackers": trackers}
+    })
+}
+
+/// `nft -j list table inet trustd_intel` in `ns`, without handles, set elements sorted.
+fn listing(ns: &str) -> Value {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "-j",
+            "list",
+            "table",
+            "inet",
+            INTEL_TABLE,
+        ])
+        .output()
+        .expect("nft");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    for item in v["nftables"].as_array_mut().expect("list") {
+        for (_, inner) in item.as_object_mut().expect("object").iter_mut() {
+            if let Some(o) = inner.as_object_mut() {
+                // Handles are the kernel's; counters move with traffic.
+                o.remove("handle");
+                o.remove("packets");
+                o.remove("bytes");
+                o.remove("version");
+                o.remove("release_name");
+                if let Some(Value::Array(e)) = o.get_mut("elem") {
+                    e.sort_by_key(Value::to_string);
+                }
+            }
+        }
+    }
+    v
+}
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn netns(tag: &str) -> Netns {
+    let name = format!("tnl{}{tag}", std::process::id());
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip")
+            .success()
+    );
+    Netns(name)
+}
+
+#[test]
+fn the_table_built_over_netlink_lists_as_nft_builds_it_and_drops_real_packets() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new("n", false);
+    let mut p = lab_policy("direct");
+    p["network"]["allow"] = json!([{"dest": "10.0.0.0/8", "proto": "tcp", "ports": [443, 80]}]);
+    lab.enforce(p);
+    assert!(lab.probe("10.99.0.3:443/tcp", None) && lab.probe("10.97.0.1:443/tcp", None));
+
+    // Every kind of element: v4 and v6 addresses, prefixes (one reaching the top of the
+    // IPv4 space, which has no end element), nested prefixes (dropped when compiled).
+    let malware = [
+        "10.99.0.3",
+        "192.0.2.7",
+        "fd99::3",
+        "2001:db8::1",
+        "198.51.100.0/24",
+        "198.51.100.128/25",
+        "255.255.255.0/24",
+        "2001:db8:1::/48",
+    ];
+    let trackers = ["10.97.0.0/24", "203.0.113.0/28"];
+    let f = lab.sign_intel(feed(&malware, &trackers));
+    lab.load(&f);
+    let mut dev = Device::open(&lab.paths(), Actor::this_process()).expect("device");
+    let mut nl = NftBackend::in_netns(&lab.dev);
+    dev.enforce(&mut nl, Actor::this_process())
+        .expect("enforce");
+    dev.enforce_intel(&mut nl, Actor::this_process())
+        .expect("blocklists over netlink");
+
+    // The same compiled table through `nft -f` (the JSON path) in another namespace.
+    let other = netns("j");
+    let rs = compile_intel(Some(dev.intel().expect("feed").payload()));
+    let mut rs_protected = rs.clone();
+    rs_protected.protected = trustd::netfilter::protected(&dev.effective());
+    let mut json_path = NftBackend::in_netns(&other.0).without_netlink();
+    apply_intel(&mut json_path, &rs_protected).expect("nft JSON path");
+    let (held, want) = (listing(&lab.dev), listing(&other.0));
+    assert_eq!(
+        held, want,
+        "nft -j list shows the table built over netlink as the one nft builds"
+    );
+    let text = serde_json::to_string(&held).expect("json");
+    verify_intel_listing(&rs_protected, &text).expect("the listing holds the compiled table");
+
+    assert!(
+        !lab.probe("10.99.0.3:443/tcp", None),
+        "a listed address is dropped"
+    );
+    assert!(
+        !lab.probe("10.97.0.1:443/tcp", None),
+        "a listed prefix is dropped"
+    );
+    assert!(lab.probe("10.99.0.2:443/tcp", None), "others pass");
+
+    // An update that adds an address and removes a prefix: element batches, no replace.
+    let malware2 = [&malware[..], &["10.99.0.2"]].concat();
+    let f = lab.sign_intel(feed(&malware2, &trackers[1..]));
+    dev.apply_intel(
+        &std::fs::read(&f).expect("feed"),
+        Actor::this_process(),
+        trustd::timefmt::Timestamp::now(),
+    )
+    .expect("feed accepted");
+    dev.enforce_intel(&mut nl, Actor::this_process())
+        .expect("update");
+    let records = read_records(&lab.paths().audit_dir()).expect("audit");
+    let last = records
+        .iter()
+        .rev()
+        .find(|r| r.kind == "intel.enforce")
+        .expect("record");
+    assert!(
+        last.reason
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("table updated"),
+        "{:?}",
+        last.reason
+    );
+    assert!(
+        !lab.probe("10.99.0.2:443/tcp", None),
+        "the added address is dropped"
+    );
+    assert!(
+        lab.probe("10.97.0.1:443/tcp", None),
+        "the removed prefix passes again (deleted from its interval set)"
+    );
+    let rs2 = compile_intel(Some(dev.intel().expect("feed").payload()));
+    let mut rs2p = rs2.clone();
+    rs2p.protected = rs_protected.protected.clone();
+    apply_intel(&mut json_path, &rs2p).expect("nft JSON path");
+    assert_eq!(
+        listing(&lab.dev),
+        listing(&other.0),
+        "after element updates, nft -j list shows what nft builds from the new feed"
+    );
+}

@@ -1,0 +1,903 @@
+//! The intel table over nf_tables netlink (docs/ARCHITECTURE.md, "The blocklist table over
+//! netlink"): the table is replaced, updated, refilled and read back by trustd itself, in
+//! batches that the kernel commits as one transaction, without `nft` handling the elements.
+//!
+//! How a replacement is built: `nft` compiles the small part (counters, set declarations,
+//! chains and rules, the same JSON as the `nft` path) into a scratch table without hooks
+//! ([`TEMPLATE_TABLE`]), which is read back with `nft -j list` and compared with the compiled
+//! structure. Its objects are then dumped over netlink and copied attribute by attribute
+//! into one batch that deletes and re-creates `inet trustd_intel`, streams every element
+//! straight from the compiled sets into element messages, adds the hooks, and deletes the
+//! scratch table. So the rule bytecode is nft's own (admins' `nft list` shows what it
+//! always did) and the elements never pass through `nft`, JSON or a second copy.
+//!
+//! Read-back: the new table's declarations and rules are dumped and compared with the
+//! scratch table's; each set's elements are dumped and checked one message at a time
+//! against the compiled sets (membership and counts: the kernel holds exactly the compiled
+//! elements, not more, not fewer).
+//!
+//! Touches only `inet trustd_intel` and its scratch table.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::intel::{
+    Elem, INTEL_TABLE, IntelRuleset, SetSpec, TEMPLATE_TABLE, intel_structure_digest,
+    render_template, sets, verify_template_listing,
+};
+use super::{Backend, EnforceError, NftError};
+use crate::sys::nfnl::{Batch, MSG_ROOM, NfSocket, NfnlError, attrs, raw_attrs};
+
+const NFPROTO_INET: u8 = 1;
+
+const NFT_MSG_NEWTABLE: u8 = 0;
+const NFT_MSG_DELTABLE: u8 = 2;
+const NFT_MSG_NEWCHAIN: u8 = 3;
+const NFT_MSG_GETCHAIN: u8 = 4;
+const NFT_MSG_NEWRULE: u8 = 6;
+const NFT_MSG_GETRULE: u8 = 7;
+const NFT_MSG_NEWSET: u8 = 9;
+const NFT_MSG_GETSET: u8 = 10;
+const NFT_MSG_NEWSETELEM: u8 = 12;
+const NFT_MSG_GETSETELEM: u8 = 13;
+const NFT_MSG_DELSETELEM: u8 = 14;
+const NFT_MSG_NEWOBJ: u8 = 18;
+const NFT_MSG_GETOBJ: u8 = 19;
+
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+
+/// `NFTA_TABLE_NAME`.
+const NFTA_TABLE_NAME: u16 = 1;
+/// `NFTA_CHAIN_*`.
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+/// `NFTA_RULE_*`.
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+/// `NFTA_SET_*`.
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_ID: u16 = 10;
+/// The set attributes that declare a set (name, flags, key and data types and lengths,
+/// policy, description, timeouts, nft's user data, object type, expressions); handles,
+/// ids and the table are the kernel's or set here.
+const SET_DECL: [u16; 14] = [2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 17, 18];
+/// `NFT_SET_ANONYMOUS`.
+const NFT_SET_ANONYMOUS: u32 = 0x1;
+/// `NFTA_SET_ELEM_LIST_*`.
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+/// `NFTA_SET_ELEM_*`.
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_DATA_VALUE: u16 = 1;
+/// `NFT_SET_ELEM_INTERVAL_END`: the element closes an interval (its key is one past it).
+const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+/// nft's element user data marking an interval open to the top of the address space
+/// (`NFTNL_UDATA_SET_ELEM_FLAGS` = `NFTNL_SET_ELEM_F_INTERVAL_OPEN`), so that `nft list`
+/// shows it as the prefix it is.
+const UDATA_INTERVAL_OPEN: [u8; 6] = [1, 4, 1, 0, 0, 0];
+/// `NFTA_OBJ_*`.
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
+const NFTA_OBJ_DATA: u16 = 4;
+/// Netfilter hooks (`NF_INET_LOCAL_IN`, `NF_INET_LOCAL_OUT`) and `NF_ACCEPT`.
+const NF_INET_LOCAL_IN: u32 = 1;
+const NF_INET_LOCAL_OUT: u32 = 3;
+const NF_ACCEPT: u32 = 1;
+
+/// The base chains of the intel table: name, hook, priority (as in the compiled structure).
+const BASE_CHAINS: [(&str, u32, i32); 2] = [
+    ("output", NF_INET_LOCAL_OUT, -150),
+    ("input", NF_INET_LOCAL_IN, -10),
+];
+
+/// The kernel's nf_tables over netlink, for the intel table: a socket, and the declarations
+/// and rules of the table last put in force (what the later checks compare, keyed by the
+/// compiled structure's digest).
+#[derive(Debug)]
+pub struct IntelNetlink {
+    sock: NfSocket,
+    applied: Option<(String, Shape)>,
+}
+
+impl IntelNetlink {
+    /// Use this socket (in the network namespace whose tables it should change).
+    pub fn new(sock: NfSocket) -> Self {
+        Self {
+            sock,
+            applied: None,
+        }
+    }
+}
+
+/// A base chain's hook number, priority, policy and type.
+type Hook = (u32, i32, u32, String);
+
+fn be32(v: &[u8]) -> u32 {
+    v.get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
+/// The hook of a dumped chain, `None` for a regular chain.
+fn hook_of(body: &[u8]) -> Option<Hook> {
+    let nest = attrs(body).find(|(t, _)| *t == NFTA_CHAIN_HOOK)?.1;
+    let num = attrs(nest)
+        .find(|(t, _)| *t == NFTA_HOOK_HOOKNUM)
+        .map(|(_, v)| be32(v))?;
+    let prio = attrs(nest)
+        .find(|(t, _)| *t == NFTA_HOOK_PRIORITY)
+        .map(|(_, v)| be32(v))?;
+    let policy = attrs(body)
+        .find(|(t, _)| *t == NFTA_CHAIN_POLICY)
+        .map_or(NF_ACCEPT, |(_, v)| be32(v));
+    let kind = attrs(body)
+        .find(|(t, _)| *t == NFTA_CHAIN_TYPE)
+        .map(|(_, v)| str_attr(v))?;
+    Some((num, prio as i32, policy, kind))
+}
+
+/// Rules per chain, in order: their copied attributes (expressions, user data).
+type Rules = BTreeMap<String, Vec<Vec<u8>>>;
+
+/// A table's declarations as dumped: what the replacement copies and the read-back compares.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Shape {
+    /// Counters and other objects: (name, type attribute, data attribute as created).
+    objs: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
+    /// Set declarations by name (their [`SET_DECL`] attributes) and whether anonymous.
+    sets: BTreeMap<String, (Vec<u8>, bool)>,
+    /// Elements of the anonymous sets (the rules' inline sets), each raw, sorted.
+    anon: BTreeMap<String, Vec<Vec<u8>>>,
+    /// Chains in creation order.
+    chains: Vec<String>,
+    /// Base chains: name -> (hook, priority, policy, type).
+    hooks: BTreeMap<String, Hook>,
+    /// Rules per chain.
+    rules: Rules,
+}
+
+/// Where a run of attributes sits, for [`renest`].
+#[derive(Clone, Copy)]
+enum Nest<'a> {
+    /// A rule's attributes.
+    Rule,
+    /// `NFTA_RULE_EXPRESSIONS`: `NFTA_LIST_ELEM`s.
+    Exprs,
+    /// One expression: its name, then its data.
+    Expr,
+    /// An expression's data (which of its attributes nest depends on its name).
+    ExprData(&'a [u8]),
+    /// `NFTA_DATA_*`: a value, or a verdict (nested).
+    Data,
+    /// One set element, the whole `NFTA_LIST_ELEM`.
+    Elem,
+    /// A set element's attributes: key, data, key end nest.
+    ElemAttrs,
+    /// Attributes holding no nest.
+    Leaf,
+}
+
+/// Copy attributes as the kernel dumped them, with `NLA_F_NESTED` set on every nest (the
+/// kernel dumps nf_tables nests without it and, for some, refuses them without it on
+/// input, as libnftnl always sets it).
+fn renest(raw: &[u8], at: Nest<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut expr_name: &[u8] = &[];
+    for (t, whole) in raw_attrs(raw) {
+        let len = usize::from(u16::from_ne_bytes([whole[0], whole[1]])).min(whole.len());
+        let inner = &whole[4..len];
+        let child = match (at, t) {
+            (Nest::Rule, 4) => Some(Nest::Exprs),
+            (Nest::Exprs, 1) => Some(Nest::Expr),
+            (Nest::Expr, 2) => Some(Nest::ExprData(expr_name)),
+            (Nest::ExprData(n), t) => match (n, t) {
+                (b"cmp\0", 3)
+                | (b"immediate\0", 2)
+                | (b"bitwise\0", 4 | 5 | 7)
+                | (b"range\0", 3..=4) => Some(Nest::Data),
+                _ => None,
+            },
+            (Nest::Data, 2) => Some(Nest::Leaf),
+            (Nest::Elem, 1) => Some(Nest::ElemAttrs),
+            (Nest::ElemAttrs, 1 | 2 | 9) => Some(Nest::Data),
+            _ => None,
+        };
+        if matches!(at, Nest::Expr) && t == 1 {
+            expr_name = inner;
+        }
+        match child {
+            Some(c) => {
+                let body = renest(inner, c);
+                let n = (4 + body.len()) as u16;
+                out.extend_from_slice(&n.to_ne_bytes());
+                out.extend_from_slice(&(t | 0x8000).to_ne_bytes());
+                out.extend_from_slice(&body);
+            }
+            None => out.extend_from_slice(whole),
+        }
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// The number of an anonymous set's name (`__set12` -> 12).
+fn anon_number(name: &str) -> u64 {
+    name.trim_start_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or(u64::MAX)
+}
+
+fn nl(e: NfnlError) -> NftError {
+    NftError::Netlink(e.to_string())
+}
+
+fn str_attr(v: &[u8]) -> String {
+    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
+}
+
+fn copy(body: &[u8], keep: &[u16]) -> Vec<u8> {
+    raw_attrs(body)
+        .filter(|(t, _)| keep.contains(t))
+        .flat_map(|(_, raw)| raw.iter().copied())
+        .collect()
+}
+
+/// Dump `table`'s declarations, chains and rules (and the anonymous sets' elements).
+fn shape(sock: &mut NfSocket, table: &str) -> Result<Option<Shape>, NftError> {
+    let mut s = Shape::default();
+    let found = sock
+        .dump(
+            NFT_MSG_GETSET,
+            NFPROTO_INET,
+            |m| m.put_str(NFTA_SET_TABLE, table),
+            |r| {
+                let name = attrs(r.body)
+                    .find(|(t, _)| *t == NFTA_SET_NAME)
+                    .map(|(_, v)| str_attr(v))
+                    .ok_or("a set without a name")?;
+                let flags = attrs(r.body)
+                    .find(|(t, _)| *t == NFTA_SET_FLAGS && r.body.len() >= 4)
+                    .map_or(0, |(_, v)| {
+                        u32::from_be_bytes(
+                            v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
+                        )
+                    });
+                s.sets.insert(
+                    name,
+                    (copy(r.body, &SET_DECL), flags & NFT_SET_ANONYMOUS != 0),
+                );
+                Ok(())
+            },
+        )
+        .map_err(nl)?
+        .map_err(NftError::Netlink)?;
+    if !found {
+        return Ok(None);
+    }
+    let anon: Vec<String> = s
+        .sets
+        .iter()
+        .filter(|(_, (_, a))| *a)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in anon {
+        let mut elems = Vec::new();
+        sock.dump(
+            NFT_MSG_GETSETELEM,
+            NFPROTO_INET,
+            |m| {
+                m.put_str(NFTA_SET_ELEM_LIST_TABLE, table);
+                m.put_str(NFTA_SET_ELEM_LIST_SET, &name);
+            },
+            |r| {
+                for (t, v) in attrs(r.body) {
+                    if t == NFTA_SET_ELEM_LIST_ELEMENTS {
+                        elems.extend(raw_attrs(v).map(|(_, raw)| raw.to_vec()));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .map_err(nl)?
+        .map_err(NftError::Netlink)?;
+        elems.sort();
+        s.anon.insert(name, elems);
+    }
+    sock.dump(
+        NFT_MSG_GETOBJ,
+        NFPROTO_INET,
+        |m| m.put_str(NFTA_OBJ_TABLE, table),
+        |r| {
+            let name = attrs(r.body)
+                .find(|(t, _)| *t == NFTA_OBJ_NAME)
+                .map(|(_, v)| str_attr(v))
+                .ok_or("an object without a name")?;
+            s.objs.insert(
+                name,
+                (
+                    copy(r.body, &[NFTA_OBJ_TYPE]),
+                    copy(r.body, &[NFTA_OBJ_DATA]),
+                ),
+            );
+            Ok(())
+        },
+    )
+    .map_err(nl)?
+    .map_err(NftError::Netlink)?;
+    sock.dump(
+        NFT_MSG_GETCHAIN,
+        NFPROTO_INET,
+        |_| {},
+        |r| {
+            let in_table =
+                attrs(r.body).any(|(t, v)| t == NFTA_CHAIN_TABLE && str_attr(v) == table);
+            if in_table {
+                let name = attrs(r.body)
+                    .find(|(t, _)| *t == NFTA_CHAIN_NAME)
+                    .map(|(_, v)| str_attr(v))
+                    .ok_or("a chain without a name")?;
+                if let Some(hook) = hook_of(r.body) {
+                    s.hooks.insert(name.clone(), hook);
+                }
+                s.chains.push(name);
+            }
+            Ok(())
+        },
+    )
+    .map_err(nl)?
+    .map_err(NftError::Netlink)?;
+    s.rules = rules(sock, table)?;
+    Ok(Some(s))
+}
+
+/// `table`'s rules per chain, in order.
+fn rules(sock: &mut NfSocket, table: &str) -> Result<Rules, NftError> {
+    let mut out = Rules::new();
+    sock.dump(
+        NFT_MSG_GETRULE,
+        NFPROTO_INET,
+        |m| m.put_str(NFTA_RULE_TABLE, table),
+        |r| {
+            let chain = attrs(r.body)
+                .find(|(t, _)| *t == NFTA_RULE_CHAIN)
+                .map(|(_, v)| str_attr(v))
+                .ok_or("a rule without a chain")?;
+            out.entry(chain)
+                .or_default()
+                .push(copy(r.body, &[NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA]));
+            Ok(())
+        },
+    )
+    .map_err(nl)?
+    .map_err(NftError::Netlink)?;
+    Ok(out)
+}
+
+fn add_chain(b: &mut Batch, name: &str) {
+    b.begin(
+        NFT_MSG_NEWCHAIN,
+        NLM_F_CREATE,
+        NFPROTO_INET,
+        format!("chain {name}"),
+    );
+    b.put_str(NFTA_CHAIN_TABLE, INTEL_TABLE);
+    b.put_str(NFTA_CHAIN_NAME, name);
+    if let Some((_, hooknum, prio)) = BASE_CHAINS.iter().find(|(n, _, _)| *n == name) {
+        let h = b.nest_begin(NFTA_CHAIN_HOOK);
+        b.put_be32(NFTA_HOOK_HOOKNUM, *hooknum);
+        b.put_be32(NFTA_HOOK_PRIORITY, *prio as u32);
+        b.nest_end(h);
+        b.put_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+        b.put_str(NFTA_CHAIN_TYPE, "filter");
+    }
+}
+
+/// The key bytes of an address (network byte order, 4 or 16 bytes).
+fn key_bytes(v: u128, v6: bool) -> Vec<u8> {
+    if v6 {
+        v.to_be_bytes().to_vec()
+    } else {
+        (v as u32).to_be_bytes().to_vec()
+    }
+}
+
+fn elem_begin(b: &mut Batch, msg: u8, set: &str, what: &str) -> usize {
+    let flags = if msg == NFT_MSG_NEWSETELEM {
+        NLM_F_CREATE
+    } else {
+        0
+    };
+    b.begin(msg, flags, NFPROTO_INET, format!("{what} of set {set}"));
+    b.put_str(NFTA_SET_ELEM_LIST_TABLE, INTEL_TABLE);
+    b.put_str(NFTA_SET_ELEM_LIST_SET, set);
+    b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS)
+}
+
+fn put_key(b: &mut Batch, key: &[u8], flags: u32, udata: Option<&[u8]>) {
+    let e = b.nest_begin(NFTA_LIST_ELEM);
+    let k = b.nest_begin(NFTA_SET_ELEM_KEY);
+    b.put(NFTA_DATA_VALUE, key);
+    b.nest_end(k);
+    if flags != 0 {
+        b.put_be32(NFTA_SET_ELEM_FLAGS, flags);
+    }
+    if let Some(u) = udata {
+        b.put(NFTA_SET_ELEM_USERDATA, u);
+    }
+    b.nest_end(e);
+}
+
+/// Element messages (`msg`: add or delete) for `elems` of `set`, as many as their size needs.
+/// An interval set's prefix is two elements, its start and (one past) its end, as nft
+/// writes them; a prefix reaching the top of the address space has no end element.
+fn put_elems(
+    b: &mut Batch,
+    msg: u8,
+    set: &SetSpec,
+    elems: impl Iterator<Item = Elem>,
+    what: &str,
+) -> usize {
+    let top = if set.v6 {
+        u128::MAX
+    } else {
+        u128::from(u32::MAX)
+    };
+    let mut nest: Option<usize> = None;
+    let mut n = 0;
+    for e in elems {
+        if nest.is_none() || b.msg_len() > MSG_ROOM {
+            if let Some(at) = nest {
+                b.nest_end(at);
+            }
+            nest = Some(elem_begin(b, msg, &set.name, what));
+        }
+        let (lo, hi) = e.range();
+        if set.interval {
+            let open = hi == top;
+            put_key(
+                b,
+                &key_bytes(lo, set.v6),
+                0,
+                open.then_some(&UDATA_INTERVAL_OPEN[..]),
+            );
+            if !open {
+                put_key(
+                    b,
+                    &key_bytes(hi + 1, set.v6),
+                    NFT_SET_ELEM_INTERVAL_END,
+                    None,
+                );
+            }
+        } else {
+            put_key(b, &key_bytes(lo, set.v6), 0, None);
+        }
+        n += 1;
+    }
+    if let Some(at) = nest {
+        b.nest_end(at);
+    }
+    n
+}
+
+/// Check one set's elements in the kernel against the compiled ones, one dump message at a
+/// time: every element held is a compiled one (an address of a hash set; the start or
+/// one-past-the-end of a compiled prefix) and the counts agree, so the kernel holds exactly
+/// the compiled elements.
+fn check_elems(sock: &mut NfSocket, rs: &IntelRuleset, set: &SetSpec) -> Result<(), String> {
+    let addr = |v: &[u8]| -> Option<(u128, IpAddr)> {
+        match v.len() {
+            4 => {
+                let a = Ipv4Addr::from(<[u8; 4]>::try_from(v).ok()?);
+                Some((u128::from(u32::from(a)), IpAddr::V4(a)))
+            }
+            16 => {
+                let a = Ipv6Addr::from(<[u8; 16]>::try_from(v).ok()?);
+                Some((u128::from(a), IpAddr::V6(a)))
+            }
+            _ => None,
+        }
+    };
+    let (mut starts, mut ends) = (0usize, 0usize);
+    let name = &set.name;
+    let found = sock
+        .dump(
+            NFT_MSG_GETSETELEM,
+            NFPROTO_INET,
+            |m| {
+                m.put_str(NFTA_SET_ELEM_LIST_TABLE, INTEL_TABLE);
+                m.put_str(NFTA_SET_ELEM_LIST_SET, name);
+            },
+            |r| {
+                for (t, list) in attrs(r.body) {
+                    if t != NFTA_SET_ELEM_LIST_ELEMENTS {
+                        continue;
+                    }
+                    for (_, elem) in attrs(list) {
+                        let mut key = None;
+                        let mut flags = 0u32;
+                        for (t, v) in attrs(elem) {
+                            match t {
+                                NFTA_SET_ELEM_KEY => {
+                                    key = attrs(v)
+                                        .find(|(t, _)| *t == NFTA_DATA_VALUE)
+                                        .and_then(|(_, v)| addr(v));
+                                }
+                                NFTA_SET_ELEM_FLAGS if v.len() == 4 => {
+                                    flags = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+                                }
+                                _ => {}
+                            }
+                        }
+                        let (bits, ip) =
+                            key.ok_or_else(|| format!("set {name} holds an element without an address key"))?;
+                        if ip.is_ipv6() != set.v6 {
+                            return Err(format!("set {name} holds an element of the other family"));
+                        }
+                        if !set.interval {
+                            if !set.has_host(rs, &ip) {
+                                return Err(format!("set {name} holds {ip}, which is not in the feed"));
+                            }
+                            starts += 1;
+                        } else if flags & NFT_SET_ELEM_INTERVAL_END != 0 {
+                            // One past a compiled prefix's end.
+                            let last = bits.checked_sub(1).ok_or_else(|| {
+                                format!("set {name} holds an interval ending before the first address")
+                            })?;
+                            let below = if set.v6 {
+                                IpAddr::V6(Ipv6Addr::from(last))
+                            } else {
+                                IpAddr::V4(Ipv4Addr::from(last as u32))
+                            };
+                            if set.net_at_or_below(rs, below).is_none_or(|c| c.range().1 != last) {
+                                return Err(format!("set {name} holds an interval ending at {below}, which no prefix of the feed ends at"));
+                            }
+                            ends += 1;
+                        } else {
+                            if set.net_at_or_below(rs, ip).is_none_or(|c| c.range().0 != bits) {
+                                return Err(format!("set {name} holds an interval starting at {ip}, which no prefix of the feed starts at"));
+                            }
+                            starts += 1;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| e.to_string())??;
+    if !found {
+        return Err(format!("set {name} is missing"));
+    }
+    let n = set.len(rs);
+    let top = if set.v6 {
+        u128::MAX
+    } else {
+        u128::from(u32::MAX)
+    };
+    let open =
+        usize::from(set.interval && set.elems(rs).last().is_some_and(|e| e.range().1 == top));
+    let want_ends = if set.interval { n - open } else { 0 };
+    if starts != n || ends != want_ends {
+        return Err(format!(
+            "set {name} holds {starts} element(s) ({ends} interval ends), the feed {n} ({want_ends})"
+        ));
+    }
+    Ok(())
+}
+
+/// Replace the intel table with `rs` in one transaction (see the module's documentation),
+/// then read it back.
+pub(super) fn replace(
+    nlk: &mut IntelNetlink,
+    backend: &mut dyn Backend,
+    rs: &IntelRuleset,
+) -> Result<(), EnforceError> {
+    nlk.applied = None;
+    let mismatch = |found: String| EnforceError::Mismatch {
+        expected: intel_structure_digest(rs),
+        found,
+    };
+    // 1. nft compiles the small part into the scratch table; read back as compiled.
+    backend
+        .apply(&render_template(rs))
+        .map_err(EnforceError::Apply)?;
+    let listing = backend
+        .list_table(TEMPLATE_TABLE)
+        .map_err(EnforceError::ReadBack)?
+        .ok_or_else(|| mismatch("no scratch table".into()))?;
+    verify_template_listing(rs, &listing).map_err(mismatch)?;
+    let tmpl = shape(&mut nlk.sock, TEMPLATE_TABLE)
+        .map_err(EnforceError::ReadBack)?
+        .ok_or_else(|| mismatch("no scratch table".into()))?;
+    // 2. One batch: the table replaced, copied declarations, streamed elements, hooks.
+    let mut b = Batch::new();
+    for (msg, flags, what) in [
+        (NFT_MSG_NEWTABLE, NLM_F_CREATE, "table (add)"),
+        (NFT_MSG_DELTABLE, 0, "table (delete)"),
+        (NFT_MSG_NEWTABLE, NLM_F_CREATE, "table"),
+    ] {
+        b.begin(msg, flags, NFPROTO_INET, what);
+        b.put_str(NFTA_TABLE_NAME, INTEL_TABLE);
+    }
+    for (name, (kind, data)) in &tmpl.objs {
+        b.begin(
+            NFT_MSG_NEWOBJ,
+            NLM_F_CREATE,
+            NFPROTO_INET,
+            format!("counter {name}"),
+        );
+        b.put_str(NFTA_OBJ_TABLE, INTEL_TABLE);
+        b.put_str(NFTA_OBJ_NAME, name);
+        b.put_raw(kind);
+        b.put_raw(data);
+    }
+    // Named sets first, then the rules' inline (anonymous) sets in the order the kernel
+    // numbered them in the scratch table: created as `__set%d` in the new, empty table,
+    // they get the same numbers, which the copied rules name.
+    let mut order: Vec<(&String, &(Vec<u8>, bool))> = tmpl.sets.iter().collect();
+    order.sort_by_key(|(name, (_, anon))| (*anon, anon_number(name), (*name).clone()));
+    for (id, (name, (decl, anon))) in (1u32..).zip(order) {
+        b.begin(
+            NFT_MSG_NEWSET,
+            NLM_F_CREATE,
+            NFPROTO_INET,
+            format!("set {name}"),
+        );
+        b.put_str(NFTA_SET_TABLE, INTEL_TABLE);
+        for (t, raw) in raw_attrs(decl) {
+            if t == NFTA_SET_NAME && *anon {
+                b.put_str(NFTA_SET_NAME, "__set%d");
+            } else {
+                b.put_raw(raw);
+            }
+        }
+        // The kernel requires a transaction-local id for every new set.
+        b.put_be32(NFTA_SET_ID, id);
+        if *anon {
+            let elems = tmpl.anon.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            b.begin(
+                NFT_MSG_NEWSETELEM,
+                NLM_F_CREATE,
+                NFPROTO_INET,
+                format!("elements of set {name}"),
+            );
+            b.put_str(NFTA_SET_ELEM_LIST_TABLE, INTEL_TABLE);
+            b.put_str(NFTA_SET_ELEM_LIST_SET, "__set%d");
+            b.put_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
+            let at = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+            for e in elems {
+                b.put_raw(&renest(e, Nest::Elem));
+            }
+            b.nest_end(at);
+        }
+    }
+    let all = sets(rs);
+    for (_, s) in &all {
+        put_elems(&mut b, NFT_MSG_NEWSETELEM, s, s.elems(rs), "elements");
+    }
+    for chain in &tmpl.chains {
+        add_chain(&mut b, chain);
+    }
+    for chain in &tmpl.chains {
+        for (i, r) in tmpl.rules.get(chain).into_iter().flatten().enumerate() {
+            b.begin(
+                NFT_MSG_NEWRULE,
+                NLM_F_CREATE | NLM_F_APPEND,
+                NFPROTO_INET,
+                format!("rule {} of chain {chain}", i + 1),
+            );
+            b.put_str(NFTA_RULE_TABLE, INTEL_TABLE);
+            b.put_str(NFTA_RULE_CHAIN, chain);
+            b.put_raw(&renest(r, Nest::Rule));
+        }
+    }
+    b.begin(NFT_MSG_DELTABLE, 0, NFPROTO_INET, "scratch table (delete)");
+    b.put_str(NFTA_TABLE_NAME, TEMPLATE_TABLE);
+    nlk.sock.commit(b).map_err(|e| EnforceError::Apply(nl(e)))?;
+    // 3. Read back: declarations and rules as nft compiled them, elements as compiled.
+    let held = shape(&mut nlk.sock, INTEL_TABLE)
+        .map_err(EnforceError::ReadBack)?
+        .ok_or_else(|| mismatch("absent".into()))?;
+    let mut want = tmpl;
+    want.hooks = BASE_CHAINS
+        .iter()
+        .map(|(n, h, p)| ((*n).to_owned(), (*h, *p, NF_ACCEPT, "filter".to_owned())))
+        .collect();
+    same_shape(&held, &want).map_err(mismatch)?;
+    for (_, s) in &all {
+        check_elems(&mut nlk.sock, rs, s).map_err(mismatch)?;
+    }
+    nlk.applied = Some((intel_structure_digest(rs), want));
+    Ok(())
+}
+
+/// Whether a dumped table has the declarations and rules wanted (counters by name and
+/// type: their values move with traffic).
+fn same_shape(held: &Shape, want: &Shape) -> Result<(), String> {
+    let objs = |s: &Shape| {
+        s.objs
+            .iter()
+            .map(|(n, (t, _))| (n.clone(), t.clone()))
+            .collect::<Vec<_>>()
+    };
+    let what = if objs(held) != objs(want) {
+        "counters"
+    } else if held.sets != want.sets {
+        "set declarations"
+    } else if held.anon != want.anon {
+        "rules' inline sets"
+    } else if held.chains != want.chains || held.hooks != want.hooks {
+        "chains"
+    } else if held.rules != want.rules {
+        "rules"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "the blocklist table's {what} differ from the compiled ones"
+    ))
+}
+
+/// The full read-back of the table put in force with `rs`: declarations and rules as
+/// they were confirmed then, every set's elements as compiled. `None` when this socket
+/// did not put `rs` in force.
+pub(super) fn check(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Option<Result<(), String>> {
+    let (digest, _) = nlk.applied.as_ref()?;
+    if *digest != intel_structure_digest(rs) {
+        return None;
+    }
+    let held = match shape(&mut nlk.sock, INTEL_TABLE) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Some(Err("the blocklist table is gone".into())),
+        Err(e) => {
+            return Some(Err(format!(
+                "the blocklist table could not be read back: {e}"
+            )));
+        }
+    };
+    let want = &nlk.applied.as_ref()?.1;
+    if let Err(e) = same_shape(&held, want) {
+        return Some(Err(e));
+    }
+    for (_, s) in &sets(rs) {
+        if let Err(e) = check_elems(&mut nlk.sock, rs, s) {
+            return Some(Err(e));
+        }
+    }
+    Some(Ok(()))
+}
+
+/// Move the kernel from `old` to `new` with element batches (deletions first, then
+/// additions, in hash and interval sets alike) in one transaction. `Ok(false)` when the
+/// structure differs (sets appear or vanish, categories or exemptions change): the caller
+/// replaces the table instead.
+pub(super) fn update(
+    nlk: &mut IntelNetlink,
+    old: &IntelRuleset,
+    new: &IntelRuleset,
+) -> Result<bool, NftError> {
+    let names = |rs: &IntelRuleset| {
+        rs.categories
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+    };
+    let shape = |rs: &IntelRuleset| {
+        sets(rs)
+            .into_iter()
+            .map(|(_, s)| s.name)
+            .collect::<Vec<_>>()
+    };
+    if names(old) != names(new) || shape(old) != shape(new) || old.protected != new.protected {
+        return Ok(false);
+    }
+    let (old_sets, new_sets) = (sets(old), sets(new));
+    let mut b = Batch::new();
+    for op in [NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM] {
+        for ((_, o), (_, n)) in old_sets.iter().zip(&new_sets) {
+            let (from, to, s) = if op == NFT_MSG_DELSETELEM {
+                (o.elems(old), new, n)
+            } else {
+                (n.elems(new), old, o)
+            };
+            // Elements of `from` that the other side lacks.
+            let gone = from.filter(|e| match e {
+                Elem::Host(a) => !s.has_host(to, a),
+                Elem::Net(c) => s.net_at_or_below(to, c.addr()) != Some(*c),
+            });
+            let what = if op == NFT_MSG_DELSETELEM {
+                "removed elements"
+            } else {
+                "added elements"
+            };
+            put_elems(&mut b, op, s, gone, what);
+        }
+    }
+    if b.messages() > 0 {
+        nlk.sock.commit(b).map_err(nl)?;
+    }
+    Ok(true)
+}
+
+/// Refill the named sets of the intel table with their compiled elements in one
+/// transaction (each flushed, then filled), then check their elements. `Ok(false)` if a
+/// name is not a set of `rs`.
+pub(super) fn refill(
+    nlk: &mut IntelNetlink,
+    rs: &IntelRuleset,
+    names: &[String],
+) -> Result<bool, String> {
+    let all = sets(rs);
+    let mut chosen = Vec::new();
+    for name in names {
+        let Some((_, s)) = all.iter().find(|(_, s)| &s.name == name) else {
+            return Ok(false);
+        };
+        chosen.push(s);
+    }
+    let mut b = Batch::new();
+    for s in &chosen {
+        // A deletion without elements flushes the set.
+        b.begin(
+            NFT_MSG_DELSETELEM,
+            0,
+            NFPROTO_INET,
+            format!("flush of set {}", s.name),
+        );
+        b.put_str(NFTA_SET_ELEM_LIST_TABLE, INTEL_TABLE);
+        b.put_str(NFTA_SET_ELEM_LIST_SET, &s.name);
+        put_elems(&mut b, NFT_MSG_NEWSETELEM, s, s.elems(rs), "elements");
+    }
+    nlk.sock.commit(b).map_err(|e| e.to_string())?;
+    for s in chosen {
+        check_elems(&mut nlk.sock, rs, s)?;
+    }
+    Ok(true)
+}
+
+/// Whether the intel table's rules are still those put in force with `rs` (a dump of the
+/// rules only, no elements). `None` when this socket did not put `rs` in force.
+pub(super) fn rules_intact(
+    nlk: &mut IntelNetlink,
+    rs: &IntelRuleset,
+) -> Option<Result<bool, NftError>> {
+    let (digest, applied) = nlk.applied.as_ref()?;
+    if *digest != intel_structure_digest(rs) {
+        return None;
+    }
+    let want = applied.rules.clone();
+    Some(rules(&mut nlk.sock, INTEL_TABLE).map(|held| held == want))
+}
+
+/// Forget the rules last put in force (the exemption chains were changed by `nft`).
+pub(super) fn forget_rules(nlk: &mut IntelNetlink) {
+    nlk.applied = None;
+}
+
+/// Run `f` with the backend's netlink socket for the intel table, if it has one.
+pub(super) fn with_netlink<R>(
+    backend: &mut dyn Backend,
+    f: impl FnOnce(&mut IntelNetlink, &mut dyn Backend) -> R,
+) -> Option<R> {
+    let mut nlk = backend.take_intel_netlink()?;
+    let r = f(&mut nlk, backend);
+    backend.put_intel_netlink(nlk);
+    Some(r)
+}
