@@ -7,14 +7,16 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-tools=(nft ip dbus-daemon setpriv faketime unshare nsenter mount qemu-system-x86_64 mmdebstrap mkfs.ext4 zstd cpio strip)
+tools=(nft ip dbus-daemon setpriv faketime unshare nsenter mount qemu-system-x86_64 mmdebstrap mkfs.ext4 zstd cpio strip
+  dpkg-buildpackage dh dh_installsysusers lintian gdbus-codegen man systemd-analyze journalctl)
 missing=()
 for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
 if ((${#missing[@]})) && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
   echo "installing the packages for: ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     nftables iproute2 dbus util-linux mount procps ca-certificates faketime \
-    mmdebstrap qemu-system-x86 e2fsprogs zstd cpio binutils >/dev/null
+    mmdebstrap qemu-system-x86 e2fsprogs zstd cpio binutils \
+    dpkg-dev debhelper lintian libglib2.0-dev-bin man-db systemd >/dev/null
 fi
 
 log=$(mktemp)

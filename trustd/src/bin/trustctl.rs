@@ -28,7 +28,7 @@ use trustd::timefmt::Timestamp;
     version,
     about = "Admin CLI of trustd, the trust agent of Enigm OS"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,

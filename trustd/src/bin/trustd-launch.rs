@@ -33,7 +33,7 @@ use trustd::launch::Profile;
     version,
     about = "Start an app as the device policy allows"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// The bus trustd serves on (default: the system bus).
     #[arg(long)]
     bus: Option<String>,
