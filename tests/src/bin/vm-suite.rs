@@ -708,6 +708,87 @@ fn boot3() -> Result<u8> {
         "binary back: the policy allows 443 again"
     );
     ok("binary back: the last-good policy is in force again");
+
+    // Bus activation: with trustd stopped, a call to org.enigm.Trust1 makes dbus-daemon ask
+    // systemd to start trustd.service (the activation file's SystemdService=). Under TCG a
+    // start may outlast the bus's 25 s activation timeout: then the call fails, but the
+    // unit must still come up and the next call be answered.
+    sh("systemctl stop trustd.service")?;
+    let t = Instant::now();
+    let first = rt.block_on(async {
+        let c = Client::connect(None).await.map_err(|e| e.to_string())?;
+        posture_of(&c).await.map(|_| ())
+    });
+    let first_took = t.elapsed();
+    wait_for(
+        "trustd.service active after the activating call",
+        120,
+        || {
+            let u = unit("trustd.service", &["ActiveState"]).ok()?;
+            (u["ActiveState"] == "active").then_some(())
+        },
+    )?;
+    let bus_log = sh("journalctl -b --no-pager -o cat -u dbus.service")?;
+    check!(
+        bus_log.contains(
+            "Activating via systemd: service name='org.enigm.Trust1' unit='trustd.service'"
+        ),
+        "dbus-daemon did not activate trustd.service through systemd: {first:?}"
+    );
+    rt.block_on(async {
+        let c = Client::connect(None).await.map_err(|e| e.to_string())?;
+        let p = wait_for_posture(&c).await?;
+        check!(p["Level"].is_string(), "posture: {p}");
+        Ok(())
+    })?;
+    ok(&format!(
+        "bus activation: a call with trustd stopped started trustd.service through systemd; {}",
+        match &first {
+            Ok(()) => format!("the call was answered in {first_took:.1?}"),
+            Err(e) => format!(
+                "the call itself failed after {first_took:.1?} ({e}), the next one was answered in {:.1?} in all",
+                t.elapsed()
+            ),
+        }
+    ));
+
+    // The journal: refusals at warning or above with the catalogued MESSAGE_ID, explained
+    // by the shipped catalog (journalctl -x). A bundle that is not an envelope: refused.
+    rt.block_on(async {
+        let c = Client::connect(None).await.map_err(|e| e.to_string())?;
+        check!(
+            c.apply_bundle(b"not an envelope").await.is_err(),
+            "a bundle that is not an envelope was accepted"
+        );
+        Ok(())
+    })?;
+    let id = trustd::audit::AUDIT_MESSAGE_ID;
+    let refused = sh(&format!(
+        "journalctl --no-pager -p warning MESSAGE_ID={id} -o cat | grep -c ' refused' || true"
+    ))?;
+    let refused: u64 = refused.trim().parse().unwrap_or(0);
+    check!(
+        refused > 0,
+        "no refused audit record at priority warning or above"
+    );
+    let ok_at_warning = sh(&format!(
+        "journalctl --no-pager -p warning MESSAGE_ID={id} -o cat | grep -c ' ok$\\| ok:' || true"
+    ))?;
+    check!(
+        ok_at_warning.trim() == "0",
+        "successes logged at warning: {ok_at_warning}"
+    );
+    let explained = sh(&format!(
+        "journalctl --no-pager -x -n 1 MESSAGE_ID={id} | grep -c 'tamper-evident audit log' || true"
+    ))?;
+    check!(
+        explained.trim() != "0",
+        "journalctl -x shows no catalog text"
+    );
+    ok(&format!(
+        "journal: {refused} refusals at warning or above, no success; journalctl -x explains MESSAGE_ID {id}"
+    ));
+
     let _ = server.kill();
 
     // Memory with a 100,000-entry feed, as the service's cgroup counts it (what MemoryMax=
@@ -776,62 +857,6 @@ fn boot3() -> Result<u8> {
         "memory with a 100k feed: peak {:.1} MiB of {:.0} MiB",
         mib(peak),
         mib(max)
-    ));
-
-    // Bus activation: with trustd stopped, a call to org.enigm.Trust1 starts trustd.service
-    // (the activation file's SystemdService=) and is answered.
-    sh("systemctl stop trustd.service")?;
-    let t = Instant::now();
-    rt.block_on(async {
-        let c = Client::connect(None).await.map_err(|e| e.to_string())?;
-        let p = posture_of(&c)
-            .await
-            .map_err(|e| format!("a call with trustd stopped: {e}"))?;
-        check!(p["Level"].is_string(), "posture: {p}");
-        Ok(())
-    })?;
-    let u = unit("trustd.service", &["ActiveState"])?;
-    check!(u["ActiveState"] == "active", "not activated: {u:?}");
-    ok(&format!(
-        "bus activation: a call with trustd stopped started trustd.service and was answered in {:.1?}",
-        t.elapsed()
-    ));
-
-    // The journal: refusals at warning or above with the catalogued MESSAGE_ID, explained
-    // by the shipped catalog (journalctl -x). A bundle that is not an envelope: refused.
-    rt.block_on(async {
-        let c = Client::connect(None).await.map_err(|e| e.to_string())?;
-        check!(
-            c.apply_bundle(b"not an envelope").await.is_err(),
-            "a bundle that is not an envelope was accepted"
-        );
-        Ok(())
-    })?;
-    let id = trustd::audit::AUDIT_MESSAGE_ID;
-    let refused = sh(&format!(
-        "journalctl --no-pager -p warning MESSAGE_ID={id} -o cat | grep -c ' refused' || true"
-    ))?;
-    let refused: u64 = refused.trim().parse().unwrap_or(0);
-    check!(
-        refused > 0,
-        "no refused audit record at priority warning or above"
-    );
-    let ok_at_warning = sh(&format!(
-        "journalctl --no-pager -p warning MESSAGE_ID={id} -o cat | grep -c ' ok$\\| ok:' || true"
-    ))?;
-    check!(
-        ok_at_warning.trim() == "0",
-        "successes logged at warning: {ok_at_warning}"
-    );
-    let explained = sh(&format!(
-        "journalctl --no-pager -x -n 1 MESSAGE_ID={id} | grep -c 'tamper-evident audit log' || true"
-    ))?;
-    check!(
-        explained.trim() != "0",
-        "journalctl -x shows no catalog text"
-    );
-    ok(&format!(
-        "journal: {refused} refusals at warning or above, no success; journalctl -x explains MESSAGE_ID {id}"
     ));
 
     let level = exposure("trustd.service")?;
