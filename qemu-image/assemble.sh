@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
 # Usage: assemble.sh OUT_DIR
 # Makes OUT_DIR/rootfs.ext4 (label "rootfs", 2 GiB sparse), OUT_DIR/vmlinuz and
-# OUT_DIR/initrd.img: the cached base (build-base.sh, built first if needed) plus trustd:
-#   $TRUSTD_BIN_DIR/{trustd,trustctl,trustd-launch}  -> /usr/bin   (default target/release)
-#   systemd/*.service                                -> /usr/lib/systemd/system, enabled
-#   systemd/*.nft                                    -> /usr/lib/trustd/
-#   systemd/*sysusers*.conf, systemd/*tmpfiles*.conf -> /usr/lib/{sysusers,tmpfiles}.d/trustd.conf
-#   dbus/*.conf                                      -> /usr/share/dbus-1/system.d/
-#   $TRUSTD_ETC/ (optional)                          -> /etc/trustd/
-# A missing input is skipped with a line saying so. No loop mount: mkfs.ext4 -d copies the tree.
-# Needs root (file ownership) and, on the host: e2fsprogs, zstd, tar, plus build-base.sh's.
+# OUT_DIR/initrd.img: the cached base (build-base.sh, built first if needed) plus trustd,
+# installed with dpkg from its Debian package:
+#   $TRUSTD_DEB                  the package to install; if unset, scripts/package.sh builds
+#                                one (from $TRUSTD_BIN_DIR's binaries if set, else release)
+#   $TRUSTD_ETC/ (optional)   -> /etc/trustd/
+# A missing TRUSTD_ETC is skipped with a line saying so. No loop mount: mkfs.ext4 -d copies
+# the tree. Needs root (file ownership) and, on the host: e2fsprogs, zstd, tar, plus
+# build-base.sh's (and scripts/package.sh's when it builds the package).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 out="${1:?usage: assemble.sh OUT_DIR}"
-bin_dir="${TRUSTD_BIN_DIR:-$repo/target/release}"
+deb_in="${TRUSTD_DEB:-}"
 etc_dir="${TRUSTD_ETC:-}"
 
 log() { echo "assemble: $*" >&2; }
@@ -33,57 +32,22 @@ tree="$work/tree"
 mkdir "$tree"
 zstd -dc "$entry/base.tar.zst" | tar -x --numeric-owner --xattrs --xattrs-include='*' -C "$tree"
 
-# Copies the files matching a glob into a directory of the tree; says so when there are none.
-install_glob() {
-	local mode="$1" dest="$2" what="$3" f found=0
-	shift 3
-	for f in "$@"; do
-		[[ -f "$f" ]] || continue
-		install -D -m "$mode" "$f" "$tree$dest/$(basename "$f")"
-		found=1
-	done
-	[[ "$found" == 1 ]] || skip "no $what"
-}
-
-for name in trustd trustctl trustd-launch; do
-	if [[ -x "$bin_dir/$name" ]]; then
-		install -D -m 0755 "$bin_dir/$name" "$tree/usr/bin/$name"
-		# Debug info is most of a debug build's size; the code is the same without it.
-		if command -v strip >/dev/null; then strip --strip-debug "$tree/usr/bin/$name"; fi
-	else
-		skip "no $bin_dir/$name"
-	fi
-done
-
-install_glob 0644 /usr/lib/systemd/system "systemd/*.service" "$repo"/systemd/*.service
-install_glob 0644 /usr/lib/trustd "systemd/*.nft" "$repo"/systemd/*.nft
-install_glob 0644 /usr/share/dbus-1/system.d "dbus/*.conf" "$repo"/dbus/*.conf
-
-sysusers=("$repo"/systemd/*sysusers*.conf)
-if [[ -f "${sysusers[0]}" ]]; then
-	install -D -m 0644 "${sysusers[0]}" "$tree/usr/lib/sysusers.d/trustd.conf"
-	# Create the users now too, so that files below can belong to them from the first boot.
-	chroot "$tree" systemd-sysusers trustd.conf
+# trustd goes in as the OS team ships it: its Debian package, installed with dpkg. The
+# maintainer scripts create the users (sysusers), the directories (tmpfiles) and enable
+# the units; nothing is started (no systemd runs in the chroot). The catalog and man-db
+# triggers run here too.
+deb="$work/trustd.deb"
+if [[ -n "$deb_in" ]]; then
+	cp "$deb_in" "$deb"
 else
-	skip "no systemd/*sysusers*.conf"
+	log "building the package (scripts/package.sh, binaries from ${TRUSTD_BIN_DIR:-a release build})"
+	DEB_BUILD_OPTIONS="${DEB_BUILD_OPTIONS:-noautodbgsym}" "$repo/scripts/package.sh" "$work/package" >&2
+	cp "$work"/package/trustd_*.deb "$deb"
 fi
-tmpfiles=("$repo"/systemd/*tmpfiles*.conf)
-if [[ -f "${tmpfiles[0]}" ]]; then
-	install -D -m 0644 "${tmpfiles[0]}" "$tree/usr/lib/tmpfiles.d/trustd.conf"
-else
-	skip "no systemd/*tmpfiles*.conf"
-fi
-
-# Enable every unit: systemctl reads its [Install] section (WantedBy=, RequiredBy=, Alias=)
-# and makes the symlinks under /etc/systemd/system; it needs no running systemd.
-for unit in "$repo"/systemd/*.service; do
-	[[ -f "$unit" ]] || continue
-	if grep -q '^\[Install\]' "$unit"; then
-		chroot "$tree" systemctl enable --quiet "$(basename "$unit")"
-	else
-		log "$(basename "$unit") has no [Install] section: installed, not enabled"
-	fi
-done
+cp "$deb" "$tree/tmp/trustd.deb"
+chroot "$tree" dpkg -i /tmp/trustd.deb >&2
+rm "$tree/tmp/trustd.deb"
+log "installed $(chroot "$tree" dpkg-query -W -f '${Package} ${Version}' trustd)"
 
 if [[ -z "$etc_dir" ]]; then
 	skip "TRUSTD_ETC not set: no /etc/trustd"

@@ -7,7 +7,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-tools=(nft ip dbus-daemon setpriv faketime unshare nsenter mount qemu-system-x86_64 mmdebstrap mkfs.ext4 zstd cpio strip pkg-config swtpm tpm2_checkquote go)
+tools=(nft ip dbus-daemon setpriv faketime unshare nsenter mount qemu-system-x86_64 mmdebstrap mkfs.ext4 zstd cpio strip
+  pkg-config swtpm tpm2_checkquote go
+  dpkg-buildpackage dh dh_installsysusers lintian gdbus-codegen man systemd-analyze journalctl)
 missing=()
 for t in "${tools[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
 [[ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ]] || missing+=(golang.org/x/mod)
@@ -18,7 +20,8 @@ if ((${#missing[@]})) && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null;
     nftables iproute2 dbus util-linux mount procps ca-certificates faketime \
     mmdebstrap qemu-system-x86 e2fsprogs zstd cpio binutils \
     pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools \
-    golang-go golang-golang-x-mod-dev python3-venv >/dev/null
+    golang-go golang-golang-x-mod-dev python3-venv \
+    dpkg-dev debhelper lintian libglib2.0-dev-bin man-db systemd >/dev/null
 fi
 # securesystemslib (PyPI), an outside DSSE implementation for the interop test, in a venv
 # under target/ made once. Without it that test skips (and fails under CI=true).

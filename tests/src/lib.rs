@@ -60,6 +60,7 @@ pub fn trustctl(cwd: &std::path::Path, args: &[&str]) -> Run {
 
 pub mod bus;
 pub mod flood;
+pub mod introspection;
 pub mod lab;
 pub mod rawbus;
 pub mod swtpm;

@@ -422,7 +422,8 @@ fn our_interfaces(xml: &str) -> String {
 }
 
 /// The interfaces trustd serves are exactly those in the committed `dbus/org.enigm.Trust1.xml`
-/// (the UI is written against that file). UPDATE_SNAPSHOTS=1 rewrites it.
+/// (the UI is written against that file), whose documentation is the served doc comments as
+/// gdbus-codegen's DocString annotations (tests::introspection). UPDATE_SNAPSHOTS=1 rewrites it.
 #[test]
 fn introspection_matches_the_committed_xml() {
     if !can_run(TOOLS) {
@@ -443,12 +444,14 @@ fn introspection_matches_the_committed_xml() {
             .await
             .expect("introspect")
     });
-    let served = our_interfaces(&xml);
+    let served = our_interfaces(&tests::introspection::document(&our_interfaces_lines(
+        &xml, false,
+    )));
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dbus/org.enigm.Trust1.xml");
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         let doc = format!(
             "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- org.enigm.Trust1 at /org/enigm/Trust1: the API the Trust Security Center is written against. -->\n<node name=\"/org/enigm/Trust1\">\n{}</node>\n",
-            our_interfaces_lines(&xml, false)
+            tests::introspection::document(&our_interfaces_lines(&xml, false))
         );
         std::fs::write(&file, doc).expect("write xml");
     }

@@ -1,8 +1,8 @@
-//! The in-VM suite: builds (or restores from cache) the Enigm OS image with this build's
-//! trustd, its units and bus policy, then boots it under QEMU three times on one disk and runs
+//! The in-VM suite: builds trustd's Debian package from this build's binaries, builds (or
+//! restores from cache) the Enigm OS image and installs the package in it with dpkg, then boots it under QEMU three times on one disk and runs
 //! `vm-suite` inside (boot order, READY, posture over the real system bus, bundles, privacy,
-//! SIGKILL, SIGSTOP and the watchdog, an OOM kill, a power cut mid-burst, a missing binary at
-//! boot, systemd-analyze security).
+//! SIGKILL, SIGSTOP and the watchdog, an OOM kill, the package upgraded in place, a power cut
+//! mid-burst, a missing binary at boot, bus activation, the journal, systemd-analyze security).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -42,11 +42,44 @@ fn copy_stripped(from: &Path, to: &Path) {
     std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// `deb` again as version `<its version>+upgrade1` (same files and maintainer scripts): what
+/// the suite installs over it to test an upgrade in place.
+fn newer_version(deb: &Path, to: &Path, scratch: &Path) {
+    let st = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(deb)
+        .arg(scratch)
+        .status()
+        .expect("dpkg-deb -R");
+    assert!(st.success(), "dpkg-deb -R");
+    let control = scratch.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).expect("control");
+    let bumped: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("Version: ") {
+            Some(v) => format!("Version: {v}+upgrade1\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    assert_ne!(bumped, text, "no Version field");
+    std::fs::write(&control, bumped).expect("control");
+    let st = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(scratch)
+        .arg(to)
+        .status()
+        .expect("dpkg-deb -b");
+    assert!(st.success(), "dpkg-deb -b");
+}
+
 #[test]
 fn the_suite_passes_inside_the_enigm_os_image() {
     if !can_run(&[
         "qemu-system-x86_64",
         "mmdebstrap",
+        "dpkg-buildpackage",
+        "dh",
+        "lintian",
         "mkfs.ext4",
         "zstd",
         "cpio",
@@ -77,10 +110,33 @@ fn the_suite_passes_inside_the_enigm_os_image() {
     std::fs::set_permissions(tests.join("run"), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
 
+    // The package as an OS team builds it (this build's binaries), and a newer version of
+    // it on the tests disk for the in-place upgrade.
+    let t = std::time::Instant::now();
+    let pkg = work.path().join("package");
+    let st = Command::new(repo().join("scripts/package.sh"))
+        .arg(&pkg)
+        .env("TRUSTD_BIN_DIR", bin_dir())
+        .env("DEB_BUILD_OPTIONS", "noautodbgsym")
+        .status()
+        .expect("package.sh");
+    assert!(st.success(), "package.sh failed");
+    let deb = std::fs::read_dir(&pkg)
+        .expect("ls")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("a .deb");
+    newer_version(
+        &deb,
+        &tests.join("trustd-upgrade.deb"),
+        &work.path().join("unpacked"),
+    );
+    eprintln!("package built in {:.1?}", t.elapsed());
+
     let t = std::time::Instant::now();
     let st = Command::new(repo().join("qemu-image/assemble.sh"))
         .arg(&out)
-        .env("TRUSTD_BIN_DIR", bin_dir())
+        .env("TRUSTD_DEB", &deb)
         .env("TRUSTD_ETC", &etc)
         .status()
         .expect("assemble.sh");
@@ -106,8 +162,11 @@ fn the_suite_passes_inside_the_enigm_os_image() {
         "ok: SIGSTOP",
         "ok: OOM kill",
         "ok: after the power cut",
+        "ok: package upgraded in place",
         "ok: binary missing at boot",
         "ok: memory with a 100k feed",
+        "ok: bus activation",
+        "ok: journal:",
         "ok: systemd-analyze security exposure",
     ] {
         assert!(stdout.contains(expect), "missing {expect:?}");

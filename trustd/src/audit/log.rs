@@ -966,21 +966,32 @@ fn unused(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|d| written_len(&d) == 0)
 }
 
-/// Send a committed record to journald (or wherever tracing is set up to go).
+/// Send a committed record to journald (or wherever tracing is set up to go), at the level
+/// its outcome calls for ([`Outcome::level`]): refusals and failures at warning or above.
 fn mirror(r: &Record) {
-    tracing::info!(
-        target: "trustd::audit",
-        message_id = AUDIT_MESSAGE_ID,
-        audit_seq = r.seq,
-        audit_kind = r.kind.as_str(),
-        audit_outcome = r.outcome.as_str(),
-        audit_from = r.from.as_deref().unwrap_or(""),
-        audit_to = r.to.as_deref().unwrap_or(""),
-        audit_uid = r.actor.uid,
-        "audit {} {} {}{}",
-        r.seq,
-        r.kind,
-        r.outcome.as_str(),
-        r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
-    );
+    macro_rules! mirror_at {
+        ($level:expr) => {
+            tracing::event!(
+                target: "trustd::audit",
+                $level,
+                message_id = AUDIT_MESSAGE_ID,
+                audit_seq = r.seq,
+                audit_kind = r.kind.as_str(),
+                audit_outcome = r.outcome.as_str(),
+                audit_from = r.from.as_deref().unwrap_or(""),
+                audit_to = r.to.as_deref().unwrap_or(""),
+                audit_uid = r.actor.uid,
+                "audit {} {} {}{}",
+                r.seq,
+                r.kind,
+                r.outcome.as_str(),
+                r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+            )
+        };
+    }
+    match r.outcome.level() {
+        tracing::Level::ERROR => mirror_at!(tracing::Level::ERROR),
+        tracing::Level::WARN => mirror_at!(tracing::Level::WARN),
+        _ => mirror_at!(tracing::Level::INFO),
+    }
 }

@@ -56,6 +56,17 @@ impl Outcome {
             Self::Error => "error",
         }
     }
+
+    /// The level its journald copy is logged at: ok at INFO (journald priority notice),
+    /// refused at WARN (warning), error at ERROR (err), so that `journalctl -p warning`
+    /// shows every refusal and failure and no success.
+    pub fn level(&self) -> tracing::Level {
+        match self {
+            Self::Ok => tracing::Level::INFO,
+            Self::Refused => tracing::Level::WARN,
+            Self::Error => tracing::Level::ERROR,
+        }
+    }
 }
 
 /// What a caller records; the log adds sequence, times and chaining.

@@ -38,7 +38,7 @@ object per line: results and errors carry \"ok\" (errors also \"error\": \"refus
     about = "Admin CLI of trustd, the trust agent of Enigm OS",
     after_help = EXIT_CODES
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,

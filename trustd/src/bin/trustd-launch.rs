@@ -28,7 +28,7 @@ use trustd::launch::exec::{argv, exec_env, open_pinned};
     version,
     about = "Start an app as the device policy allows"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// The bus trustd serves on (default: the system bus).
     #[arg(long)]
     bus: Option<String>,

@@ -26,7 +26,7 @@ use trustd::timefmt::Timestamp;
 
 #[derive(Parser, Debug)]
 #[command(name = "trustd", version, about = "The trust agent of Enigm OS")]
-struct Cli {
+pub(crate) struct Cli {
     /// Root prefix of every file trustd uses (/ on a device).
     #[arg(long, default_value = "/", global = true)]
     prefix: PathBuf,
