@@ -351,3 +351,104 @@ fn one_exit_code_rule_for_every_command_and_json_for_every_outcome() {
     assert_eq!(json(&r), serde_json::json!({"ok": true, "out": "one.dsse"}));
     assert!(d.join("one.dsse").exists());
 }
+
+/// Refusal, not system failure: a key file that is read but is not a key of the kind the
+/// command needs (garbage, a public key given to `sign`, a private key given as a trust-root
+/// member or as the device key) is the input's fault and exits 1, like a malformed trust
+/// root does; only a key file that cannot be read exits 3.
+#[test]
+fn a_malformed_key_file_is_refused_with_exit_1_and_a_missing_one_is_a_system_failure() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let d = d.path();
+    setup(d);
+    std::fs::write(d.join("garbage.key"), "not a key\n").expect("write");
+    let roles = |command: &'static str| -> Vec<&'static str> {
+        vec![
+            "--json",
+            "trust-root",
+            "--role",
+            "root=1:r.pub",
+            "--role",
+            "policy=1:a.pub",
+            "--role",
+            "intel=1:r.pub",
+            "--role",
+            command,
+        ]
+    };
+    let cases: Vec<(Vec<&str>, u8)> = vec![
+        (
+            vec!["--json", "sign", "--type", "policy", "--key", "garbage.key", "p3.json"],
+            1,
+        ),
+        (
+            vec!["--json", "sign", "--type", "policy", "--key", "a.pub", "p3.json"],
+            1,
+        ),
+        (roles("command=1:a.key"), 1),
+        (roles("command=1:garbage.key"), 1),
+        (
+            vec![
+                "--json", "posture", "verify", "p3.dsse", "--nonce", "nonce-0001", "--key",
+                "a.key",
+            ],
+            1,
+        ),
+        (
+            vec!["--json", "sign", "--type", "policy", "--key", "missing.key", "p3.json"],
+            3,
+        ),
+        (roles("command=1:missing.pub"), 3),
+    ];
+    for (args, code) in cases {
+        let r = trustctl(d, &args);
+        assert_eq!(i32::from(code), r.code, "{args:?}: {}{}", r.stdout, r.stderr);
+        let v = json(&r);
+        let kind = if code == 1 { "refused" } else { "system" };
+        assert_eq!(v["error"], kind, "{args:?}: {v}");
+    }
+}
+
+/// `audit export` writes the log's exact lines (its Merkle leaves), but a damaged segment
+/// whose line is no longer JSON is not passed off as JSON lines: every line is still
+/// written, and the command exits 1 naming the bad line. With --json and -o an intact
+/// export answers one result object naming the file, like every command writing a file.
+#[test]
+fn audit_export_of_a_damaged_log_exits_1_and_names_the_line_that_is_not_json() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let d = d.path();
+    setup(d);
+    ok(trustctl(d, &["load", "--prefix", "dev", "p3.dsse"]));
+    let r = ok(trustctl(
+        d,
+        &["--json", "audit", "export", "--prefix", "dev", "-o", "log.jsonl"],
+    ));
+    let v = json(&r);
+    assert_eq!((v["ok"].as_bool(), v["out"].as_str()), (Some(true), Some("log.jsonl")), "{v}");
+    let lines = std::fs::read_to_string(d.join("log.jsonl")).expect("export");
+    let n = lines.lines().count();
+    assert!(n >= 2, "{lines}");
+    assert_eq!(v["records"].as_u64(), Some(n as u64), "{v}");
+
+    // A bit flip that makes record 1's line invalid UTF-8 and JSON (a disk error).
+    let seg = d.join("dev/var/log/trustd/audit/segment-00000000.jsonl");
+    let mut data = std::fs::read(&seg).expect("segment");
+    let second = data.iter().position(|&b| b == b'\n').expect("a first line") + 1;
+    data[second + 3] = 0xff;
+    std::fs::write(&seg, data).expect("damage");
+    for args in [
+        &["audit", "export", "--prefix", "dev", "-o", "damaged.jsonl"][..],
+        &["audit", "export", "--prefix", "dev"],
+    ] {
+        let r = trustctl(d, args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("lines [2] are not JSON"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    // Still every line, byte for byte: the leaves a verifier recomputes the root from.
+    let damaged = std::fs::read(d.join("damaged.jsonl")).expect("damaged export");
+    assert_eq!(damaged.iter().filter(|&&b| b == b'\n').count(), n);
+}

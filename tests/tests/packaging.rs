@@ -472,3 +472,25 @@ fn both_units_are_hardened_offline() {
         assert!(level <= most, "{unit}: exposure {level} above {most}");
     }
 }
+
+/// The TPM event log survives a restart of trustd.service: it lives in /run/trustd (the
+/// unit's RuntimeDirectory=), and PCR 13 keeps what was extended until a reboot. systemd
+/// removes a RuntimeDirectory= whenever the service stops unless RuntimeDirectoryPreserve=yes,
+/// so without it the package's restart on upgrade (and every watchdog restart) would leave
+/// a PCR the log no longer replays to: the TPM evidence untrusted until the next boot.
+#[test]
+fn the_tpm_event_log_in_the_runtime_directory_survives_a_restart_of_the_service() {
+    let paths = trustd::Paths::system();
+    assert!(
+        paths.measurement_log().starts_with(paths.runtime_dir()),
+        "the measurement log moved: {}",
+        paths.measurement_log().display()
+    );
+    let unit = std::fs::read_to_string(repo().join("systemd/trustd.service")).expect("unit");
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    assert!(lines.contains(&"RuntimeDirectory=trustd"), "{unit}");
+    assert!(
+        lines.contains(&"RuntimeDirectoryPreserve=yes"),
+        "trustd.service removes /run/trustd (the TPM event log) when it stops or restarts"
+    );
+}

@@ -444,7 +444,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let refused = e.downcast_ref::<Refused>().is_some();
+            let refused = is_refusal(&e);
             if json_out {
                 println!(
                     "{}",
@@ -456,6 +456,19 @@ fn main() -> ExitCode {
             ExitCode::from(if refused { 1 } else { 3 })
         }
     }
+}
+
+/// Whether an error is the input's fault (exit 1): a [`Refused`], or a key file that was read
+/// but is not a key of the expected kind (a public key given as a private one, a damaged or
+/// foreign file). A key file that cannot be read stays a system failure (3).
+fn is_refusal(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Refused>()
+            || matches!(
+                c.downcast_ref::<trustd::bundle::KeyFileError>(),
+                Some(trustd::bundle::KeyFileError::Invalid { .. })
+            )
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -495,7 +508,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Audit { cmd } => match cmd {
             AuditCmd::Verify { prefix: Some(p) } => audit_verify(j, &p),
             AuditCmd::Tail { prefix: Some(p), n } => audit_tail(j, &p, n),
-            AuditCmd::Export { prefix, out } => audit_export(&prefix, out.as_deref()),
+            AuditCmd::Export { prefix, out } => audit_export(j, &prefix, out.as_deref()),
             AuditCmd::Prove {
                 seq,
                 checkpoint,
@@ -694,19 +707,73 @@ fn load_checkpoint(
     Ok(cp)
 }
 
-fn audit_export(prefix: &Path, out: Option<&Path>) -> Result<ExitCode> {
+/// A writer that passes every byte on and notes which lines (1-based) are not JSON: the
+/// export still writes a damaged log's exact lines (they are its Merkle leaves), but it does
+/// not pass them off as JSON lines.
+struct JsonLines<W> {
+    inner: W,
+    line: Vec<u8>,
+    n: u64,
+    bad: Vec<u64>,
+}
+
+impl<W: std::io::Write> std::io::Write for JsonLines<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.n += 1;
+                if serde_json::from_slice::<serde_json::Value>(&self.line).is_err() {
+                    self.bad.push(self.n);
+                }
+                self.line.clear();
+            } else {
+                self.line.push(b);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn audit_export(j: bool, prefix: &Path, out: Option<&Path>) -> Result<ExitCode> {
     let dir = Paths::new(prefix).audit_dir();
-    match out {
+    let (records, bad) = match out {
         Some(path) => {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            let mut w = std::io::BufWriter::new(file);
-            trustd::audit::export_records(&dir, &mut w, path)?;
+            let mut w = JsonLines {
+                inner: std::io::BufWriter::new(file),
+                line: Vec::new(),
+                n: 0,
+                bad: Vec::new(),
+            };
+            let n = trustd::audit::export_records(&dir, &mut w, path)?;
+            (n, w.bad)
         }
         None => {
-            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-            trustd::audit::export_records(&dir, &mut w, Path::new("stdout"))?;
+            let mut w = JsonLines {
+                inner: std::io::BufWriter::new(std::io::stdout().lock()),
+                line: Vec::new(),
+                n: 0,
+                bad: Vec::new(),
+            };
+            let n = trustd::audit::export_records(&dir, &mut w, Path::new("stdout"))?;
+            (n, w.bad)
         }
+    };
+    if !bad.is_empty() {
+        return Err(refused(format!(
+            "{records} lines exported, but lines {bad:?} are not JSON: the log is damaged \
+             (`trustctl audit verify --prefix {}` says where)",
+            prefix.display()
+        )));
+    }
+    if let (true, Some(path)) = (j, out) {
+        println!("{}", json!({"ok": true, "out": path, "records": records}));
     }
     Ok(ExitCode::SUCCESS)
 }
