@@ -452,3 +452,37 @@ fn audit_export_of_a_damaged_log_exits_1_and_names_the_line_that_is_not_json() {
     let damaged = std::fs::read(d.join("damaged.jsonl")).expect("damaged export");
     assert_eq!(damaged.iter().filter(|&&b| b == b'\n').count(), n);
 }
+
+/// Lockdown after a "successful" offline load: on a packaged device the state and log
+/// directories belong to the trustd user, and a load run as root wrote root-owned 0600
+/// files there that trustd could not read (it then started in the most restrictive state
+/// with no policy). The load is refused instead, naming the owner to run as; nothing changes.
+#[test]
+fn an_offline_load_by_another_user_than_the_state_directorys_owner_is_refused() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        tests::lab::skip("needs root to give the directories to another user");
+        return;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    let d = d.path();
+    setup(d);
+    ok(trustctl(d, &["load", "--prefix", "dev", "p3.dsse"]));
+    let state = d.join("dev/var/lib/trustd");
+    let before = std::fs::read(state.join("state.json")).expect("state");
+    // The package's layout: the directories are the service user's (65534 stands in).
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown");
+    let r = trustctl(d, &["--json", "load", "--prefix", "dev", "p4.dsse"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let v = json(&r);
+    assert_eq!(v["error"], "refused", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap_or("").contains("belongs to uid 65534"),
+        "{v}"
+    );
+    assert_eq!(
+        std::fs::read(state.join("state.json")).expect("state"),
+        before,
+        "the state changed"
+    );
+}

@@ -1314,9 +1314,35 @@ fn verify_cmd(j: bool, root_path: &Path, installed: u64, envelope: &Path) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuse to write a device's files as anyone but their owner. On a packaged device the state
+/// and log directories belong to the trustd user (trustd.service runs as it): files that
+/// root created there (state.json, the last-good bundle, a new audit segment, all 0600/0640)
+/// would be unreadable to trustd, which would then start from the most restrictive state
+/// with no policy, in lockdown, though the load said it succeeded.
+fn write_as_owner(paths: &Paths) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let log_dir = paths.audit_dir();
+    for dir in [paths.state_dir(), log_dir] {
+        if let Ok(meta) = std::fs::metadata(&dir)
+            && meta.uid() != me
+        {
+            return Err(refused(format!(
+                "{} belongs to uid {}, not to this user (uid {me}): files written now would be \
+                 unreadable to trustd; run as the directory's owner (e.g. `runuser -u trustd \
+                 -- trustctl load ...`); nothing changed",
+                dir.display(),
+                meta.uid()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn load(j: bool, prefix: &Path, envelope: &Path) -> Result<ExitCode> {
     let bytes = read(envelope)?;
     let paths = Paths::new(prefix);
+    write_as_owner(&paths)?;
     let mut dev = Device::open(&paths, Actor::this_process())?;
     let now = Timestamp::now();
     let result = match envelope_type(&bytes).as_deref() {
