@@ -378,31 +378,61 @@ fn a_malformed_key_file_is_refused_with_exit_1_and_a_missing_one_is_a_system_fai
     };
     let cases: Vec<(Vec<&str>, u8)> = vec![
         (
-            vec!["--json", "sign", "--type", "policy", "--key", "garbage.key", "p3.json"],
+            vec![
+                "--json",
+                "sign",
+                "--type",
+                "policy",
+                "--key",
+                "garbage.key",
+                "p3.json",
+            ],
             1,
         ),
         (
-            vec!["--json", "sign", "--type", "policy", "--key", "a.pub", "p3.json"],
+            vec![
+                "--json", "sign", "--type", "policy", "--key", "a.pub", "p3.json",
+            ],
             1,
         ),
         (roles("command=1:a.key"), 1),
         (roles("command=1:garbage.key"), 1),
         (
             vec![
-                "--json", "posture", "verify", "p3.dsse", "--nonce", "nonce-0001", "--key",
+                "--json",
+                "posture",
+                "verify",
+                "p3.dsse",
+                "--nonce",
+                "nonce-0001",
+                "--key",
                 "a.key",
             ],
             1,
         ),
         (
-            vec!["--json", "sign", "--type", "policy", "--key", "missing.key", "p3.json"],
+            vec![
+                "--json",
+                "sign",
+                "--type",
+                "policy",
+                "--key",
+                "missing.key",
+                "p3.json",
+            ],
             3,
         ),
         (roles("command=1:missing.pub"), 3),
     ];
     for (args, code) in cases {
         let r = trustctl(d, &args);
-        assert_eq!(i32::from(code), r.code, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert_eq!(
+            i32::from(code),
+            r.code,
+            "{args:?}: {}{}",
+            r.stdout,
+            r.stderr
+        );
         let v = json(&r);
         let kind = if code == 1 { "refused" } else { "system" };
         assert_eq!(v["error"], kind, "{args:?}: {v}");
@@ -421,10 +451,22 @@ fn audit_export_of_a_damaged_log_exits_1_and_names_the_line_that_is_not_json() {
     ok(trustctl(d, &["load", "--prefix", "dev", "p3.dsse"]));
     let r = ok(trustctl(
         d,
-        &["--json", "audit", "export", "--prefix", "dev", "-o", "log.jsonl"],
+        &[
+            "--json",
+            "audit",
+            "export",
+            "--prefix",
+            "dev",
+            "-o",
+            "log.jsonl",
+        ],
     ));
     let v = json(&r);
-    assert_eq!((v["ok"].as_bool(), v["out"].as_str()), (Some(true), Some("log.jsonl")), "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["out"].as_str()),
+        (Some(true), Some("log.jsonl")),
+        "{v}"
+    );
     let lines = std::fs::read_to_string(d.join("log.jsonl")).expect("export");
     let n = lines.lines().count();
     assert!(n >= 2, "{lines}");
@@ -477,7 +519,10 @@ fn an_offline_load_by_another_user_than_the_state_directorys_owner_is_refused() 
     let v = json(&r);
     assert_eq!(v["error"], "refused", "{v}");
     assert!(
-        v["reason"].as_str().unwrap_or("").contains("belongs to uid 65534"),
+        v["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("belongs to uid 65534"),
         "{v}"
     );
     assert_eq!(
