@@ -531,3 +531,46 @@ fn an_offline_load_by_another_user_than_the_state_directorys_owner_is_refused() 
         "the state changed"
     );
 }
+
+/// `device command --valid-for` past the last representable time panicked (exit 101, outside
+/// the exit-code rule): the expiry is held at the last representable instant instead, and a
+/// window that is not positive is refused (exit 1).
+#[test]
+fn device_command_validity_out_of_range_is_held_or_refused_never_a_panic() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let d = d.path();
+    setup(d);
+    let args = |valid_for: &'static str| -> Vec<&'static str> {
+        vec![
+            "--json",
+            "device",
+            "command",
+            "--action",
+            "suspend",
+            "--issuer",
+            "verifier.example",
+            "--device",
+            "handle-0001",
+            "--serial",
+            "1",
+            "--key",
+            "r.key",
+            valid_for,
+            "-o",
+            "cmd.dsse",
+        ]
+    };
+    let r = ok(trustctl(d, &args("--valid-for=9223372036854775807")));
+    assert_eq!(json(&r)["ok"], true, "{}", r.stdout);
+    let env: Value =
+        serde_json::from_slice(&std::fs::read(d.join("cmd.dsse")).expect("cmd")).expect("json");
+    assert_eq!(
+        env["payloadType"], "application/vnd.enigm.command+json",
+        "{env}"
+    );
+    for bad in ["--valid-for=0", "--valid-for=-5"] {
+        let r = trustctl(d, &args(bad));
+        assert_eq!(r.code, 1, "{bad}: {}{}", r.stdout, r.stderr);
+        assert_eq!(json(&r)["error"], "refused", "{bad}: {}", r.stdout);
+    }
+}

@@ -541,6 +541,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     out,
                 },
         } => {
+            if valid_for <= 0 {
+                return Err(refused(format!(
+                    "--valid-for {valid_for}: a command must be valid for a positive number of seconds"
+                )));
+            }
             let now = Timestamp::now();
             let nonce: String = {
                 let mut b = [0u8; 16];
@@ -549,7 +554,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let cmd = json!({
                 "schema": "enigm.command/v1", "serial": serial,
-                "issued_at": now.to_string(), "expires_at": now.plus_secs(valid_for).to_string(),
+                "issued_at": now.to_string(), "expires_at": now.saturating_plus_secs(valid_for).to_string(),
                 "issuer": issuer, "device": device, "action": action, "nonce": nonce,
             });
             let parsed: LifecycleCommand = serde_json::from_value(cmd.clone())?;
