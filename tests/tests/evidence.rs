@@ -262,6 +262,10 @@ fn restarting_trustd_on_a_tampered_log_records_the_damage_until_an_admin_acknowl
 
     let status = online(&["--json", "status"]);
     assert_eq!(status.code, 0, "{}", status.stderr);
+    // One JSON object on one line, with "ok" like every other result under --json.
+    assert_eq!(status.stdout.lines().count(), 1, "{}", status.stdout);
+    let v: serde_json::Value = serde_json::from_str(status.stdout.trim()).expect("status json");
+    assert_eq!(v["ok"], true, "{v}");
     assert!(
         status
             .stdout

@@ -972,7 +972,9 @@ mod bus {
             Op::Status => {
                 let p = c.posture().await.map_err(daemon_error)?;
                 if j {
-                    let obj: serde_json::Map<String, Value> = p.into_iter().collect();
+                    // The posture properties, and "ok" like every other result object.
+                    let mut obj: serde_json::Map<String, Value> = p.into_iter().collect();
+                    obj.insert("ok".into(), Value::Bool(true));
                     println!("{}", Value::Object(obj));
                 } else {
                     for (k, v) in &p {
@@ -988,7 +990,8 @@ mod bus {
                         return Err(anyhow!("the bus connection closed"));
                     };
                     if j {
-                        let obj: serde_json::Map<String, Value> = ch.into_iter().collect();
+                        let mut obj: serde_json::Map<String, Value> = ch.into_iter().collect();
+                        obj.insert("ok".into(), Value::Bool(true));
                         println!("{}", Value::Object(obj));
                     } else {
                         let parts: Vec<String> = ch
