@@ -1352,8 +1352,12 @@ fn verify_cmd(j: bool, root_path: &Path, installed: u64, envelope: &Path) -> Res
 fn write_as_owner(paths: &Paths) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
-    let log_dir = paths.audit_dir();
-    for dir in [paths.state_dir(), log_dir] {
+    let audit = paths.audit_dir();
+    let logs = audit
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| audit.clone());
+    for dir in [paths.state_dir(), logs, audit] {
         if let Ok(meta) = std::fs::metadata(&dir)
             && meta.uid() != me
         {
