@@ -42,6 +42,14 @@ def verify(envelope_path, key_path, payload_type):
         print(f"not verified: {e}", file=sys.stderr)
         return 1
     print(env.payload.decode("utf-8", "replace"))
+    # A v2 posture report wraps the report's exact bytes (base64 "body") with its TPM
+    # evidence: print those bytes too, as the signed report a verifier reads.
+    try:
+        doc = json.loads(env.payload)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and doc.get("schema") == "enigm.posture-report/v2":
+        print(base64.b64decode(doc["body"], validate=True).decode("utf-8", "replace"))
     return 0
 
 

@@ -30,3 +30,22 @@ pub fn init(ident: &str, fallback: tracing::Level) {
 }
 
 use tracing_subscriber::Layer;
+
+/// Install the global subscriber for a command-line tool named `ident` (trustctl): journald
+/// when it is there, as [`init`] does. Without journald (a container, a chroot, an image
+/// builder) the audit records (target `trustd::audit`) are not echoed on stderr: the tool
+/// reports each outcome itself, a refusal in one line; other warnings and errors still print.
+pub fn init_cli(ident: &str) {
+    if tracing_journald::layer().is_ok() {
+        init(ident, tracing::Level::WARN);
+        return;
+    }
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.target() != "trustd::audit" && *m.level() <= tracing::Level::WARN
+        }));
+    let _ = tracing_subscriber::registry().with(stderr).try_init();
+}

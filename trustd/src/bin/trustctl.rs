@@ -419,30 +419,8 @@ fn print(json_out: bool, value: serde_json::Value, text: &str) {
     }
 }
 
-/// Where trustctl's tracing goes: journald when it is there (the library's audit records with
-/// their MESSAGE_ID), as for trustd. Without journald (a container, a chroot, an image
-/// builder) the audit records are not echoed on stderr: trustctl reports each outcome itself,
-/// and a refusal is one line saying why; other warnings and errors still print.
-fn init_logging() {
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    if tracing_journald::layer().is_ok() {
-        trustd::logging::init("trustctl", tracing::Level::WARN);
-        return;
-    }
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            m.target() != "trustd::audit" && *m.level() <= tracing::Level::WARN
-        }));
-    let _ = tracing_subscriber::registry().with(stderr).try_init();
-}
-
 fn main() -> ExitCode {
-    init_logging();
+    trustd::logging::init_cli("trustctl");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Usage errors exit 2; with --json they are one JSON object too. Help and version
@@ -1351,7 +1329,7 @@ fn verify_cmd(j: bool, root_path: &Path, installed: u64, envelope: &Path) -> Res
 /// with no policy, in lockdown, though the load said it succeeded.
 fn write_as_owner(paths: &Paths) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
+    let me = trustd::sys::euid();
     let audit = paths.audit_dir();
     let logs = audit
         .parent()

@@ -49,6 +49,11 @@ pub fn uid() -> u32 {
     nix::unistd::getuid().as_raw()
 }
 
+/// The effective uid of this process (whose files it creates).
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
 /// The id of this process.
 pub fn pid() -> u32 {
     std::process::id()
