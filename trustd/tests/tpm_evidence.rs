@@ -266,3 +266,26 @@ fn without_a_tpm_reports_say_software_key_only_and_v1_still_verifies() {
     assert_eq!(o1.version, 1);
     assert_eq!(o1.report.evidence, o.report.evidence);
 }
+
+/// Security regression test: root with the stolen device key makes a report whose body
+/// claims another boot id (for instance the one of a report a verifier accepted before a
+/// reboot, to hide the reboot from a verifier keyed on boot ids) and has the TPM quote it
+/// with the true event log and proofs. trustd measured its boot id at start, so the
+/// verifier refuses the report instead of printing the forged boot id as verified.
+#[test]
+fn a_report_claiming_another_boot_id_than_measured_does_not_verify() {
+    let s = setup();
+    let honest = s.d.report("nonce-bootid-1", now()).expect("report");
+    let o = open(&s, &honest, "nonce-bootid-1");
+    check(&s, &honest, "nonce-bootid-1").expect("the honest report verifies");
+    let events = o.attestation.as_ref().expect("attested").events.clone();
+    let mut body = o.report.clone();
+    body.evidence.boot_id = "00000000-0000-4000-8000-000000000000".into();
+    let e = check(
+        &s,
+        &forge(&s, &body, events, o.proofs.clone()),
+        "nonce-bootid-1",
+    )
+    .expect_err("a boot id that was not measured");
+    assert!(e.contains("boot id"), "{e}");
+}

@@ -1,7 +1,8 @@
 //! A verifier's checks of a v2 posture report's TPM evidence, offline (pure): the quote by
 //! the attestation key the verifier holds, its binding to the nonce and the report body, the
 //! PCR values against the quoted digest, the replay of the event log against trustd's PCR,
-//! and that the report's checkpoint and ruleset are the last ones measured. Given an earlier
+//! that the report's checkpoint and ruleset are the last ones measured and its boot id the
+//! one measured at trustd's start. Given an earlier
 //! report of the same device: a reboot between them, and a log that no longer extends what
 //! was measured.
 
@@ -171,6 +172,23 @@ pub fn verify(
                 r.evidence.ruleset_digest, r.evidence.policy_digest
             ));
         }
+    }
+    // And its boot id is the one trustd measured at every start this boot (the reset count
+    // alone does not say which boot a report claims to be from).
+    let starts: Vec<&str> = a
+        .events
+        .iter()
+        .filter(|e| e.kind == Kind::Start)
+        .map(|e| e.detail.get("boot_id").map_or("", String::as_str))
+        .collect();
+    if starts.is_empty() {
+        return Err("no start of trustd was measured this boot".into());
+    }
+    if let Some(b) = starts.iter().find(|b| **b != r.evidence.boot_id) {
+        return Err(format!(
+            "the report's boot id {} is not the one measured at trustd's start ({b}): the report was edited or the PCR extended by another",
+            r.evidence.boot_id
+        ));
     }
     Ok(Verdict {
         clock: checked.attest.clock,
