@@ -216,6 +216,14 @@ pub fn compare(earlier: &Verdict, later: &Verdict) -> Result<Vec<String>, String
             "the device rebooted between the reports (TPM reset count {} -> {}): trustd's measurements started over",
             e.reset_count, l.reset_count
         ));
+        // Nothing measured links the boots: root may have rewritten the log while the device
+        // was off. Say so rather than let the sizes alone pass for continuity.
+        if later.checkpoint.0 > earlier.checkpoint.0 {
+            notes.push(format!(
+                "across the reboot the quote does not prove that the audit log still extends the earlier checkpoint (size {}, root {}): check it with `trustctl audit consistency` against that checkpoint",
+                earlier.checkpoint.0, earlier.checkpoint.1
+            ));
+        }
     } else {
         if l.restart_count != e.restart_count {
             notes.push(format!(
@@ -243,4 +251,44 @@ pub fn compare(earlier: &Verdict, later: &Verdict) -> Result<Vec<String>, String
         ));
     }
     Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(reset_count: u32, size: u64, root: &str) -> Verdict {
+        Verdict {
+            clock: ClockInfo {
+                clock: 10,
+                reset_count,
+                restart_count: 0,
+                safe: true,
+            },
+            pcrs: BTreeMap::new(),
+            events: Vec::new(),
+            checkpoint: (size, root.into()),
+        }
+    }
+
+    /// Security regression test: root rewrites the audit log while the device is off (a
+    /// longer history, another root) and reboots; the next report verifies on its own. The
+    /// comparison with the earlier report must not let the larger size pass for continuity:
+    /// it says that across a reboot the log's extension of the earlier checkpoint is unproven.
+    #[test]
+    fn a_log_rewritten_across_a_reboot_is_not_passed_off_as_extending_the_earlier_one() {
+        let notes = compare(&verdict(1, 10, "aa"), &verdict(2, 20, "bb")).expect("compared");
+        assert!(notes.iter().any(|n| n.contains("reboot")), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("does not prove") && n.contains("audit consistency")),
+            "{notes:?}"
+        );
+        // Same boot: the measurements prove it (see `verify`), no such note.
+        let notes = compare(&verdict(1, 10, "aa"), &verdict(1, 20, "bb")).expect("compared");
+        assert!(notes.is_empty(), "{notes:?}");
+        // A smaller log after a reboot is refused.
+        assert!(compare(&verdict(1, 10, "aa"), &verdict(2, 5, "bb")).is_err());
+    }
 }
