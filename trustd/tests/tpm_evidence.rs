@@ -83,17 +83,31 @@ fn forge(
     events: Vec<trustd::tpm::Event>,
     proofs: Vec<trustd::audit::ConsistencyProof>,
 ) -> String {
+    forge_over(s, body, events, proofs, &trustd::tpm::quoted_pcrs())
+}
+
+/// [`forge`] with a quote over the PCRs `pcrs` of the attacker's choice.
+fn forge_over(
+    s: &Setup,
+    body: &Report,
+    events: Vec<trustd::tpm::Event>,
+    proofs: Vec<trustd::audit::ConsistencyProof>,
+    pcrs: &[u32],
+) -> String {
     let mut tpm = s.tpm.clone();
     sign_report_v2(body, &s.key, proofs, |q| {
-        let pcrs = [TRUSTD_PCR];
-        let (attest, sig) = tpm.quote(&pcrs, q).map_err(|e| e.to_string())?;
-        let value = tpm.read_pcr(TRUSTD_PCR).map_err(|e| e.to_string())?;
+        let (attest, sig) = tpm.quote(pcrs, q).map_err(|e| e.to_string())?;
+        let mut values = std::collections::BTreeMap::new();
+        for p in pcrs {
+            let v = tpm.read_pcr(*p).map_err(|e| e.to_string())?;
+            values.insert(*p, trustd::bundle::hex(&v));
+        }
         Ok(Some(Attestation {
             pcr: TRUSTD_PCR,
             identity: tpm.identity().clone(),
             quote: STANDARD.encode(&attest),
             signature: STANDARD.encode(&sig),
-            pcrs: [(TRUSTD_PCR, trustd::bundle::hex(&value))].into(),
+            pcrs: values,
             clock: trustd::tpm::quote::Attest::parse(&attest)
                 .map_err(|e| e.to_string())?
                 .clock,
@@ -288,4 +302,33 @@ fn a_report_claiming_another_boot_id_than_measured_does_not_verify() {
     )
     .expect_err("a boot id that was not measured");
     assert!(e.contains("boot id"), "{e}");
+}
+
+/// Security regression test: root, whose tools IMA measured into PCR 10, has the TPM quote a
+/// report over trustd's PCR 13 (and the firmware's) only, leaving PCR 10 out, so that the
+/// report passes for one of a device without IMA. The verifier requires every PCR trustd
+/// quotes, whatever its value.
+#[test]
+fn a_quote_leaving_out_imas_pcr_does_not_verify() {
+    let s = setup();
+    // IMA measured something (root's tool).
+    s.tpm
+        .clone()
+        .extend(trustd::tpm::IMA_PCR, &[0x66; 32])
+        .expect("extend");
+    let honest = s.d.report("nonce-dropped-pcr", now()).expect("report");
+    let v = check(&s, &honest, "nonce-dropped-pcr").expect("the honest report verifies");
+    assert_eq!(
+        v.pcrs.keys().copied().collect::<Vec<_>>(),
+        trustd::tpm::quoted_pcrs()
+    );
+    let o = open(&s, &honest, "nonce-dropped-pcr");
+    let events = o.attestation.as_ref().expect("attested").events.clone();
+    let without_ima: Vec<u32> = trustd::tpm::quoted_pcrs()
+        .into_iter()
+        .filter(|p| *p != trustd::tpm::IMA_PCR)
+        .collect();
+    let forged = forge_over(&s, &o.report, events, o.proofs.clone(), &without_ima);
+    let e = check(&s, &forged, "nonce-dropped-pcr").expect_err("PCR 10 left out");
+    assert!(e.contains("does not cover PCR 10"), "{e}");
 }

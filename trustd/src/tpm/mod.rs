@@ -35,6 +35,14 @@ pub const IMA_PCR: u32 = 10;
 /// The firmware's PCRs (SRTM: code, configuration, boot manager, GPT, Secure Boot).
 pub const FIRMWARE_PCRS: std::ops::RangeInclusive<u32> = 0..=7;
 
+/// The PCRs every report's quote covers, ascending: the firmware's, IMA's and trustd's, each
+/// whatever its value (an all-zero PCR 10 says IMA measured nothing). A verifier requires all
+/// of them, so that root cannot drop a PCR from the quote (IMA's, which would show its
+/// tools) and pass for a device that has nothing there.
+pub fn quoted_pcrs() -> Vec<u32> {
+    FIRMWARE_PCRS.chain([IMA_PCR, TRUSTD_PCR]).collect()
+}
+
 /// Why the TPM could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TpmError {
@@ -240,20 +248,12 @@ impl Measurements {
             .map(|e| &e.detail)
     }
 
-    /// A quote over trustd's PCR, IMA's when it holds measurements and the firmware's that
-    /// do, answering `qualifying`, with the PCR values it covers (read after it and checked
+    /// A quote over [`quoted_pcrs`] (the firmware's, IMA's and trustd's), answering
+    /// `qualifying`, with the PCR values it covers (read after it and checked
     /// against its digest; taken again if something extended a PCR in between).
     pub fn attest(&mut self, qualifying: &[u8]) -> Result<Attestation, TpmError> {
         use base64::Engine as _;
-        let mut pcrs = vec![];
-        for p in FIRMWARE_PCRS.chain([IMA_PCR]) {
-            let v = self.tpm.read_pcr(p)?;
-            if v != ZERO && v != [0xff; 32] {
-                pcrs.push(p);
-            }
-        }
-        pcrs.push(TRUSTD_PCR);
-        pcrs.sort_unstable();
+        let pcrs = quoted_pcrs();
         let mut last = String::new();
         for _ in 0..3 {
             let (attest, sig) = self.tpm.quote(&pcrs, qualifying)?;

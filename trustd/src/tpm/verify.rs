@@ -102,6 +102,14 @@ pub fn verify(
     if checked.attest.clock != a.clock {
         return Err("the clock the report shows is not the quote's".into());
     }
+    if let Some(p) = super::quoted_pcrs()
+        .into_iter()
+        .find(|p| !pcrs.contains_key(p))
+    {
+        return Err(format!(
+            "the quote does not cover PCR {p} (trustd quotes the firmware's PCRs 0-7, IMA's 10 and its own 13, whatever their values): a PCR was left out of the quote"
+        ));
+    }
     let Some(trustd_pcr) = pcrs.get(&TRUSTD_PCR) else {
         return Err(format!(
             "the quote does not cover trustd's PCR {TRUSTD_PCR}"
