@@ -305,7 +305,7 @@ fn a_report_claiming_another_boot_id_than_measured_does_not_verify() {
 }
 
 /// Security regression test: root, whose tools IMA measured into PCR 10, has the TPM quote a
-/// report over trustd's PCR 13 (and the firmware's) only, leaving PCR 10 out, so that the
+/// report over trustd's PCR 13 only, leaving PCR 10 out, so that the
 /// report passes for one of a device without IMA. The verifier requires every PCR trustd
 /// quotes, whatever its value.
 #[test]
@@ -318,9 +318,12 @@ fn a_quote_leaving_out_imas_pcr_does_not_verify() {
         .expect("extend");
     let honest = s.d.report("nonce-dropped-pcr", now()).expect("report");
     let v = check(&s, &honest, "nonce-dropped-pcr").expect("the honest report verifies");
-    assert_eq!(
-        v.pcrs.keys().copied().collect::<Vec<_>>(),
+    assert!(
         trustd::tpm::quoted_pcrs()
+            .iter()
+            .all(|p| v.pcrs.contains_key(p)),
+        "{:?}",
+        v.pcrs.keys()
     );
     let o = open(&s, &honest, "nonce-dropped-pcr");
     let events = o.attestation.as_ref().expect("attested").events.clone();

@@ -35,12 +35,12 @@ pub const IMA_PCR: u32 = 10;
 /// The firmware's PCRs (SRTM: code, configuration, boot manager, GPT, Secure Boot).
 pub const FIRMWARE_PCRS: std::ops::RangeInclusive<u32> = 0..=7;
 
-/// The PCRs every report's quote covers, ascending: the firmware's, IMA's and trustd's, each
-/// whatever its value (an all-zero PCR 10 says IMA measured nothing). A verifier requires all
-/// of them, so that root cannot drop a PCR from the quote (IMA's, which would show its
-/// tools) and pass for a device that has nothing there.
+/// The PCRs every report's quote covers whatever their values, ascending: IMA's and
+/// trustd's (an all-zero PCR 10 says IMA measured nothing). A verifier requires both, so that
+/// root cannot leave PCR 10 out of a quote (hiding its tools that IMA measured) and pass for
+/// a device without IMA. The firmware's PCRs are added where they hold values.
 pub fn quoted_pcrs() -> Vec<u32> {
-    FIRMWARE_PCRS.chain([IMA_PCR, TRUSTD_PCR]).collect()
+    vec![IMA_PCR, TRUSTD_PCR]
 }
 
 /// Why the TPM could not do what was asked.
@@ -248,12 +248,19 @@ impl Measurements {
             .map(|e| &e.detail)
     }
 
-    /// A quote over [`quoted_pcrs`] (the firmware's, IMA's and trustd's), answering
-    /// `qualifying`, with the PCR values it covers (read after it and checked
+    /// A quote over [`quoted_pcrs`] (IMA's and trustd's) and the firmware's PCRs that hold
+    /// values, answering `qualifying`, with the PCR values it covers (read after it and checked
     /// against its digest; taken again if something extended a PCR in between).
     pub fn attest(&mut self, qualifying: &[u8]) -> Result<Attestation, TpmError> {
         use base64::Engine as _;
-        let pcrs = quoted_pcrs();
+        let mut pcrs = quoted_pcrs();
+        for p in FIRMWARE_PCRS {
+            let v = self.tpm.read_pcr(p)?;
+            if v != ZERO && v != [0xff; 32] {
+                pcrs.push(p);
+            }
+        }
+        pcrs.sort_unstable();
         let mut last = String::new();
         for _ in 0..3 {
             let (attest, sig) = self.tpm.quote(&pcrs, qualifying)?;

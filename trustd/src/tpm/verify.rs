@@ -107,7 +107,7 @@ pub fn verify(
         .find(|p| !pcrs.contains_key(p))
     {
         return Err(format!(
-            "the quote does not cover PCR {p} (trustd quotes the firmware's PCRs 0-7, IMA's 10 and its own 13, whatever their values): a PCR was left out of the quote"
+            "the quote does not cover PCR {p} (trustd quotes IMA's PCR 10 and its own 13 whatever their values): a PCR was left out of the quote"
         ));
     }
     let Some(trustd_pcr) = pcrs.get(&TRUSTD_PCR) else {
