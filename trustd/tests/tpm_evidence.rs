@@ -83,17 +83,31 @@ fn forge(
     events: Vec<trustd::tpm::Event>,
     proofs: Vec<trustd::audit::ConsistencyProof>,
 ) -> String {
+    forge_over(s, body, events, proofs, &trustd::tpm::quoted_pcrs())
+}
+
+/// [`forge`] with a quote over the PCRs `pcrs` of the attacker's choice.
+fn forge_over(
+    s: &Setup,
+    body: &Report,
+    events: Vec<trustd::tpm::Event>,
+    proofs: Vec<trustd::audit::ConsistencyProof>,
+    pcrs: &[u32],
+) -> String {
     let mut tpm = s.tpm.clone();
     sign_report_v2(body, &s.key, proofs, |q| {
-        let pcrs = [TRUSTD_PCR];
-        let (attest, sig) = tpm.quote(&pcrs, q).map_err(|e| e.to_string())?;
-        let value = tpm.read_pcr(TRUSTD_PCR).map_err(|e| e.to_string())?;
+        let (attest, sig) = tpm.quote(pcrs, q).map_err(|e| e.to_string())?;
+        let mut values = std::collections::BTreeMap::new();
+        for p in pcrs {
+            let v = tpm.read_pcr(*p).map_err(|e| e.to_string())?;
+            values.insert(*p, trustd::bundle::hex(&v));
+        }
         Ok(Some(Attestation {
             pcr: TRUSTD_PCR,
             identity: tpm.identity().clone(),
             quote: STANDARD.encode(&attest),
             signature: STANDARD.encode(&sig),
-            pcrs: [(TRUSTD_PCR, trustd::bundle::hex(&value))].into(),
+            pcrs: values,
             clock: trustd::tpm::quote::Attest::parse(&attest)
                 .map_err(|e| e.to_string())?
                 .clock,
@@ -265,4 +279,59 @@ fn without_a_tpm_reports_say_software_key_only_and_v1_still_verifies() {
     let o1 = open_report(v1.as_bytes(), "nonce-nothpm-1", &key.verifying_key()).expect("v1");
     assert_eq!(o1.version, 1);
     assert_eq!(o1.report.evidence, o.report.evidence);
+}
+
+/// Security regression test: root with the stolen device key makes a report whose body
+/// claims another boot id (for instance the one of a report a verifier accepted before a
+/// reboot, to hide the reboot from a verifier keyed on boot ids) and has the TPM quote it
+/// with the true event log and proofs. trustd measured its boot id at start, so the
+/// verifier refuses the report instead of printing the forged boot id as verified.
+#[test]
+fn a_report_claiming_another_boot_id_than_measured_does_not_verify() {
+    let s = setup();
+    let honest = s.d.report("nonce-bootid-1", now()).expect("report");
+    let o = open(&s, &honest, "nonce-bootid-1");
+    check(&s, &honest, "nonce-bootid-1").expect("the honest report verifies");
+    let events = o.attestation.as_ref().expect("attested").events.clone();
+    let mut body = o.report.clone();
+    body.evidence.boot_id = "00000000-0000-4000-8000-000000000000".into();
+    let e = check(
+        &s,
+        &forge(&s, &body, events, o.proofs.clone()),
+        "nonce-bootid-1",
+    )
+    .expect_err("a boot id that was not measured");
+    assert!(e.contains("boot id"), "{e}");
+}
+
+/// Security regression test: root, whose tools IMA measured into PCR 10, has the TPM quote a
+/// report over trustd's PCR 13 only, leaving PCR 10 out, so that the
+/// report passes for one of a device without IMA. The verifier requires every PCR trustd
+/// quotes, whatever its value.
+#[test]
+fn a_quote_leaving_out_imas_pcr_does_not_verify() {
+    let s = setup();
+    // IMA measured something (root's tool).
+    s.tpm
+        .clone()
+        .extend(trustd::tpm::IMA_PCR, &[0x66; 32])
+        .expect("extend");
+    let honest = s.d.report("nonce-dropped-pcr", now()).expect("report");
+    let v = check(&s, &honest, "nonce-dropped-pcr").expect("the honest report verifies");
+    assert!(
+        trustd::tpm::quoted_pcrs()
+            .iter()
+            .all(|p| v.pcrs.contains_key(p)),
+        "{:?}",
+        v.pcrs.keys()
+    );
+    let o = open(&s, &honest, "nonce-dropped-pcr");
+    let events = o.attestation.as_ref().expect("attested").events.clone();
+    let without_ima: Vec<u32> = trustd::tpm::quoted_pcrs()
+        .into_iter()
+        .filter(|p| *p != trustd::tpm::IMA_PCR)
+        .collect();
+    let forged = forge_over(&s, &o.report, events, o.proofs.clone(), &without_ima);
+    let e = check(&s, &forged, "nonce-dropped-pcr").expect_err("PCR 10 left out");
+    assert!(e.contains("does not cover PCR 10"), "{e}");
 }

@@ -309,3 +309,81 @@ fn tpm_costs_on_swtpm() {
     );
     assert!(report_ms < 2000.0, "a report took {report_ms} ms");
 }
+
+/// Security regression test: root on the device replaces the AK blob (`tpm-ak.json`) with the
+/// blob of an unrestricted ECDSA signing key it made under the same EK (as `tpm2_create`
+/// would). Loaded as the AK, that key signs any `TPMS_ATTEST` root writes (`TPM2_Sign`), so a
+/// verifier that enrolls the exported `tpm-ak.pem` would accept forged quotes of any PCR
+/// values. trustd must not use such a blob: it makes a restricted AK again and says why the
+/// one in the blob was replaced.
+#[test]
+fn a_planted_unrestricted_signing_key_is_not_used_as_the_attestation_key() {
+    use std::str::FromStr as _;
+    use tss_esapi::abstraction::{DefaultKey, KeyCustomization, ak, ek};
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::interface_types::algorithm::{
+        AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
+    };
+    use tss_esapi::traits::Marshall as _;
+
+    struct Unrestricted;
+    impl KeyCustomization for Unrestricted {
+        fn attributes(&self, b: ObjectAttributesBuilder) -> ObjectAttributesBuilder {
+            b.with_restricted(false)
+        }
+    }
+
+    if !can_run_privileged(TOOLS) {
+        return;
+    }
+    let dev = TestDevice::new();
+    let tpm = Swtpm::start(&dev.dir.path().join("swtpm"));
+    let planted_pem = {
+        let conf = tss_esapi::TctiNameConf::from_str(&tpm.tcti()).expect("tcti");
+        let mut ctx = tss_esapi::Context::new(conf).expect("context");
+        let ek = ek::create_ek_object(&mut ctx, AsymmetricAlgorithm::Ecc, None::<DefaultKey>)
+            .expect("EK");
+        let made = ak::create_ak(
+            &mut ctx,
+            ek,
+            HashingAlgorithm::Sha256,
+            SignatureSchemeAlgorithm::EcDsa,
+            None,
+            Unrestricted,
+        )
+        .expect("an unrestricted signing key under the EK");
+        ctx.flush_context(ek.into()).expect("flush the EK");
+        let tss_esapi::structures::Public::Ecc {
+            unique,
+            object_attributes,
+            ..
+        } = &made.out_public
+        else {
+            panic!("an ECC key");
+        };
+        assert!(!object_attributes.restricted() && object_attributes.sign_encrypt());
+        let blob = serde_json::json!({
+            "public": STANDARD.encode(made.out_public.marshall().expect("public")),
+            "private": STANDARD.encode(made.out_private.value()),
+        });
+        let path = dev.paths.tpm_ak_blob();
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("state dir");
+        std::fs::write(&path, blob.to_string()).expect("plant the blob");
+        trustd::tpm::quote::p256_pem(unique.x().value(), unique.y().value()).expect("pem")
+    };
+    let t = EsapiTpm::open(&tpm.tcti(), dev.paths.tpm_ak_blob()).expect("TPM opens");
+    let id = t.identity();
+    assert_ne!(
+        id.ak_public, planted_pem,
+        "the planted unrestricted key became the attestation key"
+    );
+    assert!(
+        id.created
+            && id
+                .replaced
+                .as_deref()
+                .is_some_and(|r| r.contains("restricted")),
+        "the planted blob is replaced and the reason says why: {:?}",
+        id.replaced
+    );
+}

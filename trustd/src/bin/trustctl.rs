@@ -177,7 +177,8 @@ enum PostureCmd {
     /// its TPM evidence: the quote's signature by the attestation key, its binding to the
     /// nonce and report, the PCR values, the replay of trustd's event log, and that the
     /// report's checkpoint and ruleset are the last measured. With --earlier, also what
-    /// happened since an earlier report (a reboot) and that the log still extends it.
+    /// happened since an earlier report (a reboot) and, within one boot, that the log still
+    /// extends it (across a reboot only `audit consistency` proves that).
     Verify {
         /// The report (DSSE envelope).
         file: PathBuf,

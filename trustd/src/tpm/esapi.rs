@@ -156,6 +156,44 @@ fn open_inner(tcti: &str, blob_path: &Path) -> Result<(Inner, Identity), TpmErro
     Ok((Inner { ctx, ak }, identity))
 }
 
+/// Whether a public area read from the AK blob is an attestation key as trustd makes one: a
+/// restricted signing key (not a decryption key) that never leaves this TPM
+/// (`fixedTPM`, `fixedParent`, `sensitiveDataOrigin`), ECC P-256 with ECDSA / SHA-256
+/// (TPM 2.0 Library, Part 2, 8.3 `TPMA_OBJECT`). A blob planted by root with an unrestricted
+/// key of the same TPM would let it sign any `TPMS_ATTEST` it likes, so such a blob is not
+/// used. `TPM2_Load` checks that the private part belongs to this public area.
+fn check_ak_public(public: &Public) -> Result<(), String> {
+    let Public::Ecc {
+        object_attributes: a,
+        parameters,
+        ..
+    } = public
+    else {
+        return Err("the key in the blob is not an ECC key".into());
+    };
+    let attrs_ok = a.restricted()
+        && a.sign_encrypt()
+        && !a.decrypt()
+        && a.fixed_tpm()
+        && a.fixed_parent()
+        && a.sensitive_data_origin();
+    if !attrs_ok {
+        return Err(format!(
+            "the key in the blob is not a restricted signing key fixed to this TPM (attributes {:#010x})",
+            u32::from(*a)
+        ));
+    }
+    let scheme_ok = matches!(
+        parameters.ecc_scheme(),
+        tss_esapi::structures::EccScheme::EcDsa(h)
+            if h.hashing_algorithm() == HashingAlgorithm::Sha256
+    );
+    if parameters.ecc_curve() != EccCurve::NistP256 || !scheme_ok {
+        return Err("the key in the blob is not ECDSA P-256 with SHA-256".into());
+    }
+    Ok(())
+}
+
 /// Load the AK from its blob, or make one (and its blob) if there is none or it no longer
 /// loads (the TPM was cleared: its endorsement seed changed). Returns the handle, whether
 /// it was made now, and why the old one was replaced.
@@ -177,6 +215,7 @@ fn ak_under(
                     let public = STANDARD.decode(&b.public).map_err(|e| e.to_string())?;
                     let private = STANDARD.decode(&b.private).map_err(|e| e.to_string())?;
                     let public = Public::unmarshall(&public).map_err(|e| e.to_string())?;
+                    check_ak_public(&public)?;
                     let private = Private::try_from(private).map_err(|e| e.to_string())?;
                     ak::load_ak(ctx, ek, None, private, public).map_err(|e| e.to_string())
                 });

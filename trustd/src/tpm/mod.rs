@@ -35,6 +35,14 @@ pub const IMA_PCR: u32 = 10;
 /// The firmware's PCRs (SRTM: code, configuration, boot manager, GPT, Secure Boot).
 pub const FIRMWARE_PCRS: std::ops::RangeInclusive<u32> = 0..=7;
 
+/// The PCRs every report's quote covers whatever their values, ascending: IMA's and
+/// trustd's (an all-zero PCR 10 says IMA measured nothing). A verifier requires both, so that
+/// root cannot leave PCR 10 out of a quote (hiding its tools that IMA measured) and pass for
+/// a device without IMA. The firmware's PCRs are added where they hold values.
+pub fn quoted_pcrs() -> Vec<u32> {
+    vec![IMA_PCR, TRUSTD_PCR]
+}
+
 /// Why the TPM could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TpmError {
@@ -240,19 +248,18 @@ impl Measurements {
             .map(|e| &e.detail)
     }
 
-    /// A quote over trustd's PCR, IMA's when it holds measurements and the firmware's that
-    /// do, answering `qualifying`, with the PCR values it covers (read after it and checked
+    /// A quote over [`quoted_pcrs`] (IMA's and trustd's) and the firmware's PCRs that hold
+    /// values, answering `qualifying`, with the PCR values it covers (read after it and checked
     /// against its digest; taken again if something extended a PCR in between).
     pub fn attest(&mut self, qualifying: &[u8]) -> Result<Attestation, TpmError> {
         use base64::Engine as _;
-        let mut pcrs = vec![];
-        for p in FIRMWARE_PCRS.chain([IMA_PCR]) {
+        let mut pcrs = quoted_pcrs();
+        for p in FIRMWARE_PCRS {
             let v = self.tpm.read_pcr(p)?;
             if v != ZERO && v != [0xff; 32] {
                 pcrs.push(p);
             }
         }
-        pcrs.push(TRUSTD_PCR);
         pcrs.sort_unstable();
         let mut last = String::new();
         for _ in 0..3 {

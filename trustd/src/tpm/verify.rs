@@ -1,7 +1,8 @@
 //! A verifier's checks of a v2 posture report's TPM evidence, offline (pure): the quote by
 //! the attestation key the verifier holds, its binding to the nonce and the report body, the
 //! PCR values against the quoted digest, the replay of the event log against trustd's PCR,
-//! and that the report's checkpoint and ruleset are the last ones measured. Given an earlier
+//! that the report's checkpoint and ruleset are the last ones measured and its boot id the
+//! one measured at trustd's start. Given an earlier
 //! report of the same device: a reboot between them, and a log that no longer extends what
 //! was measured.
 
@@ -101,6 +102,14 @@ pub fn verify(
     if checked.attest.clock != a.clock {
         return Err("the clock the report shows is not the quote's".into());
     }
+    if let Some(p) = super::quoted_pcrs()
+        .into_iter()
+        .find(|p| !pcrs.contains_key(p))
+    {
+        return Err(format!(
+            "the quote does not cover PCR {p} (trustd quotes IMA's PCR 10 and its own 13 whatever their values): a PCR was left out of the quote"
+        ));
+    }
     let Some(trustd_pcr) = pcrs.get(&TRUSTD_PCR) else {
         return Err(format!(
             "the quote does not cover trustd's PCR {TRUSTD_PCR}"
@@ -172,6 +181,23 @@ pub fn verify(
             ));
         }
     }
+    // And its boot id is the one trustd measured at every start this boot (the reset count
+    // alone does not say which boot a report claims to be from).
+    let starts: Vec<&str> = a
+        .events
+        .iter()
+        .filter(|e| e.kind == Kind::Start)
+        .map(|e| e.detail.get("boot_id").map_or("", String::as_str))
+        .collect();
+    if starts.is_empty() {
+        return Err("no start of trustd was measured this boot".into());
+    }
+    if let Some(b) = starts.iter().find(|b| **b != r.evidence.boot_id) {
+        return Err(format!(
+            "the report's boot id {} is not the one measured at trustd's start ({b}): the report was edited or the PCR extended by another",
+            r.evidence.boot_id
+        ));
+    }
     Ok(Verdict {
         clock: checked.attest.clock,
         pcrs,
@@ -198,6 +224,14 @@ pub fn compare(earlier: &Verdict, later: &Verdict) -> Result<Vec<String>, String
             "the device rebooted between the reports (TPM reset count {} -> {}): trustd's measurements started over",
             e.reset_count, l.reset_count
         ));
+        // Nothing measured links the boots: root may have rewritten the log while the device
+        // was off. Say so rather than let the sizes alone pass for continuity.
+        if later.checkpoint.0 > earlier.checkpoint.0 {
+            notes.push(format!(
+                "across the reboot the quote does not prove that the audit log still extends the earlier checkpoint (size {}, root {}): check it with `trustctl audit consistency` against that checkpoint",
+                earlier.checkpoint.0, earlier.checkpoint.1
+            ));
+        }
     } else {
         if l.restart_count != e.restart_count {
             notes.push(format!(
@@ -225,4 +259,44 @@ pub fn compare(earlier: &Verdict, later: &Verdict) -> Result<Vec<String>, String
         ));
     }
     Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(reset_count: u32, size: u64, root: &str) -> Verdict {
+        Verdict {
+            clock: ClockInfo {
+                clock: 10,
+                reset_count,
+                restart_count: 0,
+                safe: true,
+            },
+            pcrs: BTreeMap::new(),
+            events: Vec::new(),
+            checkpoint: (size, root.into()),
+        }
+    }
+
+    /// Security regression test: root rewrites the audit log while the device is off (a
+    /// longer history, another root) and reboots; the next report verifies on its own. The
+    /// comparison with the earlier report must not let the larger size pass for continuity:
+    /// it says that across a reboot the log's extension of the earlier checkpoint is unproven.
+    #[test]
+    fn a_log_rewritten_across_a_reboot_is_not_passed_off_as_extending_the_earlier_one() {
+        let notes = compare(&verdict(1, 10, "aa"), &verdict(2, 20, "bb")).expect("compared");
+        assert!(notes.iter().any(|n| n.contains("reboot")), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("does not prove") && n.contains("audit consistency")),
+            "{notes:?}"
+        );
+        // Same boot: the measurements prove it (see `verify`), no such note.
+        let notes = compare(&verdict(1, 10, "aa"), &verdict(1, 20, "bb")).expect("compared");
+        assert!(notes.is_empty(), "{notes:?}");
+        // A smaller log after a reboot is refused.
+        assert!(compare(&verdict(1, 10, "aa"), &verdict(2, 5, "bb")).is_err());
+    }
 }
