@@ -60,20 +60,12 @@ pub struct Reply<'a> {
     pub body: &'a [u8],
 }
 
-/// Attributes of a netlink message body: (type without flags, value).
-pub fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let kind = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let value = &b[4..len];
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some((kind, value))
+/// Attributes of a netlink message body: (type without flags, value). A truncated or
+/// malformed attribute ends the walk.
+pub fn attrs(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    raw_attrs(b).map(|(kind, raw)| {
+        let len = usize::from(u16::from_ne_bytes([raw[0], raw[1]]));
+        (kind, &raw[4..len])
     })
 }
 
@@ -549,5 +541,38 @@ impl NfSocket {
             Some(e) => Err(e),
             None => Ok(verdict),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One netlink attribute: length (header + value, unpadded), type, value, padding to 4.
+    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(4 + value.len()).expect("short");
+        let mut a = len.to_ne_bytes().to_vec();
+        a.extend((kind | 0x8000).to_ne_bytes());
+        a.extend(value);
+        a.resize((a.len() + 3) & !3, 0);
+        a
+    }
+
+    #[test]
+    fn attributes_walk_padding_flags_and_stop_at_a_malformed_one() {
+        let mut body = attr(1, b"abc");
+        body.extend(attr(2, b"wxyz"));
+        body.extend(attr(3, b""));
+        let got: Vec<(u16, &[u8])> = attrs(&body).collect();
+        assert_eq!(got, [(1, &b"abc"[..]), (2, b"wxyz"), (3, b"")]);
+        let raw: Vec<usize> = raw_attrs(&body).map(|(_, r)| r.len()).collect();
+        assert_eq!(raw, [8, 8, 4]);
+        // A length past the end, or shorter than the header, ends the walk.
+        let mut bad = attr(1, b"ok");
+        bad.extend([0xff, 0x00, 0x02, 0x00, 0x01]);
+        assert_eq!(attrs(&bad).count(), 1);
+        let mut short = attr(1, b"ok");
+        short.extend([0x02, 0x00, 0x02, 0x00]);
+        assert_eq!(attrs(&short).count(), 1);
     }
 }

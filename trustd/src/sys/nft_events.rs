@@ -21,6 +21,8 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{setsockopt, sockopt};
 
+use super::nfnl::attrs;
+
 /// The nftables multicast group (`NFNLGRP_NFTABLES`).
 const NFNLGRP_NFTABLES: u32 = 7;
 /// nfnetlink subsystem id of nf_tables (`NFNL_SUBSYS_NFTABLES`), the high byte of the type.
@@ -170,23 +172,6 @@ fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Attributes of a netlink message body: (type without flags, value).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let kind = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let value = &b[4..len];
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some((kind, value))
-    })
 }
 
 /// A NUL-terminated string attribute, cut to what an audit record may carry: up to 32
