@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the base of the Enigm OS VM image: a Debian bookworm root tree (mmdebstrap minbase +
-# systemd, dbus, nftables, ...), Debian's cloud kernel and a tiny busybox initrd, and caches them
+# systemd, dbus, nftables, the TPM libraries trustd links, ...), Debian's cloud kernel and a tiny
+# busybox initrd, and caches them
 # in $IMAGE_CACHE/<key>/ (base.tar.zst, vmlinuz, initrd.img, kernel-version), where <key> is the
 # sha256 of the recipe: this script and the files in base/. A cached recipe is not rebuilt
 # (IMAGE_REBUILD=1 forces it). Prints the cache entry's directory on stdout, logs on stderr.
@@ -141,7 +142,7 @@ for path in /usr/share/man /usr/share/doc /usr/share/info /usr/share/locale /usr
 	excludes+=("--dpkgopt=path-exclude=$path/*")
 done
 mmdebstrap --mode=root --variant=minbase --quiet \
-	--include=systemd,systemd-sysv,dbus,nftables,iproute2,kmod,udev,util-linux,procps \
+	--include=systemd,systemd-sysv,dbus,nftables,iproute2,kmod,udev,util-linux,procps,libtss2-esys-3.0.2-0,libtss2-mu0,libtss2-tctildr0,libtss2-tcti-device0 \
 	"${excludes[@]}" \
 	--dpkgopt='path-include=/usr/share/doc/*/copyright' \
 	--customize-hook="\"$here/build-base.sh\" --customize-hook \"\$1\"" \
