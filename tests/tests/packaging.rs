@@ -270,7 +270,9 @@ fn the_debian_package_builds_and_lintian_reports_no_error() {
         "{prerm}"
     );
     assert!(
-        prerm.contains("stays in force until the next boot"),
+        prerm.contains("stay in force until the next boot")
+            && prerm.contains("nft delete table inet trustd;")
+            && prerm.contains("nft delete table inet trustd_intel"),
         "{prerm}"
     );
     let postrm = script("postrm");
