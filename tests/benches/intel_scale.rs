@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
+use tests::lab::Netns;
 use trustd::bundle::{
     Payload, PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot, generate_key, key_id,
     sign_envelope, verify,
@@ -29,32 +30,6 @@ use trustd::bundle::{
 use trustd::netfilter::{NftBackend, apply_intel, compile_intel, update_intel};
 use trustd::policy::IntelFeed;
 use trustd::timefmt::Timestamp;
-
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("tscale{}{tag}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .expect("ip")
-                .success()
-        );
-        Self(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// `n` entries: addresses spread over 11.0.0.0-100.255.255.255, every other /24 of
 /// 128.0.0.0/1 (never adjacent, so `nft`'s auto-merge has nothing to merge).
@@ -199,7 +174,7 @@ fn bench(n: usize, signer: &Signer, old: bool) {
         nets.join(",\n")
     );
     let (base, base_rss) = {
-        let ns = Netns::new("b");
+        let ns = Netns::new("tscale", "b");
         let (t, rss, _) = run_measured(
             Command::new("ip").args(["netns", "exec", &ns.0, "nft", "-f", "-"]),
             Some(text.as_bytes()),
@@ -214,7 +189,7 @@ fn bench(n: usize, signer: &Signer, old: bool) {
     );
 
     // trustd in-process, step by step, over netlink.
-    let ns = Netns::new("t");
+    let ns = Netns::new("tscale", "t");
     let mut nl = NftBackend::in_netns(&ns.0);
     let t = Instant::now();
     let v = verify::<IntelFeed>(&env, &signer.root, Timestamp::now(), 0).expect("verify");
@@ -284,7 +259,7 @@ fn bench(n: usize, signer: &Signer, old: bool) {
     drop(ns);
 
     if old {
-        let ns = Netns::new("o");
+        let ns = Netns::new("tscale", "o");
         let mut json_path = NftBackend::in_netns(&ns.0).without_netlink();
         let rs = compile_intel(Some(
             &serde_json::from_value::<IntelFeed>(feed(1, &hosts, &nets)).expect("feed"),
@@ -316,7 +291,7 @@ fn bench(n: usize, signer: &Signer, old: bool) {
     }
     drop(env);
     let trustd_bin = tests::bin("trustd");
-    let ns = Netns::new("r");
+    let ns = Netns::new("tscale", "r");
     let (took, tree_rss, out) = run_measured(
         Command::new("ip")
             .args(["netns", "exec", &ns.0])

@@ -23,6 +23,37 @@ use trustd::timefmt::Timestamp;
 use crate::bin;
 use crate::bus::{Bus, BusPolicy};
 
+/// A bare network namespace of a test's own (`<prefix><pid><tag>`, nothing in it but its
+/// loopback), deleted on drop. A leftover of the same name is deleted first.
+#[derive(Debug)]
+pub struct Netns(pub String);
+
+impl Netns {
+    /// Make it; panics if `ip netns add` fails.
+    pub fn new(prefix: &str, tag: &str) -> Self {
+        let name = format!("{prefix}{}{tag}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .expect("ip")
+                .success(),
+            "ip netns add {name}"
+        );
+        Self(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 /// Whether a test needing root and these tools can run here; under CI=true, it must.
 pub fn can_run(tools: &[&str]) -> bool {
     let root = trustd::sys::uid() == 0;

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use serde_json::{Value, json};
-use tests::lab::{Lab, can_run, lab_policy};
+use tests::lab::{Lab, Netns, can_run, lab_policy};
 use trustd::audit::{Actor, read_records};
 use trustd::daemon::Device;
 use trustd::netfilter::{
@@ -63,27 +63,6 @@ fn listing(ns: &str) -> Value {
     v
 }
 
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn netns(tag: &str) -> Netns {
-    let name = format!("tnl{}{tag}", std::process::id());
-    let _ = Command::new("ip").args(["netns", "del", &name]).status();
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip")
-            .success()
-    );
-    Netns(name)
-}
-
 #[test]
 fn the_table_built_over_netlink_lists_as_nft_builds_it_and_drops_real_packets() {
     if !can_run(TOOLS) {
@@ -118,7 +97,7 @@ fn the_table_built_over_netlink_lists_as_nft_builds_it_and_drops_real_packets() 
         .expect("blocklists over netlink");
 
     // The same compiled table through `nft -f` (the JSON path) in another namespace.
-    let other = netns("j");
+    let other = Netns::new("tnl", "j");
     let rs = compile_intel(Some(dev.intel().expect("feed").payload()));
     let mut rs_protected = rs.clone();
     rs_protected.protected = trustd::netfilter::protected(&dev.effective());

@@ -753,17 +753,9 @@ pub fn apply_intel(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<(), E
     })
 }
 
-/// Move the kernel from `old` to `new` with element additions (and deletions from hash sets
-/// only), in one transaction, when the structure is unchanged and no prefix is removed.
-/// Returns `Ok(false)` when that is not possible: the caller replaces the table instead.
-pub fn update_intel(
-    backend: &mut dyn Backend,
-    old: &IntelRuleset,
-    new: &IntelRuleset,
-) -> Result<bool, NftError> {
-    if let Some(r) = with_netlink(backend, |nl, _| intel_netlink::update(nl, old, new)) {
-        return r;
-    }
+/// Whether `new` has the categories and sets of `old`, in the same order, so that an update
+/// can change their elements in place instead of replacing the table.
+pub(super) fn same_layout(old: &IntelRuleset, new: &IntelRuleset) -> bool {
     let names = |rs: &IntelRuleset| {
         rs.categories
             .iter()
@@ -776,7 +768,21 @@ pub fn update_intel(
             .map(|(_, s)| s.name)
             .collect::<Vec<_>>()
     };
-    if names(old) != names(new) || shape(old) != shape(new) {
+    names(old) == names(new) && shape(old) == shape(new)
+}
+
+/// Move the kernel from `old` to `new` with element additions (and deletions from hash sets
+/// only), in one transaction, when the structure is unchanged and no prefix is removed.
+/// Returns `Ok(false)` when that is not possible: the caller replaces the table instead.
+pub fn update_intel(
+    backend: &mut dyn Backend,
+    old: &IntelRuleset,
+    new: &IntelRuleset,
+) -> Result<bool, NftError> {
+    if let Some(r) = with_netlink(backend, |nl, _| intel_netlink::update(nl, old, new)) {
+        return r;
+    }
+    if !same_layout(old, new) {
         return Ok(false);
     }
     let mut cmds = Vec::new();

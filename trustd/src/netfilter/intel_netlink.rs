@@ -793,19 +793,7 @@ pub(super) fn update(
     old: &IntelRuleset,
     new: &IntelRuleset,
 ) -> Result<bool, NftError> {
-    let names = |rs: &IntelRuleset| {
-        rs.categories
-            .iter()
-            .map(|c| c.name.clone())
-            .collect::<Vec<_>>()
-    };
-    let shape = |rs: &IntelRuleset| {
-        sets(rs)
-            .into_iter()
-            .map(|(_, s)| s.name)
-            .collect::<Vec<_>>()
-    };
-    if names(old) != names(new) || shape(old) != shape(new) || old.protected != new.protected {
+    if !super::intel::same_layout(old, new) || old.protected != new.protected {
         return Ok(false);
     }
     let (old_sets, new_sets) = (sets(old), sets(new));
