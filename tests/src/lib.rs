@@ -1,7 +1,8 @@
 //! Helpers for trustd's end-to-end tests: where the built binaries are, and running them.
 //!
 //! The tests in `tests/tests/` drive the real binaries (`trustctl`, `trustd`) as an admin or
-//! a boot script would. Build them first: `cargo test --workspace` does.
+//! a boot script would. Build them first: `scripts/test.sh` does (`cargo build --workspace
+//! --bins`, then `cargo test --workspace`).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -21,7 +22,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
         p.is_file(),
-        "{} is not built: run the tests with `cargo test --workspace`",
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
         p.display()
     );
     p
