@@ -532,6 +532,69 @@ fn an_offline_load_by_another_user_than_the_state_directorys_owner_is_refused() 
     );
 }
 
+/// The same lockdown by another door: `trustd check` or `trustd apply` run by hand as root
+/// on a packaged device opened the device's files for writing (an audit record at least) and
+/// left root-owned files trustd could not read. Both are refused before writing anything,
+/// with the owner to run as (exit 3: nothing was applied, the kernel's ruleset stays).
+#[test]
+fn trustd_check_or_apply_by_another_user_than_the_owner_writes_nothing() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        tests::lab::skip("needs root to give the directories to another user");
+        return;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    let d = d.path();
+    setup(d);
+    ok(trustctl(d, &["load", "--prefix", "dev", "p3.dsse"]));
+    let listing = |dir: &std::path::Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = walk(dir)
+            .into_iter()
+            .map(|p| {
+                let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                (p.display().to_string(), len)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    for dir in [
+        "dev/var/lib/trustd",
+        "dev/var/log/trustd",
+        "dev/var/log/trustd/audit",
+    ] {
+        std::os::unix::fs::chown(d.join(dir), Some(65534), Some(65534)).expect("chown");
+    }
+    let before = listing(&d.join("dev"));
+    for cmd in [&["check"][..], &["apply", "--nft", "/bin/false"][..]] {
+        let out = std::process::Command::new(tests::bin("trustd"))
+            .arg("--prefix")
+            .arg(d.join("dev"))
+            .args(cmd)
+            .output()
+            .expect("trustd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{cmd:?}: {stderr}");
+        assert!(
+            stderr.contains("belongs to uid 65534") && stderr.contains("nothing changed"),
+            "{cmd:?}: {stderr}"
+        );
+        assert_eq!(listing(&d.join("dev")), before, "{cmd:?} wrote files");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
 /// `device command --valid-for` past the last representable time panicked (exit 101, outside
 /// the exit-code rule): the expiry is held at the last representable instant instead, and a
 /// window that is not positive is refused (exit 1).
@@ -573,4 +636,30 @@ fn device_command_validity_out_of_range_is_held_or_refused_never_a_panic() {
         assert_eq!(r.code, 1, "{bad}: {}{}", r.stdout, r.stderr);
         assert_eq!(json(&r)["error"], "refused", "{bad}: {}", r.stdout);
     }
+    // The same negative window as two words (`--valid-for -5`) is read as a number, not as
+    // an unknown option: the same refusal, not a usage error.
+    let mut two = args("--valid-for");
+    two.insert(two.len() - 2, "-5");
+    let r = trustctl(d, &two);
+    assert_eq!(r.code, 1, "{two:?}: {}{}", r.stdout, r.stderr);
+    assert!(
+        json(&r)["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("positive"),
+        "{}",
+        r.stdout
+    );
+
+    // Without -o, --json still prints one object on one line: the envelope is inside it.
+    let mut to_stdout = args("--valid-for=60");
+    to_stdout.truncate(to_stdout.len() - 2);
+    let r = ok(trustctl(d, &to_stdout));
+    assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
+    let v = json(&r);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["document"]["payloadType"], "application/vnd.enigm.command+json",
+        "{v}"
+    );
 }

@@ -273,6 +273,24 @@ fn restarting_trustd_on_a_tampered_log_records_the_damage_until_an_admin_acknowl
         "{}",
         status.stdout
     );
+    // The same, as a person reads it: the audit head as a count and a hash, not a raw tuple.
+    let human = online(&["status"]);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    let head = &v["AuditHead"];
+    let line = human
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("AuditHead"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!(
+            "{} records, last record hash {}",
+            head[0],
+            head[1].as_str().unwrap_or("?")
+        )),
+        "{line}\n{}",
+        human.stdout
+    );
     let r = online(&["audit", "verify"]);
     assert_eq!(
         r.code, 1,

@@ -275,9 +275,22 @@ fn the_debian_package_builds_and_lintian_reports_no_error() {
             && prerm.contains("nft delete table inet trustd_intel"),
         "{prerm}"
     );
+    // Bus activation must not start trustd again between its stop and the removal of its
+    // files: the unit is masked (runtime) before debhelper's stop, and unmasked after.
+    let (mask, stop) = (
+        prerm
+            .find("systemctl mask --runtime trustd.service")
+            .expect("prerm masks trustd.service on remove"),
+        prerm.find("stop 'trustd.service'").expect("stop"),
+    );
+    assert!(mask < stop, "mask before stop:\n{prerm}");
     let postrm = script("postrm");
     assert!(
         postrm.contains("rm -rf /var/lib/trustd /var/log/trustd"),
+        "{postrm}"
+    );
+    assert!(
+        postrm.contains("systemctl unmask --runtime trustd.service"),
         "{postrm}"
     );
 }

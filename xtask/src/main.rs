@@ -65,6 +65,22 @@ const DEVICE_FILES: &[(&str, &str)] = &[
         "The device signing key (checkpoints, posture reports) and the secret device handles derive from.",
     ),
     (
+        "/var/lib/trustd/device.vkey",
+        "The device key as a C2SP signed-note verifier key (one line), for checkpoint verifiers.",
+    ),
+    (
+        "/var/lib/trustd/tpm-ak.json",
+        "The TPM attestation key, wrapped by the TPM that made it (only that TPM can load it).",
+    ),
+    (
+        "/var/lib/trustd/tpm-ak.pem, tpm-ak.name, tpm-ek.pem, tpm-ek.crt",
+        "For verifiers: the attestation key's public part and TPM name, the endorsement key (and its certificate where the TPM has one).",
+    ),
+    (
+        "/run/trustd/measurements.jsonl",
+        "The TPM measurement event log since boot (JSON lines), replayed against PCR 13.",
+    ),
+    (
         "/var/log/trustd/audit/",
         "The hash-chained audit log: segment-NNNNNNNN.jsonl, head, checkpoint (C2SP signed note).",
     ),

@@ -273,13 +273,18 @@ pub fn verifier_key(name: &str, key: &VerifyingKey) -> Result<String, Checkpoint
 }
 
 /// Parse a signed-note verifier key of an ed25519 key (the form [`verifier_key`] writes; one
-/// trailing newline is allowed): its name and key. Refused: not three `+`-separated fields, a
-/// name signed-note does not allow, a key ID that is not 8 lowercase hex digits or not the one
-/// the name and key give, non-canonical base64, another signature type than ed25519 (0x01),
-/// or bytes that are not an ed25519 public key.
+/// trailing `\n` or `\r\n` is allowed, and the key ID may be in either case, as Go's
+/// `note.NewVerifier` allows): its name and key. Refused: not three `+`-separated fields, a
+/// name signed-note does not allow, a key ID that is not 8 hex digits or not the one the name
+/// and key give, non-canonical base64 (stricter than Go, which ignores line breaks inside the
+/// key and non-zero padding bits: no encoder writes those), another signature type than
+/// ed25519 (0x01), or bytes that are not an ed25519 public key.
 pub fn parse_verifier_key(vkey: &str) -> Result<(String, VerifyingKey), CheckpointError> {
     let bad = |reason: String| CheckpointError::VerifierKey { reason };
-    let line = vkey.strip_suffix('\n').unwrap_or(vkey);
+    let line = vkey
+        .strip_suffix("\r\n")
+        .or_else(|| vkey.strip_suffix('\n'))
+        .unwrap_or(vkey);
     let mut fields = line.splitn(3, '+');
     let (Some(name), Some(id), Some(b64)) = (fields.next(), fields.next(), fields.next()) else {
         return Err(bad(
@@ -287,12 +292,8 @@ pub fn parse_verifier_key(vkey: &str) -> Result<(String, VerifyingKey), Checkpoi
         ));
     };
     check_name(name).map_err(|reason| bad(format!("name {name:?} {reason}")))?;
-    if id.len() != 8
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(bad(format!("key ID {id:?} is not 8 lowercase hex digits")));
+    if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad(format!("key ID {id:?} is not 8 hex digits")));
     }
     let raw = STANDARD
         .decode(b64)
@@ -317,7 +318,7 @@ pub fn parse_verifier_key(vkey: &str) -> Result<(String, VerifyingKey), Checkpoi
     let bytes: [u8; 32] = raw[1..].try_into().expect("checked: 32 bytes");
     let key = VerifyingKey::from_bytes(&bytes)
         .map_err(|_| bad("key is not an ed25519 public key".into()))?;
-    if hex(&key_id(name, &key)) != id {
+    if !hex(&key_id(name, &key)).eq_ignore_ascii_case(id) {
         return Err(bad(format!(
             "key ID {id} is not the one name {name:?} and its key give ({})",
             hex(&key_id(name, &key))
@@ -824,9 +825,15 @@ mod tests {
             (format!("other+{id}+{b64}"), "key ID"),
             (format!("{name}+{id}+{other_b64}"), "key ID"),
             (
-                format!("{name}+{}+{b64}", id.to_uppercase()),
-                "lowercase hex",
+                format!(
+                    "{name}+{}{}+{b64}",
+                    &id[..7],
+                    if id.ends_with('0') { '1' } else { '0' }
+                ),
+                "key ID",
             ),
+            (format!("{name}+{}g+{b64}", &id[..7]), "8 hex digits"),
+            (format!("{name}+0x{}+{b64}", &id[..6]), "8 hex digits"),
             (
                 format!("{name}+{id}+{}", STANDARD.encode(&wrong_type)),
                 "signature type 0x02",
@@ -843,6 +850,17 @@ mod tests {
             parse_verifier_key(&good).expect("test data").1,
             key(7).verifying_key()
         );
+        // What Go's note.NewVerifier also accepts: an upper-case key ID, a CRLF line end.
+        for ok in [
+            format!("{name}+{}+{b64}", id.to_uppercase()),
+            format!("{good}\r\n"),
+        ] {
+            assert_eq!(
+                parse_verifier_key(&ok).expect("accepted").1,
+                key(7).verifying_key(),
+                "{ok}"
+            );
+        }
     }
 
     fn cp() -> Checkpoint {

@@ -217,8 +217,8 @@ enum DeviceCmd {
         /// Its serial: above every command this device has accepted.
         #[arg(long)]
         serial: u64,
-        /// Valid for this many seconds from now.
-        #[arg(long, default_value_t = 3600)]
+        /// Valid for this many seconds from now (a positive number).
+        #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
         valid_for: i64,
         /// Private key files of the command role.
         #[arg(long = "key", required = true)]
@@ -391,7 +391,9 @@ fn payload_type(kind: &str) -> Result<&str> {
 }
 
 /// Write a command's document to `out` (stdout if None). With --json and a file, one result
-/// object names the file.
+/// object names the file; with --json and no file, the document goes inside the one result
+/// line (`{"ok":true,"document":...}`; `jq .document` gives it back), so that stdout stays one
+/// JSON object per line.
 fn write_out(j: bool, out: Option<&Path>, bytes: &[u8]) -> Result<()> {
     match out {
         Some(p) => {
@@ -399,6 +401,13 @@ fn write_out(j: bool, out: Option<&Path>, bytes: &[u8]) -> Result<()> {
             if j {
                 println!("{}", json!({"ok": true, "out": p}));
             }
+            Ok(())
+        }
+        None if j => {
+            let doc = serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
+            });
+            println!("{}", json!({"ok": true, "document": doc}));
             Ok(())
         }
         None => {
@@ -918,8 +927,18 @@ mod bus {
         })
     }
 
-    fn show_value(v: &Value) -> String {
+    /// A posture property as a person reads it: the audit head as its record count and last
+    /// hash, yes/no, "none" for an empty value; `--json` keeps the raw values.
+    fn show_value(k: &str, v: &Value) -> String {
         match v {
+            Value::Array(a) if k == "AuditHead" && a.len() == 2 => format!(
+                "{} records, last record hash {}",
+                a[0],
+                a[1].as_str().filter(|h| !h.is_empty()).unwrap_or("(none)")
+            ),
+            Value::Bool(b) => (if *b { "yes" } else { "no" }).to_owned(),
+            Value::String(s) if s.is_empty() => "none".to_owned(),
+            Value::Array(a) if a.is_empty() => "none".to_owned(),
             Value::String(s) => s.clone(),
             Value::Array(a) if a.iter().all(Value::is_string) => a
                 .iter()
@@ -957,7 +976,7 @@ mod bus {
                     println!("{}", Value::Object(obj));
                 } else {
                     for (k, v) in &p {
-                        println!("{k:<18} {}", show_value(v));
+                        println!("{k:<18} {}", show_value(k, v));
                     }
                 }
             }
@@ -975,7 +994,7 @@ mod bus {
                     } else {
                         let parts: Vec<String> = ch
                             .iter()
-                            .map(|(k, v)| format!("{k}={}", show_value(v)))
+                            .map(|(k, v)| format!("{k}={}", show_value(k, v)))
                             .collect();
                         println!("{}", parts.join(" "));
                     }
@@ -1323,39 +1342,10 @@ fn verify_cmd(j: bool, root_path: &Path, installed: u64, envelope: &Path) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// Refuse to write a device's files as anyone but their owner. On a packaged device the state
-/// and log directories belong to the trustd user (trustd.service runs as it): files that
-/// root created there (state.json, the last-good bundle, a new audit segment, all 0600/0640)
-/// would be unreadable to trustd, which would then start from the most restrictive state
-/// with no policy, in lockdown, though the load said it succeeded.
-fn write_as_owner(paths: &Paths) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let me = trustd::sys::euid();
-    let audit = paths.audit_dir();
-    let logs = audit
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| audit.clone());
-    for dir in [paths.state_dir(), logs, audit] {
-        if let Ok(meta) = std::fs::metadata(&dir)
-            && meta.uid() != me
-        {
-            return Err(refused(format!(
-                "{} belongs to uid {}, not to this user (uid {me}): files written now would be \
-                 unreadable to trustd; run as the directory's owner (e.g. `runuser -u trustd \
-                 -- trustctl load ...`); nothing changed",
-                dir.display(),
-                meta.uid()
-            )));
-        }
-    }
-    Ok(())
-}
-
 fn load(j: bool, prefix: &Path, envelope: &Path) -> Result<ExitCode> {
     let bytes = read(envelope)?;
     let paths = Paths::new(prefix);
-    write_as_owner(&paths)?;
+    trustd::files::owner::refuse_foreign_owner(&paths).map_err(|e| refused(e.to_string()))?;
     let mut dev = Device::open(&paths, Actor::this_process())?;
     let now = Timestamp::now();
     let result = match envelope_type(&bytes).as_deref() {

@@ -87,6 +87,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let paths = Paths::new(&cli.prefix);
+    // Every command opens the device's files for writing (at least an audit record): as
+    // another user than their owner (root by hand on a packaged device) it would leave files
+    // trustd cannot read. Refused before anything is written; the kernel's ruleset stays.
+    trustd::files::owner::refuse_foreign_owner(&paths)?;
     match cli.cmd {
         Cmd::Check => {
             let dev = Device::open(&paths, Actor::this_process())?;
