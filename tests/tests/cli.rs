@@ -297,6 +297,24 @@ fn one_exit_code_rule_for_every_command_and_json_for_every_outcome() {
         (v["ok"].as_bool(), v["error"].as_str()),
         (Some(false), Some("usage"))
     );
+    // The typo tip and the missing argument's name are in the JSON reason too.
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'status'"),
+        "{v}"
+    );
+    let r = trustctl(d, &["--json", "keygen"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        json(&r)["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--out"),
+        "{}",
+        r.stdout
+    );
     // Invalid input to an offline command is a refusal (1), not a system failure (3).
     for args in [
         &["trust-root", "--role", "root=x:r.pub"][..],
@@ -662,4 +680,176 @@ fn device_command_validity_out_of_range_is_held_or_refused_never_a_panic() {
         v["document"]["payloadType"], "application/vnd.enigm.command+json",
         "{v}"
     );
+}
+
+/// Inputs no file should be able to turn into an out-of-memory kill: trustctl read every
+/// input whole before any size check, so `verify /dev/zero` grew until the kernel killed
+/// it (23 GB here). Every input is now read up to a cap and refused past it (exit 1), for
+/// bundles, keys, checkpoints, reports and AK files alike.
+#[test]
+fn endless_or_huge_input_files_are_refused_at_a_cap_not_read_into_memory() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let d = d.path();
+    setup(d);
+    // A sparse 3 GiB file: nothing on disk, all of it readable.
+    let big = d.join("big");
+    std::fs::File::create(&big)
+        .and_then(|f| f.set_len(3 << 30))
+        .expect("sparse file");
+    for args in [
+        vec!["--json", "verify", "/dev/zero", "--trust-root", "root.json"],
+        vec!["--json", "verify", "big", "--trust-root", "root.json"],
+        vec!["--json", "verify", "p3.dsse", "--trust-root", "/dev/zero"],
+        vec![
+            "--json",
+            "sign",
+            "--type",
+            "policy",
+            "--key",
+            "/dev/zero",
+            "p3.json",
+        ],
+        vec![
+            "--json",
+            "sign",
+            "--type",
+            "policy",
+            "--key",
+            "a.key",
+            "/dev/zero",
+        ],
+        vec!["--json", "load", "--prefix", "dev", "/dev/zero"],
+    ] {
+        let r = trustctl(d, &args);
+        assert!(
+            r.code == 1 || r.code == 3,
+            "{args:?}: exit {} {}{}",
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        let v = json(&r);
+        assert_eq!(v["ok"], false, "{args:?}: {v}");
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("larger than"),
+            "{args:?}: {v}"
+        );
+    }
+    // The bundle itself, too large: refused as invalid input (exit 1).
+    let r = trustctl(d, &["--json", "verify", "big", "--trust-root", "root.json"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+}
+
+/// Inputs trustctl made without a word that can never be right: a second `--role` for the
+/// same role silently replaced the first, a trust root expiring before it was issued was
+/// written (and accepted as provisioned), and `keygen --out dir/` wrote hidden `dir/.key`.
+#[test]
+fn trust_root_and_keygen_refuse_what_cannot_be_meant() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let d = d.path();
+    setup(d);
+    let base = [
+        "--json",
+        "trust-root",
+        "--role",
+        "policy=1:a.pub",
+        "--role",
+        "intel=1:r.pub",
+        "--role",
+        "command=1:r.pub",
+    ];
+    let mut twice = base.to_vec();
+    twice.extend(["--role", "root=1:r.pub", "--role", "root=1:x.pub"]);
+    let r = trustctl(d, &twice);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        json(&r)["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("given twice")
+    );
+
+    let mut backwards = base.to_vec();
+    backwards.extend([
+        "--role",
+        "root=1:r.pub",
+        "--expires",
+        "2020-01-01T00:00:00Z",
+    ]);
+    let r = trustctl(d, &backwards);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        json(&r)["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is after expires_at"),
+        "{}",
+        r.stdout
+    );
+    // The same root provisioned by hand is refused too: it can never have been valid.
+    let mut root: Value =
+        serde_json::from_slice(&std::fs::read(d.join("root.json")).expect("root")).expect("json");
+    root["expires_at"] = "2020-01-01T00:00:00Z".into();
+    std::fs::write(d.join("backwards.json"), root.to_string()).expect("write");
+    let r = trustctl(
+        d,
+        &[
+            "--json",
+            "verify",
+            "p3.dsse",
+            "--trust-root",
+            "backwards.json",
+        ],
+    );
+    assert_ne!(r.code, 0, "{}", r.stdout);
+
+    std::fs::create_dir(d.join("keys")).expect("mkdir");
+    for out in ["keys/", "keys"] {
+        let r = trustctl(d, &["--json", "keygen", "--out", out]);
+        assert_eq!(r.code, 1, "{out}: {}{}", r.stdout, r.stderr);
+        assert!(
+            json(&r)["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not a directory")
+        );
+    }
+    assert_eq!(std::fs::read_dir(d.join("keys")).expect("dir").count(), 0);
+}
+
+/// stdout closed early or full: trustctl panicked (exit 101, outside the exit-code rule).
+/// It now ends with exit 3 (the system failed) and never panics.
+#[test]
+fn a_closed_or_full_stdout_ends_trustctl_inside_the_exit_code_rule() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let d = d.path();
+    setup(d);
+    let full = std::process::Command::new(tests::bin("trustctl"))
+        .current_dir(d)
+        .args(["--json", "verify", "p3.dsse", "--trust-root", "root.json"])
+        .stdout(std::fs::File::create("/dev/full").expect("/dev/full"))
+        .output()
+        .expect("trustctl");
+    let err = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(3), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Non-UTF-8 file names are fine in --json output (shown lossily), never a panic.
+    let o = std::process::Command::new(tests::bin("trustctl"))
+        .current_dir(d)
+        .args(["--json", "keygen", "--out"])
+        .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"k\xff"))
+        .output()
+        .expect("trustctl");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(v["ok"], true, "{v}");
 }

@@ -293,6 +293,14 @@ fn the_debian_package_builds_and_lintian_reports_no_error() {
         postrm.contains("systemctl unmask --runtime trustd.service"),
         "{postrm}"
     );
+    // A removal that fails and is undone (abort-remove runs postinst) unmasks too.
+    let abort = postinst
+        .find("abort-remove)")
+        .expect("postinst handles abort-remove");
+    assert!(
+        postinst[abort..].contains("systemctl unmask --runtime trustd.service"),
+        "{postinst}"
+    );
 }
 
 /// Every MESSAGE_ID trustd's sources log has an entry in the shipped catalog, and
@@ -508,4 +516,57 @@ fn the_tpm_event_log_in_the_runtime_directory_survives_a_restart_of_the_service(
         lines.contains(&"RuntimeDirectoryPreserve=yes"),
         "trustd.service removes /run/trustd (the TPM event log) when it stops or restarts"
     );
+}
+
+/// systemd-sysusers adopts an existing account named trustd silently: a person's login
+/// account (uid 1000, a shell) would then run trustd and own its state and device key. The
+/// package's postinst refuses to configure (exit 1, before anything is made or started) and
+/// says what to do. Run against a stand-in `getent` on PATH, never the host's accounts; the
+/// refusal comes before the script touches anything.
+#[test]
+fn postinst_refuses_to_run_trustd_as_an_existing_login_account() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let postinst = repo().join("debian/trustd.postinst");
+    for (entry, why) in [
+        (
+            "trustd:x:1000:1000:Alice:/home/trustd:/usr/sbin/nologin",
+            "not a system account",
+        ),
+        (
+            "trustd:x:0:0:root:/root:/usr/sbin/nologin",
+            "not a system account",
+        ),
+        ("trustd:x:120:120::/var/lib/trustd:/bin/bash", "login shell"),
+    ] {
+        let getent = d.path().join("getent");
+        std::fs::write(
+            &getent,
+            format!("#!/bin/sh\n[ \"$1\" = passwd ] && echo '{entry}' && exit 0\nexit 2\n"),
+        )
+        .expect("getent");
+        std::fs::set_permissions(
+            &getent,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .expect("chmod");
+        let o = Command::new("sh")
+            .arg(&postinst)
+            .arg("configure")
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    d.path().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .expect("sh");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{entry}: {err}");
+        assert!(
+            err.contains(why) && err.contains("Nothing was started"),
+            "{entry}: {err}"
+        );
+    }
 }

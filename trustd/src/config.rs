@@ -89,7 +89,7 @@ impl Config {
             path: path.display().to_string(),
             reason,
         };
-        let bytes = match std::fs::read(&path) {
+        let bytes = match crate::files::capped::read_capped(&path, 1 << 20) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(err(e.to_string())),

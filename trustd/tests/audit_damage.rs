@@ -429,6 +429,95 @@ fn a_removed_checkpoint_is_recorded_as_damage_at_open() {
     reopen_expecting(&dev, &["checkpoint-removed"]);
 }
 
+/// Where a kill lands between announcing a checkpoint in the log and storing it: the
+/// intent file and the announcement are written, the checkpoint file is not.
+fn stopped_mid_checkpoint(dev: &TestDevice, n: usize) -> u64 {
+    let d = Device::open(&dev.paths, Actor::this_process()).expect("open");
+    for i in 0..n {
+        d.audit().append(entry(i)).expect("append");
+    }
+    let size = d.audit().tree_head().0 + 1;
+    trustd::audit::checkpoint::write_pending(&dev.paths.audit_dir(), size).expect("intent");
+    d.audit()
+        .append(
+            Entry::new("audit.checkpoint", Outcome::Ok, Actor::this_process())
+                .digest("size", size.to_string()),
+        )
+        .expect("announce");
+    size
+}
+
+#[test]
+fn a_stop_between_announcing_and_storing_a_checkpoint_is_not_damage_and_is_signed_again() {
+    // Killed mid-checkpoint (the window a kill loop finds): every record is there, only the
+    // signature being stored is missing. Before, the next start recorded checkpoint damage
+    // and posture stayed untrusted until an admin acknowledged it.
+    let dev = stopped(5);
+    let cp = dev.paths.audit_dir().join("checkpoint");
+    let older = std::fs::read(&cp).expect("checkpoint");
+    let size = stopped_mid_checkpoint(&dev, 3);
+    assert_eq!(std::fs::read(&cp).expect("checkpoint"), older, "not stored");
+    let before = read_records(&dev.paths.audit_dir()).expect("records").len();
+    let d = Device::open(&dev.paths, Actor::this_process()).expect("reopen");
+    let records = read_records(&dev.paths.audit_dir()).expect("records");
+    assert!(
+        records.iter().all(|r| r.kind != "audit.damage"),
+        "{:?}",
+        records.iter().map(|r| &r.kind).collect::<Vec<_>>()
+    );
+    assert!(d.audit_damage().is_empty());
+    let repair = records[before..]
+        .iter()
+        .find(|r| r.kind == "audit.repair")
+        .expect("the interrupted checkpoint is said in the log");
+    assert_eq!(
+        repair.digests.get("interrupted-checkpoint-size"),
+        Some(&size.to_string())
+    );
+    // Signed again, covering everything up to the new announcement.
+    let note = std::fs::read_to_string(&cp).expect("checkpoint");
+    let key = trustd::report::load_or_create_key(&dev.paths)
+        .expect("device key")
+        .0
+        .verifying_key();
+    let signed = trustd::audit::checkpoint::parse_and_verify(&note, &d.origin(), &key)
+        .expect("a checkpoint of this device");
+    assert!(signed.size > size, "{} <= {size}", signed.size);
+    assert!(!dev.paths.audit_dir().join("checkpoint.pending").exists());
+    let p = d.posture(now());
+    assert!(
+        !p.reasons
+            .iter()
+            .any(|r| r.contains("audit") || r.contains("checkpoint")),
+        "{:?}",
+        p.reasons
+    );
+    drop(d);
+    // And the next open finds nothing either.
+    let d = Device::open(&dev.paths, Actor::this_process()).expect("reopen");
+    assert!(d.audit_damage().is_empty());
+}
+
+#[test]
+fn a_checkpoint_removed_after_an_interrupted_one_without_the_intent_file_is_still_damage() {
+    // The same log, but nothing says a run stopped mid-checkpoint (the intent file is
+    // gone): a missing checkpoint is then a removed one.
+    let dev = stopped(5);
+    stopped_mid_checkpoint(&dev, 3);
+    std::fs::remove_file(dev.paths.audit_dir().join("checkpoint.pending")).expect("rm");
+    reopen_expecting(&dev, &["checkpoint-older"]);
+    // An intent file naming another size than the last announcement proves nothing either.
+    let dev = stopped(5);
+    let size = stopped_mid_checkpoint(&dev, 3);
+    std::fs::write(
+        dev.paths.audit_dir().join("checkpoint.pending"),
+        (size + 1).to_string(),
+    )
+    .expect("write");
+    std::fs::remove_file(dev.paths.audit_dir().join("checkpoint")).expect("rm");
+    reopen_expecting(&dev, &["checkpoint-removed"]);
+}
+
 #[test]
 fn an_older_checkpoint_put_back_is_recorded_as_damage_at_open() {
     // Attack: root replaces the checkpoint with an older one it kept (which the log,

@@ -103,6 +103,18 @@ const TRUSTD_FILES: &[(&str, &str)] = &[
         "/usr/lib/systemd/catalog/trustd.catalog",
         "Explanations of trustd's journal MESSAGE_IDs (journalctl -x).",
     ),
+    (
+        "/usr/share/dbus-1/system-services/org.enigm.Trust1.service",
+        "Bus activation: a call to org.enigm.Trust1 starts trustd.service.",
+    ),
+    (
+        "/usr/lib/sysusers.d/trustd.conf, /usr/lib/tmpfiles.d/trustd.conf",
+        "The trustd user, the trustd-admin and trustd-setup groups, and trustd's directories.",
+    ),
+    (
+        "/var/lib/trustd/.lock, /var/log/trustd/audit/.lock",
+        "Held by the one process writing the state or the audit log (trustd, or trustctl load offline).",
+    ),
 ];
 
 const SEE_ALSO_TRUSTD: &[(&str, &str)] = &[

@@ -38,6 +38,39 @@ use crate::digest::hex;
 
 /// The latest checkpoint, in the audit directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// The intent file written (durably) before a checkpoint is announced in the log and removed
+/// once the checkpoint file is stored: its content is the size announced (decimal). At open,
+/// an announcement that is the log's last record, with this file naming it, is a run that
+/// stopped between announcing and storing (a crash, not a removed or older checkpoint).
+pub const PENDING_FILE: &str = "checkpoint.pending";
+
+/// Write [`PENDING_FILE`] in `dir` naming `size`, durably (atomic replace, directory synced).
+pub fn write_pending(dir: &Path, size: u64) -> Result<(), AuditError> {
+    let path = dir.join(PENDING_FILE);
+    crate::files::atomic::write_atomic(&path, size.to_string().as_bytes(), 0o640)
+        .map_err(|source| AuditError::Io { path, source })
+}
+
+/// The size [`PENDING_FILE`] in `dir` names, if the file exists and holds a number.
+pub fn read_pending(dir: &Path) -> Option<u64> {
+    let text = std::fs::read(dir.join(PENDING_FILE)).ok()?;
+    if text.len() > 20 {
+        return None;
+    }
+    std::str::from_utf8(&text).ok()?.trim().parse().ok()
+}
+
+/// Remove [`PENDING_FILE`] from `dir` (absent is fine). Not synced: a removal lost to a
+/// crash leaves a file naming a checkpoint that was stored, which open tells apart.
+pub fn clear_pending(dir: &Path) -> Result<(), AuditError> {
+    let path = dir.join(PENDING_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AuditError::Io { path, source }),
+    }
+}
 /// The largest note accepted (signed-note asks verifiers to take at least 16 signatures).
 pub const MAX_NOTE_BYTES: usize = 16 << 10;
 /// The longest line accepted.
@@ -557,11 +590,7 @@ pub fn write_checkpoint(dir: &Path, note: &str) -> Result<(), AuditError> {
 /// The latest checkpoint note of the log in `dir`, if one was written.
 pub fn read_checkpoint(dir: &Path) -> Result<Option<String>, AuditError> {
     let path = dir.join(CHECKPOINT_FILE);
-    match std::fs::read(&path) {
-        Ok(b) if b.len() > MAX_NOTE_BYTES => Err(AuditError::Io {
-            path,
-            source: std::io::Error::other(format!("larger than {MAX_NOTE_BYTES} bytes")),
-        }),
+    match crate::files::capped::read_capped(&path, MAX_NOTE_BYTES) {
         Ok(b) => String::from_utf8(b).map(Some).map_err(|_| AuditError::Io {
             path,
             source: std::io::Error::other("not UTF-8"),

@@ -244,6 +244,10 @@ pub struct Inspection {
     pub head: HeadFound,
     /// The stored checkpoint, if it is the device's and verifies.
     pub checkpoint: Option<Checkpoint>,
+    /// The size of a checkpoint announced as the log's last record but never stored: the
+    /// run stopped between the two (the intent file names it). Not damage: no record is
+    /// missing, and the checkpoint is signed again at the next open of the device.
+    pub interrupted_checkpoint: Option<u64>,
 }
 
 impl Inspection {
@@ -473,15 +477,25 @@ pub fn inspect(dir: &Path, anchor: Option<&Anchor>) -> Result<Inspection, AuditE
     }
 
     let mut stored = None;
+    // A run that stopped between announcing a checkpoint and storing it leaves the
+    // announcement as the log's last record and the intent file naming it. A checkpoint
+    // removed or put back after a clean stop has no intent file: that stays damage.
+    let interrupted = (history.announced > 0
+        && report.last_seq == Some(history.announced - 1)
+        && checkpoint::read_pending(dir) == Some(history.announced))
+    .then_some(history.announced);
     if let Some(a) = anchor {
-        check_checkpoint(dir, a, &history, &mut findings, &mut stored)?;
+        check_checkpoint(dir, a, &history, interrupted, &mut findings, &mut stored)?;
     }
+    let interrupted_checkpoint =
+        interrupted.filter(|n| stored.as_ref().is_none_or(|cp: &Checkpoint| cp.size < *n));
     Ok(Inspection {
         report,
         findings,
         history,
         head,
         checkpoint: stored,
+        interrupted_checkpoint,
     })
 }
 
@@ -489,6 +503,7 @@ fn check_checkpoint(
     dir: &Path,
     a: &Anchor,
     history: &History,
+    interrupted: Option<u64>,
     findings: &mut Vec<Finding>,
     stored: &mut Option<Checkpoint>,
 ) -> Result<(), AuditError> {
@@ -504,7 +519,7 @@ fn check_checkpoint(
         }
     };
     let Some(note) = note else {
-        if history.announced > 0 {
+        if history.announced > 0 && interrupted.is_none() {
             findings.push(
                 Finding::new(
                     "checkpoint-removed",
@@ -550,7 +565,7 @@ fn check_checkpoint(
             return Ok(());
         }
     };
-    if cp.size < history.announced {
+    if cp.size < history.announced && interrupted.is_none() {
         findings.push(
             Finding::new(
                 "checkpoint-older",

@@ -114,6 +114,9 @@ pub struct OpenReport {
     pub findings: Vec<String>,
     /// Damage records no admin has acknowledged yet: (seq, reason).
     pub unacknowledged: Vec<(u64, String)>,
+    /// A checkpoint announced as the last record but never stored (the run stopped between
+    /// the two): its announced size. The device signs it again once open.
+    pub interrupted_checkpoint: Option<u64>,
 }
 
 struct Shared {
@@ -417,6 +420,7 @@ impl AuditLog {
         if let Some((_, h)) = last {
             genesis = h;
         }
+        report.interrupted_checkpoint = insp.interrupted_checkpoint;
         let new: Vec<damage::Finding> = insp
             .history
             .new_findings(&insp.findings)

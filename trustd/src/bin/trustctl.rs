@@ -22,6 +22,22 @@ use trustd::policy::{IntelFeed, LifecycleCommand, Policy};
 use trustd::state::{StateStore, load_trust_root};
 use trustd::timefmt::Timestamp;
 
+/// `println!` that never panics: stdout closed early (`trustctl status | head -1`) or full
+/// (`> /dev/full`) ends trustctl with exit 3 (the system failed) and a line on stderr,
+/// inside the exit-code rule, instead of a panic (exit 101).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*).and_then(|()| stdout.flush()) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("trustctl: writing standard output: {e}");
+            }
+            std::process::exit(3);
+        }
+    }};
+}
+
 /// The one exit-code rule of every command, shown in `--help`.
 const EXIT_CODES: &str = "Exit codes (every command): 0 done; 1 refused: the input or the request is \
 invalid, not signed as required, or not allowed (the reason is printed, nothing changed); \
@@ -399,7 +415,7 @@ fn write_out(j: bool, out: Option<&Path>, bytes: &[u8]) -> Result<()> {
         Some(p) => {
             std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display()))?;
             if j {
-                println!("{}", json!({"ok": true, "out": p}));
+                out!("{}", json!({"ok": true, "out": p.display().to_string()}));
             }
             Ok(())
         }
@@ -407,7 +423,7 @@ fn write_out(j: bool, out: Option<&Path>, bytes: &[u8]) -> Result<()> {
             let doc = serde_json::from_slice::<serde_json::Value>(bytes).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
             });
-            println!("{}", json!({"ok": true, "document": doc}));
+            out!("{}", json!({"ok": true, "document": doc}));
             Ok(())
         }
         None => {
@@ -417,15 +433,54 @@ fn write_out(j: bool, out: Option<&Path>, bytes: &[u8]) -> Result<()> {
     }
 }
 
+/// The private keys behind `--key` files, each key once (the same key named twice, under
+/// any file name, signs once: a second signature adds nothing toward a threshold). A key
+/// file others may read is used, with a warning on stderr (keygen writes 0600).
+fn signing_keys(files: &[PathBuf]) -> Result<Vec<ed25519_dalek::SigningKey>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut keys: Vec<ed25519_dalek::SigningKey> = Vec::new();
+    for f in files {
+        let k = PrivateKeyFile::load(f)?;
+        if let Ok(m) = std::fs::metadata(f)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            eprintln!(
+                "trustctl: warning: {} is readable by others (mode {:o}): chmod 600 it",
+                f.display(),
+                m.permissions().mode() & 0o777
+            );
+        }
+        if !keys
+            .iter()
+            .any(|have| have.verifying_key() == k.verifying_key())
+        {
+            keys.push(k);
+        }
+    }
+    Ok(keys)
+}
+
+/// The most any file trustctl reads may hold: the largest input it takes, a blocklist
+/// envelope. Each input's own cap (a policy envelope 1 MiB, a checkpoint 16 KiB, a report
+/// 4 MiB) is checked after, by its verifier. A larger file (or `/dev/zero`, a fifo that
+/// never ends) is refused without being read past the cap.
+const MAX_INPUT_BYTES: usize = trustd::bundle::MAX_INTEL_ENVELOPE_BYTES;
+
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    trustd::files::capped::read_capped(path, MAX_INPUT_BYTES).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::FileTooLarge {
+            refused(format!("{}: {e}", path.display()))
+        } else {
+            anyhow::Error::new(e).context(format!("reading {}", path.display()))
+        }
+    })
 }
 
 fn print(json_out: bool, value: serde_json::Value, text: &str) {
     if json_out {
-        println!("{value}");
+        out!("{value}");
     } else {
-        println!("{text}");
+        out!("{text}");
     }
 }
 
@@ -436,13 +491,21 @@ fn main() -> ExitCode {
         // Usage errors exit 2; with --json they are one JSON object too. Help and version
         // print as usual (exit 0).
         Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
-            let reason = e.to_string();
-            let reason = reason
+            // clap's whole message on one line, less the usage and help pointers: the first
+            // line alone did not name the missing argument, and dropped the typo tip.
+            let text = e.to_string();
+            let reason = text
                 .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
-            println!(
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("Usage:")
+                        && !l.starts_with("For more information")
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let reason = reason.trim_start_matches("error: ");
+            out!(
                 "{}",
                 json!({"ok": false, "error": "usage", "reason": reason})
             );
@@ -456,7 +519,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let refused = is_refusal(&e);
             if json_out {
-                println!(
+                out!(
                     "{}",
                     json!({"ok": false, "error": if refused {"refused"} else {"system"}, "reason": trustd::error_chain(e.as_ref())})
                 );
@@ -498,10 +561,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
         } => {
             let ptype = payload_type(&kind)?;
-            let keys = keys
-                .iter()
-                .map(|k| PrivateKeyFile::load(k).map_err(anyhow::Error::from))
-                .collect::<Result<Vec<_>>>()?;
+            let keys = signing_keys(&keys)?;
             let env = sign_envelope(ptype, &read(&payload)?, &keys);
             let mut bytes = serde_json::to_vec_pretty(&env)?;
             bytes.push(b'\n');
@@ -571,10 +631,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             parsed
                 .validate()
                 .map_err(|e| refused(format!("the command would be invalid: {e}")))?;
-            let keys = keys
-                .iter()
-                .map(|k| PrivateKeyFile::load(k).map_err(anyhow::Error::from))
-                .collect::<Result<Vec<_>>>()?;
+            let keys = signing_keys(&keys)?;
             let env = sign_envelope(
                 LifecycleCommand::PAYLOAD_TYPE,
                 &serde_json::to_vec(&cmd)?,
@@ -604,8 +661,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut tpm = serde_json::Value::Null;
             let mut tpm_text = format!("\n  evidence signer: {}", opened.signer);
             if let Some(ak) = &ak {
-                let pem = std::fs::read_to_string(ak)
-                    .with_context(|| format!("reading {}", ak.display()))?;
+                let pem = String::from_utf8(read(ak)?).map_err(|_| {
+                    Refused(format!("{}: not a PEM file (not UTF-8)", ak.display()))
+                })?;
                 let akey = trustd::tpm::quote::ak_from_pem(&pem)
                     .map_err(|e| Refused(format!("{}: {e}", ak.display())))?;
                 let v = trustd::tpm::verify::verify(&opened, &akey, &vk)
@@ -788,7 +846,10 @@ fn audit_export(j: bool, prefix: &Path, out: Option<&Path>) -> Result<ExitCode> 
         )));
     }
     if let (true, Some(path)) = (j, out) {
-        println!("{}", json!({"ok": true, "out": path, "records": records}));
+        out!(
+            "{}",
+            json!({"ok": true, "out": path.display().to_string(), "records": records})
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -973,10 +1034,10 @@ mod bus {
                     // The posture properties, and "ok" like every other result object.
                     let mut obj: serde_json::Map<String, Value> = p.into_iter().collect();
                     obj.insert("ok".into(), Value::Bool(true));
-                    println!("{}", Value::Object(obj));
+                    out!("{}", Value::Object(obj));
                 } else {
                     for (k, v) in &p {
-                        println!("{k:<18} {}", show_value(k, v));
+                        out!("{k:<18} {}", show_value(k, v));
                     }
                 }
             }
@@ -990,13 +1051,13 @@ mod bus {
                     if j {
                         let mut obj: serde_json::Map<String, Value> = ch.into_iter().collect();
                         obj.insert("ok".into(), Value::Bool(true));
-                        println!("{}", Value::Object(obj));
+                        out!("{}", Value::Object(obj));
                     } else {
                         let parts: Vec<String> = ch
                             .iter()
                             .map(|(k, v)| format!("{k}={}", show_value(k, v)))
                             .collect();
-                        println!("{}", parts.join(" "));
+                        out!("{}", parts.join(" "));
                     }
                     seen += 1;
                 }
@@ -1031,9 +1092,9 @@ mod bus {
                     );
                 } else if j {
                     let v: Value = serde_json::from_str(&p)?;
-                    println!("{}", json!({"ok": true, "policy": v}));
+                    out!("{}", json!({"ok": true, "policy": v}));
                 } else {
-                    println!("{p}");
+                    out!("{p}");
                 }
             }
             Op::Intel(IntelCmd::Apply { file }) => {
@@ -1076,7 +1137,8 @@ mod bus {
                 let profile: Value = serde_json::from_str(&profile).unwrap_or(Value::Null);
                 print(
                     j,
-                    json!({"ok": true, "allowed": allowed, "reason": reason, "profile": profile}),
+                    // "ok" follows the exit code: a refused launch is exit 1, "ok": false.
+                    json!({"ok": allowed, "allowed": allowed, "reason": reason, "profile": profile}),
                     &format!("{}: {reason}", if allowed { "allowed" } else { "refused" }),
                 );
                 if !allowed {
@@ -1107,7 +1169,7 @@ mod bus {
             Op::Audit(AuditCmd::Tail { n, .. }) => {
                 let n = u32::try_from(n).unwrap_or(u32::MAX);
                 for line in c.audit_tail(n).await.map_err(daemon_error)? {
-                    println!("{line}");
+                    out!("{line}");
                 }
             }
             Op::Audit(AuditCmd::Verify { .. }) => {
@@ -1156,6 +1218,15 @@ fn key_paths(out: &Path) -> (PathBuf, PathBuf) {
 fn keygen(j: bool, out: &Path) -> Result<ExitCode> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    // `--out dir/` (or an existing directory) would make the hidden files `dir/.key` and
+    // `dir/.pub`: refused, the base name is the admin's to choose.
+    if out.as_os_str().as_encoded_bytes().ends_with(b"/") || out.is_dir() {
+        return Err(refused(format!(
+            "--out {}: give a file name base (e.g. {}/admin.2026), not a directory; nothing written",
+            out.display(),
+            out.display().to_string().trim_end_matches('/')
+        )));
+    }
     let key = generate_key().context("reading the system's random source")?;
     let (private, public) = key_paths(out);
     let create = |path: &Path, mode: u32, bytes: &[u8]| -> Result<()> {
@@ -1197,7 +1268,7 @@ fn keygen(j: bool, out: &Path) -> Result<ExitCode> {
     let id = key_id(&key.verifying_key());
     print(
         j,
-        json!({"ok": true, "keyid": id, "private": private, "public": public}),
+        json!({"ok": true, "keyid": id, "private": private.display().to_string(), "public": public.display().to_string()}),
         &format!(
             "keyid {id}\nprivate {}\npublic {}",
             private.display(),
@@ -1250,7 +1321,15 @@ fn trust_root(
             );
             keyids.push(f.keyid);
         }
-        by_role.insert(role.to_owned(), RoleKeys { keyids, threshold });
+        if by_role
+            .insert(role.to_owned(), RoleKeys { keyids, threshold })
+            .is_some()
+        {
+            // A second --role for the same role silently replaced the first before.
+            return Err(refused(format!(
+                "--role {role}=... is given twice: give each role once, with all its keys (ROLE=THRESHOLD:A.pub,B.pub); nothing written"
+            )));
+        }
     }
     let mut take = |name: &str| {
         by_role.remove(name).ok_or_else(|| {
@@ -1444,7 +1523,7 @@ fn audit_verify(j: bool, prefix: &Path) -> Result<ExitCode> {
     let acked = insp.history.damage.len() - unacked.len();
     let ok = rep.ok() && extra.is_empty() && unacked.is_empty();
     if j {
-        println!(
+        out!(
             "{}",
             json!({"ok": ok, "report": rep, "checkpoint_problems": extra,
                 "damage_recorded": insp.history.damage.iter().map(|(s, r)| json!({"seq": s, "reason": r})).collect::<Vec<_>>(),
@@ -1452,27 +1531,27 @@ fn audit_verify(j: bool, prefix: &Path) -> Result<ExitCode> {
         );
     } else {
         if rep.ok() && extra.is_empty() {
-            println!(
+            out!(
                 "audit log intact: {} records in {} segments, head at {}",
                 rep.records,
                 rep.segments,
                 rep.head_seq.map_or("none".into(), |s| s.to_string())
             );
         } else {
-            println!(
+            out!(
                 "audit log damaged: {} problem(s) in {} records",
                 rep.problems.len() + extra.len(),
                 rep.records
             );
             for p in &rep.problems {
-                println!("  {p}");
+                out!("  {p}");
             }
             for p in &extra {
-                println!("  {p}");
+                out!("  {p}");
             }
         }
         if !insp.history.damage.is_empty() {
-            println!(
+            out!(
                 "damage recorded by trustd in {} record(s), {acked} acknowledged by an admin:",
                 insp.history.damage.len()
             );
@@ -1482,7 +1561,7 @@ fn audit_verify(j: bool, prefix: &Path) -> Result<ExitCode> {
                 } else {
                     "acknowledged"
                 };
-                println!("  record {seq} ({state}): {reason}");
+                out!("  record {seq} ({state}): {reason}");
             }
         }
     }
@@ -1498,13 +1577,13 @@ fn audit_tail(j: bool, prefix: &Path, n: usize) -> Result<ExitCode> {
     let records = read_records(&dir)?;
     for r in records.iter().skip(records.len().saturating_sub(n)) {
         if j {
-            println!("{}", serde_json::to_string(r)?);
+            out!("{}", serde_json::to_string(r)?);
         } else {
             let what = match (&r.from, &r.to) {
                 (Some(f), Some(t)) => format!(" {f} -> {t}"),
                 _ => String::new(),
             };
-            println!(
+            out!(
                 "{:>6} {} {} {}{}{}",
                 r.seq,
                 r.time,

@@ -36,7 +36,9 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Load the trust root, the state and the audit log; report what was found.
+    /// Open the trust root, the state and the audit log as trustd does and report what was
+    /// found. Not read-only: opening records itself in the audit log (and repairs a torn
+    /// tail, records damage) like every start; run it as the directories' owner.
     Check,
     /// Put the last-good policy (or lockdown) into the kernel, confirm it, and exit: what
     /// the early-boot unit runs. Exit 0: the policy is in force; 1: lockdown is in force

@@ -67,8 +67,11 @@ pub struct PublicKeyFile {
     pub public: String,
 }
 
+/// Key files are a few hundred bytes; the cap only keeps an endless file out of memory.
+const MAX_KEY_FILE_BYTES: usize = 64 << 10;
+
 fn read(path: &Path) -> Result<Vec<u8>, KeyFileError> {
-    std::fs::read(path).map_err(|source| KeyFileError::Io {
+    crate::files::capped::read_capped(path, MAX_KEY_FILE_BYTES).map_err(|source| KeyFileError::Io {
         path: path.into(),
         source,
     })

@@ -155,8 +155,15 @@ impl TrustRoot {
     }
 
     /// Every key decodes and matches its keyid; every role names known keys, each once,
-    /// with a threshold between 1 and their number.
+    /// with a threshold between 1 and their number; `issued_at` is not after `expires_at`
+    /// (as for every signed input; a provisioned root is checked the same way).
     pub fn validate(&self) -> Result<(), String> {
+        if self.issued_at > self.expires_at {
+            return Err(format!(
+                "issued_at {} is after expires_at {}",
+                self.issued_at, self.expires_at
+            ));
+        }
         for (id, k) in &self.keys {
             if k.alg != "ed25519" {
                 return Err(format!("key {id}: unsupported alg {:?}", k.alg));

@@ -364,7 +364,7 @@ impl Device {
                     .digest("key", crate::bundle::key_id(&key.verifying_key())),
             )?;
         }
-        Ok(Self {
+        let dev = Self {
             store,
             root,
             audit,
@@ -396,7 +396,22 @@ impl Device {
             tpm: None,
             tpm_unavailable: None,
             _lock: lock,
-        })
+        };
+        if let Some(size) = report.interrupted_checkpoint {
+            // Not damage: every record is there; only the signature the last run was about
+            // to store is missing. Said in the log, then signed again.
+            dev.audit.append(
+                Entry::new(crate::audit::damage::REPAIR_KIND, Outcome::Ok, Actor::this_process())
+                    .reason(format!(
+                        "the last run stopped between announcing a checkpoint of at least {size} records and storing it; no record is missing; it is signed again now"
+                    ))
+                    .digest("interrupted-checkpoint-size", size.to_string()),
+            )?;
+            if let Err(e) = dev.checkpoint() {
+                tracing::error!("signing the interrupted checkpoint again: {e}");
+            }
+        }
+        Ok(dev)
     }
 
     /// Read the trust root and the state from disk again (SIGHUP), under the lock already
@@ -1276,6 +1291,9 @@ impl Device {
             return Ok(note);
         }
         let size = self.audit.tree_head().0 + 1;
+        // The intent first: a stop between the announcement and the stored checkpoint is
+        // then told apart from a checkpoint removed afterwards (see `PENDING_FILE`).
+        crate::audit::checkpoint::write_pending(self.audit.dir(), size)?;
         self.audit.append(
             Entry::new(CHECKPOINT_KIND, Outcome::Ok, Actor::this_process())
                 .reason(format!(
@@ -1283,7 +1301,11 @@ impl Device {
                 ))
                 .digest("size", size.to_string()),
         )?;
-        checkpoint_log(&self.audit, &origin, &origin, &self.key)
+        let signed = checkpoint_log(&self.audit, &origin, &origin, &self.key);
+        if let Err(e) = crate::audit::checkpoint::clear_pending(self.audit.dir()) {
+            tracing::warn!("{e}");
+        }
+        signed
             .map(|(cp, note)| {
                 self.measure_checkpoint(&cp);
                 note

@@ -122,13 +122,14 @@ impl Kept {
     }
 }
 
-/// Create `dir` and its parents with `mode` for the new ones, fsyncing each parent.
+/// Create `dir` with `mode` and any missing parents with 0755 (they are not trustd's: a
+/// `/var/lib` made 0700 would shut every other service out), fsyncing each parent.
 pub fn create_dir_all(dir: &Path, mode: u32) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        create_dir_all(parent, mode)?;
+        create_dir_all(parent, 0o755)?;
     }
     match std::fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => {}
@@ -145,6 +146,30 @@ use std::os::unix::fs::DirBuilderExt;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parents_made_on_the_way_are_0755_only_the_directory_gets_its_mode() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path().join("var/lib/trustd");
+        create_dir_all(&dir, 0o700).expect("mkdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        // 0755 less the umask: never tighter than others need to pass through.
+        assert_eq!(mode(&d.path().join("var")) & 0o055, 0o055 & !umask());
+        assert_eq!(mode(&d.path().join("var/lib")) & 0o055, 0o055 & !umask());
+    }
+
+    fn umask() -> u32 {
+        // The umask of this process, read from /proc (Linux 4.7+).
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022)
+    }
+
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

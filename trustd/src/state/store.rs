@@ -410,7 +410,8 @@ pub fn load_trust_root(paths: &Paths) -> Result<TrustRoot, StateError> {
 }
 
 fn read_provisioned_root(path: &Path) -> Result<TrustRoot, StateError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
+    let bytes = crate::files::capped::read_capped(path, crate::bundle::MAX_ENVELOPE_BYTES)
+        .map_err(io(path))?;
     let bad = |reason: String| StateError::TrustRoot {
         path: path.into(),
         reason,
