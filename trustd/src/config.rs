@@ -151,7 +151,9 @@ impl Config {
         match (self.tpm.as_deref(), default_device) {
             (Some(TPM_NONE), _) => TpmChoice::Off("trustd.json sets \"tpm\": \"none\"".into()),
             (Some(tcti), _) => TpmChoice::Use(tcti.to_owned()),
-            (None, Some(dev)) if dev.exists() => TpmChoice::Use(format!("device:{}", dev.display())),
+            (None, Some(dev)) if dev.exists() => {
+                TpmChoice::Use(format!("device:{}", dev.display()))
+            }
             (None, Some(dev)) if ak_made => TpmChoice::Missing(format!(
                 "an attestation key was made in a TPM on this device, and there is no TPM at {} now",
                 dev.display()
@@ -217,7 +219,11 @@ mod tests {
         let paths = Paths::new(dir.path());
         assert_eq!(Config::default().tpm, None);
         std::fs::create_dir_all(paths.config_dir()).expect("mkdir");
-        for good in ["device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321", "none"] {
+        for good in [
+            "device:/dev/tpmrm0",
+            "swtpm:host=127.0.0.1,port=2321",
+            "none",
+        ] {
             std::fs::write(paths.config_file(), format!(r#"{{"tpm": "{good}"}}"#)).expect("write");
             assert_eq!(Config::load(&paths).expect(good).tpm.as_deref(), Some(good));
         }
@@ -240,7 +246,10 @@ mod tests {
             none.tpm_choice(Some(&node), false),
             TpmChoice::Use(format!("device:{}", node.display()))
         );
-        assert!(matches!(none.tpm_choice(Some(&gone), false), TpmChoice::Off(_)));
+        assert!(matches!(
+            none.tpm_choice(Some(&gone), false),
+            TpmChoice::Off(_)
+        ));
         let TpmChoice::Missing(why) = none.tpm_choice(Some(&gone), true) else {
             panic!("a vanished TPM is not missing");
         };
@@ -258,6 +267,9 @@ mod tests {
             tpm: Some(TPM_NONE.into()),
             ..Config::default()
         };
-        assert!(matches!(off.tpm_choice(Some(&node), true), TpmChoice::Off(_)));
+        assert!(matches!(
+            off.tpm_choice(Some(&node), true),
+            TpmChoice::Off(_)
+        ));
     }
 }

@@ -681,7 +681,10 @@ fn tpm_access() -> Result<String> {
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .filter(|p| p == Path::new("/dev/tpmrm0"))
         .count();
-    check!(open > 0, "trustd (pid {pid}) does not hold /dev/tpmrm0 open");
+    check!(
+        open > 0,
+        "trustd (pid {pid}) does not hold /dev/tpmrm0 open"
+    );
     Ok(format!(
         "/dev/tpmrm0 tss:tss 0660, trustd (pid {pid}) in group tss holds it open"
     ))
@@ -698,9 +701,7 @@ fn ima_measurements() -> usize {
 fn report_over_bus(rt: &tokio::runtime::Runtime, nonce: &str) -> Result<String> {
     rt.block_on(async {
         let c = Client::connect(None).await.map_err(|e| e.to_string())?;
-        c.report(nonce)
-            .await
-            .map_err(|e| format!("GetReport: {e}"))
+        c.report(nonce).await.map_err(|e| format!("GetReport: {e}"))
     })
 }
 
@@ -731,7 +732,11 @@ fn tpm_report_and_forgery(rt: &tokio::runtime::Runtime) -> Result<()> {
     let report = report_over_bus(rt, &nonces[0])?;
     let v = verify_in_guest(&report, &nonces[0])
         .map_err(|e| format!("trustd's report does not verify in the guest: {e}"))?;
-    let pcr10 = v.pcrs.get(&trustd::tpm::IMA_PCR).copied().unwrap_or_default();
+    let pcr10 = v
+        .pcrs
+        .get(&trustd::tpm::IMA_PCR)
+        .copied()
+        .unwrap_or_default();
     let ima = ima_measurements();
     check!(
         ima > 0 && pcr10 != [0; 32],
@@ -794,7 +799,11 @@ fn forge_rewritten_log(
     .map_err(|e| e.to_string())?;
     let size = usize::try_from(cp.size).map_err(|e| e.to_string())?;
     let mut records = trustd::audit::read_records(&paths.audit_dir()).map_err(|e| e.to_string())?;
-    check!(records.len() >= size, "{} records, checkpoint of {size}", records.len());
+    check!(
+        records.len() >= size,
+        "{} records, checkpoint of {size}",
+        records.len()
+    );
     records.truncate(size);
     // A refusal becomes a success, or else the first policy change names another serial.
     let k = records
@@ -824,13 +833,18 @@ fn forge_rewritten_log(
     let mut body = o.report.clone();
     body.nonce = nonce.to_owned();
     body.time = trustd::timefmt::Timestamp::now();
-    body.evidence.checkpoint = trustd::audit::checkpoint::sign(&forged_cp, &cp.origin, &key)
-        .map_err(|e| e.to_string())?;
+    body.evidence.checkpoint =
+        trustd::audit::checkpoint::sign(&forged_cp, &cp.origin, &key).map_err(|e| e.to_string())?;
 
     // The TPM as root uses it: the AK trustd made, loaded from its blob.
     let mut tpm = trustd::tpm::EsapiTpm::open("device:/dev/tpmrm0", paths.tpm_ak_blob())
         .map_err(|e| format!("root opening the TPM: {e}"))?;
-    let mut events = o.attestation.as_ref().ok_or("no attestation")?.events.clone();
+    let mut events = o
+        .attestation
+        .as_ref()
+        .ok_or("no attestation")?
+        .events
+        .clone();
     let fake = trustd::tpm::Event::new(
         events.len() as u64,
         trustd::tpm::Kind::Checkpoint,
@@ -1136,7 +1150,12 @@ fn boot3() -> Result<u8> {
     );
     let tpm_unit = unit(
         "trustd.service",
-        &["DeviceAllow", "SupplementaryGroups", "BindPaths", "PrivateDevices"],
+        &[
+            "DeviceAllow",
+            "SupplementaryGroups",
+            "BindPaths",
+            "PrivateDevices",
+        ],
     )?;
     check!(
         tpm_unit["DeviceAllow"].contains("/dev/tpmrm0 rw")
