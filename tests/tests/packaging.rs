@@ -494,6 +494,35 @@ fn both_units_are_hardened_offline() {
         eprintln!("{unit}: {}", line.trim());
         assert!(level <= most, "{unit}: exposure {level} above {most}");
     }
+    // ...with trustd reaching the TPM: PrivateDevices=yes alone leaves /dev/tpmrm0 out of the
+    // service's /dev (a DeviceAllow= adds no node), so the node is bound in (optional: "-"),
+    // allowed in the device cgroup, readable by group tss, and trustd is told to use it.
+    let unit = std::fs::read_to_string(repo().join("systemd/trustd.service")).expect("unit");
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    for want in [
+        "PrivateDevices=yes",
+        "DevicePolicy=closed",
+        "BindPaths=-/dev/tpmrm0",
+        "DeviceAllow=/dev/tpmrm0 rw",
+        "SupplementaryGroups=tss",
+        "ExecStart=/usr/bin/trustd run --confine --default-tpm-device /dev/tpmrm0",
+    ] {
+        assert!(lines.contains(&want), "trustd.service lacks {want:?}");
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|l| !l.starts_with('#') && l.contains("/dev/tpm0")),
+        "the raw TPM device is not trustd's: only the resource manager"
+    );
+    // The group exists wherever the unit runs (tpm-udev makes it; sysusers makes sure).
+    for f in ["systemd/trustd.sysusers.conf", "debian/trustd.sysusers"] {
+        let text = std::fs::read_to_string(repo().join(f)).expect("sysusers");
+        assert!(
+            text.lines().any(|l| l.trim() == "g tss -"),
+            "{f} does not make sure group tss exists"
+        );
+    }
 }
 
 /// The TPM event log survives a restart of trustd.service: it lives in /run/trustd (the

@@ -48,8 +48,11 @@ pub struct Config {
     /// starting the next one needs this much free space.
     pub audit_segment_bytes: u64,
     /// The TPM's TCTI, as the TSS names it: `device:/dev/tpmrm0` on a device (the kernel's
-    /// resource manager), `swtpm:host=127.0.0.1,port=P` for a software TPM. Absent: no TPM,
-    /// and reports say their evidence is signed by the software key only.
+    /// resource manager), `swtpm:host=127.0.0.1,port=P` for a software TPM, or `none` for no
+    /// TPM even where one is present. Absent: the TPM device trustd was started with
+    /// (`trustd run --default-tpm-device`, which the shipped unit sets to `/dev/tpmrm0`) if it
+    /// exists, else none; see [`Config::tpm_choice`]. Without a TPM reports say their
+    /// evidence is signed by the software key only.
     pub tpm: Option<String>,
 }
 
@@ -70,6 +73,20 @@ impl Default for Config {
             tpm: None,
         }
     }
+}
+
+/// The value of `tpm` that turns the TPM off even where one is present.
+pub const TPM_NONE: &str = "none";
+
+/// Which TPM trustd uses, as [`Config::tpm_choice`] decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TpmChoice {
+    /// Open the TPM at this TCTI (a failure shows in posture).
+    Use(String),
+    /// No TPM, and that is expected (the reason, for the log).
+    Off(String),
+    /// No TPM, and that is not expected: posture says so (the reason).
+    Missing(String),
 }
 
 /// Why the configuration could not be read.
@@ -107,18 +124,43 @@ impl Config {
             )));
         }
         if let Some(t) = &c.tpm
+            && t != TPM_NONE
             && !["device:", "swtpm:", "mssim:", "tabrmd:"]
                 .iter()
                 .any(|k| t.starts_with(k))
         {
             return Err(err(format!(
-                "tpm {t:?} is not a TCTI (device:PATH, swtpm:host=H,port=P, mssim:..., tabrmd:...)"
+                "tpm {t:?} is not a TCTI (device:PATH, swtpm:host=H,port=P, mssim:..., tabrmd:...) nor \"none\""
             )));
         }
         if c.audit_segment_bytes < 4096 {
             return Err(err("audit_segment_bytes must be at least 4096".into()));
         }
         Ok(c)
+    }
+}
+
+impl Config {
+    /// Which TPM to use. `tpm` named in trustd.json wins (`none`: no TPM). Without it, the
+    /// device node `default_device` (the shipped unit passes `/dev/tpmrm0`) is used when it
+    /// exists. When it does not, but an attestation key was made in a TPM before
+    /// (`ak_made`: its blob is in the state directory), the TPM is missing rather than
+    /// absent: the evidence this device gave before was TPM-backed and now would not be,
+    /// so posture must say so instead of quietly falling back to the software key.
+    pub fn tpm_choice(&self, default_device: Option<&std::path::Path>, ak_made: bool) -> TpmChoice {
+        match (self.tpm.as_deref(), default_device) {
+            (Some(TPM_NONE), _) => TpmChoice::Off("trustd.json sets \"tpm\": \"none\"".into()),
+            (Some(tcti), _) => TpmChoice::Use(tcti.to_owned()),
+            (None, Some(dev)) if dev.exists() => {
+                TpmChoice::Use(format!("device:{}", dev.display()))
+            }
+            (None, Some(dev)) if ak_made => TpmChoice::Missing(format!(
+                "an attestation key was made in a TPM on this device, and there is no TPM at {} now",
+                dev.display()
+            )),
+            (None, Some(dev)) => TpmChoice::Off(format!("no TPM at {}", dev.display())),
+            (None, None) => TpmChoice::Off("no TPM configured".into()),
+        }
     }
 }
 
@@ -177,12 +219,57 @@ mod tests {
         let paths = Paths::new(dir.path());
         assert_eq!(Config::default().tpm, None);
         std::fs::create_dir_all(paths.config_dir()).expect("mkdir");
-        for good in ["device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321"] {
+        for good in [
+            "device:/dev/tpmrm0",
+            "swtpm:host=127.0.0.1,port=2321",
+            "none",
+        ] {
             std::fs::write(paths.config_file(), format!(r#"{{"tpm": "{good}"}}"#)).expect("write");
             assert_eq!(Config::load(&paths).expect(good).tpm.as_deref(), Some(good));
         }
         std::fs::write(paths.config_file(), br#"{"tpm": "/dev/tpm0"}"#).expect("write");
         let e = Config::load(&paths).expect_err("not a tcti").to_string();
         assert!(e.contains("is not a TCTI"), "{e}");
+    }
+
+    /// A device with a TPM node uses it without configuration; trustd.json's `tpm` wins
+    /// (`none` turns it off); a TPM that held the attestation key before and is gone now is
+    /// missing (posture says so), not absent.
+    #[test]
+    fn the_tpm_device_is_used_when_present_and_a_vanished_one_is_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = dir.path().join("tpmrm0");
+        let gone = dir.path().join("tpmrm9");
+        std::fs::write(&node, b"").expect("node");
+        let none = Config::default();
+        assert_eq!(
+            none.tpm_choice(Some(&node), false),
+            TpmChoice::Use(format!("device:{}", node.display()))
+        );
+        assert!(matches!(
+            none.tpm_choice(Some(&gone), false),
+            TpmChoice::Off(_)
+        ));
+        let TpmChoice::Missing(why) = none.tpm_choice(Some(&gone), true) else {
+            panic!("a vanished TPM is not missing");
+        };
+        assert!(why.contains("attestation key"), "{why}");
+        assert!(matches!(none.tpm_choice(None, true), TpmChoice::Off(_)));
+        let swtpm = Config {
+            tpm: Some("swtpm:host=127.0.0.1,port=2321".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            swtpm.tpm_choice(Some(&node), false),
+            TpmChoice::Use("swtpm:host=127.0.0.1,port=2321".into())
+        );
+        let off = Config {
+            tpm: Some(TPM_NONE.into()),
+            ..Config::default()
+        };
+        assert!(matches!(
+            off.tpm_choice(Some(&node), true),
+            TpmChoice::Off(_)
+        ));
     }
 }

@@ -24,6 +24,8 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use trustd::bundle::{PrivateKeyFile, sign_envelope};
 use trustd::dbus::client::Client;
@@ -631,6 +633,271 @@ fn cut_power() -> Result<u8> {
     Err("the power cut did not happen".into())
 }
 
+/// The nonces the host chose for the reports it verifies (a file on the tests disk): the
+/// honest report and the forged one on boot 2, the report after the reboot on boot 3.
+fn tpm_nonces() -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(Path::new(DISK).join("tpm-nonces"))
+        .map_err(|e| format!("tpm-nonces: {e}"))?;
+    let n: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    check!(n.len() == 3, "tpm-nonces: {n:?}");
+    Ok(n)
+}
+
+/// A file for the host, on the results: one line `evidence: NAME BASE64`.
+fn evidence(name: &str, bytes: &[u8]) {
+    println!("evidence: {name} {}", STANDARD.encode(bytes));
+}
+
+/// The TPM as trustd.service reaches it: /dev/tpmrm0 is tss:tss 0660, trustd runs with
+/// group tss and holds the node open (in the service's own /dev).
+fn tpm_access() -> Result<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata("/dev/tpmrm0").map_err(|e| format!("/dev/tpmrm0: {e} (no vTPM?)"))?;
+    check!(
+        m.file_type().is_char_device(),
+        "/dev/tpmrm0 is not a character device"
+    );
+    let tss = trustd::sys::group_id("tss").ok_or("no group tss")?;
+    check!(
+        m.gid() == tss && m.mode() & 0o777 == 0o660,
+        "/dev/tpmrm0: gid {} mode {:o} (want tss = {tss}, 0660)",
+        m.gid(),
+        m.mode() & 0o777
+    );
+    let pid = unit("trustd.service", &["MainPID"])?["MainPID"].clone();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("trustd's status: {e}"))?;
+    let groups = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .unwrap_or_default()
+        .to_owned();
+    check!(
+        groups.split_whitespace().any(|g| g == tss.to_string()),
+        "trustd (pid {pid}) is not in group tss: Groups:{groups}"
+    );
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| format!("trustd's fds: {e}"))?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p == Path::new("/dev/tpmrm0"))
+        .count();
+    check!(
+        open > 0,
+        "trustd (pid {pid}) does not hold /dev/tpmrm0 open"
+    );
+    Ok(format!(
+        "/dev/tpmrm0 tss:tss 0660, trustd (pid {pid}) in group tss holds it open"
+    ))
+}
+
+/// Measurements IMA has made this boot.
+fn ima_measurements() -> usize {
+    std::fs::read_to_string("/sys/kernel/security/ima/ascii_runtime_measurements")
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// trustd's report for `nonce`, over the system bus.
+fn report_over_bus(rt: &tokio::runtime::Runtime, nonce: &str) -> Result<String> {
+    rt.block_on(async {
+        let c = Client::connect(None).await.map_err(|e| e.to_string())?;
+        c.report(nonce).await.map_err(|e| format!("GetReport: {e}"))
+    })
+}
+
+/// Open `report` with the device key and check its TPM evidence here too (what the host
+/// does again with trustctl and tpm2_checkquote).
+fn verify_in_guest(report: &str, nonce: &str) -> Result<trustd::tpm::verify::Verdict> {
+    let paths = trustd::Paths::system();
+    let vk = trustd::bundle::PublicKeyFile::load(&paths.device_pub()).map_err(|e| e.to_string())?;
+    let o = trustd::report::open_report(report.as_bytes(), nonce, &vk)?;
+    check!(
+        o.signer == trustd::report::SIGNER_TPM,
+        "the report's evidence is signed by {} (posture reasons: {:?})",
+        o.signer,
+        o.report.posture.get("Reasons")
+    );
+    let pem = std::fs::read_to_string(paths.state_dir().join("tpm-ak.pem"))
+        .map_err(|e| format!("tpm-ak.pem: {e}"))?;
+    let ak = trustd::tpm::quote::ak_from_pem(&pem).map_err(|e| e.to_string())?;
+    trustd::tpm::verify::verify(&o, &ak, &vk)
+}
+
+/// Boot 2: trustd's report for the host's nonce, and the evidence the host verifies it
+/// with; then root's forgery (see [`forge_rewritten_log`]), for the host to refuse.
+fn tpm_report_and_forgery(rt: &tokio::runtime::Runtime) -> Result<()> {
+    let access = tpm_access()?;
+    let nonces = tpm_nonces()?;
+    let paths = trustd::Paths::system();
+    let report = report_over_bus(rt, &nonces[0])?;
+    let v = verify_in_guest(&report, &nonces[0])
+        .map_err(|e| format!("trustd's report does not verify in the guest: {e}"))?;
+    let pcr10 = v
+        .pcrs
+        .get(&trustd::tpm::IMA_PCR)
+        .copied()
+        .unwrap_or_default();
+    let ima = ima_measurements();
+    check!(
+        ima > 0 && pcr10 != [0; 32],
+        "IMA: {ima} measurements, PCR 10 {}",
+        trustd::bundle::hex(&pcr10)
+    );
+    for (name, file) in [
+        ("device.pub", paths.device_pub()),
+        ("tpm-ak.pem", paths.state_dir().join("tpm-ak.pem")),
+        ("tpm-ek.pem", paths.state_dir().join("tpm-ek.pem")),
+    ] {
+        let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        evidence(name, &bytes);
+    }
+    evidence("report-honest.json", report.as_bytes());
+    ok(&format!(
+        "vTPM: {access}; the report for the host's nonce is TPM-quoted: {} events replay to PCR {}, checkpoint size {}, TPM reset count {}; IMA: {ima} measurements, PCR 10 {}",
+        v.events.len(),
+        trustd::tpm::TRUSTD_PCR,
+        v.checkpoint.0,
+        v.clock.reset_count,
+        &trustd::bundle::hex(&pcr10)[..16]
+    ));
+
+    let (forged, what) = forge_rewritten_log(&paths, &report, &nonces[0], &nonces[1])?;
+    evidence("report-forged.json", forged.as_bytes());
+    let e = match verify_in_guest(&forged, &nonces[1]) {
+        Ok(_) => return Err("the forged report verifies".into()),
+        Err(e) => e,
+    };
+    ok(&format!(
+        "TPM forgery by root: {what}; trustd's verifier refuses it: {e}"
+    ));
+    Ok(())
+}
+
+/// What root on the device does with the stolen ed25519 device key and the TPM (which it
+/// can use but not reset): rewrite the audit log as far as the last checkpoint
+/// consistently (one record changed, the hash chain and the Merkle root recomputed), sign a
+/// checkpoint of that history with the stolen key, extend a checkpoint event for it into
+/// PCR 13 (extending is open to root), and have the TPM quote a report carrying it, with
+/// the honest report's event log and proofs. Returns the report and what was done.
+fn forge_rewritten_log(
+    paths: &trustd::Paths,
+    honest: &str,
+    honest_nonce: &str,
+    nonce: &str,
+) -> Result<(String, String)> {
+    use trustd::tpm::Tpm as _;
+    let key = trustd::report::load_or_create_key(paths)
+        .map_err(|e| format!("the device key: {e}"))?
+        .0;
+    let vk = key.verifying_key();
+    let o = trustd::report::open_report(honest.as_bytes(), honest_nonce, &vk)?;
+    let cp = trustd::audit::checkpoint::parse_and_verify(
+        &o.report.evidence.checkpoint,
+        &o.report.origin,
+        &vk,
+    )
+    .map_err(|e| e.to_string())?;
+    let size = usize::try_from(cp.size).map_err(|e| e.to_string())?;
+    let mut records = trustd::audit::read_records(&paths.audit_dir()).map_err(|e| e.to_string())?;
+    check!(
+        records.len() >= size,
+        "{} records, checkpoint of {size}",
+        records.len()
+    );
+    records.truncate(size);
+    // A refusal becomes a success, or else the first policy change names another serial.
+    let k = records
+        .iter()
+        .position(|r| r.outcome != trustd::audit::Outcome::Ok)
+        .or_else(|| records.iter().position(|r| r.kind == "policy.apply"))
+        .unwrap_or(size / 2);
+    let was = format!("{} {:?}", records[k].kind, records[k].outcome);
+    records[k].outcome = trustd::audit::Outcome::Ok;
+    records[k].reason = None;
+    records[k].to = Some("serial 1".into());
+    let mut prev = trustd::audit::GENESIS.to_owned();
+    let mut leaves = Vec::with_capacity(size);
+    for r in &mut records {
+        r.prev = prev;
+        let line = serde_json::to_vec(&*r).map_err(|e| e.to_string())?;
+        prev = trustd::bundle::hex(&trustd::audit::record_hash(&line));
+        leaves.push(trustd::audit::merkle::leaf_hash(&line));
+    }
+    let root = trustd::audit::merkle::MerkleTree::from_leaf_hashes(leaves).root();
+    check!(root != cp.root, "the rewritten log has the same root");
+    let forged_cp = trustd::audit::Checkpoint {
+        origin: cp.origin.clone(),
+        size: cp.size,
+        root,
+    };
+    let mut body = o.report.clone();
+    body.nonce = nonce.to_owned();
+    body.time = trustd::timefmt::Timestamp::now();
+    body.evidence.checkpoint =
+        trustd::audit::checkpoint::sign(&forged_cp, &cp.origin, &key).map_err(|e| e.to_string())?;
+
+    // The TPM as root uses it: the AK trustd made, loaded from its blob.
+    let mut tpm = trustd::tpm::EsapiTpm::open("device:/dev/tpmrm0", paths.tpm_ak_blob())
+        .map_err(|e| format!("root opening the TPM: {e}"))?;
+    let mut events = o
+        .attestation
+        .as_ref()
+        .ok_or("no attestation")?
+        .events
+        .clone();
+    let fake = trustd::tpm::Event::new(
+        events.len() as u64,
+        trustd::tpm::Kind::Checkpoint,
+        [
+            ("origin".to_owned(), cp.origin.clone()),
+            ("size".to_owned(), cp.size.to_string()),
+            ("root".to_owned(), trustd::bundle::hex(&root)),
+        ]
+        .into(),
+    );
+    tpm.extend(trustd::tpm::TRUSTD_PCR, &fake.compute())
+        .map_err(|e| e.to_string())?;
+    events.push(fake);
+    let pcrs = trustd::tpm::quoted_pcrs();
+    let report = trustd::report::sign_report_v2(&body, &key, o.proofs.clone(), |q| {
+        // Quoted again if IMA extended PCR 10 between the quote and the reads.
+        for _ in 0..5 {
+            let read = |tpm: &mut trustd::tpm::EsapiTpm| -> std::result::Result<_, String> {
+                let mut values = std::collections::BTreeMap::new();
+                for p in &pcrs {
+                    let v = tpm.read_pcr(*p).map_err(|e| e.to_string())?;
+                    values.insert(*p, trustd::bundle::hex(&v));
+                }
+                Ok(values)
+            };
+            let before = read(&mut tpm)?;
+            let (attest, sig) = tpm.quote(&pcrs, q).map_err(|e| e.to_string())?;
+            if read(&mut tpm)? != before {
+                continue;
+            }
+            return Ok(Some(trustd::tpm::Attestation {
+                pcr: trustd::tpm::TRUSTD_PCR,
+                identity: tpm.identity().clone(),
+                quote: STANDARD.encode(&attest),
+                signature: STANDARD.encode(&sig),
+                pcrs: before,
+                clock: trustd::tpm::quote::Attest::parse(&attest)
+                    .map_err(|e| e.to_string())?
+                    .clock,
+                events: events.clone(),
+            }));
+        }
+        Err("the PCRs kept changing".into())
+    })?;
+    Ok((
+        report,
+        format!(
+            "audit log rewritten up to its checkpoint ({size} records; record {k}, {was}, made a success; chain and Merkle root recomputed), checkpoint re-signed with the stolen device key, a checkpoint event for it extended into PCR {}, the report quoted by the TPM with the AK",
+            trustd::tpm::TRUSTD_PCR
+        ),
+    ))
+}
+
 fn boot2() -> Result<u8> {
     let rt = rt()?;
     rt.block_on(async {
@@ -665,6 +932,8 @@ fn boot2() -> Result<u8> {
         ));
         Ok(())
     })?;
+    // The TPM: trustd's report for the host's nonce, then root's forgery.
+    tpm_report_and_forgery(&rt)?;
     // Break trustd's binary and reboot: lockdown must hold without it.
     sh("mv /usr/bin/trustd /usr/bin/trustd.saved && sync")?;
     ok("trustd's binary removed; rebooting");
@@ -708,6 +977,21 @@ fn boot3() -> Result<u8> {
         "binary back: the policy allows 443 again"
     );
     ok("binary back: the last-good policy is in force again");
+
+    // The report after the reboot, for the host to compare with boot 2's: the TPM's reset
+    // count names the reboot.
+    let nonce = tpm_nonces()?.remove(2);
+    let report = report_over_bus(&rt, &nonce)?;
+    let v = verify_in_guest(&report, &nonce)
+        .map_err(|e| format!("the report after the reboot does not verify in the guest: {e}"))?;
+    evidence("report-rebooted.json", report.as_bytes());
+    ok(&format!(
+        "vTPM after the reboot: {}; report TPM-quoted, {} events replay to PCR {}, TPM reset count {}",
+        tpm_access()?,
+        v.events.len(),
+        trustd::tpm::TRUSTD_PCR,
+        v.clock.reset_count
+    ));
 
     // Bus activation: with trustd stopped, a call to org.enigm.Trust1 makes dbus-daemon ask
     // systemd to start trustd.service (the activation file's SystemdService=). Under TCG a
@@ -859,6 +1143,26 @@ fn boot3() -> Result<u8> {
         mib(max)
     ));
 
+    // The unit's sandbox as systemd rates it, with the TPM's device in it.
+    println!(
+        "{}",
+        sh("systemd-analyze security trustd.service --no-pager")?.trim_end()
+    );
+    let tpm_unit = unit(
+        "trustd.service",
+        &[
+            "DeviceAllow",
+            "SupplementaryGroups",
+            "BindPaths",
+            "PrivateDevices",
+        ],
+    )?;
+    check!(
+        tpm_unit["DeviceAllow"].contains("/dev/tpmrm0 rw")
+            && tpm_unit["SupplementaryGroups"] == "tss"
+            && tpm_unit["PrivateDevices"] == "yes",
+        "trustd.service's TPM access: {tpm_unit:?}"
+    );
     let level = exposure("trustd.service")?;
     let within = level <= 2.0;
     check!(within, "trustd.service exposure {level} above 2.0");

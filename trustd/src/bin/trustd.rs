@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use trustd::Paths;
 use trustd::audit::Actor;
-use trustd::config::Config;
+use trustd::config::{Config, TpmChoice};
 use trustd::daemon::engine::Reconfigure;
 use trustd::daemon::watchdog::Timing;
 use trustd::daemon::{Command, Device, DeviceError, Engine, Heartbeat, RoleGroups};
@@ -67,6 +67,11 @@ enum Cmd {
         /// only nft and the dynamic loader.
         #[arg(long)]
         confine: bool,
+        /// The TPM device to use when trustd.json names no `tpm`, if the node exists (the
+        /// shipped unit passes /dev/tpmrm0, the kernel's resource manager). Without it and
+        /// without `tpm` in trustd.json, no TPM is used.
+        #[arg(long)]
+        default_tpm_device: Option<PathBuf>,
     },
 }
 
@@ -157,6 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             check_interval_ms,
             bus,
             confine,
+            default_tpm_device,
         } => {
             let confine_nft = confine.then(|| nft.clone());
             run_daemon(
@@ -165,6 +171,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 check_interval_ms,
                 bus,
                 confine_nft,
+                default_tpm_device,
             )
         }
     }
@@ -282,6 +289,7 @@ fn run_daemon(
     interval_ms: Option<u64>,
     bus: Option<String>,
     confine: Option<PathBuf>,
+    default_tpm_device: Option<PathBuf>,
 ) -> Result<ExitCode> {
     let me = Actor::this_process;
     let (groups, config) = role_groups(paths).unwrap_or_else(|e| {
@@ -297,10 +305,15 @@ fn run_daemon(
         Err(e) => return lockdown_without_state(&mut backend, &e),
     };
     // The TPM before confinement: the TCTI library is loaded and the device opened now.
-    if let Some(tcti) = &config.tpm {
-        attach_tpm(paths, &mut dev, tcti);
-    } else {
-        tracing::info!("no TPM configured: evidence is signed by the software key only");
+    match config.tpm_choice(default_tpm_device.as_deref(), paths.tpm_ak_blob().exists()) {
+        TpmChoice::Use(tcti) => attach_tpm(paths, &mut dev, &tcti),
+        TpmChoice::Off(why) => {
+            tracing::info!("{why}: evidence is signed by the software key only");
+        }
+        TpmChoice::Missing(why) => {
+            tracing::error!("TPM missing: {why}");
+            dev.tpm_unavailable(why);
+        }
     }
     match trustd::sys::netlink::dump_links() {
         Ok(links) => dev.set_links(&links),
