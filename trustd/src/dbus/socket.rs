@@ -50,6 +50,9 @@ pub const MAX_HEADER_FIELDS: u32 = 8 * 1024;
 const JUDGE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Names whose buckets the reader remembers; past it, full buckets are forgotten.
 const MAX_TRACKED: usize = 4096;
+/// The most a client of the private socket may send before its `BEGIN` line: a few short
+/// commands of the D-Bus authentication protocol.
+const MAX_AUTH_BYTES: usize = 4096;
 /// Lookups of new senders' uids running in the background at once (see `Reader::known`).
 pub const MAX_LOOKUPS: usize = 32;
 static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -212,7 +215,17 @@ impl Budgets {
     /// the private socket, where `id` says who it is) is within its budget (charged if so):
     /// its uid's when known, else its name's; a call with neither is not.
     fn take(&mut self, sender: Option<&str>, id: Option<Identity>, cost: f64) -> bool {
-        let now = tokio::time::Instant::now();
+        self.take_at(sender, id, cost, tokio::time::Instant::now())
+    }
+
+    /// [`Budgets::take`] at `now`.
+    fn take_at(
+        &mut self,
+        sender: Option<&str>,
+        id: Option<Identity>,
+        cost: f64,
+        now: tokio::time::Instant,
+    ) -> bool {
         match id.and_then(|i| i.uid) {
             Some(uid) => {
                 let spent = sender
@@ -272,6 +285,8 @@ pub struct Reader {
     /// This end is the server of the authentication (the private socket): it ends with the
     /// client's `BEGIN` line rather than the server's `OK`.
     server: bool,
+    /// Bytes of the authentication read so far (a server reads at most [`MAX_AUTH_BYTES`]).
+    auth_bytes: usize,
 }
 
 /// The write half.
@@ -346,6 +361,7 @@ impl Socket for JudgedStream {
                 budgets: self.budgets,
                 server,
                 peer: self.peer,
+                auth_bytes: 0,
             },
             Writer {
                 half: w,
@@ -613,6 +629,13 @@ impl ReadHalf for Reader {
             }
             let line_end = avail.windows(2).position(|w| w == b"\r\n").map(|i| i + 2);
             let n = line_end.unwrap_or(avail.len()).min(buf.len());
+            self.auth_bytes += n;
+            if self.server && self.auth_bytes > MAX_AUTH_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the client's authentication is longer than any valid one",
+                ));
+            }
             buf[..n].copy_from_slice(&avail[..n]);
             let last = if self.server {
                 avail.starts_with(b"BEGIN\r\n")
@@ -703,7 +726,10 @@ impl WriteHalf for Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::{Bucket, SENDER_BURST, SENDER_RATE, cost, primary, sender, unix_path};
+    use super::{
+        Budgets, Bucket, Identity, MAX_DEBT, SENDER_BURST, SENDER_RATE, cost, primary, sender,
+        unix_path,
+    };
     use std::time::Duration;
 
     #[test]
@@ -732,6 +758,54 @@ mod tests {
             .filter(|_| b.take(1.0, SENDER_BURST, SENDER_RATE, t4))
             .count();
         assert_eq!(taken, 64);
+    }
+
+    /// Regression: budgets were per unique name, so one uid with N connections had N. Once
+    /// the uid of its names is known, they share one bucket, and what each spent before is
+    /// charged to it.
+    #[test]
+    fn many_names_of_one_uid_share_its_budget() {
+        let t0 = tokio::time::Instant::now();
+        let mut b = Budgets::new();
+        let user = Some(Identity {
+            uid: Some(1000),
+            privileged: false,
+        });
+        // Known from the start: 100 names get one burst between them.
+        let taken = (0..100)
+            .flat_map(|n| (0..10).map(move |_| n))
+            .filter(|n| b.take_at(Some(&format!(":1.{n}")), user, 1.0, t0))
+            .count();
+        assert_eq!(taken, SENDER_BURST as usize);
+        // Another uid is not affected.
+        let other = Some(Identity {
+            uid: Some(1001),
+            privileged: false,
+        });
+        assert!(b.take_at(Some(":2.1"), other, 1.0, t0));
+
+        // Names whose uid was not yet known spend their own burst; when it is learnt, that
+        // spending is charged to the uid (down to MAX_DEBT below empty).
+        let mut b = Budgets::new();
+        for n in 0..20 {
+            let name = format!(":3.{n}");
+            assert_eq!(
+                (0..64)
+                    .filter(|_| b.take_at(Some(&name), None, 1.0, t0))
+                    .count(),
+                64,
+                "an unknown name's own burst"
+            );
+            assert!(
+                !b.take_at(Some(&name), user, 1.0, t0),
+                "then its uid's, spent"
+            );
+        }
+        // Ten seconds of the rate only pay the debt back.
+        let t1 = t0 + std::time::Duration::from_secs_f64(MAX_DEBT / SENDER_RATE);
+        assert!(!b.take_at(Some(":3.0"), user, 1.0, t1));
+        let t2 = t1 + std::time::Duration::from_secs(1);
+        assert!(b.take_at(Some(":3.0"), user, 1.0, t2));
     }
 
     /// The header fields the reader decides on, read from messages as zbus writes them, in
