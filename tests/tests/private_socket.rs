@@ -186,7 +186,11 @@ fn a_private_socket_connection_gets_the_same_denials_as_the_bus() {
         bus.extend(&args);
         let p = trustctl_as(7, &[], cap, &private);
         let b = trustctl_as(7, &[], cap, &bus);
-        assert_eq!(p.code, 1, "{args:?} over the private socket as uid 7: {}", p.stderr);
+        assert_eq!(
+            p.code, 1,
+            "{args:?} over the private socket as uid 7: {}",
+            p.stderr
+        );
         assert_eq!(b.code, 1, "{args:?} over the bus as uid 7: {}", b.stderr);
         assert!(
             p.stderr.starts_with("trustctl: AccessDenied: ") && p.stderr == b.stderr,
@@ -199,7 +203,12 @@ fn a_private_socket_connection_gets_the_same_denials_as_the_bus() {
     assert_eq!(p.code, 0, "posture is everyone's: {}", p.stderr);
     // The admin group makes an admin there as on the bus (groups from SO_PEERGROUPS).
     let admin = tests::bus::gid(tests::bus::ADMIN_GROUP);
-    let p = trustctl_as(7, &[admin], cap, &["--private", &s, "audit", "tail", "-n", "1"]);
+    let p = trustctl_as(
+        7,
+        &[admin],
+        cap,
+        &["--private", &s, "audit", "tail", "-n", "1"],
+    );
     assert_eq!(p.code, 0, "the admin group's member: {}", p.stderr);
 
     assert!(daemon.terminate().success());
@@ -261,7 +270,9 @@ fn many_connections_of_one_uid_share_one_call_budget() {
     // One uid's budget over the run: its burst, its rate, and the calls its connections made
     // before their uid was learnt (charged to it afterwards).
     let budget = trustd::dbus::SENDER_BURST + trustd::dbus::SENDER_RATE * secs as f64;
-    eprintln!("one uid, 16 connections: {answered} of {asked} calls answered (one uid's budget: {budget})");
+    eprintln!(
+        "one uid, 16 connections: {answered} of {asked} calls answered (one uid's budget: {budget})"
+    );
     assert!(
         (answered as f64) < 2.0 * budget,
         "16 connections of one uid got {answered} calls answered, more than twice one uid's budget ({budget})"

@@ -953,7 +953,10 @@ mod bus {
             .build()?;
         rt.block_on(async move {
             // Posture changes are signals, which only the bus carries.
-            let private = route.private.as_ref().filter(|_| !matches!(op, Op::Watch(_)));
+            let private = route
+                .private
+                .as_ref()
+                .filter(|_| !matches!(op, Op::Watch(_)));
             if let Some((path, required)) = private {
                 match Client::connect_private(path).await {
                     Ok(c) => return exec(j, &c, op).await,

@@ -430,11 +430,18 @@ fn run_daemon(
             .and_then(|()| service.serve_private(&private_path));
         let private = match private {
             Ok(task) => {
-                tracing::info!("serving {} on {}", trustd::dbus::BUS_NAME, private_path.display());
+                tracing::info!(
+                    "serving {} on {}",
+                    trustd::dbus::BUS_NAME,
+                    private_path.display()
+                );
                 Some(task)
             }
             Err(e) => {
-                tracing::warn!("the private socket {}: {e}; root's calls go over the bus", private_path.display());
+                tracing::warn!(
+                    "the private socket {}: {e}; root's calls go over the bus",
+                    private_path.display()
+                );
                 None
             }
         };

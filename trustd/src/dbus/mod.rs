@@ -347,9 +347,9 @@ pub async fn serve(
         &handle,
         &posture_rx,
     )
-        .name(BUS_NAME)
-        .build()
-        .await?;
+    .name(BUS_NAME)
+    .build()
+    .await?;
     let emitter = zbus::object_server::SignalEmitter::new(&conn, OBJECT_PATH)?.into_owned();
     tokio::spawn(posture::signal_changes(emitter, posture_rx));
     Ok(Service { conn, aux, shared })

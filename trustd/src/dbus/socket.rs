@@ -508,8 +508,8 @@ impl Reader {
         // or replies sent to trustd unasked. On the private socket there is no bus daemon.
         if self.peer.is_some() || from.as_deref() != Some("org.freedesktop.DBus") {
             let c = cost(&header, big, fields_len as usize);
-            let mut within = id.is_some_and(|i| i.privileged)
-                || self.budgets().take(from.as_deref(), id, c);
+            let mut within =
+                id.is_some_and(|i| i.privileged) || self.budgets().take(from.as_deref(), id, c);
             if !within && id.is_none() {
                 // Over its name's budget, its uid not yet known: ask (the answer is kept).
                 let learnt = self.identify(judge.as_ref(), from.as_deref()).await;
@@ -518,10 +518,15 @@ impl Reader {
                     || (learnt.uid.is_some() && self.budgets().take(from.as_deref(), id, c));
             }
             if !within {
-                let who = from.as_deref().unwrap_or("the private socket's peer").to_owned();
+                let who = from
+                    .as_deref()
+                    .unwrap_or("the private socket's peer")
+                    .to_owned();
                 let uid = id.and_then(|i| i.uid);
                 self.budgets().dropped(|| match uid {
-                    Some(uid) => format!("over its uid's call budget (latest from {who}, uid {uid})"),
+                    Some(uid) => {
+                        format!("over its uid's call budget (latest from {who}, uid {uid})")
+                    }
                     None => format!("over its call budget (latest from {who})"),
                 });
                 self.skip_left = u64::from(body_len);
@@ -581,11 +586,8 @@ impl Reader {
             LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (judge, sender) = (judge.clone(), sender.to_owned());
             rt.spawn(async move {
-                let _ = tokio::time::timeout(
-                    super::CREDENTIALS_TIMEOUT,
-                    judge.identify(&sender),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(super::CREDENTIALS_TIMEOUT, judge.identify(&sender)).await;
                 LOOKUPS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             });
         }
@@ -727,7 +729,7 @@ impl WriteHalf for Writer {
 #[cfg(test)]
 mod tests {
     use super::{
-        Budgets, Bucket, Identity, MAX_DEBT, SENDER_BURST, SENDER_RATE, cost, primary, sender,
+        Bucket, Budgets, Identity, MAX_DEBT, SENDER_BURST, SENDER_RATE, cost, primary, sender,
         unix_path,
     };
     use std::time::Duration;
