@@ -104,6 +104,32 @@ pub fn usage(pid: u32) -> (u64, usize) {
 /// engine round trip) and, interleaved with them, `n` calls of the bus daemon's own `GetId`
 /// (the baseline: what the bus alone costs at that moment); and how many admin calls did not
 /// answer within `timeout`.
+/// Like [`admin_latencies`], as root over trustd's private socket at `socket` (no bus
+/// daemon in the way; `bus` stays empty).
+pub fn private_latencies(socket: &std::path::Path, n: usize, timeout: Duration) -> Latencies {
+    crate::rt().block_on(async {
+        let c = trustd::dbus::client::Client::connect_private(socket)
+            .await
+            .expect("root connects to the private socket");
+        let mut out = Latencies::default();
+        for _ in 0..n {
+            let t = Instant::now();
+            match tokio::time::timeout(timeout, c.active_policy()).await {
+                Ok(Ok(_)) => out
+                    .admin
+                    .push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)),
+                Ok(Err(e)) => {
+                    out.failed += 1;
+                    out.first_error
+                        .get_or_insert_with(|| e.to_string().chars().take(160).collect());
+                }
+                Err(_) => out.timeouts += 1,
+            }
+        }
+        out
+    })
+}
+
 pub fn admin_latencies(address: &str, n: usize, timeout: Duration) -> Latencies {
     crate::rt().block_on(async {
         let c = trustd::dbus::client::Client::connect(Some(address))

@@ -129,6 +129,12 @@ impl Paths {
     pub fn runtime_dir(&self) -> PathBuf {
         self.prefix.join("run/trustd")
     }
+
+    /// `/run/trustd/private`: the private socket, `org.enigm.Trust1` peer to peer for root
+    /// (docs/SECURITY.md, "The private socket").
+    pub fn private_socket(&self) -> PathBuf {
+        self.runtime_dir().join("private")
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@
 //!   longpath 4 connections, Posture calls on an object path of 16 MiB, never reading
 //!   gone     connections that pipeline 2000 no-reply calls (over their budget) and close at
 //!            once, over and over
+//!   budget   16 connections, each reading a posture property 20 times a second (each call
+//!            waited for 1 s at most); prints how many were answered (one uid's budget is
+//!            shared by all its connections, so most go unanswered)
 //!   PACE     flat (default): as fast as the bus takes them; bursts: 300 calls (or 20
 //!            connections) at once, then 500 ms of quiet, over and over
 //! ```
@@ -244,6 +247,38 @@ fn names(address: &str, until: Instant) {
     });
 }
 
+fn budget(address: &str, until: Instant) {
+    let rt = tests::rt();
+    let answered = rt.block_on(async {
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut conns = Vec::new();
+        for _ in 0..16 {
+            if let Ok(c) = trustd::dbus::client::Client::connect(Some(address)).await {
+                conns.push(c);
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut calls = Vec::new();
+        while Instant::now() < until {
+            tick.tick().await;
+            for c in &conns {
+                let (c, answered) = (c.clone(), answered.clone());
+                calls.push(tokio::spawn(async move {
+                    let call = c.posture_property("Level");
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), call).await {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }));
+            }
+        }
+        for t in calls {
+            let _ = t.await;
+        }
+        answered.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    println!("{answered}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (address, shape, millis, paced) = match args.as_slice() {
@@ -268,6 +303,7 @@ fn main() {
         "signals" => signals(address, until),
         "longpath" => longpath(address, until),
         "gone" => gone(address, until),
+        "budget" => budget(address, until),
         other => {
             eprintln!("flood: unknown shape {other:?}");
             std::process::exit(2);

@@ -58,9 +58,16 @@ pub(crate) struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// The bus trustd serves on (default: the system bus).
+    /// The bus trustd serves on (default: the system bus). Given, commands go over this bus
+    /// and never over the private socket.
     #[arg(long, global = true)]
     bus: Option<String>,
+    /// trustd's private socket: commands go over it (peer to peer, without the bus daemon)
+    /// and nowhere else. Without this (and without --bus), root uses /run/trustd/private when
+    /// it is there and the system bus otherwise; $TRUSTCTL_PRIVATE may name the socket, or be
+    /// `off` for the bus. `watch` always uses the bus.
+    #[arg(long, global = true, value_name = "PATH")]
+    private: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -546,6 +553,7 @@ fn is_refusal(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let j = cli.json;
+    let route = bus::Route::of(&cli);
     match cli.cmd {
         Cmd::Keygen { out } => keygen(j, &out),
         Cmd::TrustRoot {
@@ -591,14 +599,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 key,
                 prefix,
             } => audit_consistency(j, &old, new.as_deref(), &key, &prefix),
-            cmd => bus::run(j, cli.bus.as_deref(), bus::Op::Audit(cmd)),
+            cmd => bus::run(j, &route, bus::Op::Audit(cmd)),
         },
-        Cmd::Status => bus::run(j, cli.bus.as_deref(), bus::Op::Status),
-        Cmd::Watch { count } => bus::run(j, cli.bus.as_deref(), bus::Op::Watch(count)),
-        Cmd::Privacy { state } => bus::run(j, cli.bus.as_deref(), bus::Op::Privacy(state == "on")),
-        Cmd::Policy { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Policy(cmd)),
-        Cmd::Intel { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Intel(cmd)),
-        Cmd::Setup { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Setup(cmd)),
+        Cmd::Status => bus::run(j, &route, bus::Op::Status),
+        Cmd::Watch { count } => bus::run(j, &route, bus::Op::Watch(count)),
+        Cmd::Privacy { state } => bus::run(j, &route, bus::Op::Privacy(state == "on")),
+        Cmd::Policy { cmd } => bus::run(j, &route, bus::Op::Policy(cmd)),
+        Cmd::Intel { cmd } => bus::run(j, &route, bus::Op::Intel(cmd)),
+        Cmd::Setup { cmd } => bus::run(j, &route, bus::Op::Setup(cmd)),
         Cmd::Device {
             cmd:
                 DeviceCmd::Command {
@@ -642,8 +650,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             write_out(j, out.as_deref(), &bytes)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Device { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Device(cmd)),
-        Cmd::Launch { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Launch(cmd)),
+        Cmd::Device { cmd } => bus::run(j, &route, bus::Op::Device(cmd)),
+        Cmd::Launch { cmd } => bus::run(j, &route, bus::Op::Launch(cmd)),
         Cmd::Posture {
             cmd:
                 PostureCmd::Verify {
@@ -733,7 +741,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Posture { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Posture(cmd)),
+        Cmd::Posture { cmd } => bus::run(j, &route, bus::Op::Posture(cmd)),
     }
 }
 
@@ -976,11 +984,61 @@ mod bus {
         }
     }
 
-    pub(super) fn run(j: bool, address: Option<&str>, op: Op) -> Result<ExitCode> {
+    /// Where commands go: the private socket (`private`, and whether it must be used), else
+    /// the bus at `bus` (default: the system bus).
+    #[derive(Debug)]
+    pub(super) struct Route {
+        bus: Option<String>,
+        private: Option<(std::path::PathBuf, bool)>,
+    }
+
+    impl Route {
+        /// `--private PATH` (required), else `--bus ADDR` (the bus only), else
+        /// `$TRUSTCTL_PRIVATE` (a path, required; `off`: the bus only), else for root the
+        /// system's private socket if it answers, and the system bus otherwise.
+        pub(super) fn of(cli: &super::Cli) -> Self {
+            let bus = cli.bus.clone();
+            if let Some(p) = &cli.private {
+                return Self {
+                    bus,
+                    private: Some((p.clone(), true)),
+                };
+            }
+            if bus.is_some() {
+                return Self { bus, private: None };
+            }
+            let private = match std::env::var_os("TRUSTCTL_PRIVATE") {
+                Some(v) if v == "off" => None,
+                Some(v) if !v.is_empty() => Some((std::path::PathBuf::from(v), true)),
+                _ => (trustd::sys::euid() == 0)
+                    .then(|| (trustd::paths::Paths::system().private_socket(), false)),
+            };
+            Self { bus, private }
+        }
+    }
+
+    pub(super) fn run(j: bool, route: &Route, op: Op) -> Result<ExitCode> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         rt.block_on(async move {
+            // Posture changes are signals, which only the bus carries.
+            let private = route
+                .private
+                .as_ref()
+                .filter(|_| !matches!(op, Op::Watch(_)));
+            if let Some((path, required)) = private {
+                match Client::connect_private(path).await {
+                    Ok(c) => return exec(j, &c, op).await,
+                    Err(e) if *required => {
+                        return Err(anyhow!(e))
+                            .with_context(|| format!("connecting to {}", path.display()));
+                    }
+                    // Not there or not answering (trustd stopped): the bus says what is wrong.
+                    Err(_) => {}
+                }
+            }
+            let address = route.bus.as_deref();
             let c = Client::connect(address).await.with_context(|| {
                 format!("connecting to {}", address.unwrap_or("the system bus"))
             })?;

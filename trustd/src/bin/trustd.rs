@@ -436,11 +436,34 @@ fn run_daemon(
         .enable_all()
         .build()?;
     let stop_tx = lanes.control.clone();
+    let private_socket = paths.private_socket();
     let result = rt.block_on(async move {
         let service = trustd::dbus::serve(bus.as_deref(), lanes, groups, gate, posture_rx)
             .await
             .context("serving org.enigm.Trust1 on the bus")?;
         tracing::info!("serving {} on the bus", trustd::dbus::BUS_NAME);
+        // The private socket for root: the same service without the bus daemon in between.
+        // Without it root's trustctl falls back to the bus, so its failure is not fatal.
+        let private_path = private_socket.clone();
+        let private = std::fs::create_dir_all(private_path.parent().unwrap_or(&private_path))
+            .and_then(|()| service.serve_private(&private_path));
+        let private = match private {
+            Ok(task) => {
+                tracing::info!(
+                    "serving {} on {}",
+                    trustd::dbus::BUS_NAME,
+                    private_path.display()
+                );
+                Some(task)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "the private socket {}: {e}; root's calls go over the bus",
+                    private_path.display()
+                );
+                None
+            }
+        };
         let status = trustd::daemon::watchdog::status_line(&status_rx.borrow_and_update());
         notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         let reporter = tokio::spawn(report_status(status_rx, status));
@@ -451,6 +474,9 @@ fn run_daemon(
             .context("the engine thread ended without a result")?;
         supervisor.abort();
         reporter.abort();
+        if let Some(task) = private {
+            task.abort();
+        }
         anyhow::Ok((r, lost.load(std::sync::atomic::Ordering::SeqCst)))
     })?;
     rt.shutdown_timeout(Duration::from_millis(200));

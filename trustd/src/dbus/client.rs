@@ -168,6 +168,19 @@ impl Client {
         })
     }
 
+    /// Connect to trustd's private socket at `path` (peer to peer, no bus daemon; only root
+    /// can connect to the one trustd makes). Signals (posture changes) are not sent on it.
+    pub async fn connect_private(path: &std::path::Path) -> zbus::Result<Self> {
+        let stream = std::os::unix::net::UnixStream::connect(path)
+            .map_err(|e| zbus::Error::InputOutput(std::sync::Arc::new(e)))?;
+        Ok(Self {
+            conn: zbus::connection::Builder::unix_stream(stream)
+                .p2p()
+                .build()
+                .await?,
+        })
+    }
+
     /// The connection.
     pub fn connection(&self) -> &Connection {
         &self.conn

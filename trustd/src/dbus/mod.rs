@@ -14,6 +14,7 @@ mod launcher;
 mod policy;
 mod posture;
 mod privacy;
+pub mod private;
 mod setup;
 mod socket;
 
@@ -29,6 +30,7 @@ use zbus::names::BusName;
 use crate::daemon::{Call, Caller, Command, Role, Senders, SharedGroups, Tx};
 pub use error::{Error, Failure};
 pub use gate::Gate;
+pub use socket::{SENDER_BURST, SENDER_RATE};
 
 /// The well-known name.
 pub const BUS_NAME: &str = "org.enigm.Trust1";
@@ -69,6 +71,9 @@ pub struct Handle {
     gate: Gate,
     dbus: zbus::fdo::DBusProxy<'static>,
     callers: Arc<Mutex<HashMap<String, CallerCell>>>,
+    /// On a connection of the private socket: its caller, from the kernel's record of the
+    /// peer (`SO_PEERCRED`), since its messages carry no sender. `None` on the bus.
+    peer: Option<Caller>,
 }
 
 fn busy() -> Error {
@@ -80,29 +85,55 @@ fn busy() -> Error {
 }
 
 impl socket::Judge for Handle {
-    fn privileged<'a>(
+    fn identify<'a>(
         &'a self,
         sender: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<socket::Identity>> + Send + 'a>>
+    {
         Box::pin(async move {
             let Ok(name) = zbus::names::UniqueName::try_from(sender) else {
-                return Some(false);
+                return Some(socket::Identity {
+                    uid: None,
+                    privileged: false,
+                });
             };
-            match self.caller(&name).await {
-                Ok(c) => Some(
-                    self.groups
-                        .read()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .role(&c)
-                        == Role::Admin,
-                ),
-                Err(_) => None,
-            }
+            self.caller(&name).await.ok().map(|c| self.identity(&c))
         })
+    }
+
+    fn known(&self, sender: &str) -> Option<socket::Identity> {
+        let cell = self
+            .callers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(sender)
+            .cloned()?;
+        cell.get().map(|c| self.identity(c))
     }
 }
 
 impl Handle {
+    /// The caller's budget identity: its uid, and whether it holds the admin role.
+    fn identity(&self, c: &Caller) -> socket::Identity {
+        socket::Identity {
+            uid: Some(c.uid),
+            privileged: self
+                .groups
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .role(c)
+                == Role::Admin,
+        }
+    }
+
+    /// This handle for one connection of the private socket, whose caller is `peer`.
+    fn for_peer(&self, peer: Caller) -> Self {
+        Self {
+            peer: Some(peer),
+            ..self.clone()
+        }
+    }
+
     /// The caller of the message, from the bus daemon's `GetConnectionCredentials` for the
     /// message's sender: never from the body, never this process's own identity.
     async fn caller(&self, sender: &zbus::names::UniqueName<'_>) -> error::Result<Caller> {
@@ -165,11 +196,17 @@ impl Handle {
         hdr: &Header<'_>,
         call: impl FnOnce(Tx<T>) -> Call,
     ) -> error::Result<T> {
-        let sender = hdr
-            .sender()
-            .ok_or_else(|| Error::AccessDenied("the call carries no sender".into()))?;
-        let mut ticket = self.gate.enter(sender.as_str()).ok_or_else(busy)?;
-        let caller = self.caller(sender).await?;
+        let (mut ticket, caller) = if let Some(peer) = &self.peer {
+            // The private socket: one connection, one peer, identified by the kernel.
+            let ticket = self.gate.enter(&peer.bus_name).ok_or_else(busy)?;
+            (ticket, peer.clone())
+        } else {
+            let sender = hdr
+                .sender()
+                .ok_or_else(|| Error::AccessDenied("the call carries no sender".into()))?;
+            let ticket = self.gate.enter(sender.as_str()).ok_or_else(busy)?;
+            (ticket, self.caller(sender).await?)
+        };
         let role = self
             .groups
             .read()
@@ -222,6 +259,8 @@ pub struct Service {
     pub conn: Connection,
     /// The connection for credential lookups and self-checks.
     pub aux: Connection,
+    /// What the private socket's connections share with the bus service.
+    shared: private::Shared,
 }
 
 impl Service {
@@ -251,6 +290,7 @@ fn system_bus_address() -> String {
 async fn builder(
     address: Option<&str>,
     judge: Option<Arc<dyn socket::Judge>>,
+    budgets: socket::SharedBudgets,
 ) -> zbus::Result<zbus::connection::Builder<'static>> {
     let address = address.map_or_else(system_bus_address, str::to_owned);
     let path = socket::unix_path(&address).ok_or_else(|| {
@@ -261,7 +301,9 @@ async fn builder(
     let sock = socket::NoFds::connect(path)
         .await
         .map_err(|e| zbus::Error::InputOutput(std::sync::Arc::new(e)))?;
-    Ok(zbus::connection::Builder::socket(sock.with_judge(judge)))
+    Ok(zbus::connection::Builder::socket(
+        sock.with_judge(judge, budgets),
+    ))
 }
 
 /// Register every interface, take the bus name, and start sending `PropertiesChanged` for
@@ -277,7 +319,11 @@ pub async fn serve(
     gate: Gate,
     posture_rx: watch::Receiver<crate::posture::Posture>,
 ) -> zbus::Result<Service> {
-    let aux = builder(address, None).await?.build().await?;
+    let budgets = socket::Budgets::shared();
+    let aux = builder(address, None, socket::Budgets::shared())
+        .await?
+        .build()
+        .await?;
     let dbus = zbus::fdo::DBusProxy::builder(&aux)
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
@@ -288,24 +334,41 @@ pub async fn serve(
         gate,
         dbus,
         callers: Arc::default(),
+        peer: None,
     };
     let judge: Arc<dyn socket::Judge> = Arc::new(handle.clone());
-    let conn = builder(address, Some(judge))
-        .await?
-        .serve_at(
-            OBJECT_PATH,
-            posture::Posture::new(posture_rx.clone(), handle.clone()),
-        )
-        .serve_at(OBJECT_PATH, privacy::Privacy::new(handle.clone()))
-        .serve_at(OBJECT_PATH, policy::Policy::new(handle.clone()))
-        .serve_at(OBJECT_PATH, launcher::Launcher::new(handle.clone()))
-        .serve_at(OBJECT_PATH, setup::Setup::new(handle.clone()))
-        .serve_at(OBJECT_PATH, device::Device::new(handle.clone()))
-        .serve_at(OBJECT_PATH, audit::Audit::new(handle))
-        .name(BUS_NAME)
-        .build()
-        .await?;
+    let shared = private::Shared {
+        handle: handle.clone(),
+        posture_rx: posture_rx.clone(),
+        budgets: budgets.clone(),
+    };
+    let conn = serve_interfaces(
+        builder(address, Some(judge), budgets).await?,
+        &handle,
+        &posture_rx,
+    )
+    .name(BUS_NAME)
+    .build()
+    .await?;
     let emitter = zbus::object_server::SignalEmitter::new(&conn, OBJECT_PATH)?.into_owned();
     tokio::spawn(posture::signal_changes(emitter, posture_rx));
-    Ok(Service { conn, aux })
+    Ok(Service { conn, aux, shared })
+}
+
+/// Build the interfaces served at [`OBJECT_PATH`] on `b`, each with `handle`.
+fn serve_interfaces(
+    b: zbus::connection::Builder<'static>,
+    handle: &Handle,
+    posture_rx: &watch::Receiver<crate::posture::Posture>,
+) -> zbus::connection::Builder<'static> {
+    b.serve_at(
+        OBJECT_PATH,
+        posture::Posture::new(posture_rx.clone(), handle.clone()),
+    )
+    .serve_at(OBJECT_PATH, privacy::Privacy::new(handle.clone()))
+    .serve_at(OBJECT_PATH, policy::Policy::new(handle.clone()))
+    .serve_at(OBJECT_PATH, launcher::Launcher::new(handle.clone()))
+    .serve_at(OBJECT_PATH, setup::Setup::new(handle.clone()))
+    .serve_at(OBJECT_PATH, device::Device::new(handle.clone()))
+    .serve_at(OBJECT_PATH, audit::Audit::new(handle.clone()))
 }

@@ -50,6 +50,12 @@ pub const MAX_HEADER_FIELDS: u32 = 8 * 1024;
 const JUDGE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Names whose buckets the reader remembers; past it, full buckets are forgotten.
 const MAX_TRACKED: usize = 4096;
+/// The most a client of the private socket may send before its `BEGIN` line: a few short
+/// commands of the D-Bus authentication protocol.
+const MAX_AUTH_BYTES: usize = 4096;
+/// Lookups of new senders' uids running in the background at once (see `Reader::known`).
+pub const MAX_LOOKUPS: usize = 32;
+static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A token bucket: `burst` calls at once, `rate` per second refilled.
 #[derive(Debug, Clone, Copy)]
@@ -79,34 +85,92 @@ impl Bucket {
         }
     }
 
+    /// Tokens spent and not yet refilled at `now`.
+    fn spent(&self, burst: f64, rate: f64, now: tokio::time::Instant) -> f64 {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        (burst - (self.tokens + dt * rate).min(burst)).max(0.0)
+    }
+
+    /// Refill to `now`, then take `cost` tokens whether or not there are as many (down to
+    /// [`MAX_DEBT`] below empty).
+    fn charge(&mut self, cost: f64, burst: f64, rate: f64, now: tokio::time::Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = ((self.tokens + dt * rate).min(burst) - cost).max(-MAX_DEBT);
+        self.at = now;
+    }
+
     fn full(&self, burst: f64, rate: f64, now: tokio::time::Instant) -> bool {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens + dt * rate >= burst
     }
 }
 
-/// Per-sender budgets of method calls (see [`SENDER_BURST`]), and the verdicts on senders
-/// that went over them.
+/// What is known of a message's sender: its uid (when learnt) and whether it is privileged
+/// (root or the admin group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The sender's uid; `None` when the bus could not say (budgeted by its name then).
+    pub uid: Option<u32>,
+    /// Root or the admin group: no call budget, large bodies read.
+    pub privileged: bool,
+}
+
+/// What a budget is kept for: a uid once the sender's uid is known, its unique bus name
+/// until then.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Name(String),
+    Uid(u32),
+}
+
+/// How far below empty a uid's bucket may go when the calls its connections made before
+/// their uid was known are charged to it (ten seconds of [`SENDER_RATE`]).
+const MAX_DEBT: f64 = 10.0 * SENDER_RATE;
+
+/// Budgets of method calls (see [`SENDER_BURST`]) per uid, and what is known of senders.
 ///
-/// There is no overall budget: a caller over it could not be told from root without asking
-/// the bus, and under a flood the bus answers late, so root's calls would be the ones dropped.
-/// How many senders one user has is the bus daemon's limit (`max_connections_per_user`).
+/// A sender's calls are charged to its unique bus name only until its uid is known (the
+/// service learns it for every call it admits, and the reader asks the bus itself when a name
+/// goes over budget); from then on they are charged to the uid's one bucket, together with
+/// what the name spent before (down to [`MAX_DEBT`] below empty). So however many
+/// connections one uid opens, they share one rate: more connections only bring each one's
+/// first calls before its uid is learnt.
+///
+/// Root and the admin group have no budget. There is no overall budget: a caller over it could
+/// not be told from root without asking the bus, and under a flood the bus answers late, so
+/// root's calls would be the ones dropped. One set of budgets is shared by the bus connection
+/// and every connection of the private socket.
 #[derive(Debug)]
-struct Budgets {
-    senders: std::collections::HashMap<String, Bucket>,
-    privileged: std::collections::HashMap<String, bool>,
+pub struct Budgets {
+    buckets: std::collections::HashMap<Key, Bucket>,
+    ids: std::collections::HashMap<String, Identity>,
     dropped: u64,
     warned: Option<tokio::time::Instant>,
 }
 
+/// [`Budgets`] shared by the readers of the service's connections.
+pub type SharedBudgets = std::sync::Arc<std::sync::Mutex<Budgets>>;
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Budgets {
-    fn new() -> Self {
+    /// No budget spent, no sender known.
+    pub fn new() -> Self {
         Self {
-            senders: std::collections::HashMap::new(),
-            privileged: std::collections::HashMap::new(),
+            buckets: std::collections::HashMap::new(),
+            ids: std::collections::HashMap::new(),
             dropped: 0,
             warned: None,
         }
+    }
+
+    /// A new set, to share.
+    pub fn shared() -> SharedBudgets {
+        std::sync::Arc::new(std::sync::Mutex::new(Self::new()))
     }
 
     /// Count a message dropped unread; say so in the log at most every 10 s.
@@ -126,33 +190,78 @@ impl Budgets {
         }
     }
 
-    /// Whether a method call from `sender` costing `cost` tokens is within its budget
-    /// (charged if so).
-    fn take(&mut self, sender: &str, cost: f64) -> bool {
-        let now = tokio::time::Instant::now();
-        if self.senders.len() >= MAX_TRACKED && !self.senders.contains_key(sender) {
-            self.senders
+    /// Remember what is known of `sender` (bounded: past [`MAX_TRACKED`] names, forgotten).
+    fn learn(&mut self, sender: &str, id: Identity) {
+        if self.ids.len() >= MAX_TRACKED && !self.ids.contains_key(sender) {
+            self.ids.clear();
+        }
+        self.ids.insert(sender.to_owned(), id);
+    }
+
+    fn bucket(&mut self, key: Key, now: tokio::time::Instant) -> &mut Bucket {
+        if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&key) {
+            self.buckets
                 .retain(|_, b| !b.full(SENDER_BURST, SENDER_RATE, now));
-            if self.senders.len() >= MAX_TRACKED {
-                self.senders.clear();
+            if self.buckets.len() >= MAX_TRACKED {
+                self.buckets.clear();
             }
         }
-        self.senders
-            .entry(sender.to_owned())
+        self.buckets
+            .entry(key)
             .or_insert_with(|| Bucket::new(SENDER_BURST, now))
-            .take(cost, SENDER_BURST, SENDER_RATE, now)
+    }
+
+    /// Whether a method call costing `cost` tokens from `sender` (its unique name; `None` on
+    /// the private socket, where `id` says who it is) is within its budget (charged if so):
+    /// its uid's when known, else its name's; a call with neither is not.
+    fn take(&mut self, sender: Option<&str>, id: Option<Identity>, cost: f64) -> bool {
+        self.take_at(sender, id, cost, tokio::time::Instant::now())
+    }
+
+    /// [`Budgets::take`] at `now`.
+    fn take_at(
+        &mut self,
+        sender: Option<&str>,
+        id: Option<Identity>,
+        cost: f64,
+        now: tokio::time::Instant,
+    ) -> bool {
+        match id.and_then(|i| i.uid) {
+            Some(uid) => {
+                let spent = sender
+                    .and_then(|s| self.buckets.remove(&Key::Name(s.to_owned())))
+                    .map(|b| b.spent(SENDER_BURST, SENDER_RATE, now));
+                let b = self.bucket(Key::Uid(uid), now);
+                if let Some(spent) = spent {
+                    b.charge(spent, SENDER_BURST, SENDER_RATE, now);
+                }
+                b.take(cost, SENDER_BURST, SENDER_RATE, now)
+            }
+            None => match sender {
+                Some(s) => self.bucket(Key::Name(s.to_owned()), now).take(
+                    cost,
+                    SENDER_BURST,
+                    SENDER_RATE,
+                    now,
+                ),
+                None => false,
+            },
+        }
     }
 }
 
-/// Decides whether a message's sender (its unique bus name) may have a large body read.
+/// Decides who a message's sender (its unique bus name) is: whether it is privileged, and its
+/// uid, for its call budget and whether a large body is read.
 pub trait Judge: Send + Sync + std::fmt::Debug {
-    /// Whether `sender` is privileged (root or the admin group); `None` when that could not
-    /// be learnt (the bus did not answer), which the reader treats as not privileged for
-    /// this message only.
-    fn privileged<'a>(
+    /// Ask (the bus) who `sender` is; `None` when that could not be learnt (the bus did not
+    /// answer), which the reader treats as not privileged.
+    fn identify<'a>(
         &'a self,
         sender: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<bool>> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Identity>> + Send + 'a>>;
+
+    /// Who `sender` is, if already known without asking anyone (never waits).
+    fn known(&self, sender: &str) -> Option<Identity>;
 }
 
 /// The read half.
@@ -168,45 +277,96 @@ pub struct Reader {
     /// Body bytes of the current message to hand out, and to throw away.
     body_left: u64,
     skip_left: u64,
-    /// Method-call budgets (only with a judge: the serving connection).
-    budgets: Budgets,
+    /// Method-call budgets (only with a judge: the serving connections).
+    budgets: SharedBudgets,
+    /// The peer's identity from the kernel, on a connection of the private socket (whose
+    /// messages carry no sender).
+    peer: Option<Identity>,
+    /// This end is the server of the authentication (the private socket): it ends with the
+    /// client's `BEGIN` line rather than the server's `OK`.
+    server: bool,
+    /// Bytes of the authentication read so far (a server reads at most [`MAX_AUTH_BYTES`]).
+    auth_bytes: usize,
 }
 
 /// The write half.
 #[derive(Debug)]
-pub struct Writer(OwnedWriteHalf);
+pub struct Writer {
+    half: OwnedWriteHalf,
+    /// On the private socket: how long a write may wait for the peer to read before the
+    /// connection is shut down in both directions (`None` on the bus).
+    stall: Option<std::time::Duration>,
+}
 
 impl NoFds {
-    /// With `judge`, large bodies are read only for privileged senders (the serving
-    /// connection); without, every message is read whole (the connection trustd uses as a
-    /// client).
-    pub fn with_judge(self, judge: Option<std::sync::Arc<dyn Judge>>) -> JudgedStream {
-        JudgedStream(self, judge)
+    /// With `judge`, calls are held to `budgets` and large bodies are read only for
+    /// privileged senders (the serving connection); without, every message is read whole
+    /// (the connection trustd uses as a client).
+    pub fn with_judge(
+        self,
+        judge: Option<std::sync::Arc<dyn Judge>>,
+        budgets: SharedBudgets,
+    ) -> JudgedStream {
+        JudgedStream {
+            stream: self,
+            judge,
+            budgets,
+            peer: None,
+        }
+    }
+
+    /// A connection accepted on the private socket, whose peer the kernel identified as
+    /// `peer`: served under the same budgets as the bus (`budgets`), its calls charged to
+    /// `peer`'s uid.
+    pub fn accepted(
+        stream: tokio::net::UnixStream,
+        judge: std::sync::Arc<dyn Judge>,
+        budgets: SharedBudgets,
+        peer: Identity,
+    ) -> JudgedStream {
+        JudgedStream {
+            stream: Self(stream),
+            judge: Some(judge),
+            budgets,
+            peer: Some(peer),
+        }
     }
 }
 
-/// A [`NoFds`] stream and its [`Judge`].
+/// A [`NoFds`] stream, its [`Judge`] and budgets.
 #[derive(Debug)]
-pub struct JudgedStream(NoFds, Option<std::sync::Arc<dyn Judge>>);
+pub struct JudgedStream {
+    stream: NoFds,
+    judge: Option<std::sync::Arc<dyn Judge>>,
+    budgets: SharedBudgets,
+    peer: Option<Identity>,
+}
 
 impl Socket for JudgedStream {
     type ReadHalf = Reader;
     type WriteHalf = Writer;
 
     fn split(self) -> Split<Reader, Writer> {
-        let (r, w) = self.0.0.into_split();
+        let server = self.peer.is_some();
+        let (r, w) = self.stream.0.into_split();
         Split::new(
             Reader {
                 inner: BufReader::with_capacity(64 * 1024, r),
-                judge: self.1,
+                judge: self.judge,
                 authenticated: false,
                 pending: Vec::new(),
                 at: 0,
                 body_left: 0,
                 skip_left: 0,
-                budgets: Budgets::new(),
+                budgets: self.budgets,
+                server,
+                peer: self.peer,
+                auth_bytes: 0,
             },
-            Writer(w),
+            Writer {
+                half: w,
+                stall: server.then_some(super::private::WRITE_STALL),
+            },
         )
     }
 }
@@ -216,7 +376,7 @@ impl Socket for NoFds {
     type WriteHalf = Writer;
 
     fn split(self) -> Split<Reader, Writer> {
-        JudgedStream(self, None).split()
+        self.with_judge(None, Budgets::shared()).split()
     }
 }
 
@@ -317,7 +477,7 @@ impl Reader {
         let (big, _ty, body_len, fields_len) = primary(&h)?;
         let rest = (16 + fields_len as usize).next_multiple_of(8) - 16;
         if self.judge.is_some() && fields_len > MAX_HEADER_FIELDS {
-            self.budgets.dropped(|| {
+            self.budgets().dropped(|| {
                 format!(
                     "{fields_len} bytes of header fields (at most {MAX_HEADER_FIELDS} are read)"
                 )
@@ -337,26 +497,57 @@ impl Reader {
             return Ok(true);
         };
         let from = sender(&header, big, fields_len as usize);
+        let mut id = self.peer.or_else(|| {
+            if from.as_deref() == Some("org.freedesktop.DBus") {
+                None
+            } else {
+                self.known(&judge, from.as_deref())
+            }
+        });
         // Every message from anyone but the bus daemon is budgeted: method calls, and signals
-        // or replies sent to trustd unasked.
-        if from.as_deref() != Some("org.freedesktop.DBus") {
+        // or replies sent to trustd unasked. On the private socket there is no bus daemon.
+        if self.peer.is_some() || from.as_deref() != Some("org.freedesktop.DBus") {
             let c = cost(&header, big, fields_len as usize);
-            let within = from.as_deref().is_some_and(|s| self.budgets.take(s, c));
-            if !within && !self.privileged(judge.as_ref(), from.as_deref()).await {
-                let who = from.as_deref().unwrap_or("no sender").to_owned();
-                self.budgets
-                    .dropped(|| format!("over its call budget (latest from {who})"));
+            let mut within =
+                id.is_some_and(|i| i.privileged) || self.budgets().take(from.as_deref(), id, c);
+            if !within && id.is_none() {
+                // Over its name's budget, its uid not yet known: ask (the answer is kept).
+                let learnt = self.identify(judge.as_ref(), from.as_deref()).await;
+                id = Some(learnt);
+                within = learnt.privileged
+                    || (learnt.uid.is_some() && self.budgets().take(from.as_deref(), id, c));
+            }
+            if !within {
+                let who = from
+                    .as_deref()
+                    .unwrap_or("the private socket's peer")
+                    .to_owned();
+                let uid = id.and_then(|i| i.uid);
+                self.budgets().dropped(|| match uid {
+                    Some(uid) => {
+                        format!("over its uid's call budget (latest from {who}, uid {uid})")
+                    }
+                    None => format!("over its call budget (latest from {who})"),
+                });
                 self.skip_left = u64::from(body_len);
                 self.pending.clear();
                 self.at = 0;
                 return Ok(true);
             }
         }
-        let keep = body_len <= SMALL_BODY || self.privileged(judge.as_ref(), from.as_deref()).await;
+        let keep = body_len <= SMALL_BODY
+            || match id {
+                Some(i) => i.privileged,
+                None => {
+                    self.identify(judge.as_ref(), from.as_deref())
+                        .await
+                        .privileged
+                }
+            };
         if keep {
             self.body_left = u64::from(body_len);
         } else {
-            self.budgets.dropped(|| {
+            self.budgets().dropped(|| {
                 format!("the body of a {body_len}-byte message from a sender that is not an admin (its call fails)")
             });
             self.skip_left = u64::from(body_len);
@@ -367,30 +558,61 @@ impl Reader {
         Ok(true)
     }
 
-    /// Whether `sender` is root or an admin, remembered per name once the judge answers
-    /// within [`JUDGE_WAIT`] (a name is never reused on a bus).
-    async fn privileged(&mut self, judge: &dyn Judge, sender: Option<&str>) -> bool {
-        let Some(sender) = sender else { return false };
-        if let Some(&p) = self.budgets.privileged.get(sender) {
-            return p;
+    fn budgets(&self) -> std::sync::MutexGuard<'_, Budgets> {
+        self.budgets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What is known of `sender` without waiting: remembered by this reader, or learnt by the
+    /// service (when it admitted one of the sender's calls, or by a lookup this reader
+    /// started in the background at the sender's first message: at most [`MAX_LOOKUPS`] at
+    /// once, so that a flood of new names cannot make trustd ask the bus without bound).
+    fn known(&self, judge: &std::sync::Arc<dyn Judge>, sender: Option<&str>) -> Option<Identity> {
+        let sender = sender?;
+        let mut b = self.budgets();
+        let remembered = b.ids.get(sender).copied();
+        if remembered.is_some_and(|id| id.uid.is_some()) {
+            return remembered;
         }
-        let r = tokio::time::timeout(JUDGE_WAIT, judge.privileged(sender)).await;
-        match r {
-            Ok(Some(p)) => {
-                if self.budgets.privileged.len() >= MAX_TRACKED {
-                    self.budgets.privileged.clear();
-                }
-                self.budgets.privileged.insert(sender.to_owned(), p);
-                p
-            }
+        if let Some(id) = judge.known(sender) {
+            b.learn(sender, id);
+            return Some(id);
+        }
+        if remembered.is_none()
+            && LOOKUPS.load(std::sync::atomic::Ordering::Relaxed) < MAX_LOOKUPS
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (judge, sender) = (judge.clone(), sender.to_owned());
+            rt.spawn(async move {
+                let _ =
+                    tokio::time::timeout(super::CREDENTIALS_TIMEOUT, judge.identify(&sender)).await;
+                LOOKUPS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+        remembered
+    }
+
+    /// Who `sender` is, asking the judge (within [`JUDGE_WAIT`]) and remembering the answer
+    /// (a name is never reused on a bus).
+    async fn identify(&mut self, judge: &dyn Judge, sender: Option<&str>) -> Identity {
+        let unknown = Identity {
+            uid: None,
+            privileged: false,
+        };
+        let Some(sender) = sender else {
+            return unknown;
+        };
+        let id = match tokio::time::timeout(JUDGE_WAIT, judge.identify(sender)).await {
+            Ok(Some(id)) => id,
             // No answer (the sender is gone, or the bus is too slow): not privileged, and kept
             // so, since a name is never reused; asking again for each of a departed flooder's
             // queued calls stalled this reader (and root's calls behind it).
-            Ok(None) | Err(_) => {
-                self.budgets.privileged.insert(sender.to_owned(), false);
-                false
-            }
-        }
+            Ok(None) | Err(_) => unknown,
+        };
+        self.budgets().learn(sender, id);
+        id
     }
 }
 
@@ -409,8 +631,20 @@ impl ReadHalf for Reader {
             }
             let line_end = avail.windows(2).position(|w| w == b"\r\n").map(|i| i + 2);
             let n = line_end.unwrap_or(avail.len()).min(buf.len());
+            self.auth_bytes += n;
+            if self.server && self.auth_bytes > MAX_AUTH_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the client's authentication is longer than any valid one",
+                ));
+            }
             buf[..n].copy_from_slice(&avail[..n]);
-            if line_end.is_some_and(|e| e <= buf.len()) && avail.starts_with(b"OK ") {
+            let last = if self.server {
+                avail.starts_with(b"BEGIN\r\n")
+            } else {
+                avail.starts_with(b"OK ")
+            };
+            if line_end.is_some_and(|e| e <= buf.len()) && last {
                 self.authenticated = true;
             }
             tokio::io::AsyncBufReadExt::consume(&mut self.inner, n);
@@ -462,11 +696,29 @@ impl WriteHalf for Writer {
                 "this connection passes no file descriptors",
             ));
         }
-        self.0.write(buf).await
+        let Some(stall) = self.stall else {
+            return self.half.write(buf).await;
+        };
+        match tokio::time::timeout(stall, self.half.write(buf)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Both directions, so that the connection's reader sees the end too and the
+                // connection (and its slot) goes.
+                let stream: &tokio::net::UnixStream = self.half.as_ref();
+                let _ = nix::sys::socket::shutdown(
+                    std::os::fd::AsRawFd::as_raw_fd(stream),
+                    nix::sys::socket::Shutdown::Both,
+                );
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the peer has not read its replies: connection closed",
+                ))
+            }
+        }
     }
 
     async fn close(&mut self) -> io::Result<()> {
-        self.0.shutdown().await
+        self.half.shutdown().await
     }
 
     fn can_pass_unix_fd(&self) -> bool {
@@ -476,7 +728,10 @@ impl WriteHalf for Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::{Bucket, SENDER_BURST, SENDER_RATE, cost, primary, sender, unix_path};
+    use super::{
+        Bucket, Budgets, Identity, MAX_DEBT, SENDER_BURST, SENDER_RATE, cost, primary, sender,
+        unix_path,
+    };
     use std::time::Duration;
 
     #[test]
@@ -505,6 +760,54 @@ mod tests {
             .filter(|_| b.take(1.0, SENDER_BURST, SENDER_RATE, t4))
             .count();
         assert_eq!(taken, 64);
+    }
+
+    /// Regression: budgets were per unique name, so one uid with N connections had N. Once
+    /// the uid of its names is known, they share one bucket, and what each spent before is
+    /// charged to it.
+    #[test]
+    fn many_names_of_one_uid_share_its_budget() {
+        let t0 = tokio::time::Instant::now();
+        let mut b = Budgets::new();
+        let user = Some(Identity {
+            uid: Some(1000),
+            privileged: false,
+        });
+        // Known from the start: 100 names get one burst between them.
+        let taken = (0..100)
+            .flat_map(|n| (0..10).map(move |_| n))
+            .filter(|n| b.take_at(Some(&format!(":1.{n}")), user, 1.0, t0))
+            .count();
+        assert_eq!(taken, SENDER_BURST as usize);
+        // Another uid is not affected.
+        let other = Some(Identity {
+            uid: Some(1001),
+            privileged: false,
+        });
+        assert!(b.take_at(Some(":2.1"), other, 1.0, t0));
+
+        // Names whose uid was not yet known spend their own burst; when it is learnt, that
+        // spending is charged to the uid (down to MAX_DEBT below empty).
+        let mut b = Budgets::new();
+        for n in 0..20 {
+            let name = format!(":3.{n}");
+            assert_eq!(
+                (0..64)
+                    .filter(|_| b.take_at(Some(&name), None, 1.0, t0))
+                    .count(),
+                64,
+                "an unknown name's own burst"
+            );
+            assert!(
+                !b.take_at(Some(&name), user, 1.0, t0),
+                "then its uid's, spent"
+            );
+        }
+        // Ten seconds of the rate only pay the debt back.
+        let t1 = t0 + std::time::Duration::from_secs_f64(MAX_DEBT / SENDER_RATE);
+        assert!(!b.take_at(Some(":3.0"), user, 1.0, t1));
+        let t2 = t1 + std::time::Duration::from_secs(1);
+        assert!(b.take_at(Some(":3.0"), user, 1.0, t2));
     }
 
     /// The header fields the reader decides on, read from messages as zbus writes them, in

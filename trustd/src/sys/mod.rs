@@ -187,3 +187,111 @@ pub fn exec_fd(
         Err(e) => e.into(),
     }
 }
+
+/// The identity the kernel recorded for the peer of a connected Unix socket when it
+/// connected: `SO_PEERCRED` (uid, primary gid, pid) and `SO_PEERGROUPS` (its supplementary
+/// groups; socket(7)). No bus daemon is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The peer's effective uid at connect time.
+    pub uid: u32,
+    /// Its groups: the primary gid first, then the supplementary ones (deduplicated). Empty
+    /// supplementary groups when the kernel does not report them (fewer roles, never more).
+    pub gids: Vec<u32>,
+    /// Its pid at connect time.
+    pub pid: u32,
+}
+
+/// The kernel's record of who is at the other end of the Unix stream `fd`.
+///
+/// # Errors
+/// `SO_PEERCRED` failing (not a connected Unix socket).
+pub fn peer_identity(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<PeerIdentity> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let cred = getsockopt(&fd, sockopt::PeerCredentials).map_err(std::io::Error::from)?;
+    let mut gids = vec![cred.gid()];
+    for g in peer_groups(fd).unwrap_or_default() {
+        if !gids.contains(&g) {
+            gids.push(g);
+        }
+    }
+    Ok(PeerIdentity {
+        uid: cred.uid(),
+        gids,
+        pid: u32::try_from(cred.pid()).unwrap_or(0),
+    })
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13): the peer's supplementary groups at connect time.
+fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    // NGROUPS_MAX on Linux is 65536; ask with room for 64 first, then with what it needs.
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..2 {
+        let mut len = libc::socklen_t::try_from(groups.len() * std::mem::size_of::<libc::gid_t>())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: `groups` is a live buffer of `len` bytes that the kernel writes at most
+        // `len` bytes into (and updates `len`); `fd` is a valid open descriptor for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(n, 0);
+    }
+    Err(std::io::Error::from(std::io::ErrorKind::InvalidData))
+}
+
+/// Bind and listen on a Unix stream socket at `path` whose file is created with mode 0600
+/// (owner only) from the start: the mode is set on the socket before `bind` (Linux takes the
+/// new file's mode from the socket's inode, less the umask), then set again on the path, so
+/// that at no moment can anyone but the owner (and a process with `CAP_DAC_OVERRIDE`, i.e.
+/// root) connect. A socket file left at `path` by an earlier run is removed first; any other
+/// kind of file there is an error.
+///
+/// # Errors
+/// `path` holds something other than a socket; socket, bind or listen failing.
+pub fn bind_owner_only(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen};
+    use nix::sys::stat::{Mode, fchmod};
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    let owner_only = Mode::S_IRUSR | Mode::S_IWUSR;
+    fchmod(&fd, owner_only)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    std::fs::set_permissions(
+        path,
+        std::os::unix::fs::PermissionsExt::from_mode(owner_only.bits()),
+    )?;
+    listen(&fd, Backlog::new(16)?)?;
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
