@@ -690,6 +690,40 @@ fn tpm_access() -> Result<String> {
     ))
 }
 
+/// Root's private socket as the packaged, confined trustd.service makes it: a socket owned
+/// by trustd's user, 0600, that root's trustctl answers through; nobody else gets in.
+fn private_socket() -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let path = "/run/trustd/private";
+    let m = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+    // trustd's user: the owner of its state directory.
+    let uid = std::fs::metadata("/var/lib/trustd")
+        .map_err(|e| format!("/var/lib/trustd: {e}"))?
+        .uid();
+    check!(
+        m.file_type().is_socket() && m.uid() == uid && m.mode() & 0o777 == 0o600,
+        "{path}: owner {} mode {:o} (want a socket of trustd = {uid}, 0600)",
+        m.uid(),
+        m.mode() & 0o777
+    );
+    let out = sh(&format!("trustctl --private {path} --json status"))?;
+    check!(out.contains("\"ok\":true"), "status over {path}: {out}");
+    let other = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "trustctl", "--private", path, "status"])
+        .output()
+        .map_err(|e| format!("setpriv: {e}"))?;
+    check!(
+        !other.status.success(),
+        "uid 65534 got through {path}: {}",
+        String::from_utf8_lossy(&other.stdout)
+    );
+    ok(&format!(
+        "{path}: socket of trustd 0600; root's status answered over it; uid 65534 refused (exit {:?})",
+        other.status.code()
+    ));
+    Ok(())
+}
+
 /// Measurements IMA has made this boot.
 fn ima_measurements() -> usize {
     std::fs::read_to_string("/sys/kernel/security/ima/ascii_runtime_measurements")
@@ -932,6 +966,7 @@ fn boot2() -> Result<u8> {
         ));
         Ok(())
     })?;
+    private_socket()?;
     // The TPM: trustd's report for the host's nonce, then root's forgery.
     tpm_report_and_forgery(&rt)?;
     // Break trustd's binary and reboot: lockdown must hold without it.
