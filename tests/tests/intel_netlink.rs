@@ -192,7 +192,13 @@ fn an_element_added_or_removed_behind_trustds_back_fails_the_read_back() {
     let ns = Netns::new("tnl", "x");
     let mut nl = NftBackend::in_netns(&ns.0);
     let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
-        &["10.99.0.3", "10.99.0.5", "198.51.100.0/24", "fd99::3", "2001:db8::/48"],
+        &[
+            "10.99.0.3",
+            "10.99.0.5",
+            "198.51.100.0/24",
+            "fd99::3",
+            "2001:db8::/48",
+        ],
         &["0.0.0.0/8", "203.0.113.0/28"],
     ))
     .expect("feed");
@@ -211,8 +217,8 @@ fn an_element_added_or_removed_behind_trustds_back_fails_the_read_back() {
             &ns.0,
             &format!("add element inet {INTEL_TABLE} {set} {{ {extra} }}"),
         );
-        let err = trustd::netfilter::check_intel(&mut nl, &rs)
-            .expect_err("an added element is found");
+        let err =
+            trustd::netfilter::check_intel(&mut nl, &rs).expect_err("an added element is found");
         assert!(err.contains(set), "{set}: {err}");
         nft(
             &ns.0,
@@ -232,8 +238,8 @@ fn an_element_added_or_removed_behind_trustds_back_fails_the_read_back() {
             &ns.0,
             &format!("delete element inet {INTEL_TABLE} {set} {{ {gone} }}"),
         );
-        let err = trustd::netfilter::check_intel(&mut nl, &rs)
-            .expect_err("a removed element is found");
+        let err =
+            trustd::netfilter::check_intel(&mut nl, &rs).expect_err("a removed element is found");
         assert!(err.contains(set), "{set}: {err}");
         nft(
             &ns.0,
