@@ -157,7 +157,20 @@ impl Signer {
     }
 }
 
-fn bench(n: usize, signer: &Signer, old: bool) {
+/// One size's figures, for the table printed at the end.
+struct Row {
+    n: usize,
+    base: Duration,
+    base_rss: u64,
+    whole: Duration,
+    binary: Duration,
+    trustd_rss: u64,
+    tree_rss: u64,
+    add: Duration,
+    del: Duration,
+}
+
+fn bench(n: usize, signer: &Signer, old: bool) -> Row {
     let (hosts, nets) = entries(n);
     let env = signer.sign(&feed(1, &hosts, &nets));
     println!(
@@ -314,6 +327,68 @@ fn bench(n: usize, signer: &Signer, old: bool) {
         tree_rss,
         tree_rss as f64 / 1024.0
     );
+    Row {
+        n,
+        base,
+        base_rss,
+        whole,
+        binary: took,
+        trustd_rss: own,
+        tree_rss,
+        add: t_add,
+        del: t_del,
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The summary: one line per size, then the growth from the smallest to the largest.
+fn table(rows: &[Row]) {
+    println!(
+        "\n| entries | nft -f text | its peak RSS | trustd whole path (in-process) | ratio | trustd apply (binary) | ratio | peak RSS trustd | peak RSS tree | 1k add | 1k interval delete |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        let target = match r.n {
+            n if n >= 1_000_000 => " (<= 0.6)",
+            n if n >= 100_000 => " (<= 0.3)",
+            _ => "",
+        };
+        println!(
+            "| {} | {:.3} s | {:.1} MiB | {:.3} s | {:.2}x{target} | {:.3} s | {:.2}x | {:.1} MiB | {:.1} MiB{} | {:.1} ms | {:.1} ms (<= 10) |",
+            r.n,
+            secs(r.base),
+            mib(r.base_rss),
+            secs(r.whole),
+            secs(r.whole) / secs(r.base),
+            secs(r.binary),
+            secs(r.binary) / secs(r.base),
+            mib(r.trustd_rss),
+            mib(r.tree_rss),
+            if r.n >= 1_000_000 { " (<= 128)" } else { "" },
+            secs(r.add) * 1e3,
+            secs(r.del) * 1e3,
+        );
+    }
+    if let (Some(a), Some(b)) = (rows.first(), rows.last())
+        && b.n > a.n
+    {
+        let per = |r: &Row, d: Duration| secs(d) / r.n as f64;
+        println!(
+            "growth {}->{} ({}x the entries): whole path {:.1}x time ({:.2}x per entry), binary {:.1}x ({:.2}x per entry), nft -f {:.1}x ({:.2}x per entry)",
+            a.n,
+            b.n,
+            b.n / a.n,
+            secs(b.whole) / secs(a.whole),
+            per(b, b.whole) / per(a, a.whole),
+            secs(b.binary) / secs(a.binary),
+            per(b, b.binary) / per(a, a.binary),
+            secs(b.base) / secs(a.base),
+            per(b, b.base) / per(a, a.base),
+        );
+    }
 }
 
 fn main() {
@@ -336,7 +411,6 @@ fn main() {
         .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
     let old = std::env::var("INTEL_BENCH_OLD").as_deref() == Ok("1");
     let signer = Signer::new();
-    for n in sizes {
-        bench(n, &signer, old);
-    }
+    let rows: Vec<Row> = sizes.into_iter().map(|n| bench(n, &signer, old)).collect();
+    table(&rows);
 }

@@ -164,3 +164,87 @@ fn the_table_built_over_netlink_lists_as_nft_builds_it_and_drops_real_packets() 
         "after element updates, nft -j list shows what nft builds from the new feed"
     );
 }
+
+/// `nft` in `ns` with `args`, which must succeed.
+fn nft(ns: &str, args: &str) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft"])
+        .args(args.split(' '))
+        .output()
+        .expect("nft");
+    assert!(
+        out.status.success(),
+        "nft {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_element_added_or_removed_behind_trustds_back_fails_the_read_back() {
+    // Attack: someone with CAP_NET_ADMIN adds an entry to a blocklist set (blocking what
+    // the feed does not name) or removes one (letting a listed address through), in every
+    // kind of set: the read-back without a dump (present elements shown by an aborted
+    // deletion, counts compared) and the dumped one (an interval set starting at address
+    // 0) must both find it.
+    if !can_run(TOOLS) {
+        return;
+    }
+    let ns = Netns::new("tnl", "x");
+    let mut nl = NftBackend::in_netns(&ns.0);
+    let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
+        &[
+            "10.99.0.3",
+            "10.99.0.5",
+            "198.51.100.0/24",
+            "fd99::3",
+            "2001:db8::/48",
+        ],
+        &["0.0.0.0/8", "203.0.113.0/28"],
+    ))
+    .expect("feed");
+    let rs = compile_intel(Some(&f));
+    apply_intel(&mut nl, &rs).expect("built and read back");
+    trustd::netfilter::check_intel(&mut nl, &rs).expect("an untouched table reads back");
+    let tamper = [
+        ("c0_v4h", "10.99.0.4"),
+        ("c0_v4n", "192.0.2.0/24"),
+        ("c0_v6h", "fd99::4"),
+        ("c0_v6n", "2001:db8:5::/48"),
+        ("c1_v4n", "203.0.113.64/28"),
+    ];
+    for (set, extra) in tamper {
+        nft(
+            &ns.0,
+            &format!("add element inet {INTEL_TABLE} {set} {{ {extra} }}"),
+        );
+        let err =
+            trustd::netfilter::check_intel(&mut nl, &rs).expect_err("an added element is found");
+        assert!(err.contains(set), "{set}: {err}");
+        nft(
+            &ns.0,
+            &format!("delete element inet {INTEL_TABLE} {set} {{ {extra} }}"),
+        );
+        trustd::netfilter::check_intel(&mut nl, &rs).expect("back as compiled");
+    }
+    let removed = [
+        ("c0_v4h", "10.99.0.5"),
+        ("c0_v4n", "198.51.100.0/24"),
+        ("c0_v6h", "fd99::3"),
+        ("c0_v6n", "2001:db8::/48"),
+        ("c1_v4n", "0.0.0.0/8"),
+    ];
+    for (set, gone) in removed {
+        nft(
+            &ns.0,
+            &format!("delete element inet {INTEL_TABLE} {set} {{ {gone} }}"),
+        );
+        let err =
+            trustd::netfilter::check_intel(&mut nl, &rs).expect_err("a removed element is found");
+        assert!(err.contains(set), "{set}: {err}");
+        nft(
+            &ns.0,
+            &format!("add element inet {INTEL_TABLE} {set} {{ {gone} }}"),
+        );
+        trustd::netfilter::check_intel(&mut nl, &rs).expect("back as compiled");
+    }
+}

@@ -67,6 +67,8 @@ const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_ID: u16 = 10;
+/// `NFTA_SET_COUNT` (Linux 6.16 and later): how many elements the set holds.
+const NFTA_SET_COUNT: u16 = 20;
 /// The set attributes that declare a set (name, flags, key and data types and lengths,
 /// policy, description, timeouts, nft's user data, object type, expressions); handles,
 /// ids and the table are the kernel's or set here.
@@ -445,6 +447,36 @@ fn put_key(b: &mut Batch, key: &[u8], flags: u32, udata: Option<&[u8]>) {
     b.nest_end(e);
 }
 
+/// The highest address of `set`'s family.
+fn top_of(set: &SetSpec) -> u128 {
+    if set.v6 {
+        u128::MAX
+    } else {
+        u128::from(u32::MAX)
+    }
+}
+
+/// Whether `set` holds nft's no-match element, an interval end at address 0 (nft writes
+/// it before the first interval when that does not start at 0): here when no prefix
+/// reaches the top of the address space and the first does not start at 0, so that the
+/// set's element count is odd. The kernel reports an interval set's count halved
+/// (`NFTA_SET_COUNT`), and an odd count is what tells one extra element apart.
+fn zero_end(rs: &IntelRuleset, set: &SetSpec) -> bool {
+    if !set.interval {
+        return false;
+    }
+    let first = set.elems(rs).next().map(|e| e.range().0);
+    let last = set.elems(rs).last().map(|e| e.range().1);
+    first.is_some_and(|lo| lo != 0) && last.is_some_and(|hi| hi != top_of(set))
+}
+
+/// nft's no-match element of `set` (see [`zero_end`]), as one element message.
+fn put_zero_end(b: &mut Batch, msg: u8, set: &SetSpec, what: &str) {
+    let at = elem_begin(b, msg, &set.name, what);
+    put_key(b, &key_bytes(0, set.v6), NFT_SET_ELEM_INTERVAL_END, None);
+    b.nest_end(at);
+}
+
 /// Element messages (`msg`: add or delete) for `elems` of `set`, as many as their size needs.
 /// An interval set's prefix is two elements, its start and (one past) its end, as nft
 /// writes them; a prefix reaching the top of the address space has no end element.
@@ -499,7 +531,8 @@ fn put_elems(
 
 /// Check one set's elements in the kernel against the compiled ones, one dump message at a
 /// time: every element held is a compiled one (an address of a hash set; the start or
-/// one-past-the-end of a compiled prefix) and the counts agree, so the kernel holds exactly
+/// one-past-the-end of a compiled prefix, or nft's no-match element where [`zero_end`]
+/// puts it) and the counts agree, so the kernel holds exactly
 /// the compiled elements.
 fn check_elems(sock: &mut NfSocket, rs: &IntelRuleset, set: &SetSpec) -> Result<(), String> {
     let addr = |v: &[u8]| -> Option<(u128, IpAddr)> {
@@ -517,6 +550,7 @@ fn check_elems(sock: &mut NfSocket, rs: &IntelRuleset, set: &SetSpec) -> Result<
     };
     let (mut starts, mut ends) = (0usize, 0usize);
     let name = &set.name;
+    let zero = zero_end(rs, set);
     let found = sock
         .dump(
             NFT_MSG_GETSETELEM,
@@ -556,6 +590,9 @@ fn check_elems(sock: &mut NfSocket, rs: &IntelRuleset, set: &SetSpec) -> Result<
                                 return Err(format!("set {name} holds {ip}, which is not in the feed"));
                             }
                             starts += 1;
+                        } else if flags & NFT_SET_ELEM_INTERVAL_END != 0 && bits == 0 && zero {
+                            // nft's no-match element.
+                            ends += 1;
                         } else if flags & NFT_SET_ELEM_INTERVAL_END != 0 {
                             // One past a compiled prefix's end.
                             let last = bits.checked_sub(1).ok_or_else(|| {
@@ -593,11 +630,138 @@ fn check_elems(sock: &mut NfSocket, rs: &IntelRuleset, set: &SetSpec) -> Result<
     };
     let open =
         usize::from(set.interval && set.elems(rs).last().is_some_and(|e| e.range().1 == top));
-    let want_ends = if set.interval { n - open } else { 0 };
+    let want_ends = if set.interval {
+        n - open + usize::from(zero)
+    } else {
+        0
+    };
     if starts != n || ends != want_ends {
         return Err(format!(
             "set {name} holds {starts} element(s) ({ends} interval ends), the feed {n} ({want_ends})"
         ));
+    }
+    Ok(())
+}
+
+/// Elements per dry-run batch of the presence check: its memory stays bounded (about
+/// 1.3 MiB) whatever the feed's size.
+const CHECK_CHUNK: usize = 32 * 1024;
+
+/// How many elements the kernel holds for `set` when it holds exactly the compiled ones:
+/// one per address; per prefix its start and, unless the prefix reaches the top of the
+/// address space, its (one past the) end.
+fn kernel_len(rs: &IntelRuleset, set: &SetSpec) -> usize {
+    let n = set.len(rs);
+    if !set.interval {
+        return n;
+    }
+    let top = top_of(set);
+    let open = usize::from(set.elems(rs).last().is_some_and(|e| e.range().1 == top));
+    2 * n - open + usize::from(zero_end(rs, set))
+}
+
+/// The element count of each set of the intel table as the kernel reports it
+/// (`NFTA_SET_COUNT`); `Ok(None)` when this kernel does not report counts (before 6.16).
+fn set_counts(sock: &mut NfSocket) -> Result<Option<BTreeMap<String, usize>>, String> {
+    let mut counts = BTreeMap::new();
+    let mut reported = true;
+    let found = sock
+        .dump(
+            NFT_MSG_GETSET,
+            NFPROTO_INET,
+            |m| m.put_str(NFTA_SET_TABLE, INTEL_TABLE),
+            |r| {
+                let name = attrs(r.body)
+                    .find(|(t, _)| *t == NFTA_SET_NAME)
+                    .map(|(_, v)| str_attr(v))
+                    .ok_or("a set without a name")?;
+                match attrs(r.body).find(|(t, _)| *t == NFTA_SET_COUNT) {
+                    Some((_, v)) if v.len() == 4 => {
+                        counts.insert(name, be32(v) as usize);
+                    }
+                    _ => reported = false,
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| e.to_string())??;
+    if !found {
+        return Err("the blocklist table is gone".into());
+    }
+    Ok(reported.then_some(counts))
+}
+
+/// Check the elements of `chosen` (sets of `rs`) in the kernel against the compiled ones.
+///
+/// Where the kernel reports element counts: every compiled element is there (dry-run
+/// batches deleting each of them, which the kernel refuses for any element it does not
+/// hold, with the interval-end flag as compiled, and then aborts without a change), and
+/// each set's count is the compiled one. `n` distinct compiled elements present in a set
+/// of `n` is exactly the compiled set: the same verdict as a full dump, in time linear in
+/// the elements (a dump costs the kernel a walk from the set's start for every 32 KiB
+/// message, quadratic in the set's size). Where it does not, a full dump per set
+/// ([`check_elems`]).
+fn check_sets(sock: &mut NfSocket, rs: &IntelRuleset, chosen: &[&SetSpec]) -> Result<(), String> {
+    let counted = set_counts(sock)?.is_some();
+    // An interval set's count is reported halved: only an odd number of elements tells
+    // one extra element apart (see [`zero_end`]); the others are dumped.
+    let (by_count, by_dump): (Vec<&SetSpec>, Vec<&SetSpec>) = chosen
+        .iter()
+        .copied()
+        .partition(|s| counted && (!s.interval || kernel_len(rs, s) % 2 == 1));
+    for s in by_dump {
+        check_elems(sock, rs, s)?;
+    }
+    if by_count.is_empty() {
+        return Ok(());
+    }
+    for s in &by_count {
+        if zero_end(rs, s) {
+            let mut b = Batch::new();
+            put_zero_end(&mut b, NFT_MSG_DELSETELEM, s, "no-match element");
+            sock.dry_run(b)
+                .map_err(|e| format!("set {} lacks its no-match element: {e}", s.name))?;
+        }
+        let mut elems = s.elems(rs);
+        loop {
+            let mut b = Batch::new();
+            let put = put_elems(
+                &mut b,
+                NFT_MSG_DELSETELEM,
+                s,
+                elems.by_ref().take(CHECK_CHUNK),
+                "elements",
+            );
+            if put == 0 {
+                break;
+            }
+            sock.dry_run(b).map_err(|e| match e {
+                NfnlError::Refused { err, .. } if err.raw_os_error() == Some(libc::ENOENT) => {
+                    format!("set {} lacks elements of the feed", s.name)
+                }
+                e => format!("set {} could not be checked: {e}", s.name),
+            })?;
+        }
+    }
+    // Counted after the presence check: nothing was added beside the compiled elements.
+    let counts = set_counts(sock)?.ok_or("the kernel stopped reporting set counts")?;
+    for s in by_count {
+        // As the kernel reports it: an interval set's elements halved, rounded down.
+        let want = if s.interval {
+            kernel_len(rs, s) / 2
+        } else {
+            kernel_len(rs, s)
+        };
+        match counts.get(&s.name) {
+            None => return Err(format!("set {} is missing", s.name)),
+            Some(held) if *held != want => {
+                return Err(format!(
+                    "set {} holds {held} element(s), the feed compiles to {want}",
+                    s.name
+                ));
+            }
+            Some(_) => {}
+        }
     }
     Ok(())
 }
@@ -690,6 +854,9 @@ pub(super) fn replace(
     }
     let all = sets(rs);
     for (_, s) in &all {
+        if zero_end(rs, s) {
+            put_zero_end(&mut b, NFT_MSG_NEWSETELEM, s, "elements");
+        }
         put_elems(&mut b, NFT_MSG_NEWSETELEM, s, s.elems(rs), "elements");
     }
     for chain in &tmpl.chains {
@@ -721,9 +888,8 @@ pub(super) fn replace(
         .map(|(n, h, p)| ((*n).to_owned(), (*h, *p, NF_ACCEPT, "filter".to_owned())))
         .collect();
     same_shape(&held, &want).map_err(mismatch)?;
-    for (_, s) in &all {
-        check_elems(&mut nlk.sock, rs, s).map_err(mismatch)?;
-    }
+    let chosen: Vec<&SetSpec> = all.iter().map(|(_, s)| s).collect();
+    check_sets(&mut nlk.sock, rs, &chosen).map_err(mismatch)?;
     nlk.applied = Some((intel_structure_digest(rs), want));
     Ok(())
 }
@@ -776,12 +942,25 @@ pub(super) fn check(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Option<Result<
     if let Err(e) = same_shape(&held, want) {
         return Some(Err(e));
     }
-    for (_, s) in &sets(rs) {
-        if let Err(e) = check_elems(&mut nlk.sock, rs, s) {
-            return Some(Err(e));
+    let all = sets(rs);
+    let chosen: Vec<&SetSpec> = all.iter().map(|(_, s)| s).collect();
+    Some(check_sets(&mut nlk.sock, rs, &chosen))
+}
+
+/// The elements of `a` that `b` lacks, both in ascending order (as the compiled sets
+/// iterate: addresses by value, disjoint prefixes by start).
+fn missing_from<'a>(
+    a: impl Iterator<Item = Elem> + 'a,
+    b: impl Iterator<Item = Elem> + 'a,
+) -> impl Iterator<Item = Elem> + 'a {
+    let mut b = b.peekable();
+    a.filter(move |e| {
+        let k = e.range();
+        while b.peek().is_some_and(|x| x.range() < k) {
+            b.next();
         }
-    }
-    Some(Ok(()))
+        b.peek().is_none_or(|x| x.range() != k)
+    })
 }
 
 /// Move the kernel from `old` to `new` with element batches (deletions first, then
@@ -801,21 +980,27 @@ pub(super) fn update(
     for op in [NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM] {
         for ((_, o), (_, n)) in old_sets.iter().zip(&new_sets) {
             let (from, to, s) = if op == NFT_MSG_DELSETELEM {
-                (o.elems(old), new, n)
+                (o.elems(old), n.elems(new), n)
             } else {
-                (n.elems(new), old, o)
+                (n.elems(new), o.elems(old), o)
             };
-            // Elements of `from` that the other side lacks.
-            let gone = from.filter(|e| match e {
-                Elem::Host(a) => !s.has_host(to, a),
-                Elem::Net(c) => s.net_at_or_below(to, c.addr()) != Some(*c),
-            });
+            // Elements of `from` that the other side lacks: one merge of the two sorted
+            // sets, no lookup per element.
+            let gone = missing_from(from, to);
             let what = if op == NFT_MSG_DELSETELEM {
                 "removed elements"
             } else {
                 "added elements"
             };
+            // nft's no-match element goes first, comes last, when its need changes.
+            let (before, after) = (zero_end(old, o), zero_end(new, n));
+            if op == NFT_MSG_DELSETELEM && before && !after {
+                put_zero_end(&mut b, op, s, what);
+            }
             put_elems(&mut b, op, s, gone, what);
+            if op == NFT_MSG_NEWSETELEM && after && !before {
+                put_zero_end(&mut b, op, s, what);
+            }
         }
     }
     if b.messages() > 0 {
@@ -851,12 +1036,13 @@ pub(super) fn refill(
         );
         b.put_str(NFTA_SET_ELEM_LIST_TABLE, INTEL_TABLE);
         b.put_str(NFTA_SET_ELEM_LIST_SET, &s.name);
+        if zero_end(rs, s) {
+            put_zero_end(&mut b, NFT_MSG_NEWSETELEM, s, "elements");
+        }
         put_elems(&mut b, NFT_MSG_NEWSETELEM, s, s.elems(rs), "elements");
     }
     nlk.sock.commit(b).map_err(|e| e.to_string())?;
-    for s in chosen {
-        check_elems(&mut nlk.sock, rs, s)?;
-    }
+    check_sets(&mut nlk.sock, rs, &chosen)?;
     Ok(true)
 }
 

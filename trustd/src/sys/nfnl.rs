@@ -358,7 +358,19 @@ impl NfSocket {
     /// Send `batch` as one transaction and wait for the kernel's verdict: `Ok` once it is
     /// committed; on any refusal nothing of it is (the kernel aborts the whole batch), and
     /// the first refused message is named.
-    pub fn commit(&mut self, mut batch: Batch) -> Result<(), NfnlError> {
+    pub fn commit(&mut self, batch: Batch) -> Result<(), NfnlError> {
+        self.send_batch(batch, true)
+    }
+
+    /// Send `batch` as a dry run, as `nft --check` does: without `NFNL_MSG_BATCH_END`,
+    /// so the kernel processes every message (each checked as in a real transaction: an
+    /// element to delete must be there) and then aborts the whole batch, changing nothing.
+    /// `Ok` when every message passed; else the first refused message is named.
+    pub fn dry_run(&mut self, batch: Batch) -> Result<(), NfnlError> {
+        self.send_batch(batch, false)
+    }
+
+    fn send_batch(&mut self, mut batch: Batch, end: bool) -> Result<(), NfnlError> {
         batch.end_msg();
         let base = self.seq;
         // Renumber: sequence numbers are this socket's, the batch counted from 1.
@@ -372,14 +384,16 @@ impl NfSocket {
             buf[off + 8..off + 12].copy_from_slice(&base.wrapping_add(seq).to_ne_bytes());
             off += len.max(16);
         }
-        batch
-            .out
-            .header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
-        batch.out.close();
-        let end = batch.out.msg;
-        let end_seq = base.wrapping_add(batch.out.seq);
-        batch.out.buf[end + 8..end + 12].copy_from_slice(&end_seq.to_ne_bytes());
-        self.seq = end_seq.wrapping_add(1);
+        if end {
+            batch
+                .out
+                .header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+            batch.out.close();
+            let at = batch.out.msg;
+            let end_seq = base.wrapping_add(batch.out.seq);
+            batch.out.buf[at + 8..at + 12].copy_from_slice(&end_seq.to_ne_bytes());
+        }
+        self.seq = base.wrapping_add(batch.out.seq).wrapping_add(1);
         let _ = set_int_opt(
             &self.sock,
             libc::SO_SNDBUFFORCE,
