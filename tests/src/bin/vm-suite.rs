@@ -709,7 +709,15 @@ fn private_socket() -> Result<()> {
     let out = sh(&format!("trustctl --private {path} --json status"))?;
     check!(out.contains("\"ok\":true"), "status over {path}: {out}");
     let other = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "trustctl", "--private", path, "status"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "trustctl",
+            "--private",
+            path,
+            "status",
+        ])
         .output()
         .map_err(|e| format!("setpriv: {e}"))?;
     check!(
