@@ -8,6 +8,7 @@
 //! [`Measurements`], which keeps the log and the PCR in step. Must not touch: the device
 //! state, the audit log or the network; the daemon calls in with what to measure.
 
+pub mod credential;
 pub mod esapi;
 pub mod eventlog;
 pub mod quote;
@@ -68,6 +69,15 @@ pub enum TpmError {
         /// The file.
         path: PathBuf,
         /// Why.
+        reason: String,
+    },
+    /// The TPM refused the input it was given (a credential made for another key, or
+    /// altered): nothing is wrong with the TPM.
+    #[error("TPM: {op}: {reason}")]
+    Refused {
+        /// What was being done.
+        op: &'static str,
+        /// Why, as a sentence.
         reason: String,
     },
     /// The TPM did not answer in time.
@@ -137,6 +147,14 @@ pub trait Tpm: Send + std::fmt::Debug {
     /// `TPM2_Quote` by the AK over the SHA-256 bank of `pcrs` with `qualifying` as
     /// qualifying data. Returns the marshalled `TPMS_ATTEST` and `TPMT_SIGNATURE`.
     fn quote(&mut self, pcrs: &[u32], qualifying: &[u8]) -> Result<(Vec<u8>, Vec<u8>), TpmError>;
+    /// `TPM2_ActivateCredential` with the AK as the object activated and the EK as the key
+    /// that decrypts (TPM 2.0 Library Part 1 §24): the credential of `credential` when it was
+    /// made for this AK's name under this EK ([`credential`]). A credential made for another
+    /// key fails with [`TpmError::Refused`].
+    fn activate_credential(
+        &mut self,
+        credential: &credential::Credential,
+    ) -> Result<Vec<u8>, TpmError>;
 }
 
 /// The TPM part of a posture report: the quote, the PCR values it covers, the event log and
@@ -236,6 +254,14 @@ impl Measurements {
             self.problem = Some(format!("a measurement failed: {e}"));
         }
         r
+    }
+
+    /// Credential activation by the AK and EK (see [`Tpm::activate_credential`]).
+    pub fn activate_credential(
+        &mut self,
+        credential: &credential::Credential,
+    ) -> Result<Vec<u8>, TpmError> {
+        self.tpm.activate_credential(credential)
     }
 
     /// The details of the last measured checkpoint.
