@@ -160,6 +160,46 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PostureCmd,
     },
+    /// TPM credential activation: a verifier makes a challenge offline for the device's
+    /// attestation key and endorsement key; the device's TPM answers it.
+    Tpm {
+        #[command(subcommand)]
+        cmd: TpmCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TpmCmd {
+    /// Make a credential challenge offline (no TPM: TPM2_MakeCredential in software, TPM 2.0
+    /// Part 1 §24) for the attestation key named in --ak-name under the endorsement key
+    /// --ek: only the TPM holding that EK, with that AK loaded, can recover SECRET.
+    MakeCredential {
+        /// The device's endorsement key (`tpm-ek.pem`, SPKI PEM, ECC P-256).
+        #[arg(long)]
+        ek: PathBuf,
+        /// The attestation key's TPM name: the file `tpm-ak.name`, or its hex.
+        #[arg(long)]
+        ak_name: String,
+        /// A file holding the secret (1 to 32 bytes) the verifier will compare.
+        #[arg(long)]
+        secret: PathBuf,
+        /// `json` (the project's challenge) or `tpm2-tools` (what `tpm2_activatecredential -i`
+        /// reads).
+        #[arg(long, default_value = "json", value_parser = ["json", "tpm2-tools"])]
+        format: String,
+        /// Output file (stdout if absent).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Have the daemon's TPM answer a challenge (either form; admins): writes the secret
+    /// recovered, which the verifier compares with its own.
+    ActivateCredential {
+        /// The challenge (`trustctl tpm make-credential` or `tpm2_makecredential` output).
+        file: PathBuf,
+        /// Output file for the secret (stdout if absent).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -577,6 +617,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Device { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Device(cmd)),
+        Cmd::Tpm {
+            cmd:
+                TpmCmd::MakeCredential {
+                    ek,
+                    ak_name,
+                    secret,
+                    format,
+                    out,
+                },
+        } => {
+            use trustd::tpm::credential;
+            let pem = String::from_utf8(read(&ek)?)
+                .map_err(|_| refused(format!("{}: not UTF-8", ek.display())))?;
+            let ekey =
+                credential::ek_from_pem(&pem).map_err(|e| refused(format!("{}: {e}", ek.display())))?;
+            let name_text = match std::fs::read_to_string(&ak_name) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => ak_name.clone(),
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {ak_name}"))),
+            };
+            let name = credential::parse_name(&name_text).map_err(|e| refused(e.to_string()))?;
+            let meta = std::fs::metadata(&secret)
+                .with_context(|| format!("reading {}", secret.display()))?;
+            if meta.len() > credential::MAX_CREDENTIAL as u64 {
+                return Err(refused(format!(
+                    "{}: the secret must be 1 to {} bytes, not {}",
+                    secret.display(),
+                    credential::MAX_CREDENTIAL,
+                    meta.len()
+                )));
+            }
+            let c = credential::make(&ekey, &name, &read(&secret)?)
+                .map_err(|e| refused(e.to_string()))?;
+            let bytes = if format == "tpm2-tools" {
+                c.to_tpm2_tools()
+            } else {
+                let mut b = serde_json::to_vec_pretty(&c.to_challenge(&name))?;
+                b.push(b'\n');
+                b
+            };
+            write_out(j, out.as_deref(), &bytes)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Tpm { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Tpm(cmd)),
         Cmd::Launch { cmd } => bus::run(j, cli.bus.as_deref(), bus::Op::Launch(cmd)),
         Cmd::Posture {
             cmd:
@@ -867,8 +951,8 @@ fn audit_consistency(
 /// The commands that talk to the running daemon.
 mod bus {
     use super::{
-        AuditCmd, DeviceCmd, IntelCmd, LaunchCmd, PolicyCmd, PostureCmd, Refused, SetupCmd, print,
-        read, write_out,
+        AuditCmd, DeviceCmd, IntelCmd, LaunchCmd, PolicyCmd, PostureCmd, Refused, SetupCmd,
+        TpmCmd, print, read, write_out,
     };
     use anyhow::{Context, Result, anyhow};
     use serde_json::{Value, json};
@@ -888,6 +972,7 @@ mod bus {
         Launch(LaunchCmd),
         Posture(PostureCmd),
         Audit(AuditCmd),
+        Tpm(TpmCmd),
     }
 
     /// A refusal by the daemon (access denied, input refused) exits 1; anything else 3.
@@ -1074,6 +1159,35 @@ mod bus {
             Op::Audit(AuditCmd::Checkpoint { out }) => {
                 let note = c.checkpoint().await.map_err(daemon_error)?;
                 write_out(j, out.as_deref(), note.as_bytes())?;
+            }
+            Op::Tpm(TpmCmd::ActivateCredential { file, out }) => {
+                let meta = std::fs::metadata(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                if meta.len() > trustd::tpm::credential::MAX_FILE as u64 {
+                    return Err(Refused(format!(
+                        "{}: {} bytes, more than a challenge ({} at most)",
+                        file.display(),
+                        meta.len(),
+                        trustd::tpm::credential::MAX_FILE
+                    ))
+                    .into());
+                }
+                let (cred, _) = trustd::tpm::credential::Credential::read(&read(&file)?)
+                    .map_err(|e| Refused(format!("{}: {e}", file.display())))?;
+                let secret = c
+                    .activate_credential(&cred.blob, &cred.secret)
+                    .await
+                    .map_err(daemon_error)?;
+                match (&out, j) {
+                    (None, true) => println!(
+                        "{}",
+                        json!({"ok": true, "secret_hex": trustd::bundle::hex(&secret)})
+                    ),
+                    _ => write_out(j, out.as_deref(), &secret)?,
+                }
+            }
+            Op::Tpm(TpmCmd::MakeCredential { .. }) => {
+                return Err(anyhow!("internal: make-credential runs offline"));
             }
             Op::Posture(PostureCmd::Report { nonce, out }) => {
                 let r = c.report(&nonce).await.map_err(daemon_error)?;

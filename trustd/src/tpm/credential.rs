@@ -301,7 +301,8 @@ fn pad32(b: &[u8]) -> Result<[u8; 32], CredentialError> {
 }
 
 impl Credential {
-    fn check_sizes(&self) -> Result<(), CredentialError> {
+    /// Both parts are 1 to [`MAX_PART`] bytes.
+    pub fn check_sizes(&self) -> Result<(), CredentialError> {
         for (what, b) in [("credential blob", &self.blob), ("encrypted secret", &self.secret)] {
             if b.is_empty() || b.len() > MAX_PART {
                 return Err(CredentialError::Malformed(format!(
