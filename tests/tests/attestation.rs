@@ -185,12 +185,24 @@ fn credential_activation_proves_the_ak_lives_beside_the_ek() {
     };
 
     // trustctl's own MakeCredential, then the device's TPM.
+    // The verifier checks the AK's public area, names it, and ties it to the PEM it will
+    // check quotes with.
+    let ak_pub = lab.paths().state_dir().join("tpm-ak.pub").display().to_string();
+    let ak_pem = lab.paths().state_dir().join("tpm-ak.pem").display().to_string();
     let r = trustctl(
         w,
-        &["tpm", "make-credential", "--ek", &ek, "--ak-name", &name_file, "--secret", "secret",
-          "-o", "challenge.json"],
+        &["tpm", "make-credential", "--ek", &ek, "--ak-public", &ak_pub, "--ak-pem", &ak_pem,
+          "--secret", "secret", "-o", "challenge.json"],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
+    // A PEM that is not that AK's key is refused before any challenge is made.
+    let r = trustctl(
+        w,
+        &["tpm", "make-credential", "--ek", &ek, "--ak-public", &ak_pub, "--ak-pem", &ek,
+          "--secret", "secret", "-o", "wrong-pem.json"],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("is not the key of the public area"), "{}", r.stderr);
     std::fs::set_permissions(
         w.join("challenge.json"),
         std::os::unix::fs::PermissionsExt::from_mode(0o644),

@@ -177,9 +177,18 @@ enum TpmCmd {
         /// The device's endorsement key (`tpm-ek.pem`, SPKI PEM, ECC P-256).
         #[arg(long)]
         ek: PathBuf,
-        /// The attestation key's TPM name: the file `tpm-ak.name`, or its hex.
+        /// The attestation key's public area (`tpm-ak.pub`, the marshalled TPMT_PUBLIC):
+        /// checked to be a restricted signing key fixed to its TPM, and named from it.
+        #[arg(long, required_unless_present = "ak_name", conflicts_with = "ak_name")]
+        ak_public: Option<PathBuf>,
+        /// With --ak-public: the AK public key the verifier will check quotes with
+        /// (`tpm-ak.pem`); refused unless it is the key of that public area.
+        #[arg(long, requires = "ak_public")]
+        ak_pem: Option<PathBuf>,
+        /// The attestation key's TPM name instead (the file `tpm-ak.name`, or its hex), as
+        /// `tpm2_makecredential -n` takes it: nothing ties that name to a public key then.
         #[arg(long)]
-        ak_name: String,
+        ak_name: Option<String>,
         /// A file holding the secret (1 to 32 bytes) the verifier will compare.
         #[arg(long)]
         secret: PathBuf,
@@ -621,6 +630,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd:
                 TpmCmd::MakeCredential {
                     ek,
+                    ak_public,
+                    ak_pem,
                     ak_name,
                     secret,
                     format,
@@ -632,12 +643,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map_err(|_| refused(format!("{}: not UTF-8", ek.display())))?;
             let ekey =
                 credential::ek_from_pem(&pem).map_err(|e| refused(format!("{}: {e}", ek.display())))?;
-            let name_text = match std::fs::read_to_string(&ak_name) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => ak_name.clone(),
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {ak_name}"))),
+            let name = match (&ak_public, &ak_name) {
+                (Some(p), _) => {
+                    let ak = credential::check_ak_public(&read(p)?)
+                        .map_err(|e| refused(format!("{}: {e}", p.display())))?;
+                    if let Some(pem) = &ak_pem {
+                        let want = trustd::tpm::quote::ak_from_pem(&String::from_utf8_lossy(&read(pem)?))
+                            .map_err(|e| refused(format!("{}: {e}", pem.display())))?;
+                        let got = trustd::tpm::quote::ak_from_pem(&ak.pem)
+                            .map_err(|e| refused(e.to_string()))?;
+                        if want != got {
+                            return Err(refused(format!(
+                                "{} is not the key of the public area {}: a credential for that AK would not vouch for it",
+                                pem.display(),
+                                p.display()
+                            )));
+                        }
+                    }
+                    ak.name
+                }
+                (None, Some(n)) => {
+                    let text = match std::fs::read_to_string(n) {
+                        Ok(t) => t,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => n.clone(),
+                        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {n}"))),
+                    };
+                    credential::parse_name(&text).map_err(|e| refused(e.to_string()))?
+                }
+                (None, None) => return Err(refused("--ak-public or --ak-name is required".into())),
             };
-            let name = credential::parse_name(&name_text).map_err(|e| refused(e.to_string()))?;
             let meta = std::fs::metadata(&secret)
                 .with_context(|| format!("reading {}", secret.display()))?;
             if meta.len() > credential::MAX_CREDENTIAL as u64 {

@@ -1123,6 +1123,19 @@ impl Device {
             p.level = p.level.max(posture::Level::Degraded);
             p.reasons.push(why);
         }
+        if let Some(why) = &self.tpm_unavailable {
+            p.evidence =
+                posture::software_evidence(&format!("the TPM configured is not in use ({why})"));
+        } else if let Some(id) = self.tpm_identity() {
+            p.evidence = (
+                crate::report::SIGNER_TPM.to_owned(),
+                format!(
+                    "reports carry a TPM quote by the attestation key {} over trustd's PCR {}",
+                    id.ak_name,
+                    crate::tpm::TRUSTD_PCR
+                ),
+            );
+        }
         p
     }
 

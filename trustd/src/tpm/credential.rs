@@ -192,6 +192,75 @@ fn take_tpm2b<'a>(b: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), Crede
     Ok((body, &b[2 + n..]))
 }
 
+/// An attestation key's public area as the verifier checked it ([`check_ak_public`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AkPublic {
+    /// Its TPM name: `000b` and SHA-256 of the marshalled `TPMT_PUBLIC`.
+    pub name: Vec<u8>,
+    /// Its public key, SPKI PEM.
+    pub pem: String,
+}
+
+/// Check a marshalled `TPMT_PUBLIC` (`tpm-ak.pub`; TPM 2.0 Part 2, 12.2.4) as a verifier
+/// must before it makes a credential for it: an ECC P-256 key, SHA-256 name algorithm,
+/// restricted, signing only, `fixedTPM`, `fixedParent`, `sensitiveDataOrigin`, ECDSA with
+/// SHA-256. Returns its name (what the credential is bound to) and its public key (what
+/// quotes are checked with), so that the two are known to be the same key.
+pub fn check_ak_public(public: &[u8]) -> Result<AkPublic, CredentialError> {
+    let bad = |why: &str| CredentialError::Name(format!("attestation key public area: {why}"));
+    let mut r = public;
+    let u16_ = |r: &mut &[u8]| -> Result<u16, CredentialError> {
+        let b = r.get(..2).ok_or_else(|| bad("truncated"))?;
+        let v = u16::from_be_bytes([b[0], b[1]]);
+        *r = &r[2..];
+        Ok(v)
+    };
+    let ty = u16_(&mut r)?;
+    let name_alg = u16_(&mut r)?;
+    let hi = u16_(&mut r)?;
+    let lo = u16_(&mut r)?;
+    let attrs = (u32::from(hi) << 16) | u32::from(lo);
+    let (_policy, rest) = take_tpm2b(r, "attestation key public area")?;
+    r = rest;
+    if ty != 0x0023 || name_alg != 0x000b {
+        return Err(bad("not an ECC key with a SHA-256 name"));
+    }
+    const FIXED_TPM: u32 = 1 << 1;
+    const FIXED_PARENT: u32 = 1 << 4;
+    const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
+    const RESTRICTED: u32 = 1 << 16;
+    const DECRYPT: u32 = 1 << 17;
+    const SIGN: u32 = 1 << 18;
+    let need = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | RESTRICTED | SIGN;
+    if attrs & need != need || attrs & DECRYPT != 0 {
+        return Err(bad(&format!(
+            "attributes {attrs:#010x}: not a restricted signing key fixed to its TPM"
+        )));
+    }
+    // TPMS_ECC_PARMS: symmetric (TPM_ALG_NULL for a signing key), scheme, curve, kdf.
+    let sym = u16_(&mut r)?;
+    let scheme = u16_(&mut r)?;
+    let scheme_hash = if scheme == 0x0010 { 0 } else { u16_(&mut r)? };
+    let curve = u16_(&mut r)?;
+    let kdf = u16_(&mut r)?;
+    if kdf != 0x0010 {
+        u16_(&mut r)?;
+    }
+    if sym != 0x0010 || scheme != 0x0018 || scheme_hash != 0x000b || curve != 0x0003 {
+        return Err(bad("not ECDSA P-256 with SHA-256"));
+    }
+    let (x, rest) = take_tpm2b(r, "attestation key public area")?;
+    let (y, rest) = take_tpm2b(rest, "attestation key public area")?;
+    if !rest.is_empty() {
+        return Err(bad("bytes after the public key"));
+    }
+    let pem = super::quote::p256_pem(&pad32(x)?, &pad32(y)?)
+        .map_err(|e| bad(&e.to_string()))?;
+    let mut name = vec![0x00, 0x0b];
+    name.extend_from_slice(&Sha256::digest(public));
+    Ok(AkPublic { name, pem })
+}
+
 /// The EK's public key from its SPKI PEM (`tpm-ek.pem`).
 pub fn ek_from_pem(pem: &str) -> Result<p256::PublicKey, CredentialError> {
     use p256::pkcs8::DecodePublicKey as _;
@@ -458,6 +527,29 @@ mod tests {
             activate(&ek, &name, &c).expect("activate"),
             b"0123456789abcdef0123456789abcdef"
         );
+    }
+
+    /// The public area of an AK as the TPM makes it checks out and names itself as the TPM
+    /// names it; one with the decrypt attribute (an unrestricted key) does not.
+    #[test]
+    fn an_ak_public_area_is_checked_before_a_credential_is_made_for_it() {
+        // tpm2_createak -G ecc -g sha256 -s ecdsa's attributes: fixedTPM fixedParent
+        // sensitiveDataOrigin userWithAuth restricted sign.
+        let key = key(9).public_key().as_affine().to_encoded_point(false);
+        let mut p = vec![0x00, 0x23, 0x00, 0x0b, 0x00, 0x05, 0x00, 0x72, 0x00, 0x00];
+        p.extend_from_slice(&[0x00, 0x10, 0x00, 0x18, 0x00, 0x0b, 0x00, 0x03, 0x00, 0x10]);
+        p.extend_from_slice(&tpm2b(key.x().expect("x")));
+        p.extend_from_slice(&tpm2b(key.y().expect("y")));
+        let ak = check_ak_public(&p).expect("an AK");
+        assert_eq!(ak.name[..2], [0x00, 0x0b]);
+        assert_eq!(ak.name[2..], Sha256::digest(&p)[..]);
+        let want = super::super::quote::p256_pem(key.x().expect("x"), key.y().expect("y"))
+            .expect("pem");
+        assert_eq!(ak.pem, want);
+        let mut unrestricted = p.clone();
+        unrestricted[5] = 0x06; // restricted off, decrypt on
+        assert!(check_ak_public(&unrestricted).is_err());
+        assert!(check_ak_public(&p[..p.len() - 1]).is_err());
     }
 
     const TPM2_TOOLS_EK: &str = "fabb344ce0bb351bdd871233ceb8549b49c204b153c19e38edc4f54865243b7b";

@@ -153,6 +153,7 @@ fn open_inner(tcti: &str, blob_path: &Path) -> Result<(Inner, Identity), TpmErro
         ak_name: crate::bundle::hex(name.value()),
         ek_public: ek_public?,
         ek_certificate,
+        ak_tpm_public: public.marshall().map_err(tss("marshal the attestation key"))?,
         created,
         replaced,
     };

@@ -111,6 +111,10 @@ pub struct Identity {
     pub ek_public: String,
     /// The EK's certificate (base64 DER) where the TPM has one in NV.
     pub ek_certificate: Option<String>,
+    /// The AK's public area, the marshalled `TPMT_PUBLIC` its name hashes (exported as
+    /// `tpm-ak.pub` for credential activation; empty for the software TPM).
+    #[serde(skip)]
+    pub ak_tpm_public: Vec<u8>,
     /// The AK was made at this start.
     #[serde(skip)]
     pub created: bool,
@@ -121,7 +125,9 @@ pub struct Identity {
 
 impl Identity {
     /// Write the public parts for verifiers into `dir`: `tpm-ak.pem`, `tpm-ak.name` (hex),
-    /// `tpm-ek.pem` and, where the TPM has one, `tpm-ek.crt` (base64 DER), each 0644.
+    /// `tpm-ak.pub` (the marshalled `TPMT_PUBLIC`, binary, which a verifier checks and names
+    /// before credential activation), `tpm-ek.pem` and, where the TPM has one, `tpm-ek.crt`
+    /// (base64 DER), each 0644.
     pub fn export(&self, dir: &Path) -> std::io::Result<()> {
         let w = |name: &str, text: &str| {
             crate::state::atomic::write_atomic(&dir.join(name), text.as_bytes(), 0o644)
@@ -129,6 +135,9 @@ impl Identity {
         w("tpm-ak.pem", &self.ak_public)?;
         w("tpm-ak.name", &format!("{}\n", self.ak_name))?;
         w("tpm-ek.pem", &self.ek_public)?;
+        if !self.ak_tpm_public.is_empty() {
+            crate::state::atomic::write_atomic(&dir.join("tpm-ak.pub"), &self.ak_tpm_public, 0o644)?;
+        }
         if let Some(c) = &self.ek_certificate {
             w("tpm-ek.crt", &format!("{c}\n"))?;
         }
@@ -150,11 +159,18 @@ pub trait Tpm: Send + std::fmt::Debug {
     /// `TPM2_ActivateCredential` with the AK as the object activated and the EK as the key
     /// that decrypts (TPM 2.0 Library Part 1 §24): the credential of `credential` when it was
     /// made for this AK's name under this EK ([`credential`]). A credential made for another
-    /// key fails with [`TpmError::Refused`].
+    /// key fails with [`TpmError::Refused`]. The default (a TPM stand-in without an EK) refuses
+    /// every credential.
     fn activate_credential(
         &mut self,
         credential: &credential::Credential,
-    ) -> Result<Vec<u8>, TpmError>;
+    ) -> Result<Vec<u8>, TpmError> {
+        let _ = credential;
+        Err(TpmError::Refused {
+            op: "activate a credential",
+            reason: "this TPM has no endorsement key to activate credentials with".into(),
+        })
+    }
 }
 
 /// The TPM part of a posture report: the quote, the PCR values it covers, the event log and

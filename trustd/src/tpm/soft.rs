@@ -59,6 +59,7 @@ impl SoftTpm {
                 ak_name: "000b".to_owned() + &crate::bundle::sha256_hex(pem.as_bytes()),
                 ek_public: ek_pem,
                 ek_certificate: None,
+                ak_tpm_public: Vec::new(),
                 created: true,
                 replaced: None,
             },
