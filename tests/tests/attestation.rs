@@ -151,7 +151,14 @@ fn sh_in(netns: &str, cwd: &std::path::Path, script: &str) -> Run {
 /// `tpm2_activatecredential`.
 #[test]
 fn credential_activation_proves_the_ak_lives_beside_the_ek() {
-    if !can_run(&["ip", "nft", "dbus-daemon", "swtpm", "tpm2_makecredential", "setpriv"]) {
+    if !can_run(&[
+        "ip",
+        "nft",
+        "dbus-daemon",
+        "swtpm",
+        "tpm2_makecredential",
+        "setpriv",
+    ]) {
         return;
     }
     let mut lab = Lab::new("cred", false);
@@ -180,29 +187,75 @@ fn credential_activation_proves_the_ak_lives_beside_the_ek() {
     let activate = |challenge: &str, out: &str| {
         trustctl(
             w,
-            &["--bus", &d.bus.address, "tpm", "activate-credential", challenge, "-o", out],
+            &[
+                "--bus",
+                &d.bus.address,
+                "tpm",
+                "activate-credential",
+                challenge,
+                "-o",
+                out,
+            ],
         )
     };
 
     // trustctl's own MakeCredential, then the device's TPM.
     // The verifier checks the AK's public area, names it, and ties it to the PEM it will
     // check quotes with.
-    let ak_pub = lab.paths().state_dir().join("tpm-ak.pub").display().to_string();
-    let ak_pem = lab.paths().state_dir().join("tpm-ak.pem").display().to_string();
+    let ak_pub = lab
+        .paths()
+        .state_dir()
+        .join("tpm-ak.pub")
+        .display()
+        .to_string();
+    let ak_pem = lab
+        .paths()
+        .state_dir()
+        .join("tpm-ak.pem")
+        .display()
+        .to_string();
     let r = trustctl(
         w,
-        &["tpm", "make-credential", "--ek", &ek, "--ak-public", &ak_pub, "--ak-pem", &ak_pem,
-          "--secret", "secret", "-o", "challenge.json"],
+        &[
+            "tpm",
+            "make-credential",
+            "--ek",
+            &ek,
+            "--ak-public",
+            &ak_pub,
+            "--ak-pem",
+            &ak_pem,
+            "--secret",
+            "secret",
+            "-o",
+            "challenge.json",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     // A PEM that is not that AK's key is refused before any challenge is made.
     let r = trustctl(
         w,
-        &["tpm", "make-credential", "--ek", &ek, "--ak-public", &ak_pub, "--ak-pem", &ek,
-          "--secret", "secret", "-o", "wrong-pem.json"],
+        &[
+            "tpm",
+            "make-credential",
+            "--ek",
+            &ek,
+            "--ak-public",
+            &ak_pub,
+            "--ak-pem",
+            &ek,
+            "--secret",
+            "secret",
+            "-o",
+            "wrong-pem.json",
+        ],
     );
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("is not the key of the public area"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is not the key of the public area"),
+        "{}",
+        r.stderr
+    );
     std::fs::set_permissions(
         w.join("challenge.json"),
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
@@ -210,7 +263,10 @@ fn credential_activation_proves_the_ak_lives_beside_the_ek() {
     .expect("chmod");
     let r = activate("challenge.json", "got-trustctl");
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert_eq!(std::fs::read(w.join("got-trustctl")).expect("secret"), secret);
+    assert_eq!(
+        std::fs::read(w.join("got-trustctl")).expect("secret"),
+        secret
+    );
 
     // tpm2-tools' MakeCredential (no TPM), then the device's TPM.
     let name = std::fs::read_to_string(&name_file).expect("name");
@@ -231,8 +287,18 @@ fn credential_activation_proves_the_ak_lives_beside_the_ek() {
     let other = format!("000b{}", "ab".repeat(32));
     let r = trustctl(
         w,
-        &["tpm", "make-credential", "--ek", &ek, "--ak-name", &other, "--secret", "secret",
-          "-o", "other.json"],
+        &[
+            "tpm",
+            "make-credential",
+            "--ek",
+            &ek,
+            "--ak-name",
+            &other,
+            "--secret",
+            "secret",
+            "-o",
+            "other.json",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = activate("other.json", "got-other");
@@ -244,14 +310,24 @@ fn credential_activation_proves_the_ak_lives_beside_the_ek() {
     let o = std::process::Command::new("setpriv")
         .args(["--reuid=7", "--regid=7", "--clear-groups"])
         .arg(tests::bin("trustctl"))
-        .args(["--bus", &d.bus.address, "tpm", "activate-credential", "challenge.json"])
+        .args([
+            "--bus",
+            &d.bus.address,
+            "tpm",
+            "activate-credential",
+            "challenge.json",
+        ])
         .current_dir(w)
         .output()
         .expect("setpriv");
     let r: Run = o.into();
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("AccessDenied"), "{}", r.stderr);
-    assert!(r.stdout.is_empty(), "no secret for a non-admin: {}", r.stdout);
+    assert!(
+        r.stdout.is_empty(),
+        "no secret for a non-admin: {}",
+        r.stdout
+    );
 
     assert!(d.terminate().success());
     let records = trustd::audit::read_records(&lab.paths().audit_dir()).expect("audit");
@@ -266,7 +342,10 @@ fn credential_activation_proves_the_ak_lives_beside_the_ek() {
     assert_eq!(outcomes, ["ok", "ok", "refused"], "{acts:?}");
     assert!(
         of("authz.denied").iter().any(|r| r.actor.uid == Some(7)
-            && r.reason.as_deref().unwrap_or_default().contains("ActivateCredential")),
+            && r.reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("ActivateCredential")),
         "the non-admin's call is audited: {:?}",
         of("authz.denied")
     );
@@ -285,14 +364,29 @@ fn credential_activation_proves_the_ak_lives_beside_the_ek() {
         let raw = b64
             .decode(blob[field].as_str().expect("field"))
             .expect("base64");
-        let mut sized = u16::try_from(raw.len()).expect("size").to_be_bytes().to_vec();
+        let mut sized = u16::try_from(raw.len())
+            .expect("size")
+            .to_be_bytes()
+            .to_vec();
         sized.extend_from_slice(&raw);
         std::fs::write(w.join(file), sized).expect("write");
     }
     let r = trustctl(
         w,
-        &["tpm", "make-credential", "--ek", &ek, "--ak-name", &name_file, "--secret", "secret",
-          "--format", "tpm2-tools", "-o", "for-tools.bin"],
+        &[
+            "tpm",
+            "make-credential",
+            "--ek",
+            &ek,
+            "--ak-name",
+            &name_file,
+            "--secret",
+            "secret",
+            "--format",
+            "tpm2-tools",
+            "-o",
+            "for-tools.bin",
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = sh_in(
@@ -316,5 +410,8 @@ fn credential_activation_proves_the_ak_lives_beside_the_ek() {
         ),
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert_eq!(std::fs::read(w.join("got-by-tools")).expect("secret"), secret);
+    assert_eq!(
+        std::fs::read(w.join("got-by-tools")).expect("secret"),
+        secret
+    );
 }

@@ -98,9 +98,7 @@ fn device(dev: &TestDevice, tpm: Option<&Swtpm>) -> Device {
     let mut d = Device::open(&dev.paths, Actor::this_process()).expect("open");
     if let Some(tpm) = tpm {
         let t = EsapiTpm::open(&tpm.tcti(), dev.paths.tpm_ak_blob()).expect("TPM opens");
-        t.identity()
-            .export(&dev.paths.state_dir())
-            .expect("export");
+        t.identity().export(&dev.paths.state_dir()).expect("export");
         d.attach_tpm(Box::new(t)).expect("attach");
     }
     d.apply_policy(&signed_policy(1), Actor::this_process(), now())
@@ -151,8 +149,8 @@ fn main() {
 
     // Quote latency: the TPM alone, over IMA's and trustd's PCRs.
     {
-        let mut t = EsapiTpm::open(&swtpm.tcti(), dev.dir.path().join("bench-ak.json"))
-            .expect("TPM opens");
+        let mut t =
+            EsapiTpm::open(&swtpm.tcti(), dev.dir.path().join("bench-ak.json")).expect("TPM opens");
         let (ms, n) = per_call_ms(budget, |i| {
             t.quote(&trustd::tpm::quoted_pcrs(), &i.to_be_bytes())
                 .expect("quote");
@@ -171,7 +169,9 @@ fn main() {
     // Whole GetReport: checkpoint, quote, DSSE signing; against the same without a TPM.
     let mut last = String::new();
     let (tpm_ms, n) = per_call_ms(budget, |i| {
-        last = d.report(&format!("nonce-bench-{i:06}"), now()).expect("report");
+        last = d
+            .report(&format!("nonce-bench-{i:06}"), now())
+            .expect("report");
     });
     let last_nonce = format!("nonce-bench-{:06}", n - 1);
     let (plain_ms, _) = per_call_ms(budget, |i| {

@@ -346,7 +346,11 @@ fn posture_evidence_says_software_key_only_without_a_tpm_and_keeps_the_level() {
     let mut plain = Device::open(&plain_dev.paths, Actor::this_process()).expect("open");
     let before = plain.posture(now());
     assert_eq!(before.evidence.0, "software-key-only");
-    assert!(before.evidence.1.contains("no TPM is configured"), "{:?}", before.evidence);
+    assert!(
+        before.evidence.1.contains("no TPM is configured"),
+        "{:?}",
+        before.evidence
+    );
     assert!(
         !before.reasons.iter().any(|r| r.contains("software key")),
         "{:?}",
@@ -356,8 +360,8 @@ fn posture_evidence_says_software_key_only_without_a_tpm_and_keeps_the_level() {
     let key = trustd::report::load_or_create_key(&plain_dev.paths)
         .expect("key")
         .0;
-    let o = open_report(report.as_bytes(), "nonce-evidence-1", &key.verifying_key())
-        .expect("verifies");
+    let o =
+        open_report(report.as_bytes(), "nonce-evidence-1", &key.verifying_key()).expect("verifies");
     assert_eq!(
         o.report.posture.get("Evidence"),
         Some(&serde_json::json!(["software-key-only", before.evidence.1]))
@@ -372,7 +376,11 @@ fn posture_evidence_says_software_key_only_without_a_tpm_and_keeps_the_level() {
     plain.tpm_unavailable("TPM at swtpm:port=1: connection refused".into());
     let after = plain.posture(now());
     assert_eq!(after.evidence.0, "software-key-only");
-    assert!(after.evidence.1.contains("not in use"), "{:?}", after.evidence);
+    assert!(
+        after.evidence.1.contains("not in use"),
+        "{:?}",
+        after.evidence
+    );
     assert!(
         after.reasons.iter().any(|r| r.contains("not in use")),
         "{:?}",

@@ -641,15 +641,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             use trustd::tpm::credential;
             let pem = String::from_utf8(read(&ek)?)
                 .map_err(|_| refused(format!("{}: not UTF-8", ek.display())))?;
-            let ekey =
-                credential::ek_from_pem(&pem).map_err(|e| refused(format!("{}: {e}", ek.display())))?;
+            let ekey = credential::ek_from_pem(&pem)
+                .map_err(|e| refused(format!("{}: {e}", ek.display())))?;
             let name = match (&ak_public, &ak_name) {
                 (Some(p), _) => {
                     let ak = credential::check_ak_public(&read(p)?)
                         .map_err(|e| refused(format!("{}: {e}", p.display())))?;
                     if let Some(pem) = &ak_pem {
-                        let want = trustd::tpm::quote::ak_from_pem(&String::from_utf8_lossy(&read(pem)?))
-                            .map_err(|e| refused(format!("{}: {e}", pem.display())))?;
+                        let want =
+                            trustd::tpm::quote::ak_from_pem(&String::from_utf8_lossy(&read(pem)?))
+                                .map_err(|e| refused(format!("{}: {e}", pem.display())))?;
                         let got = trustd::tpm::quote::ak_from_pem(&ak.pem)
                             .map_err(|e| refused(e.to_string()))?;
                         if want != got {
@@ -985,8 +986,8 @@ fn audit_consistency(
 /// The commands that talk to the running daemon.
 mod bus {
     use super::{
-        AuditCmd, DeviceCmd, IntelCmd, LaunchCmd, PolicyCmd, PostureCmd, Refused, SetupCmd,
-        TpmCmd, print, read, write_out,
+        AuditCmd, DeviceCmd, IntelCmd, LaunchCmd, PolicyCmd, PostureCmd, Refused, SetupCmd, TpmCmd,
+        print, read, write_out,
     };
     use anyhow::{Context, Result, anyhow};
     use serde_json::{Value, json};

@@ -248,12 +248,10 @@ impl From<DeviceError> for CallError {
             DeviceError::Enforce(_)
             | DeviceError::Secret(_)
             | DeviceError::Checkpoint(_)
-            | DeviceError::Tpm(_) => {
-                Self::Failed(format!(
-                    "{}; the state in force stays",
-                    crate::error_chain(&e)
-                ))
-            }
+            | DeviceError::Tpm(_) => Self::Failed(format!(
+                "{}; the state in force stays",
+                crate::error_chain(&e)
+            )),
         }
     }
 }

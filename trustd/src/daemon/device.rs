@@ -1576,7 +1576,8 @@ impl Device {
             Err(DeviceError::Credential(why)) => (Outcome::Refused, Some(why.clone())),
             Err(e) => (Outcome::Error, Some(e.to_string())),
         };
-        let mut entry = Entry::new("tpm.activate-credential", outcome, actor).digest("input", input);
+        let mut entry =
+            Entry::new("tpm.activate-credential", outcome, actor).digest("input", input);
         if let Some(id) = self.tpm_identity() {
             entry = entry.digest("ak", id.ak_name);
         }

@@ -50,7 +50,9 @@ impl Device {
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<Vec<u8>> {
         self.h
-            .call(&hdr, |tx| Call::ActivateCredential(credential_blob, secret, tx))
+            .call(&hdr, |tx| {
+                Call::ActivateCredential(credential_blob, secret, tx)
+            })
             .await
     }
 }

@@ -109,7 +109,8 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
 
 /// A SHA-256 TPM name from its hex (as in `tpm-ak.name`): `000b` and 32 bytes.
 pub fn parse_name(hex: &str) -> Result<Vec<u8>, CredentialError> {
-    let n = unhex(hex).ok_or_else(|| CredentialError::Name(format!("{:?} is not hex", clip(hex))))?;
+    let n =
+        unhex(hex).ok_or_else(|| CredentialError::Name(format!("{:?} is not hex", clip(hex))))?;
     if n.len() != 34 || n[..2] != [0x00, 0x0b] {
         return Err(CredentialError::Name(format!(
             "{} bytes starting {}: not a SHA-256 name (000b and 32 bytes)",
@@ -254,8 +255,7 @@ pub fn check_ak_public(public: &[u8]) -> Result<AkPublic, CredentialError> {
     if !rest.is_empty() {
         return Err(bad("bytes after the public key"));
     }
-    let pem = super::quote::p256_pem(&pad32(x)?, &pad32(y)?)
-        .map_err(|e| bad(&e.to_string()))?;
+    let pem = super::quote::p256_pem(&pad32(x)?, &pad32(y)?).map_err(|e| bad(&e.to_string()))?;
     let mut name = vec![0x00, 0x0b];
     name.extend_from_slice(&Sha256::digest(public));
     Ok(AkPublic { name, pem })
@@ -372,7 +372,10 @@ fn pad32(b: &[u8]) -> Result<[u8; 32], CredentialError> {
 impl Credential {
     /// Both parts are 1 to [`MAX_PART`] bytes.
     pub fn check_sizes(&self) -> Result<(), CredentialError> {
-        for (what, b) in [("credential blob", &self.blob), ("encrypted secret", &self.secret)] {
+        for (what, b) in [
+            ("credential blob", &self.blob),
+            ("encrypted secret", &self.secret),
+        ] {
             if b.is_empty() || b.len() > MAX_PART {
                 return Err(CredentialError::Malformed(format!(
                     "{what} of {} bytes (1 to {MAX_PART})",
@@ -484,11 +487,17 @@ mod tests {
             b"the verifier's secret"
         );
         assert_eq!(activate(&ek, &name(2), &c), Err(CredentialError::Integrity));
-        assert_eq!(activate(&key(8), &name(1), &c), Err(CredentialError::Integrity));
+        assert_eq!(
+            activate(&key(8), &name(1), &c),
+            Err(CredentialError::Integrity)
+        );
         let mut altered = c.clone();
         let last = altered.blob.len() - 1;
         altered.blob[last] ^= 1;
-        assert_eq!(activate(&ek, &name(1), &altered), Err(CredentialError::Integrity));
+        assert_eq!(
+            activate(&ek, &name(1), &altered),
+            Err(CredentialError::Integrity)
+        );
     }
 
     #[test]
@@ -543,8 +552,8 @@ mod tests {
         let ak = check_ak_public(&p).expect("an AK");
         assert_eq!(ak.name[..2], [0x00, 0x0b]);
         assert_eq!(ak.name[2..], Sha256::digest(&p)[..]);
-        let want = super::super::quote::p256_pem(key.x().expect("x"), key.y().expect("y"))
-            .expect("pem");
+        let want =
+            super::super::quote::p256_pem(key.x().expect("x"), key.y().expect("y")).expect("pem");
         assert_eq!(ak.pem, want);
         let mut unrestricted = p.clone();
         unrestricted[5] = 0x06; // restricted off, decrypt on
@@ -553,6 +562,7 @@ mod tests {
     }
 
     const TPM2_TOOLS_EK: &str = "fabb344ce0bb351bdd871233ceb8549b49c204b153c19e38edc4f54865243b7b";
-    const TPM2_TOOLS_NAME: &str = "000b45ecf111ec2680776f40d9f77e51950bd7e6daa2b75d93de182d4bf660cc6d31";
+    const TPM2_TOOLS_NAME: &str =
+        "000b45ecf111ec2680776f40d9f77e51950bd7e6daa2b75d93de182d4bf660cc6d31";
     const TPM2_TOOLS_CRED: &str = "badcc0de000000010044002016639ae85e57637fd9e391f4d03a2bf2d210d3aebbffdae9f90a618fa67429eefd6c4876b3367af177f049850c56a0dd00e12af5cf898035e17369aa8243a81d05ee00440020e28c4c447421cc2a4d635b80853607022fc49a36a1921c9a3dd2355451ad24e300207ba01ce851a27a63508539ae495b360c8ccb28527bd1081439a812b8f9ebc430";
 }

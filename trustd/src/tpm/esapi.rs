@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tss_esapi::Context;
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey, ak, ek};
 use tss_esapi::attributes::SessionAttributesBuilder;
-use tss_esapi::constants::{CapabilityType, SessionType};
 use tss_esapi::constants::tss::TPM2_TRANSIENT_FIRST;
+use tss_esapi::constants::{CapabilityType, SessionType};
 use tss_esapi::handles::{AuthHandle, KeyHandle, PcrHandle, SessionHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{
     AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
@@ -29,8 +29,8 @@ use tss_esapi::interface_types::algorithm::{
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    CapabilityData, Data, Digest, DigestValues, EncryptedSecret, IdObject,
-    PcrSelectionListBuilder, PcrSlot, Private, Public, SignatureScheme, SymmetricDefinition,
+    CapabilityData, Data, Digest, DigestValues, EncryptedSecret, IdObject, PcrSelectionListBuilder,
+    PcrSlot, Private, Public, SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
 
@@ -153,7 +153,9 @@ fn open_inner(tcti: &str, blob_path: &Path) -> Result<(Inner, Identity), TpmErro
         ak_name: crate::bundle::hex(name.value()),
         ek_public: ek_public?,
         ek_certificate,
-        ak_tpm_public: public.marshall().map_err(tss("marshal the attestation key"))?,
+        ak_tpm_public: public
+            .marshall()
+            .map_err(tss("marshal the attestation key"))?,
         created,
         replaced,
     };

@@ -136,7 +136,11 @@ impl Identity {
         w("tpm-ak.name", &format!("{}\n", self.ak_name))?;
         w("tpm-ek.pem", &self.ek_public)?;
         if !self.ak_tpm_public.is_empty() {
-            crate::state::atomic::write_atomic(&dir.join("tpm-ak.pub"), &self.ak_tpm_public, 0o644)?;
+            crate::state::atomic::write_atomic(
+                &dir.join("tpm-ak.pub"),
+                &self.ak_tpm_public,
+                0o644,
+            )?;
         }
         if let Some(c) = &self.ek_certificate {
             w("tpm-ek.crt", &format!("{c}\n"))?;

@@ -124,12 +124,11 @@ impl Tpm for SoftTpm {
         credential: &super::credential::Credential,
     ) -> Result<Vec<u8>, TpmError> {
         self.check()?;
-        let name = super::credential::parse_name(&self.identity.ak_name).map_err(|e| {
-            TpmError::Tpm {
+        let name =
+            super::credential::parse_name(&self.identity.ak_name).map_err(|e| TpmError::Tpm {
                 op: "activate a credential",
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         super::credential::activate(&self.ek, &name, credential).map_err(|e| TpmError::Refused {
             op: "activate a credential",
             reason: e.to_string(),
