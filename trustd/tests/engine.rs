@@ -171,7 +171,7 @@ fn every_request_by_every_role_is_allowed_or_denied_as_the_table_says_and_denial
             }
         }
     }
-    assert_eq!(checked, 2 * 16 * 5);
+    assert_eq!(checked, 2 * Method::ALL.len() * 5);
 }
 
 /// Security regression test: a local user calling a denied method in a loop must not make
