@@ -115,7 +115,7 @@ fn appends_with_checkpoints(d: &Device, every: u64, budget: Duration) -> (f64, u
     while start.elapsed() < budget {
         d.audit().append(entry(n)).expect("durable append");
         n += 1;
-        if n % every == 0 {
+        if n.is_multiple_of(every) {
             d.checkpoint().expect("checkpoint");
             checkpoints += 1;
         }
