@@ -22,6 +22,7 @@ use trustd::tpm::{EsapiTpm, Tpm as _};
 mod fixtures;
 use fixtures::{TestDevice, now, signed_policy};
 
+#[allow(dead_code)]
 mod common;
 use common::entry;
 
