@@ -17,7 +17,7 @@ pub const INTERFACE_DOCS: &[(&str, &str)] = &[
     ),
     (
         "org.enigm.Trust1.Device",
-        "The device's management lifecycle, changed only by signed commands bound to this device. Admins only.",
+        "The device's management lifecycle, changed only by signed commands bound to this device; TPM credential activation. Admins only.",
     ),
     (
         "org.enigm.Trust1.Launcher",

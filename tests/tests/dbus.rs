@@ -175,6 +175,7 @@ fn every_call_by_every_role_is_allowed_or_denied_as_designed() {
                 everyone,
             ),
             (format!("Device.ApplyCommand ay@{j}"), admin),
+            ("Device.ActivateCredential ayay#68".to_owned(), admin),
             ("Audit.Checkpoint".to_owned(), admin),
             ("Audit.AcknowledgeDamage t:0".to_owned(), admin),
             ("Posture.GetReport s:verifier-nonce-1".to_owned(), everyone),

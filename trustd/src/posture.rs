@@ -163,6 +163,20 @@ pub struct Posture {
     /// How trustd itself is confined: `Landlock ABI N: fully enforced` (or `partially`,
     /// `not enforced`), or `not confined`.
     pub confinement: String,
+    /// What signs the device's evidence, as the reports' `signer` says it (`tpm` or
+    /// `software-key-only`), and a sentence saying why. Informational: a device without a
+    /// TPM is not less trusted for it (a TPM configured but not in use is a reason).
+    pub evidence: (String, String),
+}
+
+/// [`Posture::evidence`] of a device without a TPM.
+pub fn software_evidence(why: &str) -> (String, String) {
+    (
+        crate::report::SIGNER_SOFTWARE.to_owned(),
+        format!(
+            "{why}: reports and checkpoints are signed by the device's software key only, which root on the device can read"
+        ),
+    )
 }
 
 /// `s` cut to at most `max` characters (with an ellipsis when cut).
@@ -311,6 +325,8 @@ pub fn posture(i: &Input<'_>) -> Posture {
         lifecycle: i.state.lifecycle.as_str().to_owned(),
         audit_head: i.audit_head.clone(),
         confinement: i.confinement.unwrap_or("not confined").to_owned(),
+        // The device sets what its TPM signs (`Device::posture`).
+        evidence: software_evidence("no TPM is configured"),
     }
 }
 

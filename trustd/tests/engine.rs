@@ -64,6 +64,11 @@ fn call_any(h: &mut Harness, who: &Caller, m: Method) -> Result<(), CallError> {
         Method::GetReport => h
             .call(who, |tx| Call::Report("nonce-1".into(), tx))
             .map(drop),
+        Method::ActivateCredential => h
+            .call(who, |tx| {
+                Call::ActivateCredential(vec![0; 68], vec![0; 68], tx)
+            })
+            .map(drop),
     }
 }
 
@@ -80,7 +85,7 @@ fn who_may(name: &str) -> (Option<bool>, Option<bool>, bool) {
         "SetPrivacyMode(false)" => (None, None, true),
         "CompleteStep" => (Some(false), Some(true), true),
         "ApplyBundle" | "ApplyIntelFeed" | "ApplyTrustRoot" | "ActivePolicy" | "ApplyCommand"
-        | "Checkpoint" | "Tail" | "Verify" | "AcknowledgeDamage" => {
+        | "Checkpoint" | "Tail" | "Verify" | "AcknowledgeDamage" | "ActivateCredential" => {
             (Some(false), Some(false), true)
         }
         other => panic!("{other} is not in the table"),
@@ -166,7 +171,7 @@ fn every_request_by_every_role_is_allowed_or_denied_as_the_table_says_and_denial
             }
         }
     }
-    assert_eq!(checked, 2 * 16 * 5);
+    assert_eq!(checked, 2 * Method::ALL.len() * 5);
 }
 
 /// Security regression test: a local user calling a denied method in a loop must not make

@@ -335,3 +335,56 @@ fn a_quote_leaving_out_imas_pcr_does_not_verify() {
     let e = check(&s, &forged, "nonce-dropped-pcr").expect_err("PCR 10 left out");
     assert!(e.contains("does not cover PCR 10"), "{e}");
 }
+
+/// Posture says what signs the evidence in its own property (`Evidence`), without changing
+/// the level: a device without a TPM is `software-key-only` with the reason and no entry in
+/// `Reasons` for it; with a TPM, `tpm` and the AK's name; a TPM configured but not in use is
+/// `software-key-only` and also a reason (degraded). The signed report carries the same.
+#[test]
+fn posture_evidence_says_software_key_only_without_a_tpm_and_keeps_the_level() {
+    let plain_dev = TestDevice::new();
+    let mut plain = Device::open(&plain_dev.paths, Actor::this_process()).expect("open");
+    let before = plain.posture(now());
+    assert_eq!(before.evidence.0, "software-key-only");
+    assert!(
+        before.evidence.1.contains("no TPM is configured"),
+        "{:?}",
+        before.evidence
+    );
+    assert!(
+        !before.reasons.iter().any(|r| r.contains("software key")),
+        "{:?}",
+        before.reasons
+    );
+    let report = plain.report("nonce-evidence-1", now()).expect("report");
+    let key = trustd::report::load_or_create_key(&plain_dev.paths)
+        .expect("key")
+        .0;
+    let o =
+        open_report(report.as_bytes(), "nonce-evidence-1", &key.verifying_key()).expect("verifies");
+    assert_eq!(
+        o.report.posture.get("Evidence"),
+        Some(&serde_json::json!(["software-key-only", before.evidence.1]))
+    );
+
+    let s = setup();
+    let p = s.d.posture(now());
+    assert_eq!(p.evidence.0, "tpm");
+    let name = s.tpm.identity().ak_name.clone();
+    assert!(p.evidence.1.contains(&name), "{:?}", p.evidence);
+
+    plain.tpm_unavailable("TPM at swtpm:port=1: connection refused".into());
+    let after = plain.posture(now());
+    assert_eq!(after.evidence.0, "software-key-only");
+    assert!(
+        after.evidence.1.contains("not in use"),
+        "{:?}",
+        after.evidence
+    );
+    assert!(
+        after.reasons.iter().any(|r| r.contains("not in use")),
+        "{:?}",
+        after.reasons
+    );
+    assert!(after.level >= before.level);
+}

@@ -7,6 +7,7 @@
 //!          "Posture.get:NAME"     read one property; "Posture.GetAll" reads them all
 //!   ARG  = b:true | s:TEXT | u:N | t:N | ay@FILE (the file's bytes) | ay#N (N zero bytes)
 //!          | ss:TEXT (TEXT and "") | sbs:TEXT (TEXT, true, "test")
+//!          | ayay#N (two arrays of N zero bytes)
 //! ```
 //! Output: `{"call":..., "ok":true, "value":...}` or `{"call":..., "ok":false,
 //! "error":NAME, "message":MSG}`. Exit 2 on usage errors, 3 if the bus cannot be reached.
@@ -92,6 +93,18 @@ async fn call(conn: &Connection, spec: &str) -> Result<String, zbus::Error> {
         let bytes = std::fs::read(f).map_err(|e| zbus::Error::Failure(format!("{f}: {e}")))?;
         conn.call_method(Some(DEST), PATH, Some(iface.as_str()), member, &(bytes,))
             .await?
+    } else if let Some(n) = arg.strip_prefix("ayay#") {
+        let n: usize = n
+            .parse()
+            .map_err(|_| zbus::Error::Failure(format!("bad size {n:?}")))?;
+        conn.call_method(
+            Some(DEST),
+            PATH,
+            Some(iface.as_str()),
+            member,
+            &(vec![0u8; n], vec![0u8; n]),
+        )
+        .await?
     } else if let Some(n) = arg.strip_prefix("ay#") {
         let n: usize = n
             .parse()

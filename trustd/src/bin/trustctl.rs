@@ -183,6 +183,55 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PostureCmd,
     },
+    /// TPM credential activation: a verifier makes a challenge offline for the device's
+    /// attestation key and endorsement key; the device's TPM answers it.
+    Tpm {
+        #[command(subcommand)]
+        cmd: TpmCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TpmCmd {
+    /// Make a credential challenge offline (no TPM: TPM2_MakeCredential in software, TPM 2.0
+    /// Part 1 §24) for the attestation key named in --ak-name under the endorsement key
+    /// --ek: only the TPM holding that EK, with that AK loaded, can recover SECRET.
+    MakeCredential {
+        /// The device's endorsement key (`tpm-ek.pem`, SPKI PEM, ECC P-256).
+        #[arg(long)]
+        ek: PathBuf,
+        /// The attestation key's public area (`tpm-ak.pub`, the marshalled TPMT_PUBLIC):
+        /// checked to be a restricted signing key fixed to its TPM, and named from it.
+        #[arg(long, required_unless_present = "ak_name", conflicts_with = "ak_name")]
+        ak_public: Option<PathBuf>,
+        /// With --ak-public: the AK public key the verifier will check quotes with
+        /// (`tpm-ak.pem`); refused unless it is the key of that public area.
+        #[arg(long, requires = "ak_public")]
+        ak_pem: Option<PathBuf>,
+        /// The attestation key's TPM name instead (the file `tpm-ak.name`, or its hex), as
+        /// `tpm2_makecredential -n` takes it: nothing ties that name to a public key then.
+        #[arg(long)]
+        ak_name: Option<String>,
+        /// A file holding the secret (1 to 32 bytes) the verifier will compare.
+        #[arg(long)]
+        secret: PathBuf,
+        /// `json` (the project's challenge) or `tpm2-tools` (what `tpm2_activatecredential -i`
+        /// reads).
+        #[arg(long, default_value = "json", value_parser = ["json", "tpm2-tools"])]
+        format: String,
+        /// Output file (stdout if absent).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Have the daemon's TPM answer a challenge (either form; admins): writes the secret
+    /// recovered, which the verifier compares with its own.
+    ActivateCredential {
+        /// The challenge (`trustctl tpm make-credential` or `tpm2_makecredential` output).
+        file: PathBuf,
+        /// Output file for the secret (stdout if absent).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -651,6 +700,76 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Device { cmd } => bus::run(j, &route, bus::Op::Device(cmd)),
+        Cmd::Tpm {
+            cmd:
+                TpmCmd::MakeCredential {
+                    ek,
+                    ak_public,
+                    ak_pem,
+                    ak_name,
+                    secret,
+                    format,
+                    out,
+                },
+        } => {
+            use trustd::tpm::credential;
+            let pem = String::from_utf8(read(&ek)?)
+                .map_err(|_| refused(format!("{}: not UTF-8", ek.display())))?;
+            let ekey = credential::ek_from_pem(&pem)
+                .map_err(|e| refused(format!("{}: {e}", ek.display())))?;
+            let name = match (&ak_public, &ak_name) {
+                (Some(p), _) => {
+                    let ak = credential::check_ak_public(&read(p)?)
+                        .map_err(|e| refused(format!("{}: {e}", p.display())))?;
+                    if let Some(pem) = &ak_pem {
+                        let want =
+                            trustd::tpm::quote::ak_from_pem(&String::from_utf8_lossy(&read(pem)?))
+                                .map_err(|e| refused(format!("{}: {e}", pem.display())))?;
+                        let got = trustd::tpm::quote::ak_from_pem(&ak.pem)
+                            .map_err(|e| refused(e.to_string()))?;
+                        if want != got {
+                            return Err(refused(format!(
+                                "{} is not the key of the public area {}: a credential for that AK would not vouch for it",
+                                pem.display(),
+                                p.display()
+                            )));
+                        }
+                    }
+                    ak.name
+                }
+                (None, Some(n)) => {
+                    let text = match trustd::files::capped::read_capped(Path::new(n), 4096) {
+                        Ok(t) => String::from_utf8_lossy(&t).into_owned(),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => n.clone(),
+                        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {n}"))),
+                    };
+                    credential::parse_name(&text).map_err(|e| refused(e.to_string()))?
+                }
+                (None, None) => return Err(refused("--ak-public or --ak-name is required".into())),
+            };
+            let meta = std::fs::metadata(&secret)
+                .with_context(|| format!("reading {}", secret.display()))?;
+            if meta.len() > credential::MAX_CREDENTIAL as u64 {
+                return Err(refused(format!(
+                    "{}: the secret must be 1 to {} bytes, not {}",
+                    secret.display(),
+                    credential::MAX_CREDENTIAL,
+                    meta.len()
+                )));
+            }
+            let c = credential::make(&ekey, &name, &read(&secret)?)
+                .map_err(|e| refused(e.to_string()))?;
+            let bytes = if format == "tpm2-tools" {
+                c.to_tpm2_tools()
+            } else {
+                let mut b = serde_json::to_vec_pretty(&c.to_challenge(&name))?;
+                b.push(b'\n');
+                b
+            };
+            write_out(j, out.as_deref(), &bytes)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Tpm { cmd } => bus::run(j, &route, bus::Op::Tpm(cmd)),
         Cmd::Launch { cmd } => bus::run(j, &route, bus::Op::Launch(cmd)),
         Cmd::Posture {
             cmd:
@@ -945,8 +1064,8 @@ fn audit_consistency(
 /// The commands that talk to the running daemon.
 mod bus {
     use super::{
-        AuditCmd, DeviceCmd, IntelCmd, LaunchCmd, PolicyCmd, PostureCmd, Refused, SetupCmd, print,
-        read, write_out,
+        AuditCmd, DeviceCmd, IntelCmd, LaunchCmd, PolicyCmd, PostureCmd, Refused, SetupCmd, TpmCmd,
+        print, read, write_out,
     };
     use anyhow::{Context, Result, anyhow};
     use serde_json::{Value, json};
@@ -966,6 +1085,7 @@ mod bus {
         Launch(LaunchCmd),
         Posture(PostureCmd),
         Audit(AuditCmd),
+        Tpm(TpmCmd),
     }
 
     /// A refusal by the daemon (access denied, input refused) exits 1; anything else 3.
@@ -1213,6 +1333,35 @@ mod bus {
             Op::Audit(AuditCmd::Checkpoint { out }) => {
                 let note = c.checkpoint().await.map_err(daemon_error)?;
                 write_out(j, out.as_deref(), note.as_bytes())?;
+            }
+            Op::Tpm(TpmCmd::ActivateCredential { file, out }) => {
+                let meta = std::fs::metadata(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                if meta.len() > trustd::tpm::credential::MAX_FILE as u64 {
+                    return Err(Refused(format!(
+                        "{}: {} bytes, more than a challenge ({} at most)",
+                        file.display(),
+                        meta.len(),
+                        trustd::tpm::credential::MAX_FILE
+                    ))
+                    .into());
+                }
+                let (cred, _) = trustd::tpm::credential::Credential::read(&read(&file)?)
+                    .map_err(|e| Refused(format!("{}: {e}", file.display())))?;
+                let secret = c
+                    .activate_credential(&cred.blob, &cred.secret)
+                    .await
+                    .map_err(daemon_error)?;
+                match (&out, j) {
+                    (None, true) => println!(
+                        "{}",
+                        json!({"ok": true, "secret_hex": trustd::bundle::hex(&secret)})
+                    ),
+                    _ => write_out(j, out.as_deref(), &secret)?,
+                }
+            }
+            Op::Tpm(TpmCmd::MakeCredential { .. }) => {
+                return Err(anyhow!("internal: make-credential runs offline"));
             }
             Op::Posture(PostureCmd::Report { nonce, out }) => {
                 let r = c.report(&nonce).await.map_err(daemon_error)?;

@@ -124,11 +124,13 @@ pub enum Method {
     Checkpoint,
     /// Posture `GetReport`.
     GetReport,
+    /// Device `ActivateCredential`.
+    ActivateCredential,
 }
 
 impl Method {
     /// Every method, in the order of the table.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::PrivacyOn,
         Self::PrivacyOff,
         Self::ApplyBundle,
@@ -145,6 +147,7 @@ impl Method {
         Self::GetDeviceHandle,
         Self::Checkpoint,
         Self::GetReport,
+        Self::ActivateCredential,
     ];
 
     /// The method's name, for audit records and errors.
@@ -166,6 +169,7 @@ impl Method {
             Self::GetDeviceHandle => "GetDeviceHandle",
             Self::Checkpoint => "Checkpoint",
             Self::GetReport => "GetReport",
+            Self::ActivateCredential => "ActivateCredential",
         }
     }
 
@@ -188,7 +192,8 @@ impl Method {
             | Self::Checkpoint
             | Self::Tail
             | Self::Verify
-            | Self::AcknowledgeDamage => role == Role::Admin,
+            | Self::AcknowledgeDamage
+            | Self::ActivateCredential => role == Role::Admin,
         }
     }
 
@@ -230,6 +235,7 @@ impl From<DeviceError> for CallError {
             DeviceError::Refused(v) => Self::Refused(format!("{v}; the last good one stays")),
             DeviceError::UnknownStep(why) => Self::UnknownStep(why),
             DeviceError::CommandRefused(why) => Self::Refused(format!("{why}; nothing changed")),
+            DeviceError::Credential(why) => Self::Refused(why),
             DeviceError::State(_) | DeviceError::Audit(_) => {
                 let errno = crate::storage::io_cause(&e)
                     .map(|io| format!(" [{}]", crate::storage::errno_name(io)))
@@ -239,12 +245,13 @@ impl From<DeviceError> for CallError {
                     crate::error_chain(&e)
                 ))
             }
-            DeviceError::Enforce(_) | DeviceError::Secret(_) | DeviceError::Checkpoint(_) => {
-                Self::Failed(format!(
-                    "{}; the state in force stays",
-                    crate::error_chain(&e)
-                ))
-            }
+            DeviceError::Enforce(_)
+            | DeviceError::Secret(_)
+            | DeviceError::Checkpoint(_)
+            | DeviceError::Tpm(_) => Self::Failed(format!(
+                "{}; the state in force stays",
+                crate::error_chain(&e)
+            )),
         }
     }
 }
@@ -316,6 +323,9 @@ pub enum Call {
     Checkpoint(Tx<String>),
     /// A signed posture report answering a nonce.
     Report(String, Tx<String>),
+    /// TPM credential activation: (credential blob, encrypted secret), the buffers of the
+    /// `TPM2B_ID_OBJECT` and `TPM2B_ENCRYPTED_SECRET`; answers the credential recovered.
+    ActivateCredential(Vec<u8>, Vec<u8>, Tx<Vec<u8>>),
 }
 
 /// An answer ready to be sent (the engine sends it once the posture is republished).
@@ -362,6 +372,7 @@ impl Call {
             Self::DeviceHandle(..) => Method::GetDeviceHandle,
             Self::Checkpoint(_) => Method::Checkpoint,
             Self::Report(..) => Method::GetReport,
+            Self::ActivateCredential(..) => Method::ActivateCredential,
         }
     }
 
@@ -381,6 +392,7 @@ impl Call {
             Self::AuditVerify(tx) => Answer::new(tx, Err(e)),
             Self::CheckLaunch(.., tx) => Answer::new(tx, Err(e)),
             Self::ApplyCommand(_, tx) => Answer::new(tx, Err(e)),
+            Self::ActivateCredential(.., tx) => Answer::new(tx, Err(e)),
         }
     }
 }

@@ -72,6 +72,13 @@ pub enum DeviceError {
     /// failed).
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A credential activation was refused: no TPM in use, a malformed challenge, or one
+    /// made for another attestation key or endorsement key.
+    #[error("credential activation refused: {0}")]
+    Credential(String),
+    /// The TPM failed (not the input's fault).
+    #[error("{0}")]
+    Tpm(crate::tpm::TpmError),
 }
 
 /// What `enforce` put in the kernel.
@@ -1131,6 +1138,19 @@ impl Device {
             p.level = p.level.max(posture::Level::Degraded);
             p.reasons.push(why);
         }
+        if let Some(why) = &self.tpm_unavailable {
+            p.evidence =
+                posture::software_evidence(&format!("the TPM configured is not in use ({why})"));
+        } else if let Some(id) = self.tpm_identity() {
+            p.evidence = (
+                crate::report::SIGNER_TPM.to_owned(),
+                format!(
+                    "reports carry a TPM quote by the attestation key {} over trustd's PCR {}",
+                    id.ak_name,
+                    crate::tpm::TRUSTD_PCR
+                ),
+            );
+        }
         p
     }
 
@@ -1546,6 +1566,48 @@ impl Device {
             Entry::new("tpm.attach", Outcome::Error, Actor::this_process()).reason(why.clone()),
         );
         self.tpm_unavailable = Some(why);
+    }
+
+    /// `TPM2_ActivateCredential` of a verifier's challenge (the buffers of its
+    /// `TPM2B_ID_OBJECT` and `TPM2B_ENCRYPTED_SECRET`, each at most
+    /// [`crate::tpm::credential::MAX_PART`] bytes) by the attestation key and the endorsement
+    /// key: the credential recovered, which shows the verifier that the AK lives in the TPM
+    /// of that EK. Audited (`tpm.activate-credential`) whatever the outcome; changes nothing
+    /// else.
+    pub fn activate_credential(
+        &self,
+        blob: Vec<u8>,
+        secret: Vec<u8>,
+        actor: Actor,
+    ) -> Result<Vec<u8>, DeviceError> {
+        let c = crate::tpm::credential::Credential { blob, secret };
+        let input = crate::bundle::sha256_hex(&[&c.blob[..], &c.secret[..]].concat());
+        let r = match (&self.tpm, c.check_sizes()) {
+            (None, _) => Err(DeviceError::Credential(match &self.tpm_unavailable {
+                Some(why) => format!("the TPM configured is not in use ({why})"),
+                None => "no TPM is configured: evidence is signed by the software key only".into(),
+            })),
+            (Some(_), Err(e)) => Err(DeviceError::Credential(e.to_string())),
+            (Some(t), Ok(())) => lock_tpm(t).activate_credential(&c).map_err(|e| match e {
+                crate::tpm::TpmError::Refused { reason, .. } => DeviceError::Credential(reason),
+                e => DeviceError::Tpm(e),
+            }),
+        };
+        let (outcome, reason) = match &r {
+            Ok(_) => (Outcome::Ok, None),
+            Err(DeviceError::Credential(why)) => (Outcome::Refused, Some(why.clone())),
+            Err(e) => (Outcome::Error, Some(e.to_string())),
+        };
+        let mut entry =
+            Entry::new("tpm.activate-credential", outcome, actor).digest("input", input);
+        if let Some(id) = self.tpm_identity() {
+            entry = entry.digest("ak", id.ak_name);
+        }
+        if let Some(why) = reason {
+            entry = entry.reason(why);
+        }
+        self.audit.record(entry);
+        r
     }
 
     /// The attestation key and EK, when a TPM is attached.

@@ -711,6 +711,12 @@ impl<B: Backend> Engine<B> {
             Call::Report(nonce, tx) => {
                 Answer::new(tx, self.dev.report(&nonce, now).map_err(CallError::from))
             }
+            Call::ActivateCredential(blob, secret, tx) => Answer::new(
+                tx,
+                self.dev
+                    .activate_credential(blob, secret, actor)
+                    .map_err(CallError::from),
+            ),
             Call::AuditVerify(tx) => {
                 let r = self
                     .dev

@@ -122,6 +122,8 @@ trait Setup {
 trait Device {
     /// (from, to).
     fn apply_command(&self, envelope: &[u8]) -> zbus::Result<(String, String)>;
+    /// The credential recovered.
+    fn activate_credential(&self, credential_blob: &[u8], secret: &[u8]) -> zbus::Result<Vec<u8>>;
 }
 
 #[zbus::proxy(
@@ -303,6 +305,18 @@ impl Client {
     pub async fn apply_command(&self, envelope: &[u8]) -> zbus::Result<(String, String)> {
         proxy!(&self.conn, DeviceProxy)?
             .apply_command(envelope)
+            .await
+    }
+
+    /// TPM credential activation of a verifier's challenge (the buffers of its
+    /// `TPM2B_ID_OBJECT` and `TPM2B_ENCRYPTED_SECRET`): the credential recovered.
+    pub async fn activate_credential(
+        &self,
+        credential_blob: &[u8],
+        secret: &[u8],
+    ) -> zbus::Result<Vec<u8>> {
+        proxy!(&self.conn, DeviceProxy)?
+            .activate_credential(credential_blob, secret)
             .await
     }
 

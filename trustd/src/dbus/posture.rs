@@ -128,6 +128,11 @@ posture_properties! {
     /// How trustd itself is confined: `Landlock ABI N: fully enforced` (or `partially
     /// enforced`, `not enforced`), or `not confined`.
     confinement "Confinement": String = |p| p.confinement.clone();
+    /// What signs the device's evidence (reports, checkpoints), as a report's `signer` says
+    /// it: `tpm` (a TPM quote by the attestation key) or `software-key-only` (the device key
+    /// in a file, which root can read), and a sentence saying why. Informational: it does not
+    /// change `Level` (a TPM configured but not in use is also one of the `Reasons`).
+    evidence "Evidence": (String, String) = |p| p.evidence.clone();
 }
 
 /// The names of [`PROPERTIES`], in its order.

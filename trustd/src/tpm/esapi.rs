@@ -19,19 +19,22 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use tss_esapi::Context;
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey, ak, ek};
-use tss_esapi::constants::CapabilityType;
+use tss_esapi::attributes::SessionAttributesBuilder;
 use tss_esapi::constants::tss::TPM2_TRANSIENT_FIRST;
-use tss_esapi::handles::{KeyHandle, PcrHandle, TpmHandle};
+use tss_esapi::constants::{CapabilityType, SessionType};
+use tss_esapi::handles::{AuthHandle, KeyHandle, PcrHandle, SessionHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{
     AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
 };
 use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    CapabilityData, Data, Digest, DigestValues, PcrSelectionListBuilder, PcrSlot, Private, Public,
-    SignatureScheme,
+    CapabilityData, Data, Digest, DigestValues, EncryptedSecret, IdObject, PcrSelectionListBuilder,
+    PcrSlot, Private, Public, SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
 
+use super::credential::Credential;
 use super::{Identity, Tpm, TpmError};
 
 /// How long one TPM job may take before the TPM is taken as gone.
@@ -150,6 +153,9 @@ fn open_inner(tcti: &str, blob_path: &Path) -> Result<(Inner, Identity), TpmErro
         ak_name: crate::bundle::hex(name.value()),
         ek_public: ek_public?,
         ek_certificate,
+        ak_tpm_public: public
+            .marshall()
+            .map_err(tss("marshal the attestation key"))?,
         created,
         replaced,
     };
@@ -309,6 +315,24 @@ impl Inner {
             })
     }
 
+    /// `TPM2_ActivateCredential`: the AK (password session, empty auth) is the object
+    /// activated, the EK (re-created from its template) decrypts under a policy session
+    /// satisfying its policy, `PolicySecret(TPM_RH_ENDORSEMENT)`, as `tpm2_activatecredential`
+    /// does. The EK and the session are flushed whatever happens.
+    fn activate_credential(&mut self, c: &Credential) -> Result<Vec<u8>, TpmError> {
+        let refused = |e: tss_esapi::Error| TpmError::Refused {
+            op: "activate a credential",
+            reason: format!("malformed challenge ({e})"),
+        };
+        let blob = IdObject::try_from(c.blob.clone()).map_err(refused)?;
+        let secret = EncryptedSecret::try_from(c.secret.clone()).map_err(refused)?;
+        let ek = ek::create_ek_object(&mut self.ctx, AsymmetricAlgorithm::Ecc, None::<DefaultKey>)
+            .map_err(tss("create the endorsement key"))?;
+        let r = activate_under(&mut self.ctx, self.ak, ek, blob, secret);
+        let _ = self.ctx.flush_context(ek.into());
+        r
+    }
+
     fn quote(&mut self, pcrs: &[u32], qualifying: &[u8]) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
         let sel = selection(pcrs)?;
         let data = Data::try_from(qualifying.to_vec()).map_err(tss("quote"))?;
@@ -321,6 +345,73 @@ impl Inner {
             attest.marshall().map_err(tss("marshal the quote"))?,
             sig.marshall().map_err(tss("marshal the signature"))?,
         ))
+    }
+}
+
+/// The TPM's answers that mean the challenge itself was refused (TPM 2.0 Part 2, 6.6.3):
+/// its HMAC does not verify for this AK and EK, or its parts are malformed.
+fn challenge_refused(e: &tss_esapi::Error) -> bool {
+    use tss_esapi::constants::response_code::Tss2ResponseCodeKind as K;
+    matches!(e, tss_esapi::Error::Tss2Error(rc) if matches!(
+        rc.kind(),
+        Some(K::Integrity | K::Size | K::Value | K::EccPoint | K::Insufficient)
+    ))
+}
+
+fn activate_under(
+    ctx: &mut Context,
+    ak: KeyHandle,
+    ek: KeyHandle,
+    blob: IdObject,
+    secret: EncryptedSecret,
+) -> Result<Vec<u8>, TpmError> {
+    let session = ctx
+        .start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Policy,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )
+        .map_err(tss("start the endorsement key's policy session"))?
+        .ok_or_else(|| TpmError::Tpm {
+            op: "start the endorsement key's policy session",
+            reason: "no session".into(),
+        })?;
+    let (attrs, mask) = SessionAttributesBuilder::new()
+        .with_decrypt(true)
+        .with_encrypt(true)
+        .build();
+    let r = ctx
+        .tr_sess_set_attributes(session, attrs, mask)
+        .and_then(|()| {
+            ctx.execute_with_temporary_object(SessionHandle::from(session).into(), |ctx, _| {
+                ctx.execute_with_nullauth_session(|ctx| {
+                    ctx.policy_secret(
+                        PolicySession::try_from(session)?,
+                        AuthHandle::Endorsement,
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        None,
+                    )
+                })?;
+                ctx.execute_with_sessions(
+                    (Some(AuthSession::Password), Some(session), None),
+                    |ctx| ctx.activate_credential(ak, ek, blob, secret),
+                )
+            })
+        });
+    match r {
+        Ok(d) => Ok(d.value().to_vec()),
+        Err(e) if challenge_refused(&e) => Err(TpmError::Refused {
+            op: "activate a credential",
+            reason: format!(
+                "the TPM refused the challenge ({e}): it was made for another attestation key or endorsement key, or was altered"
+            ),
+        }),
+        Err(e) => Err(tss("activate a credential")(e)),
     }
 }
 
@@ -436,5 +527,10 @@ impl Tpm for EsapiTpm {
         let pcrs = pcrs.to_vec();
         let q = qualifying.to_vec();
         self.call("quote", move |i| i.quote(&pcrs, &q))
+    }
+
+    fn activate_credential(&mut self, credential: &Credential) -> Result<Vec<u8>, TpmError> {
+        let c = credential.clone();
+        self.call("activate a credential", move |i| i.activate_credential(&c))
     }
 }

@@ -8,6 +8,7 @@
 //! [`Measurements`], which keeps the log and the PCR in step. Must not touch: the device
 //! state, the audit log or the network; the daemon calls in with what to measure.
 
+pub mod credential;
 pub mod esapi;
 pub mod eventlog;
 pub mod quote;
@@ -70,6 +71,15 @@ pub enum TpmError {
         /// Why.
         reason: String,
     },
+    /// The TPM refused the input it was given (a credential made for another key, or
+    /// altered): nothing is wrong with the TPM.
+    #[error("TPM: {op}: {reason}")]
+    Refused {
+        /// What was being done.
+        op: &'static str,
+        /// Why, as a sentence.
+        reason: String,
+    },
     /// The TPM did not answer in time.
     #[error("TPM: {op} did not answer in time")]
     Hung {
@@ -101,6 +111,10 @@ pub struct Identity {
     pub ek_public: String,
     /// The EK's certificate (base64 DER) where the TPM has one in NV.
     pub ek_certificate: Option<String>,
+    /// The AK's public area, the marshalled `TPMT_PUBLIC` its name hashes (exported as
+    /// `tpm-ak.pub` for credential activation; empty for the software TPM).
+    #[serde(skip)]
+    pub ak_tpm_public: Vec<u8>,
     /// The AK was made at this start.
     #[serde(skip)]
     pub created: bool,
@@ -111,7 +125,9 @@ pub struct Identity {
 
 impl Identity {
     /// Write the public parts for verifiers into `dir`: `tpm-ak.pem`, `tpm-ak.name` (hex),
-    /// `tpm-ek.pem` and, where the TPM has one, `tpm-ek.crt` (base64 DER), each 0644.
+    /// `tpm-ak.pub` (the marshalled `TPMT_PUBLIC`, binary, which a verifier checks and names
+    /// before credential activation), `tpm-ek.pem` and, where the TPM has one, `tpm-ek.crt`
+    /// (base64 DER), each 0644.
     pub fn export(&self, dir: &Path) -> std::io::Result<()> {
         let w = |name: &str, text: &str| {
             crate::state::atomic::write_atomic(&dir.join(name), text.as_bytes(), 0o644)
@@ -119,6 +135,13 @@ impl Identity {
         w("tpm-ak.pem", &self.ak_public)?;
         w("tpm-ak.name", &format!("{}\n", self.ak_name))?;
         w("tpm-ek.pem", &self.ek_public)?;
+        if !self.ak_tpm_public.is_empty() {
+            crate::state::atomic::write_atomic(
+                &dir.join("tpm-ak.pub"),
+                &self.ak_tpm_public,
+                0o644,
+            )?;
+        }
         if let Some(c) = &self.ek_certificate {
             w("tpm-ek.crt", &format!("{c}\n"))?;
         }
@@ -137,6 +160,21 @@ pub trait Tpm: Send + std::fmt::Debug {
     /// `TPM2_Quote` by the AK over the SHA-256 bank of `pcrs` with `qualifying` as
     /// qualifying data. Returns the marshalled `TPMS_ATTEST` and `TPMT_SIGNATURE`.
     fn quote(&mut self, pcrs: &[u32], qualifying: &[u8]) -> Result<(Vec<u8>, Vec<u8>), TpmError>;
+    /// `TPM2_ActivateCredential` with the AK as the object activated and the EK as the key
+    /// that decrypts (TPM 2.0 Library Part 1 §24): the credential of `credential` when it was
+    /// made for this AK's name under this EK ([`credential`]). A credential made for another
+    /// key fails with [`TpmError::Refused`]. The default (a TPM stand-in without an EK) refuses
+    /// every credential.
+    fn activate_credential(
+        &mut self,
+        credential: &credential::Credential,
+    ) -> Result<Vec<u8>, TpmError> {
+        let _ = credential;
+        Err(TpmError::Refused {
+            op: "activate a credential",
+            reason: "this TPM has no endorsement key to activate credentials with".into(),
+        })
+    }
 }
 
 /// The TPM part of a posture report: the quote, the PCR values it covers, the event log and
@@ -236,6 +274,14 @@ impl Measurements {
             self.problem = Some(format!("a measurement failed: {e}"));
         }
         r
+    }
+
+    /// Credential activation by the AK and EK (see [`Tpm::activate_credential`]).
+    pub fn activate_credential(
+        &mut self,
+        credential: &credential::Credential,
+    ) -> Result<Vec<u8>, TpmError> {
+        self.tpm.activate_credential(credential)
     }
 
     /// The details of the last measured checkpoint.

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use p256::ecdsa::signature::Signer as _;
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 
 use super::quote::{ClockInfo, marshal_quote, marshal_signature, p256_pem};
 use super::{Identity, Tpm, TpmError};
@@ -13,6 +14,7 @@ use super::{Identity, Tpm, TpmError};
 #[derive(Debug)]
 pub struct SoftTpm {
     key: p256::ecdsa::SigningKey,
+    ek: p256::SecretKey,
     identity: Identity,
     pcrs: BTreeMap<u32, [u8; 32]>,
     /// The reset count its quotes carry.
@@ -29,6 +31,20 @@ impl SoftTpm {
             reason: e,
         };
         let key = p256::ecdsa::SigningKey::from_slice(&seed).map_err(|e| bad(e.to_string()))?;
+        // The EK: another scalar derived from the same seed.
+        let ek = {
+            use sha2::Digest as _;
+            p256::SecretKey::from_slice(&sha2::Sha256::digest([&b"ek"[..], &seed].concat()))
+                .map_err(|e| bad(e.to_string()))?
+        };
+        let ek_pem = {
+            let p = ek.public_key().as_affine().to_encoded_point(false);
+            p256_pem(
+                p.x().map(|x| &x[..]).unwrap_or_default(),
+                p.y().map(|y| &y[..]).unwrap_or_default(),
+            )
+            .map_err(|e| bad(e.to_string()))?
+        };
         let point = key.verifying_key().to_encoded_point(false);
         let pem = p256_pem(
             point.x().map(|x| &x[..]).unwrap_or_default(),
@@ -37,11 +53,13 @@ impl SoftTpm {
         .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             key,
+            ek,
             identity: Identity {
                 ak_public: pem.clone(),
                 ak_name: "000b".to_owned() + &crate::bundle::sha256_hex(pem.as_bytes()),
-                ek_public: pem,
+                ek_public: ek_pem,
                 ek_certificate: None,
+                ak_tpm_public: Vec::new(),
                 created: true,
                 replaced: None,
             },
@@ -99,5 +117,21 @@ impl Tpm for SoftTpm {
         );
         let sig: p256::ecdsa::Signature = self.key.sign(&attest);
         Ok((attest, marshal_signature(&sig)))
+    }
+
+    fn activate_credential(
+        &mut self,
+        credential: &super::credential::Credential,
+    ) -> Result<Vec<u8>, TpmError> {
+        self.check()?;
+        let name =
+            super::credential::parse_name(&self.identity.ak_name).map_err(|e| TpmError::Tpm {
+                op: "activate a credential",
+                reason: e.to_string(),
+            })?;
+        super::credential::activate(&self.ek, &name, credential).map_err(|e| TpmError::Refused {
+            op: "activate a credential",
+            reason: e.to_string(),
+        })
     }
 }
