@@ -58,7 +58,12 @@ impl Swtpm {
                 .expect("swtpm");
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(5) {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Listening, and ours: a swtpm that lost the port to another process
+                // exits at once, while the probe may reach that other process.
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && {
+                    std::thread::sleep(Duration::from_millis(100));
+                    child.try_wait().ok().flatten().is_none()
+                } {
                     return Self { child, port };
                 }
                 if child.try_wait().ok().flatten().is_some() {
