@@ -265,9 +265,10 @@ fn every_call_by_every_role_is_allowed_or_denied_as_designed() {
         let expected_daemon_denials = match bus {
             // Only SetPrivacyMode(false) passes the bus policy for non-admins: 3 identities.
             BusPolicy::Shipped => 3,
-            // 10 admin-only calls (SetPrivacyMode(false) among them) and CompleteStep for
-            // each of the 2 users; the 10 admin-only calls for the setup member.
-            BusPolicy::Open => 11 * 2 + 10,
+            // 11 admin-only calls (SetPrivacyMode(false) and ActivateCredential among them)
+            // and CompleteStep for each of the 2 users; the 11 admin-only calls for the setup
+            // member.
+            BusPolicy::Open => 12 * 2 + 11,
         };
         assert_eq!(daemon_denials.len(), expected_daemon_denials, "{tag}");
         eprintln!(

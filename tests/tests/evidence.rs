@@ -127,12 +127,18 @@ fn checkpoints_proofs_and_reports_hold_and_tampering_is_caught() {
     assert!(r.stderr.contains("replayed"), "{}", r.stderr);
     let text = std::fs::read_to_string(work.join("report.json")).expect("report");
     let mut env: serde_json::Value = serde_json::from_str(&text).expect("json");
-    env["payload"] = json!(
-        env["payload"]
-            .as_str()
-            .expect("payload")
-            .replacen('A', "B", 1)
-    );
+    // One bit of the signed bytes flipped (the payload is base64 of base64 text, which may
+    // hold no 'A' at all: editing its text can change nothing).
+    {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut payload = b64
+            .decode(env["payload"].as_str().expect("payload"))
+            .expect("base64");
+        let mid = payload.len() / 2;
+        payload[mid] ^= 1;
+        env["payload"] = json!(b64.encode(&payload));
+    }
     std::fs::write(work.join("forged.json"), env.to_string()).expect("write");
     let r = ctl(&[
         "posture",

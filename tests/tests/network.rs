@@ -507,8 +507,10 @@ fn a_tunnel_going_down_and_up_is_seen_through_netlink_and_audited() {
         .iter()
         .any(|r| r.kind == "intel.enforce")
     {
+        // Start takes longer on a loaded machine (the 200-swap test runs beside this one);
+        // what this test checks is the link events after it.
         assert!(
-            start.elapsed() < Duration::from_secs(3),
+            start.elapsed() < Duration::from_secs(20),
             "trustd did not start"
         );
         std::thread::sleep(Duration::from_millis(20));

@@ -279,3 +279,53 @@ fn many_connections_of_one_uid_share_one_call_budget() {
     );
     assert!(answered > 0, "the uid is served within its budget");
 }
+
+/// A fake trustd: another user listens on a socket where root's trustctl is pointed (here a
+/// world-writable directory, as /tmp is) and would answer `status` or `policy apply` with
+/// lies. trustctl checks who serves the socket (root, or the owner of a directory no one
+/// else may write) and refuses before sending anything.
+#[test]
+fn roots_trustctl_refuses_a_private_socket_served_by_another_user() {
+    if !can_run(&["setpriv", "python3"]) {
+        return;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        d.path(),
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o1777),
+    )
+    .expect("chmod");
+    let sock = d.path().join("private");
+    let mut fake = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(
+            "import socket,sys,time\n\
+             s=socket.socket(socket.AF_UNIX)\n\
+             s.bind(sys.argv[1]); s.listen(4)\n\
+             c,_=s.accept(); time.sleep(5)\n",
+        )
+        .arg(&sock)
+        .spawn()
+        .expect("fake server");
+    let start = Instant::now();
+    while !sock.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(tests::bin("trustctl"))
+        .args(["--json", "--private"])
+        .arg(&sock)
+        .arg("status")
+        .output()
+        .expect("trustctl");
+    let _ = fake.kill();
+    let _ = fake.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("not trustd's socket"), "{stdout}");
+}

@@ -673,3 +673,48 @@ fn an_acknowledgement_covers_only_the_damage_records_it_names() {
         "acknowledgements are read back from the log"
     );
 }
+
+#[test]
+fn an_intent_file_does_not_turn_a_truncated_log_into_an_interrupted_checkpoint() {
+    // Attack: cut the log back to an announcement record (the records after it removed),
+    // delete the checkpoint and write the intent file naming that announcement. The cut is
+    // damage (the head names a later record), and the missing checkpoint with it: no
+    // "interrupted checkpoint" repair record may follow, saying no record is missing.
+    let dev = stopped(5);
+    let size = stopped_mid_checkpoint(&dev, 3);
+    // A later run went on: more records, acknowledged in the head.
+    {
+        let d = Device::open(&dev.paths, Actor::this_process()).expect("open");
+        for i in 0..4 {
+            d.audit().append(entry(i)).expect("append");
+        }
+    }
+    // Cut everything after the announcement (seq size-1), keep the head as it is.
+    let seg = seg0(&dev);
+    let data = written(&seg);
+    let keep: Vec<u8> = data
+        .split_inclusive(|&b| b == b'\n')
+        .take(size as usize)
+        .flatten()
+        .copied()
+        .collect();
+    std::fs::write(&seg, &keep).expect("cut");
+    let _ = std::fs::remove_file(dev.paths.audit_dir().join("checkpoint"));
+    trustd::audit::checkpoint::write_pending(&dev.paths.audit_dir(), size).expect("intent");
+    let before = read_records(&dev.paths.audit_dir()).expect("records").len();
+    let (_d, _damage) = reopen_expecting(
+        &dev,
+        &["log-truncated", "checkpoint-removed", "checkpoint-older"],
+    );
+    let records = read_records(&dev.paths.audit_dir()).expect("records");
+    assert!(
+        !records[before..]
+            .iter()
+            .any(|r| r.digests.contains_key("interrupted-checkpoint-size")),
+        "{:?}",
+        records[before..]
+            .iter()
+            .map(|r| (&r.kind, &r.reason))
+            .collect::<Vec<_>>()
+    );
+}

@@ -480,7 +480,10 @@ pub fn inspect(dir: &Path, anchor: Option<&Anchor>) -> Result<Inspection, AuditE
     // A run that stopped between announcing a checkpoint and storing it leaves the
     // announcement as the log's last record and the intent file naming it. A checkpoint
     // removed or put back after a clean stop has no intent file: that stays damage.
-    let interrupted = (history.announced > 0
+    // Only when nothing new is wrong: with damage found at this open, the missing checkpoint
+    // is part of it, not a stop.
+    let interrupted = (history.new_findings(&findings).is_empty()
+        && history.announced > 0
         && report.last_seq == Some(history.announced - 1)
         && checkpoint::read_pending(dir) == Some(history.announced))
     .then_some(history.announced);

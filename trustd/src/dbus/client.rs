@@ -172,9 +172,29 @@ impl Client {
 
     /// Connect to trustd's private socket at `path` (peer to peer, no bus daemon; only root
     /// can connect to the one trustd makes). Signals (posture changes) are not sent on it.
+    ///
+    /// The server must be root or the owner of the socket's directory, a directory nobody
+    /// else may write: a socket planted elsewhere (in /tmp, or by another user) is refused
+    /// before a byte is sent, so root's calls never reach a process that could answer lies.
     pub async fn connect_private(path: &std::path::Path) -> zbus::Result<Self> {
-        let stream = std::os::unix::net::UnixStream::connect(path)
-            .map_err(|e| zbus::Error::InputOutput(std::sync::Arc::new(e)))?;
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let io = |e: std::io::Error| zbus::Error::InputOutput(std::sync::Arc::new(e));
+        let stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+        let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+        let meta = std::fs::metadata(dir).map_err(io)?;
+        let server = crate::sys::peer_identity(stream.as_fd()).map_err(io)?.uid;
+        if meta.mode() & 0o022 != 0 || (server != 0 && server != meta.uid()) {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: served by uid {server}, in a directory of uid {} (mode {:o}): not trustd's socket; nothing sent",
+                    path.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ),
+            )));
+        }
         Ok(Self {
             conn: zbus::connection::Builder::unix_stream(stream)
                 .p2p()

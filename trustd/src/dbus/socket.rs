@@ -508,8 +508,14 @@ impl Reader {
         // or replies sent to trustd unasked. On the private socket there is no bus daemon.
         if self.peer.is_some() || from.as_deref() != Some("org.freedesktop.DBus") {
             let c = cost(&header, big, fields_len as usize);
-            let mut within =
-                id.is_some_and(|i| i.privileged) || self.budgets().take(from.as_deref(), id, c);
+            // On the private socket the SENDER field is whatever the client wrote (no bus
+            // daemon sets it): the peer's identity alone counts, never a name it claims.
+            let named = if self.peer.is_some() {
+                None
+            } else {
+                from.as_deref()
+            };
+            let mut within = id.is_some_and(|i| i.privileged) || self.budgets().take(named, id, c);
             if !within && id.is_none() {
                 // Over its name's budget, its uid not yet known: ask (the answer is kept).
                 let learnt = self.identify(judge.as_ref(), from.as_deref()).await;

@@ -218,12 +218,31 @@ pub fn compare(earlier: &Verdict, later: &Verdict) -> Result<Vec<String>, String
             l.reset_count, e.reset_count
         ));
     }
-    let rebooted = l.reset_count > e.reset_count;
-    if rebooted {
-        notes.push(format!(
-            "the device rebooted between the reports (TPM reset count {} -> {}): trustd's measurements started over",
-            e.reset_count, l.reset_count
+    if l.reset_count == e.reset_count && l.restart_count < e.restart_count {
+        return Err(format!(
+            "the later report's TPM restart count {} is below the earlier's {} in the same reset (another TPM, or the reports swapped)",
+            l.restart_count, e.restart_count
         ));
+    }
+    let rebooted = l.reset_count > e.reset_count;
+    // A TPM Restart (Shutdown(STATE) then Startup(CLEAR): what a reset without the kernel's
+    // orderly shutdown after a hibernation-style shutdown gives) resets PCR 13 with the reset
+    // count unchanged; only the restart count goes up, and a quote cannot tell it from a
+    // resume that kept the PCRs. Root can then replay a prefix of the old event log into the
+    // fresh PCR. So any restart breaks continuity as a reboot does.
+    let restarted = !rebooted && l.restart_count != e.restart_count;
+    if rebooted || restarted {
+        notes.push(if rebooted {
+            format!(
+                "the device rebooted between the reports (TPM reset count {} -> {}): trustd's measurements started over",
+                e.reset_count, l.reset_count
+            )
+        } else {
+            format!(
+                "the TPM restarted between the reports (restart count {} -> {}, reset count {}): PCR 13 may have started over (a TPM Restart resets it; only a resume from suspend keeps it), so the measurements do not prove continuity",
+                e.restart_count, l.restart_count, l.reset_count
+            )
+        });
         // Nothing measured links the boots: root may have rewritten the log while the device
         // was off. Say so rather than let the sizes alone pass for continuity.
         if later.checkpoint.0 > earlier.checkpoint.0 {
@@ -233,12 +252,6 @@ pub fn compare(earlier: &Verdict, later: &Verdict) -> Result<Vec<String>, String
             ));
         }
     } else {
-        if l.restart_count != e.restart_count {
-            notes.push(format!(
-                "the TPM restarted (resume from hibernation) between the reports (restart count {} -> {})",
-                e.restart_count, l.restart_count
-            ));
-        }
         if l.clock < e.clock {
             return Err(format!(
                 "the later report's TPM clock {} is before the earlier's {} within one boot",
@@ -298,5 +311,41 @@ mod tests {
         assert!(notes.is_empty(), "{notes:?}");
         // A smaller log after a reboot is refused.
         assert!(compare(&verdict(1, 10, "aa"), &verdict(2, 5, "bb")).is_err());
+    }
+
+    /// Security regression test: root sends TPM2_Shutdown(STATE) and resets the device, so
+    /// the TPM comes back with a Restart: PCR 13 zeroed, reset count unchanged, restart count
+    /// up. It then replays a prefix of the old event log (the measured checkpoints after it
+    /// dropped). The later report's log no longer holds the earlier one's last events, yet it
+    /// must not be called one boot that extends the earlier measurements: the restart is named
+    /// as a break in continuity, the same as a reboot.
+    #[test]
+    fn a_tpm_restart_with_a_replayed_prefix_is_named_a_break_not_one_boot() {
+        let ev = |seq: u64| Event {
+            seq,
+            kind: Kind::Checkpoint,
+            detail: BTreeMap::new(),
+            digest: format!("{seq:064x}"),
+        };
+        let mut earlier = verdict(1, 10, "aa");
+        earlier.events = vec![ev(0), ev(1), ev(2), ev(3)];
+        let mut later = verdict(1, 10, "aa");
+        later.clock.restart_count = 1;
+        later.events = vec![ev(0), ev(1), ev(2)];
+        let notes = compare(&earlier, &later).expect("compared");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("restarted") && n.contains("do not prove continuity")),
+            "{notes:?}"
+        );
+        assert!(
+            !notes.iter().any(|n| n.contains("hibernation")),
+            "{notes:?}"
+        );
+        // A restart count that goes down within one reset is another TPM or swapped reports.
+        let mut back = verdict(1, 10, "aa");
+        back.clock.restart_count = 2;
+        assert!(compare(&back, &verdict(1, 10, "aa")).is_err());
     }
 }
