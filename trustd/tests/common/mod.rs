@@ -12,6 +12,8 @@ use trustd::Paths;
 use trustd::bundle::{PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot, key_id, sign_envelope};
 use trustd::timefmt::Timestamp;
 
+pub mod swtpm;
+
 /// A fixed key per number, so tests are reproducible.
 pub fn key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n; 32])
