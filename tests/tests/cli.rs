@@ -513,21 +513,29 @@ fn audit_export_of_a_damaged_log_exits_1_and_names_the_line_that_is_not_json() {
     assert_eq!(damaged.iter().filter(|&&b| b == b'\n').count(), n);
 }
 
+/// As root: keys, a trust root and a device prefix with policy serial 3 loaded, ready for
+/// its directories to be given to another user. `None` (skipped) without root.
+fn loaded_as_root() -> Option<tempfile::TempDir> {
+    if trustd::sys::euid() != 0 {
+        tests::lab::skip("needs root to give the directories to another user");
+        return None;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    setup(d.path());
+    ok(trustctl(d.path(), &["load", "--prefix", "dev", "p3.dsse"]));
+    Some(d)
+}
+
 /// Lockdown after a "successful" offline load: on a packaged device the state and log
 /// directories belong to the trustd user, and a load run as root wrote root-owned 0600
 /// files there that trustd could not read (it then started in the most restrictive state
 /// with no policy). The load is refused instead, naming the owner to run as; nothing changes.
 #[test]
 fn an_offline_load_by_another_user_than_the_state_directorys_owner_is_refused() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        tests::lab::skip("needs root to give the directories to another user");
+    let Some(d) = loaded_as_root() else {
         return;
-    }
-    let d = tempfile::tempdir().expect("tempdir");
+    };
     let d = d.path();
-    setup(d);
-    ok(trustctl(d, &["load", "--prefix", "dev", "p3.dsse"]));
     let state = d.join("dev/var/lib/trustd");
     let before = std::fs::read(state.join("state.json")).expect("state");
     // The package's layout: the directories are the service user's (65534 stands in).
@@ -556,15 +564,10 @@ fn an_offline_load_by_another_user_than_the_state_directorys_owner_is_refused() 
 /// with the owner to run as (exit 3: nothing was applied, the kernel's ruleset stays).
 #[test]
 fn trustd_check_or_apply_by_another_user_than_the_owner_writes_nothing() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        tests::lab::skip("needs root to give the directories to another user");
+    let Some(d) = loaded_as_root() else {
         return;
-    }
-    let d = tempfile::tempdir().expect("tempdir");
+    };
     let d = d.path();
-    setup(d);
-    ok(trustctl(d, &["load", "--prefix", "dev", "p3.dsse"]));
     let listing = |dir: &std::path::Path| -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = walk(dir)
             .into_iter()
