@@ -306,6 +306,23 @@ impl Lab {
         must("ip", &["netns", "exec", ns, "sh", "-c", cmd])
     }
 
+    /// Delete `inet trustd` behind trustd's back and wait until it is back: how long that
+    /// took, or `None` if it was not back within `within`.
+    pub fn delete_policy_table_and_wait(
+        &self,
+        within: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        self.dev_sh("nft delete table inet trustd");
+        let t = std::time::Instant::now();
+        while !self.dev_sh("nft list tables").contains("inet trustd\n") {
+            if t.elapsed() >= within {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(t.elapsed())
+    }
+
     /// Run a shell command in the device namespace.
     pub fn dev_sh(&self, cmd: &str) -> String {
         self.sh(&self.dev, cmd)
