@@ -220,3 +220,19 @@ pub fn percentile(v: &[u64], p: usize) -> u64 {
     }
     s[((s.len() - 1) * p) / 100]
 }
+
+/// Whether a `WATCHDOG=1` arrives on `sock` (trustd's `$NOTIFY_SOCKET`, with a read timeout
+/// set) within `within`; notifications sent before the call are drained first.
+pub fn watchdog_ping(sock: &std::os::unix::net::UnixDatagram, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    while sock.recv(&mut buf).is_ok() {}
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Ok(n) = sock.recv(&mut buf)
+            && buf[..n].windows(10).any(|w| w == b"WATCHDOG=1")
+        {
+            return true;
+        }
+    }
+    false
+}

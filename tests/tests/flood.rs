@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use tests::bus::BusPolicy;
-use tests::flood::{Flood, SHAPES, admin_latencies, usage};
+use tests::flood::{Flood, SHAPES, admin_latencies, usage, watchdog_ping};
 use tests::lab::{can_run, lab_policy, serve};
 
 #[test]
@@ -124,21 +124,6 @@ fn a_flood_by_ordinary_users_stops_neither_roots_calls_nor_drift_repair() {
     );
     let drift = records.iter().filter(|r| r.kind.contains("drift")).count();
     assert!(drift >= 4, "each repair is audited ({drift} drift records)");
-}
-
-/// Whether a `WATCHDOG=1` arrives on `sock` within `within` (older ones drained first).
-fn watchdog_ping(sock: &std::os::unix::net::UnixDatagram, within: Duration) -> bool {
-    let mut buf = [0u8; 256];
-    while sock.recv(&mut buf).is_ok() {}
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if let Ok(n) = sock.recv(&mut buf)
-            && buf[..n].windows(10).any(|w| w == b"WATCHDOG=1")
-        {
-            return true;
-        }
-    }
-    false
 }
 
 /// The systemd watchdog proves both halves of trustd work: it is fed while the engine checks

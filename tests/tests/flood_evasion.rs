@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tests::bus::BusPolicy;
-use tests::flood::{Flood, percentile, usage};
+use tests::flood::{Flood, percentile, usage, watchdog_ping};
 use tests::lab::{can_run, lab_policy, serve};
 
 /// `n` of root's `ActivePolicy` calls (an engine round trip), each on the connection trustctl
@@ -87,4 +87,117 @@ fn a_long_object_path_neither_grows_memory_nor_stalls_roots_calls() {
         b99 <= (10 * i99).max(100_000),
         "root's p99 under calls with 16 MiB paths is {b99} us, idle {i99} us (target: at most 10x)"
     );
+}
+
+/// Regression (connection churn): every new bus name had a budget of its own until trustd
+/// learnt its uid, and the serving connection's reader waited up to half a second on the bus
+/// for each name over it. A user opening and closing connections as fast as the bus let it,
+/// each pipelining `Introspect` calls, was therefore served far past any budget and stalled
+/// trustd's bus service for about a minute, until the watchdog restarted trustd. Now all
+/// names whose uid is not known share one small pool and the reader never waits on a lookup
+/// for a call: under the churn the watchdog is fed throughout (so the service answers through
+/// the bus), root's calls over the private socket complete, a new ordinary caller on the bus
+/// is answered, a deleted table comes back, and once the churn stops a new caller is answered
+/// at once.
+#[test]
+fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
+    if !can_run(&["ip", "nft", "setpriv", "dbus-daemon"]) {
+        return;
+    }
+    let mut lab = tests::lab::Lab::new("fc", false);
+    let b = lab.sign(lab_policy("direct"));
+    lab.load(&b);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let bus = tests::bus::Bus::start(BusPolicy::Shipped, "");
+    let addr = bus.address.clone();
+    // A watchdog of 4 s: trustd pings every 2 s while the engine and the bus service work.
+    let mut daemon = lab.run_daemon_env(
+        bus,
+        200,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", notify.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("4000000")),
+        ],
+    );
+    tests::lab::wait_ready(&addr);
+    let private = lab.paths().private_socket();
+    assert!(watchdog_ping(&sock, Duration::from_secs(5)), "fed before");
+    let (rss0, _) = usage(daemon.id());
+
+    let flood = Flood::start(&addr, &["churn"], 60_000);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut root = Vec::new();
+    let mut fresh = Vec::new();
+    let mut rss_max = rss0;
+    for round in 0..4 {
+        assert!(
+            watchdog_ping(&sock, Duration::from_secs(4)),
+            "round {round}: the watchdog went unfed under connection churn (the bus service stalled)"
+        );
+        let l = tests::flood::private_latencies(&private, 20, Duration::from_secs(2));
+        assert_eq!(
+            (l.timeouts, l.failed),
+            (0, 0),
+            "round {round}: root's calls over the private socket under connection churn: {:?}",
+            l.first_error
+        );
+        root.extend(l.admin);
+        // A new caller on the bus (a fresh connection, as trustctl makes one per command,
+        // as another ordinary user) is answered: its first calls need no pool.
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=2", "--regid=2", "--clear-groups"])
+            .arg(tests::bin("trustctl"))
+            .args(["--bus", &addr, "status"])
+            .output()
+            .expect("run trustctl as uid 2");
+        assert!(
+            out.status.success() && t.elapsed() < Duration::from_secs(5),
+            "round {round}: a new ordinary caller's status under connection churn: {:?} after {:?}: {}",
+            out.status,
+            t.elapsed(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fresh.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+        lab.delete_policy_table_and_wait(Duration::from_millis(1500))
+            .unwrap_or_else(|| {
+                panic!("round {round}: the deleted table was not restored within 1.5 s")
+            });
+        rss_max = rss_max.max(usage(daemon.id()).0);
+    }
+    drop(flood);
+
+    // The churn is over: a new caller on the bus is answered at once, not after a minute of
+    // queued calls, and the watchdog is still fed.
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=2", "--regid=2", "--clear-groups"])
+        .arg(tests::bin("trustctl"))
+        .args(["--bus", &addr, "status"])
+        .output()
+        .expect("run trustctl as uid 2");
+    let took = t.elapsed();
+    assert!(
+        out.status.success() && took < Duration::from_secs(5),
+        "an ordinary user's status right after the churn: {:?} after {took:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(watchdog_ping(&sock, Duration::from_secs(4)), "fed after");
+    eprintln!(
+        "connection churn: root's calls over the private socket p50 {} us p99 {} us; an ordinary user's trustctl status on a new bus connection {:?} us; a new bus caller answered {took:?} after it stopped; trustd RSS {rss0} -> {rss_max} KiB",
+        percentile(&root, 50),
+        percentile(&root, 99),
+        fresh
+    );
+    assert!(
+        rss_max < rss0 + 64 * 1024,
+        "trustd's memory grew by more than 64 MiB under connection churn ({rss0} -> {rss_max} KiB)"
+    );
+    assert!(daemon.terminate().success(), "trustd stops cleanly");
 }

@@ -17,6 +17,9 @@
 //!   longpath 4 connections, Posture calls on an object path of 16 MiB, never reading
 //!   gone     connections that pipeline 2000 no-reply calls (over their budget) and close at
 //!            once, over and over
+//!   churn    connections opened and closed as fast as the bus lets them, each pipelining
+//!            64 Introspect calls (a new bus name, unknown to trustd, every time); at most 8
+//!            open at once, never reading
 //!   budget   16 connections, each reading a posture property 20 times a second (each call
 //!            waited for 1 s at most); prints how many were answered (one uid's budget is
 //!            shared by all its connections, so most go unanswered)
@@ -247,6 +250,29 @@ fn names(address: &str, until: Instant) {
     });
 }
 
+fn churn(address: &str, until: Instant) {
+    let mut open = std::collections::VecDeque::new();
+    let mut n = 0u64;
+    while Instant::now() < until {
+        let Ok(mut c) = RawConn::connect(address, false) else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        };
+        let _ = c.sock.set_write_timeout(Some(Duration::from_millis(200)));
+        let mut all = Vec::new();
+        for _ in 0..64 {
+            all.extend(c.builtin_call("org.freedesktop.DBus.Introspectable", "Introspect", None));
+        }
+        n += 64;
+        pace(n);
+        let _ = c.sock.write_all(&all);
+        open.push_back(c);
+        if open.len() > 8 {
+            open.pop_front();
+        }
+    }
+}
+
 fn budget(address: &str, until: Instant) {
     let rt = tests::rt();
     let answered = rt.block_on(async {
@@ -304,6 +330,7 @@ fn main() {
         "longpath" => longpath(address, until),
         "gone" => gone(address, until),
         "budget" => budget(address, until),
+        "churn" => churn(address, until),
         other => {
             eprintln!("flood: unknown shape {other:?}");
             std::process::exit(2);

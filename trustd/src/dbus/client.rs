@@ -152,6 +152,13 @@ macro_rules! proxy {
     };
 }
 
+/// How long a call waits for trustd's answer before it fails with a time-out
+/// (`zbus::Error::InputOutput` of kind `TimedOut`): longer than any call takes while trustd
+/// works with the default `nft_timeout_ms` (an engine call waits at most two `nft`
+/// deadlines), so that a call trustd dropped unread (over a budget) or a wedged trustd ends
+/// in an error, not a client waiting forever. The call itself may still complete in trustd.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// A connection to trustd.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -166,7 +173,7 @@ impl Client {
             None => zbus::connection::Builder::system(),
         };
         Ok(Self {
-            conn: b.build().await?,
+            conn: b.method_timeout(CALL_TIMEOUT).build().await?,
         })
     }
 
@@ -198,6 +205,7 @@ impl Client {
         Ok(Self {
             conn: zbus::connection::Builder::unix_stream(stream)
                 .p2p()
+                .method_timeout(CALL_TIMEOUT)
                 .build()
                 .await?,
         })

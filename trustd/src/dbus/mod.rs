@@ -324,6 +324,17 @@ pub async fn serve(
         .await?
         .build()
         .await?;
+    // trustd's own client connection (the liveness reads that feed the watchdog) is known
+    // from the start, so that no flood of unknown names can crowd its calls out.
+    if let Some(name) = aux.unique_name() {
+        budgets.lock().unwrap_or_else(PoisonError::into_inner).pin(
+            name.as_str(),
+            socket::Identity {
+                uid: Some(crate::sys::euid()),
+                privileged: true,
+            },
+        );
+    }
     let dbus = zbus::fdo::DBusProxy::builder(&aux)
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()

@@ -46,9 +46,32 @@ pub const SENDER_RATE: f64 = 32.0;
 /// path: a message with more is thrown away unread (its header and body skipped as they
 /// arrive), so that no sender can make trustd hold, or echo in an error, a long path.
 pub const MAX_HEADER_FIELDS: u32 = 8 * 1024;
-/// How long the reader waits for a verdict on a sender that is over its budget.
-const JUDGE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-/// Names whose buckets the reader remembers; past it, full buckets are forgotten.
+/// Method calls that every sender whose uid is not yet known may make together: one pool for
+/// all such names, however many there are, at once and per second after that. A new bus
+/// name is budgeted here (and by its own name's bucket) only until its uid is learnt in the
+/// background; opening and closing connections therefore gains a user no more than this pool.
+pub const UNKNOWN_BURST: f64 = 64.0;
+/// See [`UNKNOWN_BURST`].
+pub const UNKNOWN_RATE: f64 = 32.0;
+/// What a new bus name may spend before its uid is known without drawing on the unknown
+/// pool: its first cheap calls (up to 8, or two `GetAll`; not an `Introspect` or a report).
+/// So that a caller's first call on a new connection (root's over the bus, an admin's, the
+/// UI's) is answered even while someone churning connections keeps the pool empty, and the
+/// answer teaches trustd who it is; a churner gains no more than this per connection, each of
+/// which costs it a whole authentication with the bus daemon.
+pub const FIRST_FREE: f64 = 8.0;
+/// How long the reader waits for the bus to say whether the sender of a body over
+/// [`SMALL_BODY`] is an admin, when nothing is known of it yet. It is the only wait of the
+/// reader on a lookup, and [`WAIT_BURST`] bounds how often it happens.
+const JUDGE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// Such waits at once, and per second after that ([`WAIT_RATE`]): at most a quarter of the
+/// reader's time goes to waiting however a sender floods, and an admin whose large call
+/// finds none left gets a clear failure (its body is not read) instead of a stalled service.
+const WAIT_BURST: f64 = 2.0;
+/// See [`WAIT_BURST`].
+const WAIT_RATE: f64 = 1.0;
+/// Names (and uids) whose buckets the reader remembers; past it, full buckets are
+/// forgotten, then every name's.
 const MAX_TRACKED: usize = 4096;
 /// The most a client of the private socket may send before its `BEGIN` line: a few short
 /// commands of the D-Bus authentication protocol.
@@ -85,6 +108,12 @@ impl Bucket {
         }
     }
 
+    /// Tokens there would be at `now` (nothing taken).
+    fn available(&self, burst: f64, rate: f64, now: tokio::time::Instant) -> f64 {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.tokens + dt * rate).min(burst)
+    }
+
     /// Tokens spent and not yet refilled at `now`.
     fn spent(&self, burst: f64, rate: f64, now: tokio::time::Instant) -> f64 {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
@@ -115,35 +144,32 @@ pub struct Identity {
     pub privileged: bool,
 }
 
-/// What a budget is kept for: a uid once the sender's uid is known, its unique bus name
-/// until then.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Name(String),
-    Uid(u32),
-}
-
 /// How far below empty a uid's bucket may go when the calls its connections made before
 /// their uid was known are charged to it (ten seconds of [`SENDER_RATE`]).
 const MAX_DEBT: f64 = 10.0 * SENDER_RATE;
 
 /// Budgets of method calls (see [`SENDER_BURST`]) per uid, and what is known of senders.
 ///
-/// A sender's calls are charged to its unique bus name only until its uid is known (the
-/// service learns it for every call it admits, and the reader asks the bus itself when a name
-/// goes over budget); from then on they are charged to the uid's one bucket, together with
-/// what the name spent before (down to [`MAX_DEBT`] below empty). So however many
-/// connections one uid opens, they share one rate: more connections only bring each one's
-/// first calls before its uid is learnt.
+/// A sender's calls are charged to its unique bus name, and to the one pool of every name
+/// whose uid is not yet known ([`UNKNOWN_BURST`]), only until its uid is known (the reader
+/// asks the bus in the background at a name's first message, and the service learns it for
+/// every call it admits); from then on they are charged to the uid's one bucket, together
+/// with what the name spent before (down to [`MAX_DEBT`] below empty). So however many
+/// connections one uid opens, one after another or at once, they share one rate, and all of
+/// them together take from the unknown pool no more than it holds.
 ///
-/// Root and the admin group have no budget. There is no overall budget: a caller over it could
-/// not be told from root without asking the bus, and under a flood the bus answers late, so
-/// root's calls would be the ones dropped. One set of budgets is shared by the bus connection
-/// and every connection of the private socket.
+/// Root and the admin group have no budget once known; root's own way in is the private
+/// socket, whose peer the kernel names at once. Names pinned with [`Budgets::pin`] (trustd's
+/// own client connection) are never forgotten. One set of budgets is shared by the bus
+/// connection and every connection of the private socket.
 #[derive(Debug)]
 pub struct Budgets {
-    buckets: std::collections::HashMap<Key, Bucket>,
+    names: std::collections::HashMap<String, Bucket>,
+    uids: std::collections::HashMap<u32, Bucket>,
+    unknown: Bucket,
+    waits: Bucket,
     ids: std::collections::HashMap<String, Identity>,
+    pinned: std::collections::HashMap<String, Identity>,
     dropped: u64,
     warned: Option<tokio::time::Instant>,
 }
@@ -160,12 +186,37 @@ impl Default for Budgets {
 impl Budgets {
     /// No budget spent, no sender known.
     pub fn new() -> Self {
+        let now = tokio::time::Instant::now();
         Self {
-            buckets: std::collections::HashMap::new(),
+            names: std::collections::HashMap::new(),
+            uids: std::collections::HashMap::new(),
+            unknown: Bucket::new(UNKNOWN_BURST, now),
+            waits: Bucket::new(WAIT_BURST, now),
             ids: std::collections::HashMap::new(),
+            pinned: std::collections::HashMap::new(),
             dropped: 0,
             warned: None,
         }
+    }
+
+    /// Know `sender` as `id` for as long as the set lives (never forgotten to make room):
+    /// for trustd's own client connection, whose calls keep the watchdog fed.
+    pub fn pin(&mut self, sender: &str, id: Identity) {
+        self.pinned.insert(sender.to_owned(), id);
+    }
+
+    /// What is known of `sender` (pinned, or remembered).
+    fn identity(&self, sender: &str) -> Option<Identity> {
+        self.pinned
+            .get(sender)
+            .or_else(|| self.ids.get(sender))
+            .copied()
+    }
+
+    /// Whether the reader may wait now for a verdict on a sender (see [`WAIT_BURST`]); the
+    /// wait is charged if so.
+    fn may_wait(&mut self, now: tokio::time::Instant) -> bool {
+        self.waits.take(1.0, WAIT_BURST, WAIT_RATE, now)
     }
 
     /// A new set, to share.
@@ -198,16 +249,30 @@ impl Budgets {
         self.ids.insert(sender.to_owned(), id);
     }
 
-    fn bucket(&mut self, key: Key, now: tokio::time::Instant) -> &mut Bucket {
-        if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&key) {
-            self.buckets
+    fn name_bucket(&mut self, name: &str, now: tokio::time::Instant) -> &mut Bucket {
+        if self.names.len() >= MAX_TRACKED && !self.names.contains_key(name) {
+            self.names
                 .retain(|_, b| !b.full(SENDER_BURST, SENDER_RATE, now));
-            if self.buckets.len() >= MAX_TRACKED {
-                self.buckets.clear();
+            if self.names.len() >= MAX_TRACKED {
+                // Forgetting what names spent loses only what their uids would have been
+                // charged later; the unknown pool has already capped it.
+                self.names.clear();
             }
         }
-        self.buckets
-            .entry(key)
+        self.names
+            .entry(name.to_owned())
+            .or_insert_with(|| Bucket::new(SENDER_BURST, now))
+    }
+
+    fn uid_bucket(&mut self, uid: u32, now: tokio::time::Instant) -> &mut Bucket {
+        if self.uids.len() >= MAX_TRACKED && !self.uids.contains_key(&uid) {
+            // Only full buckets go: a uid in debt keeps it (uids are accounts, not names
+            // a caller can make up, so this map does not grow under a flood).
+            self.uids
+                .retain(|_, b| !b.full(SENDER_BURST, SENDER_RATE, now));
+        }
+        self.uids
+            .entry(uid)
             .or_insert_with(|| Bucket::new(SENDER_BURST, now))
     }
 
@@ -229,23 +294,36 @@ impl Budgets {
         match id.and_then(|i| i.uid) {
             Some(uid) => {
                 let spent = sender
-                    .and_then(|s| self.buckets.remove(&Key::Name(s.to_owned())))
+                    .and_then(|s| self.names.remove(s))
                     .map(|b| b.spent(SENDER_BURST, SENDER_RATE, now));
-                let b = self.bucket(Key::Uid(uid), now);
+                let b = self.uid_bucket(uid, now);
                 if let Some(spent) = spent {
                     b.charge(spent, SENDER_BURST, SENDER_RATE, now);
                 }
                 b.take(cost, SENDER_BURST, SENDER_RATE, now)
             }
-            None => match sender {
-                Some(s) => self.bucket(Key::Name(s.to_owned()), now).take(
-                    cost,
-                    SENDER_BURST,
-                    SENDER_RATE,
-                    now,
-                ),
-                None => false,
-            },
+            None => {
+                let Some(s) = sender else {
+                    return false;
+                };
+                // A name's first FIRST_FREE tokens come from its own bucket alone; past them
+                // both its bucket and the pool of every unknown name must hold the cost
+                // (either alone refuses without charging the other).
+                let first =
+                    self.names.get(s).is_none_or(|b| {
+                        b.spent(SENDER_BURST, SENDER_RATE, now) + cost <= FIRST_FREE
+                    }) && cost <= FIRST_FREE;
+                if !first && self.unknown.available(UNKNOWN_BURST, UNKNOWN_RATE, now) < cost {
+                    return false;
+                }
+                if !self
+                    .name_bucket(s, now)
+                    .take(cost, SENDER_BURST, SENDER_RATE, now)
+                {
+                    return false;
+                }
+                first || self.unknown.take(cost, UNKNOWN_BURST, UNKNOWN_RATE, now)
+            }
         }
     }
 }
@@ -411,13 +489,14 @@ fn sender(h: &[u8], big: bool, fields_len: usize) -> Option<String> {
 
 /// How many tokens of its sender's budget a method call costs: about its reply's size in
 /// units of a few KiB, so that a sender cannot make trustd write more than it reads. An
-/// `Introspect` reply is the whole interface description (about 20 KiB), `GetAll` a whole
-/// interface's properties, `GetReport` a signed posture report; everything else answers with
-/// a few short strings.
+/// `Introspect` reply is the whole interface description (about 20 KiB); `GetReport` a signed
+/// posture report, with a TPM its quote and event log (and a quote costs the TPM about 10 ms,
+/// so an ordinary uid gets at most two a second); `GetAll` a whole interface's properties;
+/// everything else answers with a few short strings.
 fn cost(h: &[u8], big: bool, fields_len: usize) -> f64 {
     match string_field(h, big, fields_len, 3).as_deref() {
-        Some("Introspect") => 16.0,
-        Some("GetAll" | "GetReport") => 4.0,
+        Some("Introspect" | "GetReport") => 16.0,
+        Some("GetAll") => 4.0,
         _ => 1.0,
     }
 }
@@ -497,7 +576,7 @@ impl Reader {
             return Ok(true);
         };
         let from = sender(&header, big, fields_len as usize);
-        let mut id = self.peer.or_else(|| {
+        let id = self.peer.or_else(|| {
             if from.as_deref() == Some("org.freedesktop.DBus") {
                 None
             } else {
@@ -515,14 +594,9 @@ impl Reader {
             } else {
                 from.as_deref()
             };
-            let mut within = id.is_some_and(|i| i.privileged) || self.budgets().take(named, id, c);
-            if !within && id.is_none() {
-                // Over its name's budget, its uid not yet known: ask (the answer is kept).
-                let learnt = self.identify(judge.as_ref(), from.as_deref()).await;
-                id = Some(learnt);
-                within = learnt.privileged
-                    || (learnt.uid.is_some() && self.budgets().take(from.as_deref(), id, c));
-            }
+            // Never a wait here: a sender whose uid is not known yet is held to its name's
+            // bucket and the unknown pool while the background lookup runs.
+            let within = id.is_some_and(|i| i.privileged) || self.budgets().take(named, id, c);
             if !within {
                 let who = from
                     .as_deref()
@@ -545,9 +619,14 @@ impl Reader {
             || match id {
                 Some(i) => i.privileged,
                 None => {
-                    self.identify(judge.as_ref(), from.as_deref())
-                        .await
-                        .privileged
+                    let may = self.budgets().may_wait(tokio::time::Instant::now());
+                    if may {
+                        self.identify(judge.as_ref(), from.as_deref())
+                            .await
+                            .privileged
+                    } else {
+                        false
+                    }
                 }
             };
         if keep {
@@ -577,7 +656,7 @@ impl Reader {
     fn known(&self, judge: &std::sync::Arc<dyn Judge>, sender: Option<&str>) -> Option<Identity> {
         let sender = sender?;
         let mut b = self.budgets();
-        let remembered = b.ids.get(sender).copied();
+        let remembered = b.identity(sender);
         if remembered.is_some_and(|id| id.uid.is_some()) {
             return remembered;
         }
@@ -590,10 +669,26 @@ impl Reader {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (judge, sender) = (judge.clone(), sender.to_owned());
+            let (judge, sender, budgets) = (judge.clone(), sender.to_owned(), self.budgets.clone());
             rt.spawn(async move {
-                let _ =
+                let found =
                     tokio::time::timeout(super::CREDENTIALS_TIMEOUT, judge.identify(&sender)).await;
+                if !matches!(found, Ok(Some(_))) {
+                    // No answer (the name is gone, or the bus is slow): its calls stay in the
+                    // unknown pool, and it is not asked about again (a name is never reused),
+                    // so that a departed flooder's queued calls cost no lookups. One of its
+                    // calls the service admits still teaches the service who it is.
+                    budgets
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .learn(
+                            &sender,
+                            Identity {
+                                uid: None,
+                                privileged: false,
+                            },
+                        );
+                }
                 LOOKUPS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             });
         }
@@ -735,7 +830,8 @@ impl WriteHalf for Writer {
 #[cfg(test)]
 mod tests {
     use super::{
-        Bucket, Budgets, Identity, MAX_DEBT, SENDER_BURST, SENDER_RATE, cost, primary, sender,
+        Bucket, Budgets, FIRST_FREE, Identity, JUDGE_WAIT, MAX_DEBT, MAX_TRACKED, SENDER_BURST,
+        SENDER_RATE, UNKNOWN_BURST, UNKNOWN_RATE, WAIT_BURST, WAIT_RATE, cost, primary, sender,
         unix_path,
     };
     use std::time::Duration;
@@ -792,28 +888,152 @@ mod tests {
         });
         assert!(b.take_at(Some(":2.1"), other, 1.0, t0));
 
-        // Names whose uid was not yet known spend their own burst; when it is learnt, that
-        // spending is charged to the uid (down to MAX_DEBT below empty).
+        // A name whose uid was not yet known spent its own burst (the unknown pool held it);
+        // when its uid is learnt, that spending is charged to the uid.
         let mut b = Budgets::new();
-        for n in 0..20 {
-            let name = format!(":3.{n}");
-            assert_eq!(
-                (0..64)
-                    .filter(|_| b.take_at(Some(&name), None, 1.0, t0))
-                    .count(),
-                64,
-                "an unknown name's own burst"
-            );
-            assert!(
-                !b.take_at(Some(&name), user, 1.0, t0),
-                "then its uid's, spent"
+        assert_eq!(
+            (0..64)
+                .filter(|_| b.take_at(Some(":3.0"), None, 1.0, t0))
+                .count(),
+            64,
+            "an unknown name's own burst"
+        );
+        assert!(
+            !b.take_at(Some(":3.0"), user, 1.0, t0),
+            "then its uid's, spent"
+        );
+        // The uid's bucket was charged the name's 64: empty, then refilled at the rate.
+        let t1 = t0 + Duration::from_secs_f64(0.5 / SENDER_RATE);
+        assert!(!b.take_at(Some(":3.0"), user, 1.0, t1));
+        let t2 = t0 + Duration::from_secs_f64(1.5 / SENDER_RATE);
+        assert!(b.take_at(Some(":3.0"), user, 1.0, t2));
+        // No name can be charged more than MAX_DEBT below empty.
+        let mut bucket = Bucket::new(SENDER_BURST, t0);
+        bucket.charge(1e9, SENDER_BURST, SENDER_RATE, t0);
+        let back = t0 + Duration::from_secs_f64((MAX_DEBT + 0.5) / SENDER_RATE);
+        assert!(!bucket.take(1.0, SENDER_BURST, SENDER_RATE, back));
+        let back = t0 + Duration::from_secs_f64((MAX_DEBT + 1.5) / SENDER_RATE);
+        assert!(bucket.take(1.0, SENDER_BURST, SENDER_RATE, back));
+    }
+
+    /// Regression (connection churn): every new bus name got a fresh burst of its own before
+    /// its uid was known, so a user opening and closing connections as fast as the bus let it
+    /// was served far past any budget and trustd's bus service stalled. All names whose uid is
+    /// not known now share one pool: however many names, the calls served over ten seconds
+    /// are the pool's burst plus ten seconds of its rate.
+    #[test]
+    fn churned_connections_share_one_unknown_pool() {
+        let t0 = tokio::time::Instant::now();
+        let mut b = Budgets::new();
+        let mut served = 0usize;
+        let mut n = 0u64;
+        for tick in 0..=100u64 {
+            let t = t0 + Duration::from_millis(tick * 100);
+            for _ in 0..50 {
+                n += 1;
+                let name = format!(":9.{n}");
+                served += (0..12)
+                    .filter(|_| b.take_at(Some(&name), None, 1.0, t))
+                    .count();
+            }
+        }
+        // Each name's first FIRST_FREE calls, then the pool's burst and rate between them all.
+        let most =
+            n as usize * FIRST_FREE as usize + (UNKNOWN_BURST + UNKNOWN_RATE * 10.0) as usize;
+        assert!(n > MAX_TRACKED as u64, "more names than are remembered");
+        assert!(
+            served <= most && served + 8 >= most,
+            "{served} calls served to {n} new names in 10 s, the pool allows {most}"
+        );
+        // Calls dearer than the free first ones (Introspect, a report) from new names: the
+        // pool alone, whatever the number of names.
+        let mut b = Budgets::new();
+        let mut served = 0usize;
+        for tick in 0..=100u64 {
+            let t = t0 + Duration::from_millis(tick * 100);
+            for _ in 0..50 {
+                n += 1;
+                let name = format!(":9.{n}");
+                served += (0..4)
+                    .filter(|_| b.take_at(Some(&name), None, 16.0, t))
+                    .count();
+            }
+        }
+        let most = ((UNKNOWN_BURST + UNKNOWN_RATE * 10.0) / 16.0) as usize;
+        assert!(
+            served <= most + 1 && served + 1 >= most,
+            "{served} Introspect calls served to 5050 new names in 10 s, the pool allows {most}"
+        );
+        // A user whose uid is known is not touched by the empty pool.
+        let known = Some(Identity {
+            uid: Some(1001),
+            privileged: false,
+        });
+        assert!(b.take_at(Some(":2.1"), known, 1.0, t0 + Duration::from_secs(10)));
+    }
+
+    /// Regression: a flood of new names filled the bucket map, and making room cleared every
+    /// bucket, uids' included, so a user in debt was forgiven by churning names.
+    #[test]
+    fn churning_names_does_not_forgive_a_uids_debt() {
+        let t0 = tokio::time::Instant::now();
+        let mut b = Budgets::new();
+        let user = Some(Identity {
+            uid: Some(1000),
+            privileged: false,
+        });
+        while b.take_at(Some(":1.1"), user, 1.0, t0) {}
+        for n in 0..(2 * MAX_TRACKED) {
+            b.take_at(Some(&format!(":5.{n}")), None, 1.0, t0);
+            b.learn(
+                &format!(":5.{n}"),
+                Identity {
+                    uid: None,
+                    privileged: false,
+                },
             );
         }
-        // Ten seconds of the rate only pay the debt back.
-        let t1 = t0 + std::time::Duration::from_secs_f64(MAX_DEBT / SENDER_RATE);
-        assert!(!b.take_at(Some(":3.0"), user, 1.0, t1));
-        let t2 = t1 + std::time::Duration::from_secs(1);
-        assert!(b.take_at(Some(":3.0"), user, 1.0, t2));
+        assert!(
+            !b.take_at(Some(":1.1"), user, 1.0, t0),
+            "the uid's bucket is still empty"
+        );
+    }
+
+    /// trustd's own client connection is never forgotten, however many names pass.
+    #[test]
+    fn a_pinned_name_outlives_any_number_of_names() {
+        let mut b = Budgets::new();
+        let own = Identity {
+            uid: Some(0),
+            privileged: true,
+        };
+        b.pin(":1.7", own);
+        for n in 0..(3 * MAX_TRACKED) {
+            b.learn(
+                &format!(":6.{n}"),
+                Identity {
+                    uid: Some(1000),
+                    privileged: false,
+                },
+            );
+        }
+        assert_eq!(b.identity(":1.7"), Some(own));
+    }
+
+    /// The reader waits for a verdict on a large body's unknown sender at most WAIT_BURST
+    /// times at once and WAIT_RATE a second after: a flood of large bodies from new names
+    /// cannot keep it waiting.
+    #[test]
+    fn waits_for_a_verdict_are_bounded() {
+        let t0 = tokio::time::Instant::now();
+        let mut b = Budgets::new();
+        let at_once = (0..100).filter(|_| b.may_wait(t0)).count();
+        assert_eq!(at_once, WAIT_BURST as usize);
+        let t1 = t0 + Duration::from_secs(10);
+        let later = (0..100).filter(|_| b.may_wait(t1)).count();
+        assert_eq!(later, WAIT_BURST as usize, "the burst again, never more");
+        let waited = JUDGE_WAIT.as_secs_f64() * WAIT_RATE;
+        assert!(waited <= 0.25, "at most a quarter of each second waiting");
     }
 
     /// The header fields the reader decides on, read from messages as zbus writes them, in
@@ -833,7 +1053,7 @@ mod tests {
             for (iface, member, want) in [
                 ("org.freedesktop.DBus.Introspectable", "Introspect", 16.0),
                 ("org.freedesktop.DBus.Properties", "GetAll", 4.0),
-                ("org.enigm.Trust1.Posture", "GetReport", 4.0),
+                ("org.enigm.Trust1.Posture", "GetReport", 16.0),
                 ("org.freedesktop.DBus.Properties", "Get", 1.0),
                 ("org.enigm.Trust1.Posture", "GetDeviceHandle", 1.0),
             ] {
