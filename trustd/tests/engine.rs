@@ -2,7 +2,7 @@
 //! in a tempdir, with the recording fake standing for the kernel and clocks the test sets.
 //!
 //! What holds here is what the root tests in namespaces check end to end: who may do what
-//! (every refusal audited), the denial budget, the fallback ladder when nft keeps failing,
+//! (every refusal audited), the record budget, the fallback ladder when nft keeps failing,
 //! drift repair, and lifecycle commands bound to this device (revoke destroys the secret).
 
 mod common;

@@ -198,8 +198,8 @@ impl Method {
     }
 
     /// The kind of the audit record a call of this method may cause by itself and that
-    /// counts against its caller's budget (see the engine's denial budget): a refused launch
-    /// check, a launch report. `None`: its records are the transitions it makes.
+    /// counts against its caller's record budget (`daemon/device/budget.rs`): a refused
+    /// launch check, a launch report. `None`: its records are the transitions it makes.
     pub fn budgeted_kind(self) -> Option<&'static str> {
         match self {
             Self::CheckLaunch => Some("launch.check"),

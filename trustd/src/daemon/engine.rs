@@ -147,7 +147,7 @@ pub struct Engine<B: Backend> {
     monotonic: Monotonic,
 }
 
-/// Where the engine reads the monotonic clock for its denial budget and its busy summaries:
+/// Where the engine reads the monotonic clock for its record budget and its busy summaries:
 /// [`std::time::Instant::now`] in the daemon; a test injects one it can move forward.
 pub type Monotonic = Box<dyn Fn() -> std::time::Instant + Send>;
 
@@ -229,7 +229,7 @@ impl<B: Backend> Engine<B> {
         self.checkpoint_every = n;
     }
 
-    /// Read the monotonic clock here (the denial budget's minute, the busy summaries' minute)
+    /// Read the monotonic clock here (the record budget's minute, the busy summaries' minute)
     /// instead of [`std::time::Instant::now`]; the minute of busy summaries starts over.
     pub fn set_monotonic(&mut self, clock: Monotonic) {
         self.busy_recorded = clock();

@@ -149,7 +149,8 @@ mod tests {
         assert_eq!(e.kind, "authz.denied");
         assert!(
             e.reason
-                .unwrap()
+                .as_deref()
+                .unwrap_or_default()
                 .starts_with("7 further denied calls of uid 1000 within a minute")
         );
     }

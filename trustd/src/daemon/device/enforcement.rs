@@ -174,9 +174,9 @@ impl Enforcer {
         actor: Actor,
     ) -> Result<Enforced, DeviceError> {
         let eff = &ctx.effective;
-        let rs = compile(&eff);
+        let rs = compile(eff);
         let mode = eff.mode_name();
-        let guarded = protected(&eff);
+        let guarded = protected(eff);
         self.narrow_exemptions(backend, ctx, &guarded, &actor)?;
         match netfilter::apply(backend, &rs) {
             Ok(digest) => {
@@ -186,7 +186,7 @@ impl Enforcer {
                             self.enforced.clone().unwrap_or_else(|| "unknown".into()),
                             mode,
                         )
-                        .reason(lockdown_reason(&eff))
+                        .reason(lockdown_reason(eff))
                         .digest("ruleset", digest.clone()),
                 );
                 self.enforced = Some(mode.to_owned());
