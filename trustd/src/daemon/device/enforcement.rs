@@ -637,3 +637,113 @@ impl Enforcer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Options;
+    use crate::netfilter::RecordingBackend;
+    use crate::policy::{Lifecycle, Overlay, effective};
+
+    /// The enforcer alone: an audit log in a tempdir, an identity without a TPM, the
+    /// effective policy of a device without one (lockdown), the recording fake as kernel.
+    fn parts() -> (tempfile::TempDir, AuditLog, Identity, Effective) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (audit, _) = AuditLog::open(&dir.path().join("audit"), Options::default())
+            .expect("audit log");
+        let identity = Identity::new(ed25519_dalek::SigningKey::from_bytes(&[7; 32]), None);
+        let steps = std::collections::BTreeSet::new();
+        let eff = effective(
+            None,
+            Overlay {
+                privacy: false,
+                completed_steps: &steps,
+                lifecycle: Lifecycle::Unenrolled,
+            },
+        );
+        (dir, audit, identity, eff)
+    }
+
+    fn apply_outcomes(dir: &std::path::Path) -> Vec<(String, Option<String>)> {
+        crate::audit::read_records(&dir.join("audit"))
+            .expect("records")
+            .into_iter()
+            .filter(|r| r.kind == "network.apply")
+            .map(|r| (format!("{:?}", r.outcome), r.to))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_apply_falls_back_to_lockdown_and_a_failed_lockdown_keeps_the_kernel_as_it_was() {
+        let (dir, audit, identity, eff) = parts();
+        let ctx = Ctx {
+            audit: &audit,
+            effective: eff,
+            policy: None,
+            intel: None,
+            identity: &identity,
+        };
+        let mut kernel = RecordingBackend::default();
+        let mut e = Enforcer::default();
+        let me = Actor::this_process();
+
+        let first = e.enforce(&mut kernel, &ctx, me.clone()).expect("enforce");
+        assert_eq!((first.mode, &first.fallback), ("lockdown", &None));
+        assert!(matches!(e.enforcement(), Enforcement::Enforced { .. }));
+
+        // One failure: the ruleset wanted is not in force, lockdown is put in its place.
+        kernel.fail_applies = 1;
+        let second = e.enforce(&mut kernel, &ctx, me.clone()).expect("fallback");
+        assert_eq!(second.mode, "lockdown");
+        assert!(second.fallback.is_some(), "{second:?}");
+        assert!(matches!(e.enforcement(), Enforcement::Fallback { .. }));
+
+        // Two in a row: nothing could be applied; what the kernel holds stays and reads back.
+        kernel.fail_applies = 2;
+        let third = e.enforce(&mut kernel, &ctx, me);
+        assert!(matches!(third, Err(DeviceError::Enforce(_))), "{third:?}");
+        assert!(matches!(e.enforcement(), Enforcement::Failed { .. }));
+        let kept = e.enforced_rs.as_ref().expect("the last ruleset confirmed");
+        assert!(netfilter::verify(&mut kernel, kept).is_ok(), "the kernel still holds it");
+
+        let outcomes = apply_outcomes(dir.path());
+        assert_eq!(outcomes.len(), 5, "every apply is recorded: {outcomes:?}");
+        assert_eq!(outcomes[0].0, "Ok");
+        let lockdown = Some("lockdown".to_owned());
+        assert_eq!(
+            outcomes[1..3].to_vec(),
+            vec![("Error".to_owned(), None), ("Ok".to_owned(), lockdown)]
+        );
+        assert!(outcomes[3..].iter().all(|(o, _)| o == "Error"), "{outcomes:?}");
+    }
+
+    #[test]
+    fn a_removed_policy_table_is_drift_and_is_put_back() {
+        let (dir, audit, identity, eff) = parts();
+        let ctx = Ctx {
+            audit: &audit,
+            effective: eff,
+            policy: None,
+            intel: None,
+            identity: &identity,
+        };
+        let mut kernel = RecordingBackend::default();
+        let mut e = Enforcer::default();
+        let me = Actor::this_process();
+        e.enforce(&mut kernel, &ctx, me.clone()).expect("enforce");
+        assert_eq!(e.check_drift(&mut kernel, &ctx, me.clone()).expect("check"), None);
+
+        kernel.set_table(None);
+        let found = e.check_drift(&mut kernel, &ctx, me).expect("check");
+        assert!(found.is_some(), "a removed table is drift");
+        assert_eq!(e.drift().map(|(n, _)| n), Some(1));
+        let rs = e.enforced_rs.as_ref().expect("ruleset");
+        assert!(netfilter::verify(&mut kernel, rs).is_ok(), "put back");
+        let drift = crate::audit::read_records(&dir.path().join("audit"))
+            .expect("records")
+            .into_iter()
+            .filter(|r| r.kind == "network.drift")
+            .count();
+        assert_eq!(drift, 1);
+    }
+}
