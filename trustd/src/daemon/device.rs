@@ -180,7 +180,8 @@ impl Device {
     /// held. If the trust root cannot be read, nothing changes (and that is audited). What
     /// is in the kernel stays until the next [`Self::enforce`].
     pub fn reload(&mut self, actor: Actor) -> Result<(), DeviceError> {
-        let (root, loaded) = inputs::load_and_record(&self.store, &self.audit, actor.clone(), "running")?;
+        let (root, loaded) =
+            inputs::load_and_record(&self.store, &self.audit, actor.clone(), "running")?;
         self.identity.settle(
             self.store.paths(),
             &self.audit,

@@ -1,4 +1,4 @@
-//! Drift reported by the kernel: what the device does when nftables notifications say that
+//! Drift reported by the kernel: what the enforcer does when nftables notifications say that
 //! someone changed trustd's tables (see `sys::nft_events`), and how often the periodic
 //! check still reads the large blocklist table back once notifications are watched.
 //!
@@ -25,7 +25,7 @@ pub const INTEL_BACKSTOP: Duration = Duration::from_secs(300);
 const REPAIRS_BEFORE_VERIFY: u32 = 5;
 const REPAIR_WINDOW: Duration = Duration::from_secs(10);
 
-/// What the device knows about how its tables are watched.
+/// What the enforcer knows about how its tables are watched.
 #[derive(Debug, Default)]
 pub struct Watch {
     /// nftables notifications are being received.

@@ -649,8 +649,8 @@ mod tests {
     /// effective policy of a device without one (lockdown), the recording fake as kernel.
     fn parts() -> (tempfile::TempDir, AuditLog, Identity, Effective) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (audit, _) = AuditLog::open(&dir.path().join("audit"), Options::default())
-            .expect("audit log");
+        let (audit, _) =
+            AuditLog::open(&dir.path().join("audit"), Options::default()).expect("audit log");
         let identity = Identity::new(ed25519_dalek::SigningKey::from_bytes(&[7; 32]), None);
         let steps = std::collections::BTreeSet::new();
         let eff = effective(
@@ -704,7 +704,10 @@ mod tests {
         assert!(matches!(third, Err(DeviceError::Enforce(_))), "{third:?}");
         assert!(matches!(e.enforcement(), Enforcement::Failed { .. }));
         let kept = e.enforced_rs.as_ref().expect("the last ruleset confirmed");
-        assert!(netfilter::verify(&mut kernel, kept).is_ok(), "the kernel still holds it");
+        assert!(
+            netfilter::verify(&mut kernel, kept).is_ok(),
+            "the kernel still holds it"
+        );
 
         let outcomes = apply_outcomes(dir.path());
         assert_eq!(outcomes.len(), 5, "every apply is recorded: {outcomes:?}");
@@ -714,7 +717,10 @@ mod tests {
             outcomes[1..3].to_vec(),
             vec![("Error".to_owned(), None), ("Ok".to_owned(), lockdown)]
         );
-        assert!(outcomes[3..].iter().all(|(o, _)| o == "Error"), "{outcomes:?}");
+        assert!(
+            outcomes[3..].iter().all(|(o, _)| o == "Error"),
+            "{outcomes:?}"
+        );
     }
 
     #[test]
@@ -731,7 +737,10 @@ mod tests {
         let mut e = Enforcer::default();
         let me = Actor::this_process();
         e.enforce(&mut kernel, &ctx, me.clone()).expect("enforce");
-        assert_eq!(e.check_drift(&mut kernel, &ctx, me.clone()).expect("check"), None);
+        assert_eq!(
+            e.check_drift(&mut kernel, &ctx, me.clone()).expect("check"),
+            None
+        );
 
         kernel.set_table(None);
         let found = e.check_drift(&mut kernel, &ctx, me).expect("check");
