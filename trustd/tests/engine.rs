@@ -2,7 +2,7 @@
 //! in a tempdir, with the recording fake standing for the kernel and clocks the test sets.
 //!
 //! What holds here is what the root tests in namespaces check end to end: who may do what
-//! (every refusal audited), the denial budget, the fallback ladder when nft keeps failing,
+//! (every refusal audited), the record budget, the fallback ladder when nft keeps failing,
 //! drift repair, and lifecycle commands bound to this device (revoke destroys the secret).
 
 mod common;
@@ -10,10 +10,13 @@ mod common;
 use std::time::Duration;
 
 use common::engine::*;
-use common::policy;
+use common::{TestDevice, policy};
 use serde_json::{Value, json};
-use trustd::audit::{Actor, Outcome};
-use trustd::daemon::{Call, CallError, Caller, Command, LaunchAnswer, LifecycleChange, Method};
+use trustd::audit::{Actor, Options, Outcome};
+use trustd::daemon::{
+    Call, CallError, Caller, Command, Device, HostFacts, LaunchAnswer, LifecycleChange, Method,
+};
+use trustd::netfilter::RecordingBackend;
 use trustd::sys::nft_events::{Changes, TableChange};
 
 /// A policy that requires the setup step `eula` and lets a user turn privacy mode off or not.
@@ -537,4 +540,58 @@ fn lifecycle_commands_bind_to_this_device_and_revoke_destroys_the_secret() {
             .is_err()
     );
     assert!(!holds_policy(&mut h));
+}
+
+/// Posture is a function of the device's state, the host facts read once at open and the
+/// time given: asked twice for the same instant it answers the same, the facts it judges
+/// are the ones the device was opened with (not read again from the kernel), and a signed
+/// report carries the same facts as its evidence.
+#[test]
+fn posture_is_a_function_of_state_host_facts_and_time() {
+    let dev = TestDevice::new();
+    let facts = |landlock_abi| HostFacts {
+        landlock_abi,
+        kernel_release: "9.9.9-facts-test".into(),
+        boot_id: "00000000-0000-4000-8000-facts0000000".into(),
+    };
+    let open_as = |f: HostFacts| {
+        let opts = Options {
+            max_segment_bytes: 256 << 10,
+        };
+        Device::open_with_facts(&dev.paths, Actor::this_process(), opts, f).expect("open")
+    };
+    let no_landlock = "Landlock unavailable in this kernel";
+    let now = wall();
+    {
+        let d = open_as(facts(0));
+        let p = d.posture(now);
+        assert!(p.reasons.iter().any(|r| r == no_landlock), "{p:?}");
+    }
+    let mut d = open_as(facts(42));
+    assert_eq!(d.facts(), &facts(42));
+    d.apply_policy(&signed(policy(0), 5), Actor::this_process(), now)
+        .expect("policy");
+    let mut backend = RecordingBackend::default();
+    d.enforce(&mut backend, Actor::this_process())
+        .expect("enforce");
+
+    let (a, b) = (d.posture(now), d.posture(now));
+    assert_eq!(a, b, "the same state, facts and time give the same posture");
+    assert!(!a.reasons.iter().any(|r| r == no_landlock), "{a:?}");
+    assert!(!a.ruleset_digest.is_empty(), "{a:?}");
+
+    let nonce = "facts-nonce-1";
+    let signed_report = d.report(nonce, now).expect("report");
+    let (key, _) = trustd::report::load_or_create_key(&dev.paths).expect("device key");
+    let opened = trustd::report::open_report(signed_report.as_bytes(), nonce, &key.verifying_key())
+        .expect("a report signed by the device key");
+    let ev = &opened.report.evidence;
+    assert_eq!(
+        (ev.boot_id.as_str(), ev.kernel.as_str(), ev.landlock_abi),
+        (
+            "00000000-0000-4000-8000-facts0000000",
+            "9.9.9-facts-test",
+            42
+        )
+    );
 }

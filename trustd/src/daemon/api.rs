@@ -198,8 +198,8 @@ impl Method {
     }
 
     /// The kind of the audit record a call of this method may cause by itself and that
-    /// counts against its caller's budget (see the engine's denial budget): a refused launch
-    /// check, a launch report. `None`: its records are the transitions it makes.
+    /// counts against its caller's record budget (`daemon/device/budget.rs`): a refused
+    /// launch check, a launch report. `None`: its records are the transitions it makes.
     pub fn budgeted_kind(self) -> Option<&'static str> {
         match self {
             Self::CheckLaunch => Some("launch.check"),
@@ -235,7 +235,7 @@ impl From<DeviceError> for CallError {
             DeviceError::Refused(v) => Self::Refused(format!("{v}; the last good one stays")),
             DeviceError::UnknownStep(why) => Self::UnknownStep(why),
             DeviceError::CommandRefused(why) => Self::Refused(format!("{why}; nothing changed")),
-            DeviceError::Credential(why) => Self::Refused(why),
+            DeviceError::Credential(why) => Self::Refused(why.to_string()),
             DeviceError::State(_) | DeviceError::Audit(_) => {
                 let errno = crate::storage::io_cause(&e)
                     .map(|io| format!(" [{}]", crate::storage::errno_name(io)))
@@ -248,6 +248,7 @@ impl From<DeviceError> for CallError {
             DeviceError::Enforce(_)
             | DeviceError::Secret(_)
             | DeviceError::Checkpoint(_)
+            | DeviceError::Report(_)
             | DeviceError::Tpm(_) => Self::Failed(format!(
                 "{}; the state in force stays",
                 crate::error_chain(&e)

@@ -11,6 +11,7 @@ use super::api::{
     Answer, AuditCheck, Call, CallError, Caller, DENIED_KIND, LaunchAnswer, LifecycleChange,
     Method, RoleGroups, SharedGroups,
 };
+use super::device::budget::{self, RecordBudget, Suppressed};
 use super::{Device, DeviceError};
 use crate::audit::{Actor, Entry, Outcome};
 use crate::netfilter::Backend;
@@ -140,96 +141,19 @@ pub struct Engine<B: Backend> {
     reconfigure: Reconfigure,
     clock: fn() -> Timestamp,
     checkpoint_every: u64,
-    denials: Denials,
+    budget: RecordBudget,
     busy: BusySource,
     busy_recorded: std::time::Instant,
     monotonic: Monotonic,
 }
 
-/// Where the engine reads the monotonic clock for its denial budget and its busy summaries:
+/// Where the engine reads the monotonic clock for its record budget and its busy summaries:
 /// [`std::time::Instant::now`] in the daemon; a test injects one it can move forward.
 pub type Monotonic = Box<dyn Fn() -> std::time::Instant + Send>;
 
 /// Where the engine takes the counts of calls refused before they reached it (the bus
 /// service's admission limits): (uid, how many; `None`: callers not yet identified).
 pub type BusySource = Box<dyn Fn() -> Vec<(Option<u32>, u64)> + Send>;
-
-/// How many records a caller's calls may cause per uid, kind and minute (denials, launch
-/// refusals, launch reports: what any local user can trigger). Beyond that they are counted
-/// and recorded as one summary when the minute is over (or at stop), so that a user calling
-/// in a loop cannot make the log grow by an fsynced record per call.
-const DENIALS_RECORDED_PER_MINUTE: u32 = 20;
-const DENIAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Per-uid, per-kind windows.
-#[derive(Debug, Default)]
-struct Denials(std::collections::HashMap<(u32, &'static str), DenialWindow>);
-
-/// A summary to record: uid, kind, how many were not recorded, the last caller.
-type Suppressed = (u32, &'static str, u64, Actor);
-
-#[derive(Debug)]
-struct DenialWindow {
-    start: std::time::Instant,
-    recorded: u32,
-    suppressed: u64,
-    last: Actor,
-}
-
-impl Denials {
-    /// Whether this denial is recorded on its own; expired windows with suppressed denials
-    /// come back as summaries to record first.
-    fn admit(
-        &mut self,
-        caller: &Caller,
-        kind: &'static str,
-        now: std::time::Instant,
-    ) -> (bool, Vec<Suppressed>) {
-        let summaries = self.expire(now);
-        let w = self
-            .0
-            .entry((caller.uid, kind))
-            .or_insert_with(|| DenialWindow {
-                start: now,
-                recorded: 0,
-                suppressed: 0,
-                last: caller.actor(),
-            });
-        w.last = caller.actor();
-        if w.recorded < DENIALS_RECORDED_PER_MINUTE {
-            w.recorded += 1;
-            (true, summaries)
-        } else {
-            w.suppressed += 1;
-            (false, summaries)
-        }
-    }
-
-    /// Close every window (at stop); returns the summaries of those that suppressed records.
-    fn drain(&mut self) -> Vec<Suppressed> {
-        self.0
-            .drain()
-            .filter(|(_, w)| w.suppressed > 0)
-            .map(|((uid, kind), w)| (uid, kind, w.suppressed, w.last))
-            .collect()
-    }
-
-    /// Close the windows older than a minute; returns the summaries of those that
-    /// suppressed records.
-    fn expire(&mut self, now: std::time::Instant) -> Vec<Suppressed> {
-        let mut out = Vec::new();
-        self.0.retain(|(uid, kind), w| {
-            if now.duration_since(w.start) < DENIAL_WINDOW {
-                return true;
-            }
-            if w.suppressed > 0 {
-                out.push((*uid, *kind, w.suppressed, w.last.clone()));
-            }
-            false
-        });
-        out
-    }
-}
 
 impl<B: Backend> std::fmt::Debug for Engine<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -290,7 +214,7 @@ impl<B: Backend> Engine<B> {
                 reconfigure,
                 clock,
                 checkpoint_every: 1000,
-                denials: Denials::default(),
+                budget: RecordBudget::default(),
                 busy: Box::new(Vec::new),
                 busy_recorded: std::time::Instant::now(),
                 monotonic: Box::new(std::time::Instant::now),
@@ -305,7 +229,7 @@ impl<B: Backend> Engine<B> {
         self.checkpoint_every = n;
     }
 
-    /// Read the monotonic clock here (the denial budget's minute, the busy summaries' minute)
+    /// Read the monotonic clock here (the record budget's minute, the busy summaries' minute)
     /// instead of [`std::time::Instant::now`]; the minute of busy summaries starts over.
     pub fn set_monotonic(&mut self, clock: Monotonic) {
         self.busy_recorded = clock();
@@ -377,19 +301,10 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// One record per uid for the denials not recorded one by one.
+    /// One record per uid and kind for the records the budget did not let through.
     fn record_suppressed(&self, summaries: Vec<Suppressed>) -> Result<(), DeviceError> {
-        for (uid, kind, n, actor) in summaries {
-            let what = match kind {
-                "authz.denied" => "denied calls",
-                "launch.check" => "refused launch checks",
-                _ => "launch reports",
-            };
-            self.dev.audit().record(
-                Entry::new(kind, Outcome::Refused, actor).reason(format!(
-                    "{n} further {what} of uid {uid} within a minute, past the {DENIALS_RECORDED_PER_MINUTE} recorded one by one"
-                )),
-            );
+        for s in summaries {
+            self.dev.audit().record(s.entry());
         }
         Ok(())
     }
@@ -415,7 +330,7 @@ impl<B: Backend> Engine<B> {
         entry: Entry,
     ) -> Result<(), CallError> {
         let now = (self.monotonic)();
-        let (record, summaries) = self.denials.admit(caller, kind, now);
+        let (record, summaries) = self.budget.admit(caller.uid, caller.actor(), kind, now);
         self.record_suppressed(summaries)
             .map_err(|e| CallError::Failed(e.to_string()))?;
         if record {
@@ -493,9 +408,9 @@ impl<B: Backend> Engine<B> {
             }
             Command::Tick => {
                 let now = (self.monotonic)();
-                let summaries = self.denials.expire(now);
+                let summaries = self.budget.expire(now);
                 self.record_suppressed(summaries)?;
-                if now.duration_since(self.busy_recorded) >= DENIAL_WINDOW {
+                if now.duration_since(self.busy_recorded) >= budget::WINDOW {
                     self.busy_recorded = now;
                     self.record_busy()?;
                 }
@@ -543,7 +458,7 @@ impl<B: Backend> Engine<B> {
                 r?;
             }
             Command::Stop(why) => {
-                let summaries = self.denials.drain();
+                let summaries = self.budget.drain();
                 self.record_suppressed(summaries)?;
                 self.record_busy()?;
                 self.dev.audit().record(

@@ -14,5 +14,8 @@ pub use api::{
     AuditCheck, Call, CallError, Caller, LaunchAnswer, LifecycleChange, Method, Role, RoleGroups,
     SharedGroups, Tx,
 };
-pub use device::{Applied, Device, DeviceError, Enforced, INTEL_BACKSTOP};
+pub use device::{
+    Applied, CredentialRefusal, Device, DeviceError, Enforced, HostFacts, INTEL_BACKSTOP,
+    ReportError, SecretError,
+};
 pub use engine::{Command, Engine, Heartbeat, Monotonic, Queues, Senders, queues};

@@ -1,4 +1,4 @@
-//! Drift reported by the kernel: what the device does when nftables notifications say that
+//! Drift reported by the kernel: what the enforcer does when nftables notifications say that
 //! someone changed trustd's tables (see `sys::nft_events`), and how often the periodic
 //! check still reads the large blocklist table back once notifications are watched.
 //!
@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Device;
+use super::enforcement::{Ctx, Enforcer};
 use crate::audit::{Actor, Entry, Outcome};
 use crate::netfilter::{self, Backend, canonical_digest, check_intel, refill_intel};
 use crate::sys::nft_events::{Changes, TableChange};
@@ -25,9 +25,9 @@ pub const INTEL_BACKSTOP: Duration = Duration::from_secs(300);
 const REPAIRS_BEFORE_VERIFY: u32 = 5;
 const REPAIR_WINDOW: Duration = Duration::from_secs(10);
 
-/// What the device knows about how its tables are watched.
+/// What the enforcer knows about how its tables are watched.
 #[derive(Debug, Default)]
-pub(super) struct Watch {
+pub struct Watch {
     /// nftables notifications are being received.
     events: bool,
     /// When the periodic check last read the blocklist table back.
@@ -71,7 +71,7 @@ fn foreign(table: &str, c: &TableChange) -> String {
     format!("{table} changed by {}", c.foreign.join("; "))
 }
 
-impl Device {
+impl Enforcer {
     /// Put the blocklists last enforced back (already compiled: a repair does not wait for
     /// the feed to be compiled again) in one transaction, and confirm them by a full
     /// read-back; audited as `intel.enforce`. When others changed only set elements, only
@@ -80,6 +80,7 @@ impl Device {
     fn restore_intel(
         &mut self,
         backend: &mut dyn Backend,
+        ctx: &Ctx<'_>,
         change: &TableChange,
         actor: Actor,
     ) -> Result<(), DeviceError> {
@@ -106,7 +107,7 @@ impl Device {
                         rs.category_len(&c.name).to_string(),
                     );
                 }
-                self.audit.record(entry);
+                ctx.audit.record(entry);
                 self.intel_failure = None;
             }
             Err(why) => {
@@ -114,7 +115,7 @@ impl Device {
                 self.enforced_intel = None;
                 // A failed re-apply is recorded by enforce_intel and tried again on the next
                 // notification or check; it must not end the daemon (the policy table stays).
-                let _ = self.enforce_intel(backend, actor);
+                let _ = self.enforce_intel(backend, ctx, actor);
             }
         }
         Ok(())
@@ -135,19 +136,20 @@ impl Device {
     pub fn tables_changed(
         &mut self,
         backend: &mut dyn Backend,
+        ctx: &Ctx<'_>,
         changes: &Changes,
         actor: Actor,
     ) -> Result<Option<String>, DeviceError> {
         if changes.stopped {
             self.watch.events = false;
-            self.audit.record(
+            ctx.audit.record(
                 Entry::new("network.watch", Outcome::Error, actor.clone()).reason(
                     "nftables notifications are no longer received; the periodic check covers both tables every interval".to_owned(),
                 ),
             );
         }
         if let Some(gap) = &changes.gap {
-            self.audit.append(
+            ctx.audit.append(
                 Entry::new("network.watch", Outcome::Error, actor.clone()).reason(format!(
                     "nftables notifications lost at {} ({gap}); both tables are read back now",
                     crate::timefmt::Timestamp::now()
@@ -171,12 +173,12 @@ impl Device {
                 None
             };
             if let Some(what) = what {
-                self.audit.record(
+                ctx.audit.record(
                     Entry::new("network.drift", Outcome::Error, actor.clone())
                         .reason(format!("{what}; restoring"))
                         .digest("ruleset", canonical_digest(&rs)),
                 );
-                self.enforce(backend, actor.clone())?;
+                self.enforce(backend, ctx, actor.clone())?;
                 found = Some(what);
             }
         }
@@ -198,11 +200,11 @@ impl Device {
             _ => None,
         };
         if let Some(what) = what {
-            self.audit.record(
+            ctx.audit.record(
                 Entry::new("intel.drift", Outcome::Error, actor.clone())
                     .reason(format!("{what}; restoring")),
             );
-            self.restore_intel(backend, c, actor)?;
+            self.restore_intel(backend, ctx, c, actor)?;
             found = Some(what);
         }
         if let Some(what) = &found {
