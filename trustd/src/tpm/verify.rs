@@ -27,6 +27,8 @@ pub struct Verdict {
     pub events: Vec<Event>,
     /// The report's checkpoint: (size, root hex), the last measured.
     pub checkpoint: (u64, String),
+    /// The TPM's firmware version as the quote gives it (`firmwareVersion`).
+    pub firmware: u64,
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -259,6 +261,7 @@ pub fn verify_named(
         pcrs,
         events: a.events.clone(),
         checkpoint: (cp.size, root),
+        firmware: checked.attest.firmware,
     })
 }
 
@@ -349,6 +352,20 @@ pub fn compare(earlier: &Verdict, later: &Verdict) -> Result<Vec<String>, String
             "within one boot the TPM's clock went from safe to not safe, which a TPM does only at a startup: the later quote is not from the same boot (another TPM, or the counts were not what they seem)"
                 .into(),
         );
+    }
+    // A TPM's firmware is updated only across a reset: a new version within one boot is
+    // another TPM's quote.
+    if earlier.firmware != later.firmware {
+        if same_boot {
+            return Err(format!(
+                "within one boot the TPM's firmware version went from {:#x} to {:#x}: the quotes are from two TPMs",
+                earlier.firmware, later.firmware
+            ));
+        }
+        extra.push(format!(
+            "the TPM's firmware was updated between the reports ({:#x} -> {:#x})",
+            earlier.firmware, later.firmware
+        ));
     }
     if !l.safe {
         extra.push(format!(
@@ -448,6 +465,7 @@ mod tests {
             pcrs: BTreeMap::new(),
             events: Vec::new(),
             checkpoint: (size, root.into()),
+            firmware: 0x2023_0001,
         }
     }
 
@@ -547,6 +565,11 @@ mod tests {
         let mut ima = same.clone();
         with(&mut ima, 10, 5);
         assert!(compare(&earlier, &ima).is_ok());
+        // Another TPM firmware within one boot: two TPMs.
+        let mut other_tpm = same.clone();
+        other_tpm.firmware += 1;
+        let e = compare(&earlier, &other_tpm).expect_err("firmware version");
+        assert!(e.contains("two TPMs"), "{e}");
         // Across a reboot: named.
         let mut rebooted = changed.clone();
         rebooted.clock.reset_count = 4;
