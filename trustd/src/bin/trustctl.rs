@@ -821,9 +821,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let p = dir.join(name);
                     std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
                 }
-                let ak_arg = ak
-                    .as_ref()
-                    .map_or("tpm-ak.pem".into(), |p| p.display().to_string());
+                // The AK given, as the PEM tpm2-tools read (`--ak` may be tpm-ak.pub).
+                let ak_arg = match &ak {
+                    Some(p) => {
+                        use p256::pkcs8::EncodePublicKey as _;
+                        let pem = load_ak(p)?
+                            .0
+                            .to_public_key_pem(Default::default())
+                            .map_err(|e| anyhow!("encoding the AK as PEM: {e}"))?;
+                        let out = dir.join("ak.pem");
+                        std::fs::write(&out, pem)
+                            .with_context(|| format!("writing {}", out.display()))?;
+                        out.display().to_string()
+                    }
+                    None => "tpm-ak.pem".into(),
+                };
                 let cmd = format!(
                     "tpm2_checkquote -u {ak_arg} -m {d}/quote.msg -s {d}/quote.sig -f {d}/quote.pcrs -l {} -g sha256 -q {}",
                     f.selection,
@@ -890,8 +902,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .get("Level")
                         .map(ToString::to_string)
                         .unwrap_or_default(),
-                    r.evidence.policy_digest,
-                    r.evidence.ruleset_digest,
+                    // An empty digest is "none" (no policy installed), as `status` says.
+                    if r.evidence.policy_digest.is_empty() {
+                        "none"
+                    } else {
+                        &r.evidence.policy_digest
+                    },
+                    if r.evidence.ruleset_digest.is_empty() {
+                        "none"
+                    } else {
+                        &r.evidence.ruleset_digest
+                    },
                     // Why the level is what it is (a stale input, the clock), one per line.
                     r.posture
                         .get("Reasons")
