@@ -106,7 +106,9 @@ fn trustctl_verifies_the_tpm_quote_of_a_report_across_a_restart_and_a_reboot() {
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("json");
-    let cmd = v["checkquote"].as_str().expect("the tpm2_checkquote command");
+    let cmd = v["checkquote"]
+        .as_str()
+        .expect("the tpm2_checkquote command");
     let mut words = cmd.split_whitespace();
     assert_eq!(words.next(), Some("tpm2_checkquote"));
     assert!(cmd.contains("-u quote/ak.pem"), "{cmd}");
@@ -142,7 +144,12 @@ fn trustctl_verifies_the_tpm_quote_of_a_report_across_a_restart_and_a_reboot() {
     let r = verify(
         "second.json",
         "nonce-att-second",
-        &["--earlier", "first.json", "--earlier-nonce", "nonce-att-second"],
+        &[
+            "--earlier",
+            "first.json",
+            "--earlier-nonce",
+            "nonce-att-second",
+        ],
     );
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(r.stdout.contains("replayed"), "{}", r.stdout);

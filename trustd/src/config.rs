@@ -255,7 +255,11 @@ mod tests {
             let e = Config::load(&paths).expect_err(bad).to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
-        for good in ["swtpm:", "swtpm:port=2400", "mssim:host=localhost,port=2321"] {
+        for good in [
+            "swtpm:",
+            "swtpm:port=2400",
+            "mssim:host=localhost,port=2321",
+        ] {
             std::fs::write(
                 paths.config_file(),
                 serde_json::json!({ "tpm": good }).to_string(),

@@ -459,7 +459,8 @@ fn a_start_measured_with_another_ak_does_not_verify() {
 fn a_firmware_pcr_extended_after_boot_or_left_out_is_refused_against_the_earlier_report() {
     let s = setup();
     let mut tpm = s.tpm.clone();
-    tpm.extend(0, &[0x0f; 32]).expect("the firmware's measurement");
+    tpm.extend(0, &[0x0f; 32])
+        .expect("the firmware's measurement");
     let first = s.d.report("nonce-fw-first", now()).expect("report");
     let v1 = check(&s, &first, "nonce-fw-first").expect("verifies");
     assert!(v1.pcrs.contains_key(&0), "{:?}", v1.pcrs.keys());

@@ -790,7 +790,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     export_quote,
                 },
         } => {
-            for (what, n) in [("--nonce", Some(&nonce)), ("--earlier-nonce", earlier_nonce.as_ref())] {
+            for (what, n) in [
+                ("--nonce", Some(&nonce)),
+                ("--earlier-nonce", earlier_nonce.as_ref()),
+            ] {
                 if let Some(n) = n
                     && !trustd::report::valid_nonce(n)
                 {
@@ -819,16 +822,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ("quote.pcrs", &f.pcrs),
                 ] {
                     let p = dir.join(name);
-                    std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+                    std::fs::write(&p, bytes)
+                        .with_context(|| format!("writing {}", p.display()))?;
                 }
                 // The AK given, as the PEM tpm2-tools read (`--ak` may be tpm-ak.pub).
                 let ak_arg = match &ak {
                     Some(p) => {
-                        use p256::pkcs8::EncodePublicKey as _;
-                        let pem = load_ak(p)?
-                            .0
-                            .to_public_key_pem(Default::default())
-                            .map_err(|e| anyhow!("encoding the AK as PEM: {e}"))?;
+                        let pem = trustd::tpm::quote::ak_pem(&load_ak(p)?.0);
                         let out = dir.join("ak.pem");
                         std::fs::write(&out, pem)
                             .with_context(|| format!("writing {}", out.display()))?;
@@ -843,7 +843,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     d = dir.display()
                 );
                 if !j {
-                    eprintln!("quote written to {}; check it with:\n  {cmd}", dir.display());
+                    eprintln!(
+                        "quote written to {}; check it with:\n  {cmd}",
+                        dir.display()
+                    );
                 }
                 checkquote = Some(cmd);
             }
@@ -935,7 +938,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// signed-note verifier key (`device.vkey`), whose name must be the key's checkpoint origin.
 /// The attestation key a verifier gives: its SPKI PEM (`tpm-ak.pem`, named as trustd's AK
 /// template names it) or its public area (`tpm-ak.pub`, checked and named from its bytes).
-fn load_ak(path: &Path) -> Result<(p256::ecdsa::VerifyingKey, String)> {
+fn load_ak(path: &Path) -> Result<(trustd::tpm::quote::AkKey, String)> {
     let bytes = read(path)?;
     let ak = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
         let pem = String::from_utf8_lossy(&bytes);

@@ -616,7 +616,10 @@ mod tests {
         let e = super::super::quote::ak_from_pem(P384_PEM)
             .expect_err("P-384 AK")
             .to_string();
-        assert!(e.contains("P-384") && !e.contains("1.2.840.10045.3.1.7"), "{e}");
+        assert!(
+            e.contains("P-384") && !e.contains("1.2.840.10045.3.1.7"),
+            "{e}"
+        );
         let p256 = key(9).public_key();
         let pem = {
             use p256::pkcs8::EncodePublicKey as _;

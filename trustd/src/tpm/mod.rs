@@ -70,7 +70,11 @@ pub fn check_tcti(tcti: &str) -> Result<(), String> {
                     "host" | "port" => {
                         return Err(format!(
                             "tpm {tcti:?}: {k}={v:?} is not a {}",
-                            if k == "host" { "host" } else { "port (1-65535)" }
+                            if k == "host" {
+                                "host"
+                            } else {
+                                "port (1-65535)"
+                            }
                         ));
                     }
                     "path" => {

@@ -256,6 +256,19 @@ pub fn p256_pem(x: &[u8], y: &[u8]) -> Result<String, QuoteError> {
     Ok(pem)
 }
 
+/// An attestation key's public key as a verifier holds it (ECDSA P-256).
+pub type AkKey = p256::ecdsa::VerifyingKey;
+
+/// The SPKI PEM of an attestation key (what `tpm-ak.pem` holds and tpm2-tools read).
+pub fn ak_pem(ak: &AkKey) -> String {
+    let p = ak.to_encoded_point(false);
+    p256_pem(
+        p.x().map(|x| &x[..]).unwrap_or_default(),
+        p.y().map(|y| &y[..]).unwrap_or_default(),
+    )
+    .unwrap_or_default()
+}
+
 /// Read a P-256 public key from an SPKI PEM. Another key is refused with what it is (an RSA
 /// key, an ECC key on another curve, not a public key in PEM at all).
 pub fn ak_from_pem(pem: &str) -> Result<p256::ecdsa::VerifyingKey, QuoteError> {
@@ -499,6 +512,7 @@ mod tests {
         let vk = key().verifying_key().to_encoded_point(false);
         let pem = p256_pem(vk.x().expect("x"), vk.y().expect("y")).expect("pem");
         assert_eq!(ak_from_pem(&pem).expect("pem"), *key().verifying_key());
+        assert_eq!(ak_pem(key().verifying_key()), pem);
         assert!(p256_pem(&[1; 32], &[2; 32]).is_err(), "not on the curve");
     }
 }

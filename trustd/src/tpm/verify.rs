@@ -74,12 +74,7 @@ pub fn verify(
     ak: &p256::ecdsa::VerifyingKey,
     device_key: &ed25519_dalek::VerifyingKey,
 ) -> Result<Verdict, String> {
-    verify_named(
-        opened,
-        ak,
-        &super::credential::ak_name_of(ak),
-        device_key,
-    )
+    verify_named(opened, ak, &super::credential::ak_name_of(ak), device_key)
 }
 
 /// [`verify`] with the AK's TPM name given (hex, from its public area `tpm-ak.pub` as
@@ -552,7 +547,10 @@ mod tests {
         let mut changed = same.clone();
         with(&mut changed, 7, 3);
         let e = compare(&earlier, &changed).expect_err("PCR 7 changed");
-        assert!(e.contains("PCR 7 changed") && e.contains("within one boot"), "{e}");
+        assert!(
+            e.contains("PCR 7 changed") && e.contains("within one boot"),
+            "{e}"
+        );
         let mut dropped = same.clone();
         dropped.pcrs.remove(&0);
         let e = compare(&earlier, &dropped).expect_err("PCR 0 left out");
