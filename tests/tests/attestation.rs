@@ -10,7 +10,7 @@ use tests::lab::{Lab, can_run, lab_policy, wait_ready};
 use tests::swtpm::Swtpm;
 use tests::{Run, trustctl};
 
-const TOOLS: &[&str] = &["ip", "nft", "dbus-daemon", "swtpm"];
+const TOOLS: &[&str] = &["ip", "nft", "dbus-daemon", "swtpm", "tpm2_checkquote"];
 
 fn start(lab: &Lab) -> tests::lab::Daemon {
     let d = lab.run_daemon_on(BusPolicy::Shipped, 1000);
@@ -75,6 +75,53 @@ fn trustctl_verifies_the_tpm_quote_of_a_report_across_a_restart_and_a_reboot() {
     // Another nonce: refused.
     let r = verify("first.json", "nonce-att-other", &[]);
     assert_eq!(r.code, 1, "{}", r.stdout);
+    // A nonce no report can carry is named as such, not as a replay.
+    let r = verify("first.json", "nonce att first", &[]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("not a nonce trustd answers"),
+        "{}",
+        r.stdout
+    );
+
+    // The AK's public area works as --ak too (named from its bytes), and the quote exported
+    // with --export-quote passes tpm2-tools' tpm2_checkquote, run as printed.
+    let ak_pub = lab.paths().state_dir().join("tpm-ak.pub");
+    let r = trustctl(
+        &work,
+        &[
+            "--json",
+            "posture",
+            "verify",
+            "first.json",
+            "--nonce",
+            "nonce-att-first",
+            "--key",
+            &key,
+            "--ak",
+            &ak_pub.display().to_string(),
+            "--export-quote",
+            "quote",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("json");
+    let cmd = v["checkquote"]
+        .as_str()
+        .expect("the tpm2_checkquote command");
+    let mut words = cmd.split_whitespace();
+    assert_eq!(words.next(), Some("tpm2_checkquote"));
+    assert!(cmd.contains("-u quote/ak.pem"), "{cmd}");
+    let o = std::process::Command::new("tpm2_checkquote")
+        .args(words)
+        .current_dir(&work)
+        .output()
+        .expect("tpm2_checkquote");
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // trustd restarts: same AK, the later report extends the earlier one.
     d.terminate();
@@ -93,6 +140,19 @@ fn trustctl_verifies_the_tpm_quote_of_a_report_across_a_restart_and_a_reboot() {
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("no reboot"), "{}", r.stdout);
+    // One nonce for both reports: refused.
+    let r = verify(
+        "second.json",
+        "nonce-att-second",
+        &[
+            "--earlier",
+            "first.json",
+            "--earlier-nonce",
+            "nonce-att-second",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("replayed"), "{}", r.stdout);
 
     // A reboot: trustd stops, the TPM power-cycles, /run is emptied.
     d.terminate();

@@ -125,13 +125,8 @@ impl Config {
         }
         if let Some(t) = &c.tpm
             && t != TPM_NONE
-            && !["device:", "swtpm:", "mssim:", "tabrmd:"]
-                .iter()
-                .any(|k| t.starts_with(k))
         {
-            return Err(err(format!(
-                "tpm {t:?} is not a TCTI (device:PATH, swtpm:host=H,port=P, mssim:..., tabrmd:...) nor \"none\""
-            )));
+            crate::tpm::check_tcti(t).map_err(err)?;
         }
         if c.audit_segment_bytes < 4096 {
             return Err(err("audit_segment_bytes must be at least 4096".into()));
@@ -230,6 +225,48 @@ mod tests {
         std::fs::write(paths.config_file(), br#"{"tpm": "/dev/tpm0"}"#).expect("write");
         let e = Config::load(&paths).expect_err("not a tcti").to_string();
         assert!(e.contains("is not a TCTI"), "{e}");
+    }
+
+    /// Security regression test: the TSS binding ignores every `swtpm:`/`mssim:` option but
+    /// host and port and then connects to localhost:2321, where any local user may listen
+    /// with a TPM of its own. A unix socket (`swtpm:path=`, as tpm2-tools take it), a typo
+    /// or a bad port must be refused with the reason, never quietly sent elsewhere.
+    #[test]
+    fn a_tcti_the_tss_would_quietly_send_to_localhost_2321_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = Paths::new(dir.path());
+        std::fs::create_dir_all(paths.config_dir()).expect("mkdir");
+        for (bad, why) in [
+            ("swtpm:path=/tmp/swtpm.sock", "over TCP only"),
+            ("swtpm:host=127.0.0.1,prot=2321", "unknown option \"prot\""),
+            ("mssim:host=127.0.0.1,port=99999", "not a port"),
+            ("swtpm:port=0", "not a port"),
+            ("swtpm:host=,port=2321", "not a host"),
+            ("swtpm:port=2321,port=2400", "given twice"),
+            ("device:dev/tpmrm0", "absolute path"),
+            ("device:", "absolute path"),
+            ("tpm2:/dev/tpm0", "is not a TCTI"),
+        ] {
+            std::fs::write(
+                paths.config_file(),
+                serde_json::json!({ "tpm": bad }).to_string(),
+            )
+            .expect("write");
+            let e = Config::load(&paths).expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        for good in [
+            "swtpm:",
+            "swtpm:port=2400",
+            "mssim:host=localhost,port=2321",
+        ] {
+            std::fs::write(
+                paths.config_file(),
+                serde_json::json!({ "tpm": good }).to_string(),
+            )
+            .expect("write");
+            assert!(Config::load(&paths).is_ok(), "{good}");
+        }
     }
 
     /// A device with a TPM node uses it without configuration; trustd.json's `tpm` wins

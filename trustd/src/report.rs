@@ -300,7 +300,7 @@ pub fn open_report(bytes: &[u8], nonce: &str, key: &VerifyingKey) -> Result<Open
     };
     if report.nonce != nonce {
         return Err(format!(
-            "the report answers nonce {:?}, not {nonce:?} (a replayed report)",
+            "the report answers nonce {:?}, not {nonce:?} (a replayed report, or the wrong --nonce)",
             report.nonce
         ));
     }

@@ -388,3 +388,97 @@ fn posture_evidence_says_software_key_only_without_a_tpm_and_keeps_the_level() {
     );
     assert!(after.level >= before.level);
 }
+
+/// The shared TPM under another AK's identity: a trustd attached to it measures that AK's
+/// name at its start, while the quotes are the shared TPM's AK's.
+#[derive(Debug)]
+struct Renamed(Shared, Identity);
+
+impl Tpm for Renamed {
+    fn identity(&self) -> &Identity {
+        &self.1
+    }
+    fn extend(&mut self, pcr: u32, digest: &[u8; 32]) -> Result<(), TpmError> {
+        self.0.extend(pcr, digest)
+    }
+    fn read_pcr(&mut self, pcr: u32) -> Result<[u8; 32], TpmError> {
+        self.0.read_pcr(pcr)
+    }
+    fn quote(&mut self, pcrs: &[u32], q: &[u8]) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        self.0.quote(pcrs, q)
+    }
+}
+
+/// Security regression test: earlier this boot a trustd started with another attestation
+/// key (root made a second AK in the same TPM, or replaced the blob) and its measurements
+/// are in PCR 13; then trustd runs with the AK the verifier holds, and its quote is good.
+/// The measured start names the other AK, so the measurements before the quote are not all
+/// vouched for by the key given: the verifier refuses, naming the start.
+#[test]
+fn a_start_measured_with_another_ak_does_not_verify() {
+    let dev = TestDevice::new();
+    let shared = Shared(Arc::new(Mutex::new(SoftTpm::new([9; 32]).expect("soft"))));
+    let other = SoftTpm::new([5; 32]).expect("soft").identity().clone();
+    {
+        let mut d = Device::open(&dev.paths, Actor::this_process()).expect("open");
+        d.attach_tpm(Box::new(Renamed(shared.clone(), other.clone())))
+            .expect("attach");
+        d.apply_policy(&signed_policy(1), Actor::this_process(), now())
+            .expect("policy");
+        d.enforce(&mut RecordingBackend::default(), Actor::this_process())
+            .expect("enforce");
+    }
+    let mut d = Device::open(&dev.paths, Actor::this_process()).expect("reopen");
+    d.attach_tpm(Box::new(shared.clone())).expect("attach");
+    let report = d.report("nonce-other-ak", now()).expect("report");
+    let key = trustd::report::load_or_create_key(&dev.paths)
+        .expect("key")
+        .0
+        .verifying_key();
+    let ak = *shared.0.lock().expect("tpm").signing_key().verifying_key();
+    let opened = open_report(report.as_bytes(), "nonce-other-ak", &key).expect("signed");
+    let e = trustd::tpm::verify::verify(&opened, &ak, &key).expect_err("another AK's start");
+    assert!(
+        e.contains("event 0") && e.contains(&other.ak_name) && e.contains("another AK"),
+        "{e}"
+    );
+    // The AK's name from its public area (tpm-ak.pub) is the one its PEM gives.
+    let named = trustd::tpm::credential::check_ak_public(&shared.identity().ak_tpm_public)
+        .expect("an AK's public area");
+    assert_eq!(
+        trustd::bundle::hex(&named.name),
+        trustd::tpm::credential::ak_name_of(&ak)
+    );
+}
+
+/// Security regression test: root extends a firmware PCR after boot (PCR 0 held the
+/// firmware's measurement at the first report), or makes a later report whose quote leaves
+/// that PCR out (the verifier of one report requires only PCRs 10 and 13). Each report
+/// verifies on its own; against the earlier one, within one boot, both are refused.
+#[test]
+fn a_firmware_pcr_extended_after_boot_or_left_out_is_refused_against_the_earlier_report() {
+    let s = setup();
+    let mut tpm = s.tpm.clone();
+    tpm.extend(0, &[0x0f; 32])
+        .expect("the firmware's measurement");
+    let first = s.d.report("nonce-fw-first", now()).expect("report");
+    let v1 = check(&s, &first, "nonce-fw-first").expect("verifies");
+    assert!(v1.pcrs.contains_key(&0), "{:?}", v1.pcrs.keys());
+
+    // Left out of a later quote.
+    s.d.checkpoint().expect("checkpoint");
+    let honest = s.d.report("nonce-fw-second", now()).expect("report");
+    let o = open(&s, &honest, "nonce-fw-second");
+    let events = o.attestation.as_ref().expect("attested").events.clone();
+    let forged = forge(&s, &o.report, events, o.proofs.clone());
+    let v2 = check(&s, &forged, "nonce-fw-second").expect("verifies on its own");
+    let e = trustd::tpm::verify::compare(&v1, &v2).expect_err("PCR 0 left out");
+    assert!(e.contains("leaves out") && e.contains("PCR 0"), "{e}");
+
+    // Extended after boot.
+    tpm.extend(0, &[0xee; 32]).expect("root extends PCR 0");
+    let later = s.d.report("nonce-fw-third", now()).expect("report");
+    let v3 = check(&s, &later, "nonce-fw-third").expect("verifies on its own");
+    let e = trustd::tpm::verify::compare(&v1, &v3).expect_err("PCR 0 changed");
+    assert!(e.contains("PCR 0 changed"), "{e}");
+}

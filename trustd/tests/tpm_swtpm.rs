@@ -131,6 +131,14 @@ fn a_swtpm_quote_verifies_with_tpm2_checkquote_and_the_event_log_replays() {
         first = report_and_check(&d, &dev, "nonce-first-1");
         first_ak = d.tpm_identity().expect("identity").ak_name;
         assert!(first.events.len() >= 3, "{:?}", first.events);
+        // A verifier holding only tpm-ak.pem names the AK as the TPM does (trustd's AK
+        // template), and that is the name every measured start carries.
+        let pem =
+            std::fs::read_to_string(dev.paths.state_dir().join("tpm-ak.pem")).expect("ak pem");
+        let ak = trustd::tpm::quote::ak_from_pem(&pem).expect("ak");
+        assert_eq!(trustd::tpm::credential::ak_name_of(&ak), first_ak);
+        let public = std::fs::read(dev.paths.state_dir().join("tpm-ak.pub")).expect("ak pub");
+        assert_eq!(public, trustd::tpm::credential::ak_public_area(&ak));
 
         // The event log since boot replays to the PCR as tpm2_pcrread reads it.
         let log = trustd::tpm::EventLog::open(&dev.paths.measurement_log()).expect("log");

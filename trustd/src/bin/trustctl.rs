@@ -260,8 +260,9 @@ enum PostureCmd {
         /// The device's public key: its `device.pub`, or its signed-note verifier key `device.vkey`.
         #[arg(long)]
         key: PathBuf,
-        /// The device TPM's attestation key (SPKI PEM, `tpm-ak.pem`): require and check the
-        /// TPM quote.
+        /// The device TPM's attestation key, bound to its EK by credential activation: its
+        /// public key (`tpm-ak.pem`, SPKI PEM) or its public area (`tpm-ak.pub`). Requires
+        /// and checks the TPM quote, and that every start of trustd measured names this AK.
         #[arg(long)]
         ak: Option<PathBuf>,
         /// An earlier report of the same device, checked the same way (needs --ak).
@@ -270,6 +271,12 @@ enum PostureCmd {
         /// The nonce the earlier report answered.
         #[arg(long)]
         earlier_nonce: Option<String>,
+        /// Also write the report's quote into this directory for tpm2-tools
+        /// (`quote.msg`, `quote.sig`, `quote.pcrs`) and print the `tpm2_checkquote` command
+        /// that checks it; written once the device key's signature checks, before the TPM
+        /// checks, so an outside tool can judge a quote refused here.
+        #[arg(long, value_name = "DIR")]
+        export_quote: Option<PathBuf>,
     },
 }
 
@@ -780,26 +787,80 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ak,
                     earlier,
                     earlier_nonce,
+                    export_quote,
                 },
         } => {
+            for (what, n) in [
+                ("--nonce", Some(&nonce)),
+                ("--earlier-nonce", earlier_nonce.as_ref()),
+            ] {
+                if let Some(n) = n
+                    && !trustd::report::valid_nonce(n)
+                {
+                    return Err(refused(format!(
+                        "{what} {:?} is not a nonce trustd answers (8 to 128 characters of [A-Za-z0-9_-]): no report can carry it",
+                        n.chars().take(140).collect::<String>()
+                    )));
+                }
+            }
+            if earlier_nonce.as_deref() == Some(nonce.as_str()) {
+                return Err(refused(
+                    "--earlier-nonce is --nonce: two reports answering one nonce are one report replayed; a verifier sends a fresh nonce for each".into(),
+                ));
+            }
             let vk = device_key(&key)?;
             let opened =
                 trustd::report::open_report(&read(&file)?, &nonce, &vk).map_err(Refused)?;
+            let mut checkquote = None;
+            if let Some(dir) = &export_quote {
+                let f = trustd::tpm::verify::checkquote_files(&opened).map_err(Refused)?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                for (name, bytes) in [
+                    ("quote.msg", &f.message),
+                    ("quote.sig", &f.signature),
+                    ("quote.pcrs", &f.pcrs),
+                ] {
+                    let p = dir.join(name);
+                    std::fs::write(&p, bytes)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                // The AK given, as the PEM tpm2-tools read (`--ak` may be tpm-ak.pub).
+                let ak_arg = match &ak {
+                    Some(p) => {
+                        let pem = trustd::tpm::quote::ak_pem(&load_ak(p)?.0);
+                        let out = dir.join("ak.pem");
+                        std::fs::write(&out, pem)
+                            .with_context(|| format!("writing {}", out.display()))?;
+                        out.display().to_string()
+                    }
+                    None => "tpm-ak.pem".into(),
+                };
+                let cmd = format!(
+                    "tpm2_checkquote -u {ak_arg} -m {d}/quote.msg -s {d}/quote.sig -f {d}/quote.pcrs -l {} -g sha256 -q {}",
+                    f.selection,
+                    f.qualifying,
+                    d = dir.display()
+                );
+                if !j {
+                    eprintln!(
+                        "quote written to {}; check it with:\n  {cmd}",
+                        dir.display()
+                    );
+                }
+                checkquote = Some(cmd);
+            }
             let mut tpm = serde_json::Value::Null;
             let mut tpm_text = format!("\n  evidence signer: {}", opened.signer);
             if let Some(ak) = &ak {
-                let pem = String::from_utf8(read(ak)?).map_err(|_| {
-                    Refused(format!("{}: not a PEM file (not UTF-8)", ak.display()))
-                })?;
-                let akey = trustd::tpm::quote::ak_from_pem(&pem)
-                    .map_err(|e| Refused(format!("{}: {e}", ak.display())))?;
-                let v = trustd::tpm::verify::verify(&opened, &akey, &vk)
+                let (akey, ak_name) = load_ak(ak)?;
+                let v = trustd::tpm::verify::verify_named(&opened, &akey, &ak_name, &vk)
                     .map_err(|e| Refused(format!("TPM evidence: {e}")))?;
                 let mut notes = Vec::new();
                 if let (Some(earlier), Some(en)) = (&earlier, &earlier_nonce) {
                     let eo = trustd::report::open_report(&read(earlier)?, en, &vk)
                         .map_err(|e| Refused(format!("earlier report: {e}")))?;
-                    let ev = trustd::tpm::verify::verify(&eo, &akey, &vk)
+                    let ev = trustd::tpm::verify::verify_named(&eo, &akey, &ak_name, &vk)
                         .map_err(|e| Refused(format!("earlier report's TPM evidence: {e}")))?;
                     notes = trustd::tpm::verify::compare(&ev, &v)
                         .map_err(|e| Refused(format!("since the earlier report: {e}")))?;
@@ -835,7 +896,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 json!({"ok": true, "origin": r.origin, "time": r.time.to_string(),
                        "level": r.posture.get("Level"), "reasons": r.posture.get("Reasons"),
                        "evidence": r.evidence, "version": opened.version,
-                       "signer": opened.signer, "tpm": tpm}),
+                       "signer": opened.signer, "tpm": tpm, "checkquote": checkquote}),
                 &format!(
                     "valid report from {} at {}: level {}, policy {}, ruleset {}{}{tpm_text}",
                     r.origin,
@@ -844,8 +905,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .get("Level")
                         .map(ToString::to_string)
                         .unwrap_or_default(),
-                    r.evidence.policy_digest,
-                    r.evidence.ruleset_digest,
+                    // An empty digest is "none" (no policy installed), as `status` says.
+                    if r.evidence.policy_digest.is_empty() {
+                        "none"
+                    } else {
+                        &r.evidence.policy_digest
+                    },
+                    if r.evidence.ruleset_digest.is_empty() {
+                        "none"
+                    } else {
+                        &r.evidence.ruleset_digest
+                    },
                     // Why the level is what it is (a stale input, the clock), one per line.
                     r.posture
                         .get("Reasons")
@@ -866,10 +936,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// The device's public key from `path`: trustd's key file (`device.pub`, JSON) or a
 /// signed-note verifier key (`device.vkey`), whose name must be the key's checkpoint origin.
+/// The attestation key a verifier gives: its SPKI PEM (`tpm-ak.pem`, named as trustd's AK
+/// template names it) or its public area (`tpm-ak.pub`, checked and named from its bytes).
+fn load_ak(path: &Path) -> Result<(trustd::tpm::quote::AkKey, String)> {
+    let bytes = read(path)?;
+    let ak = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let pem = String::from_utf8_lossy(&bytes);
+        let k = trustd::tpm::quote::ak_from_pem(&pem)
+            .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+        (k, trustd::tpm::credential::ak_name_of(&k))
+    } else {
+        let p = trustd::tpm::credential::check_ak_public(&bytes).map_err(|e| {
+            refused(format!(
+                "{}: neither a PEM public key (tpm-ak.pem) nor an attestation key's TPM public area (tpm-ak.pub): {e}",
+                path.display()
+            ))
+        })?;
+        let k = trustd::tpm::quote::ak_from_pem(&p.pem).map_err(|e| refused(e.to_string()))?;
+        (k, trustd::bundle::hex(&p.name))
+    };
+    Ok(ak)
+}
+
 fn device_key(path: &Path) -> Result<ed25519_dalek::VerifyingKey> {
     let bytes = read(path)?;
     if bytes.trim_ascii_start().starts_with(b"{") {
         return Ok(PublicKeyFile::load(path)?);
+    }
+    if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return Err(Refused(format!(
+            "{}: a PEM key, not the device key: --key takes the device's device.pub (or device.vkey); the TPM's tpm-ak.pem goes to --ak",
+            path.display()
+        ))
+        .into());
     }
     let text =
         String::from_utf8(bytes).map_err(|_| Refused(format!("{}: not UTF-8", path.display())))?;

@@ -261,14 +261,51 @@ pub fn check_ak_public(public: &[u8]) -> Result<AkPublic, CredentialError> {
     Ok(AkPublic { name, pem })
 }
 
-/// The EK's public key from its SPKI PEM (`tpm-ek.pem`).
+/// The EK's public key from its SPKI PEM (`tpm-ek.pem`). Another key is refused saying what
+/// it is (an RSA EK, a P-384 EK of the high-range templates), never with the OID the parser
+/// expected.
 pub fn ek_from_pem(pem: &str) -> Result<p256::PublicKey, CredentialError> {
     use p256::pkcs8::DecodePublicKey as _;
-    p256::PublicKey::from_public_key_pem(pem.trim()).map_err(|e| {
+    p256::PublicKey::from_public_key_pem(pem.trim()).map_err(|_| {
         CredentialError::Ek(format!(
-            "not a P-256 public key in SPKI PEM ({e}); only the default ECC EK is supported"
+            "{}: only the EK of the EK Credential Profile's default ECC P-256 template is supported (the one trustd exports as tpm-ek.pem; `tpm2_createek -G ecc`)",
+            super::quote::describe_public_key(pem)
         ))
     })
+}
+
+/// The `TPMA_OBJECT` of the attestation key trustd makes (`tpm2_createak`'s): fixedTPM,
+/// fixedParent, sensitiveDataOrigin, userWithAuth, restricted, sign.
+pub const AK_ATTRIBUTES: u32 = 0x0005_0072;
+
+/// The marshalled `TPMT_PUBLIC` (TPM 2.0 Part 2, 12.2.4) of an attestation key made from
+/// trustd's template (ECC P-256, SHA-256 name algorithm, [`AK_ATTRIBUTES`], empty auth
+/// policy, ECDSA with SHA-256, no KDF) whose public point is `ak`: what `tpm-ak.pub` holds
+/// for that key.
+pub fn ak_public_area(ak: &p256::ecdsa::VerifyingKey) -> Vec<u8> {
+    let point = ak.to_encoded_point(false);
+    let mut p = Vec::with_capacity(90);
+    for v in [0x0023u16, 0x000b] {
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    p.extend_from_slice(&AK_ATTRIBUTES.to_be_bytes());
+    p.extend_from_slice(&[0, 0]); // authPolicy: empty
+    for v in [0x0010u16, 0x0018, 0x000b, 0x0003, 0x0010] {
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    p.extend_from_slice(&tpm2b(point.x().map(|x| &x[..]).unwrap_or_default()));
+    p.extend_from_slice(&tpm2b(point.y().map(|y| &y[..]).unwrap_or_default()));
+    p
+}
+
+/// The TPM name (hex: `000b` and SHA-256 of [`ak_public_area`]) that an attestation key with
+/// public key `ak`, made from trustd's template, has in its TPM: what trustd measures in its
+/// start event, so a verifier holding only `tpm-ak.pem` can check it.
+pub fn ak_name_of(ak: &p256::ecdsa::VerifyingKey) -> String {
+    format!(
+        "000b{}",
+        crate::bundle::hex(&Sha256::digest(ak_public_area(ak)))
+    )
 }
 
 /// `TPM2_MakeCredential` in software: `credential` for the AK named `ak_name` (its TPM name
@@ -555,11 +592,59 @@ mod tests {
         let want =
             super::super::quote::p256_pem(key.x().expect("x"), key.y().expect("y")).expect("pem");
         assert_eq!(ak.pem, want);
+        // A verifier holding only the PEM names the AK as trustd's template does.
+        let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(key.as_bytes()).expect("vk");
+        assert_eq!(ak_public_area(&vk), p);
+        assert_eq!(ak_name_of(&vk), crate::bundle::hex(&ak.name));
         let mut unrestricted = p.clone();
         unrestricted[5] = 0x06; // restricted off, decrypt on
         assert!(check_ak_public(&unrestricted).is_err());
         assert!(check_ak_public(&p[..p.len() - 1]).is_err());
     }
+
+    /// An EK of another type is refused saying what it is: never the OID of P-256 (what the
+    /// parser wanted) for a P-384 key, nor the EC algorithm OID for an RSA key.
+    #[test]
+    fn an_ek_of_another_type_is_named_for_what_it_is() {
+        let e = ek_from_pem(P384_PEM).expect_err("P-384").to_string();
+        assert!(e.contains("P-384") && e.contains("1.3.132.0.34"), "{e}");
+        assert!(!e.contains("1.2.840.10045.3.1.7"), "{e}");
+        let e = ek_from_pem(RSA_PEM).expect_err("RSA").to_string();
+        assert!(e.contains("RSA") && !e.contains("1.2.840.10045"), "{e}");
+        let e = ek_from_pem("junk").expect_err("junk").to_string();
+        assert!(e.contains("not a PEM file"), "{e}");
+        let e = super::super::quote::ak_from_pem(P384_PEM)
+            .expect_err("P-384 AK")
+            .to_string();
+        assert!(
+            e.contains("P-384") && !e.contains("1.2.840.10045.3.1.7"),
+            "{e}"
+        );
+        let p256 = key(9).public_key();
+        let pem = {
+            use p256::pkcs8::EncodePublicKey as _;
+            p256.to_public_key_pem(Default::default()).expect("pem")
+        };
+        assert!(ek_from_pem(&pem).is_ok());
+        assert_eq!(
+            super::super::quote::describe_public_key(&pem),
+            "an ECC P-256 public key"
+        );
+    }
+
+    const P384_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEAK12TjhsCI+9JCn4Jpok9E5vXSDEX5hn
+LsbdRzZO0LRjHRtn3UCDesko/dJgtYOBXoUlNGSfYX7RzMAZ1mnSmkya9Eq0JKHe
+ZJ4X+qOTBfuO36BUpXpam95Z2ZUY2sw0
+-----END PUBLIC KEY-----
+";
+    const RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDa/HdB8H+j0+tMWWbSckUxwiZZ
+FIsXdnc5LTqbQa4FYs4CRo8ViW88Y+FZno2GEyV2UFiqJVb7gZEvIAcWzpX4RArh
++zKhE/9IWwmt15mkvq5t+Dy0JaE2WHHcBuZadhcQvYMeEoih7bTqfgo4P1gBigjQ
+LF4i8OSjyQSqB9U4xwIDAQAB
+-----END PUBLIC KEY-----
+";
 
     const TPM2_TOOLS_EK: &str = "fabb344ce0bb351bdd871233ceb8549b49c204b153c19e38edc4f54865243b7b";
     const TPM2_TOOLS_NAME: &str =

@@ -117,13 +117,21 @@ fn has_ek_certificate(ctx: &mut Context) -> bool {
 }
 
 fn open_inner(tcti: &str, blob_path: &Path) -> Result<(Inner, Identity), TpmError> {
+    super::check_tcti(tcti).map_err(|reason| TpmError::Tcti {
+        tcti: tcti.to_owned(),
+        reason,
+    })?;
     let conf = tss_esapi::TctiNameConf::from_str(tcti).map_err(|e| TpmError::Tcti {
         tcti: tcti.to_owned(),
         reason: e.to_string(),
     })?;
+    // The TSS's error for a TCTI that cannot connect is its bare response code ("response
+    // code not recognized"); say what it means.
     let mut ctx = Context::new(conf).map_err(|e| TpmError::Tcti {
         tcti: tcti.to_owned(),
-        reason: e.to_string(),
+        reason: format!(
+            "could not connect: nothing answers there, or trustd may not open it (the TSS says: {e}; its messages on stderr name the cause)"
+        ),
     })?;
     flush_stale(&mut ctx);
     let ek = ek::create_ek_object(&mut ctx, AsymmetricAlgorithm::Ecc, None::<DefaultKey>)

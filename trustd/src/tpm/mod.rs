@@ -44,6 +44,66 @@ pub fn quoted_pcrs() -> Vec<u32> {
     vec![IMA_PCR, TRUSTD_PCR]
 }
 
+/// Check a TCTI as trustd.json's `tpm` names it, before the TSS reads it: `device:PATH` (an
+/// absolute path), `swtpm:` and `mssim:` with only `host=H` and `port=P` (1-65535), each at
+/// most once, or `tabrmd:` with the TSS's own options. The TSS binding ignores any other key
+/// of `swtpm:`/`mssim:` and falls back to `localhost:2321`, so a unix socket
+/// (`swtpm:path=...`, which tpm2-tools accept) or a typo would quietly reach whatever
+/// listens on that port; such a value is refused here with the reason.
+pub fn check_tcti(tcti: &str) -> Result<(), String> {
+    let (kind, conf) = tcti.split_once(':').unwrap_or((tcti, ""));
+    match kind {
+        "device" => {
+            if !conf.starts_with('/') {
+                return Err(format!(
+                    "tpm {tcti:?}: device: takes the absolute path of the TPM node (device:/dev/tpmrm0)"
+                ));
+            }
+        }
+        "swtpm" | "mssim" => {
+            let mut seen = Vec::new();
+            for kv in conf.split(',').filter(|kv| !kv.is_empty()) {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                match k {
+                    "host" if !v.is_empty() => {}
+                    "port" if v.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                    "host" | "port" => {
+                        return Err(format!(
+                            "tpm {tcti:?}: {k}={v:?} is not a {}",
+                            if k == "host" {
+                                "host"
+                            } else {
+                                "port (1-65535)"
+                            }
+                        ));
+                    }
+                    "path" => {
+                        return Err(format!(
+                            "tpm {tcti:?}: trustd reaches swtpm over TCP only ({kind}:host=H,port=P; start swtpm with `--server type=tcp,port=P --ctrl type=tcp,port=P+1`), not over a unix socket"
+                        ));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "tpm {tcti:?}: unknown option {k:?} ({kind}: takes host=H and port=P only; anything else would be ignored and localhost:2321 used)"
+                        ));
+                    }
+                }
+                if seen.contains(&k) {
+                    return Err(format!("tpm {tcti:?}: {k} given twice"));
+                }
+                seen.push(k);
+            }
+        }
+        "tabrmd" => {}
+        _ => {
+            return Err(format!(
+                "tpm {tcti:?} is not a TCTI (device:PATH, swtpm:host=H,port=P, mssim:host=H,port=P, tabrmd:...) nor \"none\""
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why the TPM could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TpmError {

@@ -256,11 +256,72 @@ pub fn p256_pem(x: &[u8], y: &[u8]) -> Result<String, QuoteError> {
     Ok(pem)
 }
 
-/// Read a P-256 public key from an SPKI PEM.
+/// An attestation key's public key as a verifier holds it (ECDSA P-256).
+pub type AkKey = p256::ecdsa::VerifyingKey;
+
+/// The SPKI PEM of an attestation key (what `tpm-ak.pem` holds and tpm2-tools read).
+pub fn ak_pem(ak: &AkKey) -> String {
+    let p = ak.to_encoded_point(false);
+    p256_pem(
+        p.x().map(|x| &x[..]).unwrap_or_default(),
+        p.y().map(|y| &y[..]).unwrap_or_default(),
+    )
+    .unwrap_or_default()
+}
+
+/// Read a P-256 public key from an SPKI PEM. Another key is refused with what it is (an RSA
+/// key, an ECC key on another curve, not a public key in PEM at all).
 pub fn ak_from_pem(pem: &str) -> Result<p256::ecdsa::VerifyingKey, QuoteError> {
     use p256::pkcs8::DecodePublicKey as _;
-    p256::ecdsa::VerifyingKey::from_public_key_pem(pem.trim())
-        .map_err(|e| QuoteError::Key(format!("not a P-256 public key in PEM: {e}")))
+    p256::ecdsa::VerifyingKey::from_public_key_pem(pem.trim()).map_err(|_| {
+        QuoteError::Key(format!(
+            "{}, not the ECC P-256 public key (SPKI PEM, `tpm-ak.pem`) of a trustd attestation key",
+            describe_public_key(pem)
+        ))
+    })
+}
+
+/// What an SPKI PEM holds, for an error message: `an ECC P-256 public key`, `an ECC P-384
+/// public key (curve OID 1.3.132.0.34)`, `an RSA public key (OID 1.2.840.113549.1.1.1)`,
+/// or why it is no public key at all. Never the OID a parser expected.
+pub fn describe_public_key(pem: &str) -> String {
+    use p256::pkcs8::der::Decode as _;
+    use p256::pkcs8::spki::SubjectPublicKeyInfoRef;
+    let text = pem.trim();
+    if text.starts_with("-----BEGIN PRIVATE KEY")
+        || text.starts_with("-----BEGIN EC PRIVATE KEY")
+        || text.starts_with("-----BEGIN RSA PRIVATE KEY")
+    {
+        return "a private key (give the public key)".into();
+    }
+    if text.starts_with("-----BEGIN CERTIFICATE") {
+        return "a certificate (give its public key, `openssl x509 -pubkey -noout`)".into();
+    }
+    let Ok((label, der)) = p256::pkcs8::der::pem::decode_vec(text.as_bytes()) else {
+        return "not a PEM file".into();
+    };
+    if label != "PUBLIC KEY" {
+        return format!("a PEM {label:?}, not a PUBLIC KEY");
+    }
+    let Ok(spki) = SubjectPublicKeyInfoRef::from_der(&der) else {
+        return "a PUBLIC KEY whose DER is not a SubjectPublicKeyInfo".into();
+    };
+    let alg = spki.algorithm.oid.to_string();
+    let curve = spki.algorithm.parameters_oid().ok().map(|o| o.to_string());
+    match (alg.as_str(), curve.as_deref()) {
+        ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => "an ECC P-256 public key".into(),
+        ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => {
+            "an ECC P-384 public key (curve OID 1.3.132.0.34)".into()
+        }
+        ("1.2.840.10045.2.1", Some("1.3.132.0.35")) => {
+            "an ECC P-521 public key (curve OID 1.3.132.0.35)".into()
+        }
+        ("1.2.840.10045.2.1", Some(c)) => format!("an ECC public key on the curve with OID {c}"),
+        ("1.2.840.10045.2.1", None) => "an ECC public key without a named curve".into(),
+        ("1.2.840.113549.1.1.1", _) => "an RSA public key (OID 1.2.840.113549.1.1.1)".into(),
+        ("1.3.101.112", _) => "an Ed25519 public key (OID 1.3.101.112)".into(),
+        (a, _) => format!("a public key of the algorithm with OID {a}"),
+    }
 }
 
 /// What a checked quote says.
@@ -451,6 +512,7 @@ mod tests {
         let vk = key().verifying_key().to_encoded_point(false);
         let pem = p256_pem(vk.x().expect("x"), vk.y().expect("y")).expect("pem");
         assert_eq!(ak_from_pem(&pem).expect("pem"), *key().verifying_key());
+        assert_eq!(ak_pem(key().verifying_key()), pem);
         assert!(p256_pem(&[1; 32], &[2; 32]).is_err(), "not on the curve");
     }
 }

@@ -45,7 +45,8 @@ impl SoftTpm {
             )
             .map_err(|e| bad(e.to_string()))?
         };
-        let point = key.verifying_key().to_encoded_point(false);
+        let vk = *key.verifying_key();
+        let point = vk.to_encoded_point(false);
         let pem = p256_pem(
             point.x().map(|x| &x[..]).unwrap_or_default(),
             point.y().map(|y| &y[..]).unwrap_or_default(),
@@ -56,10 +57,10 @@ impl SoftTpm {
             ek,
             identity: Identity {
                 ak_public: pem.clone(),
-                ak_name: "000b".to_owned() + &crate::bundle::sha256_hex(pem.as_bytes()),
+                ak_name: super::credential::ak_name_of(&vk),
                 ek_public: ek_pem,
                 ek_certificate: None,
-                ak_tpm_public: Vec::new(),
+                ak_tpm_public: super::credential::ak_public_area(&vk),
                 created: true,
                 replaced: None,
             },
