@@ -96,9 +96,10 @@ fn a_long_object_path_neither_grows_memory_nor_stalls_roots_calls() {
 /// trustd's bus service for about a minute, until the watchdog restarted trustd. Now all
 /// names whose uid is not known share one small pool and the reader never waits on a lookup
 /// for a call: under the churn the watchdog is fed throughout (so the service answers through
-/// the bus), root's calls over the private socket complete, a new ordinary caller on the bus
-/// is answered, a deleted table comes back, and once the churn stops a new caller is answered
-/// at once.
+/// the bus), root's calls over the private socket complete, a deleted table comes back, and
+/// once the churn stops a new caller is answered at once. The churn is of dear calls (from
+/// the shared pool) and of cheap ones (each a new name's free first call, whose total is
+/// capped: uncapped, 8 `Ping`s per connection stalled the service for over a minute).
 #[test]
 fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
     if !can_run(&["ip", "nft", "setpriv", "dbus-daemon"]) {
@@ -129,7 +130,9 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
     assert!(watchdog_ping(&sock, Duration::from_secs(5)), "fed before");
     let (rss0, _) = usage(daemon.id());
 
-    let flood = Flood::start(&addr, &["churn"], 60_000);
+    // Dear calls (Introspect, from the shared pool) and cheap ones (Ping, each a new name's
+    // free first call) on connections opened and closed as fast as the bus lets them.
+    let flood = Flood::start(&addr, &["churn", "pings"], 60_000);
     std::thread::sleep(Duration::from_secs(3));
     let mut root = Vec::new();
     let mut fresh = Vec::new();
@@ -147,23 +150,19 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
             l.first_error
         );
         root.extend(l.admin);
-        // A new caller on the bus (a fresh connection, as trustctl makes one per command,
-        // as another ordinary user) is answered: its first calls need no pool.
+        // A new caller on the bus (a fresh connection, as trustctl makes one per command, as
+        // another ordinary user): answered only if its first calls find room among the churn's
+        // (see SECURITY.md, "Connection churn"); counted, not required.
         let t = std::time::Instant::now();
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=2", "--regid=2", "--clear-groups"])
+        let ok = std::process::Command::new("timeout")
+            .args(["5", "setpriv", "--reuid=2", "--regid=2", "--clear-groups"])
             .arg(tests::bin("trustctl"))
             .args(["--bus", &addr, "status"])
             .output()
-            .expect("run trustctl as uid 2");
-        assert!(
-            out.status.success() && t.elapsed() < Duration::from_secs(5),
-            "round {round}: a new ordinary caller's status under connection churn: {:?} after {:?}: {}",
-            out.status,
-            t.elapsed(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        fresh.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+            .expect("run trustctl as uid 2")
+            .status
+            .success();
+        fresh.push((ok, t.elapsed()));
         lab.delete_policy_table_and_wait(Duration::from_millis(1500))
             .unwrap_or_else(|| {
                 panic!("round {round}: the deleted table was not restored within 1.5 s")
@@ -190,7 +189,7 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
     );
     assert!(watchdog_ping(&sock, Duration::from_secs(4)), "fed after");
     eprintln!(
-        "connection churn: root's calls over the private socket p50 {} us p99 {} us; an ordinary user's trustctl status on a new bus connection {:?} us; a new bus caller answered {took:?} after it stopped; trustd RSS {rss0} -> {rss_max} KiB",
+        "connection churn: root's calls over the private socket p50 {} us p99 {} us; an ordinary user's trustctl status on a new bus connection (answered, time) {:?}; a new bus caller answered {took:?} after it stopped; trustd RSS {rss0} -> {rss_max} KiB",
         percentile(&root, 50),
         percentile(&root, 99),
         fresh

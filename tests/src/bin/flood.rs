@@ -20,6 +20,8 @@
 //!   churn    connections opened and closed as fast as the bus lets them, each pipelining
 //!            64 Introspect calls (a new bus name, unknown to trustd, every time); at most 8
 //!            open at once, never reading
+//!   pings    the same with 8 Peer.Ping calls per connection (cheap calls, each a new
+//!            name's first)
 //!   budget   16 connections, each reading a posture property 20 times a second (each call
 //!            waited for 1 s at most); prints how many were answered (one uid's budget is
 //!            shared by all its connections, so most go unanswered)
@@ -250,7 +252,7 @@ fn names(address: &str, until: Instant) {
     });
 }
 
-fn churn(address: &str, until: Instant) {
+fn churn(address: &str, until: Instant, iface: &str, member: &str, calls: u64) {
     let mut open = std::collections::VecDeque::new();
     let mut n = 0u64;
     while Instant::now() < until {
@@ -260,10 +262,10 @@ fn churn(address: &str, until: Instant) {
         };
         let _ = c.sock.set_write_timeout(Some(Duration::from_millis(200)));
         let mut all = Vec::new();
-        for _ in 0..64 {
-            all.extend(c.builtin_call("org.freedesktop.DBus.Introspectable", "Introspect", None));
+        for _ in 0..calls {
+            all.extend(c.builtin_call(iface, member, None));
         }
-        n += 64;
+        n += calls;
         pace(n);
         let _ = c.sock.write_all(&all);
         open.push_back(c);
@@ -330,7 +332,8 @@ fn main() {
         "longpath" => longpath(address, until),
         "gone" => gone(address, until),
         "budget" => budget(address, until),
-        "churn" => churn(address, until),
+        "churn" => churn(address, until, "org.freedesktop.DBus.Introspectable", "Introspect", 64),
+        "pings" => churn(address, until, "org.freedesktop.DBus.Peer", "Ping", 8),
         other => {
             eprintln!("flood: unknown shape {other:?}");
             std::process::exit(2);

@@ -257,6 +257,7 @@ impl Client {
 
     /// Apply a signed policy bundle.
     pub async fn apply_bundle(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
+        self.introduce(envelope.len()).await;
         let r = proxy!(&self.conn, PolicyProxy)?
             .apply_bundle(envelope)
             .await?;
@@ -265,6 +266,7 @@ impl Client {
 
     /// Apply a signed intel feed.
     pub async fn apply_intel_feed(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
+        self.introduce(envelope.len()).await;
         let r = proxy!(&self.conn, PolicyProxy)?
             .apply_intel_feed(envelope)
             .await?;
@@ -273,10 +275,24 @@ impl Client {
 
     /// Apply a signed trust-root rotation.
     pub async fn apply_trust_root(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
+        self.introduce(envelope.len()).await;
         let r = proxy!(&self.conn, PolicyProxy)?
             .apply_trust_root(envelope)
             .await?;
         Ok(ApplyResult::from((r.0, r.1, r.2, r.3, Vec::new())))
+    }
+
+    /// Before a call whose body is over [`crate::dbus::SMALL_BODY`] bytes (`len`) on the bus:
+    /// make one small call that trustd answers after learning who the caller is, so that the
+    /// large body is read (trustd reads a large body only from a sender it knows as an admin,
+    /// and waits to learn that only within a small budget that other users can spend). On
+    /// the private socket, or for a small body, nothing. The small call's own outcome does not
+    /// matter (a refusal also teaches trustd the caller).
+    async fn introduce(&self, len: usize) {
+        if len <= crate::dbus::SMALL_BODY as usize || self.conn.unique_name().is_none() {
+            return;
+        }
+        let _ = self.active_policy().await;
     }
 
     /// The active policy's payload (empty: none).
@@ -331,6 +347,7 @@ impl Client {
 
     /// Apply a signed lifecycle command: `(from, to)`.
     pub async fn apply_command(&self, envelope: &[u8]) -> zbus::Result<(String, String)> {
+        self.introduce(envelope.len()).await;
         proxy!(&self.conn, DeviceProxy)?
             .apply_command(envelope)
             .await

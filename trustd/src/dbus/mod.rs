@@ -30,7 +30,7 @@ use zbus::names::BusName;
 use crate::daemon::{Call, Caller, Command, Role, Senders, SharedGroups, Tx};
 pub use error::{Error, Failure};
 pub use gate::Gate;
-pub use socket::{SENDER_BURST, SENDER_RATE};
+pub use socket::{SENDER_BURST, SENDER_RATE, SMALL_BODY};
 
 /// The well-known name.
 pub const BUS_NAME: &str = "org.enigm.Trust1";

@@ -54,22 +54,34 @@ pub const UNKNOWN_BURST: f64 = 64.0;
 /// See [`UNKNOWN_BURST`].
 pub const UNKNOWN_RATE: f64 = 32.0;
 /// What a new bus name may spend before its uid is known without drawing on the unknown
-/// pool: its first cheap calls (up to 8, or two `GetAll`; not an `Introspect` or a report).
-/// So that a caller's first call on a new connection (root's over the bus, an admin's, the
-/// UI's) is answered even while someone churning connections keeps the pool empty, and the
-/// answer teaches trustd who it is; a churner gains no more than this per connection, each of
-/// which costs it a whole authentication with the bus daemon.
-pub const FIRST_FREE: f64 = 8.0;
+/// pool: its first call, if cheap (a property read, a `GetAll`; not an `Introspect` or a
+/// report), so that a caller's first call on a new connection is usually answered while
+/// someone else keeps the pool empty, and that answer (or the lookup its message started)
+/// teaches trustd who it is. These first calls of all names together are capped in their turn
+/// by [`NEWCOMERS_BURST`]: answering every new connection's first calls would let a user who
+/// churns connections make trustd answer without bound.
+pub const FIRST_FREE: f64 = 4.0;
+/// The free first calls ([`FIRST_FREE`]) of all new names together: this many at once and
+/// per second after that ([`NEWCOMERS_RATE`]); past it a new name's calls draw on the pool.
+/// A small share of what the service answers in a second.
+pub const NEWCOMERS_BURST: f64 = 128.0;
+/// See [`NEWCOMERS_BURST`].
+pub const NEWCOMERS_RATE: f64 = 128.0;
 /// How long the reader waits for the bus to say whether the sender of a body over
 /// [`SMALL_BODY`] is an admin, when nothing is known of it yet. It is the only wait of the
-/// reader on a lookup, and [`WAIT_BURST`] bounds how often it happens.
+/// reader on a lookup, and [`WAIT_BUDGET`] bounds the time it spends so.
 const JUDGE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
-/// Such waits at once, and per second after that ([`WAIT_RATE`]): at most a quarter of the
-/// reader's time goes to waiting however a sender floods, and an admin whose large call
-/// finds none left gets a clear failure (its body is not read) instead of a stalled service.
-const WAIT_BURST: f64 = 2.0;
-/// See [`WAIT_BURST`].
-const WAIT_RATE: f64 = 1.0;
+/// Seconds the reader may spend in such waits at once, and per second after that
+/// ([`WAIT_RATE`]): the time really waited is charged (at least [`WAIT_MIN`] a wait), so at
+/// most a quarter of the reader's time goes to waiting however senders flood, and a flood of
+/// waits the bus answers at once costs it little. A large call that finds the budget spent is
+/// not read (its call fails); trustd's client makes a small call first, which makes its
+/// sender known, before sending a large body.
+const WAIT_BUDGET: f64 = 0.5;
+/// See [`WAIT_BUDGET`].
+const WAIT_RATE: f64 = 0.25;
+/// The least a wait is charged, in seconds (a round trip to the bus).
+const WAIT_MIN: f64 = 0.005;
 /// Names (and uids) whose buckets the reader remembers; past it, full buckets are
 /// forgotten, then every name's.
 const MAX_TRACKED: usize = 4096;
@@ -167,6 +179,7 @@ pub struct Budgets {
     names: std::collections::HashMap<String, Bucket>,
     uids: std::collections::HashMap<u32, Bucket>,
     unknown: Bucket,
+    newcomers: Bucket,
     waits: Bucket,
     ids: std::collections::HashMap<String, Identity>,
     pinned: std::collections::HashMap<String, Identity>,
@@ -191,7 +204,8 @@ impl Budgets {
             names: std::collections::HashMap::new(),
             uids: std::collections::HashMap::new(),
             unknown: Bucket::new(UNKNOWN_BURST, now),
-            waits: Bucket::new(WAIT_BURST, now),
+            newcomers: Bucket::new(NEWCOMERS_BURST, now),
+            waits: Bucket::new(WAIT_BUDGET, now),
             ids: std::collections::HashMap::new(),
             pinned: std::collections::HashMap::new(),
             dropped: 0,
@@ -213,10 +227,19 @@ impl Budgets {
             .copied()
     }
 
-    /// Whether the reader may wait now for a verdict on a sender (see [`WAIT_BURST`]); the
-    /// wait is charged if so.
-    fn may_wait(&mut self, now: tokio::time::Instant) -> bool {
-        self.waits.take(1.0, WAIT_BURST, WAIT_RATE, now)
+    /// Whether the reader may wait now for a verdict on a sender (see [`WAIT_BUDGET`]).
+    fn may_wait(&self, now: tokio::time::Instant) -> bool {
+        self.waits.available(WAIT_BUDGET, WAIT_RATE, now) > 0.0
+    }
+
+    /// Charge a wait that lasted `waited` (at least [`WAIT_MIN`]).
+    fn waited(&mut self, waited: std::time::Duration, now: tokio::time::Instant) {
+        self.waits.charge(
+            waited.as_secs_f64().max(WAIT_MIN),
+            WAIT_BUDGET,
+            WAIT_RATE,
+            now,
+        );
     }
 
     /// A new set, to share.
@@ -306,13 +329,17 @@ impl Budgets {
                 let Some(s) = sender else {
                     return false;
                 };
-                // A name's first FIRST_FREE tokens come from its own bucket alone; past them
-                // both its bucket and the pool of every unknown name must hold the cost
-                // (either alone refuses without charging the other).
-                let first =
-                    self.names.get(s).is_none_or(|b| {
+                // A name's first FIRST_FREE tokens come from its own bucket and the newcomers'
+                // cap; past them both its bucket and the pool of every unknown name must hold
+                // the cost (neither refuses after charging the other).
+                let first = cost <= FIRST_FREE
+                    && self.names.get(s).is_none_or(|b| {
                         b.spent(SENDER_BURST, SENDER_RATE, now) + cost <= FIRST_FREE
-                    }) && cost <= FIRST_FREE;
+                    })
+                    && self
+                        .newcomers
+                        .available(NEWCOMERS_BURST, NEWCOMERS_RATE, now)
+                        >= cost;
                 if !first && self.unknown.available(UNKNOWN_BURST, UNKNOWN_RATE, now) < cost {
                     return false;
                 }
@@ -322,7 +349,12 @@ impl Budgets {
                 {
                     return false;
                 }
-                first || self.unknown.take(cost, UNKNOWN_BURST, UNKNOWN_RATE, now)
+                if first {
+                    self.newcomers
+                        .take(cost, NEWCOMERS_BURST, NEWCOMERS_RATE, now)
+                } else {
+                    self.unknown.take(cost, UNKNOWN_BURST, UNKNOWN_RATE, now)
+                }
             }
         }
     }
@@ -619,11 +651,13 @@ impl Reader {
             || match id {
                 Some(i) => i.privileged,
                 None => {
-                    let may = self.budgets().may_wait(tokio::time::Instant::now());
+                    let start = tokio::time::Instant::now();
+                    let may = self.budgets().may_wait(start);
                     if may {
-                        self.identify(judge.as_ref(), from.as_deref())
-                            .await
-                            .privileged
+                        let id = self.identify(judge.as_ref(), from.as_deref()).await;
+                        let now = tokio::time::Instant::now();
+                        self.budgets().waited(now - start, now);
+                        id.privileged
                     } else {
                         false
                     }
@@ -830,9 +864,9 @@ impl WriteHalf for Writer {
 #[cfg(test)]
 mod tests {
     use super::{
-        Bucket, Budgets, FIRST_FREE, Identity, JUDGE_WAIT, MAX_DEBT, MAX_TRACKED, SENDER_BURST,
-        SENDER_RATE, UNKNOWN_BURST, UNKNOWN_RATE, WAIT_BURST, WAIT_RATE, cost, primary, sender,
-        unix_path,
+        Bucket, Budgets, Identity, JUDGE_WAIT, MAX_DEBT, MAX_TRACKED, NEWCOMERS_BURST,
+        NEWCOMERS_RATE, SENDER_BURST, SENDER_RATE, UNKNOWN_BURST, UNKNOWN_RATE, WAIT_BUDGET,
+        WAIT_RATE, cost, primary, sender, unix_path,
     };
     use std::time::Duration;
 
@@ -937,13 +971,13 @@ mod tests {
                     .count();
             }
         }
-        // Each name's first FIRST_FREE calls, then the pool's burst and rate between them all.
-        let most =
-            n as usize * FIRST_FREE as usize + (UNKNOWN_BURST + UNKNOWN_RATE * 10.0) as usize;
+        // The free first calls' cap and the pool, whatever the number of names.
+        let most = (NEWCOMERS_BURST + NEWCOMERS_RATE * 10.0 + UNKNOWN_BURST + UNKNOWN_RATE * 10.0)
+            as usize;
         assert!(n > MAX_TRACKED as u64, "more names than are remembered");
         assert!(
-            served <= most && served + 8 >= most,
-            "{served} calls served to {n} new names in 10 s, the pool allows {most}"
+            served <= most + 8 && served + 8 >= most,
+            "{served} calls served to {n} new names in 10 s, the caps allow {most}"
         );
         // Calls dearer than the free first ones (Introspect, a report) from new names: the
         // pool alone, whatever the number of names.
@@ -1020,20 +1054,74 @@ mod tests {
         assert_eq!(b.identity(":1.7"), Some(own));
     }
 
-    /// The reader waits for a verdict on a large body's unknown sender at most WAIT_BURST
-    /// times at once and WAIT_RATE a second after: a flood of large bodies from new names
-    /// cannot keep it waiting.
+    /// The reader spends at most WAIT_BUDGET seconds at once, and WAIT_RATE a second after,
+    /// waiting for verdicts on large bodies' unknown senders, charged by the time really
+    /// waited: waits the bus answers at once cost little, slow ones soon stop.
     #[test]
-    fn waits_for_a_verdict_are_bounded() {
+    fn time_spent_waiting_for_a_verdict_is_bounded() {
         let t0 = tokio::time::Instant::now();
         let mut b = Budgets::new();
-        let at_once = (0..100).filter(|_| b.may_wait(t0)).count();
-        assert_eq!(at_once, WAIT_BURST as usize);
-        let t1 = t0 + Duration::from_secs(10);
-        let later = (0..100).filter(|_| b.may_wait(t1)).count();
-        assert_eq!(later, WAIT_BURST as usize, "the burst again, never more");
-        let waited = JUDGE_WAIT.as_secs_f64() * WAIT_RATE;
-        assert!(waited <= 0.25, "at most a quarter of each second waiting");
+        let mut n = 0;
+        while b.may_wait(t0) {
+            b.waited(JUDGE_WAIT, t0);
+            n += 1;
+        }
+        assert_eq!(n, 2, "two slow waits spend the budget ({WAIT_BUDGET} s)");
+        // Over ten seconds of slow waits, at most WAIT_RATE of each second is spent waiting.
+        let mut spent = 0.0;
+        for ms in (0..10_000).step_by(10) {
+            let t = t0 + Duration::from_millis(ms);
+            if b.may_wait(t) {
+                b.waited(JUDGE_WAIT, t);
+                spent += JUDGE_WAIT.as_secs_f64();
+            }
+        }
+        assert!(
+            spent <= WAIT_RATE * 10.0 + JUDGE_WAIT.as_secs_f64(),
+            "{spent} s of ten spent waiting"
+        );
+        // Waits the bus answers at once are charged their round trip: many fit.
+        let mut b = Budgets::new();
+        let mut quick = 0;
+        while b.may_wait(t0) && quick < 1000 {
+            b.waited(Duration::from_micros(300), t0);
+            quick += 1;
+        }
+        assert!(
+            quick >= 100,
+            "{quick} quick waits before the budget ran out"
+        );
+    }
+
+    /// Regression (connection churn with cheap calls): each new name's free first calls were
+    /// uncapped, so a user opening 1,500 connections a second, each pipelining 8 `Ping`s,
+    /// made trustd answer 12,000 calls a second and its bus service (and the watchdog's
+    /// reads) stalled for over a minute. All names' free first calls share one cap.
+    #[test]
+    fn free_first_calls_of_all_new_names_are_capped() {
+        let t0 = tokio::time::Instant::now();
+        let mut b = Budgets::new();
+        let mut served = 0usize;
+        let mut n = 0u64;
+        for tick in 0..=100u64 {
+            let t = t0 + Duration::from_millis(tick * 100);
+            for _ in 0..150 {
+                n += 1;
+                let name = format!(":8.{n}");
+                served += (0..8)
+                    .filter(|_| b.take_at(Some(&name), None, 1.0, t))
+                    .count();
+            }
+        }
+        let most = (NEWCOMERS_BURST + NEWCOMERS_RATE * 10.0 + UNKNOWN_BURST + UNKNOWN_RATE * 10.0)
+            as usize;
+        assert!(
+            served <= most + 8 && served + 8 >= most,
+            "{served} calls served to {n} new names in 10 s (the caps allow {most})"
+        );
+        // A quiet moment later, a new caller's first call is answered.
+        let later = t0 + Duration::from_secs(12);
+        assert!(b.take_at(Some(":8.new"), None, 4.0, later));
     }
 
     /// The header fields the reader decides on, read from messages as zbus writes them, in
