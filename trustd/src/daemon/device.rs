@@ -641,7 +641,7 @@ impl Device {
         };
         let changed = rs.protected != to;
         let result = if changed {
-            update_exemptions(backend, &to)
+            update_exemptions(backend, rs, &to)
         } else {
             Ok(())
         };

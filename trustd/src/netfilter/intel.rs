@@ -27,9 +27,9 @@ use crate::bundle::sha256_hex;
 use crate::policy::{Cidr, IntelFeed};
 
 /// The regular chain holding the outbound exemptions of the policy in force.
-const EXEMPT_OUT: &str = "exempt_out";
+pub(super) const EXEMPT_OUT: &str = "exempt_out";
 /// The regular chain holding the inbound (reply) exemptions of the policy in force.
-const EXEMPT_IN: &str = "exempt_in";
+pub(super) const EXEMPT_IN: &str = "exempt_in";
 
 /// The intel table's name.
 pub const INTEL_TABLE: &str = "trustd_intel";
@@ -232,6 +232,32 @@ impl SetSpec {
         }
     }
 
+    /// The range of its lowest and of its highest element (`None` when empty), without
+    /// walking the set.
+    pub(super) fn bounds(&self, rs: &IntelRuleset) -> Option<((u128, u128), (u128, u128))> {
+        let c = &rs.categories[self.cat];
+        let host = |a: &IpAddr| Cidr::host(*a).range();
+        match (self.v6, self.interval) {
+            (false, false) => Some((host(c.v4_hosts.first()?), host(c.v4_hosts.last()?))),
+            (false, true) => Some((c.v4_nets.first()?.range(), c.v4_nets.last()?.range())),
+            (true, false) => Some((host(c.v6_hosts.first()?), host(c.v6_hosts.last()?))),
+            (true, true) => Some((c.v6_nets.first()?.range(), c.v6_nets.last()?.range())),
+        }
+    }
+
+    /// The elements of this set in `old` that `new` lacks, and those of `new` that `old`
+    /// lacks (both compiled with the same layout): one merge of the two sorted sets, with
+    /// memory for the difference only.
+    pub(super) fn delta(&self, old: &IntelRuleset, new: &IntelRuleset) -> (Vec<Elem>, Vec<Elem>) {
+        let (o, n) = (&old.categories[self.cat], &new.categories[self.cat]);
+        match (self.v6, self.interval) {
+            (false, false) => merge_delta(&o.v4_hosts, &n.v4_hosts, |a| Elem::Host(*a)),
+            (false, true) => merge_delta(&o.v4_nets, &n.v4_nets, |c| Elem::Net(*c)),
+            (true, false) => merge_delta(&o.v6_hosts, &n.v6_hosts, |a| Elem::Host(*a)),
+            (true, true) => merge_delta(&o.v6_nets, &n.v6_nets, |c| Elem::Net(*c)),
+        }
+    }
+
     /// How many elements it holds.
     pub(super) fn len(&self, rs: &IntelRuleset) -> usize {
         let c = &rs.categories[self.cat];
@@ -259,6 +285,45 @@ impl SetSpec {
         let nets = if self.v6 { &c.v6_nets } else { &c.v4_nets };
         nets.range(..=Cidr::host(addr)).next_back().copied()
     }
+}
+
+/// What `a` holds that `b` lacks, and what `b` holds that `a` lacks, in one walk of both.
+fn merge_delta<T: Ord>(
+    a: &BTreeSet<T>,
+    b: &BTreeSet<T>,
+    elem: impl Fn(&T) -> Elem,
+) -> (Vec<Elem>, Vec<Elem>) {
+    use std::cmp::Ordering;
+    let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
+    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (x.peek(), y.peek()) {
+            (Some(p), Some(q)) => match p.cmp(q) {
+                Ordering::Less => {
+                    only_a.push(elem(p));
+                    x.next();
+                }
+                Ordering::Greater => {
+                    only_b.push(elem(q));
+                    y.next();
+                }
+                Ordering::Equal => {
+                    x.next();
+                    y.next();
+                }
+            },
+            (Some(p), None) => {
+                only_a.push(elem(p));
+                x.next();
+            }
+            (None, Some(q)) => {
+                only_b.push(elem(q));
+                y.next();
+            }
+            (None, None) => break,
+        }
+    }
+    (only_a, only_b)
 }
 
 /// The sets of `rs` (those with elements), with their category's index.
@@ -359,6 +424,11 @@ fn exemption_rules(protected: &[Protected]) -> (Vec<Rule>, Vec<Rule>) {
 }
 
 fn structure(rs: &IntelRuleset) -> Vec<Value> {
+    structure_with(rs, &rs.protected)
+}
+
+/// The structure of `rs`'s table with `protected` as its exemptions.
+fn structure_with(rs: &IntelRuleset, protected: &[Protected]) -> Vec<Value> {
     let mut out = Vec::new();
     for (i, _) in rs.categories.iter().enumerate() {
         out.push(json!({"counter": {"family": "inet", "table": INTEL_TABLE, "name": format!("intel_{i}")}}));
@@ -377,7 +447,7 @@ fn structure(rs: &IntelRuleset) -> Vec<Value> {
     for (chain, is_out) in [("output", true), ("input", false)] {
         out.extend(base_exemptions(is_out).iter().map(|r| rule_json(chain, r)));
     }
-    let (ex_out, ex_in) = exemption_rules(&rs.protected);
+    let (ex_out, ex_in) = exemption_rules(protected);
     out.extend(ex_out.iter().map(|r| rule_json(EXEMPT_OUT, r)));
     out.extend(ex_in.iter().map(|r| rule_json(EXEMPT_IN, r)));
     for (i, s) in sets(rs) {
@@ -400,8 +470,8 @@ pub const TEMPLATE_TABLE: &str = "trustd_intel_tmpl";
 
 /// The intel table's structure as the scratch table [`TEMPLATE_TABLE`] holds it: the same
 /// objects, its chains without hooks (so that nothing in it sees a packet).
-fn template_structure(rs: &IntelRuleset) -> Vec<Value> {
-    structure(rs)
+fn template_structure(rs: &IntelRuleset, protected: &[Protected]) -> Vec<Value> {
+    structure_with(rs, protected)
         .into_iter()
         .map(|mut o| {
             for kind in ["counter", "chain", "set", "rule"] {
@@ -419,15 +489,16 @@ fn template_structure(rs: &IntelRuleset) -> Vec<Value> {
         .collect()
 }
 
-/// The script that (re)creates the scratch table: small, whatever the feed's size.
-pub(super) fn render_template(rs: &IntelRuleset) -> String {
+/// The script that (re)creates the scratch table for `rs` with `protected` as its
+/// exemptions: small, whatever the feed's size.
+pub(super) fn render_template(rs: &IntelRuleset, protected: &[Protected]) -> String {
     let table = json!({"table": {"family": "inet", "name": TEMPLATE_TABLE}});
     let mut cmds = vec![
         json!({"add": table.clone()}),
         json!({"delete": table.clone()}),
         json!({"add": table}),
     ];
-    let mut objs = template_structure(rs);
+    let mut objs = template_structure(rs, protected);
     objs.sort_by_key(|o| match () {
         _ if o.get("counter").is_some() => 0,
         _ if o.get("set").is_some() => 1,
@@ -438,12 +509,17 @@ pub(super) fn render_template(rs: &IntelRuleset) -> String {
     json!({ "nftables": cmds }).to_string()
 }
 
-/// Check `nft -j list table inet` [`TEMPLATE_TABLE`] against the compiled structure.
-pub(super) fn verify_template_listing(rs: &IntelRuleset, listing: &str) -> Result<(), String> {
+/// Check `nft -j list table inet` [`TEMPLATE_TABLE`] against the compiled structure (of
+/// `rs` with `protected` as its exemptions).
+pub(super) fn verify_template_listing(
+    rs: &IntelRuleset,
+    protected: &[Protected],
+    listing: &str,
+) -> Result<(), String> {
     let listing: Listing = serde_json::from_str(listing)
         .map_err(|e| format!("the scratch table listing does not parse: {e}"))?;
     let want = in_order(
-        template_structure(rs)
+        template_structure(rs, protected)
             .iter()
             .map(|o| (rule_chain(o), normalize(o).to_string())),
     );
@@ -518,7 +594,17 @@ pub fn render_intel(rs: &IntelRuleset) -> String {
 /// Digest of the table's structure (chains, rules, set declarations), without elements:
 /// what the frequent drift check compares.
 pub fn intel_structure_digest(rs: &IntelRuleset) -> String {
-    sha256_hex(structure_items(rs).join("\n").as_bytes())
+    intel_structure_digest_with(rs, &rs.protected)
+}
+
+/// [`intel_structure_digest`] of `rs` with `protected` as its exemptions.
+pub(super) fn intel_structure_digest_with(rs: &IntelRuleset, protected: &[Protected]) -> String {
+    let items = in_order(
+        structure_with(rs, protected)
+            .iter()
+            .map(|o| (rule_chain(o), normalize(o).to_string())),
+    );
+    sha256_hex(items.join("\n").as_bytes())
 }
 
 fn normalize(o: &Value) -> Value {
@@ -544,11 +630,31 @@ fn normalize(o: &Value) -> Value {
                     {
                         *c = Value::Null;
                     }
+                    sort_inline_sets(e);
                 }
             }
         }
     }
     o
+}
+
+/// Put the members of every inline set (`{"set": [...]}`) in one order: a set has none,
+/// and `nft` lists some (interface names) in the kernel's hash order, not as written.
+fn sort_inline_sets(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, inner) in m.iter_mut() {
+                if k == "set"
+                    && let Value::Array(members) = inner
+                {
+                    members.sort_by_cached_key(Value::to_string);
+                }
+                sort_inline_sets(inner);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(sort_inline_sets),
+        _ => {}
+    }
 }
 
 fn structure_items(rs: &IntelRuleset) -> Vec<String> {
@@ -843,14 +949,25 @@ fn exemption_commands(protected: &[Protected]) -> Vec<Value> {
     cmds
 }
 
-/// Put `protected` in force as the blocklists' exemptions: both exemption chains are
-/// flushed and refilled in one transaction (the sets are not touched, so this costs what a
-/// small ruleset does), then read back.
+/// Put `protected` in force as the exemptions of the blocklists `rs` (the table in force):
+/// both exemption chains are flushed and refilled in one transaction (the sets are not
+/// touched, so this costs what a small ruleset does), then read back.
+///
+/// Over netlink (when the backend has a socket for it) `nft` compiles the table's
+/// structure with the new exemptions into the scratch table, which is read back; the new
+/// chains' rules are copied from it, and the table's declarations and rules are then
+/// dumped and compared with the scratch table's. No `nft` process lists the intel table
+/// (whose listing fetches every element of its sets).
 pub fn update_exemptions(
     backend: &mut dyn Backend,
+    rs: &IntelRuleset,
     protected: &[Protected],
 ) -> Result<(), EnforceError> {
-    with_netlink(backend, |nl, _| intel_netlink::forget_rules(nl));
+    if let Some(r) = with_netlink(backend, |nl, b| {
+        intel_netlink::refill_exemptions(nl, b, rs, protected)
+    }) {
+        return r;
+    }
     let cmds = exemption_commands(protected);
     backend
         .apply(&json!({ "nftables": cmds }).to_string())
