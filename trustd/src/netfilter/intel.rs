@@ -13,7 +13,7 @@
 //! without touching the sets.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
@@ -34,16 +34,18 @@ pub(super) const EXEMPT_IN: &str = "exempt_in";
 /// The intel table's name.
 pub const INTEL_TABLE: &str = "trustd_intel";
 
-/// One category's entries, split by family and kind. Set and counter names are derived
-/// from the category's index (category names are not nft identifiers).
+/// One category's entries, split by family and kind, each kind a sorted vector without
+/// duplicates (4 bytes an IPv4 address, 18 a prefix: a tree would cost several times
+/// that at a million entries). Set and counter names are derived from the category's
+/// index (category names are not nft identifiers).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Category {
     /// The category's name in the feed.
     pub name: String,
-    v4_hosts: BTreeSet<IpAddr>,
-    v4_nets: BTreeSet<Cidr>,
-    v6_hosts: BTreeSet<IpAddr>,
-    v6_nets: BTreeSet<Cidr>,
+    v4_hosts: Vec<Ipv4Addr>,
+    v4_nets: Vec<Cidr>,
+    v6_hosts: Vec<Ipv6Addr>,
+    v6_nets: Vec<Cidr>,
 }
 
 /// The compiled intel table.
@@ -97,8 +99,8 @@ impl IntelRuleset {
             let entries = c
                 .v4_hosts
                 .iter()
-                .chain(&c.v6_hosts)
-                .map(|a| Cidr::host(*a))
+                .map(|a| Cidr::host(IpAddr::V4(*a)))
+                .chain(c.v6_hosts.iter().map(|a| Cidr::host(IpAddr::V6(*a))))
                 .chain(c.v4_nets.iter().chain(&c.v6_nets).copied());
             for e in entries {
                 let kinds: BTreeSet<ProtectedKind> = guarded
@@ -133,42 +135,46 @@ pub fn compile_intel(feed: Option<&IntelFeed>) -> IntelRuleset {
             ..Category::default()
         };
         for e in entries {
-            match (e.addr().is_ipv4(), e.is_host()) {
-                (true, true) => c.v4_hosts.insert(e.addr()),
-                (true, false) => c.v4_nets.insert(*e),
-                (false, true) => c.v6_hosts.insert(e.addr()),
-                (false, false) => c.v6_nets.insert(*e),
+            match (e.addr(), e.is_host()) {
+                (IpAddr::V4(a), true) => c.v4_hosts.push(a),
+                (IpAddr::V6(a), true) => c.v6_hosts.push(a),
+                (IpAddr::V4(_), false) => c.v4_nets.push(*e),
+                (IpAddr::V6(_), false) => c.v6_nets.push(*e),
             };
         }
-        c.v4_nets = without_nested(&c.v4_nets);
-        c.v6_nets = without_nested(&c.v6_nets);
+        c.v4_hosts.sort_unstable();
+        c.v4_hosts.dedup();
+        c.v4_hosts.shrink_to_fit();
+        c.v6_hosts.sort_unstable();
+        c.v6_hosts.dedup();
+        c.v6_hosts.shrink_to_fit();
+        c.v4_nets = without_nested(std::mem::take(&mut c.v4_nets));
+        c.v6_nets = without_nested(std::mem::take(&mut c.v6_nets));
         out.categories.push(c);
     }
     out
 }
 
-/// Drop prefixes that another prefix of the set already covers: an interval set refuses
-/// overlapping elements, and CIDR prefixes either nest or are disjoint.
-fn without_nested(nets: &BTreeSet<Cidr>) -> BTreeSet<Cidr> {
-    let mut ranges: Vec<(u128, u128, Cidr)> = nets
-        .iter()
-        .map(|c| {
-            let (lo, hi) = c.range();
-            (lo, hi, *c)
-        })
-        .collect();
+/// Drop prefixes that another prefix of the set already covers (and duplicates): an
+/// interval set refuses overlapping elements, and CIDR prefixes either nest or are
+/// disjoint. Sorted by start in place; within one family that is also [`Cidr`]'s order.
+fn without_nested(mut nets: Vec<Cidr>) -> Vec<Cidr> {
     // Widest first among equal starts.
-    ranges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-    let mut out = BTreeSet::new();
+    nets.sort_unstable_by(|a, b| {
+        let (a, b) = (a.range(), b.range());
+        a.0.cmp(&b.0).then(b.1.cmp(&a.1))
+    });
     let mut covered_to: Option<u128> = None;
-    for (lo, hi, c) in ranges {
+    nets.retain(|c| {
+        let (lo, hi) = c.range();
         if covered_to.is_some_and(|end| lo <= end) {
-            continue;
+            return false;
         }
         covered_to = Some(hi);
-        out.insert(c);
-    }
-    out
+        true
+    });
+    nets.shrink_to_fit();
+    nets
 }
 
 /// A set element as compiled.
@@ -225,9 +231,9 @@ impl SetSpec {
     pub(super) fn elems<'a>(&self, rs: &'a IntelRuleset) -> Box<dyn Iterator<Item = Elem> + 'a> {
         let c = &rs.categories[self.cat];
         match (self.v6, self.interval) {
-            (false, false) => Box::new(c.v4_hosts.iter().map(|a| Elem::Host(*a))),
+            (false, false) => Box::new(c.v4_hosts.iter().map(|a| Elem::Host(IpAddr::V4(*a)))),
             (false, true) => Box::new(c.v4_nets.iter().map(|n| Elem::Net(*n))),
-            (true, false) => Box::new(c.v6_hosts.iter().map(|a| Elem::Host(*a))),
+            (true, false) => Box::new(c.v6_hosts.iter().map(|a| Elem::Host(IpAddr::V6(*a)))),
             (true, true) => Box::new(c.v6_nets.iter().map(|n| Elem::Net(*n))),
         }
     }
@@ -236,11 +242,12 @@ impl SetSpec {
     /// walking the set.
     pub(super) fn bounds(&self, rs: &IntelRuleset) -> Option<((u128, u128), (u128, u128))> {
         let c = &rs.categories[self.cat];
-        let host = |a: &IpAddr| Cidr::host(*a).range();
+        let v4 = |a: &Ipv4Addr| (u128::from(u32::from(*a)), u128::from(u32::from(*a)));
+        let v6 = |a: &Ipv6Addr| (u128::from(*a), u128::from(*a));
         match (self.v6, self.interval) {
-            (false, false) => Some((host(c.v4_hosts.first()?), host(c.v4_hosts.last()?))),
+            (false, false) => Some((v4(c.v4_hosts.first()?), v4(c.v4_hosts.last()?))),
             (false, true) => Some((c.v4_nets.first()?.range(), c.v4_nets.last()?.range())),
-            (true, false) => Some((host(c.v6_hosts.first()?), host(c.v6_hosts.last()?))),
+            (true, false) => Some((v6(c.v6_hosts.first()?), v6(c.v6_hosts.last()?))),
             (true, true) => Some((c.v6_nets.first()?.range(), c.v6_nets.last()?.range())),
         }
     }
@@ -251,9 +258,9 @@ impl SetSpec {
     pub(super) fn delta(&self, old: &IntelRuleset, new: &IntelRuleset) -> (Vec<Elem>, Vec<Elem>) {
         let (o, n) = (&old.categories[self.cat], &new.categories[self.cat]);
         match (self.v6, self.interval) {
-            (false, false) => merge_delta(&o.v4_hosts, &n.v4_hosts, |a| Elem::Host(*a)),
+            (false, false) => merge_delta(&o.v4_hosts, &n.v4_hosts, |a| Elem::Host(IpAddr::V4(*a))),
             (false, true) => merge_delta(&o.v4_nets, &n.v4_nets, |c| Elem::Net(*c)),
-            (true, false) => merge_delta(&o.v6_hosts, &n.v6_hosts, |a| Elem::Host(*a)),
+            (true, false) => merge_delta(&o.v6_hosts, &n.v6_hosts, |a| Elem::Host(IpAddr::V6(*a))),
             (true, true) => merge_delta(&o.v6_nets, &n.v6_nets, |c| Elem::Net(*c)),
         }
     }
@@ -272,10 +279,9 @@ impl SetSpec {
     /// Whether `addr` is one of its addresses (hash sets).
     pub(super) fn has_host(&self, rs: &IntelRuleset, addr: &IpAddr) -> bool {
         let c = &rs.categories[self.cat];
-        if self.v6 {
-            c.v6_hosts.contains(addr)
-        } else {
-            c.v4_hosts.contains(addr)
+        match addr {
+            IpAddr::V4(a) => !self.v6 && c.v4_hosts.binary_search(a).is_ok(),
+            IpAddr::V6(a) => self.v6 && c.v6_hosts.binary_search(a).is_ok(),
         }
     }
 
@@ -283,16 +289,14 @@ impl SetSpec {
     pub(super) fn net_at_or_below(&self, rs: &IntelRuleset, addr: IpAddr) -> Option<Cidr> {
         let c = &rs.categories[self.cat];
         let nets = if self.v6 { &c.v6_nets } else { &c.v4_nets };
-        nets.range(..=Cidr::host(addr)).next_back().copied()
+        let at = Cidr::host(addr).range().0;
+        let i = nets.partition_point(|c| c.range().0 <= at);
+        i.checked_sub(1).map(|i| nets[i])
     }
 }
 
 /// What `a` holds that `b` lacks, and what `b` holds that `a` lacks, in one walk of both.
-fn merge_delta<T: Ord>(
-    a: &BTreeSet<T>,
-    b: &BTreeSet<T>,
-    elem: impl Fn(&T) -> Elem,
-) -> (Vec<Elem>, Vec<Elem>) {
+fn merge_delta<T: Ord>(a: &[T], b: &[T], elem: impl Fn(&T) -> Elem) -> (Vec<Elem>, Vec<Elem>) {
     use std::cmp::Ordering;
     let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
     let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
@@ -893,23 +897,23 @@ pub fn update_intel(
     }
     let mut cmds = Vec::new();
     for (i, (o, n)) in old.categories.iter().zip(&new.categories).enumerate() {
-        if !o.v4_nets.is_subset(&n.v4_nets) || !o.v6_nets.is_subset(&n.v6_nets) {
+        let (v4h_gone, v4h_added) =
+            merge_delta(&o.v4_hosts, &n.v4_hosts, |a| Elem::Host(IpAddr::V4(*a)));
+        let (v6h_gone, v6h_added) =
+            merge_delta(&o.v6_hosts, &n.v6_hosts, |a| Elem::Host(IpAddr::V6(*a)));
+        let (v4n_gone, v4n_added) = merge_delta(&o.v4_nets, &n.v4_nets, |c| Elem::Net(*c));
+        let (v6n_gone, v6n_added) = merge_delta(&o.v6_nets, &n.v6_nets, |c| Elem::Net(*c));
+        if !v4n_gone.is_empty() || !v6n_gone.is_empty() {
             return Ok(false);
         }
-        let hosts = |a: &BTreeSet<IpAddr>, b: &BTreeSet<IpAddr>| {
-            a.difference(b).map(|x| Elem::Host(*x)).collect()
-        };
-        let nets = |a: &BTreeSet<Cidr>, b: &BTreeSet<Cidr>| {
-            a.difference(b).map(|x| Elem::Net(*x)).collect()
-        };
         // Additions everywhere; deletions only from hash sets (never from interval sets).
         let changes: [(&str, &str, Vec<Elem>); 6] = [
-            ("add", "v4h", hosts(&n.v4_hosts, &o.v4_hosts)),
-            ("add", "v6h", hosts(&n.v6_hosts, &o.v6_hosts)),
-            ("add", "v4n", nets(&n.v4_nets, &o.v4_nets)),
-            ("add", "v6n", nets(&n.v6_nets, &o.v6_nets)),
-            ("delete", "v4h", hosts(&o.v4_hosts, &n.v4_hosts)),
-            ("delete", "v6h", hosts(&o.v6_hosts, &n.v6_hosts)),
+            ("add", "v4h", v4h_added),
+            ("add", "v6h", v6h_added),
+            ("add", "v4n", v4n_added),
+            ("add", "v6n", v6n_added),
+            ("delete", "v4h", v4h_gone),
+            ("delete", "v6h", v6h_gone),
         ];
         for (op, suffix, elems) in changes {
             if !elems.is_empty() {
@@ -1009,11 +1013,12 @@ fn chain_rules(backend: &mut dyn Backend, chain: &str) -> Result<Option<Vec<Stri
 }
 
 /// The cheap, frequent check: the intel table's chains still hold the compiled rules
-/// (listing a chain does not print set elements, so this stays fast with 100k entries).
+/// (over netlink, a dump of the rules only; through `nft`, `nft list chain`, which prints
+/// no elements but fetches them all).
 pub fn intel_chains_intact(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<bool, NftError> {
     // Over netlink, the rules as put in force (a dump of rules only: `nft list chain`
     // fetches every element of the table first).
-    if let Some(Some(r)) = with_netlink(backend, |nl, _| intel_netlink::rules_intact(nl, rs)) {
+    if let Some(r) = with_netlink(backend, |nl, _| intel_netlink::rules_intact(nl, rs)) {
         return r;
     }
     for chain in ["output", "input", EXEMPT_OUT, EXEMPT_IN] {
@@ -1053,10 +1058,11 @@ pub fn render_intel_refill(rs: &IntelRuleset, names: &[String]) -> Option<String
 }
 
 /// The full read-back of the intel table put in force with `rs`: over netlink when the
-/// backend put it there (declarations and rules as confirmed then, each set's elements
-/// as compiled), else by `nft -j list table`. `Err` says what differs.
+/// backend has a socket for it (declarations and rules as confirmed when it was put
+/// there, each set's elements as compiled; an error when it has not confirmed `rs` in
+/// force), else by `nft -j list table`. `Err` says what differs.
 pub fn check_intel(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<(), String> {
-    if let Some(Some(r)) = with_netlink(backend, |nl, _| intel_netlink::check(nl, rs)) {
+    if let Some(r) = with_netlink(backend, |nl, _| intel_netlink::check(nl, rs)) {
         return r;
     }
     match backend.list_table(INTEL_TABLE) {
@@ -1111,7 +1117,7 @@ mod tests {
 
     #[test]
     fn nested_prefixes_are_dropped_and_disjoint_ones_kept() {
-        let nets: BTreeSet<Cidr> = [
+        let nets: Vec<Cidr> = [
             "10.0.0.0/8",
             "10.1.0.0/16",
             "10.1.2.0/24",
@@ -1122,16 +1128,16 @@ mod tests {
         .iter()
         .map(|s| s.parse().expect("cidr"))
         .collect();
-        let kept: Vec<String> = without_nested(&nets)
+        let kept: Vec<String> = without_nested(nets)
             .iter()
             .map(ToString::to_string)
             .collect();
         assert_eq!(kept, ["0.0.0.0/1"]);
-        let nets: BTreeSet<Cidr> = ["10.1.0.0/16", "10.1.2.0/24", "11.0.0.0/24", "11.0.1.0/24"]
+        let nets: Vec<Cidr> = ["10.1.0.0/16", "10.1.2.0/24", "11.0.0.0/24", "11.0.1.0/24"]
             .iter()
             .map(|s| s.parse().expect("cidr"))
             .collect();
-        let kept: Vec<String> = without_nested(&nets)
+        let kept: Vec<String> = without_nested(nets)
             .iter()
             .map(ToString::to_string)
             .collect();

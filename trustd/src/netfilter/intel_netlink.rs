@@ -1167,29 +1167,24 @@ pub(super) fn refill_exemptions(
 }
 
 /// The full read-back of the table put in force with `rs`: declarations and rules as
-/// they were confirmed then, every set's elements as compiled. `None` when this socket
-/// did not put `rs` in force.
-pub(super) fn check(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Option<Result<(), String>> {
-    let (digest, _) = nlk.applied.as_ref()?;
-    if *digest != intel_structure_digest(rs) {
-        return None;
-    }
+/// they were confirmed then, every set's elements as compiled. An error when this socket
+/// has not confirmed `rs` in force (a replace or exemption refill failed since, or `rs` is
+/// not what was put there): the caller replaces the table, never falls back to an `nft`
+/// listing of every element.
+pub(super) fn check(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Result<(), String> {
+    let want = match &nlk.applied {
+        Some((digest, want)) if *digest == intel_structure_digest(rs) => want,
+        _ => return Err("the blocklist table in force is not the one compiled".into()),
+    };
     let held = match shape(&mut nlk.sock, INTEL_TABLE) {
         Ok(Some(h)) => h,
-        Ok(None) => return Some(Err("the blocklist table is gone".into())),
-        Err(e) => {
-            return Some(Err(format!(
-                "the blocklist table could not be read back: {e}"
-            )));
-        }
+        Ok(None) => return Err("the blocklist table is gone".into()),
+        Err(e) => return Err(format!("the blocklist table could not be read back: {e}")),
     };
-    let want = &nlk.applied.as_ref()?.1;
-    if let Err(e) = same_shape(&held, want) {
-        return Some(Err(e));
-    }
+    same_shape(&held, want)?;
     let all = sets(rs);
     let chosen: Vec<&SetSpec> = all.iter().map(|(_, s)| s).collect();
-    Some(check_sets(&mut nlk.sock, rs, &chosen))
+    check_sets(&mut nlk.sock, rs, &chosen)
 }
 
 /// Move the kernel from `old` to `new` with element batches (deletions first, then
@@ -1285,17 +1280,14 @@ pub(super) fn refill(
 }
 
 /// Whether the intel table's rules are still those put in force with `rs` (a dump of the
-/// rules only, no elements). `None` when this socket did not put `rs` in force.
-pub(super) fn rules_intact(
-    nlk: &mut IntelNetlink,
-    rs: &IntelRuleset,
-) -> Option<Result<bool, NftError>> {
-    let (digest, applied) = nlk.applied.as_ref()?;
-    if *digest != intel_structure_digest(rs) {
-        return None;
-    }
-    let want = applied.rules.clone();
-    Some(rules(&mut nlk.sock, INTEL_TABLE).map(|held| held == want))
+/// rules only, no elements). `false` when this socket has not confirmed `rs` in force
+/// (see [`check`]): the caller replaces the table.
+pub(super) fn rules_intact(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Result<bool, NftError> {
+    let want = match &nlk.applied {
+        Some((digest, applied)) if *digest == intel_structure_digest(rs) => applied.rules.clone(),
+        _ => return Ok(false),
+    };
+    rules(&mut nlk.sock, INTEL_TABLE).map(|held| held == want)
 }
 
 /// Run `f` with the backend's netlink socket for the intel table, if it has one.
