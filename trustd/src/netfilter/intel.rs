@@ -1115,6 +1115,75 @@ pub fn refill_intel(
 mod tests {
     use super::*;
 
+    fn feed(entries: &[&str]) -> IntelFeed {
+        serde_json::from_value(json!({
+            "schema": "enigm.intel/v1", "serial": 1,
+            "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
+            "categories": {"malware": entries}
+        }))
+        .expect("feed")
+    }
+
+    #[test]
+    fn an_update_is_the_difference_of_each_set_and_nothing_else() {
+        let old = compile_intel(Some(&feed(&[
+            "10.0.0.1",
+            "10.0.0.3",
+            "10.0.0.1",
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "2001:db8::1",
+        ])));
+        let new = compile_intel(Some(&feed(&[
+            "10.0.0.3",
+            "10.0.0.2",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "2001:db8::1",
+        ])));
+        assert!(same_layout(&old, &new));
+        let show = |v: &[Elem]| -> Vec<String> {
+            v.iter()
+                .map(|e| serde_json::to_string(e).expect("json"))
+                .collect()
+        };
+        let deltas: Vec<(String, Vec<String>, Vec<String>)> = sets(&new)
+            .iter()
+            .map(|(_, s)| {
+                let (gone, added) = s.delta(&old, &new);
+                (s.name.clone(), show(&gone), show(&added))
+            })
+            .collect();
+        let prefix = |a: &str| format!("{{\"prefix\":{{\"addr\":\"{a}\",\"len\":24}}}}");
+        assert_eq!(
+            deltas,
+            vec![
+                (
+                    "c0_v4h".to_owned(),
+                    vec!["\"10.0.0.1\"".to_owned()],
+                    vec!["\"10.0.0.2\"".to_owned()]
+                ),
+                (
+                    "c0_v4n".to_owned(),
+                    vec![prefix("192.0.2.0")],
+                    vec![prefix("203.0.113.0")]
+                ),
+                ("c0_v6h".to_owned(), vec![], vec![]),
+            ]
+        );
+        // Lookups on the sorted vectors.
+        let (_, v4n) = &sets(&new)[1];
+        let at = |a: &str| v4n.net_at_or_below(&new, a.parse().expect("addr"));
+        assert_eq!(
+            at("198.51.100.77"),
+            Some("198.51.100.0/24".parse().expect("cidr"))
+        );
+        assert_eq!(at("10.0.0.1"), None);
+        let (_, v4h) = &sets(&new)[0];
+        assert!(v4h.has_host(&new, &"10.0.0.2".parse().expect("addr")));
+        assert!(!v4h.has_host(&new, &"10.0.0.1".parse().expect("addr")));
+    }
+
     #[test]
     fn nested_prefixes_are_dropped_and_disjoint_ones_kept() {
         let nets: Vec<Cidr> = [
