@@ -58,11 +58,41 @@ fn feed(serial: u64, hosts: &[String], nets: &[String]) -> Value {
     })
 }
 
-/// Run `cmd`, returning its wall time and the peak RSS (KiB) of it and every descendant
-/// it waited for (`wait4`), and its stdout.
+/// Run `program` with `args` as this bench's child, with stdio inherited, and report on
+/// stderr the peak RSS of it and every descendant it waited for (`wait4`); exit as it did.
+///
+/// The measured command is started from here, a fresh small process, because a child's
+/// peak RSS counts its parent's memory when it is started by `vfork` (as `Command` does):
+/// started from the bench, which holds the feed in several forms, it would report the
+/// bench's size, not trustd's.
 // The child is reaped by `wait4` (for its rusage), which clippy does not see.
 #[allow(clippy::zombie_processes)]
+fn measured_child(program: &str, args: &[String]) -> ! {
+    let child = Command::new(program).args(args).spawn().expect("spawn");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our unreaped child; `status` and `usage` are valid for writes for
+    // the duration of the call.
+    let rc = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert!(rc > 0, "wait4");
+    eprintln!("\nmeasured peak RSS {} KiB", usage.ru_maxrss);
+    std::process::exit(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        1
+    });
+}
+
+/// Run `cmd` (through [`measured_child`]), returning its wall time, the peak RSS (KiB) of
+/// it and every descendant it waited for, and its stdout.
 fn run_measured(cmd: &mut Command, stdin: Option<&[u8]>) -> (Duration, u64, String) {
+    let mut wrapped = Command::new(std::env::current_exe().expect("this bench"));
+    wrapped
+        .arg("--measured-child")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    let cmd = &mut wrapped;
     let t = Instant::now();
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -94,18 +124,16 @@ fn run_measured(cmd: &mut Command, stdin: Option<&[u8]>) -> (Duration, u64, Stri
         .expect("stderr")
         .read_to_string(&mut err)
         .expect("read");
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pid is our unreaped child; `status` and `usage` are valid for writes for
-    // the duration of the call.
-    let rc = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert!(rc > 0, "wait4");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed: {err}"
-    );
-    (t.elapsed(), usage.ru_maxrss as u64, out)
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{cmd:?} failed: {err}");
+    let took = t.elapsed();
+    let rss = err
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("measured peak RSS "))
+        .and_then(|s| s.trim_end_matches(" KiB").parse().ok())
+        .expect("the measured child's peak RSS");
+    (took, rss, out)
 }
 
 fn secs(d: Duration) -> f64 {
@@ -392,6 +420,10 @@ fn table(rows: &[Row]) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--measured-child") {
+        measured_child(&args[2], &args[3..]);
+    }
     if std::env::args().any(|a| a == "--list") {
         return;
     }

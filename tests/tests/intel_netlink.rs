@@ -10,7 +10,9 @@ use tests::lab::{Lab, Netns, can_run, lab_policy};
 use trustd::audit::{Actor, read_records};
 use trustd::daemon::Device;
 use trustd::netfilter::{
-    INTEL_TABLE, NftBackend, apply_intel, compile_intel, verify_intel_listing,
+    Backend, INTEL_TABLE, IntelNetlink, L4, Match, NftBackend, NftError, Protected, ProtectedKind,
+    TEMPLATE_TABLE, apply_intel, check_intel, compile_intel, intel_chains_intact,
+    update_exemptions, verify_intel_listing,
 };
 
 const TOOLS: &[&str] = &["ip", "nft"];
@@ -247,4 +249,118 @@ fn an_element_added_or_removed_behind_trustds_back_fails_the_read_back() {
         );
         trustd::netfilter::check_intel(&mut nl, &rs).expect("back as compiled");
     }
+}
+
+/// The real backend, with every `nft` listing it runs recorded.
+struct Listed {
+    inner: NftBackend,
+    lists: Vec<String>,
+}
+
+impl Backend for Listed {
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        self.inner.apply(script)
+    }
+    fn list_table(&mut self, name: &str) -> Result<Option<String>, NftError> {
+        self.lists.push(format!("table {name}"));
+        self.inner.list_table(name)
+    }
+    fn list_chain(&mut self, table: &str, chain: &str) -> Result<Option<String>, NftError> {
+        self.lists.push(format!("chain {table} {chain}"));
+        self.inner.list_chain(table, chain)
+    }
+    fn take_intel_netlink(&mut self) -> Option<IntelNetlink> {
+        self.inner.take_intel_netlink()
+    }
+    fn put_intel_netlink(&mut self, nl: IntelNetlink) {
+        self.inner.put_intel_netlink(nl)
+    }
+}
+
+/// A destination the blocklists must let through: `dest` on `ports` (TCP), through
+/// `ifaces` when some are named (more than one port or interface: inline sets in the rules).
+fn exempt(dest: &str, ports: &[u16], ifaces: &[&str]) -> Protected {
+    let dest: trustd::policy::Cidr = dest.parse().expect("cidr");
+    let names: Vec<String> = ifaces.iter().map(|s| (*s).to_owned()).collect();
+    let (mut out, mut reply) = (Vec::new(), Vec::new());
+    if !names.is_empty() {
+        out.push(Match::OifName(names.clone()));
+        reply.push(Match::IifName(names));
+    }
+    out.extend([Match::Daddr(dest), Match::Dport(L4::Tcp, ports.to_vec())]);
+    reply.extend([
+        Match::CtState(vec!["established", "related"]),
+        Match::Saddr(dest),
+        Match::Sport(L4::Tcp, ports.to_vec()),
+    ]);
+    Protected {
+        kind: ProtectedKind::ProxyEndpoint,
+        dest,
+        out,
+        reply,
+    }
+}
+
+#[test]
+fn exemptions_change_over_netlink_without_nft_listing_the_blocklist_table() {
+    // Cost attack: with a large feed in force, `nft list chain` of the blocklist table
+    // fetches every element of its sets (seconds and hundreds of MiB at 1M entries), so a
+    // policy change that moves the exemptions must not list it with `nft`. The exemption
+    // chains are refilled over netlink (inline sets of ports and interfaces included),
+    // read back against what nft compiles, and later checks stay on netlink.
+    if !can_run(TOOLS) {
+        return;
+    }
+    let ns = Netns::new("tnl", "e");
+    let mut be = Listed {
+        inner: NftBackend::in_netns(&ns.0),
+        lists: Vec::new(),
+    };
+    let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
+        &["10.99.0.3", "198.51.100.0/24", "fd99::3", "2001:db8::/48"],
+        &["203.0.113.0/28"],
+    ))
+    .expect("feed");
+    let mut rs = compile_intel(Some(&f));
+    let one = vec![exempt("10.99.0.2", &[3128], &[])];
+    let many = vec![
+        exempt("10.98.0.0/16", &[443, 8443], &["eth9", "wg9"]),
+        exempt("10.99.0.2", &[3128], &[]),
+        exempt("fd98::/64", &[80, 443, 8080], &["wg9"]),
+    ];
+    rs.protected = one.clone();
+    apply_intel(&mut be, &rs).expect("built over netlink");
+    let other = Netns::new("tnl", "f");
+    let mut json_path = NftBackend::in_netns(&other.0).without_netlink();
+    for to in [many.clone(), one, Vec::new(), many] {
+        be.lists.clear();
+        update_exemptions(&mut be, &rs, &to).expect("exemptions refilled over netlink");
+        rs.protected = to;
+        check_intel(&mut be, &rs).expect("the table reads back whole");
+        assert!(
+            intel_chains_intact(&mut be, &rs).expect("checked"),
+            "the chains are intact"
+        );
+        let scratch = format!("table {TEMPLATE_TABLE}");
+        assert!(
+            be.lists.iter().all(|l| *l == scratch),
+            "nft listed only the scratch table: {:?}",
+            be.lists
+        );
+        apply_intel(&mut json_path, &rs).expect("nft JSON path");
+        assert_eq!(
+            listing(&ns.0),
+            listing(&other.0),
+            "nft -j list shows the refilled table as nft builds it"
+        );
+    }
+    // A rule slipped into an exemption chain is found by the check over netlink.
+    nft(
+        &ns.0,
+        &format!("add rule inet {INTEL_TABLE} exempt_out ip daddr 192.0.2.1 accept"),
+    );
+    assert!(
+        !intel_chains_intact(&mut be, &rs).expect("checked"),
+        "an added exemption is found"
+    );
 }

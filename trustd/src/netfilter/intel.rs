@@ -13,7 +13,7 @@
 //! without touching the sets.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
@@ -27,23 +27,25 @@ use crate::bundle::sha256_hex;
 use crate::policy::{Cidr, IntelFeed};
 
 /// The regular chain holding the outbound exemptions of the policy in force.
-const EXEMPT_OUT: &str = "exempt_out";
+pub(super) const EXEMPT_OUT: &str = "exempt_out";
 /// The regular chain holding the inbound (reply) exemptions of the policy in force.
-const EXEMPT_IN: &str = "exempt_in";
+pub(super) const EXEMPT_IN: &str = "exempt_in";
 
 /// The intel table's name.
 pub const INTEL_TABLE: &str = "trustd_intel";
 
-/// One category's entries, split by family and kind. Set and counter names are derived
-/// from the category's index (category names are not nft identifiers).
+/// One category's entries, split by family and kind, each kind a sorted vector without
+/// duplicates (4 bytes an IPv4 address, 18 a prefix: a tree would cost several times
+/// that at a million entries). Set and counter names are derived from the category's
+/// index (category names are not nft identifiers).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Category {
     /// The category's name in the feed.
     pub name: String,
-    v4_hosts: BTreeSet<IpAddr>,
-    v4_nets: BTreeSet<Cidr>,
-    v6_hosts: BTreeSet<IpAddr>,
-    v6_nets: BTreeSet<Cidr>,
+    v4_hosts: Vec<Ipv4Addr>,
+    v4_nets: Vec<Cidr>,
+    v6_hosts: Vec<Ipv6Addr>,
+    v6_nets: Vec<Cidr>,
 }
 
 /// The compiled intel table.
@@ -97,8 +99,8 @@ impl IntelRuleset {
             let entries = c
                 .v4_hosts
                 .iter()
-                .chain(&c.v6_hosts)
-                .map(|a| Cidr::host(*a))
+                .map(|a| Cidr::host(IpAddr::V4(*a)))
+                .chain(c.v6_hosts.iter().map(|a| Cidr::host(IpAddr::V6(*a))))
                 .chain(c.v4_nets.iter().chain(&c.v6_nets).copied());
             for e in entries {
                 let kinds: BTreeSet<ProtectedKind> = guarded
@@ -133,42 +135,46 @@ pub fn compile_intel(feed: Option<&IntelFeed>) -> IntelRuleset {
             ..Category::default()
         };
         for e in entries {
-            match (e.addr().is_ipv4(), e.is_host()) {
-                (true, true) => c.v4_hosts.insert(e.addr()),
-                (true, false) => c.v4_nets.insert(*e),
-                (false, true) => c.v6_hosts.insert(e.addr()),
-                (false, false) => c.v6_nets.insert(*e),
+            match (e.addr(), e.is_host()) {
+                (IpAddr::V4(a), true) => c.v4_hosts.push(a),
+                (IpAddr::V6(a), true) => c.v6_hosts.push(a),
+                (IpAddr::V4(_), false) => c.v4_nets.push(*e),
+                (IpAddr::V6(_), false) => c.v6_nets.push(*e),
             };
         }
-        c.v4_nets = without_nested(&c.v4_nets);
-        c.v6_nets = without_nested(&c.v6_nets);
+        c.v4_hosts.sort_unstable();
+        c.v4_hosts.dedup();
+        c.v4_hosts.shrink_to_fit();
+        c.v6_hosts.sort_unstable();
+        c.v6_hosts.dedup();
+        c.v6_hosts.shrink_to_fit();
+        c.v4_nets = without_nested(std::mem::take(&mut c.v4_nets));
+        c.v6_nets = without_nested(std::mem::take(&mut c.v6_nets));
         out.categories.push(c);
     }
     out
 }
 
-/// Drop prefixes that another prefix of the set already covers: an interval set refuses
-/// overlapping elements, and CIDR prefixes either nest or are disjoint.
-fn without_nested(nets: &BTreeSet<Cidr>) -> BTreeSet<Cidr> {
-    let mut ranges: Vec<(u128, u128, Cidr)> = nets
-        .iter()
-        .map(|c| {
-            let (lo, hi) = c.range();
-            (lo, hi, *c)
-        })
-        .collect();
+/// Drop prefixes that another prefix of the set already covers (and duplicates): an
+/// interval set refuses overlapping elements, and CIDR prefixes either nest or are
+/// disjoint. Sorted by start in place; within one family that is also [`Cidr`]'s order.
+fn without_nested(mut nets: Vec<Cidr>) -> Vec<Cidr> {
     // Widest first among equal starts.
-    ranges.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-    let mut out = BTreeSet::new();
+    nets.sort_unstable_by(|a, b| {
+        let (a, b) = (a.range(), b.range());
+        a.0.cmp(&b.0).then(b.1.cmp(&a.1))
+    });
     let mut covered_to: Option<u128> = None;
-    for (lo, hi, c) in ranges {
+    nets.retain(|c| {
+        let (lo, hi) = c.range();
         if covered_to.is_some_and(|end| lo <= end) {
-            continue;
+            return false;
         }
         covered_to = Some(hi);
-        out.insert(c);
-    }
-    out
+        true
+    });
+    nets.shrink_to_fit();
+    nets
 }
 
 /// A set element as compiled.
@@ -225,10 +231,37 @@ impl SetSpec {
     pub(super) fn elems<'a>(&self, rs: &'a IntelRuleset) -> Box<dyn Iterator<Item = Elem> + 'a> {
         let c = &rs.categories[self.cat];
         match (self.v6, self.interval) {
-            (false, false) => Box::new(c.v4_hosts.iter().map(|a| Elem::Host(*a))),
+            (false, false) => Box::new(c.v4_hosts.iter().map(|a| Elem::Host(IpAddr::V4(*a)))),
             (false, true) => Box::new(c.v4_nets.iter().map(|n| Elem::Net(*n))),
-            (true, false) => Box::new(c.v6_hosts.iter().map(|a| Elem::Host(*a))),
+            (true, false) => Box::new(c.v6_hosts.iter().map(|a| Elem::Host(IpAddr::V6(*a)))),
             (true, true) => Box::new(c.v6_nets.iter().map(|n| Elem::Net(*n))),
+        }
+    }
+
+    /// The range of its lowest and of its highest element (`None` when empty), without
+    /// walking the set.
+    pub(super) fn bounds(&self, rs: &IntelRuleset) -> Option<((u128, u128), (u128, u128))> {
+        let c = &rs.categories[self.cat];
+        let v4 = |a: &Ipv4Addr| (u128::from(u32::from(*a)), u128::from(u32::from(*a)));
+        let v6 = |a: &Ipv6Addr| (u128::from(*a), u128::from(*a));
+        match (self.v6, self.interval) {
+            (false, false) => Some((v4(c.v4_hosts.first()?), v4(c.v4_hosts.last()?))),
+            (false, true) => Some((c.v4_nets.first()?.range(), c.v4_nets.last()?.range())),
+            (true, false) => Some((v6(c.v6_hosts.first()?), v6(c.v6_hosts.last()?))),
+            (true, true) => Some((c.v6_nets.first()?.range(), c.v6_nets.last()?.range())),
+        }
+    }
+
+    /// The elements of this set in `old` that `new` lacks, and those of `new` that `old`
+    /// lacks (both compiled with the same layout): one merge of the two sorted sets, with
+    /// memory for the difference only.
+    pub(super) fn delta(&self, old: &IntelRuleset, new: &IntelRuleset) -> (Vec<Elem>, Vec<Elem>) {
+        let (o, n) = (&old.categories[self.cat], &new.categories[self.cat]);
+        match (self.v6, self.interval) {
+            (false, false) => merge_delta(&o.v4_hosts, &n.v4_hosts, |a| Elem::Host(IpAddr::V4(*a))),
+            (false, true) => merge_delta(&o.v4_nets, &n.v4_nets, |c| Elem::Net(*c)),
+            (true, false) => merge_delta(&o.v6_hosts, &n.v6_hosts, |a| Elem::Host(IpAddr::V6(*a))),
+            (true, true) => merge_delta(&o.v6_nets, &n.v6_nets, |c| Elem::Net(*c)),
         }
     }
 
@@ -246,10 +279,9 @@ impl SetSpec {
     /// Whether `addr` is one of its addresses (hash sets).
     pub(super) fn has_host(&self, rs: &IntelRuleset, addr: &IpAddr) -> bool {
         let c = &rs.categories[self.cat];
-        if self.v6 {
-            c.v6_hosts.contains(addr)
-        } else {
-            c.v4_hosts.contains(addr)
+        match addr {
+            IpAddr::V4(a) => !self.v6 && c.v4_hosts.binary_search(a).is_ok(),
+            IpAddr::V6(a) => self.v6 && c.v6_hosts.binary_search(a).is_ok(),
         }
     }
 
@@ -257,8 +289,45 @@ impl SetSpec {
     pub(super) fn net_at_or_below(&self, rs: &IntelRuleset, addr: IpAddr) -> Option<Cidr> {
         let c = &rs.categories[self.cat];
         let nets = if self.v6 { &c.v6_nets } else { &c.v4_nets };
-        nets.range(..=Cidr::host(addr)).next_back().copied()
+        let at = Cidr::host(addr).range().0;
+        let i = nets.partition_point(|c| c.range().0 <= at);
+        i.checked_sub(1).map(|i| nets[i])
     }
+}
+
+/// What `a` holds that `b` lacks, and what `b` holds that `a` lacks, in one walk of both.
+fn merge_delta<T: Ord>(a: &[T], b: &[T], elem: impl Fn(&T) -> Elem) -> (Vec<Elem>, Vec<Elem>) {
+    use std::cmp::Ordering;
+    let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
+    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (x.peek(), y.peek()) {
+            (Some(p), Some(q)) => match p.cmp(q) {
+                Ordering::Less => {
+                    only_a.push(elem(p));
+                    x.next();
+                }
+                Ordering::Greater => {
+                    only_b.push(elem(q));
+                    y.next();
+                }
+                Ordering::Equal => {
+                    x.next();
+                    y.next();
+                }
+            },
+            (Some(p), None) => {
+                only_a.push(elem(p));
+                x.next();
+            }
+            (None, Some(q)) => {
+                only_b.push(elem(q));
+                y.next();
+            }
+            (None, None) => break,
+        }
+    }
+    (only_a, only_b)
 }
 
 /// The sets of `rs` (those with elements), with their category's index.
@@ -359,6 +428,11 @@ fn exemption_rules(protected: &[Protected]) -> (Vec<Rule>, Vec<Rule>) {
 }
 
 fn structure(rs: &IntelRuleset) -> Vec<Value> {
+    structure_with(rs, &rs.protected)
+}
+
+/// The structure of `rs`'s table with `protected` as its exemptions.
+fn structure_with(rs: &IntelRuleset, protected: &[Protected]) -> Vec<Value> {
     let mut out = Vec::new();
     for (i, _) in rs.categories.iter().enumerate() {
         out.push(json!({"counter": {"family": "inet", "table": INTEL_TABLE, "name": format!("intel_{i}")}}));
@@ -377,7 +451,7 @@ fn structure(rs: &IntelRuleset) -> Vec<Value> {
     for (chain, is_out) in [("output", true), ("input", false)] {
         out.extend(base_exemptions(is_out).iter().map(|r| rule_json(chain, r)));
     }
-    let (ex_out, ex_in) = exemption_rules(&rs.protected);
+    let (ex_out, ex_in) = exemption_rules(protected);
     out.extend(ex_out.iter().map(|r| rule_json(EXEMPT_OUT, r)));
     out.extend(ex_in.iter().map(|r| rule_json(EXEMPT_IN, r)));
     for (i, s) in sets(rs) {
@@ -400,8 +474,8 @@ pub const TEMPLATE_TABLE: &str = "trustd_intel_tmpl";
 
 /// The intel table's structure as the scratch table [`TEMPLATE_TABLE`] holds it: the same
 /// objects, its chains without hooks (so that nothing in it sees a packet).
-fn template_structure(rs: &IntelRuleset) -> Vec<Value> {
-    structure(rs)
+fn template_structure(rs: &IntelRuleset, protected: &[Protected]) -> Vec<Value> {
+    structure_with(rs, protected)
         .into_iter()
         .map(|mut o| {
             for kind in ["counter", "chain", "set", "rule"] {
@@ -419,15 +493,16 @@ fn template_structure(rs: &IntelRuleset) -> Vec<Value> {
         .collect()
 }
 
-/// The script that (re)creates the scratch table: small, whatever the feed's size.
-pub(super) fn render_template(rs: &IntelRuleset) -> String {
+/// The script that (re)creates the scratch table for `rs` with `protected` as its
+/// exemptions: small, whatever the feed's size.
+pub(super) fn render_template(rs: &IntelRuleset, protected: &[Protected]) -> String {
     let table = json!({"table": {"family": "inet", "name": TEMPLATE_TABLE}});
     let mut cmds = vec![
         json!({"add": table.clone()}),
         json!({"delete": table.clone()}),
         json!({"add": table}),
     ];
-    let mut objs = template_structure(rs);
+    let mut objs = template_structure(rs, protected);
     objs.sort_by_key(|o| match () {
         _ if o.get("counter").is_some() => 0,
         _ if o.get("set").is_some() => 1,
@@ -438,12 +513,17 @@ pub(super) fn render_template(rs: &IntelRuleset) -> String {
     json!({ "nftables": cmds }).to_string()
 }
 
-/// Check `nft -j list table inet` [`TEMPLATE_TABLE`] against the compiled structure.
-pub(super) fn verify_template_listing(rs: &IntelRuleset, listing: &str) -> Result<(), String> {
+/// Check `nft -j list table inet` [`TEMPLATE_TABLE`] against the compiled structure (of
+/// `rs` with `protected` as its exemptions).
+pub(super) fn verify_template_listing(
+    rs: &IntelRuleset,
+    protected: &[Protected],
+    listing: &str,
+) -> Result<(), String> {
     let listing: Listing = serde_json::from_str(listing)
         .map_err(|e| format!("the scratch table listing does not parse: {e}"))?;
     let want = in_order(
-        template_structure(rs)
+        template_structure(rs, protected)
             .iter()
             .map(|o| (rule_chain(o), normalize(o).to_string())),
     );
@@ -518,7 +598,17 @@ pub fn render_intel(rs: &IntelRuleset) -> String {
 /// Digest of the table's structure (chains, rules, set declarations), without elements:
 /// what the frequent drift check compares.
 pub fn intel_structure_digest(rs: &IntelRuleset) -> String {
-    sha256_hex(structure_items(rs).join("\n").as_bytes())
+    intel_structure_digest_with(rs, &rs.protected)
+}
+
+/// [`intel_structure_digest`] of `rs` with `protected` as its exemptions.
+pub(super) fn intel_structure_digest_with(rs: &IntelRuleset, protected: &[Protected]) -> String {
+    let items = in_order(
+        structure_with(rs, protected)
+            .iter()
+            .map(|o| (rule_chain(o), normalize(o).to_string())),
+    );
+    sha256_hex(items.join("\n").as_bytes())
 }
 
 fn normalize(o: &Value) -> Value {
@@ -544,11 +634,31 @@ fn normalize(o: &Value) -> Value {
                     {
                         *c = Value::Null;
                     }
+                    sort_inline_sets(e);
                 }
             }
         }
     }
     o
+}
+
+/// Put the members of every inline set (`{"set": [...]}`) in one order: a set has none,
+/// and `nft` lists some (interface names) in the kernel's hash order, not as written.
+fn sort_inline_sets(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, inner) in m.iter_mut() {
+                if k == "set"
+                    && let Value::Array(members) = inner
+                {
+                    members.sort_by_cached_key(Value::to_string);
+                }
+                sort_inline_sets(inner);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(sort_inline_sets),
+        _ => {}
+    }
 }
 
 fn structure_items(rs: &IntelRuleset) -> Vec<String> {
@@ -787,23 +897,23 @@ pub fn update_intel(
     }
     let mut cmds = Vec::new();
     for (i, (o, n)) in old.categories.iter().zip(&new.categories).enumerate() {
-        if !o.v4_nets.is_subset(&n.v4_nets) || !o.v6_nets.is_subset(&n.v6_nets) {
+        let (v4h_gone, v4h_added) =
+            merge_delta(&o.v4_hosts, &n.v4_hosts, |a| Elem::Host(IpAddr::V4(*a)));
+        let (v6h_gone, v6h_added) =
+            merge_delta(&o.v6_hosts, &n.v6_hosts, |a| Elem::Host(IpAddr::V6(*a)));
+        let (v4n_gone, v4n_added) = merge_delta(&o.v4_nets, &n.v4_nets, |c| Elem::Net(*c));
+        let (v6n_gone, v6n_added) = merge_delta(&o.v6_nets, &n.v6_nets, |c| Elem::Net(*c));
+        if !v4n_gone.is_empty() || !v6n_gone.is_empty() {
             return Ok(false);
         }
-        let hosts = |a: &BTreeSet<IpAddr>, b: &BTreeSet<IpAddr>| {
-            a.difference(b).map(|x| Elem::Host(*x)).collect()
-        };
-        let nets = |a: &BTreeSet<Cidr>, b: &BTreeSet<Cidr>| {
-            a.difference(b).map(|x| Elem::Net(*x)).collect()
-        };
         // Additions everywhere; deletions only from hash sets (never from interval sets).
         let changes: [(&str, &str, Vec<Elem>); 6] = [
-            ("add", "v4h", hosts(&n.v4_hosts, &o.v4_hosts)),
-            ("add", "v6h", hosts(&n.v6_hosts, &o.v6_hosts)),
-            ("add", "v4n", nets(&n.v4_nets, &o.v4_nets)),
-            ("add", "v6n", nets(&n.v6_nets, &o.v6_nets)),
-            ("delete", "v4h", hosts(&o.v4_hosts, &n.v4_hosts)),
-            ("delete", "v6h", hosts(&o.v6_hosts, &n.v6_hosts)),
+            ("add", "v4h", v4h_added),
+            ("add", "v6h", v6h_added),
+            ("add", "v4n", v4n_added),
+            ("add", "v6n", v6n_added),
+            ("delete", "v4h", v4h_gone),
+            ("delete", "v6h", v6h_gone),
         ];
         for (op, suffix, elems) in changes {
             if !elems.is_empty() {
@@ -843,14 +953,25 @@ fn exemption_commands(protected: &[Protected]) -> Vec<Value> {
     cmds
 }
 
-/// Put `protected` in force as the blocklists' exemptions: both exemption chains are
-/// flushed and refilled in one transaction (the sets are not touched, so this costs what a
-/// small ruleset does), then read back.
+/// Put `protected` in force as the exemptions of the blocklists `rs` (the table in force):
+/// both exemption chains are flushed and refilled in one transaction (the sets are not
+/// touched, so this costs what a small ruleset does), then read back.
+///
+/// Over netlink (when the backend has a socket for it) `nft` compiles the table's
+/// structure with the new exemptions into the scratch table, which is read back; the new
+/// chains' rules are copied from it, and the table's declarations and rules are then
+/// dumped and compared with the scratch table's. No `nft` process lists the intel table
+/// (whose listing fetches every element of its sets).
 pub fn update_exemptions(
     backend: &mut dyn Backend,
+    rs: &IntelRuleset,
     protected: &[Protected],
 ) -> Result<(), EnforceError> {
-    with_netlink(backend, |nl, _| intel_netlink::forget_rules(nl));
+    if let Some(r) = with_netlink(backend, |nl, b| {
+        intel_netlink::refill_exemptions(nl, b, rs, protected)
+    }) {
+        return r;
+    }
     let cmds = exemption_commands(protected);
     backend
         .apply(&json!({ "nftables": cmds }).to_string())
@@ -892,11 +1013,12 @@ fn chain_rules(backend: &mut dyn Backend, chain: &str) -> Result<Option<Vec<Stri
 }
 
 /// The cheap, frequent check: the intel table's chains still hold the compiled rules
-/// (listing a chain does not print set elements, so this stays fast with 100k entries).
+/// (over netlink, a dump of the rules only; through `nft`, `nft list chain`, which prints
+/// no elements but fetches them all).
 pub fn intel_chains_intact(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<bool, NftError> {
     // Over netlink, the rules as put in force (a dump of rules only: `nft list chain`
     // fetches every element of the table first).
-    if let Some(Some(r)) = with_netlink(backend, |nl, _| intel_netlink::rules_intact(nl, rs)) {
+    if let Some(r) = with_netlink(backend, |nl, _| intel_netlink::rules_intact(nl, rs)) {
         return r;
     }
     for chain in ["output", "input", EXEMPT_OUT, EXEMPT_IN] {
@@ -936,10 +1058,11 @@ pub fn render_intel_refill(rs: &IntelRuleset, names: &[String]) -> Option<String
 }
 
 /// The full read-back of the intel table put in force with `rs`: over netlink when the
-/// backend put it there (declarations and rules as confirmed then, each set's elements
-/// as compiled), else by `nft -j list table`. `Err` says what differs.
+/// backend has a socket for it (declarations and rules as confirmed when it was put
+/// there, each set's elements as compiled; an error when it has not confirmed `rs` in
+/// force), else by `nft -j list table`. `Err` says what differs.
 pub fn check_intel(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<(), String> {
-    if let Some(Some(r)) = with_netlink(backend, |nl, _| intel_netlink::check(nl, rs)) {
+    if let Some(r) = with_netlink(backend, |nl, _| intel_netlink::check(nl, rs)) {
         return r;
     }
     match backend.list_table(INTEL_TABLE) {
@@ -992,9 +1115,78 @@ pub fn refill_intel(
 mod tests {
     use super::*;
 
+    fn feed(entries: &[&str]) -> IntelFeed {
+        serde_json::from_value(json!({
+            "schema": "enigm.intel/v1", "serial": 1,
+            "issued_at": "2026-01-01T00:00:00Z", "expires_at": "2036-01-01T00:00:00Z",
+            "categories": {"malware": entries}
+        }))
+        .expect("feed")
+    }
+
+    #[test]
+    fn an_update_is_the_difference_of_each_set_and_nothing_else() {
+        let old = compile_intel(Some(&feed(&[
+            "10.0.0.1",
+            "10.0.0.3",
+            "10.0.0.1",
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "2001:db8::1",
+        ])));
+        let new = compile_intel(Some(&feed(&[
+            "10.0.0.3",
+            "10.0.0.2",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "2001:db8::1",
+        ])));
+        assert!(same_layout(&old, &new));
+        let show = |v: &[Elem]| -> Vec<String> {
+            v.iter()
+                .map(|e| serde_json::to_string(e).expect("json"))
+                .collect()
+        };
+        let deltas: Vec<(String, Vec<String>, Vec<String>)> = sets(&new)
+            .iter()
+            .map(|(_, s)| {
+                let (gone, added) = s.delta(&old, &new);
+                (s.name.clone(), show(&gone), show(&added))
+            })
+            .collect();
+        let prefix = |a: &str| format!("{{\"prefix\":{{\"addr\":\"{a}\",\"len\":24}}}}");
+        assert_eq!(
+            deltas,
+            vec![
+                (
+                    "c0_v4h".to_owned(),
+                    vec!["\"10.0.0.1\"".to_owned()],
+                    vec!["\"10.0.0.2\"".to_owned()]
+                ),
+                (
+                    "c0_v4n".to_owned(),
+                    vec![prefix("192.0.2.0")],
+                    vec![prefix("203.0.113.0")]
+                ),
+                ("c0_v6h".to_owned(), vec![], vec![]),
+            ]
+        );
+        // Lookups on the sorted vectors.
+        let (_, v4n) = &sets(&new)[1];
+        let at = |a: &str| v4n.net_at_or_below(&new, a.parse().expect("addr"));
+        assert_eq!(
+            at("198.51.100.77"),
+            Some("198.51.100.0/24".parse().expect("cidr"))
+        );
+        assert_eq!(at("10.0.0.1"), None);
+        let (_, v4h) = &sets(&new)[0];
+        assert!(v4h.has_host(&new, &"10.0.0.2".parse().expect("addr")));
+        assert!(!v4h.has_host(&new, &"10.0.0.1".parse().expect("addr")));
+    }
+
     #[test]
     fn nested_prefixes_are_dropped_and_disjoint_ones_kept() {
-        let nets: BTreeSet<Cidr> = [
+        let nets: Vec<Cidr> = [
             "10.0.0.0/8",
             "10.1.0.0/16",
             "10.1.2.0/24",
@@ -1005,16 +1197,16 @@ mod tests {
         .iter()
         .map(|s| s.parse().expect("cidr"))
         .collect();
-        let kept: Vec<String> = without_nested(&nets)
+        let kept: Vec<String> = without_nested(nets)
             .iter()
             .map(ToString::to_string)
             .collect();
         assert_eq!(kept, ["0.0.0.0/1"]);
-        let nets: BTreeSet<Cidr> = ["10.1.0.0/16", "10.1.2.0/24", "11.0.0.0/24", "11.0.1.0/24"]
+        let nets: Vec<Cidr> = ["10.1.0.0/16", "10.1.2.0/24", "11.0.0.0/24", "11.0.1.0/24"]
             .iter()
             .map(|s| s.parse().expect("cidr"))
             .collect();
-        let kept: Vec<String> = without_nested(&nets)
+        let kept: Vec<String> = without_nested(nets)
             .iter()
             .map(ToString::to_string)
             .collect();

@@ -21,11 +21,14 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::compile::Protected;
 use super::intel::{
-    Elem, INTEL_TABLE, IntelRuleset, SetSpec, TEMPLATE_TABLE, intel_structure_digest,
-    render_template, sets, verify_template_listing,
+    EXEMPT_IN, EXEMPT_OUT, Elem, INTEL_TABLE, IntelRuleset, SetSpec, TEMPLATE_TABLE,
+    intel_structure_digest, intel_structure_digest_with, render_template, sets,
+    verify_template_listing,
 };
 use super::{Backend, EnforceError, NftError};
+use crate::bundle::sha256_hex;
 use crate::sys::nfnl::{Batch, MSG_ROOM, NfSocket, NfnlError, attrs, raw_attrs};
 
 const NFPROTO_INET: u8 = 1;
@@ -36,6 +39,7 @@ const NFT_MSG_NEWCHAIN: u8 = 3;
 const NFT_MSG_GETCHAIN: u8 = 4;
 const NFT_MSG_NEWRULE: u8 = 6;
 const NFT_MSG_GETRULE: u8 = 7;
+const NFT_MSG_DELRULE: u8 = 8;
 const NFT_MSG_NEWSET: u8 = 9;
 const NFT_MSG_GETSET: u8 = 10;
 const NFT_MSG_NEWSETELEM: u8 = 12;
@@ -199,6 +203,31 @@ enum Nest<'a> {
 /// kernel dumps nf_tables nests without it and, for some, refuses them without it on
 /// input, as libnftnl always sets it).
 fn renest(raw: &[u8], at: Nest<'_>) -> Vec<u8> {
+    renest_with(raw, at, &mut |_| None)
+}
+
+/// What a rule's reference to a set by name (a `lookup` expression's set name) becomes.
+/// `None`: kept as it is; else the attribute bytes written in its place.
+type Relink<'a> = dyn FnMut(&str) -> Option<Vec<u8>> + 'a;
+
+/// One netlink attribute, padded.
+fn nla(t: u16, v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + v.len() + 3);
+    out.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&t.to_ne_bytes());
+    out.extend_from_slice(v);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+    out
+}
+
+/// `NFTA_LOOKUP_SET`, `NFTA_LOOKUP_SET_ID`.
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_SET_ID: u16 = 4;
+
+/// [`renest`], with each `lookup` expression's set name passed through `relink`.
+fn renest_with(raw: &[u8], at: Nest<'_>, relink: &mut Relink<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
     let mut expr_name: &[u8] = &[];
     for (t, whole) in raw_attrs(raw) {
@@ -223,9 +252,15 @@ fn renest(raw: &[u8], at: Nest<'_>) -> Vec<u8> {
         if matches!(at, Nest::Expr) && t == 1 {
             expr_name = inner;
         }
+        if let (Nest::ExprData(b"lookup\0"), NFTA_LOOKUP_SET) = (at, t)
+            && let Some(with) = relink(&str_attr(inner))
+        {
+            out.extend_from_slice(&with);
+            continue;
+        }
         match child {
             Some(c) => {
-                let body = renest(inner, c);
+                let body = renest_with(inner, c, relink);
                 let n = (4 + body.len()) as u16;
                 out.extend_from_slice(&n.to_ne_bytes());
                 out.extend_from_slice(&(t | 0x8000).to_ne_bytes());
@@ -465,9 +500,8 @@ fn zero_end(rs: &IntelRuleset, set: &SetSpec) -> bool {
     if !set.interval {
         return false;
     }
-    let first = set.elems(rs).next().map(|e| e.range().0);
-    let last = set.elems(rs).last().map(|e| e.range().1);
-    first.is_some_and(|lo| lo != 0) && last.is_some_and(|hi| hi != top_of(set))
+    set.bounds(rs)
+        .is_some_and(|(first, last)| first.0 != 0 && last.1 != top_of(set))
 }
 
 /// nft's no-match element of `set` (see [`zero_end`]), as one element message.
@@ -628,8 +662,7 @@ fn check_elems(sock: &mut NfSocket, rs: &IntelRuleset, set: &SetSpec) -> Result<
     } else {
         u128::from(u32::MAX)
     };
-    let open =
-        usize::from(set.interval && set.elems(rs).last().is_some_and(|e| e.range().1 == top));
+    let open = usize::from(set.interval && set.bounds(rs).is_some_and(|(_, l)| l.1 == top));
     let want_ends = if set.interval {
         n - open + usize::from(zero)
     } else {
@@ -656,7 +689,7 @@ fn kernel_len(rs: &IntelRuleset, set: &SetSpec) -> usize {
         return n;
     }
     let top = top_of(set);
-    let open = usize::from(set.elems(rs).last().is_some_and(|e| e.range().1 == top));
+    let open = usize::from(set.bounds(rs).is_some_and(|(_, l)| l.1 == top));
     2 * n - open + usize::from(zero_end(rs, set))
 }
 
@@ -780,13 +813,13 @@ pub(super) fn replace(
     };
     // 1. nft compiles the small part into the scratch table; read back as compiled.
     backend
-        .apply(&render_template(rs))
+        .apply(&render_template(rs, &rs.protected))
         .map_err(EnforceError::Apply)?;
     let listing = backend
         .list_table(TEMPLATE_TABLE)
         .map_err(EnforceError::ReadBack)?
         .ok_or_else(|| mismatch("no scratch table".into()))?;
-    verify_template_listing(rs, &listing).map_err(mismatch)?;
+    verify_template_listing(rs, &rs.protected, &listing).map_err(mismatch)?;
     let tmpl = shape(&mut nlk.sock, TEMPLATE_TABLE)
         .map_err(EnforceError::ReadBack)?
         .ok_or_else(|| mismatch("no scratch table".into()))?;
@@ -921,46 +954,237 @@ fn same_shape(held: &Shape, want: &Shape) -> Result<(), String> {
     ))
 }
 
-/// The full read-back of the table put in force with `rs`: declarations and rules as
-/// they were confirmed then, every set's elements as compiled. `None` when this socket
-/// did not put `rs` in force.
-pub(super) fn check(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Option<Result<(), String>> {
-    let (digest, _) = nlk.applied.as_ref()?;
-    if *digest != intel_structure_digest(rs) {
-        return None;
-    }
-    let held = match shape(&mut nlk.sock, INTEL_TABLE) {
-        Ok(Some(h)) => h,
-        Ok(None) => return Some(Err("the blocklist table is gone".into())),
-        Err(e) => {
-            return Some(Err(format!(
-                "the blocklist table could not be read back: {e}"
-            )));
-        }
-    };
-    let want = &nlk.applied.as_ref()?.1;
-    if let Err(e) = same_shape(&held, want) {
-        return Some(Err(e));
-    }
-    let all = sets(rs);
-    let chosen: Vec<&SetSpec> = all.iter().map(|(_, s)| s).collect();
-    Some(check_sets(&mut nlk.sock, rs, &chosen))
+/// Each anonymous set of `s` by name: a digest of its declaration (without its name) and
+/// its elements, which is what a rule's reference to it means.
+fn anon_tokens(s: &Shape) -> BTreeMap<String, String> {
+    s.sets
+        .iter()
+        .filter(|(_, (_, anon))| *anon)
+        .map(|(name, (decl, _))| {
+            let mut bytes: Vec<u8> = raw_attrs(decl)
+                .filter(|(t, _)| *t != NFTA_SET_NAME)
+                .flat_map(|(_, raw)| raw.iter().copied())
+                .collect();
+            for e in s.anon.get(name).into_iter().flatten() {
+                bytes.extend_from_slice(&(e.len() as u32).to_be_bytes());
+                bytes.extend_from_slice(e);
+            }
+            (name.clone(), sha256_hex(&bytes))
+        })
+        .collect()
 }
 
-/// The elements of `a` that `b` lacks, both in ascending order (as the compiled sets
-/// iterate: addresses by value, disjoint prefixes by start).
-fn missing_from<'a>(
-    a: impl Iterator<Item = Elem> + 'a,
-    b: impl Iterator<Item = Elem> + 'a,
-) -> impl Iterator<Item = Elem> + 'a {
-    let mut b = b.peekable();
-    a.filter(move |e| {
-        let k = e.range();
-        while b.peek().is_some_and(|x| x.range() < k) {
-            b.next();
+/// `s`'s rules with every reference to an anonymous set replaced by what it holds (the
+/// kernel numbers anonymous sets per table, so the same rule names another number in
+/// another table or after other rules came and went).
+fn canonical_rules(s: &Shape) -> Rules {
+    let tokens = anon_tokens(s);
+    s.rules
+        .iter()
+        .map(|(chain, rules)| {
+            let rules = rules
+                .iter()
+                .map(|r| {
+                    renest_with(r, Nest::Rule, &mut |name| {
+                        let mut v = tokens.get(name)?.clone().into_bytes();
+                        v.push(0);
+                        Some(nla(NFTA_LOOKUP_SET, &v))
+                    })
+                })
+                .collect();
+            (chain.clone(), rules)
+        })
+        .collect()
+}
+
+/// [`same_shape`] up to the numbering of anonymous sets: counters, named sets, chains and
+/// hooks as they are, rules with each anonymous set they name compared by its content.
+fn same_shape_canonical(held: &Shape, want: &Shape) -> Result<(), String> {
+    let objs = |s: &Shape| {
+        s.objs
+            .iter()
+            .map(|(n, (t, _))| (n.clone(), t.clone()))
+            .collect::<Vec<_>>()
+    };
+    let named = |s: &Shape| {
+        s.sets
+            .iter()
+            .filter(|(_, (_, anon))| !*anon)
+            .map(|(n, (d, _))| (n.clone(), d.clone()))
+            .collect::<Vec<_>>()
+    };
+    let anon = |s: &Shape| {
+        let mut t: Vec<String> = anon_tokens(s).into_values().collect();
+        t.sort();
+        t
+    };
+    let what = if objs(held) != objs(want) {
+        "counters"
+    } else if named(held) != named(want) {
+        "set declarations"
+    } else if anon(held) != anon(want) {
+        "rules' inline sets"
+    } else if held.chains != want.chains || held.hooks != want.hooks {
+        "chains"
+    } else if canonical_rules(held) != canonical_rules(want) {
+        "rules"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "the blocklist table's {what} differ from the compiled ones"
+    ))
+}
+
+/// Put `protected` in force as the exemptions of the blocklists `rs` in one transaction,
+/// without touching the sets or listing the table with `nft`: `nft` compiles the table's
+/// structure with the new exemptions into the scratch table (read back with `nft -j list`
+/// and compared with the compiled structure); one batch flushes the two exemption chains
+/// and copies their new rules (with the inline sets they name) from it, and deletes it;
+/// then the table's declarations and rules are dumped and compared with the scratch
+/// table's (anonymous sets by content). The confirmed table becomes the one later checks
+/// compare with.
+pub(super) fn refill_exemptions(
+    nlk: &mut IntelNetlink,
+    backend: &mut dyn Backend,
+    rs: &IntelRuleset,
+    protected: &[Protected],
+) -> Result<(), EnforceError> {
+    // Until confirmed, later checks do not trust what was confirmed before.
+    nlk.applied = None;
+    let digest = intel_structure_digest_with(rs, protected);
+    let mismatch = |found: String| EnforceError::Mismatch {
+        expected: digest.clone(),
+        found,
+    };
+    backend
+        .apply(&render_template(rs, protected))
+        .map_err(EnforceError::Apply)?;
+    let listing = backend
+        .list_table(TEMPLATE_TABLE)
+        .map_err(EnforceError::ReadBack)?
+        .ok_or_else(|| mismatch("no scratch table".into()))?;
+    verify_template_listing(rs, protected, &listing).map_err(mismatch)?;
+    let tmpl = shape(&mut nlk.sock, TEMPLATE_TABLE)
+        .map_err(EnforceError::ReadBack)?
+        .ok_or_else(|| mismatch("no scratch table".into()))?;
+    // The new rules, their inline sets named by transaction-local ids (the kernel numbers
+    // them in the table when it creates them).
+    let mut ids: Vec<String> = Vec::new();
+    let mut new_rules: Vec<(&str, Vec<u8>)> = Vec::new();
+    for chain in [EXEMPT_OUT, EXEMPT_IN] {
+        for r in tmpl.rules.get(chain).into_iter().flatten() {
+            let raw = renest_with(r, Nest::Rule, &mut |name| {
+                if !tmpl.sets.get(name).is_some_and(|(_, anon)| *anon) {
+                    return None;
+                }
+                let id = match ids.iter().position(|n| n == name) {
+                    Some(i) => i + 1,
+                    None => {
+                        ids.push(name.to_owned());
+                        ids.len()
+                    }
+                } as u32;
+                let mut v = nla(NFTA_LOOKUP_SET, b"__set%d\0");
+                v.extend(nla(NFTA_LOOKUP_SET_ID, &id.to_be_bytes()));
+                Some(v)
+            });
+            new_rules.push((chain, raw));
         }
-        b.peek().is_none_or(|x| x.range() != k)
-    })
+    }
+    let mut b = Batch::new();
+    for chain in [EXEMPT_OUT, EXEMPT_IN] {
+        // A rule deletion naming only the chain flushes it (and the inline sets its rules
+        // were bound to go with them).
+        b.begin(
+            NFT_MSG_DELRULE,
+            0,
+            NFPROTO_INET,
+            format!("flush of chain {chain}"),
+        );
+        b.put_str(NFTA_RULE_TABLE, INTEL_TABLE);
+        b.put_str(NFTA_RULE_CHAIN, chain);
+    }
+    for (id, name) in (1u32..).zip(&ids) {
+        let Some((decl, _)) = tmpl.sets.get(name) else {
+            continue;
+        };
+        b.begin(
+            NFT_MSG_NEWSET,
+            NLM_F_CREATE,
+            NFPROTO_INET,
+            format!("set {name}"),
+        );
+        b.put_str(NFTA_SET_TABLE, INTEL_TABLE);
+        for (t, raw) in raw_attrs(decl) {
+            if t == NFTA_SET_NAME {
+                b.put_str(NFTA_SET_NAME, "__set%d");
+            } else {
+                b.put_raw(raw);
+            }
+        }
+        b.put_be32(NFTA_SET_ID, id);
+        b.begin(
+            NFT_MSG_NEWSETELEM,
+            NLM_F_CREATE,
+            NFPROTO_INET,
+            format!("elements of set {name}"),
+        );
+        b.put_str(NFTA_SET_ELEM_LIST_TABLE, INTEL_TABLE);
+        b.put_str(NFTA_SET_ELEM_LIST_SET, "__set%d");
+        b.put_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
+        let at = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+        for e in tmpl.anon.get(name).into_iter().flatten() {
+            b.put_raw(&renest(e, Nest::Elem));
+        }
+        b.nest_end(at);
+    }
+    for (i, (chain, raw)) in new_rules.iter().enumerate() {
+        b.begin(
+            NFT_MSG_NEWRULE,
+            NLM_F_CREATE | NLM_F_APPEND,
+            NFPROTO_INET,
+            format!("exemption rule {} (chain {chain})", i + 1),
+        );
+        b.put_str(NFTA_RULE_TABLE, INTEL_TABLE);
+        b.put_str(NFTA_RULE_CHAIN, chain);
+        b.put_raw(raw);
+    }
+    b.begin(NFT_MSG_DELTABLE, 0, NFPROTO_INET, "scratch table (delete)");
+    b.put_str(NFTA_TABLE_NAME, TEMPLATE_TABLE);
+    nlk.sock.commit(b).map_err(|e| EnforceError::Apply(nl(e)))?;
+    let held = shape(&mut nlk.sock, INTEL_TABLE)
+        .map_err(EnforceError::ReadBack)?
+        .ok_or_else(|| mismatch("absent".into()))?;
+    let mut want = tmpl;
+    want.hooks = BASE_CHAINS
+        .iter()
+        .map(|(n, h, p)| ((*n).to_owned(), (*h, *p, NF_ACCEPT, "filter".to_owned())))
+        .collect();
+    same_shape_canonical(&held, &want).map_err(mismatch)?;
+    nlk.applied = Some((digest, held));
+    Ok(())
+}
+
+/// The full read-back of the table put in force with `rs`: declarations and rules as
+/// they were confirmed then, every set's elements as compiled. An error when this socket
+/// has not confirmed `rs` in force (a replace or exemption refill failed since, or `rs` is
+/// not what was put there): the caller replaces the table, never falls back to an `nft`
+/// listing of every element.
+pub(super) fn check(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Result<(), String> {
+    let want = match &nlk.applied {
+        Some((digest, want)) if *digest == intel_structure_digest(rs) => want,
+        _ => return Err("the blocklist table in force is not the one compiled".into()),
+    };
+    let held = match shape(&mut nlk.sock, INTEL_TABLE) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err("the blocklist table is gone".into()),
+        Err(e) => return Err(format!("the blocklist table could not be read back: {e}")),
+    };
+    same_shape(&held, want)?;
+    let all = sets(rs);
+    let chosen: Vec<&SetSpec> = all.iter().map(|(_, s)| s).collect();
+    check_sets(&mut nlk.sock, rs, &chosen)
 }
 
 /// Move the kernel from `old` to `new` with element batches (deletions first, then
@@ -976,31 +1200,40 @@ pub(super) fn update(
         return Ok(false);
     }
     let (old_sets, new_sets) = (sets(old), sets(new));
+    // Per set, what goes and what comes: one merge of the two sorted sets each.
+    let deltas: Vec<(&SetSpec, &SetSpec, Vec<Elem>, Vec<Elem>)> = old_sets
+        .iter()
+        .zip(&new_sets)
+        .map(|((_, o), (_, n))| {
+            let (gone, added) = n.delta(old, new);
+            (o, n, gone, added)
+        })
+        .collect();
     let mut b = Batch::new();
-    for op in [NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM] {
-        for ((_, o), (_, n)) in old_sets.iter().zip(&new_sets) {
-            let (from, to, s) = if op == NFT_MSG_DELSETELEM {
-                (o.elems(old), n.elems(new), n)
-            } else {
-                (n.elems(new), o.elems(old), o)
-            };
-            // Elements of `from` that the other side lacks: one merge of the two sorted
-            // sets, no lookup per element.
-            let gone = missing_from(from, to);
-            let what = if op == NFT_MSG_DELSETELEM {
-                "removed elements"
-            } else {
-                "added elements"
-            };
-            // nft's no-match element goes first, comes last, when its need changes.
-            let (before, after) = (zero_end(old, o), zero_end(new, n));
-            if op == NFT_MSG_DELSETELEM && before && !after {
-                put_zero_end(&mut b, op, s, what);
-            }
-            put_elems(&mut b, op, s, gone, what);
-            if op == NFT_MSG_NEWSETELEM && after && !before {
-                put_zero_end(&mut b, op, s, what);
-            }
+    // Deletions first, then additions (a prefix may be replaced by an overlapping one).
+    for (o, n, gone, _) in &deltas {
+        // nft's no-match element goes first, comes last, when its need changes.
+        if zero_end(old, o) && !zero_end(new, n) {
+            put_zero_end(&mut b, NFT_MSG_DELSETELEM, n, "removed elements");
+        }
+        put_elems(
+            &mut b,
+            NFT_MSG_DELSETELEM,
+            n,
+            gone.iter().copied(),
+            "removed elements",
+        );
+    }
+    for (o, n, _, added) in &deltas {
+        put_elems(
+            &mut b,
+            NFT_MSG_NEWSETELEM,
+            o,
+            added.iter().copied(),
+            "added elements",
+        );
+        if zero_end(new, n) && !zero_end(old, o) {
+            put_zero_end(&mut b, NFT_MSG_NEWSETELEM, o, "added elements");
         }
     }
     if b.messages() > 0 {
@@ -1047,22 +1280,14 @@ pub(super) fn refill(
 }
 
 /// Whether the intel table's rules are still those put in force with `rs` (a dump of the
-/// rules only, no elements). `None` when this socket did not put `rs` in force.
-pub(super) fn rules_intact(
-    nlk: &mut IntelNetlink,
-    rs: &IntelRuleset,
-) -> Option<Result<bool, NftError>> {
-    let (digest, applied) = nlk.applied.as_ref()?;
-    if *digest != intel_structure_digest(rs) {
-        return None;
-    }
-    let want = applied.rules.clone();
-    Some(rules(&mut nlk.sock, INTEL_TABLE).map(|held| held == want))
-}
-
-/// Forget the rules last put in force (the exemption chains were changed by `nft`).
-pub(super) fn forget_rules(nlk: &mut IntelNetlink) {
-    nlk.applied = None;
+/// rules only, no elements). `false` when this socket has not confirmed `rs` in force
+/// (see [`check`]): the caller replaces the table.
+pub(super) fn rules_intact(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Result<bool, NftError> {
+    let want = match &nlk.applied {
+        Some((digest, applied)) if *digest == intel_structure_digest(rs) => applied.rules.clone(),
+        _ => return Ok(false),
+    };
+    rules(&mut nlk.sock, INTEL_TABLE).map(|held| held == want)
 }
 
 /// Run `f` with the backend's netlink socket for the intel table, if it has one.

@@ -320,7 +320,7 @@ impl Enforcer {
         };
         let changed = rs.protected != to;
         let result = if changed {
-            update_exemptions(backend, &to)
+            update_exemptions(backend, rs, &to)
         } else {
             Ok(())
         };
