@@ -584,3 +584,134 @@ impl Cmd {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    fn split(args: &[&str]) -> Action {
+        let argv = std::iter::once("trustctl").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .cmd
+            .split()
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_runs_offline_or_goes_to_the_daemon_as_its_help_says() {
+        let offline: &[&[&str]] = &[
+            &["keygen", "--out", "k"],
+            &["trust-root", "--role", "root=1:a.pub"],
+            &["sign", "--type", "policy", "--key", "k.key", "p.json"],
+            &["verify", "--trust-root", "r.json", "e.json"],
+            &["load", "e.json"],
+            &["state"],
+            &["audit", "verify", "--prefix", "/p"],
+            &["audit", "tail", "--prefix", "/p", "-n", "3"],
+            &["audit", "export"],
+            &["audit", "prove", "1", "--checkpoint", "c", "--key", "k"],
+            &["audit", "consistency", "old", "--key", "k"],
+            &[
+                "device", "command", "--action", "revoke", "--issuer", "i", "--device", "d",
+                "--serial", "1", "--key", "k.key",
+            ],
+            &[
+                "tpm",
+                "make-credential",
+                "--ek",
+                "ek.pem",
+                "--ak-name",
+                "n",
+                "--secret",
+                "s",
+            ],
+            &["posture", "verify", "r.json", "--nonce", "n", "--key", "k"],
+        ];
+        for args in offline {
+            assert!(
+                matches!(split(args), Action::Offline(_)),
+                "{args:?} must run offline"
+            );
+        }
+        let daemon: &[&[&str]] = &[
+            &["status"],
+            &["watch"],
+            &["privacy", "on"],
+            &["policy", "apply", "e.json"],
+            &["policy", "show"],
+            &["policy", "rotate", "e.json"],
+            &["intel", "apply", "e.json"],
+            &["setup", "complete", "wifi"],
+            &["device", "apply", "e.json"],
+            &["device", "handle", "v"],
+            &["launch", "check", "app"],
+            &["posture", "report", "--nonce", "n"],
+            &["audit", "verify"],
+            &["audit", "tail"],
+            &["audit", "acknowledge"],
+            &["audit", "checkpoint"],
+            &["tpm", "activate-credential", "c.json"],
+        ];
+        for args in daemon {
+            assert!(
+                matches!(split(args), Action::Bus(_)),
+                "{args:?} must go to the daemon"
+            );
+        }
+        // Every subcommand of the tree is in one of the two lists.
+        fn leaves(c: &clap::Command, path: String, out: &mut Vec<String>) {
+            if c.get_subcommands().next().is_none() {
+                out.push(path.clone());
+            }
+            for s in c.get_subcommands().filter(|s| s.get_name() != "help") {
+                leaves(s, format!("{path} {}", s.get_name()), out);
+            }
+        }
+        let mut all = Vec::new();
+        leaves(&Cli::command(), String::new(), &mut all);
+        let listed: Vec<String> = offline
+            .iter()
+            .chain(daemon)
+            .map(|a| {
+                a.iter()
+                    .take_while(|w| !w.starts_with('-') && !w.contains('.'))
+                    .fold(String::new(), |p, w| format!("{p} {w}"))
+            })
+            .collect();
+        for leaf in &all {
+            assert!(
+                listed.iter().any(|l| l.starts_with(leaf.as_str())),
+                "{leaf} is in neither list"
+            );
+        }
+    }
+
+    #[test]
+    fn lifecycle_action_is_typed_and_limited_to_the_five() {
+        let Action::Offline(Offline::DeviceCommand(c)) = split(&[
+            "device", "command", "--action", "retire", "--issuer", "i", "--device", "d",
+            "--serial", "7", "--key", "k.key",
+        ]) else {
+            panic!("device command must run offline");
+        };
+        assert_eq!(c.action, LifecycleAction::Retire);
+        assert_eq!(c.valid_for, 3600);
+        let e = Cli::try_parse_from([
+            "trustctl", "device", "command", "--action", "destroy", "--issuer", "i", "--device",
+            "d", "--serial", "1", "--key", "k",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(
+            e.to_string()
+                .contains("enroll, suspend, resume, revoke, retire"),
+            "{e}"
+        );
+    }
+}
