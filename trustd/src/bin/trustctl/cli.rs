@@ -706,7 +706,7 @@ mod tests {
             "trustctl", "device", "command", "--action", "destroy", "--issuer", "i", "--device",
             "d", "--serial", "1", "--key", "k",
         ])
-        .unwrap_err();
+        .expect_err("an unknown action is refused");
         assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
         assert!(
             e.to_string()

@@ -3,7 +3,7 @@
 //!
 //! The profile is a pure function of the device's [`Paths`], the nft binary and `$PATH`
 //! ([`profile`]); [`confine_self`] hands it to [`crate::launch::landlock::restrict`]. See
-//! docs/SECURITY.md ("trustd's own confinement").
+//! docs/SECURITY.md ("The service").
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -122,13 +122,13 @@ mod tests {
 
     #[test]
     fn nft_is_resolved_through_path_like_the_exec_does() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let empty = dir.path().join("empty");
         let bin = dir.path().join("bin");
-        std::fs::create_dir_all(&empty).unwrap();
-        std::fs::create_dir_all(bin.join("nft-dir")).unwrap();
-        std::fs::write(bin.join("nft"), b"").unwrap();
-        let path = std::env::join_paths([&empty, &bin]).unwrap();
+        std::fs::create_dir_all(&empty).expect("mkdir");
+        std::fs::create_dir_all(bin.join("nft-dir")).expect("mkdir");
+        std::fs::write(bin.join("nft"), b"").expect("write nft");
+        let path = std::env::join_paths([&empty, &bin]).expect("PATH");
         assert_eq!(which(Path::new("nft"), Some(&path)), bin.join("nft"));
         // A directory of that name is not the executable.
         assert_eq!(

@@ -2,7 +2,8 @@
 //! (`trustd apply` and `trustd run` when the device's files do not open).
 //!
 //! It is the effective plan of no policy with privacy on and the lifecycle unknown: no
-//! bootstrap allowlist, since no policy can be trusted. See docs/SECURITY.md ("Fail closed").
+//! bootstrap allowlist, since no policy can be trusted. See docs/SECURITY.md
+//! ("The service").
 
 use std::collections::BTreeSet;
 
@@ -48,15 +49,18 @@ mod tests {
         let e = plan();
         assert_eq!(e.mode_name(), "lockdown");
         let mut b = RecordingBackend::default();
-        let digest = apply(&mut b).unwrap();
+        let digest = apply(&mut b).expect("lockdown applies");
         assert_eq!(b.applied.len(), 1, "one transaction");
         // What the kernel holds afterwards is what was compiled (the verify step read it back).
         assert_eq!(
-            crate::netfilter::verify(&mut b, &ruleset()).unwrap(),
+            crate::netfilter::verify(&mut b, &ruleset()).expect("the kernel holds it"),
             digest
         );
         // Deterministic: the same digest every time (posture and audit name it).
-        assert_eq!(apply(&mut RecordingBackend::default()).unwrap(), digest);
+        assert_eq!(
+            apply(&mut RecordingBackend::default()).expect("lockdown applies"),
+            digest
+        );
     }
 
     #[test]

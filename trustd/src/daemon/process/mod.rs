@@ -4,8 +4,9 @@
 //! [`run`] opens the device (or puts [`lockdown`] in place when its files do not open),
 //! attaches the TPM, confines trustd itself ([`confine`]), starts the engine on a thread of
 //! its own, the signal, link and nftables-event threads, serves `org.enigm.Trust1` on the bus
-//! and the private socket, and [`supervise`]s both halves for the service manager's
-//! watchdog. Enforcement never depends on the bus: the engine keeps its own drift timer.
+//! and the private socket, and watches both halves for the service manager's watchdog
+//! ([`supervise::supervise`]).
+//! Enforcement never depends on the bus: the engine keeps its own drift timer.
 
 pub mod confine;
 pub mod lockdown;

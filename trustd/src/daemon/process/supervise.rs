@@ -4,7 +4,7 @@
 //! The decisions are pure ([`connection_lost`], [`engine_turns`], [`Health`],
 //! [`StatusLine`]); [`supervise`] and [`report_status`] are the loops that act on them. The
 //! timings come from [`crate::daemon::watchdog::Timing`]. See docs/ARCHITECTURE.md
-//! ("Supervision").
+//! ("The daemon process and the binaries").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
