@@ -22,7 +22,7 @@ use clap_mangen::roff::{Roff, bold, italic, roman};
 // The binaries' sources, compiled in for their `Cli` types. Everything but the clap
 // definitions is unused here.
 #[allow(dead_code, clippy::all)]
-#[path = "../../trustd/src/bin/trustctl.rs"]
+#[path = "../../trustd/src/bin/trustctl/main.rs"]
 mod trustctl_bin;
 
 #[allow(dead_code, clippy::all)]

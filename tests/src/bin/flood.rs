@@ -332,7 +332,13 @@ fn main() {
         "longpath" => longpath(address, until),
         "gone" => gone(address, until),
         "budget" => budget(address, until),
-        "churn" => churn(address, until, "org.freedesktop.DBus.Introspectable", "Introspect", 64),
+        "churn" => churn(
+            address,
+            until,
+            "org.freedesktop.DBus.Introspectable",
+            "Introspect",
+            64,
+        ),
         "pings" => churn(address, until, "org.freedesktop.DBus.Peer", "Ping", 8),
         other => {
             eprintln!("flood: unknown shape {other:?}");

@@ -8,6 +8,7 @@
 pub mod api;
 mod device;
 pub mod engine;
+pub mod process;
 pub mod watchdog;
 
 pub use api::{
