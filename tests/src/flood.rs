@@ -221,6 +221,16 @@ pub fn percentile(v: &[u64], p: usize) -> u64 {
     s[((s.len() - 1) * p) / 100]
 }
 
+/// A service manager's notification socket for trustd (`$NOTIFY_SOCKET`): `notify` in the
+/// directory `dir`, bound, with a read timeout of 100 ms; its path and the socket.
+pub fn notify_socket(dir: &std::path::Path) -> (std::path::PathBuf, std::os::unix::net::UnixDatagram) {
+    let path = dir.join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    (path, sock)
+}
+
 /// Whether a `WATCHDOG=1` arrives on `sock` (trustd's `$NOTIFY_SOCKET`, with a read timeout
 /// set) within `within`; notifications sent before the call are drained first.
 pub fn watchdog_ping(sock: &std::os::unix::net::UnixDatagram, within: Duration) -> bool {

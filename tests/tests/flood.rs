@@ -139,10 +139,7 @@ fn the_watchdog_is_fed_only_while_the_engine_and_the_bus_service_work() {
     let b = lab.sign(lab_policy("direct"));
     lab.load(&b);
     let dir = tempfile::tempdir().expect("tempdir");
-    let notify = dir.path().join("notify");
-    let sock = std::os::unix::net::UnixDatagram::bind(&notify).expect("notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
+    let (notify, sock) = tests::flood::notify_socket(dir.path());
     // An nft that hangs once the flag exists, as a wedged child would.
     let flag = dir.path().join("hang");
     let nft = dir.path().join("nft");

@@ -109,10 +109,7 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
     let b = lab.sign(lab_policy("direct"));
     lab.load(&b);
     let dir = tempfile::tempdir().expect("tempdir");
-    let notify = dir.path().join("notify");
-    let sock = std::os::unix::net::UnixDatagram::bind(&notify).expect("notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
+    let (notify, sock) = tests::flood::notify_socket(dir.path());
     let bus = tests::bus::Bus::start(BusPolicy::Shipped, "");
     let addr = bus.address.clone();
     // A watchdog of 4 s: trustd pings every 2 s while the engine and the bus service work.

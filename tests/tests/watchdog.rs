@@ -29,10 +29,7 @@ fn start_every(
     let b = lab.sign(lab_policy("direct"));
     lab.load(&b);
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("notify");
-    let sock = UnixDatagram::bind(&path).expect("notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(50)))
-        .expect("timeout");
+    let (path, sock) = tests::flood::notify_socket(dir.path());
     let bus = Bus::start(BusPolicy::Shipped, "");
     let addr = bus.address.clone();
     let mut vars: Vec<(&str, &std::ffi::OsStr)> = vec![("NOTIFY_SOCKET", path.as_os_str())];
