@@ -477,6 +477,20 @@ impl EsapiTpm {
         })
     }
 
+    /// Run `confine` on the TPM's own thread (Landlock restricts only the thread that asks and
+    /// the threads it starts later, and this thread exists before trustd confines itself):
+    /// what it returns, or why it could not run.
+    ///
+    /// # Errors
+    /// `confine`'s own error, or the TPM thread is gone or hung.
+    pub fn confine_thread(
+        &mut self,
+        confine: impl FnOnce() -> Result<String, String> + Send + 'static,
+    ) -> Result<String, String> {
+        self.call("confine", move |_| Ok(confine()))
+            .map_err(|e| e.to_string())?
+    }
+
     /// The TCTI it was opened with.
     pub fn tcti(&self) -> &str {
         &self.tcti

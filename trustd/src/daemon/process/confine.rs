@@ -87,9 +87,40 @@ pub fn confine_self(paths: &Paths, nft: &Path) -> Result<String, String> {
     crate::launch::landlock::restrict(&p.read, &p.write, &p.execute).map(|c| c.to_string())
 }
 
+/// How trustd is confined, `how` for its main thread, given what the TPM's thread (started
+/// before the main thread confined itself) reported when it confined itself (`None`: no TPM
+/// thread). Unless that thread is confined as fully as the main one, the result ends with
+/// "not enforced", which posture reports as a degradation: a thread outside the profile is a
+/// way around it.
+pub fn with_tpm_thread(how: String, tpm: Option<Result<String, String>>) -> String {
+    match tpm {
+        None => how,
+        Some(Ok(t)) if t == how => how,
+        Some(Ok(t)) => format!("{how}; the TPM thread: {t}, not enforced"),
+        Some(Err(e)) => format!("{how}; the TPM thread: {e}, not enforced"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the TPM's thread, started before trustd confined itself, stayed outside
+    /// the Landlock profile while posture said "fully enforced". A TPM thread that could not
+    /// confine itself as the main thread did now makes the confinement "not enforced".
+    #[test]
+    fn a_tpm_thread_outside_the_profile_is_not_full_confinement() {
+        let full = "Landlock ABI 4: fully enforced".to_owned();
+        assert_eq!(with_tpm_thread(full.clone(), None), full);
+        assert_eq!(with_tpm_thread(full.clone(), Some(Ok(full.clone()))), full);
+        for tpm in [
+            Some(Err("the TPM thread ended".to_owned())),
+            Some(Ok("Landlock ABI 4: partially enforced".to_owned())),
+        ] {
+            let how = with_tpm_thread(full.clone(), tpm);
+            assert!(how.ends_with("not enforced"), "{how}");
+        }
+    }
 
     #[test]
     fn profile_writes_only_trustds_own_directories() {

@@ -113,10 +113,22 @@ pub fn role_groups(paths: &Paths) -> Result<(RoleGroups, Config), String> {
 
 /// Open the TPM at `tcti`, export its public keys beside the device key and attach it (or
 /// record why not: posture says so, reports are signed by the software key only).
-fn attach_tpm(paths: &Paths, dev: &mut Device, tcti: &str) {
+fn attach_tpm(
+    paths: &Paths,
+    dev: &mut Device,
+    tcti: &str,
+    confine: Option<&std::path::Path>,
+) -> Option<Result<String, String>> {
     use crate::tpm::Tpm as _;
+    let mut confined = None;
     match crate::tpm::EsapiTpm::open(tcti, paths.tpm_ak_blob()) {
-        Ok(tpm) => {
+        Ok(mut tpm) => {
+            // The TPM's thread exists before trustd confines itself: it confines itself now,
+            // with the same profile (its device or socket is already open).
+            if let Some(nft) = confine {
+                let (paths, nft) = (paths.clone(), nft.to_owned());
+                confined = Some(tpm.confine_thread(move || confine::confine_self(&paths, &nft)));
+            }
             if let Err(e) = tpm.identity().export(&paths.state_dir()) {
                 tracing::warn!("exporting the TPM's public keys: {e}");
             }
@@ -133,6 +145,7 @@ fn attach_tpm(paths: &Paths, dev: &mut Device, tcti: &str) {
             dev.tpm_unavailable(e.to_string());
         }
     }
+    confined
 }
 
 /// `trustd run`: enforce, serve `org.enigm.Trust1`, keep enforcing until SIGTERM or a lost
@@ -171,8 +184,9 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<Outcome, RunError> {
         }
     };
     // The TPM before confinement: the TCTI library is loaded and the device opened now.
+    let mut tpm_thread = None;
     match config.tpm_choice(default_tpm_device.as_deref(), paths.tpm_ak_blob().exists()) {
-        TpmChoice::Use(tcti) => attach_tpm(paths, &mut dev, &tcti),
+        TpmChoice::Use(tcti) => tpm_thread = attach_tpm(paths, &mut dev, &tcti, confine.as_deref()),
         TpmChoice::Off(why) => {
             tracing::info!("{why}: evidence is signed by the software key only");
         }
@@ -188,6 +202,7 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<Outcome, RunError> {
     if let Some(nft) = &confine {
         match confine::confine_self(paths, nft) {
             Ok(how) => {
+                let how = confine::with_tpm_thread(how, tpm_thread);
                 tracing::info!("confined: {how}");
                 dev.set_confinement(how);
             }
