@@ -503,3 +503,49 @@ fn idle_cpu_of_watching_changes_against_periodic_read_backs_with_a_100k_feed() {
     );
     assert!(daemon.terminate().success());
 }
+
+/// Security regression test: after more than five foreign repairs within ten seconds trustd
+/// reads a changed table back before repairing it (so that a storm of no-op notifications
+/// costs no replacements), and that read-back never looked at the table's flags: a table
+/// made dormant lists every chain and rule but filters nothing, so it passed, and the
+/// blocklists (or the policy) stayed off, unaudited. Both tables, made dormant after such a
+/// storm, are put back and audited.
+#[test]
+fn a_table_made_dormant_after_a_storm_of_edits_is_repaired() {
+    if !can_run(TOOLS) {
+        return;
+    }
+    let (lab, _daemon, _) = lab_with_feed("dm");
+    let wait = |what: &str, undone: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !undone() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{what}: not undone within 5 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for (table, probe, kind) in [
+        ("trustd_intel", LISTED, "intel.drift"),
+        ("trustd", FORBIDDEN, "network.drift"),
+    ] {
+        // The storm: repaired edits, one after another, so that trustd reads back first.
+        for _ in 0..7 {
+            nft(&lab, &format!("add chain inet {table} storm"));
+            wait("an added chain", &|| {
+                !lab.dev_sh(&format!("nft list chains inet {table}"))
+                    .contains("storm")
+            });
+        }
+        let before = records(&lab).last().map_or(0, |r| r.seq);
+        nft(&lab, &format!("add table inet {table} '{{ flags dormant; }}'"));
+        wait(&format!("{table} made dormant"), &|| !lab.probe(probe, None));
+        assert!(
+            records(&lab)
+                .iter()
+                .any(|r| r.seq > before && r.kind == kind),
+            "{table} made dormant: audited as {kind}"
+        );
+    }
+}

@@ -34,6 +34,7 @@ use crate::sys::nfnl::{Batch, MSG_ROOM, NfSocket, NfnlError, attrs, raw_attrs};
 const NFPROTO_INET: u8 = 1;
 
 const NFT_MSG_NEWTABLE: u8 = 0;
+const NFT_MSG_GETTABLE: u8 = 1;
 const NFT_MSG_DELTABLE: u8 = 2;
 const NFT_MSG_NEWCHAIN: u8 = 3;
 const NFT_MSG_GETCHAIN: u8 = 4;
@@ -53,6 +54,7 @@ const NLM_F_APPEND: u16 = 0x800;
 
 /// `NFTA_TABLE_NAME`.
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
 /// `NFTA_CHAIN_*`.
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -164,6 +166,9 @@ type Rules = BTreeMap<String, Vec<Vec<u8>>>;
 /// A table's declarations as dumped: what the replacement copies and the read-back compares.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Shape {
+    /// The table's flags (`NFTA_TABLE_FLAGS`): 0 as trustd makes it; `dormant` (1) turns
+    /// every hook of the table off while its chains and rules stay listed.
+    flags: u32,
     /// Counters and other objects: (name, type attribute, data attribute as created).
     objs: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
     /// Set declarations by name (their [`SET_DECL`] attributes) and whether anonymous.
@@ -300,6 +305,25 @@ fn copy(body: &[u8], keep: &[u16]) -> Vec<u8> {
 /// Dump `table`'s declarations, chains and rules (and the anonymous sets' elements).
 fn shape(sock: &mut NfSocket, table: &str) -> Result<Option<Shape>, NftError> {
     let mut s = Shape::default();
+    sock.dump(
+        NFT_MSG_GETTABLE,
+        NFPROTO_INET,
+        |_| {},
+        |r| {
+            if attrs(r.body).any(|(t, v)| t == NFTA_TABLE_NAME && str_attr(v) == table) {
+                s.flags = attrs(r.body)
+                    .find(|(t, _)| *t == NFTA_TABLE_FLAGS)
+                    .map_or(0, |(_, v)| {
+                        u32::from_be_bytes(
+                            v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
+                        )
+                    });
+            }
+            Ok(())
+        },
+    )
+    .map_err(nl)?
+    .map_err(NftError::Netlink)?;
     let found = sock
         .dump(
             NFT_MSG_GETSET,
@@ -936,7 +960,9 @@ fn same_shape(held: &Shape, want: &Shape) -> Result<(), String> {
             .map(|(n, (t, _))| (n.clone(), t.clone()))
             .collect::<Vec<_>>()
     };
-    let what = if objs(held) != objs(want) {
+    let what = if held.flags != want.flags {
+        "table flags (a dormant table filters nothing)"
+    } else if objs(held) != objs(want) {
         "counters"
     } else if held.sets != want.sets {
         "set declarations"
@@ -1018,7 +1044,9 @@ fn same_shape_canonical(held: &Shape, want: &Shape) -> Result<(), String> {
         t.sort();
         t
     };
-    let what = if objs(held) != objs(want) {
+    let what = if held.flags != want.flags {
+        "table flags (a dormant table filters nothing)"
+    } else if objs(held) != objs(want) {
         "counters"
     } else if named(held) != named(want) {
         "set declarations"

@@ -159,14 +159,19 @@ pub fn render(rs: &Ruleset) -> Value {
     json!({ "nftables": cmds })
 }
 
-/// Reduce listing objects to what the digest covers: counters by name, chains with their
-/// hooks, rules with their expressions, in a fixed order; no handles, no counter values.
+/// Reduce listing objects to what the digest covers: the table's flags if it has any (trustd
+/// never sets one), counters by name, chains with their hooks, rules with their expressions,
+/// in a fixed order; no handles, no counter values.
 fn canonical(objs: &[Value]) -> Vec<Value> {
     let mut counters = Vec::new();
     let mut chains = Vec::new();
     let mut rules: Vec<(String, Value)> = Vec::new();
+    let mut flags = Vec::new();
     for o in objs {
-        if let Some(c) = o.get("counter") {
+        if let Some(f) = o.get("table").and_then(|t| t.get("flags")) {
+            // A dormant table lists its chains and rules but filters nothing.
+            flags.push(json!({ "table_flags": f }));
+        } else if let Some(c) = o.get("counter") {
             counters.push(json!({"counter": c.get("name")}));
         } else if let Some(c) = o.get("chain") {
             chains.push(json!({"chain": [c.get("name"), c.get("type"), c.get("hook"), c.get("prio"), c.get("policy")]}));
@@ -194,8 +199,9 @@ fn canonical(objs: &[Value]) -> Vec<Value> {
     chains.sort_by_key(|v| v.to_string());
     // Rules keep their order within a chain; chains are taken in name order.
     rules.sort_by(|a, b| a.0.cmp(&b.0));
-    counters
+    flags
         .into_iter()
+        .chain(counters)
         .chain(chains)
         .chain(rules.into_iter().map(|(_, v)| v))
         .collect()
