@@ -223,7 +223,9 @@ pub fn percentile(v: &[u64], p: usize) -> u64 {
 
 /// A service manager's notification socket for trustd (`$NOTIFY_SOCKET`): `notify` in the
 /// directory `dir`, bound, with a read timeout of 100 ms; its path and the socket.
-pub fn notify_socket(dir: &std::path::Path) -> (std::path::PathBuf, std::os::unix::net::UnixDatagram) {
+pub fn notify_socket(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::os::unix::net::UnixDatagram) {
     let path = dir.join("notify");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("notify socket");
     sock.set_read_timeout(Some(Duration::from_millis(100)))

@@ -534,13 +534,17 @@ fn a_table_made_dormant_after_a_storm_of_edits_is_repaired() {
         for _ in 0..7 {
             nft(&lab, &format!("add chain inet {table} storm"));
             wait("an added chain", &|| {
-                !lab.dev_sh(&format!("nft list chains inet {table}"))
-                    .contains("storm")
+                !lab.dev_sh("nft list chains").contains("storm")
             });
         }
         let before = records(&lab).last().map_or(0, |r| r.seq);
-        nft(&lab, &format!("add table inet {table} '{{ flags dormant; }}'"));
-        wait(&format!("{table} made dormant"), &|| !lab.probe(probe, None));
+        nft(
+            &lab,
+            &format!("add table inet {table} '{{ flags dormant; }}'"),
+        );
+        wait(&format!("{table} made dormant"), &|| {
+            !lab.probe(probe, None)
+        });
         assert!(
             records(&lab)
                 .iter()

@@ -311,13 +311,14 @@ fn shape(sock: &mut NfSocket, table: &str) -> Result<Option<Shape>, NftError> {
         |_| {},
         |r| {
             if attrs(r.body).any(|(t, v)| t == NFTA_TABLE_NAME && str_attr(v) == table) {
-                s.flags = attrs(r.body)
-                    .find(|(t, _)| *t == NFTA_TABLE_FLAGS)
-                    .map_or(0, |(_, v)| {
-                        u32::from_be_bytes(
-                            v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
-                        )
-                    });
+                s.flags =
+                    attrs(r.body)
+                        .find(|(t, _)| *t == NFTA_TABLE_FLAGS)
+                        .map_or(0, |(_, v)| {
+                            u32::from_be_bytes(
+                                v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
+                            )
+                        });
             }
             Ok(())
         },
