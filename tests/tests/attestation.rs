@@ -123,6 +123,34 @@ fn trustctl_verifies_the_tpm_quote_of_a_report_across_a_restart_and_a_reboot() {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    // Regression: --export-quote wrote the device's bytes through links, into any existing
+    // directory. An existing directory (here the one just written) is refused, and what is
+    // in it stays as it was.
+    let before = std::fs::read(work.join("quote/quote.msg")).expect("quote.msg");
+    std::fs::remove_file(work.join("quote/quote.sig")).expect("rm");
+    std::os::unix::fs::symlink("../victim", work.join("quote/quote.sig")).expect("symlink");
+    let r = trustctl(
+        &work,
+        &[
+            "posture",
+            "verify",
+            "first.json",
+            "--nonce",
+            "nonce-att-first",
+            "--key",
+            &key,
+            "--export-quote",
+            "quote",
+        ],
+    );
+    assert_eq!(r.code, 1, "an existing directory is refused: {}", r.stderr);
+    assert!(r.stderr.contains("does not exist yet"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(work.join("quote/quote.msg")).expect("quote.msg"),
+        before
+    );
+    assert!(!work.join("victim").exists(), "nothing written through the link");
+
     // trustd restarts: same AK, the later report extends the earlier one.
     d.terminate();
     let mut d = start(&lab);

@@ -246,6 +246,9 @@ mod tests {
             ("device:dev/tpmrm0", "absolute path"),
             ("device:", "absolute path"),
             ("tpm2:/dev/tpm0", "is not a TCTI"),
+            ("swtpm:", "host= is missing"),
+            ("swtpm:port=2400", "host= is missing"),
+            ("swtpm:host=127.0.0.1", "port= is missing"),
         ] {
             std::fs::write(
                 paths.config_file(),
@@ -256,8 +259,7 @@ mod tests {
             assert!(e.contains(why), "{bad}: {e}");
         }
         for good in [
-            "swtpm:",
-            "swtpm:port=2400",
+            "swtpm:host=127.0.0.1,port=2400",
             "mssim:host=localhost,port=2321",
         ] {
             std::fs::write(

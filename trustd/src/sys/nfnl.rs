@@ -119,6 +119,10 @@ fn ext_ack(body: &[u8]) -> String {
 #[derive(Debug, Default)]
 pub struct MsgBuf {
     buf: Vec<u8>,
+    /// An attribute or nest longer than netlink's 16-bit length was written: the buffer
+    /// is not sent (its length field would wrap and the kernel read the rest as other
+    /// attributes).
+    overflow: bool,
     /// Start of the message being written.
     msg: usize,
     seq: u32,
@@ -165,7 +169,10 @@ impl MsgBuf {
 
     /// An attribute with a raw value.
     pub fn put(&mut self, kind: u16, value: &[u8]) {
-        let len = (4 + value.len()) as u16;
+        let len = u16::try_from(4 + value.len()).unwrap_or_else(|_| {
+            self.overflow = true;
+            u16::MAX
+        });
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(value);
@@ -204,7 +211,10 @@ impl MsgBuf {
 
     /// Close the nest opened at `at`.
     pub fn nest_end(&mut self, at: usize) {
-        let len = (self.buf.len() - at) as u16;
+        let len = u16::try_from(self.buf.len() - at).unwrap_or_else(|_| {
+            self.overflow = true;
+            u16::MAX
+        });
         self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
     }
 }
@@ -371,6 +381,12 @@ impl NfSocket {
     }
 
     fn send_batch(&mut self, mut batch: Batch, end: bool) -> Result<(), NfnlError> {
+        if batch.out.overflow {
+            return Err(NfnlError::Malformed(
+                "an attribute of the batch is longer than netlink's 64 KiB: nothing was sent"
+                    .into(),
+            ));
+        }
         batch.end_msg();
         let base = self.seq;
         // Renumber: sequence numbers are this socket's, the batch counted from 1.
@@ -561,6 +577,25 @@ impl NfSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a nest longer than 64 KiB (an inline set of some 4,096 ports) wrapped its
+    /// 16-bit length, and the kernel read the rest of the nest as other attributes, refusing
+    /// every replacement. Such a batch is now refused before it is sent, saying why.
+    #[test]
+    fn an_attribute_longer_than_netlink_allows_is_never_sent() {
+        let mut b = Batch::new();
+        b.begin(0, 0, 1, "a long message");
+        let at = b.nest_begin(1);
+        for _ in 0..5000 {
+            b.put(1, &[0u8; 16]);
+        }
+        b.nest_end(at);
+        assert!(b.out.overflow);
+        let mut short = Batch::new();
+        short.begin(0, 0, 1, "a short one");
+        short.put(1, &[0u8; 16]);
+        assert!(!short.out.overflow);
+    }
 
     /// One netlink attribute: length (header + value, unpadded), type, value, padding to 4.
     fn attr(kind: u16, value: &[u8]) -> Vec<u8> {

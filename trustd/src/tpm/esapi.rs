@@ -209,7 +209,7 @@ fn check_ak_public(public: &Public) -> Result<(), String> {
 }
 
 /// Load the AK from its blob, or make one (and its blob) if there is none or it no longer
-/// loads (the TPM was cleared: its endorsement seed changed). Returns the handle, whether
+/// loads (the TPM was cleared: its hierarchy proofs changed; the EK stays the same). Returns the handle, whether
 /// it was made now, and why the old one was replaced.
 fn ak_under(
     ctx: &mut Context,

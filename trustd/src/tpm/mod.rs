@@ -93,6 +93,15 @@ pub fn check_tcti(tcti: &str) -> Result<(), String> {
                 }
                 seen.push(k);
             }
+            // Left out, the TSS would quietly use localhost and port 2321, where any local
+            // user may listen.
+            for k in ["host", "port"] {
+                if !seen.contains(&k) {
+                    return Err(format!(
+                        "tpm {tcti:?}: {k}= is missing ({kind}:host=H,port=P; the TSS's default, localhost:2321, is not assumed)"
+                    ));
+                }
+            }
         }
         "tabrmd" => {}
         _ => {

@@ -332,8 +332,8 @@ pub fn compare(earlier: &Verdict, later: &Verdict) -> Result<Vec<String>, String
     // The TPM's clock only goes back at a startup after a shutdown that was not orderly, and
     // then the TPM marks it not safe until it is saved again; TPM2_Clear sets it (and the
     // reset and restart counts) back to zero and marks it safe. So a clock below the earlier
-    // one that the TPM calls safe is a cleared TPM (its reset count no longer counts the
-    // reboots) or another TPM.
+    // one that the TPM calls safe is a cleared TPM or another TPM. (A cleared TPM also loses
+    // the AK, so the same --ak rarely verifies both; this check holds where it does.)
     let same_boot = !rebooted && l.restart_count == e.restart_count;
     if !same_boot && l.clock < e.clock && l.safe {
         return Err(format!(
@@ -485,8 +485,8 @@ mod tests {
         assert!(compare(&verdict(1, 10, "aa"), &verdict(2, 5, "bb")).is_err());
     }
 
-    /// Security regression test: root clears the TPM (TPM2_Clear: the AK under the EK still
-    /// loads, but the clock and the reset count go back to zero) and reboots enough times for
+    /// Security regression test: a TPM whose clock and reset count went back to zero
+    /// (TPM2_Clear) while the same AK still verifies its quotes, and reboots enough times for
     /// the reset count to pass the earlier report's, hiding how many reboots there were. The
     /// clock, which a TPM never sets back while it calls it safe, tells: refused. A clock
     /// marked not safe (an unorderly shutdown) may lag: then only a note. And within one

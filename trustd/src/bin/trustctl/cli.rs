@@ -46,8 +46,8 @@ pub(crate) struct Cli {
     /// trustd's private socket: commands go over it (peer to peer, without the bus daemon)
     /// and nowhere else. Without this (and without --bus), root uses /run/trustd/private when
     /// it is there and the system bus otherwise; $TRUSTCTL_PRIVATE may name the socket, or be
-    /// `off` for the bus. `watch` always uses the bus.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// `off` for the bus. Not with --bus. `watch` always uses the bus.
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "bus")]
     pub(crate) private: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
@@ -608,6 +608,22 @@ mod tests {
     #[test]
     fn clap_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Regression: `--private P --bus B` went over the private socket although --bus's help
+    /// says its commands never do. The two are refused together.
+    #[test]
+    fn the_private_socket_and_a_bus_are_not_given_together() {
+        let e = Cli::try_parse_from([
+            "trustctl",
+            "--private",
+            "/run/trustd/private",
+            "--bus",
+            "unix:path=/run/dbus/system_bus_socket",
+            "status",
+        ])
+        .expect_err("both refused");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

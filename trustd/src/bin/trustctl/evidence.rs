@@ -79,6 +79,20 @@ pub(crate) fn make_credential(j: bool, a: MakeCredential) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `s` as one word of a shell command line: as it is when it holds only characters no shell
+/// treats specially, else single-quoted.
+fn sh_word(s: &str) -> String {
+    if !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// The attestation key a verifier gives: its SPKI PEM (`tpm-ak.pem`, named as trustd's AK
 /// template names it) or its public area (`tpm-ak.pub`, checked and named from its bytes).
 fn load_ak(path: &Path) -> Result<(trustd::tpm::quote::AkKey, String)> {
@@ -136,35 +150,68 @@ pub(crate) fn posture_verify(j: bool, a: PostureVerify) -> Result<ExitCode> {
     let mut checkquote = None;
     if let Some(dir) = &export_quote {
         let f = trustd::tpm::verify::checkquote_files(&opened).map_err(Refused)?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for (name, bytes) in [
-            ("quote.msg", &f.message),
-            ("quote.sig", &f.signature),
-            ("quote.pcrs", &f.pcrs),
-        ] {
-            let p = dir.join(name);
-            std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
+        // The files hold bytes the device chose: written only into a directory made now for
+        // them (owner-only), each file new, so that no link or earlier file in a shared
+        // place is written through or left to be taken for this report's.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    refused(format!(
+                        "--export-quote {}: {e} (give a directory that does not exist yet; it is made for the quote)",
+                        dir.display()
+                    ))
+                })?;
         }
+        let write_new = |name: &str, bytes: &[u8]| -> Result<()> {
+            let p = dir.join(name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .with_context(|| format!("writing {}", p.display()))?;
+            std::io::Write::write_all(&mut file, bytes)
+                .with_context(|| format!("writing {}", p.display()))
+        };
+        write_new("quote.msg", &f.message)?;
+        write_new("quote.sig", &f.signature)?;
+        write_new("quote.pcrs", &f.pcrs)?;
         // The AK given, as the PEM tpm2-tools read (`--ak` may be tpm-ak.pub).
         let ak_arg = match &ak {
             Some(p) => {
                 let pem = trustd::tpm::quote::ak_pem(&load_ak(p)?.0);
-                let out = dir.join("ak.pem");
-                std::fs::write(&out, pem).with_context(|| format!("writing {}", out.display()))?;
-                out.display().to_string()
+                write_new("ak.pem", pem.as_bytes())?;
+                sh_word(&dir.join("ak.pem").display().to_string())
             }
             None => "tpm-ak.pem".into(),
         };
-        let cmd = format!(
-            "tpm2_checkquote -u {ak_arg} -m {d}/quote.msg -s {d}/quote.sig -f {d}/quote.pcrs -l {} -g sha256 -q {}",
-            f.selection,
-            f.qualifying,
-            d = dir.display()
-        );
+        let d = sh_word(&dir.display().to_string());
+        // tpm2-tools 5.4 cannot hash the values of a selection of eight PCRs or more (a
+        // device's firmware PCRs 0-7 with 10 and 13): it then checks the signature and the
+        // qualifying data only, and trustctl's own check is the one that replays the PCRs.
+        let many = f.selection.split([':', ',']).count().saturating_sub(1) >= 8;
+        let cmd = if many {
+            format!(
+                "tpm2_checkquote -u {ak_arg} -m {d}/quote.msg -s {d}/quote.sig -g sha256 -q {}",
+                f.qualifying
+            )
+        } else {
+            format!(
+                "tpm2_checkquote -u {ak_arg} -m {d}/quote.msg -s {d}/quote.sig -f {d}/quote.pcrs -l {} -g sha256 -q {}",
+                f.selection, f.qualifying
+            )
+        };
         if !j {
             eprintln!(
-                "quote written to {}; check it with:\n  {cmd}",
-                dir.display()
+                "quote written to {}; check it with:\n  {cmd}{}",
+                dir.display(),
+                if many {
+                    "\n  (the signature and nonce only: tpm2_checkquote cannot hash eight PCRs or more; the PCR values are checked here)"
+                } else {
+                    ""
+                }
             );
         }
         checkquote = Some(cmd);
@@ -218,7 +265,8 @@ pub(crate) fn posture_verify(j: bool, a: PostureVerify) -> Result<ExitCode> {
         json!({"ok": true, "origin": r.origin, "time": r.time.to_string(),
                "level": r.posture.get("Level"), "reasons": r.posture.get("Reasons"),
                "evidence": r.evidence, "version": opened.version,
-               "signer": opened.signer, "tpm": tpm, "checkquote": checkquote}),
+               "signer": opened.signer, "tpm": tpm, "checkquote": checkquote,
+               "policy_bound_by_tpm": ak.is_some() && !r.evidence.ruleset_digest.is_empty()}),
         &format!(
             "valid report from {} at {}: level {}, policy {}, ruleset {}{}{tpm_text}",
             r.origin,
@@ -227,11 +275,18 @@ pub(crate) fn posture_verify(j: bool, a: PostureVerify) -> Result<ExitCode> {
                 .get("Level")
                 .map(ToString::to_string)
                 .unwrap_or_default(),
-            // An empty digest is "none" (no policy installed), as `status` says.
-            if r.evidence.policy_digest.is_empty() {
-                "none"
-            } else {
-                &r.evidence.policy_digest
+            // An empty digest is "none" (no policy installed), as `status` says. With no ruleset
+            // in force the TPM's log binds no policy to the report: the device's word alone.
+            match (
+                r.evidence.policy_digest.is_empty(),
+                ak.is_some() && r.evidence.ruleset_digest.is_empty(),
+            ) {
+                (true, _) => "none".to_owned(),
+                (false, true) => format!(
+                    "{} (not bound by the TPM: no ruleset in force to measure it with)",
+                    r.evidence.policy_digest
+                ),
+                (false, false) => r.evidence.policy_digest.clone(),
             },
             if r.evidence.ruleset_digest.is_empty() {
                 "none"
