@@ -933,23 +933,39 @@ pub(super) fn replace(
             b.put_raw(&renest(r, Nest::Rule));
         }
     }
-    b.begin(NFT_MSG_DELTABLE, 0, NFPROTO_INET, "scratch table (delete)");
-    b.put_str(NFTA_TABLE_NAME, TEMPLATE_TABLE);
-    nlk.sock.commit(b).map_err(|e| EnforceError::Apply(nl(e)))?;
     // 3. Read back: declarations and rules as nft compiled them, elements as compiled.
-    let held = shape(&mut nlk.sock, INTEL_TABLE)
-        .map_err(EnforceError::ReadBack)?
-        .ok_or_else(|| mismatch("absent".into()))?;
-    let mut want = tmpl;
-    want.hooks = BASE_CHAINS
-        .iter()
-        .map(|(n, h, p)| ((*n).to_owned(), (*h, *p, NF_ACCEPT, "filter".to_owned())))
-        .collect();
+    let (held, want) = commit_and_dump(nlk, b, tmpl, &intel_structure_digest(rs))?;
     same_shape(&held, &want).map_err(mismatch)?;
     let chosen: Vec<&SetSpec> = all.iter().map(|(_, s)| s).collect();
     check_sets(&mut nlk.sock, rs, &chosen).map_err(mismatch)?;
     nlk.applied = Some((intel_structure_digest(rs), want));
     Ok(())
+}
+
+/// End `b` by deleting the scratch table, commit it, and dump the blocklist table: what it
+/// holds, and what it should (the scratch table's shape `tmpl` with the base chains' hooks,
+/// which the scratch table does not have).
+fn commit_and_dump(
+    nlk: &mut IntelNetlink,
+    mut b: Batch,
+    tmpl: Shape,
+    expected: &str,
+) -> Result<(Shape, Shape), EnforceError> {
+    b.begin(NFT_MSG_DELTABLE, 0, NFPROTO_INET, "scratch table (delete)");
+    b.put_str(NFTA_TABLE_NAME, TEMPLATE_TABLE);
+    nlk.sock.commit(b).map_err(|e| EnforceError::Apply(nl(e)))?;
+    let held = shape(&mut nlk.sock, INTEL_TABLE)
+        .map_err(EnforceError::ReadBack)?
+        .ok_or_else(|| EnforceError::Mismatch {
+            expected: expected.to_owned(),
+            found: "absent".into(),
+        })?;
+    let mut want = tmpl;
+    want.hooks = BASE_CHAINS
+        .iter()
+        .map(|(n, h, p)| ((*n).to_owned(), (*h, *p, NF_ACCEPT, "filter".to_owned())))
+        .collect();
+    Ok((held, want))
 }
 
 /// Whether a dumped table has the declarations and rules wanted (counters by name and
@@ -1179,17 +1195,7 @@ pub(super) fn refill_exemptions(
         b.put_str(NFTA_RULE_CHAIN, chain);
         b.put_raw(raw);
     }
-    b.begin(NFT_MSG_DELTABLE, 0, NFPROTO_INET, "scratch table (delete)");
-    b.put_str(NFTA_TABLE_NAME, TEMPLATE_TABLE);
-    nlk.sock.commit(b).map_err(|e| EnforceError::Apply(nl(e)))?;
-    let held = shape(&mut nlk.sock, INTEL_TABLE)
-        .map_err(EnforceError::ReadBack)?
-        .ok_or_else(|| mismatch("absent".into()))?;
-    let mut want = tmpl;
-    want.hooks = BASE_CHAINS
-        .iter()
-        .map(|(n, h, p)| ((*n).to_owned(), (*h, *p, NF_ACCEPT, "filter".to_owned())))
-        .collect();
+    let (held, want) = commit_and_dump(nlk, b, tmpl, &digest)?;
     same_shape_canonical(&held, &want).map_err(mismatch)?;
     nlk.applied = Some((digest, held));
     Ok(())
