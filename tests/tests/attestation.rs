@@ -149,7 +149,10 @@ fn trustctl_verifies_the_tpm_quote_of_a_report_across_a_restart_and_a_reboot() {
         std::fs::read(work.join("quote/quote.msg")).expect("quote.msg"),
         before
     );
-    assert!(!work.join("victim").exists(), "nothing written through the link");
+    assert!(
+        !work.join("victim").exists(),
+        "nothing written through the link"
+    );
 
     // trustd restarts: same AK, the later report extends the earlier one.
     d.terminate();

@@ -83,8 +83,7 @@ pub(crate) fn make_credential(j: bool, a: MakeCredential) -> Result<ExitCode> {
 /// treats specially, else single-quoted.
 fn sh_word(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%,=".contains(c))
     {
         s.to_owned()
