@@ -893,21 +893,7 @@ pub(super) fn replace(
         // The kernel requires a transaction-local id for every new set.
         b.put_be32(NFTA_SET_ID, id);
         if *anon {
-            let elems = tmpl.anon.get(name).map(Vec::as_slice).unwrap_or(&[]);
-            b.begin(
-                NFT_MSG_NEWSETELEM,
-                NLM_F_CREATE,
-                NFPROTO_INET,
-                format!("elements of set {name}"),
-            );
-            b.put_str(NFTA_SET_ELEM_LIST_TABLE, INTEL_TABLE);
-            b.put_str(NFTA_SET_ELEM_LIST_SET, "__set%d");
-            b.put_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
-            let at = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
-            for e in elems {
-                b.put_raw(&renest(e, Nest::Elem));
-            }
-            b.nest_end(at);
+            put_anon_elements(&mut b, name, id, &tmpl);
         }
     }
     let all = sets(rs);
@@ -940,6 +926,25 @@ pub(super) fn replace(
     check_sets(&mut nlk.sock, rs, &chosen).map_err(mismatch)?;
     nlk.applied = Some((intel_structure_digest(rs), want));
     Ok(())
+}
+
+/// Add to `b` the elements the scratch table's anonymous set `name` holds (`tmpl`), for the
+/// new anonymous set of the blocklist table created in the same batch with set id `id`.
+fn put_anon_elements(b: &mut Batch, name: &str, id: u32, tmpl: &Shape) {
+    b.begin(
+        NFT_MSG_NEWSETELEM,
+        NLM_F_CREATE,
+        NFPROTO_INET,
+        format!("elements of set {name}"),
+    );
+    b.put_str(NFTA_SET_ELEM_LIST_TABLE, INTEL_TABLE);
+    b.put_str(NFTA_SET_ELEM_LIST_SET, "__set%d");
+    b.put_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
+    let at = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
+    for e in tmpl.anon.get(name).into_iter().flatten() {
+        b.put_raw(&renest(e, Nest::Elem));
+    }
+    b.nest_end(at);
 }
 
 /// End `b` by deleting the scratch table, commit it, and dump the blocklist table: what it
@@ -1169,20 +1174,7 @@ pub(super) fn refill_exemptions(
             }
         }
         b.put_be32(NFTA_SET_ID, id);
-        b.begin(
-            NFT_MSG_NEWSETELEM,
-            NLM_F_CREATE,
-            NFPROTO_INET,
-            format!("elements of set {name}"),
-        );
-        b.put_str(NFTA_SET_ELEM_LIST_TABLE, INTEL_TABLE);
-        b.put_str(NFTA_SET_ELEM_LIST_SET, "__set%d");
-        b.put_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
-        let at = b.nest_begin(NFTA_SET_ELEM_LIST_ELEMENTS);
-        for e in tmpl.anon.get(name).into_iter().flatten() {
-            b.put_raw(&renest(e, Nest::Elem));
-        }
-        b.nest_end(at);
+        put_anon_elements(&mut b, name, id, &tmpl);
     }
     for (i, (chain, raw)) in new_rules.iter().enumerate() {
         b.begin(
