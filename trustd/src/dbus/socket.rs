@@ -88,9 +88,28 @@ const MAX_TRACKED: usize = 4096;
 /// The most a client of the private socket may send before its `BEGIN` line: a few short
 /// commands of the D-Bus authentication protocol.
 const MAX_AUTH_BYTES: usize = 4096;
-/// Lookups of new senders' uids running in the background at once (see `Reader::known`).
+/// Lookups of new senders' uids running in the background at once (see `Reader::known`),
+/// besides those of parked calls' senders ([`PARK_MAX`] more).
 pub const MAX_LOOKUPS: usize = 32;
-static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Calls over the budget of a sender whose uid is not known yet that the bus reader holds
+/// (parks) until the background lookup says who sent them, rather than dropping them: then
+/// they are charged to their uid and served or dropped as the uid's budget says. So while
+/// someone churns connections and keeps the unknown pool empty, another user's new
+/// connection is served once its uid is known (a few milliseconds) instead of having its
+/// calls dropped. At most this many calls, [`PARK_BYTES`] bytes, [`PARK_PER_NAME`] calls per
+/// name, each for at most [`PARK_TTL`]; past any of these a call is dropped as before.
+pub const PARK_MAX: usize = 256;
+/// See [`PARK_MAX`]: bytes of parked calls (headers and bodies) held at once.
+pub const PARK_BYTES: usize = 1024 * 1024;
+/// See [`PARK_MAX`]: calls of one name parked at once (a client's first calls on a new
+/// connection are few; one name cannot take the room of many).
+pub const PARK_PER_NAME: usize = 2;
+/// See [`PARK_MAX`]: how long a call stays parked when its sender's uid is still not known
+/// (the lookup's own time-out, [`super::CREDENTIALS_TIMEOUT`], and a little more).
+pub const PARK_TTL: std::time::Duration = std::time::Duration::from_millis(2500);
+
+/// The message type of a method call (D-Bus specification, "Message Format").
+const METHOD_CALL: u8 = 1;
 
 /// A token bucket: `burst` calls at once, `rate` per second refilled.
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +202,9 @@ pub struct Budgets {
     waits: Bucket,
     ids: std::collections::HashMap<String, Identity>,
     pinned: std::collections::HashMap<String, Identity>,
+    /// Names whose uid is being looked up in the background (bounded: [`MAX_LOOKUPS`] and
+    /// [`PARK_MAX`] more).
+    looking: std::collections::HashSet<String>,
     dropped: u64,
     warned: Option<tokio::time::Instant>,
 }
@@ -208,6 +230,7 @@ impl Budgets {
             waits: Bucket::new(WAIT_BUDGET, now),
             ids: std::collections::HashMap::new(),
             pinned: std::collections::HashMap::new(),
+            looking: std::collections::HashSet::new(),
             dropped: 0,
             warned: None,
         }
@@ -374,6 +397,128 @@ pub trait Judge: Send + Sync + std::fmt::Debug {
     fn known(&self, sender: &str) -> Option<Identity>;
 }
 
+/// A method call held until its sender's uid is known (see [`PARK_MAX`]): the whole message
+/// (header and body, as read), its sender, its cost, and when it was parked.
+#[derive(Debug)]
+struct Parked {
+    sender: String,
+    message: Vec<u8>,
+    cost: f64,
+    at: tokio::time::Instant,
+}
+
+/// What becomes of a parked call once looked at again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Hand it to the service now.
+    Serve,
+    /// Throw it away (its uid's budget is spent, or who sent it cannot be learnt).
+    Drop,
+    /// Its sender is still unknown: keep it (until [`PARK_TTL`]).
+    Wait,
+}
+
+/// The parked calls, in arrival order (pure bookkeeping: the reader decides their fates).
+#[derive(Debug, Default)]
+struct Parking {
+    queue: std::collections::VecDeque<Parked>,
+    bytes: usize,
+    per_name: std::collections::HashMap<String, usize>,
+}
+
+impl Parking {
+    /// Whether calls of `sender` are parked (its later calls must then wait behind them, so
+    /// that the service sees one sender's calls in the order they were sent).
+    fn holds(&self, sender: &str) -> bool {
+        self.per_name.contains_key(sender)
+    }
+
+    /// Park a call of `sender` (`message`: its header and body) costing `cost`, or give it
+    /// back when there is no room for it (see [`PARK_MAX`]).
+    fn park(
+        &mut self,
+        sender: &str,
+        message: Vec<u8>,
+        cost: f64,
+        now: tokio::time::Instant,
+    ) -> Result<(), Vec<u8>> {
+        let mine = self.per_name.get(sender).copied().unwrap_or(0);
+        if self.queue.len() >= PARK_MAX
+            || self.bytes + message.len() > PARK_BYTES
+            || mine >= PARK_PER_NAME
+        {
+            return Err(message);
+        }
+        self.bytes += message.len();
+        *self.per_name.entry(sender.to_owned()).or_default() += 1;
+        self.queue.push_back(Parked {
+            sender: sender.to_owned(),
+            message,
+            cost,
+            at: now,
+        });
+        Ok(())
+    }
+
+    /// When the oldest parked call's time is up (`None`: nothing parked).
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.queue.front().map(|p| p.at + PARK_TTL)
+    }
+
+    /// The first parked call whose `fate` is [`Fate::Serve`], taken out; on the way, calls
+    /// whose fate is [`Fate::Drop`] (or still [`Fate::Wait`] past [`PARK_TTL`]) are taken
+    /// out and handed to `dropped`. A sender's later calls are not looked at while an
+    /// earlier one waits (one sender's calls are served in order). `fate` is asked once per
+    /// call looked at.
+    fn next(
+        &mut self,
+        now: tokio::time::Instant,
+        mut fate: impl FnMut(&Parked) -> Fate,
+        mut dropped: impl FnMut(Parked),
+    ) -> Option<Parked> {
+        let mut waiting = std::collections::HashSet::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let p = &self.queue[i];
+            if waiting.contains(p.sender.as_str()) {
+                i += 1;
+                continue;
+            }
+            let f = match fate(p) {
+                Fate::Wait if now >= p.at + PARK_TTL => Fate::Drop,
+                f => f,
+            };
+            if f == Fate::Wait {
+                waiting.insert(p.sender.clone());
+                i += 1;
+                continue;
+            }
+            let p = self.take(i);
+            if f == Fate::Serve {
+                return Some(p);
+            }
+            dropped(p);
+        }
+        None
+    }
+
+    fn take(&mut self, i: usize) -> Parked {
+        let p = self.queue.remove(i).expect("index within the queue");
+        self.bytes -= p.message.len();
+        if let Some(n) = self.per_name.get_mut(&p.sender) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_name.remove(&p.sender);
+            }
+        }
+        p
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
 /// The read half.
 #[derive(Debug)]
 pub struct Reader {
@@ -397,6 +542,10 @@ pub struct Reader {
     server: bool,
     /// Bytes of the authentication read so far (a server reads at most [`MAX_AUTH_BYTES`]).
     auth_bytes: usize,
+    /// Calls held until their sender's uid is known (see [`PARK_MAX`]).
+    parked: Parking,
+    /// Rung when a background lookup ends: parked calls may be ready.
+    wake: Wake,
 }
 
 /// The write half.
@@ -472,6 +621,8 @@ impl Socket for JudgedStream {
                 server,
                 peer: self.peer,
                 auth_bytes: 0,
+                parked: Parking::default(),
+                wake: Wake::default(),
             },
             Writer {
                 half: w,
@@ -576,6 +727,89 @@ fn string_field(h: &[u8], big: bool, fields_len: usize, want: u8) -> Option<Stri
     None
 }
 
+/// Rung when a background lookup of a sender ends: parked calls may be ready.
+#[derive(Debug, Clone, Default)]
+struct Wake {
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Wake {
+    fn ring(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether it rang since last asked.
+    fn rang(&self) -> bool {
+        self.ready.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
+/// What is known of `sender` without waiting: remembered in `budgets`, or learnt by the
+/// service (when it admitted one of the sender's calls, or by a lookup started here in the
+/// background at the sender's first message). At most `limit` lookups run at once
+/// ([`MAX_LOOKUPS`] for any sender, [`PARK_MAX`] more for senders of parked calls), so that a
+/// flood of new names cannot make trustd ask the bus without bound; `wake` rings when one
+/// ends.
+fn known(
+    budgets: &SharedBudgets,
+    judge: &std::sync::Arc<dyn Judge>,
+    sender: &str,
+    limit: usize,
+    wake: &Wake,
+) -> Option<Identity> {
+    let mut b = budgets
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let remembered = b.identity(sender);
+    if remembered.is_some_and(|id| id.uid.is_some()) {
+        return remembered;
+    }
+    if let Some(id) = judge.known(sender) {
+        b.learn(sender, id);
+        return Some(id);
+    }
+    if remembered.is_none()
+        && b.looking.len() < limit
+        && !b.looking.contains(sender)
+        && let Ok(rt) = tokio::runtime::Handle::try_current()
+    {
+        b.looking.insert(sender.to_owned());
+        let (judge, sender, budgets, wake) = (
+            judge.clone(),
+            sender.to_owned(),
+            budgets.clone(),
+            wake.clone(),
+        );
+        rt.spawn(async move {
+            let found =
+                tokio::time::timeout(super::CREDENTIALS_TIMEOUT, judge.identify(&sender)).await;
+            {
+                let mut b = budgets
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                b.looking.remove(&sender);
+                if !matches!(found, Ok(Some(_))) {
+                    // No answer (the name is gone, or the bus is slow): its calls stay in the
+                    // unknown pool, and it is not asked about again (a name is never reused),
+                    // so that a departed flooder's queued calls cost no lookups. One of its
+                    // calls the service admits still teaches the service who it is.
+                    b.learn(
+                        &sender,
+                        Identity {
+                            uid: None,
+                            privileged: false,
+                        },
+                    );
+                }
+            }
+            wake.ring();
+        });
+    }
+    remembered
+}
+
 impl Reader {
     /// Read the next message's header; decide whether its body is read or thrown away, or
     /// the whole message dropped (`pending` left empty).
@@ -586,7 +820,7 @@ impl Reader {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
             Err(e) => return Err(e),
         }
-        let (big, _ty, body_len, fields_len) = primary(&h)?;
+        let (big, ty, body_len, fields_len) = primary(&h)?;
         let rest = (16 + fields_len as usize).next_multiple_of(8) - 16;
         if self.judge.is_some() && fields_len > MAX_HEADER_FIELDS {
             self.budgets().dropped(|| {
@@ -613,7 +847,8 @@ impl Reader {
             if from.as_deref() == Some("org.freedesktop.DBus") {
                 None
             } else {
-                self.known(&judge, from.as_deref())
+                from.as_deref()
+                    .and_then(|s| known(&self.budgets, &judge, s, MAX_LOOKUPS, &self.wake))
             }
         });
         // Every message from anyone but the bus daemon is budgeted: method calls, and signals
@@ -628,8 +863,40 @@ impl Reader {
                 from.as_deref()
             };
             // Never a wait here: a sender whose uid is not known yet is held to its name's
-            // bucket and the unknown pool while the background lookup runs.
-            let within = id.is_some_and(|i| i.privileged) || self.budgets().take(named, id, c);
+            // bucket and the unknown pool while the background lookup runs; past them its
+            // call is parked until the lookup ends. A sender with calls parked has its later
+            // calls parked behind them (charged when served).
+            let behind = named.is_some_and(|s| self.parked.holds(s));
+            let within =
+                !behind && (id.is_some_and(|i| i.privileged) || self.budgets().take(named, id, c));
+            if !within
+                && let Some(s) = named
+                && (behind || (id.is_none() && ty == METHOD_CALL))
+                && body_len <= SMALL_BODY
+            {
+                let s = s.to_owned();
+                let mut message = header;
+                let start = message.len();
+                message.resize(start + body_len as usize, 0);
+                self.inner.read_exact(&mut message[start..]).await?;
+                let now = tokio::time::Instant::now();
+                if self.parked.park(&s, message, c, now).is_ok() {
+                    known(
+                        &self.budgets,
+                        &judge,
+                        &s,
+                        MAX_LOOKUPS + PARK_MAX,
+                        &self.wake,
+                    );
+                } else {
+                    self.budgets().dropped(|| {
+                        format!("over its call budget, and no room to hold it until its sender is known (latest from {s})")
+                    });
+                }
+                self.pending.clear();
+                self.at = 0;
+                return Ok(true);
+            }
             if !within {
                 let who = from
                     .as_deref()
@@ -678,56 +945,63 @@ impl Reader {
         Ok(true)
     }
 
+    /// Hand the first parked call that may now be served to the service (`true`), when a
+    /// lookup ended or a parked call's time is up; calls whose sender's uid budget is spent,
+    /// or whose sender could not be learnt in time, are dropped on the way.
+    fn release(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let due = self.parked.deadline().is_some_and(|d| now >= d);
+        if !self.wake.rang() && !due {
+            return false;
+        }
+        let Some(judge) = self.judge.clone() else {
+            return false;
+        };
+        let (budgets, wake) = (self.budgets.clone(), self.wake.clone());
+        let lock = || {
+            budgets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let served = self.parked.next(
+            now,
+            |p| match known(&budgets, &judge, &p.sender, MAX_LOOKUPS + PARK_MAX, &wake) {
+                None => Fate::Wait,
+                Some(id) if id.privileged => Fate::Serve,
+                Some(id) if id.uid.is_some() => {
+                    if lock().take(Some(&p.sender), Some(id), p.cost) {
+                        Fate::Serve
+                    } else {
+                        Fate::Drop
+                    }
+                }
+                Some(_) => Fate::Drop,
+            },
+            |p| {
+                lock().dropped(|| {
+                    format!(
+                        "a call held until its sender was known: over its uid's call budget, or its sender could not be learnt (from {})",
+                        p.sender
+                    )
+                });
+            },
+        );
+        let Some(p) = served else {
+            return false;
+        };
+        // Others may be ready too: look again at the next message boundary.
+        self.wake
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.pending = p.message;
+        self.at = 0;
+        true
+    }
+
     fn budgets(&self) -> std::sync::MutexGuard<'_, Budgets> {
         self.budgets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// What is known of `sender` without waiting: remembered by this reader, or learnt by the
-    /// service (when it admitted one of the sender's calls, or by a lookup this reader
-    /// started in the background at the sender's first message: at most [`MAX_LOOKUPS`] at
-    /// once, so that a flood of new names cannot make trustd ask the bus without bound).
-    fn known(&self, judge: &std::sync::Arc<dyn Judge>, sender: Option<&str>) -> Option<Identity> {
-        let sender = sender?;
-        let mut b = self.budgets();
-        let remembered = b.identity(sender);
-        if remembered.is_some_and(|id| id.uid.is_some()) {
-            return remembered;
-        }
-        if let Some(id) = judge.known(sender) {
-            b.learn(sender, id);
-            return Some(id);
-        }
-        if remembered.is_none()
-            && LOOKUPS.load(std::sync::atomic::Ordering::Relaxed) < MAX_LOOKUPS
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (judge, sender, budgets) = (judge.clone(), sender.to_owned(), self.budgets.clone());
-            rt.spawn(async move {
-                let found =
-                    tokio::time::timeout(super::CREDENTIALS_TIMEOUT, judge.identify(&sender)).await;
-                if !matches!(found, Ok(Some(_))) {
-                    // No answer (the name is gone, or the bus is slow): its calls stay in the
-                    // unknown pool, and it is not asked about again (a name is never reused),
-                    // so that a departed flooder's queued calls cost no lookups. One of its
-                    // calls the service admits still teaches the service who it is.
-                    budgets
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .learn(
-                            &sender,
-                            Identity {
-                                uid: None,
-                                privileged: false,
-                            },
-                        );
-                }
-                LOOKUPS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            });
-        }
-        remembered
     }
 
     /// Who `sender` is, asking the judge (within [`JUDGE_WAIT`]) and remembering the answer
@@ -812,6 +1086,44 @@ impl ReadHalf for Reader {
                 self.body_left -= n as u64;
                 return Ok((n, Vec::new()));
             }
+            if !self.parked.is_empty() {
+                if self.release() {
+                    continue;
+                }
+                // Wait for the next message, or for a lookup to end, or for the oldest parked
+                // call's time to be up (filling the buffer is safe to cancel).
+                let deadline = self
+                    .parked
+                    .deadline()
+                    .unwrap_or_else(|| tokio::time::Instant::now() + PARK_TTL);
+                let notify = self.wake.notify.clone();
+                let mut notified = std::pin::pin!(notify.notified());
+                let mut sleep = std::pin::pin!(tokio::time::sleep_until(deadline));
+                let inner = &mut self.inner;
+                // Some(at the end) when bytes came (or the stream ended), None when woken.
+                let came = std::future::poll_fn(|cx| {
+                    use std::future::Future;
+                    use std::task::Poll;
+                    match tokio::io::AsyncBufRead::poll_fill_buf(
+                        std::pin::Pin::new(&mut *inner),
+                        cx,
+                    ) {
+                        Poll::Ready(Ok(b)) => return Poll::Ready(Ok(Some(b.is_empty()))),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                    if notified.as_mut().poll(cx).is_ready() || sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Ok(None));
+                    }
+                    Poll::Pending
+                })
+                .await?;
+                match came {
+                    Some(true) => return Ok((0, Vec::new())),
+                    Some(false) => {}
+                    None => continue,
+                }
+            }
             if !self.next_header().await? {
                 return Ok((0, Vec::new()));
             }
@@ -865,9 +1177,10 @@ impl WriteHalf for Writer {
 #[cfg(test)]
 mod tests {
     use super::{
-        Bucket, Budgets, Identity, JUDGE_WAIT, MAX_DEBT, MAX_TRACKED, NEWCOMERS_BURST,
-        NEWCOMERS_RATE, SENDER_BURST, SENDER_RATE, UNKNOWN_BURST, UNKNOWN_RATE, WAIT_BUDGET,
-        WAIT_RATE, cost, primary, sender, unix_path,
+        Bucket, Budgets, Fate, Identity, JUDGE_WAIT, MAX_DEBT, MAX_TRACKED, NEWCOMERS_BURST,
+        NEWCOMERS_RATE, PARK_BYTES, PARK_MAX, PARK_PER_NAME, PARK_TTL, Parked, Parking,
+        SENDER_BURST, SENDER_RATE, UNKNOWN_BURST, UNKNOWN_RATE, WAIT_BUDGET, WAIT_RATE, cost,
+        primary, sender, unix_path,
     };
     use std::time::Duration;
 
@@ -1102,6 +1415,95 @@ mod tests {
         // A quiet moment later, a new caller's first call is answered.
         let later = t0 + Duration::from_secs(12);
         assert!(b.take_at(Some(":8.new"), None, 4.0, later));
+    }
+
+    /// Connection churn kept the unknown pool empty, so another user's new connection had its
+    /// calls dropped. Calls over the budget of a sender not yet known are parked until its
+    /// uid is known: served in each sender's order once their fate is known, the rest kept,
+    /// and nothing kept past PARK_TTL or past the room there is.
+    #[test]
+    fn parked_calls_are_served_in_order_once_their_sender_is_known() {
+        let t0 = tokio::time::Instant::now();
+        let mut p = Parking::default();
+        for (name, n) in [(":1.1", 1u8), (":1.2", 1), (":1.1", 2)] {
+            p.park(name, vec![n], 1.0, t0).expect("room");
+        }
+        assert!(p.holds(":1.1") && p.holds(":1.2") && !p.holds(":1.3"));
+        // :1.1 still unknown, :1.2 known: :1.2's call goes first, :1.1's stay in order.
+        let fate = |known: &'static [&'static str]| {
+            move |c: &Parked| {
+                if known.contains(&c.sender.as_str()) {
+                    Fate::Serve
+                } else {
+                    Fate::Wait
+                }
+            }
+        };
+        let mut dropped = Vec::new();
+        let got = p.next(t0, fate(&[":1.2"]), |c| dropped.push(c.message));
+        assert_eq!(
+            got.map(|c| (c.sender, c.message)),
+            Some((":1.2".into(), vec![1]))
+        );
+        assert!(
+            p.next(t0, fate(&[":1.2"]), |c| dropped.push(c.message))
+                .is_none()
+        );
+        let got = p.next(t0, fate(&[":1.1"]), |c| dropped.push(c.message));
+        assert_eq!(
+            got.map(|c| c.message),
+            Some(vec![1]),
+            "the first of :1.1 first"
+        );
+        let got = p.next(t0, fate(&[":1.1"]), |c| dropped.push(c.message));
+        assert_eq!(got.map(|c| c.message), Some(vec![2]));
+        assert!(p.is_empty() && dropped.is_empty() && !p.holds(":1.1"));
+
+        // A sender whose budget is spent is dropped; one still unknown past PARK_TTL too.
+        p.park(":2.1", vec![1], 1.0, t0).expect("room");
+        p.park(":2.2", vec![2], 1.0, t0).expect("room");
+        let late = t0 + PARK_TTL;
+        let got = p.next(
+            late,
+            |c| {
+                if c.sender == ":2.1" {
+                    Fate::Drop
+                } else {
+                    Fate::Wait
+                }
+            },
+            |c| dropped.push(c.message),
+        );
+        assert!(got.is_none());
+        assert_eq!(dropped, vec![vec![1], vec![2]]);
+        assert!(p.is_empty() && p.deadline().is_none());
+    }
+
+    /// The room for parked calls is bounded: per name, in calls and in bytes.
+    #[test]
+    fn parked_calls_are_bounded() {
+        let t0 = tokio::time::Instant::now();
+        let mut p = Parking::default();
+        for _ in 0..PARK_PER_NAME {
+            p.park(":1.1", vec![0; 8], 1.0, t0).expect("room");
+        }
+        assert!(
+            p.park(":1.1", vec![0; 8], 1.0, t0).is_err(),
+            "one name's share"
+        );
+        let mut n = 0;
+        while p.park(&format!(":3.{n}"), vec![0; 8], 1.0, t0).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n + PARK_PER_NAME, PARK_MAX, "calls at once");
+        let mut p = Parking::default();
+        let big = PARK_BYTES / 4;
+        let mut n = 0;
+        while p.park(&format!(":4.{n}"), vec![0; big], 1.0, t0).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 4, "bytes at once");
+        assert_eq!(p.deadline(), Some(t0 + PARK_TTL));
     }
 
     /// The header fields the reader decides on, read from messages as zbus writes them, in
