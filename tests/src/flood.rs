@@ -86,6 +86,50 @@ impl Drop for Flood {
     }
 }
 
+/// trustd's bus connections other than the one that owns `org.enigm.Trust1` (the bus
+/// daemon's view: names whose process is the owner's), as an ordinary user can find them.
+/// Empty when the bus cannot be asked.
+pub fn trustd_aside(address: &str) -> Vec<String> {
+    crate::rt().block_on(async {
+        let Ok(conn) = zbus::connection::Builder::address(address)
+            .method_timeout(Duration::from_secs(5))
+            .build()
+            .await
+        else {
+            return Vec::new();
+        };
+        let Ok(bus) = zbus::fdo::DBusProxy::new(&conn).await else {
+            return Vec::new();
+        };
+        let Ok(owner) = bus
+            .get_name_owner("org.enigm.Trust1".try_into().expect("a bus name"))
+            .await
+        else {
+            return Vec::new();
+        };
+        let Ok(pid) = bus
+            .get_connection_unix_process_id(owner.clone().into())
+            .await
+        else {
+            return Vec::new();
+        };
+        let mut aside = Vec::new();
+        for name in bus.list_names().await.unwrap_or_default() {
+            let name = name.to_string();
+            if !name.starts_with(':') || name == owner.as_str() {
+                continue;
+            }
+            let Ok(unique) = zbus::names::BusName::try_from(name.clone()) else {
+                continue;
+            };
+            if bus.get_connection_unix_process_id(unique).await.ok() == Some(pid) {
+                aside.push(name);
+            }
+        }
+        aside
+    })
+}
+
 /// A process's resident memory in KiB (`VmRSS`) and its open descriptors.
 pub fn usage(pid: u32) -> (u64, usize) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -9,6 +9,29 @@ use tests::bus::BusPolicy;
 use tests::flood::{Flood, percentile, usage, watchdog_ping};
 use tests::lab::{can_run, lab_policy, serve};
 
+/// Send 8 posture property reads at once on `c` and count those answered within 5 s.
+fn pipelined_reads(rt: &tokio::runtime::Runtime, c: &trustd::dbus::client::Client) -> usize {
+    rt.block_on(async {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let call = c.posture_property("Level");
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(5), call).await,
+                        Ok(Ok(_))
+                    )
+                })
+            })
+            .collect();
+        let mut n = 0;
+        for t in calls {
+            n += usize::from(t.await.unwrap_or(false));
+        }
+        n
+    })
+}
+
 /// The floods here measure latencies on a machine of two cores: one at a time, so that one
 /// test's flood is not counted in another's figures.
 static ONE_FLOOD: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -142,6 +165,17 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
     assert!(watchdog_ping(&sock, Duration::from_secs(5)), "fed before");
     let (rss0, _) = usage(daemon.id());
 
+    // Root's long-lived bus connection, known before the churn starts.
+    let rt = tests::rt();
+    let root_bus = rt
+        .block_on(trustd::dbus::client::Client::connect(Some(&addr)))
+        .expect("root's bus connection");
+    assert_eq!(
+        pipelined_reads(&rt, &root_bus),
+        8,
+        "root's reads before the churn"
+    );
+
     // Dear calls (Introspect, from the shared pool) and cheap ones (Ping, each a new name's
     // free first call) on connections opened and closed as fast as the bus lets them.
     let flood = Flood::start(&addr, &["churn", "pings"], 60_000);
@@ -180,6 +214,26 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
             "round {round}: another user's trustctl status on a new bus connection was not answered within 5 s under connection churn"
         );
         fresh.push(took);
+        // A client starting up sends several calls before its first answer (one per
+        // interface): all are served, not only the first two.
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=3", "--regid=3", "--clear-groups"])
+            .arg(tests::bin("flood"))
+            .args([&addr, "fresh", "0"])
+            .output()
+            .expect("run flood fresh as uid 3");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "8",
+            "round {round}: of 8 reads sent at once on a new connection of another user under connection churn, the rest were dropped"
+        );
+        // A connection known before the churn stays known: every 4096 new names used to
+        // wipe what trustd knew of callers, and root's reads on it were then held or dropped.
+        assert_eq!(
+            pipelined_reads(&rt, &root_bus),
+            8,
+            "round {round}: of 8 reads at once on root's long-lived bus connection under connection churn, some were dropped"
+        );
         lab.delete_policy_table_and_wait(Duration::from_millis(1500))
             .unwrap_or_else(|| {
                 panic!("round {round}: the deleted table was not restored within 1.5 s")
@@ -219,4 +273,57 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
         "trustd's memory grew by more than 64 MiB under connection churn ({rss0} -> {rss_max} KiB)"
     );
     assert!(daemon.terminate().success(), "trustd stops cleanly");
+}
+
+/// Regression: trustd's second bus connection (its credential lookups and the self-check
+/// that feeds the watchdog) read every message whole. An ordinary user sending it unicast
+/// signals with 30 MiB bodies (any connection may be sent signals) delayed the self-check's
+/// answer behind them: trustd stopped feeding the watchdog for as long as the flood lasted
+/// (systemd would restart a working trustd every 30 s) and grew by 60 MiB. That connection
+/// now reads only replies and the bus daemon's messages, skipping anything else unread.
+#[test]
+fn signals_to_trustds_other_bus_connection_neither_starve_the_watchdog_nor_grow_memory() {
+    let _one = one_flood();
+    if !can_run(&["ip", "nft", "setpriv", "dbus-daemon"]) {
+        return;
+    }
+    let mut lab = tests::lab::Lab::new("fa", false);
+    let b = lab.sign(lab_policy("direct"));
+    lab.load(&b);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (notify, sock) = tests::flood::notify_socket(dir.path());
+    let bus = tests::bus::Bus::start(BusPolicy::Shipped, "");
+    let addr = bus.address.clone();
+    let daemon = lab.run_daemon_env(
+        bus,
+        200,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", notify.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("4000000")),
+        ],
+    );
+    tests::lab::wait_ready(&addr);
+    assert!(watchdog_ping(&sock, Duration::from_secs(5)), "fed before");
+    assert!(
+        !tests::flood::trustd_aside(&addr).is_empty(),
+        "trustd's other bus connection is found as an ordinary user would find it"
+    );
+    let (rss0, _) = usage(daemon.id());
+    let flood = Flood::start(&addr, &["aside"], 30_000);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut rss_max = rss0;
+    for round in 0..4 {
+        assert!(
+            watchdog_ping(&sock, Duration::from_secs(4)),
+            "round {round}: the watchdog went unfed under signals to trustd's other bus connection"
+        );
+        rss_max = rss_max.max(usage(daemon.id()).0);
+    }
+    drop(flood);
+    eprintln!("signals to trustd's other bus connection: trustd RSS {rss0} -> {rss_max} KiB");
+    assert!(
+        rss_max < rss0 + 32 * 1024,
+        "trustd's memory grew by more than 32 MiB under signals to its other bus connection ({rss0} -> {rss_max} KiB)"
+    );
 }

@@ -22,6 +22,10 @@
 //!            open at once, never reading
 //!   pings    the same with 8 Peer.Ping calls per connection (cheap calls, each a new
 //!            name's first)
+//!   aside    unicast signals with an 8 MiB body, from 2 connections, to each of trustd's
+//!            bus connections but the one that serves (found by its pid), never reading
+//!   fresh    one new connection sending 8 posture property reads at once, as a client
+//!            starting up does; prints how many were answered within 5 s, then exits
 //!   budget   16 connections, each reading a posture property 20 times a second (each call
 //!            waited for 1 s at most); prints how many were answered (one uid's budget is
 //!            shared by all its connections, so most go unanswered)
@@ -307,6 +311,51 @@ fn budget(address: &str, until: Instant) {
     println!("{answered}");
 }
 
+fn aside(address: &str, until: Instant) {
+    let targets = tests::flood::trustd_aside(address);
+    eprintln!("flood aside: sending to {targets:?}");
+    let body = string_body(&"x".repeat(8 << 20));
+    writers(address, until, 2, &|serial| {
+        let t = &targets[serial as usize % targets.len().max(1)];
+        let fields: Vec<(u8, char, &[u8])> = vec![
+            (1, 'o', b"/x"),
+            (2, 's', b"org.example.Noise"),
+            (3, 's', b"Changed"),
+            (6, 's', t.as_bytes()),
+        ];
+        let mut m = raw_message(serial, &fields, "s", &body);
+        m[1] = 4; // SIGNAL
+        m
+    });
+}
+
+fn fresh(address: &str) {
+    let rt = tests::rt();
+    let answered = rt.block_on(async {
+        let Ok(c) = trustd::dbus::client::Client::connect(Some(address)).await else {
+            return 0;
+        };
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let call = c.posture_property("Level");
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(5), call).await,
+                        Ok(Ok(_))
+                    )
+                })
+            })
+            .collect();
+        let mut n = 0;
+        for t in calls {
+            n += usize::from(t.await.unwrap_or(false));
+        }
+        n
+    });
+    println!("{answered}");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (address, shape, millis, paced) = match args.as_slice() {
@@ -332,6 +381,8 @@ fn main() {
         "longpath" => longpath(address, until),
         "gone" => gone(address, until),
         "budget" => budget(address, until),
+        "aside" => aside(address, until),
+        "fresh" => fresh(address),
         "churn" => churn(
             address,
             until,

@@ -15,10 +15,10 @@ mod policy;
 mod posture;
 mod privacy;
 pub mod private;
+mod recent;
 mod setup;
 mod socket;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ pub const INTERFACES: [&str; 7] = [
 ];
 
 /// Unique names are never reused on a bus, so a cached caller cannot go stale; the cache is
-/// only bounded.
+/// only bounded (per generation: names in use stay, see [`recent::Recent`]).
 const MAX_CACHED_CALLERS: usize = 4096;
 
 /// How long the bus daemon has to report a caller's credentials before the call is refused.
@@ -70,7 +70,7 @@ pub struct Handle {
     groups: SharedGroups,
     gate: Gate,
     dbus: zbus::fdo::DBusProxy<'static>,
-    callers: Arc<Mutex<HashMap<String, CallerCell>>>,
+    callers: Arc<Mutex<recent::Recent<CallerCell>>>,
     /// On a connection of the private socket: its caller, from the kernel's record of the
     /// peer (`SO_PEERCRED`), since its messages carry no sender. `None` on the bus.
     peer: Option<Caller>,
@@ -140,10 +140,7 @@ impl Handle {
         let name = sender.as_str().to_owned();
         let cell = {
             let mut cache = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
-            if cache.len() >= MAX_CACHED_CALLERS && !cache.contains_key(&name) {
-                cache.clear();
-            }
-            cache.entry(name.clone()).or_default().clone()
+            cache.get_or_insert_with(&name, CallerCell::default).clone()
         };
         let caller = cell
             .get_or_try_init(|| async {
@@ -287,6 +284,9 @@ fn system_bus_address() -> String {
 
 /// A connection builder for `address` (default: the system bus) over a socket that takes no
 /// file descriptors ([`socket::NoFds`]); addresses other than `unix:path=` are refused.
+/// With `judge`: the serving connection (calls budgeted, see [`socket::NoFds::with_judge`]);
+/// without: trustd's own client connection, which reads only replies
+/// ([`socket::NoFds::replies_only`]).
 async fn builder(
     address: Option<&str>,
     judge: Option<Arc<dyn socket::Judge>>,
@@ -301,9 +301,10 @@ async fn builder(
     let sock = socket::NoFds::connect(path)
         .await
         .map_err(|e| zbus::Error::InputOutput(std::sync::Arc::new(e)))?;
-    Ok(zbus::connection::Builder::socket(
-        sock.with_judge(judge, budgets),
-    ))
+    Ok(zbus::connection::Builder::socket(match judge {
+        Some(judge) => sock.with_judge(Some(judge), budgets),
+        None => sock.replies_only(),
+    }))
 }
 
 /// Register every interface, take the bus name, and start sending `PropertiesChanged` for
@@ -344,7 +345,7 @@ pub async fn serve(
         groups,
         gate,
         dbus,
-        callers: Arc::default(),
+        callers: Arc::new(Mutex::new(recent::Recent::new(MAX_CACHED_CALLERS))),
         peer: None,
     };
     let judge: Arc<dyn socket::Judge> = Arc::new(handle.clone());

@@ -83,7 +83,8 @@ const WAIT_RATE: f64 = 0.25;
 /// The least a wait is charged, in seconds (a round trip to the bus).
 const WAIT_MIN: f64 = 0.005;
 /// Names (and uids) whose buckets the reader remembers; past it, full buckets are
-/// forgotten, then every name's.
+/// forgotten, then every name's. Also the names whose identity it remembers, per generation
+/// (names in use stay; see `recent::Recent`).
 const MAX_TRACKED: usize = 4096;
 /// The most a client of the private socket may send before its `BEGIN` line: a few short
 /// commands of the D-Bus authentication protocol.
@@ -96,20 +97,29 @@ pub const MAX_LOOKUPS: usize = 32;
 /// they are charged to their uid and served or dropped as the uid's budget says. So while
 /// someone churns connections and keeps the unknown pool empty, another user's new
 /// connection is served once its uid is known (a few milliseconds) instead of having its
-/// calls dropped. At most this many calls, [`PARK_BYTES`] bytes, [`PARK_PER_NAME`] calls per
-/// name, each for at most [`PARK_TTL`]; past any of these a call is dropped as before.
-pub const PARK_MAX: usize = 256;
+/// calls dropped. At most this many calls, [`PARK_BYTES`] bytes, [`PARK_PER_NAME`] calls and
+/// [`PARK_NAME_BYTES`] bytes per name, each for at most [`PARK_TTL`]; past any of these a
+/// call is dropped as before.
+pub const PARK_MAX: usize = 1024;
 /// See [`PARK_MAX`]: bytes of parked calls (headers and bodies) held at once.
-pub const PARK_BYTES: usize = 1024 * 1024;
-/// See [`PARK_MAX`]: calls of one name parked at once (a client's first calls on a new
-/// connection are few; one name cannot take the room of many).
-pub const PARK_PER_NAME: usize = 2;
+pub const PARK_BYTES: usize = 4 * 1024 * 1024;
+/// See [`PARK_MAX`]: calls of one name parked at once: what a client sends at the start of a
+/// new connection before its first answer (a `GetAll` per interface of `org.enigm.Trust1`
+/// is seven), while one name cannot take the room of many.
+pub const PARK_PER_NAME: usize = 8;
+/// See [`PARK_MAX`]: bytes of one name's parked calls (every call of `org.enigm.Trust1` an
+/// ordinary caller may make takes a few short strings), so that a few names with large
+/// bodies cannot take the room of many.
+pub const PARK_NAME_BYTES: usize = 64 * 1024;
 /// See [`PARK_MAX`]: how long a call stays parked when its sender's uid is still not known
 /// (the lookup's own time-out, [`super::CREDENTIALS_TIMEOUT`], and a little more).
 pub const PARK_TTL: std::time::Duration = std::time::Duration::from_millis(2500);
 
-/// The message type of a method call (D-Bus specification, "Message Format").
+/// The message types of a method call, a method's return and an error (D-Bus
+/// specification, "Message Format").
 const METHOD_CALL: u8 = 1;
+const METHOD_RETURN: u8 = 2;
+const ERROR: u8 = 3;
 
 /// A token bucket: `burst` calls at once, `rate` per second refilled.
 #[derive(Debug, Clone, Copy)]
@@ -200,7 +210,7 @@ pub struct Budgets {
     unknown: Bucket,
     newcomers: Bucket,
     waits: Bucket,
-    ids: std::collections::HashMap<String, Identity>,
+    ids: super::recent::Recent<Identity>,
     pinned: std::collections::HashMap<String, Identity>,
     /// Names whose uid is being looked up in the background (bounded: [`MAX_LOOKUPS`] and
     /// [`PARK_MAX`] more).
@@ -228,7 +238,7 @@ impl Budgets {
             unknown: Bucket::new(UNKNOWN_BURST, now),
             newcomers: Bucket::new(NEWCOMERS_BURST, now),
             waits: Bucket::new(WAIT_BUDGET, now),
-            ids: std::collections::HashMap::new(),
+            ids: super::recent::Recent::new(MAX_TRACKED),
             pinned: std::collections::HashMap::new(),
             looking: std::collections::HashSet::new(),
             dropped: 0,
@@ -243,11 +253,11 @@ impl Budgets {
     }
 
     /// What is known of `sender` (pinned, or remembered).
-    fn identity(&self, sender: &str) -> Option<Identity> {
-        self.pinned
-            .get(sender)
-            .or_else(|| self.ids.get(sender))
-            .copied()
+    fn identity(&mut self, sender: &str) -> Option<Identity> {
+        if let Some(id) = self.pinned.get(sender) {
+            return Some(*id);
+        }
+        self.ids.get(sender).copied()
     }
 
     /// Whether the reader may wait now for a verdict on a sender (see [`WAIT_BUDGET`]).
@@ -287,11 +297,9 @@ impl Budgets {
         }
     }
 
-    /// Remember what is known of `sender` (bounded: past [`MAX_TRACKED`] names, forgotten).
+    /// Remember what is known of `sender` (bounded: [`MAX_TRACKED`] names a generation, names
+    /// in use kept; see [`super::recent::Recent`]).
     fn learn(&mut self, sender: &str, id: Identity) {
-        if self.ids.len() >= MAX_TRACKED && !self.ids.contains_key(sender) {
-            self.ids.clear();
-        }
         self.ids.insert(sender.to_owned(), id);
     }
 
@@ -423,7 +431,8 @@ enum Fate {
 struct Parking {
     queue: std::collections::VecDeque<Parked>,
     bytes: usize,
-    per_name: std::collections::HashMap<String, usize>,
+    /// Calls and bytes parked per name.
+    per_name: std::collections::HashMap<String, (usize, usize)>,
 }
 
 impl Parking {
@@ -442,15 +451,17 @@ impl Parking {
         cost: f64,
         now: tokio::time::Instant,
     ) -> Result<(), Vec<u8>> {
-        let mine = self.per_name.get(sender).copied().unwrap_or(0);
+        let (calls, bytes) = self.per_name.get(sender).copied().unwrap_or((0, 0));
         if self.queue.len() >= PARK_MAX
             || self.bytes + message.len() > PARK_BYTES
-            || mine >= PARK_PER_NAME
+            || calls >= PARK_PER_NAME
+            || bytes + message.len() > PARK_NAME_BYTES
         {
             return Err(message);
         }
         self.bytes += message.len();
-        *self.per_name.entry(sender.to_owned()).or_default() += 1;
+        let mine = self.per_name.entry(sender.to_owned()).or_default();
+        *mine = (calls + 1, bytes + message.len());
         self.queue.push_back(Parked {
             sender: sender.to_owned(),
             message,
@@ -505,9 +516,10 @@ impl Parking {
     fn take(&mut self, i: usize) -> Parked {
         let p = self.queue.remove(i).expect("index within the queue");
         self.bytes -= p.message.len();
-        if let Some(n) = self.per_name.get_mut(&p.sender) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some((calls, bytes)) = self.per_name.get_mut(&p.sender) {
+            *calls -= 1;
+            *bytes -= p.message.len();
+            if *calls == 0 {
                 self.per_name.remove(&p.sender);
             }
         }
@@ -546,6 +558,8 @@ pub struct Reader {
     parked: Parking,
     /// Rung when a background lookup ends: parked calls may be ready.
     wake: Wake,
+    /// Only replies and the bus daemon's messages are read (see [`NoFds::replies_only`]).
+    replies_only: bool,
 }
 
 /// The write half.
@@ -571,6 +585,23 @@ impl NoFds {
             judge,
             budgets,
             peer: None,
+            replies_only: false,
+        }
+    }
+
+    /// A connection trustd uses as a client of the bus while it serves (its credential
+    /// lookups and self-checks): only replies (of at most [`SMALL_BODY`] bytes) and the bus
+    /// daemon's own messages are read; anything else anyone sends it (a signal with a
+    /// 30 MiB body, a method call) is thrown away unread as it arrives, so that no caller
+    /// can delay the replies trustd waits for on it (and starve the watchdog) or fill its
+    /// memory. See [`NoFds::with_judge`] for the serving connection.
+    pub fn replies_only(self) -> JudgedStream {
+        JudgedStream {
+            stream: self,
+            judge: None,
+            budgets: Budgets::shared(),
+            peer: None,
+            replies_only: true,
         }
     }
 
@@ -588,6 +619,7 @@ impl NoFds {
             judge: Some(judge),
             budgets,
             peer: Some(peer),
+            replies_only: false,
         }
     }
 }
@@ -599,6 +631,7 @@ pub struct JudgedStream {
     judge: Option<std::sync::Arc<dyn Judge>>,
     budgets: SharedBudgets,
     peer: Option<Identity>,
+    replies_only: bool,
 }
 
 impl Socket for JudgedStream {
@@ -623,6 +656,7 @@ impl Socket for JudgedStream {
                 auth_bytes: 0,
                 parked: Parking::default(),
                 wake: Wake::default(),
+                replies_only: self.replies_only,
             },
             Writer {
                 half: w,
@@ -822,7 +856,7 @@ impl Reader {
         }
         let (big, ty, body_len, fields_len) = primary(&h)?;
         let rest = (16 + fields_len as usize).next_multiple_of(8) - 16;
-        if self.judge.is_some() && fields_len > MAX_HEADER_FIELDS {
+        if (self.judge.is_some() || self.replies_only) && fields_len > MAX_HEADER_FIELDS {
             self.budgets().dropped(|| {
                 format!(
                     "{fields_len} bytes of header fields (at most {MAX_HEADER_FIELDS} are read)"
@@ -837,6 +871,17 @@ impl Reader {
         header.resize(16 + rest, 0);
         self.inner.read_exact(&mut header[16..]).await?;
         let Some(judge) = self.judge.clone() else {
+            let reply = (ty == METHOD_RETURN || ty == ERROR) && body_len <= SMALL_BODY;
+            if self.replies_only
+                && !reply
+                && sender(&header, big, fields_len as usize).as_deref()
+                    != Some("org.freedesktop.DBus")
+            {
+                self.skip_left = u64::from(body_len);
+                self.pending.clear();
+                self.at = 0;
+                return Ok(true);
+            }
             self.body_left = u64::from(body_len);
             self.pending = header;
             self.at = 0;
@@ -1178,9 +1223,9 @@ impl WriteHalf for Writer {
 mod tests {
     use super::{
         Bucket, Budgets, Fate, Identity, JUDGE_WAIT, MAX_DEBT, MAX_TRACKED, NEWCOMERS_BURST,
-        NEWCOMERS_RATE, PARK_BYTES, PARK_MAX, PARK_PER_NAME, PARK_TTL, Parked, Parking,
-        SENDER_BURST, SENDER_RATE, UNKNOWN_BURST, UNKNOWN_RATE, WAIT_BUDGET, WAIT_RATE, cost,
-        primary, sender, unix_path,
+        NEWCOMERS_RATE, PARK_BYTES, PARK_MAX, PARK_NAME_BYTES, PARK_PER_NAME, PARK_TTL, Parked,
+        Parking, SENDER_BURST, SENDER_RATE, UNKNOWN_BURST, UNKNOWN_RATE, WAIT_BUDGET, WAIT_RATE,
+        cost, primary, sender, unix_path,
     };
     use std::time::Duration;
 
@@ -1496,14 +1541,38 @@ mod tests {
             n += 1;
         }
         assert_eq!(n + PARK_PER_NAME, PARK_MAX, "calls at once");
+        // Bytes: one name's, then everyone's.
         let mut p = Parking::default();
-        let big = PARK_BYTES / 4;
-        let mut n = 0;
-        while p.park(&format!(":4.{n}"), vec![0; big], 1.0, t0).is_ok() {
+        let big = PARK_NAME_BYTES / 2;
+        assert!(p.park(":5.1", vec![0; big], 1.0, t0).is_ok());
+        assert!(p.park(":5.1", vec![0; big], 1.0, t0).is_ok());
+        assert!(
+            p.park(":5.1", vec![0; 1], 1.0, t0).is_err(),
+            "one name's bytes"
+        );
+        let mut n = 1;
+        while p
+            .park(&format!(":4.{n}"), vec![0; PARK_NAME_BYTES], 1.0, t0)
+            .is_ok()
+        {
             n += 1;
         }
-        assert_eq!(n, 4, "bytes at once");
+        assert_eq!(n, PARK_BYTES / PARK_NAME_BYTES, "bytes at once");
         assert_eq!(p.deadline(), Some(t0 + PARK_TTL));
+        // A served call gives its name's room back.
+        let got = p.next(
+            t0,
+            |c| {
+                if c.sender == ":5.1" {
+                    Fate::Serve
+                } else {
+                    Fate::Wait
+                }
+            },
+            |_| (),
+        );
+        assert!(got.is_some());
+        assert!(p.park(":5.1", vec![0; big], 1.0, t0).is_ok());
     }
 
     /// The header fields the reader decides on, read from messages as zbus writes them, in

@@ -100,6 +100,14 @@ pub fn engine_turns(age: Option<Duration>, bound: Duration, child_within_deadlin
     age.is_some_and(|a| a <= bound) || child_within_deadline
 }
 
+/// Whether the engine is still before its first turn (no heartbeat yet) and within `bound`
+/// of supervision starting (`since_start`): a round then neither feeds the watchdog nor says
+/// anything is wrong (at every start the first round came before the first drift check and
+/// logged the engine as wedged). Past `bound` without a heartbeat, the engine is wedged.
+pub fn starting(age: Option<Duration>, since_start: Duration, bound: Duration) -> bool {
+    age.is_none() && since_start <= bound
+}
+
 /// What one supervision round does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -155,6 +163,7 @@ pub async fn supervise(
     let mut tick = tokio::time::interval(timing.ping);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_ping = tokio::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut health = Health::default();
     loop {
         tick.tick().await;
@@ -184,6 +193,9 @@ pub async fn supervise(
                     .await;
                 return;
             }
+        }
+        if starting(heartbeat.age(), started.elapsed(), timing.engine_bound) {
+            continue;
         }
         let engine_ok = engine_turns(
             heartbeat.age(),
@@ -244,6 +256,22 @@ mod tests {
         // Waiting for nft within its deadline is bounded work, not a wedge.
         assert!(engine_turns(None, bound, true));
         assert!(engine_turns(Some(Duration::from_secs(600)), bound, true));
+    }
+
+    /// Regression: every start logged "engine wedged" once, the first round coming before
+    /// the engine's first drift check. Before its first turn and within the bound the round
+    /// is skipped; past the bound with no turn at all, the engine is wedged.
+    #[test]
+    fn the_first_rounds_before_the_engines_first_turn_are_not_a_wedge() {
+        let bound = Duration::from_secs(15);
+        assert!(starting(None, Duration::from_millis(2), bound));
+        assert!(starting(None, bound, bound));
+        assert!(!starting(None, bound + Duration::from_millis(1), bound));
+        assert!(!starting(
+            Some(Duration::from_millis(1)),
+            Duration::from_millis(2),
+            bound
+        ));
     }
 
     #[test]
