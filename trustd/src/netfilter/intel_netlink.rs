@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
 
 use super::compile::Protected;
 use super::intel::{
@@ -125,6 +126,7 @@ const BASE_CHAINS: [(&str, u32, i32); 2] = [
 pub struct IntelNetlink {
     sock: NfSocket,
     applied: Option<(String, Shape)>,
+    timings: Vec<(&'static str, Duration)>,
 }
 
 impl IntelNetlink {
@@ -133,8 +135,21 @@ impl IntelNetlink {
         Self {
             sock,
             applied: None,
+            timings: Vec::new(),
         }
     }
+
+    /// How long each stage of the last replace or update took, in order (stage name,
+    /// wall time): what the benchmark reports per stage.
+    pub fn timings(&self) -> &[(&'static str, Duration)] {
+        &self.timings
+    }
+}
+
+/// Time stage `what` from `*t` until now into `timings`, and restart `*t`.
+fn lap(timings: &mut Vec<(&'static str, Duration)>, t: &mut Instant, what: &'static str) {
+    timings.push((what, t.elapsed()));
+    *t = Instant::now();
 }
 
 /// A base chain's hook number, priority, policy and type.
@@ -874,8 +889,15 @@ pub(super) fn replace(
         found,
     };
     let digest = intel_structure_digest(rs);
+    nlk.timings.clear();
+    let mut t = Instant::now();
     // 1. nft compiles the small part into the scratch table; read back as compiled.
     let tmpl = scratch(&mut nlk.sock, backend, rs, &rs.protected, &digest)?;
+    lap(
+        &mut nlk.timings,
+        &mut t,
+        "scratch table (nft -f, nft -j list, dump)",
+    );
     // 2. One batch: the table replaced, copied declarations, streamed elements, hooks.
     let mut b = Batch::new();
     for (msg, flags, what) in [
@@ -947,17 +969,34 @@ pub(super) fn replace(
             b.put_raw(&renest(r, Nest::Rule));
         }
     }
+    let batch_bytes = b.bytes();
+    lap(&mut nlk.timings, &mut t, "netlink batch built");
     // 3. Read back: declarations and rules as nft compiled them, elements as compiled.
     commit_scratch(nlk, b)?;
+    lap(&mut nlk.timings, &mut t, "kernel commit (send, wait)");
+    tracing::debug!(batch_bytes, "blocklist table replaced over netlink");
     let want = wanted(tmpl);
     let chosen: Vec<&SetSpec> = all.iter().map(|(_, s)| s).collect();
+    let mut stages = (Duration::ZERO, Duration::ZERO);
     read_back(&mut nlk.sock, |sock| {
+        let t = Instant::now();
         let held = shape(sock, INTEL_TABLE)
             .map_err(EnforceError::ReadBack)?
             .ok_or_else(|| mismatch("absent".into()))?;
         same_shape(&held, &want).map_err(mismatch)?;
-        check_sets(sock, rs, &chosen).map_err(mismatch)
+        stages.0 = t.elapsed();
+        let t = Instant::now();
+        let r = check_sets(sock, rs, &chosen).map_err(mismatch);
+        stages.1 = t.elapsed();
+        r
     })?;
+    nlk.timings
+        .push(("read back: declarations and rules", stages.0));
+    nlk.timings.push(("read back: elements", stages.1));
+    nlk.timings.push((
+        "read back: generation checks",
+        t.elapsed().saturating_sub(stages.0 + stages.1),
+    ));
     nlk.applied = Some((digest, want));
     Ok(())
 }
@@ -1325,6 +1364,8 @@ pub(super) fn update(
     if !super::intel::same_layout(old, new) || old.protected != new.protected {
         return Ok(false);
     }
+    nlk.timings.clear();
+    let mut t = Instant::now();
     let (old_sets, new_sets) = (sets(old), sets(new));
     // Per set, what goes and what comes: one merge of the two sorted sets each.
     let deltas: Vec<(&SetSpec, &SetSpec, Vec<Elem>, Vec<Elem>)> = old_sets
@@ -1362,9 +1403,11 @@ pub(super) fn update(
             put_zero_end(&mut b, NFT_MSG_NEWSETELEM, o, "added elements");
         }
     }
+    lap(&mut nlk.timings, &mut t, "delta and netlink batch built");
     if b.messages() > 0 {
         nlk.sock.commit(b).map_err(nl)?;
     }
+    lap(&mut nlk.timings, &mut t, "kernel commit (send, wait)");
     Ok(true)
 }
 
