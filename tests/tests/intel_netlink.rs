@@ -206,6 +206,17 @@ fn an_element_added_or_removed_behind_trustds_back_fails_the_read_back() {
     .expect("feed");
     let rs = compile_intel(Some(&f));
     apply_intel(&mut nl, &rs).expect("built and read back");
+    // Nothing else committed: the replace's read-back took the elements' presence from its
+    // own batch; every later check shows each element present.
+    let nlk = nl.take_intel_netlink().expect("netlink");
+    assert!(
+        nlk.timings()
+            .iter()
+            .any(|(stage, _)| stage.contains("presence proven by the batch")),
+        "{:?}",
+        nlk.timings()
+    );
+    nl.put_intel_netlink(nlk);
     trustd::netfilter::check_intel(&mut nl, &rs).expect("an untouched table reads back");
     let tamper = [
         ("c0_v4h", "10.99.0.4"),

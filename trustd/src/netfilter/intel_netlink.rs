@@ -749,6 +749,34 @@ fn has_catch_all(sock: &mut NfSocket, set: &str) -> Result<bool, String> {
     }
 }
 
+/// How [`check_sets`] knows that every compiled element is in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// Shown element by element (dry-run deletions the kernel aborts).
+    Check,
+    /// Proven by the transaction that put them there: trustd's own batch, which created
+    /// the sets empty in a new table and wrote every compiled element, was committed
+    /// whole (the kernel refuses a batch with any element it cannot add), and no other
+    /// transaction was committed since (the generation moved by exactly one).
+    Proven,
+}
+
+/// How element presence is known after trustd's own batch was committed between the
+/// generations `before` (asked just before it) and `after` (asked after the read-back):
+/// proven when exactly that one transaction was committed (the kernel adds one per
+/// committed transaction and skips 0 when it wraps), else checked.
+fn presence_after(before: u32, after: u32) -> Presence {
+    let ours = match before.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    };
+    if after == ours {
+        Presence::Proven
+    } else {
+        Presence::Check
+    }
+}
+
 /// Elements per dry-run batch of the presence check: its memory stays bounded (about
 /// 1.3 MiB) whatever the feed's size.
 const CHECK_CHUNK: usize = 32 * 1024;
@@ -807,7 +835,17 @@ fn set_counts(sock: &mut NfSocket) -> Result<Option<BTreeMap<String, usize>>, St
 /// the elements (a dump costs the kernel a walk from the set's start for every 32 KiB
 /// message, quadratic in the set's size). Where it does not, a full dump per set
 /// ([`check_elems`]).
-fn check_sets(sock: &mut NfSocket, rs: &IntelRuleset, chosen: &[&SetSpec]) -> Result<(), String> {
+///
+/// [`Presence::Proven`] leaves out the dry-run deletions (the counts, the catch-all check
+/// and the dumps stay): for the read-back right after trustd's own batch built the sets,
+/// when the generation shows that no other transaction was committed since (see
+/// [`replace`]).
+fn check_sets(
+    sock: &mut NfSocket,
+    rs: &IntelRuleset,
+    chosen: &[&SetSpec],
+    presence: Presence,
+) -> Result<(), String> {
     let counted = set_counts(sock)?.is_some();
     // An interval set's count is reported halved: only an odd number of elements tells
     // one extra element apart (see [`zero_end`]); the others are dumped.
@@ -825,6 +863,9 @@ fn check_sets(sock: &mut NfSocket, rs: &IntelRuleset, chosen: &[&SetSpec]) -> Re
         // Counts and presence of the compiled elements say nothing of a catch-all element.
         if has_catch_all(sock, &s.name)? {
             return Err(catch_all(&s.name));
+        }
+        if presence == Presence::Proven {
+            continue;
         }
         if zero_end(rs, s) {
             let mut b = Batch::new();
@@ -971,28 +1012,56 @@ pub(super) fn replace(
     }
     let batch_bytes = b.bytes();
     lap(&mut nlk.timings, &mut t, "netlink batch built");
-    // 3. Read back: declarations and rules as nft compiled them, elements as compiled.
+    // 3. Commit, noting the generation before: the kernel moves it by one per committed
+    // transaction, so one more after the read-back means none but this batch came between.
+    let before = nlk
+        .sock
+        .generation()
+        .map_err(|e| EnforceError::Apply(nl(e)))?;
     commit_scratch(nlk, b)?;
     lap(&mut nlk.timings, &mut t, "kernel commit (send, wait)");
     tracing::debug!(batch_bytes, "blocklist table replaced over netlink");
+    // 4. Read back: declarations and rules as nft compiled them, elements as compiled
+    // (counts, catch-all; presence proven by the batch when nothing else was committed).
     let want = wanted(tmpl);
     let chosen: Vec<&SetSpec> = all.iter().map(|(_, s)| s).collect();
     let mut stages = (Duration::ZERO, Duration::ZERO);
-    read_back(&mut nlk.sock, |sock| {
-        let t = Instant::now();
-        let held = shape(sock, INTEL_TABLE)
-            .map_err(EnforceError::ReadBack)?
-            .ok_or_else(|| mismatch("absent".into()))?;
-        same_shape(&held, &want).map_err(mismatch)?;
-        stages.0 = t.elapsed();
-        let t = Instant::now();
-        let r = check_sets(sock, rs, &chosen).map_err(mismatch);
-        stages.1 = t.elapsed();
-        r
-    })?;
+    let mut presence = Presence::Proven;
+    loop {
+        read_back(&mut nlk.sock, |sock| {
+            let t = Instant::now();
+            let held = shape(sock, INTEL_TABLE)
+                .map_err(EnforceError::ReadBack)?
+                .ok_or_else(|| mismatch("absent".into()))?;
+            same_shape(&held, &want).map_err(mismatch)?;
+            stages.0 = t.elapsed();
+            let t = Instant::now();
+            let r = check_sets(sock, rs, &chosen, presence).map_err(mismatch);
+            stages.1 = t.elapsed();
+            r
+        })?;
+        if presence == Presence::Check {
+            break;
+        }
+        let after = nlk
+            .sock
+            .generation()
+            .map_err(|e| EnforceError::ReadBack(nl(e)))?;
+        presence = presence_after(before, after);
+        if presence == Presence::Proven {
+            break;
+        }
+        // Another transaction came between: every element is shown present.
+    }
     nlk.timings
         .push(("read back: declarations and rules", stages.0));
-    nlk.timings.push(("read back: elements", stages.1));
+    nlk.timings.push((
+        match presence {
+            Presence::Proven => "read back: elements (counts; presence proven by the batch)",
+            Presence::Check => "read back: elements (counts; each shown present)",
+        },
+        stages.1,
+    ));
     nlk.timings.push((
         "read back: generation checks",
         t.elapsed().saturating_sub(stages.0 + stages.1),
@@ -1347,7 +1416,7 @@ pub(super) fn check(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Result<(), Str
                 Err(e) => return Err(format!("the blocklist table could not be read back: {e}")),
             };
             same_shape(&held, want)?;
-            check_sets(sock, rs, &chosen)
+            check_sets(sock, rs, &chosen, Presence::Check)
         })
         .map_err(|e| format!("the blocklist table could not be read back: {e}"))?
 }
@@ -1445,7 +1514,7 @@ pub(super) fn refill(
     }
     nlk.sock.commit(b).map_err(|e| e.to_string())?;
     nlk.sock
-        .consistent(|sock| check_sets(sock, rs, &chosen))
+        .consistent(|sock| check_sets(sock, rs, &chosen, Presence::Check))
         .map_err(|e| format!("the refilled sets could not be read back: {e}"))??;
     Ok(true)
 }
@@ -1473,4 +1542,25 @@ pub(super) fn with_netlink<R>(
     let r = f(&mut nlk, backend);
     backend.put_intel_netlink(nlk);
     Some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The read-back after a replace leaves out the element-by-element presence check only
+    /// when the generation moved by exactly trustd's own transaction: any other commit
+    /// before it or during the read-back (another writer could have removed elements)
+    /// brings the check back.
+    #[test]
+    fn element_presence_is_proven_only_when_no_other_transaction_came_between() {
+        assert_eq!(presence_after(41, 42), Presence::Proven);
+        assert_eq!(presence_after(41, 43), Presence::Check, "one more writer");
+        assert_eq!(presence_after(41, 41), Presence::Check, "nothing committed");
+        assert_eq!(presence_after(41, 40), Presence::Check);
+        // The kernel skips 0 when the generation wraps.
+        assert_eq!(presence_after(u32::MAX, 1), Presence::Proven);
+        assert_eq!(presence_after(u32::MAX, 0), Presence::Check);
+        assert_eq!(presence_after(u32::MAX, 2), Presence::Check);
+    }
 }
