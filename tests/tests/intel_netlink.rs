@@ -596,7 +596,10 @@ fn a_catch_all_element_slipped_into_a_blocklist_set_fails_the_read_back() {
     for set in ["c0_v4h", "c0_v4n", "c0_v6h", "c0_v6n", "c1_v4n"] {
         catch_all(&mut sock, set, true);
         let err = check_intel(&mut nl, &rs).expect_err("a catch-all element is found");
-        assert!(err.contains(set) && err.contains("catch-all"), "{set}: {err}");
+        assert!(
+            err.contains(set) && err.contains("catch-all"),
+            "{set}: {err}"
+        );
         catch_all(&mut sock, set, false);
         check_intel(&mut nl, &rs).expect("back as compiled");
     }

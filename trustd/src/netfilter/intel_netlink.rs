@@ -745,7 +745,9 @@ fn has_catch_all(sock: &mut NfSocket, set: &str) -> Result<bool, String> {
         Err(NfnlError::Refused { err, .. }) if err.raw_os_error() == Some(libc::ENOENT) => {
             Ok(false)
         }
-        Err(e) => Err(format!("set {set} could not be checked for a catch-all element: {e}")),
+        Err(e) => Err(format!(
+            "set {set} could not be checked for a catch-all element: {e}"
+        )),
     }
 }
 

@@ -651,10 +651,7 @@ impl NfSocket {
     /// Run the read `f` once between two generation requests: `Some` of its result when
     /// no transaction was committed meanwhile and no dump in it was interrupted (what it
     /// read is one state of the ruleset), `None` when it must be read again.
-    pub fn settled<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> T,
-    ) -> Result<Option<T>, NfnlError> {
+    pub fn settled<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<Option<T>, NfnlError> {
         let before = self.generation()?;
         self.interrupted = false;
         let r = f(self);

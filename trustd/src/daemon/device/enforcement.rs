@@ -819,7 +819,10 @@ mod tests {
         assert!(e.exemptions_stale());
         e.set_exemptions(&mut kernel, &ctx, other, &me, true)
             .expect("recorded");
-        assert!(!e.exemptions_stale(), "refilled although nothing changed since");
+        assert!(
+            !e.exemptions_stale(),
+            "refilled although nothing changed since"
+        );
         let wanted = e.enforced_intel.clone().expect("wanted");
         check_intel(&mut kernel, &wanted).expect("the kernel holds them");
     }
