@@ -27,7 +27,7 @@ use trustd::bundle::{
     Payload, PublicKeyFile, RoleKeys, Roles, TrustKey, TrustRoot, generate_key, key_id,
     sign_envelope, verify,
 };
-use trustd::netfilter::{NftBackend, apply_intel, compile_intel, update_intel};
+use trustd::netfilter::{Backend, NftBackend, apply_intel, compile_intel, update_intel};
 use trustd::policy::IntelFeed;
 use trustd::timefmt::Timestamp;
 
@@ -140,6 +140,21 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// The stages of the last replace or update over netlink, as `name 0.123 s` joined.
+fn stages(nl: &mut NftBackend) -> String {
+    let Some(i) = nl.take_intel_netlink() else {
+        return "no netlink socket".into();
+    };
+    let out = i
+        .timings()
+        .iter()
+        .map(|(what, d)| format!("{what} {:.4} s", secs(*d)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    nl.put_intel_netlink(i);
+    out
+}
+
 struct Signer {
     key: SigningKey,
     root: TrustRoot,
@@ -241,6 +256,7 @@ fn bench(n: usize, signer: &Signer, old: bool) -> Row {
     let t = Instant::now();
     apply_intel(&mut nl, &rs).expect("replace over netlink and read back");
     let t_apply = t.elapsed();
+    println!("  replace stages: {}", stages(&mut nl));
     let whole = t_verify + t_compile + t_apply;
     println!(
         "  trustd verify {:.3} s, compile {:.3} s, replace + read back over netlink {:.3} s",
@@ -276,6 +292,7 @@ fn bench(n: usize, signer: &Signer, old: bool) -> Row {
         "incremental"
     );
     let t_add = t.elapsed();
+    println!("  1k add stages: {}", stages(&mut nl));
     let cut = 1000.min(nets.len());
     let nets3 = &nets[cut..];
     let rs3 = compile_intel(Some(
@@ -287,6 +304,7 @@ fn bench(n: usize, signer: &Signer, old: bool) -> Row {
         "incremental"
     );
     let t_del = t.elapsed();
+    println!("  1k interval delete stages: {}", stages(&mut nl));
     println!(
         "  1k addresses added: {:.1} ms; {cut} prefixes deleted from the interval set: {:.1} ms (target <= 10 ms each)",
         secs(t_add) * 1e3,

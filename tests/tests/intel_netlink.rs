@@ -206,6 +206,17 @@ fn an_element_added_or_removed_behind_trustds_back_fails_the_read_back() {
     .expect("feed");
     let rs = compile_intel(Some(&f));
     apply_intel(&mut nl, &rs).expect("built and read back");
+    // Nothing else committed: the replace's read-back took the elements' presence from its
+    // own batch; every later check shows each element present.
+    let nlk = nl.take_intel_netlink().expect("netlink");
+    assert!(
+        nlk.timings()
+            .iter()
+            .any(|(stage, _)| stage.contains("presence proven by the batch")),
+        "{:?}",
+        nlk.timings()
+    );
+    nl.put_intel_netlink(nlk);
     trustd::netfilter::check_intel(&mut nl, &rs).expect("an untouched table reads back");
     let tamper = [
         ("c0_v4h", "10.99.0.4"),
@@ -363,4 +374,264 @@ fn exemptions_change_over_netlink_without_nft_listing_the_blocklist_table() {
         !intel_chains_intact(&mut be, &rs).expect("checked"),
         "an added exemption is found"
     );
+}
+
+/// A backend that lets another writer change the scratch table right after `nft` listed
+/// it, `times` times (the race between the listing that is checked and the netlink dump
+/// that is copied).
+struct Racing {
+    inner: NftBackend,
+    ns: String,
+    times: usize,
+}
+
+impl Backend for Racing {
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        self.inner.apply(script)
+    }
+    fn list_table(&mut self, name: &str) -> Result<Option<String>, NftError> {
+        let listed = self.inner.list_table(name);
+        if name == TEMPLATE_TABLE && self.times > 0 {
+            self.times -= 1;
+            // Exempt a listed address: copied, it would pass the blocklists.
+            nft(
+                &self.ns,
+                &format!("add rule inet {TEMPLATE_TABLE} exempt_out ip daddr 10.99.0.3 accept"),
+            );
+        }
+        listed
+    }
+    fn list_chain(&mut self, table: &str, chain: &str) -> Result<Option<String>, NftError> {
+        self.inner.list_chain(table, chain)
+    }
+    fn take_intel_netlink(&mut self) -> Option<IntelNetlink> {
+        self.inner.take_intel_netlink()
+    }
+    fn put_intel_netlink(&mut self, nl: IntelNetlink) {
+        self.inner.put_intel_netlink(nl)
+    }
+}
+
+#[test]
+fn a_rule_slipped_into_the_scratch_table_after_its_listing_is_never_copied() {
+    // Attack: another writer with CAP_NET_ADMIN changes the scratch table between its
+    // `nft -j list` (checked against the compiled structure) and its netlink dump (copied
+    // into the blocklist table), slipping in an exemption for a listed address. The
+    // ruleset generation before the listing and after the dump differs: the scratch table
+    // is built and read again; when the writer keeps at it, the replace and the exemption
+    // refill are refused and the table in force stays.
+    if !can_run(TOOLS) {
+        return;
+    }
+    let ns = Netns::new("tnl", "r");
+    let other = Netns::new("tnl", "s");
+    let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
+        &["10.99.0.3", "198.51.100.0/24", "fd99::3"],
+        &["203.0.113.0/28"],
+    ))
+    .expect("feed");
+    let mut rs = compile_intel(Some(&f));
+    let mut be = Racing {
+        inner: NftBackend::in_netns(&ns.0),
+        ns: ns.0.clone(),
+        times: 1,
+    };
+    let mut json_path = NftBackend::in_netns(&other.0).without_netlink();
+
+    // Once: read again, and the table holds only what was compiled.
+    apply_intel(&mut be, &rs).expect("built after a second read");
+    assert_eq!(be.times, 0, "the writer did change the scratch table");
+    apply_intel(&mut json_path, &rs).expect("nft JSON path");
+    assert_eq!(
+        listing(&ns.0),
+        listing(&other.0),
+        "the slipped rule is not in the blocklist table"
+    );
+    check_intel(&mut be, &rs).expect("reads back");
+
+    // Every time: refused, the table in force stays as it was.
+    let before = listing(&ns.0);
+    be.times = usize::MAX;
+    let err = apply_intel(&mut be, &rs).expect_err("refused");
+    assert!(err.to_string().contains("changed"), "{err}");
+    let to = vec![exempt("10.99.0.2", &[3128], &[])];
+    let err = update_exemptions(&mut be, &rs, &to).expect_err("refused");
+    assert!(err.to_string().contains("changed"), "{err}");
+    // The scratch table is left behind (it has no hooks); the blocklist table is unchanged.
+    assert_eq!(listing(&ns.0), before, "the table in force stays");
+
+    // Once during an exemption refill: read again, copied as compiled.
+    be.times = 1;
+    update_exemptions(&mut be, &rs, &to).expect("refilled after a second read");
+    rs.protected = to;
+    apply_intel(&mut json_path, &rs).expect("nft JSON path");
+    assert_eq!(listing(&ns.0), listing(&other.0), "as compiled");
+}
+
+#[test]
+fn a_dump_interrupted_by_a_commit_is_read_again() {
+    // Attack: a read-back whose dump spans several messages while another writer commits
+    // mixes two states of the ruleset (the kernel marks such replies NLM_F_DUMP_INTR). An
+    // interrupted dump is an error, and a consistent read reads again (a bounded number of
+    // times, then fails closed).
+    use std::cell::Cell;
+    use std::time::Duration;
+    use trustd::sys::nfnl::{NfSocket, NfnlError};
+    if !can_run(TOOLS) {
+        return;
+    }
+    let ns = Netns::new("tnl", "d");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("rules.nft");
+    let mut text = String::from("table inet t {\n chain c {\n");
+    for i in 0..3000u32 {
+        text.push_str(&format!(
+            "  ip daddr 10.{}.{}.1 counter accept\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    text.push_str(" }\n}\n");
+    std::fs::write(&script, text).expect("script");
+    nft(&ns.0, &format!("-f {}", script.display()));
+    let mut sock = NfSocket::open_in_netns(&ns.0, Duration::from_secs(10)).expect("socket");
+    let commits = Cell::new(0u32);
+    let commit = || {
+        let n = commits.get();
+        commits.set(n + 1);
+        nft(&ns.0, &format!("add table inet other{n}"));
+    };
+    // NFT_MSG_GETRULE of inet table t.
+    let dump_rules = |sock: &mut NfSocket, writer: bool| {
+        let mut n = 0usize;
+        let r = sock.dump(
+            7,
+            1,
+            |m| m.put_str(1, "t"),
+            |_| {
+                if n == 0 && writer {
+                    commit();
+                }
+                n += 1;
+                Ok(())
+            },
+        );
+        (r, n)
+    };
+    let (r, _) = dump_rules(&mut sock, true);
+    assert!(
+        matches!(r, Err(NfnlError::Interrupted)),
+        "an interrupted dump is an error: {r:?}"
+    );
+    let (r, n) = dump_rules(&mut sock, false);
+    assert!(matches!(r, Ok(Ok(true))) && n == 3000, "{r:?} {n}");
+
+    // Interrupted once: read again, whole.
+    let tries = Cell::new(0u32);
+    let got = sock
+        .consistent(|s| {
+            tries.set(tries.get() + 1);
+            dump_rules(s, tries.get() == 1)
+        })
+        .expect("settled on the second read");
+    assert!(matches!(got, (Ok(Ok(true)), 3000)), "{got:?}");
+    assert_eq!(tries.get(), 2);
+    // Always interrupted: refused after a bounded number of reads.
+    let err = sock
+        .consistent(|s| dump_rules(s, true))
+        .expect_err("never settles");
+    assert!(matches!(err, NfnlError::Unsettled { .. }), "{err}");
+    // A commit between two dumps of one read (no dump interrupted) is seen too.
+    let err = sock
+        .consistent(|s| {
+            let a = dump_rules(s, false);
+            commit();
+            a
+        })
+        .expect_err("the generation moved");
+    assert!(matches!(err, NfnlError::Unsettled { .. }), "{err}");
+}
+
+#[test]
+fn a_catch_all_element_slipped_into_a_blocklist_set_fails_the_read_back() {
+    // Attack: a catch-all element (`*`, no key) added to a blocklist set makes it match
+    // every address (the device cut off), and the kernel does not count it: the read-back
+    // by counts and present elements must still find it, in hash and interval sets.
+    use std::time::Duration;
+    use trustd::sys::nfnl::{Batch, NfSocket};
+    if !can_run(TOOLS) {
+        return;
+    }
+    let ns = Netns::new("tnl", "c");
+    let mut nl = NftBackend::in_netns(&ns.0);
+    let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
+        &["10.99.0.3", "198.51.100.0/24", "fd99::3", "2001:db8::/48"],
+        &["0.0.0.0/8"],
+    ))
+    .expect("feed");
+    let rs = compile_intel(Some(&f));
+    apply_intel(&mut nl, &rs).expect("built");
+    check_intel(&mut nl, &rs).expect("untouched");
+    let mut sock = NfSocket::open_in_netns(&ns.0, Duration::from_secs(10)).expect("socket");
+    // NFT_MSG_NEWSETELEM / NFT_MSG_DELSETELEM of a catch-all element in `set`.
+    let catch_all = |sock: &mut NfSocket, set: &str, add: bool| {
+        let mut b = Batch::new();
+        b.begin(
+            if add { 12 } else { 14 },
+            if add { 0x400 } else { 0 },
+            1,
+            "catch-all",
+        );
+        b.put_str(1, INTEL_TABLE);
+        b.put_str(2, set);
+        let list = b.nest_begin(3);
+        let e = b.nest_begin(1);
+        b.put_be32(3, 2);
+        b.nest_end(e);
+        b.nest_end(list);
+        sock.commit(b).expect("catch-all element");
+    };
+    // c0: hash and interval sets read back by counts; c1_v4n (starting at 0, an even
+    // count) by a dump.
+    for set in ["c0_v4h", "c0_v4n", "c0_v6h", "c0_v6n", "c1_v4n"] {
+        catch_all(&mut sock, set, true);
+        let err = check_intel(&mut nl, &rs).expect_err("a catch-all element is found");
+        assert!(
+            err.contains(set) && err.contains("catch-all"),
+            "{set}: {err}"
+        );
+        catch_all(&mut sock, set, false);
+        check_intel(&mut nl, &rs).expect("back as compiled");
+    }
+}
+
+#[test]
+fn an_exemption_with_thousands_of_ports_is_copied_across_messages() {
+    // An inline set larger than one netlink attribute holds (64 KiB: here some 5,000
+    // ports) is split across element messages, so large exemptions are put in force over
+    // netlink, as nft puts them, instead of being refused.
+    if !can_run(TOOLS) {
+        return;
+    }
+    let ns = Netns::new("tnl", "p");
+    let other = Netns::new("tnl", "q");
+    let mut nl = NftBackend::in_netns(&ns.0);
+    let mut json_path = NftBackend::in_netns(&other.0).without_netlink();
+    let f: trustd::policy::IntelFeed =
+        serde_json::from_value(feed(&["10.99.0.3", "198.51.100.0/24"], &[])).expect("feed");
+    let mut rs = compile_intel(Some(&f));
+    let ports: Vec<u16> = (1..=5000).map(|p| p * 3).collect();
+    let big = vec![exempt("10.99.0.2", &ports, &[])];
+    for (replace, to) in [(true, big.clone()), (false, Vec::new()), (false, big)] {
+        if replace {
+            rs.protected = to;
+            apply_intel(&mut nl, &rs).expect("replaced over netlink");
+        } else {
+            update_exemptions(&mut nl, &rs, &to).expect("refilled over netlink");
+            rs.protected = to;
+        }
+        check_intel(&mut nl, &rs).expect("reads back");
+        apply_intel(&mut json_path, &rs).expect("nft JSON path");
+        assert_eq!(listing(&ns.0), listing(&other.0), "as nft builds it");
+    }
 }

@@ -20,6 +20,14 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_GETGEN: u8 = 16;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
+/// Set by the kernel on a dump reply when the ruleset changed while the dump was being
+/// written (`nl_dump_check_consistent`): what was read mixes two states.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// `NFTA_GEN_ID`: the ruleset generation in a `NFT_MSG_NEWGEN` reply.
+const NFTA_GEN_ID: u16 = 1;
+/// How many times a read of the ruleset ([`NfSocket::consistent`]) is tried before it is
+/// given up as unsettled.
+pub const READ_TRIES: u32 = 5;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 /// Set on an attribute that holds attributes.
@@ -46,6 +54,19 @@ pub enum NfnlError {
     /// A reply did not have the netlink shape.
     #[error("malformed nf_tables reply: {0}")]
     Malformed(String),
+    /// The kernel marked a dump reply `NLM_F_DUMP_INTR`: the ruleset changed while it was
+    /// dumped, so what was read may mix the states before and after. Read again.
+    #[error("the ruleset changed while it was dumped (NLM_F_DUMP_INTR)")]
+    Interrupted,
+    /// Every one of `tries` reads of the ruleset saw it change while reading (another
+    /// writer kept committing, or dumps kept being interrupted); nothing read was used.
+    #[error(
+        "the ruleset changed during each of {tries} reads (another program keeps writing it); nothing read was trusted"
+    )]
+    Unsettled {
+        /// How many reads were tried.
+        tries: u32,
+    },
 }
 
 /// One message's header and attributes as read from a dump: the nf_tables message number
@@ -289,6 +310,8 @@ pub struct NfSocket {
     sock: Socket,
     seq: u32,
     rx: Vec<u8>,
+    /// A dump was interrupted since this was last cleared (see [`Self::settled`]).
+    interrupted: bool,
 }
 
 fn set_int_opt(sock: &Socket, opt: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
@@ -343,6 +366,7 @@ impl NfSocket {
             sock,
             seq: 1 << 30,
             rx: Vec::with_capacity(256 << 10),
+            interrupted: false,
         })
     }
 
@@ -422,7 +446,7 @@ impl NfSocket {
         let sync = self.request(NFT_MSG_GETGEN, 0, 0, |_| {})?;
         let mut first: Option<NfnlError> = None;
         loop {
-            let done = self.read(|kind, seq, body| {
+            let done = self.read(|kind, _, seq, body| {
                 if kind == NLMSG_ERROR {
                     let errno = body
                         .get(..4)
@@ -488,9 +512,12 @@ impl NfSocket {
         Ok(m.seq)
     }
 
-    /// Read one datagram and hand each message (type, seq, body) to `each` until it
+    /// Read one datagram and hand each message (type, flags, seq, body) to `each` until it
     /// returns true; returns whether it did.
-    fn read(&mut self, mut each: impl FnMut(u16, u32, &[u8]) -> bool) -> Result<bool, NfnlError> {
+    fn read(
+        &mut self,
+        mut each: impl FnMut(u16, u16, u32, &[u8]) -> bool,
+    ) -> Result<bool, NfnlError> {
         self.rx.clear();
         let n = self.sock.recv(&mut self.rx, 0).map_err(NfnlError::Io)?;
         let buf = &self.rx[..n.min(self.rx.len())];
@@ -499,6 +526,7 @@ impl NfSocket {
             let h = &buf[off..off + 16];
             let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
             let kind = u16::from_ne_bytes([h[4], h[5]]);
+            let flags = u16::from_ne_bytes([h[6], h[7]]);
             let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
             if len < 16 || off + len > buf.len() {
                 return Err(NfnlError::Malformed(format!(
@@ -506,7 +534,7 @@ impl NfSocket {
                     buf.len()
                 )));
             }
-            if each(kind, seq, &buf[off + 16..off + len]) {
+            if each(kind, flags, seq, &buf[off + 16..off + len]) {
                 return Ok(true);
             }
             off += (len + 3) & !3;
@@ -517,7 +545,9 @@ impl NfSocket {
     /// Dump `NFT_MSG_*` `msg` objects of `family` (the request's attributes written by
     /// `filter`, e.g. a table name), handing each reply to `each` as it arrives (never
     /// holding the whole dump). An `Err` from `each` stops the dump with that message.
-    /// A table or set that does not exist is `Ok(false)`.
+    /// A table or set that does not exist is `Ok(false)`. A reply marked `NLM_F_DUMP_INTR`
+    /// (the ruleset changed during the dump) ends it with [`NfnlError::Interrupted`] once
+    /// the dump is drained, and is remembered for [`Self::settled`].
     pub fn dump(
         &mut self,
         msg: u8,
@@ -528,10 +558,14 @@ impl NfSocket {
         let seq = self.request(msg, NLM_F_DUMP, family, filter)?;
         let mut verdict: Result<bool, String> = Ok(true);
         let mut io: Option<NfnlError> = None;
+        let mut intr = false;
         loop {
-            let done = self.read(|kind, s, body| {
+            let done = self.read(|kind, flags, s, body| {
                 if s != seq {
                     return false;
+                }
+                if flags & NLM_F_DUMP_INTR != 0 && kind != NLMSG_ERROR {
+                    intr = true;
                 }
                 match kind {
                     NLMSG_DONE => true,
@@ -550,6 +584,7 @@ impl NfSocket {
                     }
                     _ if kind >> 8 == NFNL_SUBSYS_NFTABLES && body.len() >= 4 => {
                         if verdict.is_ok()
+                            && !intr
                             && let Err(why) = each(Reply {
                                 msg: (kind & 0xff) as u8,
                                 family: body[0],
@@ -567,10 +602,73 @@ impl NfSocket {
                 break;
             }
         }
+        if intr {
+            self.interrupted = true;
+            return Err(NfnlError::Interrupted);
+        }
         match io {
             Some(e) => Err(e),
             None => Ok(verdict),
         }
+    }
+
+    /// The ruleset's generation (`NFT_MSG_GETGEN`): the kernel counts every committed
+    /// transaction of this network namespace, so two equal answers mean nothing was
+    /// committed between them.
+    pub fn generation(&mut self) -> Result<u32, NfnlError> {
+        let seq = self.request(NFT_MSG_GETGEN, 0, 0, |_| {})?;
+        let mut gen_id: Option<Result<u32, NfnlError>> = None;
+        loop {
+            let done = self.read(|kind, _, s, body| {
+                if s != seq {
+                    return false;
+                }
+                if kind == NLMSG_ERROR {
+                    let errno = body
+                        .get(..4)
+                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    gen_id = Some(Err(NfnlError::Io(std::io::Error::from_raw_os_error(
+                        -errno,
+                    ))));
+                    return true;
+                }
+                let id = body
+                    .get(4..)
+                    .and_then(|a| attrs(a).find(|(t, v)| *t == NFTA_GEN_ID && v.len() == 4))
+                    .map(|(_, v)| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+                gen_id = Some(id.ok_or_else(|| {
+                    NfnlError::Malformed("a generation reply without NFTA_GEN_ID".into())
+                }));
+                true
+            })?;
+            if done {
+                break;
+            }
+        }
+        gen_id.unwrap_or_else(|| Err(NfnlError::Malformed("no generation reply".into())))
+    }
+
+    /// Run the read `f` once between two generation requests: `Some` of its result when
+    /// no transaction was committed meanwhile and no dump in it was interrupted (what it
+    /// read is one state of the ruleset), `None` when it must be read again.
+    pub fn settled<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<Option<T>, NfnlError> {
+        let before = self.generation()?;
+        self.interrupted = false;
+        let r = f(self);
+        let after = self.generation()?;
+        let intr = std::mem::take(&mut self.interrupted);
+        Ok((before == after && !intr).then_some(r))
+    }
+
+    /// [`Self::settled`], tried up to [`READ_TRIES`] times; [`NfnlError::Unsettled`] when
+    /// the ruleset changed during every try (nothing read is returned then).
+    pub fn consistent<T>(&mut self, mut f: impl FnMut(&mut Self) -> T) -> Result<T, NfnlError> {
+        for _ in 0..READ_TRIES {
+            if let Some(r) = self.settled(&mut f)? {
+                return Ok(r);
+            }
+        }
+        Err(NfnlError::Unsettled { tries: READ_TRIES })
     }
 }
 

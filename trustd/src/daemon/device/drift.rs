@@ -108,7 +108,14 @@ impl Enforcer {
                     );
                 }
                 ctx.audit.record(entry);
-                self.intel_failure = None;
+                if how == "table restored" {
+                    self.exemptions_refilled();
+                }
+                // Refilled sets leave a failed exemption refill as it was (still reported,
+                // and the table replaced at the next retry).
+                if !self.exemptions_stale() {
+                    self.intel_failure = None;
+                }
             }
             Err(why) => {
                 tracing::warn!("blocklists not restored as they were ({why}); applying them anew");

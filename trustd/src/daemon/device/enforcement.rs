@@ -105,6 +105,11 @@ pub struct Enforcer {
     intel_overlaps: BTreeMap<ProtectedKind, usize>,
     /// Exemptions were narrowed before an apply and not yet recorded.
     exemptions_unrecorded: bool,
+    /// The kernel's exemption chains are not the wanted ones: a refill failed. Cleared only
+    /// by a refill or a replacement of the table that succeeds (an element update or a set
+    /// refill leaves the chains as they are); until then the next enforcement of the
+    /// blocklists replaces the table, and their failure stays reported.
+    exemptions_stale: bool,
     /// What the kernel holds, as far as confirmed.
     enforcement: Enforcement,
     /// Drift repaired since start: how many times, and the last.
@@ -131,6 +136,7 @@ impl Default for Enforcer {
             protected: None,
             intel_overlaps: BTreeMap::new(),
             exemptions_unrecorded: false,
+            exemptions_stale: false,
             enforcement: Enforcement::Unconfirmed,
             drift: None,
             intel_failure: None,
@@ -156,6 +162,17 @@ impl Enforcer {
     /// Why the blocklists (or their exemptions) are not as wanted.
     pub fn intel_failure(&self) -> Option<&str> {
         self.intel_failure.as_deref()
+    }
+
+    /// Whether the kernel's blocklist exemptions are not the wanted ones (a refill failed
+    /// and no refill or replacement has succeeded since).
+    pub(super) fn exemptions_stale(&self) -> bool {
+        self.exemptions_stale
+    }
+
+    /// After the blocklist table was replaced whole: its exemption chains are the wanted ones.
+    pub(super) fn exemptions_refilled(&mut self) {
+        self.exemptions_stale = false;
     }
 
     /// Why the last check could not read the kernel's ruleset back.
@@ -319,7 +336,9 @@ impl Enforcer {
             return Ok(false);
         };
         let changed = rs.protected != to;
-        let result = if changed {
+        // A refill that failed before is done again even when nothing changed since.
+        let refill = changed || self.exemptions_stale;
+        let result = if refill {
             update_exemptions(backend, rs, &to)
         } else {
             Ok(())
@@ -329,6 +348,9 @@ impl Enforcer {
         let n = rs.protected.len();
         match result {
             Ok(()) => {
+                if refill {
+                    self.exemptions_stale = false;
+                }
                 if record && (changed || self.exemptions_unrecorded) {
                     let entry = Entry::new("intel.exempt", Outcome::Ok, actor.clone()).reason(
                         format!("{n} policy-named destination(s) exempt from the blocklists"),
@@ -344,6 +366,7 @@ impl Enforcer {
                         "blocklist exemptions not updated: {e}; the table is replaced at the next check"
                     )),
                 );
+                self.exemptions_stale = true;
                 self.intel_failure = Some(e.to_string());
             }
         }
@@ -382,9 +405,13 @@ impl Enforcer {
                 rs.category_len(&c.name).to_string(),
             );
         }
+        // Element batches leave the exemption chains as they are: after a failed refill
+        // the table is replaced (with the exemptions wanted) instead.
         let incremental = match &self.enforced_intel {
-            Some(old) => update_intel(backend, old, &rs).map_err(EnforceError::Apply),
-            None => Ok(false),
+            Some(old) if !self.exemptions_stale => {
+                update_intel(backend, old, &rs).map_err(EnforceError::Apply)
+            }
+            _ => Ok(false),
         };
         let result = match incremental {
             Ok(true) => Ok("updated"),
@@ -398,6 +425,8 @@ impl Enforcer {
                 let n = rs.len();
                 self.enforced_intel = Some(rs);
                 self.intel_overlaps = overlaps;
+                // Updated in place only when the chains were not stale; replaced: refilled.
+                self.exemptions_stale = false;
                 self.intel_failure = None;
                 Ok(n)
             }
@@ -721,6 +750,81 @@ mod tests {
             outcomes[3..].iter().all(|(o, _)| o == "Error"),
             "{outcomes:?}"
         );
+    }
+
+    /// Regression (stale exemptions reported as fixed): a refill of the blocklists'
+    /// exemption chains failed, then a later blocklist update succeeded by element batches
+    /// only, which never touch the chains, and cleared the failure: posture said all was in
+    /// force while the kernel kept the old exemptions. The failure must stay until a refill
+    /// or a replacement of the table succeeds, and the next enforcement must put the
+    /// wanted exemptions in.
+    #[test]
+    fn a_failed_exemption_refill_is_not_cleared_by_an_element_update() {
+        use crate::netfilter::{Match, check_intel};
+        let (_dir, audit, identity, eff) = parts();
+        let ctx = Ctx {
+            audit: &audit,
+            effective: eff,
+            policy: None,
+            intel: None,
+            identity: &identity,
+        };
+        let mut kernel = RecordingBackend::default();
+        let mut e = Enforcer::default();
+        let me = Actor::this_process();
+        e.enforce_intel(&mut kernel, &ctx, me.clone())
+            .expect("blocklists");
+        let dest: crate::policy::Cidr = "192.0.2.10/32".parse().expect("cidr");
+        let to = vec![Protected {
+            kind: ProtectedKind::ProxyEndpoint,
+            dest,
+            out: vec![Match::Daddr(dest)],
+            reply: vec![Match::Saddr(dest)],
+        }];
+
+        // The refill fails: reported.
+        kernel.fail_next = true;
+        e.protected = Some(to.clone());
+        e.set_exemptions(&mut kernel, &ctx, to.clone(), &me, true)
+            .expect("a failure is recorded, not returned");
+        assert!(e.intel_failure().is_some());
+        let wanted = e.enforced_intel.clone().expect("wanted");
+        assert!(
+            check_intel(&mut kernel, &wanted).is_err(),
+            "the kernel lacks the new exemptions"
+        );
+
+        // A later enforcement of the (unchanged) blocklists: either the kernel then holds
+        // the wanted exemptions, or the failure is still reported.
+        e.enforce_intel(&mut kernel, &ctx, me.clone())
+            .expect("blocklists");
+        let wanted = e.enforced_intel.clone().expect("wanted");
+        let held = check_intel(&mut kernel, &wanted);
+        assert!(
+            held.is_ok() || e.intel_failure().is_some(),
+            "the failure was cleared while the kernel kept the old exemptions: {held:?}"
+        );
+        assert!(held.is_ok(), "the next enforcement refills them: {held:?}");
+        assert!(e.intel_failure().is_none() && !e.exemptions_stale());
+
+        // A refill that fails and then succeeds with the same exemptions clears it too.
+        kernel.fail_next = true;
+        let other = vec![to[0].clone(), {
+            let mut p = to[0].clone();
+            p.dest = "198.51.100.1/32".parse().expect("cidr");
+            p
+        }];
+        e.set_exemptions(&mut kernel, &ctx, other.clone(), &me, true)
+            .expect("recorded");
+        assert!(e.exemptions_stale());
+        e.set_exemptions(&mut kernel, &ctx, other, &me, true)
+            .expect("recorded");
+        assert!(
+            !e.exemptions_stale(),
+            "refilled although nothing changed since"
+        );
+        let wanted = e.enforced_intel.clone().expect("wanted");
+        check_intel(&mut kernel, &wanted).expect("the kernel holds them");
     }
 
     #[test]
