@@ -1,5 +1,6 @@
 //! The device: the state directory and the audit log, opened for writing, and the parts
-//! that own the rest (see docs/ARCHITECTURE.md, "The device"). Every transition is audited.
+//! that own the rest (see docs/ARCHITECTURE.md, "The device and its parts"). Every
+//! transition is audited.
 //!
 //! [`Device`] is the one door the engine (and the offline commands) go through. It owns the
 //! signed inputs in force (trust root, state, policy, intel feed) and the stores, and

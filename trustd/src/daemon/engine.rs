@@ -347,11 +347,6 @@ impl<B: Backend> Engine<B> {
         self.groups.clone()
     }
 
-    /// The device (for link state at start).
-    pub fn device_mut(&mut self) -> &mut Device {
-        &mut self.dev
-    }
-
     /// Take commands until Stop (or until every sender is gone), and check the kernel for
     /// drift every `interval` on the engine's own timer, so that enforcement is maintained
     /// whatever the bus does. Storage that fails does not end the loop: changes are refused,

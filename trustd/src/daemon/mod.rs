@@ -12,7 +12,7 @@ pub mod process;
 pub mod watchdog;
 
 pub use api::{
-    AuditCheck, Call, CallError, Caller, LaunchAnswer, LifecycleChange, Method, Role, RoleGroups,
+    AuditCheck, Call, CallError, Caller, LaunchAnswer, LifecycleChange, Method, CallerRole, RoleGroups,
     SharedGroups, Tx,
 };
 pub use device::{
