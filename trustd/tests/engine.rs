@@ -601,3 +601,62 @@ fn posture_is_a_function_of_state_host_facts_and_time() {
         )
     );
 }
+
+/// A configuration that cannot be read at a reload (SIGHUP) is not a reason to stop: the
+/// groups read before keep their roles, posture is degraded and says why, and the failure is
+/// audited; once it reads again, the reason goes and that is audited too.
+#[test]
+fn an_unreadable_configuration_is_a_posture_reason_and_keeps_the_roles_read_before() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let broken = Arc::new(AtomicBool::new(true));
+    let b = broken.clone();
+    let dev = TestDevice::new();
+    let d = open(&dev);
+    let mut h = Harness::start_with(
+        dev,
+        d,
+        Box::new(move || {
+            if b.load(Ordering::SeqCst) {
+                Err("trustd.json: unknown field `tmp`".into())
+            } else {
+                Ok(GROUPS)
+            }
+        }),
+    );
+    let reason = "configuration not read (trustd.json: unknown field `tmp`)";
+    assert!(!h.now().reasons.iter().any(|r| r.contains(reason)));
+
+    h.engine
+        .step(Command::Reload { done: None })
+        .expect("reload");
+    let p = h.now();
+    assert!(
+        p.reasons.iter().any(|r| r.contains(reason)),
+        "{:?}",
+        p.reasons
+    );
+    assert_ne!(p.level.as_str(), "trusted");
+    let rec = h.of_kind("config.load");
+    assert_eq!(rec.len(), 1, "{rec:?}");
+    assert_eq!(rec[0].outcome, Outcome::Error);
+    // The admin group read before still holds its role.
+    assert_eq!(
+        h.call(&admin_member(), |tx| Call::SetPrivacy(true, tx)),
+        Ok(())
+    );
+
+    // The same failure again is not recorded again; a configuration that reads clears it.
+    h.engine
+        .step(Command::Reload { done: None })
+        .expect("reload");
+    assert_eq!(h.of_kind("config.load").len(), 1);
+    broken.store(false, Ordering::SeqCst);
+    h.engine
+        .step(Command::Reload { done: None })
+        .expect("reload");
+    assert!(!h.now().reasons.iter().any(|r| r.contains(reason)));
+    let rec = h.of_kind("config.load");
+    assert_eq!(rec.len(), 2, "{rec:?}");
+    assert_eq!(rec[1].outcome, Outcome::Ok);
+}

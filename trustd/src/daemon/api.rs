@@ -403,7 +403,10 @@ mod tests {
         let rows: Vec<(Method, [bool; 3], [bool; 3])> = Method::ALL
             .iter()
             .map(|&m| {
-                let at = |may| [CallerRole::User, CallerRole::Setup, CallerRole::Admin].map(|r| m.allowed(r, may));
+                let at = |may| {
+                    [CallerRole::User, CallerRole::Setup, CallerRole::Admin]
+                        .map(|r| m.allowed(r, may))
+                };
                 (m, at(false), at(true))
             })
             .collect();

@@ -484,8 +484,14 @@ impl<B: Backend> Engine<B> {
 
     fn reload(&mut self) -> Result<(), DeviceError> {
         match (self.reconfigure)() {
-            Ok(groups) => *self.groups.write().unwrap_or_else(PoisonError::into_inner) = groups,
-            Err(e) => tracing::error!("configuration not reloaded, the previous one stays: {e}"),
+            Ok(groups) => {
+                *self.groups.write().unwrap_or_else(PoisonError::into_inner) = groups;
+                self.dev.set_config_fault(None, me());
+            }
+            Err(e) => {
+                tracing::error!("configuration not reloaded, the previous one stays: {e}");
+                self.dev.set_config_fault(Some(e), me());
+            }
         }
         // A reload that cannot read the trust root or state keeps what is in force (the
         // failure is audited by reload); it never ends the daemon.

@@ -252,7 +252,9 @@ impl Client {
 
     /// Privacy mode on or off.
     pub async fn set_privacy_mode(&self, on: bool) -> zbus::Result<()> {
-        proxy!(&self.conn, PrivacyInterfaceProxy)?.set_privacy_mode(on).await
+        proxy!(&self.conn, PrivacyInterfaceProxy)?
+            .set_privacy_mode(on)
+            .await
     }
 
     /// Apply a signed policy bundle.
@@ -297,12 +299,16 @@ impl Client {
 
     /// The active policy's payload (empty: none).
     pub async fn active_policy(&self) -> zbus::Result<String> {
-        proxy!(&self.conn, PolicyInterfaceProxy)?.active_policy().await
+        proxy!(&self.conn, PolicyInterfaceProxy)?
+            .active_policy()
+            .await
     }
 
     /// Complete a setup step.
     pub async fn complete_step(&self, step: &str) -> zbus::Result<()> {
-        proxy!(&self.conn, SetupInterfaceProxy)?.complete_step(step).await
+        proxy!(&self.conn, SetupInterfaceProxy)?
+            .complete_step(step)
+            .await
     }
 
     /// The last `n` audit records (JSON lines).
@@ -379,7 +385,9 @@ impl Client {
 
     /// A signed posture report answering `nonce`.
     pub async fn report(&self, nonce: &str) -> zbus::Result<String> {
-        proxy!(&self.conn, PostureInterfaceProxy)?.get_report(nonce).await
+        proxy!(&self.conn, PostureInterfaceProxy)?
+            .get_report(nonce)
+            .await
     }
 
     /// Subscribe to posture changes (before making the change you want to see).

@@ -27,7 +27,7 @@ use zbus::Connection;
 use zbus::message::Header;
 use zbus::names::BusName;
 
-use crate::daemon::{Call, Caller, Command, CallerRole, Senders, SharedGroups, Tx};
+use crate::daemon::{Call, Caller, CallerRole, Command, Senders, SharedGroups, Tx};
 pub use error::{Error, Failure};
 pub use gate::Gate;
 pub use socket::{SENDER_BURST, SENDER_RATE, SMALL_BODY};
@@ -378,7 +378,10 @@ fn serve_interfaces(
     )
     .serve_at(OBJECT_PATH, privacy::PrivacyInterface::new(handle.clone()))
     .serve_at(OBJECT_PATH, policy::PolicyInterface::new(handle.clone()))
-    .serve_at(OBJECT_PATH, launcher::LauncherInterface::new(handle.clone()))
+    .serve_at(
+        OBJECT_PATH,
+        launcher::LauncherInterface::new(handle.clone()),
+    )
     .serve_at(OBJECT_PATH, setup::SetupInterface::new(handle.clone()))
     .serve_at(OBJECT_PATH, device::DeviceInterface::new(handle.clone()))
     .serve_at(OBJECT_PATH, audit::AuditInterface::new(handle.clone()))

@@ -116,7 +116,11 @@ impl StoredRole {
                 const {
                     assert!(
                         matches!(<$t as Payload>::ROLE, Role::$role),
-                        concat!(stringify!($t), "'s Payload::ROLE is not Role::", stringify!($role))
+                        concat!(
+                            stringify!($t),
+                            "'s Payload::ROLE is not Role::",
+                            stringify!($role)
+                        )
                     )
                 };
                 Self::of::<$t>()

@@ -8,7 +8,9 @@ use serde_json::json;
 
 use trustd::Paths;
 use trustd::audit::Actor;
-use trustd::bundle::{Envelope, Payload, Role, TrustRoot, Verified, VerifyError, verify, verify_rotation};
+use trustd::bundle::{
+    Envelope, Payload, Role, TrustRoot, Verified, VerifyError, verify, verify_rotation,
+};
 use trustd::daemon::{Device, DeviceError};
 use trustd::policy::{IntelFeed, LifecycleCommand, Policy};
 use trustd::state::{StateStore, StoredRole, load_trust_root};
