@@ -113,16 +113,16 @@ impl StoredRole {
         // `role => type`, checked when compiled: the type's `Payload::ROLE` is that role.
         macro_rules! row {
             ($role:ident => $t:ty) => {{
-                const {
-                    assert!(
-                        matches!(<$t as Payload>::ROLE, Role::$role),
-                        concat!(
-                            stringify!($t),
-                            "'s Payload::ROLE is not Role::",
-                            stringify!($role)
-                        )
+                // An item, not an inline `const { }`: items are evaluated by `cargo check`
+                // too, inline blocks only when code is generated.
+                const _: () = assert!(
+                    matches!(<$t as Payload>::ROLE, Role::$role),
+                    concat!(
+                        stringify!($t),
+                        "'s Payload::ROLE is not Role::",
+                        stringify!($role)
                     )
-                };
+                );
                 Self::of::<$t>()
             }};
         }
