@@ -4,6 +4,9 @@
 //! Bytes from outside enter only through [`bundle`] (size cap, signatures, strict parse),
 //! state is written only through [`state`], and every transition is recorded by [`audit`].
 
+#[macro_use]
+mod listed;
+
 pub mod audit;
 pub mod bundle;
 pub mod config;

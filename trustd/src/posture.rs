@@ -128,6 +128,8 @@ pub struct Input<'a> {
     pub freshness: &'a [String],
     /// How trustd itself is confined (`Landlock ABI 2: partially enforced`), if it is.
     pub confinement: Option<&'a str>,
+    /// Why the local configuration (`trustd.json`) could not be read, if it could not.
+    pub config_fault: Option<&'a str>,
     /// Storage that fails to take writes (the audit log, the state directory), one
     /// sentence each: which store, path, errno, since when.
     pub storage: &'a [String],
@@ -288,6 +290,14 @@ pub fn posture(i: &Input<'_>) -> Posture {
     if let Some(overlaps) = i.intel_overlaps {
         add(Degraded, overlaps.to_owned());
     }
+    if let Some(why) = i.config_fault {
+        add(
+            Degraded,
+            format!(
+                "configuration not read ({why}): no group gains a role until it is fixed and reloaded"
+            ),
+        );
+    }
     for fault in i.storage {
         add(Degraded, format!("storage failing: {fault}"));
     }
@@ -359,6 +369,7 @@ mod tests {
         audit_damage: Vec<(u64, String)>,
         landlock_abi: u32,
         confinement: Option<&'static str>,
+        config_fault: Option<&'static str>,
         storage: Vec<String>,
     }
 
@@ -380,6 +391,7 @@ mod tests {
                 audit_damage: vec![],
                 landlock_abi: 4,
                 confinement: Some("Landlock ABI 4: fully enforced"),
+                config_fault: None,
                 storage: vec![],
             }
         }
@@ -432,6 +444,7 @@ mod tests {
                 landlock_abi: self.landlock_abi,
                 freshness: &freshness,
                 confinement: self.confinement,
+                config_fault: self.config_fault,
                 storage: &self.storage,
             })
         }
@@ -452,7 +465,12 @@ mod tests {
     #[test]
     fn each_reason_sets_its_level() {
         type Tweak = fn(&mut Case);
-        let cases: [(Tweak, Level, &str); 15] = [
+        let cases: [(Tweak, Level, &str); 16] = [
+            (
+                |c| c.config_fault = Some("line 3: unknown field `tmp`"),
+                Level::Degraded,
+                "configuration not read (line 3: unknown field `tmp`): no group gains a role",
+            ),
             (
                 |c| {
                     c.storage =

@@ -77,21 +77,27 @@ fn call_any(h: &mut Harness, who: &Caller, m: Method) -> Result<(), CallError> {
 
 /// The table of docs/SECURITY.md ("Who may do what over the bus"), written out on its own
 /// (not read from [`Method::allowed`]):
-/// (user, setup, admin) for each method; `None` for "if the policy allows".
-fn who_may(name: &str) -> (Option<bool>, Option<bool>, bool) {
-    match name {
-        "SetPrivacyMode(true)"
-        | "CheckLaunch"
-        | "ReportLaunch"
-        | "GetDeviceHandle"
-        | "GetReport" => (Some(true), Some(true), true),
-        "SetPrivacyMode(false)" => (None, None, true),
-        "CompleteStep" => (Some(false), Some(true), true),
-        "ApplyBundle" | "ApplyIntelFeed" | "ApplyTrustRoot" | "ActivePolicy" | "ApplyCommand"
-        | "Checkpoint" | "Tail" | "Verify" | "AcknowledgeDamage" | "ActivateCredential" => {
-            (Some(false), Some(false), true)
-        }
-        other => panic!("{other} is not in the table"),
+/// (user, setup, admin) for each method; `None` for "if the policy allows". One arm per row,
+/// no catch-all: a new method does not compile until its row is written.
+fn who_may(m: Method) -> (Option<bool>, Option<bool>, bool) {
+    match m {
+        Method::PrivacyOn
+        | Method::CheckLaunch
+        | Method::ReportLaunch
+        | Method::GetDeviceHandle
+        | Method::GetReport => (Some(true), Some(true), true),
+        Method::PrivacyOff => (None, None, true),
+        Method::CompleteStep => (Some(false), Some(true), true),
+        Method::ApplyBundle
+        | Method::ApplyIntelFeed
+        | Method::ApplyTrustRoot
+        | Method::ActivePolicy
+        | Method::ApplyCommand
+        | Method::Checkpoint
+        | Method::Tail
+        | Method::Verify
+        | Method::AcknowledgeDamage
+        | Method::ActivateCredential => (Some(false), Some(false), true),
     }
 }
 
@@ -122,7 +128,7 @@ fn every_request_by_every_role_is_allowed_or_denied_as_the_table_says_and_denial
         let mut h = Harness::new(Some(role_policy(may_disable)));
         for method in Method::ALL {
             let name = method.name();
-            let (u, s, a) = who_may(name);
+            let (u, s, a) = who_may(method);
             for (role, who) in &callers {
                 let allowed = match *role {
                     "user" => u.unwrap_or(may_disable),
@@ -594,4 +600,63 @@ fn posture_is_a_function_of_state_host_facts_and_time() {
             42
         )
     );
+}
+
+/// A configuration that cannot be read at a reload (SIGHUP) is not a reason to stop: the
+/// groups read before keep their roles, posture is degraded and says why, and the failure is
+/// audited; once it reads again, the reason goes and that is audited too.
+#[test]
+fn an_unreadable_configuration_is_a_posture_reason_and_keeps_the_roles_read_before() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let broken = Arc::new(AtomicBool::new(true));
+    let b = broken.clone();
+    let dev = TestDevice::new();
+    let d = open(&dev);
+    let mut h = Harness::start_with(
+        dev,
+        d,
+        Box::new(move || {
+            if b.load(Ordering::SeqCst) {
+                Err("trustd.json: unknown field `tmp`".into())
+            } else {
+                Ok(GROUPS)
+            }
+        }),
+    );
+    let reason = "configuration not read (trustd.json: unknown field `tmp`)";
+    assert!(!h.now().reasons.iter().any(|r| r.contains(reason)));
+
+    h.engine
+        .step(Command::Reload { done: None })
+        .expect("reload");
+    let p = h.now();
+    assert!(
+        p.reasons.iter().any(|r| r.contains(reason)),
+        "{:?}",
+        p.reasons
+    );
+    assert_ne!(p.level.as_str(), "trusted");
+    let rec = h.of_kind("config.load");
+    assert_eq!(rec.len(), 1, "{rec:?}");
+    assert_eq!(rec[0].outcome, Outcome::Error);
+    // The admin group read before still holds its role.
+    assert_eq!(
+        h.call(&admin_member(), |tx| Call::SetPrivacy(true, tx)),
+        Ok(())
+    );
+
+    // The same failure again is not recorded again; a configuration that reads clears it.
+    h.engine
+        .step(Command::Reload { done: None })
+        .expect("reload");
+    assert_eq!(h.of_kind("config.load").len(), 1);
+    broken.store(false, Ordering::SeqCst);
+    h.engine
+        .step(Command::Reload { done: None })
+        .expect("reload");
+    assert!(!h.now().reasons.iter().any(|r| r.contains(reason)));
+    let rec = h.of_kind("config.load");
+    assert_eq!(rec.len(), 2, "{rec:?}");
+    assert_eq!(rec[1].outcome, Outcome::Ok);
 }

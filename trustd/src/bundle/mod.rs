@@ -27,23 +27,23 @@ pub use crate::digest::{hex, sha256_hex};
 use crate::policy::{IntelFeed, LifecycleCommand, Policy};
 use crate::timefmt::Timestamp;
 
-/// A signing role of the trust root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    /// Signs trust-root rotations.
-    Root,
-    /// Signs policy bundles.
-    Policy,
-    /// Signs intel feeds.
-    Intel,
-    /// Signs lifecycle commands.
-    Command,
+listed_enum! {
+    /// A signing role of the trust root. `Role::ALL` lists them in the order root, policy,
+    /// intel, command.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Role {
+        /// Signs trust-root rotations.
+        Root,
+        /// Signs policy bundles.
+        Policy,
+        /// Signs intel feeds.
+        Intel,
+        /// Signs lifecycle commands.
+        Command,
+    }
 }
 
 impl Role {
-    /// Every role, in the order root, policy, intel, command.
-    pub const ALL: [Self; 4] = [Self::Root, Self::Policy, Self::Intel, Self::Command];
-
     /// The role's name in the trust root and in messages.
     pub fn as_str(&self) -> &'static str {
         match self {

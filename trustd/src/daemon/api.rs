@@ -1,11 +1,11 @@
 //! The protocol between the bus adapter (`crate::dbus`) and the engine: who calls
-//! ([`Caller`], [`Role`]), which method ([`Method`]: its name, who may call it, the audit kind
+//! ([`Caller`], [`CallerRole`]), which method ([`Method`]: its name, who may call it, the audit kind
 //! of the records its calls cause), and the call itself ([`Call`]): its arguments and a reply
 //! channel of its own answer's type, so an answer of the wrong shape cannot be sent and no
 //! adapter has an "unexpected answer" case (the pattern of Mullvad's daemon commands).
 //!
 //! Errors stay typed ([`CallError`]) until the bus adapter maps them to D-Bus error names in
-//! one place (`dbus/error.rs`). Nothing here touches the device or the bus.
+//! one place (trustd/src/dbus/error.rs). Nothing here touches the device or the bus.
 
 use tokio::sync::oneshot;
 
@@ -39,7 +39,7 @@ impl Caller {
 
 /// A caller's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum CallerRole {
     /// uid 0 or a member of the admin group.
     Admin,
     /// A member of the setup group.
@@ -48,7 +48,7 @@ pub enum Role {
     User,
 }
 
-impl Role {
+impl CallerRole {
     /// The name in audit records and errors.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -71,14 +71,14 @@ pub struct RoleGroups {
 
 impl RoleGroups {
     /// The caller's role: admin = uid 0 or the admin group; setup = the setup group.
-    pub fn role(&self, c: &Caller) -> Role {
+    pub fn role(&self, c: &Caller) -> CallerRole {
         let member = |g: Option<u32>| g.is_some_and(|g| c.gids.contains(&g));
         if c.uid == 0 || member(self.admin) {
-            Role::Admin
+            CallerRole::Admin
         } else if member(self.setup) {
-            Role::Setup
+            CallerRole::Setup
         } else {
-            Role::User
+            CallerRole::User
         }
     }
 }
@@ -87,69 +87,50 @@ impl RoleGroups {
 /// SIGHUP) and the bus service (which queues privileged callers' calls in their own lane).
 pub type SharedGroups = std::sync::Arc<std::sync::RwLock<RoleGroups>>;
 
-/// Every method a caller can ask the engine for: one row of the table of docs/SECURITY.md
-/// ("Who may do what over the bus") each. `SetPrivacyMode` is two rows (on, off): who may
-/// call it depends on the argument.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// `SetPrivacyMode(true)`.
-    PrivacyOn,
-    /// `SetPrivacyMode(false)`.
-    PrivacyOff,
-    /// `ApplyBundle`.
-    ApplyBundle,
-    /// `ApplyIntelFeed`.
-    ApplyIntelFeed,
-    /// `ApplyTrustRoot`.
-    ApplyTrustRoot,
-    /// `ActivePolicy`.
-    ActivePolicy,
-    /// `CompleteStep`.
-    CompleteStep,
-    /// Audit `Tail`.
-    Tail,
-    /// Audit `Verify`.
-    Verify,
-    /// Audit `AcknowledgeDamage`.
-    AcknowledgeDamage,
-    /// Launcher `CheckLaunch`.
-    CheckLaunch,
-    /// Launcher `ReportLaunch`.
-    ReportLaunch,
-    /// Device `ApplyCommand`.
-    ApplyCommand,
-    /// Posture `GetDeviceHandle`.
-    GetDeviceHandle,
-    /// Audit `Checkpoint`.
-    Checkpoint,
-    /// Posture `GetReport`.
-    GetReport,
-    /// Device `ActivateCredential`.
-    ActivateCredential,
+listed_enum! {
+    /// Every method a caller can ask the engine for: one row of the table of docs/SECURITY.md
+    /// ("Who may do what over the bus") each. `SetPrivacyMode` is two rows (on, off): who may
+    /// call it depends on the argument.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Method {
+        /// `SetPrivacyMode(true)`.
+        PrivacyOn,
+        /// `SetPrivacyMode(false)`.
+        PrivacyOff,
+        /// `ApplyBundle`.
+        ApplyBundle,
+        /// `ApplyIntelFeed`.
+        ApplyIntelFeed,
+        /// `ApplyTrustRoot`.
+        ApplyTrustRoot,
+        /// `ActivePolicy`.
+        ActivePolicy,
+        /// `CompleteStep`.
+        CompleteStep,
+        /// Audit `Tail`.
+        Tail,
+        /// Audit `Verify`.
+        Verify,
+        /// Audit `AcknowledgeDamage`.
+        AcknowledgeDamage,
+        /// Launcher `CheckLaunch`.
+        CheckLaunch,
+        /// Launcher `ReportLaunch`.
+        ReportLaunch,
+        /// Device `ApplyCommand`.
+        ApplyCommand,
+        /// Posture `GetDeviceHandle`.
+        GetDeviceHandle,
+        /// Audit `Checkpoint`.
+        Checkpoint,
+        /// Posture `GetReport`.
+        GetReport,
+        /// Device `ActivateCredential`.
+        ActivateCredential,
+    }
 }
 
 impl Method {
-    /// Every method, in the order of the table.
-    pub const ALL: [Self; 17] = [
-        Self::PrivacyOn,
-        Self::PrivacyOff,
-        Self::ApplyBundle,
-        Self::ApplyIntelFeed,
-        Self::ApplyTrustRoot,
-        Self::ActivePolicy,
-        Self::CompleteStep,
-        Self::Tail,
-        Self::Verify,
-        Self::AcknowledgeDamage,
-        Self::CheckLaunch,
-        Self::ReportLaunch,
-        Self::ApplyCommand,
-        Self::GetDeviceHandle,
-        Self::Checkpoint,
-        Self::GetReport,
-        Self::ActivateCredential,
-    ];
-
     /// The method's name, for audit records and errors.
     pub fn name(self) -> &'static str {
         match self {
@@ -175,15 +156,15 @@ impl Method {
 
     /// Who may call it (docs/SECURITY.md, "Who may do what over the bus");
     /// `user_may_disable_privacy` comes from the policy.
-    pub fn allowed(self, role: Role, user_may_disable_privacy: bool) -> bool {
+    pub fn allowed(self, role: CallerRole, user_may_disable_privacy: bool) -> bool {
         match self {
             Self::PrivacyOn
             | Self::CheckLaunch
             | Self::ReportLaunch
             | Self::GetDeviceHandle
             | Self::GetReport => true,
-            Self::PrivacyOff => role == Role::Admin || user_may_disable_privacy,
-            Self::CompleteStep => matches!(role, Role::Admin | Role::Setup),
+            Self::PrivacyOff => role == CallerRole::Admin || user_may_disable_privacy,
+            Self::CompleteStep => matches!(role, CallerRole::Admin | CallerRole::Setup),
             Self::ApplyBundle
             | Self::ApplyIntelFeed
             | Self::ApplyTrustRoot
@@ -193,7 +174,7 @@ impl Method {
             | Self::Tail
             | Self::Verify
             | Self::AcknowledgeDamage
-            | Self::ActivateCredential => role == Role::Admin,
+            | Self::ActivateCredential => role == CallerRole::Admin,
         }
     }
 
@@ -204,7 +185,21 @@ impl Method {
         match self {
             Self::CheckLaunch => Some("launch.check"),
             Self::ReportLaunch => Some("launch.exec"),
-            _ => None,
+            Self::PrivacyOn
+            | Self::PrivacyOff
+            | Self::ApplyBundle
+            | Self::ApplyIntelFeed
+            | Self::ApplyTrustRoot
+            | Self::ActivePolicy
+            | Self::CompleteStep
+            | Self::Tail
+            | Self::Verify
+            | Self::AcknowledgeDamage
+            | Self::ApplyCommand
+            | Self::GetDeviceHandle
+            | Self::Checkpoint
+            | Self::GetReport
+            | Self::ActivateCredential => None,
         }
     }
 }
@@ -408,20 +403,33 @@ mod tests {
         let rows: Vec<(Method, [bool; 3], [bool; 3])> = Method::ALL
             .iter()
             .map(|&m| {
-                let at = |may| [Role::User, Role::Setup, Role::Admin].map(|r| m.allowed(r, may));
+                let at = |may| {
+                    [CallerRole::User, CallerRole::Setup, CallerRole::Admin]
+                        .map(|r| m.allowed(r, may))
+                };
                 (m, at(false), at(true))
             })
             .collect();
         for (m, strict, lenient) in rows {
-            let want: ([bool; 3], [bool; 3]) = match m.name() {
-                "SetPrivacyMode(true)"
-                | "CheckLaunch"
-                | "ReportLaunch"
-                | "GetDeviceHandle"
-                | "GetReport" => ([true; 3], [true; 3]),
-                "SetPrivacyMode(false)" => ([false, false, true], [true; 3]),
-                "CompleteStep" => ([false, true, true], [false, true, true]),
-                _ => ([false, false, true], [false, false, true]),
+            // One arm per row of the table, no catch-all: a new method needs its row here.
+            let want: ([bool; 3], [bool; 3]) = match m {
+                Method::PrivacyOn
+                | Method::CheckLaunch
+                | Method::ReportLaunch
+                | Method::GetDeviceHandle
+                | Method::GetReport => ([true; 3], [true; 3]),
+                Method::PrivacyOff => ([false, false, true], [true; 3]),
+                Method::CompleteStep => ([false, true, true], [false, true, true]),
+                Method::ApplyBundle
+                | Method::ApplyIntelFeed
+                | Method::ApplyTrustRoot
+                | Method::ActivePolicy
+                | Method::Tail
+                | Method::Verify
+                | Method::AcknowledgeDamage
+                | Method::ApplyCommand
+                | Method::Checkpoint
+                | Method::ActivateCredential => ([false, false, true], [false, false, true]),
             };
             assert_eq!((strict, lenient), want, "{}", m.name());
         }

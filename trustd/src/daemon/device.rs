@@ -1,5 +1,6 @@
 //! The device: the state directory and the audit log, opened for writing, and the parts
-//! that own the rest (see docs/ARCHITECTURE.md, "The device"). Every transition is audited.
+//! that own the rest (see docs/ARCHITECTURE.md, "The device and its parts"). Every
+//! transition is audited.
 //!
 //! [`Device`] is the one door the engine (and the offline commands) go through. It owns the
 //! signed inputs in force (trust root, state, policy, intel feed) and the stores, and
@@ -97,6 +98,7 @@ pub struct Device {
     /// Damage records of the audit log no admin has acknowledged: (seq, reason).
     audit_damage: Vec<(u64, String)>,
     confinement: Option<String>,
+    config_fault: Option<String>,
     time: clock::TimeWatch,
     /// The state directory's first failed write not yet followed by a successful one.
     state_fault: Option<StorageFault>,
@@ -155,6 +157,7 @@ impl Device {
             audit_problems: Vec::new(),
             audit_damage: report.unacknowledged,
             confinement: None,
+            config_fault: None,
             time: clock::TimeWatch::default(),
             state_fault: None,
             _lock: lock,
@@ -496,6 +499,29 @@ impl Device {
         self.confinement = Some(how);
     }
 
+    /// Why the local configuration (`trustd.json`) could not be read, at start or at the
+    /// last reload (`None`: it was read). While it is set, posture is `degraded` with this
+    /// reason; each change is recorded in the audit log (`config.load`). The caller keeps
+    /// the most restrictive roles meanwhile (only uid 0 is admin; at a reload, the groups
+    /// read before stay).
+    pub fn set_config_fault(&mut self, why: Option<String>, actor: Actor) {
+        if why == self.config_fault {
+            return;
+        }
+        let entry = match &why {
+            Some(w) => Entry::new("config.load", Outcome::Error, actor).reason(format!(
+                "{} not read: {w}",
+                self.store.paths().config_file().display()
+            )),
+            None => Entry::new("config.load", Outcome::Ok, actor).reason(format!(
+                "{} read",
+                self.store.paths().config_file().display()
+            )),
+        };
+        self.audit.record(entry);
+        self.config_fault = why;
+    }
+
     /// The posture of the device now: a function of the device's state in memory, its
     /// host facts and `now` only (nothing is read from the system here).
     pub fn posture(&self, now: Timestamp) -> Posture {
@@ -527,6 +553,7 @@ impl Device {
             landlock_abi: self.facts.landlock_abi,
             freshness: &freshness,
             confinement: self.confinement.as_deref(),
+            config_fault: self.config_fault.as_deref(),
             storage: &self.storage_faults(),
         });
         self.identity.add_evidence(&mut p);

@@ -347,11 +347,6 @@ impl<B: Backend> Engine<B> {
         self.groups.clone()
     }
 
-    /// The device (for link state at start).
-    pub fn device_mut(&mut self) -> &mut Device {
-        &mut self.dev
-    }
-
     /// Take commands until Stop (or until every sender is gone), and check the kernel for
     /// drift every `interval` on the engine's own timer, so that enforcement is maintained
     /// whatever the bus does. Storage that fails does not end the loop: changes are refused,
@@ -489,8 +484,14 @@ impl<B: Backend> Engine<B> {
 
     fn reload(&mut self) -> Result<(), DeviceError> {
         match (self.reconfigure)() {
-            Ok(groups) => *self.groups.write().unwrap_or_else(PoisonError::into_inner) = groups,
-            Err(e) => tracing::error!("configuration not reloaded, the previous one stays: {e}"),
+            Ok(groups) => {
+                *self.groups.write().unwrap_or_else(PoisonError::into_inner) = groups;
+                self.dev.set_config_fault(None, me());
+            }
+            Err(e) => {
+                tracing::error!("configuration not reloaded, the previous one stays: {e}");
+                self.dev.set_config_fault(Some(e), me());
+            }
         }
         // A reload that cannot read the trust root or state keeps what is in force (the
         // failure is audited by reload); it never ends the daemon.

@@ -12,8 +12,8 @@ pub mod process;
 pub mod watchdog;
 
 pub use api::{
-    AuditCheck, Call, CallError, Caller, LaunchAnswer, LifecycleChange, Method, Role, RoleGroups,
-    SharedGroups, Tx,
+    AuditCheck, Call, CallError, Caller, CallerRole, LaunchAnswer, LifecycleChange, Method,
+    RoleGroups, SharedGroups, Tx,
 };
 pub use device::{
     Applied, CredentialRefusal, Device, DeviceError, Enforced, HostFacts, INTEL_BACKSTOP,

@@ -6,13 +6,13 @@ use zbus::message::Header;
 use super::{Handle, error::Result};
 use crate::daemon::{AuditCheck, Call};
 
-/// The interface.
+/// The `org.enigm.Trust1.Audit` interface, as trustd serves it.
 #[derive(Debug)]
-pub struct Audit {
+pub struct AuditInterface {
     h: Handle,
 }
 
-impl Audit {
+impl AuditInterface {
     pub(super) fn new(h: Handle) -> Self {
         Self { h }
     }
@@ -22,7 +22,7 @@ impl Audit {
 const MAX_TAIL: u32 = 10_000;
 
 #[interface(name = "org.enigm.Trust1.Audit")]
-impl Audit {
+impl AuditInterface {
     /// The last `n` records (at most 10000), one JSON object each, oldest first.
     async fn tail(&self, n: u32, #[zbus(header)] hdr: Header<'_>) -> Result<Vec<String>> {
         self.h

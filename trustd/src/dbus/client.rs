@@ -56,7 +56,7 @@ pub struct ApplyResult {
     default_service = "org.enigm.Trust1",
     default_path = "/org/enigm/Trust1"
 )]
-trait Posture {
+trait PostureInterface {
     /// This device's handle for a verifier.
     fn get_device_handle(&self, verifier: &str) -> zbus::Result<String>;
     /// A signed posture report answering `nonce`.
@@ -68,7 +68,7 @@ trait Posture {
     default_service = "org.enigm.Trust1",
     default_path = "/org/enigm/Trust1"
 )]
-trait Privacy {
+trait PrivacyInterface {
     /// Privacy mode on or off.
     fn set_privacy_mode(&self, on: bool) -> zbus::Result<()>;
 }
@@ -78,7 +78,7 @@ trait Privacy {
     default_service = "org.enigm.Trust1",
     default_path = "/org/enigm/Trust1"
 )]
-trait Policy {
+trait PolicyInterface {
     /// (from_serial, to_serial, digest, audit_seq).
     fn apply_bundle(&self, envelope: &[u8]) -> zbus::Result<(u64, u64, String, u64)>;
     /// (from_serial, to_serial, digest, audit_seq, notes).
@@ -97,7 +97,7 @@ trait Policy {
     default_service = "org.enigm.Trust1",
     default_path = "/org/enigm/Trust1"
 )]
-trait Launcher {
+trait LauncherInterface {
     /// (allowed, reason, profile JSON).
     fn check_launch(&self, app_id: &str, exe: &str) -> zbus::Result<(bool, String, String)>;
     /// What the launcher did.
@@ -109,7 +109,7 @@ trait Launcher {
     default_service = "org.enigm.Trust1",
     default_path = "/org/enigm/Trust1"
 )]
-trait Setup {
+trait SetupInterface {
     /// Complete a setup step.
     fn complete_step(&self, step: &str) -> zbus::Result<()>;
 }
@@ -119,7 +119,7 @@ trait Setup {
     default_service = "org.enigm.Trust1",
     default_path = "/org/enigm/Trust1"
 )]
-trait Device {
+trait DeviceInterface {
     /// (from, to).
     fn apply_command(&self, envelope: &[u8]) -> zbus::Result<(String, String)>;
     /// The credential recovered.
@@ -131,7 +131,7 @@ trait Device {
     default_service = "org.enigm.Trust1",
     default_path = "/org/enigm/Trust1"
 )]
-trait Audit {
+trait AuditInterface {
     /// The last `n` records.
     fn tail(&self, n: u32) -> zbus::Result<Vec<String>>;
     /// (records, problems).
@@ -227,7 +227,7 @@ impl Client {
 
     /// Every posture property, in the order of the introspection XML (dbus/org.enigm.Trust1.xml).
     pub async fn posture(&self) -> zbus::Result<Vec<(String, Value)>> {
-        let iface = proxy!(&self.conn, PostureProxy)?
+        let iface = proxy!(&self.conn, PostureInterfaceProxy)?
             .inner()
             .interface()
             .to_owned();
@@ -245,20 +245,22 @@ impl Client {
 
     /// One posture property.
     pub async fn posture_property(&self, name: &str) -> zbus::Result<Value> {
-        let p = proxy!(&self.conn, PostureProxy)?;
+        let p = proxy!(&self.conn, PostureInterfaceProxy)?;
         let v: OwnedVariant = p.inner().get_property(name).await?;
         Ok(variant_json(&Variant::from(v)))
     }
 
     /// Privacy mode on or off.
     pub async fn set_privacy_mode(&self, on: bool) -> zbus::Result<()> {
-        proxy!(&self.conn, PrivacyProxy)?.set_privacy_mode(on).await
+        proxy!(&self.conn, PrivacyInterfaceProxy)?
+            .set_privacy_mode(on)
+            .await
     }
 
     /// Apply a signed policy bundle.
     pub async fn apply_bundle(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
         self.introduce(envelope.len()).await;
-        let r = proxy!(&self.conn, PolicyProxy)?
+        let r = proxy!(&self.conn, PolicyInterfaceProxy)?
             .apply_bundle(envelope)
             .await?;
         Ok(ApplyResult::from((r.0, r.1, r.2, r.3, Vec::new())))
@@ -267,7 +269,7 @@ impl Client {
     /// Apply a signed intel feed.
     pub async fn apply_intel_feed(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
         self.introduce(envelope.len()).await;
-        let r = proxy!(&self.conn, PolicyProxy)?
+        let r = proxy!(&self.conn, PolicyInterfaceProxy)?
             .apply_intel_feed(envelope)
             .await?;
         Ok(ApplyResult::from(r))
@@ -276,7 +278,7 @@ impl Client {
     /// Apply a signed trust-root rotation.
     pub async fn apply_trust_root(&self, envelope: &[u8]) -> zbus::Result<ApplyResult> {
         self.introduce(envelope.len()).await;
-        let r = proxy!(&self.conn, PolicyProxy)?
+        let r = proxy!(&self.conn, PolicyInterfaceProxy)?
             .apply_trust_root(envelope)
             .await?;
         Ok(ApplyResult::from((r.0, r.1, r.2, r.3, Vec::new())))
@@ -297,27 +299,31 @@ impl Client {
 
     /// The active policy's payload (empty: none).
     pub async fn active_policy(&self) -> zbus::Result<String> {
-        proxy!(&self.conn, PolicyProxy)?.active_policy().await
+        proxy!(&self.conn, PolicyInterfaceProxy)?
+            .active_policy()
+            .await
     }
 
     /// Complete a setup step.
     pub async fn complete_step(&self, step: &str) -> zbus::Result<()> {
-        proxy!(&self.conn, SetupProxy)?.complete_step(step).await
+        proxy!(&self.conn, SetupInterfaceProxy)?
+            .complete_step(step)
+            .await
     }
 
     /// The last `n` audit records (JSON lines).
     pub async fn audit_tail(&self, n: u32) -> zbus::Result<Vec<String>> {
-        proxy!(&self.conn, AuditProxy)?.tail(n).await
+        proxy!(&self.conn, AuditInterfaceProxy)?.tail(n).await
     }
 
     /// Check the audit log: records read and problems found.
     pub async fn audit_verify(&self) -> zbus::Result<(u64, Vec<String>)> {
-        proxy!(&self.conn, AuditProxy)?.verify().await
+        proxy!(&self.conn, AuditInterfaceProxy)?.verify().await
     }
 
     /// Acknowledge the audit log damage recorded up to record `through` (`u64::MAX`: all).
     pub async fn audit_acknowledge(&self, through: u64) -> zbus::Result<String> {
-        proxy!(&self.conn, AuditProxy)?
+        proxy!(&self.conn, AuditInterfaceProxy)?
             .acknowledge_damage(through)
             .await
     }
@@ -328,7 +334,7 @@ impl Client {
         app_id: &str,
         exe: &str,
     ) -> zbus::Result<(bool, String, String)> {
-        proxy!(&self.conn, LauncherProxy)?
+        proxy!(&self.conn, LauncherInterfaceProxy)?
             .check_launch(app_id, exe)
             .await
     }
@@ -340,7 +346,7 @@ impl Client {
         started: bool,
         reason: &str,
     ) -> zbus::Result<()> {
-        proxy!(&self.conn, LauncherProxy)?
+        proxy!(&self.conn, LauncherInterfaceProxy)?
             .report_launch(app_id, started, reason)
             .await
     }
@@ -348,7 +354,7 @@ impl Client {
     /// Apply a signed lifecycle command: `(from, to)`.
     pub async fn apply_command(&self, envelope: &[u8]) -> zbus::Result<(String, String)> {
         self.introduce(envelope.len()).await;
-        proxy!(&self.conn, DeviceProxy)?
+        proxy!(&self.conn, DeviceInterfaceProxy)?
             .apply_command(envelope)
             .await
     }
@@ -360,31 +366,33 @@ impl Client {
         credential_blob: &[u8],
         secret: &[u8],
     ) -> zbus::Result<Vec<u8>> {
-        proxy!(&self.conn, DeviceProxy)?
+        proxy!(&self.conn, DeviceInterfaceProxy)?
             .activate_credential(credential_blob, secret)
             .await
     }
 
     /// The device's handle for a verifier.
     pub async fn device_handle(&self, verifier: &str) -> zbus::Result<String> {
-        proxy!(&self.conn, PostureProxy)?
+        proxy!(&self.conn, PostureInterfaceProxy)?
             .get_device_handle(verifier)
             .await
     }
 
     /// A signed checkpoint of the audit log now.
     pub async fn checkpoint(&self) -> zbus::Result<String> {
-        proxy!(&self.conn, AuditProxy)?.checkpoint().await
+        proxy!(&self.conn, AuditInterfaceProxy)?.checkpoint().await
     }
 
     /// A signed posture report answering `nonce`.
     pub async fn report(&self, nonce: &str) -> zbus::Result<String> {
-        proxy!(&self.conn, PostureProxy)?.get_report(nonce).await
+        proxy!(&self.conn, PostureInterfaceProxy)?
+            .get_report(nonce)
+            .await
     }
 
     /// Subscribe to posture changes (before making the change you want to see).
     pub async fn posture_changes(&self) -> zbus::Result<PostureChanges> {
-        let iface = proxy!(&self.conn, PostureProxy)?
+        let iface = proxy!(&self.conn, PostureInterfaceProxy)?
             .inner()
             .interface()
             .to_owned();

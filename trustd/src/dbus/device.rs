@@ -7,20 +7,20 @@ use zbus::message::Header;
 use super::{Handle, error::Result};
 use crate::daemon::{Call, LifecycleChange};
 
-/// The interface.
+/// The `org.enigm.Trust1.Device` interface, as trustd serves it.
 #[derive(Debug)]
-pub struct Device {
+pub struct DeviceInterface {
     h: Handle,
 }
 
-impl Device {
+impl DeviceInterface {
     pub(super) fn new(h: Handle) -> Self {
         Self { h }
     }
 }
 
 #[interface(name = "org.enigm.Trust1.Device")]
-impl Device {
+impl DeviceInterface {
     /// Verify a signed lifecycle command (DSSE envelope, role `command`) bound to this
     /// device's handle for its issuer, and carry it out. Returns the lifecycle before and
     /// after; the network and launcher follow before the reply.

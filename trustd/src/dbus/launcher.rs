@@ -6,20 +6,20 @@ use zbus::message::Header;
 use super::{Handle, error::Result};
 use crate::daemon::{Call, LaunchAnswer};
 
-/// The interface.
+/// The `org.enigm.Trust1.Launcher` interface, as trustd serves it.
 #[derive(Debug)]
-pub struct Launcher {
+pub struct LauncherInterface {
     h: Handle,
 }
 
-impl Launcher {
+impl LauncherInterface {
     pub(super) fn new(h: Handle) -> Self {
         Self { h }
     }
 }
 
 #[interface(name = "org.enigm.Trust1.Launcher")]
-impl Launcher {
+impl LauncherInterface {
     /// May `app_id` start now? `exe` is the executable the launcher is about to run (empty:
     /// the one the policy names). Returns whether, why (a sentence), and the profile as JSON:
     /// `{"app", "exec", "sha256", "read", "write", "execute"}` (empty when refused). A

@@ -27,7 +27,7 @@ use zbus::Connection;
 use zbus::message::Header;
 use zbus::names::BusName;
 
-use crate::daemon::{Call, Caller, Command, Role, Senders, SharedGroups, Tx};
+use crate::daemon::{Call, Caller, CallerRole, Command, Senders, SharedGroups, Tx};
 pub use error::{Error, Failure};
 pub use gate::Gate;
 pub use socket::{SENDER_BURST, SENDER_RATE, SMALL_BODY};
@@ -122,7 +122,7 @@ impl Handle {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .role(c)
-                == Role::Admin,
+                == CallerRole::Admin,
         }
     }
 
@@ -216,7 +216,7 @@ impl Handle {
             call: call(reply),
         };
         let stopping = || Error::Failed("trustd is stopping; nothing changed".into());
-        if role == Role::Admin {
+        if role == CallerRole::Admin {
             self.lanes.admin.send(cmd).await.map_err(|_| stopping())?;
         } else {
             if !ticket.charge_uid(uid) {
@@ -375,12 +375,15 @@ fn serve_interfaces(
 ) -> zbus::connection::Builder<'static> {
     b.serve_at(
         OBJECT_PATH,
-        posture::Posture::new(posture_rx.clone(), handle.clone()),
+        posture::PostureInterface::new(posture_rx.clone(), handle.clone()),
     )
-    .serve_at(OBJECT_PATH, privacy::Privacy::new(handle.clone()))
-    .serve_at(OBJECT_PATH, policy::Policy::new(handle.clone()))
-    .serve_at(OBJECT_PATH, launcher::Launcher::new(handle.clone()))
-    .serve_at(OBJECT_PATH, setup::Setup::new(handle.clone()))
-    .serve_at(OBJECT_PATH, device::Device::new(handle.clone()))
-    .serve_at(OBJECT_PATH, audit::Audit::new(handle.clone()))
+    .serve_at(OBJECT_PATH, privacy::PrivacyInterface::new(handle.clone()))
+    .serve_at(OBJECT_PATH, policy::PolicyInterface::new(handle.clone()))
+    .serve_at(
+        OBJECT_PATH,
+        launcher::LauncherInterface::new(handle.clone()),
+    )
+    .serve_at(OBJECT_PATH, setup::SetupInterface::new(handle.clone()))
+    .serve_at(OBJECT_PATH, device::DeviceInterface::new(handle.clone()))
+    .serve_at(OBJECT_PATH, audit::AuditInterface::new(handle.clone()))
 }

@@ -6,13 +6,13 @@ use zbus::message::Header;
 use super::{Handle, error::Result};
 use crate::daemon::{Applied, Call, Tx};
 
-/// The interface.
+/// The `org.enigm.Trust1.Policy` interface, as trustd serves it.
 #[derive(Debug)]
-pub struct Policy {
+pub struct PolicyInterface {
     h: Handle,
 }
 
-impl Policy {
+impl PolicyInterface {
     pub(super) fn new(h: Handle) -> Self {
         Self { h }
     }
@@ -34,7 +34,7 @@ impl Policy {
 }
 
 #[interface(name = "org.enigm.Trust1.Policy")]
-impl Policy {
+impl PolicyInterface {
     /// Verify a signed policy bundle (DSSE envelope) and put it in force. Returns the serial
     /// before and after, the envelope's SHA-256 and the audit record's seq.
     #[zbus(out_args("from_serial", "to_serial", "digest", "audit_seq"))]

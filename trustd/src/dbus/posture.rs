@@ -13,17 +13,18 @@ use zbus::message::Header;
 
 use super::{Handle, error::Result};
 use crate::daemon::Call;
-use crate::posture::Posture as Snapshot;
+use crate::posture::Posture;
 
-/// The interface: reads the snapshot the engine publishes.
+/// The `org.enigm.Trust1.Posture` interface, as trustd serves it: it reads the snapshot the
+/// engine publishes.
 #[derive(Debug)]
-pub struct Posture {
-    rx: watch::Receiver<Snapshot>,
+pub struct PostureInterface {
+    rx: watch::Receiver<Posture>,
     h: Handle,
 }
 
-impl Posture {
-    pub(super) fn new(rx: watch::Receiver<Snapshot>, h: Handle) -> Self {
+impl PostureInterface {
+    pub(super) fn new(rx: watch::Receiver<Posture>, h: Handle) -> Self {
         Self { rx, h }
     }
 }
@@ -37,7 +38,7 @@ pub(super) struct Property {
     /// The D-Bus type (`t`).
     pub signature: &'static zbus::Signature,
     /// Its value in a snapshot.
-    pub value: fn(&Snapshot) -> Variant<'static>,
+    pub value: fn(&Posture) -> Variant<'static>,
 }
 
 /// The table of posture properties, each row `getter "Name": Type = |snapshot| value;` with
@@ -52,7 +53,7 @@ macro_rules! posture_properties {
             Property {
                 name: $name,
                 signature: <$ty as zbus::zvariant::Type>::SIGNATURE,
-                value: |$p: &Snapshot| {
+                value: |$p: &Posture| {
                     let v: $ty = $value;
                     Variant::from(v)
                 },
@@ -63,7 +64,7 @@ macro_rules! posture_properties {
         // never holds up the dispatch of others; the bus service's admission limits (`gate`)
         // bound how many such tasks a caller can have.
         #[interface(name = "org.enigm.Trust1.Posture")]
-        impl Posture {
+        impl PostureInterface {
             /// This device's handle for `verifier` (a verifier id such as `mdm.example.org`):
             /// HMAC-SHA256 of the device secret and the id, 22 characters of base64url. Stable for
             /// one verifier, unlinkable across verifiers, never a hardware identifier.
@@ -92,7 +93,7 @@ macro_rules! posture_properties {
                 $(#[doc = $doc])*
                 #[zbus(property, name = $name)]
                 fn $getter(&self) -> $ty {
-                    let $p: &Snapshot = &self.rx.borrow();
+                    let $p: &Posture = &self.rx.borrow();
                     $value
                 }
             )*
@@ -147,7 +148,7 @@ pub(super) const NAMES: [&str; PROPERTIES.len()] = {
 };
 
 /// Each property's name and value, in the order of the introspection XML (dbus/org.enigm.Trust1.xml).
-pub(super) fn properties(p: &Snapshot) -> Vec<(&'static str, Variant<'static>)> {
+pub(super) fn properties(p: &Posture) -> Vec<(&'static str, Variant<'static>)> {
     PROPERTIES
         .iter()
         .map(|r| {
@@ -161,7 +162,7 @@ pub(super) fn properties(p: &Snapshot) -> Vec<(&'static str, Variant<'static>)> 
 /// Send one `PropertiesChanged` per posture change, carrying every property that changed.
 pub(super) async fn signal_changes(
     emitter: SignalEmitter<'static>,
-    mut rx: watch::Receiver<Snapshot>,
+    mut rx: watch::Receiver<Posture>,
 ) {
     let iface = InterfaceName::from_static_str_unchecked(super::INTERFACES[0]);
     let mut last = properties(&rx.borrow_and_update());

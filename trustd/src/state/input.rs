@@ -67,6 +67,8 @@ pub struct StoredRole {
     pub role: Role,
     /// [`Payload::FILE_NAME`].
     pub file_name: &'static str,
+    /// [`Payload::PAYLOAD_TYPE`].
+    pub payload_type: &'static str,
     floor: fn(&Serials) -> u64,
     floor_mut: fn(&mut Serials) -> &mut u64,
     digest_mut: fn(&mut DeviceState) -> Option<&mut Option<String>>,
@@ -98,6 +100,7 @@ impl StoredRole {
         Self {
             role: P::ROLE,
             file_name: P::FILE_NAME,
+            payload_type: P::PAYLOAD_TYPE,
             floor: P::floor,
             floor_mut: P::floor_mut,
             digest_mut: P::digest_mut,
@@ -107,12 +110,37 @@ impl StoredRole {
 
     /// The knowledge of the input `role` signs.
     pub fn of_role(role: Role) -> Self {
-        match role {
-            Role::Root => Self::of::<TrustRoot>(),
-            Role::Policy => Self::of::<Policy>(),
-            Role::Intel => Self::of::<IntelFeed>(),
-            Role::Command => Self::of::<LifecycleCommand>(),
+        // `role => type`, checked when compiled: the type's `Payload::ROLE` is that role.
+        macro_rules! row {
+            ($role:ident => $t:ty) => {{
+                // An item, not an inline `const { }`: items are evaluated by `cargo check`
+                // too, inline blocks only when code is generated.
+                const _: () = assert!(
+                    matches!(<$t as Payload>::ROLE, Role::$role),
+                    concat!(
+                        stringify!($t),
+                        "'s Payload::ROLE is not Role::",
+                        stringify!($role)
+                    )
+                );
+                Self::of::<$t>()
+            }};
         }
+        // Exhaustive: a new role does not compile until its input type is named here.
+        match role {
+            Role::Root => row!(Root => TrustRoot),
+            Role::Policy => row!(Policy => Policy),
+            Role::Intel => row!(Intel => IntelFeed),
+            Role::Command => row!(Command => LifecycleCommand),
+        }
+    }
+
+    /// The role whose input has the DSSE `payloadType` `payload_type`, if any.
+    pub fn of_payload_type(payload_type: &str) -> Option<Self> {
+        Role::ALL
+            .into_iter()
+            .map(Self::of_role)
+            .find(|s| s.payload_type == payload_type)
     }
 
     /// Its floor in `serials`.

@@ -37,6 +37,14 @@ impl<'a> Installed<'a> {
         self
     }
 
+    /// Every role's installed input as `input` gives it. The caller's `input` is best an
+    /// exhaustive `match role`, so that a new role cannot be left out of a rotation.
+    pub fn from_fn(mut input: impl FnMut(Role) -> Option<&'a [u8]>) -> Self {
+        Role::ALL
+            .into_iter()
+            .fold(Self::default(), |i, role| i.with(role, input(role)))
+    }
+
     fn of(&self, role: Role) -> Option<&'a [u8]> {
         self.0.get(&role).copied()
     }

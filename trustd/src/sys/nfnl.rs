@@ -175,14 +175,6 @@ impl MsgBuf {
         }
     }
 
-    /// The bytes written since offset `start` (see [`Batch::bytes`]).
-    pub fn raw_since(&self, start: usize) -> Vec<u8> {
-        self.buf
-            .get(start..)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
-    }
-
     /// Bytes of the message being written so far.
     pub fn msg_len(&self) -> usize {
         self.buf.len() - self.msg

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use trustd::audit::{Actor, Options, Record, read_records};
+use trustd::daemon::engine::Reconfigure;
 use trustd::daemon::{Call, CallError, Caller, Command, Device, Engine, RoleGroups, Tx};
 use trustd::freshness::build_time;
 use trustd::netfilter::{Backend, RecordingBackend};
@@ -95,6 +96,12 @@ pub fn open(dev: &TestDevice) -> Device {
     Device::open_with(&dev.paths, Actor::this_process(), opts).expect("open")
 }
 
+/// The admin and setup groups the engine starts with.
+pub const GROUPS: RoleGroups = RoleGroups {
+    admin: Some(ADMIN_GID),
+    setup: Some(SETUP_GID),
+};
+
 /// The engine over a tempdir device and the recording fake.
 pub struct Harness {
     /// The device's files.
@@ -121,18 +128,15 @@ impl Harness {
 
     /// Start the engine on an open device.
     pub fn start(dev: TestDevice, d: Device) -> Self {
-        let groups = RoleGroups {
-            admin: Some(ADMIN_GID),
-            setup: Some(SETUP_GID),
-        };
-        let (mut engine, posture) = Engine::start(
-            d,
-            RecordingBackend::default(),
-            groups,
-            Box::new(move || Ok(groups)),
-            wall,
-        )
-        .expect("start");
+        Self::start_with(dev, d, Box::new(move || Ok(GROUPS)))
+    }
+
+    /// Start the engine on an open device, with [`GROUPS`] and `reconfigure` as the
+    /// configuration a reload reads.
+    pub fn start_with(dev: TestDevice, d: Device, reconfigure: Reconfigure) -> Self {
+        let (mut engine, posture) =
+            Engine::start(d, RecordingBackend::default(), GROUPS, reconfigure, wall)
+                .expect("start");
         let elapsed = Arc::new(Mutex::new(Duration::ZERO));
         let base = Instant::now();
         let e = elapsed.clone();

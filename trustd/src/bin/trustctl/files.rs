@@ -9,11 +9,11 @@ use serde_json::json;
 use trustd::Paths;
 use trustd::audit::Actor;
 use trustd::bundle::{
-    Envelope, Payload, TrustRoot, Verified, VerifyError, verify, verify_rotation,
+    Envelope, Payload, Role, TrustRoot, Verified, VerifyError, verify, verify_rotation,
 };
 use trustd::daemon::{Device, DeviceError};
 use trustd::policy::{IntelFeed, LifecycleCommand, Policy};
-use trustd::state::{StateStore, load_trust_root};
+use trustd::state::{StateStore, StoredRole, load_trust_root};
 use trustd::timefmt::Timestamp;
 
 use super::output::{Refused, print, read, refused};
@@ -44,10 +44,14 @@ fn describe<P: Payload>(v: &Verified<P>) -> (serde_json::Value, String) {
     )
 }
 
-fn envelope_type(bytes: &[u8]) -> Option<String> {
+/// The role whose input the envelope claims to carry, by its `payloadType`; anything else
+/// (not an envelope, an unknown type) is taken for a policy, whose verifier then gives the
+/// precise refusal.
+fn envelope_role(bytes: &[u8]) -> Role {
     serde_json::from_slice::<Envelope>(bytes)
         .ok()
-        .map(|e| e.payload_type)
+        .and_then(|e| StoredRole::of_payload_type(&e.payload_type))
+        .map_or(Role::Policy, |s| s.role)
 }
 
 pub(crate) fn verify_cmd(
@@ -63,18 +67,17 @@ pub(crate) fn verify_cmd(
         .map_err(|e| refused(format!("trust root {}: {e}", root_path.display())))?;
     let now = Timestamp::now();
     let refused = |e: VerifyError| anyhow::Error::new(Refused(e.to_string()));
-    let (value, text) = match envelope_type(&bytes).as_deref() {
-        Some(t) if t == IntelFeed::PAYLOAD_TYPE => {
+    let (value, text) = match envelope_role(&bytes) {
+        Role::Intel => {
             describe(&verify::<IntelFeed>(&bytes, &root, now, installed).map_err(refused)?)
         }
-        Some(t) if t == LifecycleCommand::PAYLOAD_TYPE => {
+        Role::Command => {
             describe(&verify::<LifecycleCommand>(&bytes, &root, now, installed).map_err(refused)?)
         }
-        Some(t) if t == TrustRoot::PAYLOAD_TYPE => {
-            describe(&verify_rotation(&bytes, &root, now).map_err(refused)?)
+        Role::Root => describe(&verify_rotation(&bytes, &root, now).map_err(refused)?),
+        Role::Policy => {
+            describe(&verify::<Policy>(&bytes, &root, now, installed).map_err(refused)?)
         }
-        // A policy, or anything else: the policy verifier gives the precise refusal.
-        _ => describe(&verify::<Policy>(&bytes, &root, now, installed).map_err(refused)?),
     };
     print(j, value, &text);
     Ok(ExitCode::SUCCESS)
@@ -86,14 +89,12 @@ pub(crate) fn load(j: bool, prefix: &Path, envelope: &Path) -> Result<ExitCode> 
     trustd::files::owner::refuse_foreign_owner(&paths).map_err(|e| refused(e.to_string()))?;
     let mut dev = Device::open(&paths, Actor::this_process())?;
     let now = Timestamp::now();
-    let result = match envelope_type(&bytes).as_deref() {
-        Some(t) if t == IntelFeed::PAYLOAD_TYPE => {
-            dev.apply_intel(&bytes, Actor::this_process(), now)
-        }
-        Some(t) if t == TrustRoot::PAYLOAD_TYPE => {
-            dev.apply_trust_root(&bytes, Actor::this_process(), now)
-        }
-        _ => dev.apply_policy(&bytes, Actor::this_process(), now),
+    let result = match envelope_role(&bytes) {
+        Role::Intel => dev.apply_intel(&bytes, Actor::this_process(), now),
+        Role::Root => dev.apply_trust_root(&bytes, Actor::this_process(), now),
+        // A lifecycle command is not loaded offline (`device command` goes to the daemon):
+        // like anything else, it goes to the policy verifier, which refuses its type.
+        Role::Policy | Role::Command => dev.apply_policy(&bytes, Actor::this_process(), now),
     };
     match result {
         Ok(a) => {

@@ -285,16 +285,14 @@ impl Device {
             .clone()
             .unwrap_or_else(|| self.root.roles.clone());
         let command = std::fs::read(self.store.input_path(Role::Command)).ok();
-        let installed = Installed::default()
-            .with(
-                Role::Policy,
-                self.policy.as_ref().map(Verified::envelope_bytes),
-            )
-            .with(
-                Role::Intel,
-                self.intel.as_ref().map(Verified::envelope_bytes),
-            )
-            .with(Role::Command, command.as_deref());
+        // Exhaustive: a new role does not compile until its installed input is given here.
+        let installed = Installed::from_fn(|role| match role {
+            // The root role never starts over (start_over skips it).
+            Role::Root => None,
+            Role::Policy => self.policy.as_ref().map(Verified::envelope_bytes),
+            Role::Intel => self.intel.as_ref().map(Verified::envelope_bytes),
+            Role::Command => command.as_deref(),
+        });
         let resets = start_over(&mut next, &under, new, &installed);
         let kind = "trust-root.rotate";
         let (from, to) = (self.root.serial, new.serial);
@@ -323,16 +321,14 @@ impl Device {
         }
         self.state = next;
         self.root = new.clone();
-        let left = |role: Role| {
-            resets
-                .iter()
-                .any(|r| r.change.role == role && r.left.is_some())
-        };
-        if left(Role::Policy) {
-            self.policy = None;
-        }
-        if left(Role::Intel) {
-            self.intel = None;
+        for r in resets.iter().filter(|r| r.left.is_some()) {
+            // Exhaustive: a new role decides here whether it is held in memory.
+            match r.change.role {
+                Role::Policy => self.policy = None,
+                Role::Intel => self.intel = None,
+                // The root is never reset; the last command is a floor, not held in force.
+                Role::Root | Role::Command => {}
+            }
         }
         for r in resets.iter().filter(|r| r.left.is_some()) {
             // In force or not is decided above: a file left in place is refused by every

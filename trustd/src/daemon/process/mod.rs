@@ -164,10 +164,16 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<Outcome, RunError> {
     } = opts;
     let confine = confine.then(|| nft.clone());
     let me = Actor::this_process;
-    let (groups, config) = role_groups(paths).unwrap_or_else(|e| {
-        tracing::error!("configuration not read ({e}): only uid 0 holds the admin role");
-        (RoleGroups::default(), Config::default())
-    });
+    // A configuration that cannot be read is not a reason to stop enforcing: trustd runs
+    // with the built-in defaults and only uid 0 as admin, and posture says why (degraded,
+    // audited once the device is open).
+    let (groups, config, config_fault) = match role_groups(paths) {
+        Ok((groups, config)) => (groups, config, None),
+        Err(e) => {
+            tracing::error!("configuration not read ({e}): only uid 0 holds the admin role");
+            (RoleGroups::default(), Config::default(), Some(e))
+        }
+    };
     let mut backend =
         NftBackend::new(nft).with_deadline(Duration::from_millis(config.nft_timeout_ms));
     let opts = crate::audit::Options {
@@ -183,6 +189,7 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<Outcome, RunError> {
             });
         }
     };
+    dev.set_config_fault(config_fault, me());
     // The TPM before confinement: the TCTI library is loaded and the device opened now.
     let mut tpm_thread = None;
     match config.tpm_choice(default_tpm_device.as_deref(), paths.tpm_ak_blob().exists()) {
