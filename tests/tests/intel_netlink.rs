@@ -12,7 +12,7 @@ use trustd::daemon::Device;
 use trustd::netfilter::{
     Backend, INTEL_TABLE, IntelNetlink, L4, Match, NftBackend, NftError, Protected, ProtectedKind,
     TEMPLATE_TABLE, apply_intel, check_intel, compile_intel, intel_chains_intact,
-    update_exemptions, verify_intel_listing,
+    intel_quick_intact, update_exemptions, verify_intel_listing,
 };
 
 const TOOLS: &[&str] = &["ip", "nft"];
@@ -633,5 +633,48 @@ fn an_exemption_with_thousands_of_ports_is_copied_across_messages() {
         check_intel(&mut nl, &rs).expect("reads back");
         apply_intel(&mut json_path, &rs).expect("nft JSON path");
         assert_eq!(listing(&ns.0), listing(&other.0), "as nft builds it");
+    }
+}
+
+#[test]
+fn the_check_of_every_tick_sees_a_dormant_table_and_a_flushed_or_cut_set() {
+    // Attack: a process with CAP_NET_ADMIN that wins the pid of one of trustd's reaped `nft`
+    // children (trustd starts one at every check) has its edit of the blocklist table taken
+    // for trustd's own by the notifications. The table made dormant, or its sets flushed,
+    // went unseen past the 300 s backstop, which read only the rules. The check of every
+    // tick now reads the table's flags, declarations, rules and set counts: each such edit
+    // fails it, and a replace makes it pass again.
+    if !can_run(TOOLS) {
+        return;
+    }
+    let ns = Netns::new("tnl", "q");
+    let mut nl = NftBackend::in_netns(&ns.0);
+    let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
+        &["10.99.0.3", "10.99.0.4", "198.51.100.0/24", "fd99::3"],
+        &["203.0.113.7"],
+    ))
+    .expect("feed");
+    let rs = compile_intel(Some(&f));
+    apply_intel(&mut nl, &rs).expect("built");
+    let quick = |nl: &mut NftBackend| {
+        intel_quick_intact(nl, &rs)
+            .expect("over netlink")
+            .expect("read")
+    };
+    assert!(quick(&mut nl), "untouched");
+    for edit in [
+        "add table inet trustd_intel { flags dormant ; }",
+        "flush set inet trustd_intel c0_v4h",
+        "delete element inet trustd_intel c0_v4h { 10.99.0.3 }",
+        "flush set inet trustd_intel c0_v4n",
+        "add element inet trustd_intel c1_v4h { 10.99.0.9 }",
+    ] {
+        nft(&ns.0, edit);
+        assert!(
+            !quick(&mut nl),
+            "{edit}: not seen by the check of every tick"
+        );
+        apply_intel(&mut nl, &rs).expect("replaced");
+        assert!(quick(&mut nl), "{edit}: replaced, as compiled again");
     }
 }

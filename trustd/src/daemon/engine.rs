@@ -413,7 +413,9 @@ impl<B: Backend> Engine<B> {
                 // file in the state directory.
                 self.dev.probe_storage();
                 if let Some(Some(drift)) = survive(self.dev.check_drift(&mut self.backend, me()))? {
-                    tracing::warn!("enforcement drift repaired: {drift}");
+                    tracing::warn!(
+                        "enforcement drift: {drift} (the audit log says whether it was put back)"
+                    );
                 }
                 // Staleness and the clock are judged again on every tick, without a new input.
                 for why in self.dev.check_time((self.clock)(), me())? {
@@ -428,7 +430,9 @@ impl<B: Backend> Engine<B> {
                 if let Some(Some(drift)) =
                     survive(self.dev.tables_changed(&mut self.backend, &changes, me()))?
                 {
-                    tracing::warn!("enforcement drift repaired: {drift}");
+                    tracing::warn!(
+                        "enforcement drift: {drift} (the audit log says whether it was put back)"
+                    );
                 }
                 self.publish();
             }

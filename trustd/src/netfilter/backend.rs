@@ -137,6 +137,7 @@ impl NftBackend {
     /// comparisons).
     #[must_use]
     pub fn without_netlink(mut self) -> Self {
+        crate::sys::nft_events::children_write_intel();
         self.intel = None;
         self
     }
@@ -246,6 +247,7 @@ impl Backend for NftBackend {
             Ok(s) => Some(IntelNetlink::new(s)),
             Err(e) => {
                 tracing::warn!("blocklist table through nft: no nf_tables netlink socket: {e}");
+                crate::sys::nft_events::children_write_intel();
                 self.intel = None;
                 None
             }

@@ -1012,6 +1012,15 @@ fn chain_rules(backend: &mut dyn Backend, chain: &str) -> Result<Option<Vec<Stri
     ))
 }
 
+/// The cheap check of every tick, over netlink only (`None` through `nft`): the intel
+/// table's flags, declarations, rules and set counts are still those put in force.
+pub fn intel_quick_intact(
+    backend: &mut dyn Backend,
+    rs: &IntelRuleset,
+) -> Option<Result<bool, NftError>> {
+    with_netlink(backend, |nl, _| intel_netlink::rules_intact(nl, rs))
+}
+
 /// The cheap, frequent check: the intel table's chains still hold the compiled rules
 /// (over netlink, a dump of the rules only; through `nft`, `nft list chain`, which prints
 /// no elements but fetches them all).

@@ -1521,18 +1521,42 @@ pub(super) fn refill(
     Ok(true)
 }
 
-/// Whether the intel table's rules are still those put in force with `rs` (a dump of the
-/// rules only, no elements). `false` when this socket has not confirmed `rs` in force
-/// (see [`check`]): the caller replaces the table.
+/// Whether the intel table is still, as far as a cheap read shows, what was put in force
+/// with `rs`: the table (its flags: not dormant, not owned), every declaration and rule as
+/// confirmed then, and every set's element count as compiled (an interval set's halved, as
+/// the kernel reports it), all in one state of the ruleset; no element is read. So a table
+/// made dormant or a set flushed or cut is caught by this check too, not only by
+/// notifications (whose attribution a process could fool by winning a reaped child's pid)
+/// or by the full read-back ([`check`]). `false` when this socket has not confirmed `rs` in
+/// force: the caller replaces the table.
 pub(super) fn rules_intact(nlk: &mut IntelNetlink, rs: &IntelRuleset) -> Result<bool, NftError> {
     let want = match &nlk.applied {
-        Some((digest, applied)) if *digest == intel_structure_digest(rs) => applied.rules.clone(),
+        Some((digest, applied)) if *digest == intel_structure_digest(rs) => applied,
         _ => return Ok(false),
     };
+    let all = sets(rs);
     nlk.sock
-        .consistent(|sock| rules(sock, INTEL_TABLE))
+        .consistent(|sock| {
+            let Some(held) = shape(sock, INTEL_TABLE)? else {
+                return Ok(false);
+            };
+            if same_shape(&held, want).is_err() {
+                return Ok(false);
+            }
+            let Some(counts) = set_counts(sock).map_err(NftError::Netlink)? else {
+                // No counts reported (an older kernel): the rules, as before.
+                return Ok(true);
+            };
+            Ok(all.iter().all(|(_, s)| {
+                let want = if s.interval {
+                    kernel_len(rs, s) / 2
+                } else {
+                    kernel_len(rs, s)
+                };
+                counts.get(&s.name) == Some(&want)
+            }))
+        })
         .map_err(nl)?
-        .map(|held| held == want)
 }
 
 /// Run `f` with the backend's netlink socket for the intel table, if it has one.

@@ -114,7 +114,11 @@ pub fn dump_links() -> std::io::Result<Vec<LinkState>> {
     sock.send(&buf, 0)?;
     let mut events = Vec::new();
     loop {
-        let (data, _) = sock.recv_from_full()?;
+        let (data, from) = sock.recv_from_full()?;
+        if from.port_number() != 0 {
+            // Not the kernel (see `LinkWatcher::next`).
+            continue;
+        }
         if data.is_empty() || parse(&data, &mut events) {
             break;
         }
@@ -160,9 +164,13 @@ impl LinkWatcher {
     /// Block until the kernel reports changes; return them. `ENOBUFS` means notifications
     /// were dropped (the socket overran): the links must be read again.
     pub fn next(&self) -> std::io::Result<Vec<LinkEvent>> {
-        let (data, _) = self.sock.recv_from_full()?;
+        let (data, from) = self.sock.recv_from_full()?;
         let mut events = Vec::new();
-        parse(&data, &mut events);
+        // Only the kernel's messages (source port id 0): a process with CAP_NET_ADMIN may
+        // send to this socket or to the link group.
+        if from.port_number() == 0 {
+            parse(&data, &mut events);
+        }
         Ok(events)
     }
 

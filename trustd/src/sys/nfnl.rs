@@ -9,7 +9,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 /// nfnetlink subsystem id of nf_tables, the high byte of a message type.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -330,6 +330,11 @@ impl NfSocket {
     pub fn open(deadline: Duration) -> Result<Self, NfnlError> {
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NfnlError::Io)?;
         sock.bind_auto().map_err(NfnlError::Io)?;
+        // Connected to the kernel (port id 0): the kernel then refuses, for this socket,
+        // messages any other process sends to its port id, so that no one can forge a
+        // verdict, a generation or a dump reply.
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(NfnlError::Io)?;
         let tv = libc::timeval {
             tv_sec: deadline.as_secs().try_into().unwrap_or(libc::time_t::MAX),
             tv_usec: deadline.subsec_micros().into(),
@@ -511,7 +516,16 @@ impl NfSocket {
         mut each: impl FnMut(u16, u16, u32, &[u8]) -> bool,
     ) -> Result<bool, NfnlError> {
         self.rx.clear();
-        let n = self.sock.recv(&mut self.rx, 0).map_err(NfnlError::Io)?;
+        let (n, from) = self
+            .sock
+            .recv_from(&mut self.rx, 0)
+            .map_err(NfnlError::Io)?;
+        if from.port_number() != 0 {
+            // Not the kernel: another process with CAP_NET_ADMIN can send to this socket's
+            // port id (the socket is connected to the kernel, which refuses that, so this is
+            // a second guard). Its bytes are never taken for a reply.
+            return Ok(false);
+        }
         let buf = &self.rx[..n.min(self.rx.len())];
         let mut off = 0;
         while off + 16 <= buf.len() {

@@ -150,6 +150,27 @@ impl Drop for OwnChild {
     }
 }
 
+/// Whether trustd's `nft` children write the blocklist table too (only when it cannot be
+/// written over netlink; see [`children_write_intel`]). Otherwise only trustd's own threads
+/// commit to it, and a transaction of any other pid there is foreign: a reaped child's pid
+/// can be won by another process (trustd starts an `nft` child at every check), so the grace
+/// that lets a reaped child's late notification count as trustd's must not cover the table
+/// no child writes.
+static CHILDREN_WRITE_INTEL: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Say that the blocklist table is written through `nft` children from now on (no netlink
+/// socket for it).
+pub fn children_write_intel() {
+    CHILDREN_WRITE_INTEL.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether `pid` is trustd itself or one of its threads (the kernel names the committing
+/// thread, which may be any of trustd's).
+fn is_self(pid: u32) -> bool {
+    pid == std::process::id() || std::path::Path::new(&format!("/proc/self/task/{pid}")).exists()
+}
+
 /// Whether `pid` committed on trustd's behalf: trustd itself, a registered child, or (should the
 /// notification come before the registration) a live process whose parent is trustd.
 fn is_own(pid: u32) -> bool {
@@ -159,12 +180,7 @@ fn is_own(pid: u32) -> bool {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .any(|(p, reaped)| *p == pid && reaped.is_none_or(|t| now.duration_since(t) < OWN_GRACE));
-    // trustd itself commits the blocklist table's netlink batches; the kernel names the
-    // committing thread, which may be any of trustd's.
-    pid == std::process::id()
-        || registered
-        || std::path::Path::new(&format!("/proc/self/task/{pid}")).exists()
-        || parent_of(pid) == Some(std::process::id())
+    is_self(pid) || registered || parent_of(pid) == Some(std::process::id())
 }
 
 /// The parent pid of a live process (`/proc/PID/stat`, the field after the command name).
@@ -291,7 +307,13 @@ impl Parser {
         if txn.is_empty() {
             return;
         }
-        let own = pid.is_some_and(is_own);
+        // The policy table: trustd and its `nft` children. The blocklist table: trustd's own
+        // threads only, unless children write it (see CHILDREN_WRITE_INTEL).
+        let own_policy = pid.is_some_and(is_own);
+        let own_intel = pid.is_some_and(|p| {
+            is_self(p)
+                || (CHILDREN_WRITE_INTEL.load(std::sync::atomic::Ordering::SeqCst) && is_own(p))
+        });
         let mut lines: [Vec<String>; 2] = Default::default();
         let mut elements: [Vec<String>; 2] = Default::default();
         let mut structure = [false; 2];
@@ -312,7 +334,7 @@ impl Parser {
             } else {
                 &mut self.out.intel
             };
-            if own {
+            if (which == 0 && own_policy) || (which == 1 && own_intel) {
                 t.own += 1;
                 continue;
             }
@@ -397,10 +419,14 @@ impl TableWatcher {
     /// Read one datagram into the parser; an overrun marks both tables unknown.
     fn read_one(&mut self) -> std::io::Result<()> {
         match self.sock.recv_from_full() {
-            Ok((data, _)) => {
+            // Only the kernel's notifications (source port id 0): a process with
+            // CAP_NET_ADMIN may send to this socket or to the notification group, and must
+            // not make trustd audit a change no one made, or hide one.
+            Ok((data, from)) if from.port_number() == 0 => {
                 self.parser.datagram(&data);
                 Ok(())
             }
+            Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 self.parser
                     .lost("receive buffer overrun (ENOBUFS): the kernel dropped notifications");

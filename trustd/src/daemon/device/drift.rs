@@ -32,6 +32,9 @@ pub struct Watch {
     events: bool,
     /// When the periodic check last read the blocklist table back.
     intel_checked: Option<Instant>,
+    /// When the periodic check last read every blocklist element back (see
+    /// [`Watch::intel_full_due`]).
+    intel_full: Option<Instant>,
     /// Repairs on foreign notifications per table (policy, intel): window start and count.
     repairs: [(Option<Instant>, u32); 2],
 }
@@ -49,6 +52,24 @@ impl Watch {
             return false;
         }
         self.intel_checked = Some(now);
+        true
+    }
+
+    /// Whether the periodic check should read every element of the blocklist table back
+    /// now (the full read-back): every [`INTEL_BACKSTOP`], notifications watched or not.
+    /// Between these, over netlink, each tick reads the table's flags, declarations, rules
+    /// and set counts (cheap): a change that notifications did not show as foreign (a
+    /// process that won the pid of one of trustd's reaped `nft` children) is caught by the
+    /// tick if it changed any of those, by the full read-back if it swapped elements.
+    pub(super) fn intel_full_due(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .intel_full
+            .is_some_and(|t| now.duration_since(t) < INTEL_BACKSTOP)
+        {
+            return false;
+        }
+        self.intel_full = Some(now);
         true
     }
 
@@ -134,6 +155,7 @@ impl Enforcer {
         self.watch.events = on;
         // The start's own apply just confirmed the table: the first backstop is due later.
         self.watch.intel_checked = Some(Instant::now());
+        self.watch.intel_full = Some(Instant::now());
     }
 
     /// Act on what nftables notifications said about trustd's tables: a foreign change is
@@ -234,6 +256,18 @@ mod tests {
         assert!(!w.intel_due(), "checked just now");
         w.intel_checked = Some(Instant::now() - INTEL_BACKSTOP);
         assert!(w.intel_due());
+    }
+
+    /// Every element is read back every INTEL_BACKSTOP whether notifications are watched
+    /// or not (their attribution by pid can be fooled).
+    #[test]
+    fn every_element_is_read_back_every_backstop_with_or_without_notifications() {
+        let mut w = Watch::default();
+        assert!(w.intel_full_due());
+        assert!(!w.intel_full_due(), "read just now");
+        w.events = true;
+        w.intel_full = Some(Instant::now() - INTEL_BACKSTOP);
+        assert!(w.intel_full_due());
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::audit::{Actor, AuditLog, Entry, Outcome};
 use crate::bundle::Verified;
 use crate::netfilter::{
     self, Backend, EnforceError, IntelRuleset, Protected, ProtectedKind, Ruleset, apply_intel,
-    canonical_digest, compile, compile_intel, intel_chains_intact, protected, update_exemptions,
-    update_intel,
+    canonical_digest, check_intel, compile, compile_intel, intel_chains_intact, intel_quick_intact,
+    protected, update_exemptions, update_intel,
 };
 use crate::policy::{Effective, IntelFeed, LockdownReason, NetworkMode, NetworkPlan, Policy};
 use crate::posture::Enforcement;
@@ -431,12 +431,17 @@ impl Enforcer {
                 Ok(n)
             }
             Err(e) => {
-                ctx.audit
-                    .record(
-                        Entry::new("intel.enforce", Outcome::Error, actor).reason(format!(
-                            "blocklists not updated: {e}; the previous ones stay"
-                        )),
-                    );
+                // The previous blocklists stay only if they were in force: after drift (the
+                // table changed or removed by someone else) nothing trustd compiled is.
+                let kept = if self.enforced_intel.is_some() {
+                    "the previous ones stay"
+                } else {
+                    "no blocklist trustd compiled is in force until a retry succeeds"
+                };
+                ctx.audit.record(
+                    Entry::new("intel.enforce", Outcome::Error, actor)
+                        .reason(format!("blocklists not updated: {e}; {kept}")),
+                );
                 self.intel_failure = Some(e.to_string());
                 Err(e.into())
             }
@@ -588,13 +593,25 @@ impl Enforcer {
         } else {
             self.retry_failed_enforcement(backend, ctx, &actor)?;
         }
-        // Reading the blocklist chains back costs about half a second with 100k entries:
-        // with nftables notifications watched it is only a backstop (see drift.rs).
-        if self.watch.intel_due()
-            && let Some(rs) = &self.enforced_intel
-            && !intel_chains_intact(backend, rs).unwrap_or(false)
+        // Every element is read back every INTEL_BACKSTOP; between, over netlink, each tick
+        // reads the flags, declarations, rules and set counts (cheap); through `nft` the
+        // chains, every tick without notifications (it fetches every element: costly).
+        if let Some(rs) = &self.enforced_intel
+            && !(if self.watch.intel_full_due() {
+                check_intel(backend, rs).is_ok()
+            } else {
+                match intel_quick_intact(backend, rs) {
+                    Some(r) => r.unwrap_or(false),
+                    None if self.watch.intel_due() => {
+                        intel_chains_intact(backend, rs).unwrap_or(false)
+                    }
+                    None => true,
+                }
+            })
         {
-            let what = "the blocklist table was removed or its rules edited".to_owned();
+            let what =
+                "the blocklist table was removed, made dormant, or its rules or elements edited"
+                    .to_owned();
             ctx.audit.record(
                 Entry::new("intel.drift", Outcome::Error, actor.clone())
                     .reason(format!("{what}; restoring")),
