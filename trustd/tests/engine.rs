@@ -602,11 +602,13 @@ fn posture_is_a_function_of_state_host_facts_and_time() {
     );
 }
 
-/// A configuration that cannot be read at a reload (SIGHUP) is not a reason to stop: the
-/// groups read before keep their roles, posture is degraded and says why, and the failure is
-/// audited; once it reads again, the reason goes and that is audited too.
+/// A configuration that cannot be read at a reload (SIGHUP) is not a reason to stop:
+/// posture is degraded and says why, and the failure is audited; once it reads again, the
+/// reason goes and that is audited too. Meanwhile no group holds a role (root stays admin):
+/// keeping the groups read before kept the role of a group an admin had just taken it from
+/// with the edit that broke the file.
 #[test]
-fn an_unreadable_configuration_is_a_posture_reason_and_keeps_the_roles_read_before() {
+fn an_unreadable_configuration_is_a_posture_reason_and_no_group_holds_a_role_meanwhile() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let broken = Arc::new(AtomicBool::new(true));
@@ -640,11 +642,12 @@ fn an_unreadable_configuration_is_a_posture_reason_and_keeps_the_roles_read_befo
     let rec = h.of_kind("config.load");
     assert_eq!(rec.len(), 1, "{rec:?}");
     assert_eq!(rec[0].outcome, Outcome::Error);
-    // The admin group read before still holds its role.
-    assert_eq!(
-        h.call(&admin_member(), |tx| Call::SetPrivacy(true, tx)),
-        Ok(())
+    // No group holds a role; root is still admin.
+    assert!(
+        denied(&h.call(&admin_member(), Call::AuditVerify)).is_some(),
+        "the admin group's role while the configuration does not read"
     );
+    assert!(denied(&h.call(&root(), Call::AuditVerify)).is_none());
 
     // The same failure again is not recorded again; a configuration that reads clears it.
     h.engine
@@ -656,6 +659,10 @@ fn an_unreadable_configuration_is_a_posture_reason_and_keeps_the_roles_read_befo
         .step(Command::Reload { done: None })
         .expect("reload");
     assert!(!h.now().reasons.iter().any(|r| r.contains(reason)));
+    assert!(
+        denied(&h.call(&admin_member(), Call::AuditVerify)).is_none(),
+        "the admin group's role is back once the configuration reads"
+    );
     let rec = h.of_kind("config.load");
     assert_eq!(rec.len(), 2, "{rec:?}");
     assert_eq!(rec[1].outcome, Outcome::Ok);

@@ -501,9 +501,8 @@ impl Device {
 
     /// Why the local configuration (`trustd.json`) could not be read, at start or at the
     /// last reload (`None`: it was read). While it is set, posture is `degraded` with this
-    /// reason; each change is recorded in the audit log (`config.load`). The caller keeps
-    /// the most restrictive roles meanwhile (only uid 0 is admin; at a reload, the groups
-    /// read before stay).
+    /// reason; each change is recorded in the audit log (`config.load`). The caller gives
+    /// no group a role meanwhile (only uid 0 is admin), at start and at a reload alike.
     pub fn set_config_fault(&mut self, why: Option<String>, actor: Actor) {
         if why == self.config_fault {
             return;

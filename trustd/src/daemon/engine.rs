@@ -493,7 +493,14 @@ impl<B: Backend> Engine<B> {
                 self.dev.set_config_fault(None, me());
             }
             Err(e) => {
-                tracing::error!("configuration not reloaded, the previous one stays: {e}");
+                // As at a start with an unreadable file: no group holds a role (root stays
+                // admin). Keeping the groups read before would keep a role the admin meant
+                // to take away with the edit that broke the file.
+                tracing::error!(
+                    "configuration not reloaded ({e}): no group holds a role until it reads"
+                );
+                *self.groups.write().unwrap_or_else(PoisonError::into_inner) =
+                    RoleGroups::default();
                 self.dev.set_config_fault(Some(e), me());
             }
         }
