@@ -130,6 +130,28 @@ pub fn trustd_aside(address: &str) -> Vec<String> {
     })
 }
 
+/// Send `n` posture property reads at once on `c` (as a client starting up does, one per
+/// interface) and count those answered within 5 s each.
+pub async fn reads_at_once(c: &trustd::dbus::client::Client, n: usize) -> usize {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let call = c.posture_property("Level");
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(5), call).await,
+                    Ok(Ok(_))
+                )
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for t in calls {
+        answered += usize::from(t.await.unwrap_or(false));
+    }
+    answered
+}
+
 /// A process's resident memory in KiB (`VmRSS`) and its open descriptors.
 pub fn usage(pid: u32) -> (u64, usize) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -556,3 +556,88 @@ fn a_table_made_dormant_after_a_storm_of_edits_is_repaired() {
         );
     }
 }
+
+/// Forge nf_tables netlink messages from another socket in the device's namespace (as a
+/// process with CAP_NET_ADMIN may): a "table trustd_intel deleted" transaction by "sshd
+/// (pid 1)" sent to each of trustd's nf_tables sockets and to the notification group, and
+/// an error reply. Prints what each send did (`PORT:sent`, `PORT:refused`, `group:...`).
+const FORGE: &str = r#"
+import socket, struct
+def attr(t, v):
+    l = 4 + len(v)
+    return struct.pack("HH", l, t) + v + b"\0" * ((4 - l % 4) % 4)
+def msg(kind, body):
+    b = struct.pack("BBH", 1, 0, 0) + body
+    return struct.pack("IHHII", 16 + len(b), kind, 0, 0, 0) + b
+forged = msg((10 << 8) | 2, attr(1, b"trustd_intel\0")) + msg(
+    (10 << 8) | 15, attr(1, struct.pack(">I", 12345)) + attr(2, struct.pack(">I", 1)) + attr(3, b"sshd\0"))
+err = struct.pack("i", -133) + struct.pack("IHHII", 20, 0, 0, 0, 0)
+errmsg = struct.pack("IHHII", 16 + len(err), 2, 0, 0, 0) + err
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+s.bind((0, 0))
+mine = s.getsockname()[0]
+rows = [l.split() for l in open("/proc/net/netlink").read().splitlines()[1:]]
+ports = [int(r[2]) for r in rows if r[1] == "12" and int(r[2]) not in (0, mine)]
+out = []
+for p in ports:
+    for m in (forged, errmsg):
+        try:
+            s.sendto(m, (p, 0))
+            out.append("%d:sent" % p)
+        except ConnectionRefusedError:
+            out.append("%d:refused" % p)
+try:
+    s.sendto(forged, (0, 1 << 6))
+    out.append("group:sent")
+except OSError as e:
+    out.append("group:%d" % e.errno)
+print(" ".join(out))
+"#;
+
+#[test]
+fn forged_netlink_messages_are_never_taken_for_the_kernels() {
+    // Attack: a process with CAP_NET_ADMIN in the device's namespace sends trustd's
+    // nf_tables sockets a forged notification ("table trustd_intel deleted" by "sshd (pid
+    // 1)") and a forged error reply, and sends the notification to the nftables group. They
+    // were taken for the kernel's: the forged deletion was audited as drift and the table
+    // replaced, and a forged error could stand for the kernel's verdict. Now the socket
+    // trustd sends requests on is connected to the kernel (the kernel refuses the sender)
+    // and every socket trustd reads drops messages whose sender is not the kernel.
+    if !can_run(&["ip", "nft", "/usr/bin/python3"]) {
+        return;
+    }
+    let (lab, _daemon, _feed) = lab_with_feed("g");
+    let before = records(&lab).last().map_or(0, |r| r.seq);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.dev, "/usr/bin/python3", "-c", FORGE])
+        .output()
+        .expect("python3");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "forging: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(":sent"),
+        "a forged message reached one of trustd's sockets (its watcher): {said}"
+    );
+    assert!(
+        said.contains(":refused"),
+        "the kernel refuses the sender on trustd's connected socket: {said}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let drift: Vec<_> = records(&lab)
+        .into_iter()
+        .filter(|r| r.seq > before && r.kind.ends_with(".drift"))
+        .map(|r| (r.kind, r.reason))
+        .collect();
+    assert!(
+        drift.is_empty(),
+        "forged messages ({said}) were taken for the kernel's: {drift:?}"
+    );
+    assert!(
+        lab.dev_sh("nft list tables").contains("inet trustd_intel"),
+        "the blocklist table is in force"
+    );
+}

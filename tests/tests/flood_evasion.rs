@@ -9,27 +9,36 @@ use tests::bus::BusPolicy;
 use tests::flood::{Flood, percentile, usage, watchdog_ping};
 use tests::lab::{can_run, lab_policy, serve};
 
-/// Send 8 posture property reads at once on `c` and count those answered within 5 s.
-fn pipelined_reads(rt: &tokio::runtime::Runtime, c: &trustd::dbus::client::Client) -> usize {
-    rt.block_on(async {
-        let calls: Vec<_> = (0..8)
-            .map(|_| {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let call = c.posture_property("Level");
-                    matches!(
-                        tokio::time::timeout(Duration::from_secs(5), call).await,
-                        Ok(Ok(_))
-                    )
-                })
-            })
-            .collect();
-        let mut n = 0;
-        for t in calls {
-            n += usize::from(t.await.unwrap_or(false));
-        }
-        n
-    })
+/// trustd in a lab with the shipped bus policy and a watchdog of 4 s (it pings every 2 s
+/// while the engine and the bus service work), ready: the lab, trustd, the bus address,
+/// the socket its watchdog pings arrive on, and the directory that holds that socket.
+fn watched(
+    tag: &str,
+) -> (
+    tests::lab::Lab,
+    tests::lab::Daemon,
+    String,
+    std::os::unix::net::UnixDatagram,
+    tempfile::TempDir,
+) {
+    let mut lab = tests::lab::Lab::new(tag, false);
+    let b = lab.sign(lab_policy("direct"));
+    lab.load(&b);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (notify, sock) = tests::flood::notify_socket(dir.path());
+    let bus = tests::bus::Bus::start(BusPolicy::Shipped, "");
+    let addr = bus.address.clone();
+    let daemon = lab.run_daemon_env(
+        bus,
+        200,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", notify.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("4000000")),
+        ],
+    );
+    tests::lab::wait_ready(&addr);
+    (lab, daemon, addr, sock, dir)
 }
 
 /// The floods here measure latencies on a machine of two cores: one at a time, so that one
@@ -143,24 +152,7 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
     if !can_run(&["ip", "nft", "setpriv", "dbus-daemon"]) {
         return;
     }
-    let mut lab = tests::lab::Lab::new("fc", false);
-    let b = lab.sign(lab_policy("direct"));
-    lab.load(&b);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (notify, sock) = tests::flood::notify_socket(dir.path());
-    let bus = tests::bus::Bus::start(BusPolicy::Shipped, "");
-    let addr = bus.address.clone();
-    // A watchdog of 4 s: trustd pings every 2 s while the engine and the bus service work.
-    let mut daemon = lab.run_daemon_env(
-        bus,
-        200,
-        &[],
-        &[
-            ("NOTIFY_SOCKET", notify.as_os_str()),
-            ("WATCHDOG_USEC", std::ffi::OsStr::new("4000000")),
-        ],
-    );
-    tests::lab::wait_ready(&addr);
+    let (lab, mut daemon, addr, sock, _dir) = watched("fc");
     let private = lab.paths().private_socket();
     assert!(watchdog_ping(&sock, Duration::from_secs(5)), "fed before");
     let (rss0, _) = usage(daemon.id());
@@ -171,7 +163,7 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
         .block_on(trustd::dbus::client::Client::connect(Some(&addr)))
         .expect("root's bus connection");
     assert_eq!(
-        pipelined_reads(&rt, &root_bus),
+        rt.block_on(tests::flood::reads_at_once(&root_bus, 8)),
         8,
         "root's reads before the churn"
     );
@@ -230,7 +222,7 @@ fn connection_churn_neither_stalls_the_bus_service_nor_starves_the_watchdog() {
         // A connection known before the churn stays known: every 4096 new names used to
         // wipe what trustd knew of callers, and root's reads on it were then held or dropped.
         assert_eq!(
-            pipelined_reads(&rt, &root_bus),
+            rt.block_on(tests::flood::reads_at_once(&root_bus, 8)),
             8,
             "round {round}: of 8 reads at once on root's long-lived bus connection under connection churn, some were dropped"
         );
@@ -287,23 +279,7 @@ fn signals_to_trustds_other_bus_connection_neither_starve_the_watchdog_nor_grow_
     if !can_run(&["ip", "nft", "setpriv", "dbus-daemon"]) {
         return;
     }
-    let mut lab = tests::lab::Lab::new("fa", false);
-    let b = lab.sign(lab_policy("direct"));
-    lab.load(&b);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (notify, sock) = tests::flood::notify_socket(dir.path());
-    let bus = tests::bus::Bus::start(BusPolicy::Shipped, "");
-    let addr = bus.address.clone();
-    let daemon = lab.run_daemon_env(
-        bus,
-        200,
-        &[],
-        &[
-            ("NOTIFY_SOCKET", notify.as_os_str()),
-            ("WATCHDOG_USEC", std::ffi::OsStr::new("4000000")),
-        ],
-    );
-    tests::lab::wait_ready(&addr);
+    let (_lab, daemon, addr, sock, _dir) = watched("fa");
     assert!(watchdog_ping(&sock, Duration::from_secs(5)), "fed before");
     assert!(
         !tests::flood::trustd_aside(&addr).is_empty(),

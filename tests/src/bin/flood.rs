@@ -330,28 +330,11 @@ fn aside(address: &str, until: Instant) {
 }
 
 fn fresh(address: &str) {
-    let rt = tests::rt();
-    let answered = rt.block_on(async {
-        let Ok(c) = trustd::dbus::client::Client::connect(Some(address)).await else {
-            return 0;
-        };
-        let calls: Vec<_> = (0..8)
-            .map(|_| {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let call = c.posture_property("Level");
-                    matches!(
-                        tokio::time::timeout(Duration::from_secs(5), call).await,
-                        Ok(Ok(_))
-                    )
-                })
-            })
-            .collect();
-        let mut n = 0;
-        for t in calls {
-            n += usize::from(t.await.unwrap_or(false));
+    let answered = tests::rt().block_on(async {
+        match trustd::dbus::client::Client::connect(Some(address)).await {
+            Ok(c) => tests::flood::reads_at_once(&c, 8).await,
+            Err(_) => 0,
         }
-        n
     });
     println!("{answered}");
 }

@@ -212,7 +212,26 @@ impl Enforcer {
             }
         }
         let c = &changes.intel;
+        // The blocklists are not in force (a replace or restore failed, perhaps because
+        // another writer committed in between) and someone changed the table again: try at
+        // once rather than at the next back-off step, which a writer answering each of
+        // trustd's commits with one of its own could otherwise stretch to minutes.
+        let retried =
+            self.enforced_intel.is_none() && !c.foreign.is_empty() && self.intel_failure.is_some();
+        if retried {
+            let what = format!(
+                "{} while the blocklists were not in force",
+                foreign("the blocklist table", c)
+            );
+            ctx.audit.record(
+                Entry::new("intel.drift", Outcome::Error, actor.clone())
+                    .reason(format!("{what}; restoring")),
+            );
+            let _ = self.enforce_intel(backend, ctx, actor.clone());
+            found = Some(what);
+        }
         let what = match &self.enforced_intel {
+            _ if retried => None,
             Some(_) if !c.foreign.is_empty() && !self.watch.verify_first(1) => {
                 Some(foreign("the blocklist table", c))
             }
