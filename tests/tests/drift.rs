@@ -495,8 +495,8 @@ fn idle_cpu_of_watching_changes_against_periodic_read_backs_with_a_100k_feed() {
     let periodic = cpu_of(me) - c0;
     println!(
         "idle CPU over {window:?} with a 100k feed, 1 s check interval: trustd with change \
-         notifications {now:.2} s (policy read-back and the blocklist table's flags, rules \
-         and set counts every tick, every element every {:?}); the periodic blocklist read-back alone {periodic:.2} s ({:?} of wall time)",
+         notifications {now:.2} s (policy read-back every tick, the blocklist table's \
+         flags, rules, counts and elements every {:?}); the periodic blocklist read-back alone {periodic:.2} s ({:?} of wall time)",
         trustd::daemon::INTEL_BACKSTOP,
         t0.elapsed()
     );

@@ -55,12 +55,10 @@ impl Watch {
         true
     }
 
-    /// Whether the periodic check should read every element of the blocklist table back
-    /// now (the full read-back): every [`INTEL_BACKSTOP`], notifications watched or not.
-    /// Between these, over netlink, each tick reads the table's flags, declarations, rules
-    /// and set counts (cheap): a change that notifications did not show as foreign (a
-    /// process that won the pid of one of trustd's reaped `nft` children) is caught by the
-    /// tick if it changed any of those, by the full read-back if it swapped elements.
+    /// Whether the periodic check, when due ([`Watch::intel_due`]), should read every
+    /// element of the blocklist table back (the full read-back): every [`INTEL_BACKSTOP`],
+    /// notifications watched or not. Otherwise it reads the table's flags, declarations,
+    /// rules and set counts (cheap, over netlink).
     pub(super) fn intel_full_due(&mut self) -> bool {
         let now = Instant::now();
         if self

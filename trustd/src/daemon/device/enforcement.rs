@@ -593,19 +593,19 @@ impl Enforcer {
         } else {
             self.retry_failed_enforcement(backend, ctx, &actor)?;
         }
-        // Every element is read back every INTEL_BACKSTOP; between, over netlink, each tick
-        // reads the flags, declarations, rules and set counts (cheap); through `nft` the
-        // chains, every tick without notifications (it fetches every element: costly).
+        // The blocklist table is read back every tick without notifications, every
+        // INTEL_BACKSTOP with them (they are attributed to trustd only from its own threads,
+        // and a read-back racing their repairs only adds failed replaces): every element
+        // every INTEL_BACKSTOP; between, over netlink, its flags, declarations, rules and
+        // set counts (cheap), through `nft` its chains.
         if let Some(rs) = &self.enforced_intel
+            && self.watch.intel_due()
             && !(if self.watch.intel_full_due() {
                 check_intel(backend, rs).is_ok()
             } else {
                 match intel_quick_intact(backend, rs) {
                     Some(r) => r.unwrap_or(false),
-                    None if self.watch.intel_due() => {
-                        intel_chains_intact(backend, rs).unwrap_or(false)
-                    }
-                    None => true,
+                    None => intel_chains_intact(backend, rs).unwrap_or(false),
                 }
             })
         {
