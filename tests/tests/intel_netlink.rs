@@ -637,13 +637,14 @@ fn an_exemption_with_thousands_of_ports_is_copied_across_messages() {
 }
 
 #[test]
-fn the_check_of_every_tick_sees_a_dormant_table_and_a_flushed_or_cut_set() {
+fn the_cheap_read_back_sees_a_dormant_table_and_a_flushed_or_cut_set() {
     // Attack: a process with CAP_NET_ADMIN that wins the pid of one of trustd's reaped `nft`
     // children (trustd starts one at every check) has its edit of the blocklist table taken
     // for trustd's own by the notifications. The table made dormant, or its sets flushed,
-    // went unseen past the 300 s backstop, which read only the rules. The check of every
-    // tick now reads the table's flags, declarations, rules and set counts: each such edit
-    // fails it, and a replace makes it pass again.
+    // went unseen past the 300 s backstop, which read only the rules. The periodic
+    // read-back (every tick without notifications, every 5 minutes with them) now reads the
+    // table's flags, declarations, rules and set counts: each such edit fails it, and a
+    // replace makes it pass again.
     if !can_run(TOOLS) {
         return;
     }

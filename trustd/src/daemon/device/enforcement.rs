@@ -693,6 +693,17 @@ mod tests {
 
     /// The enforcer alone: an audit log in a tempdir, an identity without a TPM, the
     /// effective policy of a device without one (lockdown), the recording fake as kernel.
+    /// A context with no policy and no feed installed, over `parts()`'s log and identity.
+    fn ctx<'a>(audit: &'a AuditLog, identity: &'a Identity, effective: Effective) -> Ctx<'a> {
+        Ctx {
+            audit,
+            effective,
+            policy: None,
+            intel: None,
+            identity,
+        }
+    }
+
     fn parts() -> (tempfile::TempDir, AuditLog, Identity, Effective) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (audit, _) =
@@ -722,13 +733,7 @@ mod tests {
     #[test]
     fn a_failed_apply_falls_back_to_lockdown_and_a_failed_lockdown_keeps_the_kernel_as_it_was() {
         let (dir, audit, identity, eff) = parts();
-        let ctx = Ctx {
-            audit: &audit,
-            effective: eff,
-            policy: None,
-            intel: None,
-            identity: &identity,
-        };
+        let ctx = ctx(&audit, &identity, eff);
         let mut kernel = RecordingBackend::default();
         let mut e = Enforcer::default();
         let me = Actor::this_process();
@@ -779,13 +784,7 @@ mod tests {
     fn a_failed_exemption_refill_is_not_cleared_by_an_element_update() {
         use crate::netfilter::{Match, check_intel};
         let (_dir, audit, identity, eff) = parts();
-        let ctx = Ctx {
-            audit: &audit,
-            effective: eff,
-            policy: None,
-            intel: None,
-            identity: &identity,
-        };
+        let ctx = ctx(&audit, &identity, eff);
         let mut kernel = RecordingBackend::default();
         let mut e = Enforcer::default();
         let me = Actor::this_process();
@@ -847,13 +846,7 @@ mod tests {
     #[test]
     fn a_removed_policy_table_is_drift_and_is_put_back() {
         let (dir, audit, identity, eff) = parts();
-        let ctx = Ctx {
-            audit: &audit,
-            effective: eff,
-            policy: None,
-            intel: None,
-            identity: &identity,
-        };
+        let ctx = ctx(&audit, &identity, eff);
         let mut kernel = RecordingBackend::default();
         let mut e = Enforcer::default();
         let me = Actor::this_process();
