@@ -76,12 +76,24 @@ fn feed_100k() -> Value {
 /// except port 80 to .2, and the 100k feed, with `trustd run` started and its blocklists in
 /// force. Returns the lab, the daemon and the feed as compiled.
 fn lab_with_feed(tag: &str) -> (Lab, tests::lab::Daemon, Value) {
+    lab_with_feed_owned(tag, true)
+}
+
+/// [`lab_with_feed`], with the blocklist table owned by trustd's socket or not
+/// (`intel_table_owned` in trustd.json; unowned as on kernels before Linux 6.9, where
+/// others' edits are repaired rather than refused).
+fn lab_with_feed_owned(tag: &str, owned: bool) -> (Lab, tests::lab::Daemon, Value) {
     let mut lab = Lab::new(tag, false);
     let b = lab.sign(policy());
     lab.load(&b);
     let feed = feed_100k();
     let f = lab.sign_intel(feed.clone());
     lab.load(&f);
+    std::fs::write(
+        lab.paths().config_file(),
+        json!({ "intel_table_owned": owned }).to_string(),
+    )
+    .expect("trustd.json");
     let daemon = lab.run_daemon(1000);
     let start = Instant::now();
     while !records(&lab)
@@ -254,7 +266,9 @@ fn every_edit_of_trustds_tables_with_a_100k_feed_is_repaired_within_2s_and_audit
     if !can_run(TOOLS) {
         return;
     }
-    let (lab, mut daemon, feed) = lab_with_feed("x");
+    // Unowned: an owned table refuses the blocklist edits below (see
+    // `every_edit_of_the_owned_blocklist_table_is_refused_and_it_outlives_a_crash`).
+    let (lab, mut daemon, feed) = lab_with_feed_owned("x", false);
     let mut compiled = compile_intel(Some(
         &serde_json::from_value::<IntelFeed>(feed).expect("feed parses"),
     ));
@@ -518,7 +532,8 @@ fn a_table_made_dormant_after_a_storm_of_edits_is_repaired() {
     if !can_run(TOOLS) {
         return;
     }
-    let (lab, _daemon, _) = lab_with_feed("dm");
+    // Unowned: an owned table refuses the storm and the dormant flag.
+    let (lab, _daemon, _) = lab_with_feed_owned("dm", false);
     let wait = |what: &str, undone: &dyn Fn() -> bool| {
         let t = Instant::now();
         while !undone() {
@@ -639,5 +654,144 @@ fn forged_netlink_messages_are_never_taken_for_the_kernels() {
     assert!(
         lab.dev_sh("nft list tables").contains("inet trustd_intel"),
         "the blocklist table is in force"
+    );
+}
+
+#[test]
+fn every_edit_of_the_owned_blocklist_table_is_refused_and_it_outlives_a_crash() {
+    // Attack: root edits the blocklist table while trustd runs (each edit of
+    // `every_edit_of_trustds_tables_with_a_100k_feed_is_repaired_within_2s_and_audited`,
+    // `nft flush ruleset`, and a writer answering trustd's repairs with edits of its own,
+    // which kept the blocklists out while it kept pace). Owned by trustd's socket, the table
+    // refuses each (the listed address is dropped all along, no drift to repair); killed
+    // with SIGKILL, trustd leaves it in force, unowned; restarted, trustd adopts it.
+    if !can_run(TOOLS) {
+        return;
+    }
+    let (lab, mut daemon, _feed) = lab_with_feed("o");
+    let owned = |lab: &Lab| {
+        lab.dev_sh("nft list table inet trustd_intel")
+            .lines()
+            .any(|l| l.trim().starts_with("flags owner"))
+    };
+    assert!(owned(&lab), "owned by trustd");
+    let before = records(&lab).last().map_or(0, |r| r.seq);
+    let v4h_out = rule_handle(&lab, INTEL_TABLE, "output", "@c0_v4h");
+    for edit in [
+        "flush set inet trustd_intel c0_v4h".to_owned(),
+        "delete element inet trustd_intel c0_v4h '{ 10.99.0.3 }'".to_owned(),
+        "add element inet trustd_intel c0_v4h '{ 10.99.0.2 }'".to_owned(),
+        "flush set inet trustd_intel c1_v4n".to_owned(),
+        format!("delete rule inet trustd_intel output handle {v4h_out}"),
+        "insert rule inet trustd_intel output accept".to_owned(),
+        "add table inet trustd_intel '{ flags dormant; }'".to_owned(),
+        "delete table inet trustd_intel".to_owned(),
+    ] {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.dev,
+                "sh",
+                "-c",
+                &format!("nft {edit}"),
+            ])
+            .output()
+            .expect("nft");
+        assert!(
+            !o.status.success()
+                && String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+            "{edit}: not refused for the owner: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !lab.probe(LISTED, None),
+            "{edit}: the listed address passed"
+        );
+        assert!(
+            lab.probe(ALLOWED, None),
+            "{edit}: unlisted traffic is dropped"
+        );
+    }
+    // A flush of the whole ruleset removes the policy table (trustd repairs it) and passes
+    // the blocklist table by.
+    nft(&lab, "flush ruleset");
+    assert!(
+        !lab.probe(LISTED, None),
+        "flush ruleset: the listed address passed"
+    );
+    assert!(
+        !lab.probe(LISTED_NET, None),
+        "flush ruleset: the listed prefix passed"
+    );
+    let t = Instant::now();
+    while !lab
+        .dev_sh("nft list tables")
+        .contains("table inet trustd\n")
+    {
+        assert!(t.elapsed() < BOUND, "the policy table was not repaired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let intel_drift: Vec<_> = records(&lab)
+        .into_iter()
+        .filter(|r| r.seq > before && r.kind.starts_with("intel."))
+        .map(|r| (r.kind, r.reason))
+        .collect();
+    assert!(
+        intel_drift.is_empty(),
+        "the blocklist table changed and was repaired: {intel_drift:?}"
+    );
+
+    // SIGKILL: nothing of trustd runs its exit path; the table stays, unowned, in force.
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &daemon.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let _ = daemon.wait();
+    assert!(!owned(&lab), "orphaned when trustd's socket is gone");
+    assert!(
+        !lab.probe(LISTED, None),
+        "the listed address is dropped after the crash"
+    );
+    assert!(
+        !lab.probe(LISTED_NET, None),
+        "the listed prefix is dropped after the crash"
+    );
+    let before = records(&lab).last().map_or(0, |r| r.seq);
+    let _next = lab.run_daemon(1000);
+    let t = Instant::now();
+    while !records(&lab)
+        .iter()
+        .any(|r| r.seq > before && r.kind == "intel.enforce" && r.outcome == Outcome::Ok)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the next trustd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(owned(&lab), "the next trustd adopted the table");
+    assert!(!lab.probe(LISTED, None), "and it blocks");
+    assert!(
+        !Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.dev,
+                "nft",
+                "flush",
+                "set",
+                "inet",
+                INTEL_TABLE,
+                "c0_v4h"
+            ])
+            .status()
+            .expect("nft")
+            .success(),
+        "an edit is refused again"
     );
 }

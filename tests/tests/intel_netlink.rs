@@ -25,8 +25,33 @@ fn feed(malware: &[&str], trackers: &[&str]) -> Value {
     })
 }
 
-/// `nft -j list table inet trustd_intel` in `ns`, without handles, set elements sorted.
+/// `nft -j list table inet trustd_intel` in `ns`, without handles, set elements sorted,
+/// and without the table's flags (the table built over netlink is owned by trustd's
+/// socket; `nft -f` cannot make an owned table that outlives it: see [`table_flags`]).
 fn listing(ns: &str) -> Value {
+    let mut v = listing_with_flags(ns);
+    for item in v["nftables"].as_array_mut().expect("list") {
+        if let Some(t) = item.get_mut("table").and_then(Value::as_object_mut) {
+            t.remove("flags");
+        }
+    }
+    v
+}
+
+/// The blocklist table's flags as `nft -j list` shows them (`[]` when none).
+fn table_flags(ns: &str) -> Value {
+    let v = listing_with_flags(ns);
+    v["nftables"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find_map(|i| i.get("table"))
+        .and_then(|t| t.get("flags").cloned())
+        .unwrap_or_else(|| json!([]))
+}
+
+/// [`listing`] with the table's flags.
+fn listing_with_flags(ns: &str) -> Value {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -97,6 +122,13 @@ fn the_table_built_over_netlink_lists_as_nft_builds_it_and_drops_real_packets() 
         .expect("enforce");
     dev.enforce_intel(&mut nl, Actor::this_process())
         .expect("blocklists over netlink");
+    // Owned by trustd's socket, kept when it closes (`persist`, which nft 1.0.6 names
+    // "unknown"): the only difference from the table `nft -f` builds.
+    assert_eq!(
+        table_flags(&lab.dev)[0],
+        "owner",
+        "the table built over netlink is owned by trustd's socket"
+    );
 
     // The same compiled table through `nft -f` (the JSON path) in another namespace.
     let other = Netns::new("tnl", "j");
@@ -192,7 +224,8 @@ fn an_element_added_or_removed_behind_trustds_back_fails_the_read_back() {
         return;
     }
     let ns = Netns::new("tnl", "x");
-    let mut nl = NftBackend::in_netns(&ns.0);
+    // Unowned (as on kernels before Linux 6.9): an owned table refuses these edits.
+    let mut nl = NftBackend::in_netns(&ns.0).with_intel_table_owned(false);
     let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
         &[
             "10.99.0.3",
@@ -365,11 +398,15 @@ fn exemptions_change_over_netlink_without_nft_listing_the_blocklist_table() {
             "nft -j list shows the refilled table as nft builds it"
         );
     }
-    // A rule slipped into an exemption chain is found by the check over netlink.
-    nft(
-        &ns.0,
-        &format!("add rule inet {INTEL_TABLE} exempt_out ip daddr 192.0.2.1 accept"),
-    );
+    // A rule slipped into an exemption chain: refused while the table is owned; found by
+    // the check over netlink when it is not (kernels before Linux 6.9).
+    let slip = format!("add rule inet {INTEL_TABLE} exempt_out ip daddr 192.0.2.1 accept");
+    assert!(!try_nft(&ns.0, &slip).0, "the owned table refuses the slip");
+    assert!(intel_chains_intact(&mut be, &rs).expect("checked"));
+    drop(be);
+    let mut be = NftBackend::in_netns(&ns.0).with_intel_table_owned(false);
+    apply_intel(&mut be, &rs).expect("unowned");
+    nft(&ns.0, &slip);
     assert!(
         !intel_chains_intact(&mut be, &rs).expect("checked"),
         "an added exemption is found"
@@ -563,7 +600,8 @@ fn a_catch_all_element_slipped_into_a_blocklist_set_fails_the_read_back() {
         return;
     }
     let ns = Netns::new("tnl", "c");
-    let mut nl = NftBackend::in_netns(&ns.0);
+    // Unowned (as on kernels before Linux 6.9): an owned table refuses the slipped element.
+    let mut nl = NftBackend::in_netns(&ns.0).with_intel_table_owned(false);
     let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
         &["10.99.0.3", "198.51.100.0/24", "fd99::3", "2001:db8::/48"],
         &["0.0.0.0/8"],
@@ -649,7 +687,9 @@ fn the_cheap_read_back_sees_a_dormant_table_and_a_flushed_or_cut_set() {
         return;
     }
     let ns = Netns::new("tnl", "q");
-    let mut nl = NftBackend::in_netns(&ns.0);
+    // Unowned (as on kernels before Linux 6.9): an owned table refuses these edits (see
+    // `an_owned_blocklist_table_refuses_every_other_writer_and_outlives_trustd`).
+    let mut nl = NftBackend::in_netns(&ns.0).with_intel_table_owned(false);
     let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
         &["10.99.0.3", "10.99.0.4", "198.51.100.0/24", "fd99::3"],
         &["203.0.113.7"],
@@ -678,4 +718,166 @@ fn the_cheap_read_back_sees_a_dormant_table_and_a_flushed_or_cut_set() {
         apply_intel(&mut nl, &rs).expect("replaced");
         assert!(quick(&mut nl), "{edit}: replaced, as compiled again");
     }
+}
+
+/// `nft ARGS` in `ns`: its exit status and stderr.
+fn try_nft(ns: &str, args: &str) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", &format!("nft {args}")])
+        .output()
+        .expect("nft");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `nft list table inet trustd_intel` in `ns` without the table's flags line and nft's
+/// `# progname` comment (which name the owner).
+fn text_listing(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            INTEL_TABLE,
+        ])
+        .output()
+        .expect("nft");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\tflags"))
+        .map(|l| l.split(" # progname").next().unwrap_or(l).to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn an_owned_blocklist_table_refuses_every_other_writer_and_outlives_trustd() {
+    // Attack: root (or any process with CAP_NET_ADMIN) edits the blocklist table behind
+    // trustd's back, racing its repairs: flushes a set, deletes or adds an element, makes the
+    // table dormant, deletes it, puts an accept rule first, runs `nft flush ruleset`, or
+    // answers each of trustd's commits with one of its own. Owned by trustd's socket, the
+    // table refuses every such edit (EPERM) and holds exactly what was compiled. When the
+    // socket closes (trustd stops or crashes) the table stays in force, unowned; the next
+    // replace adopts it. A table another socket owns under the name is refused, not
+    // taken over: the replace fails and says so, and the squatter's table is untouched.
+    use std::time::Duration;
+    if !can_run(TOOLS) {
+        return;
+    }
+    let ns = Netns::new("tnl", "o");
+    let mut nl = NftBackend::in_netns(&ns.0);
+    let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
+        &["10.99.0.3", "10.99.0.4", "198.51.100.0/24", "fd99::3"],
+        &["203.0.113.7"],
+    ))
+    .expect("feed");
+    let rs = compile_intel(Some(&f));
+    apply_intel(&mut nl, &rs).expect("built");
+    let before = listing(&ns.0);
+    let text_before = text_listing(&ns.0);
+    assert_eq!(table_flags(&ns.0)[0], "owner", "owned after a replace");
+    for edit in [
+        "add table inet trustd_intel '{ flags dormant ; }'",
+        "flush set inet trustd_intel c0_v4h",
+        "delete element inet trustd_intel c0_v4h '{ 10.99.0.3 }'",
+        "add element inet trustd_intel c1_v4h '{ 10.99.0.9 }'",
+        "flush set inet trustd_intel c0_v4n",
+        "insert rule inet trustd_intel output accept",
+        "flush chain inet trustd_intel output",
+        "delete table inet trustd_intel",
+        "add table inet trustd_intel '{ flags owner ; }'",
+    ] {
+        let (ok, err) = try_nft(&ns.0, edit);
+        assert!(!ok, "{edit}: the kernel took an edit of the owned table");
+        assert!(
+            err.contains("Operation not permitted"),
+            "{edit}: refused for the owner, not for another reason: {err}"
+        );
+    }
+    let (ok, err) = try_nft(&ns.0, "flush ruleset");
+    assert!(ok, "flush ruleset runs: {err}");
+    assert_eq!(
+        listing(&ns.0),
+        before,
+        "after every refused edit and a flush of the ruleset the table is as compiled"
+    );
+    check_intel(&mut nl, &rs).expect("and trustd's full read-back agrees");
+
+    // trustd's socket closes (stop, crash): the table stays, unowned, and blocks on.
+    drop(nl);
+    // (nft 1.0.6 prints an orphaned table's flags wrongly, in JSON too: the text
+    // listing is compared, without the table's flags line.)
+    assert_eq!(
+        text_listing(&ns.0),
+        text_before,
+        "the table outlives its owner"
+    );
+    assert!(
+        !try_nft(
+            &ns.0,
+            "list table inet trustd_intel | grep -q 'flags owner'"
+        )
+        .0,
+        "orphaned: no owner"
+    );
+    // The next trustd adopts it with its replace.
+    let mut next = NftBackend::in_netns(&ns.0);
+    apply_intel(&mut next, &rs).expect("adopted by the next replace");
+    assert_eq!(table_flags(&ns.0)[0], "owner", "owned again");
+    assert!(!try_nft(&ns.0, "flush set inet trustd_intel c0_v4h").0);
+    drop(next);
+
+    // A squatter owns a table of that name first: trustd's replace is refused (it never
+    // takes another socket's table) and says the kernel refused it; nothing is changed.
+    let mut squat = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "sh", "-c"])
+        .arg(
+            "(echo 'delete table inet trustd_intel'; \
+              echo 'add table inet trustd_intel { flags owner; }'; sleep 30) | nft -i",
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("squatter");
+    let start = std::time::Instant::now();
+    while !try_nft(
+        &ns.0,
+        "list table inet trustd_intel | grep -q 'flags owner$'",
+    )
+    .0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "squatter took the table"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut third = NftBackend::in_netns(&ns.0);
+    let err = apply_intel(&mut third, &rs).expect_err("a table another socket owns");
+    assert!(
+        err.to_string().contains("Operation not permitted"),
+        "the refusal names the cause: {err}"
+    );
+    assert!(
+        try_nft(
+            &ns.0,
+            "list table inet trustd_intel | grep -q 'flags owner$'"
+        )
+        .0 && !try_nft(&ns.0, "list set inet trustd_intel c0_v4h").0,
+        "the squatter's empty table is as it made it"
+    );
+    let _ = squat.kill();
+    let _ = squat.wait();
 }

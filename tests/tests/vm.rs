@@ -180,6 +180,7 @@ fn the_suite_passes_inside_the_enigm_os_image() {
         "ok: package upgraded in place",
         "ok: binary missing at boot",
         "ok: memory with a 100k feed",
+        "ok: blocklist table ownership",
         "ok: bus activation",
         "ok: journal:",
         "ok: systemd-analyze security exposure",

@@ -54,6 +54,13 @@ pub struct Config {
     /// exists, else none; see [`Config::tpm_choice`]. Without a TPM reports say their
     /// evidence is signed by the software key only.
     pub tpm: Option<String>,
+    /// Whether trustd owns its blocklist table `inet trustd_intel` (default true): the
+    /// table is created with nftables' `owner` and `persist` flags (Linux 6.9), so that while
+    /// trustd runs no other process, root's `nft` included, can change or delete it and
+    /// `nft flush ruleset` leaves it; when trustd exits the table stays in force, unowned,
+    /// until trustd adopts it again. `false` leaves it unowned as on older kernels: others'
+    /// changes are then seen and repaired, not prevented. Read at start.
+    pub intel_table_owned: bool,
 }
 
 /// The accepted range of `nft_timeout_ms`: long enough for a large blocklist (a 1M-entry
@@ -71,6 +78,7 @@ impl Default for Config {
                 .unwrap_or(20_000),
             audit_segment_bytes: crate::audit::Options::default().max_segment_bytes,
             tpm: None,
+            intel_table_owned: true,
         }
     }
 }

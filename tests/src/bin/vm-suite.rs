@@ -1186,6 +1186,34 @@ fn boot3() -> Result<u8> {
         mib(max)
     ));
 
+    // The blocklist table is owned by trustd's socket where the kernel can keep an owned
+    // table after its owner exits (`persist`, Linux 6.9); on an older kernel trustd says so
+    // and leaves it unowned (an owned table would go with a crashed trustd).
+    let release = sh("uname -r")?;
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let persist = (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 9);
+    let owned = sh("nft list table inet trustd_intel")?
+        .lines()
+        .any(|l| l.trim().starts_with("flags owner"));
+    let said = sh("journalctl -b -u trustd.service --no-pager -o cat")?.contains("stays unowned");
+    check!(
+        owned == persist && said != persist,
+        "blocklist table on Linux {}: owned {owned}, \"stays unowned\" logged {said}",
+        release.trim()
+    );
+    ok(&format!(
+        "blocklist table ownership on Linux {}: {}",
+        release.trim(),
+        if owned {
+            "owned"
+        } else {
+            "unowned, as the kernel has no persist flag"
+        }
+    ));
+
     // The unit's sandbox as systemd rates it, with the TPM's device in it.
     println!(
         "{}",

@@ -111,15 +111,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Apply { nft } => {
-            let deadline = Config::load(&paths)
-                .map(|c| c.nft_timeout_ms)
-                .unwrap_or_else(|e| {
-                    tracing::error!(
-                        "configuration not read ({e}): the default nft deadline applies"
-                    );
-                    Config::default().nft_timeout_ms
-                });
-            let mut backend = NftBackend::new(nft).with_deadline(Duration::from_millis(deadline));
+            let config = Config::load(&paths).unwrap_or_else(|e| {
+                tracing::error!(
+                    "configuration not read ({e}): the default nft deadline and table \
+                     ownership apply"
+                );
+                Config::default()
+            });
+            let mut backend = NftBackend::new(nft)
+                .with_deadline(Duration::from_millis(config.nft_timeout_ms))
+                .with_intel_table_owned(config.intel_table_owned);
             let mut dev = match Device::open(&paths, Actor::this_process()) {
                 Ok(d) => d,
                 Err(e) => return lockdown(&mut backend, &e),

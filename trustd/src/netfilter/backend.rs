@@ -98,6 +98,9 @@ pub struct NftBackend {
     /// intel table goes through `nft` ([`Self::without_netlink`], or the socket could not
     /// be opened).
     intel: Option<Option<IntelNetlink>>,
+    /// Whether the intel table is made owned by trustd's socket (see
+    /// [`Self::with_intel_table_owned`]).
+    own_intel: bool,
 }
 
 impl Clone for NftBackend {
@@ -110,6 +113,7 @@ impl Clone for NftBackend {
             hung: self.hung.clone(),
             netns: self.netns.clone(),
             intel: self.intel.as_ref().map(|_| None),
+            own_intel: self.own_intel,
         }
     }
 }
@@ -130,7 +134,20 @@ impl NftBackend {
             hung: None,
             netns: None,
             intel: Some(None),
+            own_intel: true,
         }
+    }
+
+    /// Whether the intel table is owned by trustd's netlink socket (`NFT_TABLE_F_OWNER`
+    /// and `NFT_TABLE_F_PERSIST`, Linux 6.9; the default): while trustd runs no other
+    /// process, root's `nft` included, can change or delete it, and `nft flush ruleset`
+    /// passes it by; when trustd exits it stays in force, unowned, until the next trustd
+    /// adopts it. `false`: unowned, as on older kernels (others' changes are seen and
+    /// repaired, not prevented).
+    #[must_use]
+    pub fn with_intel_table_owned(mut self, owned: bool) -> Self {
+        self.own_intel = owned;
+        self
     }
 
     /// Put the intel table through `nft` JSON too, as before the netlink path (for
@@ -244,7 +261,8 @@ impl Backend for NftBackend {
             None => NfSocket::open(self.deadline),
         };
         match sock {
-            Ok(s) => Some(IntelNetlink::new(s)),
+            Ok(s) if self.own_intel => Some(IntelNetlink::new(s)),
+            Ok(s) => Some(IntelNetlink::new(s).unowned()),
             Err(e) => {
                 tracing::warn!("blocklist table through nft: no nf_tables netlink socket: {e}");
                 crate::sys::nft_events::children_write_intel();

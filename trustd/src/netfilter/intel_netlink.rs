@@ -56,6 +56,15 @@ const NLM_F_APPEND: u16 = 0x800;
 /// `NFTA_TABLE_NAME`.
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_FLAGS: u16 = 2;
+/// `NFTA_TABLE_OWNER`: the port id of the netlink socket that owns the table.
+const NFTA_TABLE_OWNER: u16 = 7;
+/// `NFT_TABLE_F_OWNER` (Linux 5.12): only the creating netlink socket may change or delete
+/// the table; others (root's `nft` included) get `EPERM`, and `nft flush ruleset` passes it by.
+pub const NFT_TABLE_F_OWNER: u32 = 0x2;
+/// `NFT_TABLE_F_PERSIST` (Linux 6.9): with [`NFT_TABLE_F_OWNER`], the table stays when its
+/// owner's socket closes (orphaned: no owner, anyone may change it) instead of going with
+/// it; a socket that re-creates it with both flags adopts it.
+pub const NFT_TABLE_F_PERSIST: u32 = 0x4;
 /// `NFTA_CHAIN_*`.
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -127,15 +136,49 @@ pub struct IntelNetlink {
     sock: NfSocket,
     applied: Option<(String, Shape)>,
     timings: Vec<(&'static str, Duration)>,
+    /// Whether a replace makes the table owned by this socket ([`NFT_TABLE_F_OWNER`] and
+    /// [`NFT_TABLE_F_PERSIST`]).
+    own: bool,
 }
 
 impl IntelNetlink {
-    /// Use this socket (in the network namespace whose tables it should change).
+    /// Use this socket (in the network namespace whose tables it should change). Each
+    /// replace makes the blocklist table owned by this socket, so that no other process
+    /// can change or delete it while the socket is open (see [`Self::unowned`]).
     pub fn new(sock: NfSocket) -> Self {
         Self {
             sock,
             applied: None,
             timings: Vec::new(),
+            own: true,
+        }
+    }
+
+    /// Leave the table unowned: any process with `CAP_NET_ADMIN` may change it, and only
+    /// the read-backs and notifications see such a change (as on kernels before Linux 6.9,
+    /// which cannot keep an owned table after its owner exits). Also taken when the kernel
+    /// refuses the flags.
+    #[must_use]
+    pub fn unowned(mut self) -> Self {
+        self.own = false;
+        self
+    }
+
+    /// Whether replaces make the table owned by this socket (false after [`Self::unowned`]
+    /// or once the kernel refused the flags).
+    pub fn owns_table(&self) -> bool {
+        self.own
+    }
+
+    /// The table's flags and owner as a replace makes them.
+    fn table_owner(&self) -> (u32, Option<u32>) {
+        if self.own {
+            (
+                NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
+                Some(self.sock.port_id()),
+            )
+        } else {
+            (0, None)
         }
     }
 
@@ -185,9 +228,12 @@ type Rules = BTreeMap<String, Vec<Vec<u8>>>;
 /// A table's declarations as dumped: what the replacement copies and the read-back compares.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Shape {
-    /// The table's flags (`NFTA_TABLE_FLAGS`): 0 as trustd makes it; `dormant` (1) turns
-    /// every hook of the table off while its chains and rules stay listed.
+    /// The table's flags (`NFTA_TABLE_FLAGS`): `owner` and `persist` as trustd makes it
+    /// (0 when unowned); `dormant` (1) turns every hook of the table off while its chains
+    /// and rules stay listed.
     flags: u32,
+    /// The port id of the socket owning the table (`NFTA_TABLE_OWNER`), if owned.
+    owner: Option<u32>,
     /// Counters and other objects: (name, type attribute, data attribute as created).
     objs: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
     /// Set declarations by name (their [`SET_DECL`] attributes) and whether anonymous.
@@ -330,14 +376,12 @@ fn shape(sock: &mut NfSocket, table: &str) -> Result<Option<Shape>, NftError> {
         |_| {},
         |r| {
             if attrs(r.body).any(|(t, v)| t == NFTA_TABLE_NAME && str_attr(v) == table) {
-                s.flags =
-                    attrs(r.body)
-                        .find(|(t, _)| *t == NFTA_TABLE_FLAGS)
-                        .map_or(0, |(_, v)| {
-                            u32::from_be_bytes(
-                                v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
-                            )
-                        });
+                s.flags = attrs(r.body)
+                    .find(|(t, _)| *t == NFTA_TABLE_FLAGS)
+                    .map_or(0, |(_, v)| be32(v));
+                s.owner = attrs(r.body)
+                    .find(|(t, _)| *t == NFTA_TABLE_OWNER)
+                    .map(|(_, v)| be32(v));
             }
             Ok(())
         },
@@ -943,6 +987,10 @@ pub(super) fn replace(
     );
     // 2. One batch: the table replaced, copied declarations, streamed elements, hooks.
     let mut b = Batch::new();
+    // Added first so that the delete finds it; then made anew, owned by this socket
+    // unless unowned (an orphaned table left by an earlier trustd is deleted like any other;
+    // one another socket owns refuses the whole batch with EPERM).
+    let (table_flags, _) = nlk.table_owner();
     for (msg, flags, what) in [
         (NFT_MSG_NEWTABLE, NLM_F_CREATE, "table (add)"),
         (NFT_MSG_DELTABLE, 0, "table (delete)"),
@@ -950,6 +998,9 @@ pub(super) fn replace(
     ] {
         b.begin(msg, flags, NFPROTO_INET, what);
         b.put_str(NFTA_TABLE_NAME, INTEL_TABLE);
+        if what == "table" && table_flags != 0 {
+            b.put_be32(NFTA_TABLE_FLAGS, table_flags);
+        }
     }
     for (name, (kind, data)) in &tmpl.objs {
         b.begin(
@@ -1020,12 +1071,25 @@ pub(super) fn replace(
         .sock
         .generation()
         .map_err(|e| EnforceError::Apply(nl(e)))?;
-    commit_scratch(nlk, b)?;
+    if let Err(e) = scratch_commit(nlk, b) {
+        if nlk.own && refused_flags(&e) {
+            // A kernel before Linux 6.9 knows no `persist`: an owned table would go with
+            // trustd's socket (a crash would remove the blocklists), so it stays unowned.
+            tracing::warn!(
+                "the kernel refused an owned, persistent blocklist table ({e}); it stays \
+                 unowned: other processes with CAP_NET_ADMIN can change it, and trustd \
+                 repairs what it sees"
+            );
+            nlk.own = false;
+            return replace(nlk, backend, rs);
+        }
+        return Err(EnforceError::Apply(nl(e)));
+    }
     lap(&mut nlk.timings, &mut t, "kernel commit (send, wait)");
     tracing::debug!(batch_bytes, "blocklist table replaced over netlink");
     // 4. Read back: declarations and rules as nft compiled them, elements as compiled
     // (counts, catch-all; presence proven by the batch when nothing else was committed).
-    let want = wanted(tmpl);
+    let want = wanted(tmpl, nlk.table_owner());
     let chosen: Vec<&SetSpec> = all.iter().map(|(_, s)| s).collect();
     let mut stages = (Duration::ZERO, Duration::ZERO);
     let mut presence = Presence::Proven;
@@ -1110,16 +1174,30 @@ fn anon_elements_begin(b: &mut Batch, name: &str, id: u32) -> usize {
 }
 
 /// End `b` by deleting the scratch table and commit it.
-fn commit_scratch(nlk: &mut IntelNetlink, mut b: Batch) -> Result<(), EnforceError> {
+fn commit_scratch(nlk: &mut IntelNetlink, b: Batch) -> Result<(), EnforceError> {
+    scratch_commit(nlk, b).map_err(|e| EnforceError::Apply(nl(e)))
+}
+
+/// [`commit_scratch`], with the kernel's refusal as it came.
+fn scratch_commit(nlk: &mut IntelNetlink, mut b: Batch) -> Result<(), NfnlError> {
     b.begin(NFT_MSG_DELTABLE, 0, NFPROTO_INET, "scratch table (delete)");
     b.put_str(NFTA_TABLE_NAME, TEMPLATE_TABLE);
-    nlk.sock.commit(b).map_err(|e| EnforceError::Apply(nl(e)))
+    nlk.sock.commit(b)
+}
+
+/// Whether a replace was refused for the new table's flags (`EOPNOTSUPP` on the table
+/// message: the kernel does not know `NFT_TABLE_F_PERSIST`).
+fn refused_flags(e: &NfnlError) -> bool {
+    matches!(e, NfnlError::Refused { what, err }
+        if what.starts_with("table") && err.raw_os_error() == Some(libc::EOPNOTSUPP))
 }
 
 /// What the blocklist table should hold: the scratch table's shape `tmpl` with the base
-/// chains' hooks, which the scratch table does not have.
-fn wanted(tmpl: Shape) -> Shape {
+/// chains' hooks, which the scratch table does not have, and the table's `(flags, owner)`.
+fn wanted(tmpl: Shape, (flags, owner): (u32, Option<u32>)) -> Shape {
     let mut want = tmpl;
+    want.flags = flags;
+    want.owner = owner;
     want.hooks = BASE_CHAINS
         .iter()
         .map(|(n, h, p)| ((*n).to_owned(), (*h, *p, NF_ACCEPT, "filter".to_owned())))
@@ -1191,7 +1269,9 @@ fn same_shape(held: &Shape, want: &Shape) -> Result<(), String> {
             .collect::<Vec<_>>()
     };
     let what = if held.flags != want.flags {
-        "table flags (a dormant table filters nothing)"
+        "table flags (a dormant table filters nothing; an unowned one can be changed by anyone)"
+    } else if held.owner != want.owner {
+        "table owner (trustd's socket no longer holds it)"
     } else if objs(held) != objs(want) {
         "counters"
     } else if held.sets != want.sets {
@@ -1275,7 +1355,9 @@ fn same_shape_canonical(held: &Shape, want: &Shape) -> Result<(), String> {
         t
     };
     let what = if held.flags != want.flags {
-        "table flags (a dormant table filters nothing)"
+        "table flags (a dormant table filters nothing; an unowned one can be changed by anyone)"
+    } else if held.owner != want.owner {
+        "table owner (trustd's socket no longer holds it)"
     } else if objs(held) != objs(want) {
         "counters"
     } else if named(held) != named(want) {
@@ -1386,7 +1468,7 @@ pub(super) fn refill_exemptions(
         b.put_raw(raw);
     }
     commit_scratch(nlk, b)?;
-    let want = wanted(tmpl);
+    let want = wanted(tmpl, nlk.table_owner());
     let held = read_back(&mut nlk.sock, |sock| {
         let held = shape(sock, INTEL_TABLE)
             .map_err(EnforceError::ReadBack)?
@@ -1522,7 +1604,7 @@ pub(super) fn refill(
 }
 
 /// Whether the intel table is still, as far as a cheap read shows, what was put in force
-/// with `rs`: the table (its flags: not dormant, not owned), every declaration and rule as
+/// with `rs`: the table (its flags: not dormant; owned by this socket unless unowned), every declaration and rule as
 /// confirmed then, and every set's element count as compiled (an interval set's halved, as
 /// the kernel reports it), all in one state of the ruleset; no element is read. So a table
 /// made dormant or a set flushed or cut is caught by this check too, not only by
@@ -1588,5 +1670,28 @@ mod tests {
         assert_eq!(presence_after(u32::MAX, 1), Presence::Proven);
         assert_eq!(presence_after(u32::MAX, 0), Presence::Check);
         assert_eq!(presence_after(u32::MAX, 2), Presence::Check);
+    }
+
+    /// Only the kernel's `EOPNOTSUPP` for the new table (a kernel before Linux 6.9 knows no
+    /// `persist` flag) makes trustd leave the table unowned; `EPERM` (another socket owns
+    /// the table) or a refusal of any other message does not.
+    #[test]
+    fn only_a_kernel_without_the_persist_flag_leaves_the_table_unowned() {
+        let refused = |what: &str, errno| NfnlError::Refused {
+            what: what.into(),
+            err: std::io::Error::from_raw_os_error(errno),
+        };
+        assert!(refused_flags(&refused("table", libc::EOPNOTSUPP)));
+        assert!(refused_flags(&refused(
+            "table (attribute at offset 20)",
+            libc::EOPNOTSUPP
+        )));
+        assert!(!refused_flags(&refused("table (add)", libc::EPERM)));
+        assert!(!refused_flags(&refused("table", libc::EPERM)));
+        assert!(!refused_flags(&refused("set c0_v4h", libc::EOPNOTSUPP)));
+        assert!(!refused_flags(&refused(
+            "scratch table (delete)",
+            libc::EOPNOTSUPP
+        )));
     }
 }

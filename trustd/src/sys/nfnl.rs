@@ -304,6 +304,9 @@ pub struct NfSocket {
     rx: Vec<u8>,
     /// A dump was interrupted since this was last cleared (see [`Self::settled`]).
     interrupted: bool,
+    /// The port id the kernel gave this socket (what it records as the owner of a table
+    /// this socket creates with `NFT_TABLE_F_OWNER`).
+    port_id: u32,
 }
 
 fn set_int_opt(sock: &Socket, opt: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
@@ -329,7 +332,7 @@ impl NfSocket {
     /// A socket in this process's network namespace; replies wait at most `deadline`.
     pub fn open(deadline: Duration) -> Result<Self, NfnlError> {
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(NfnlError::Io)?;
-        sock.bind_auto().map_err(NfnlError::Io)?;
+        let port_id = sock.bind_auto().map_err(NfnlError::Io)?.port_number();
         // Connected to the kernel (port id 0): the kernel then refuses, for this socket,
         // messages any other process sends to its port id, so that no one can forge a
         // verdict, a generation or a dump reply.
@@ -364,7 +367,13 @@ impl NfSocket {
             seq: 1 << 30,
             rx: Vec::with_capacity(256 << 10),
             interrupted: false,
+            port_id,
         })
+    }
+
+    /// This socket's netlink port id (nonzero; the kernel's is 0).
+    pub fn port_id(&self) -> u32 {
+        self.port_id
     }
 
     /// A socket in the named network namespace (`/run/netns/NAME`, as `ip netns` makes

@@ -174,8 +174,9 @@ pub fn run(paths: &Paths, opts: RunOptions) -> Result<Outcome, RunError> {
             (RoleGroups::default(), Config::default(), Some(e))
         }
     };
-    let mut backend =
-        NftBackend::new(nft).with_deadline(Duration::from_millis(config.nft_timeout_ms));
+    let mut backend = NftBackend::new(nft)
+        .with_deadline(Duration::from_millis(config.nft_timeout_ms))
+        .with_intel_table_owned(config.intel_table_owned);
     let opts = crate::audit::Options {
         max_segment_bytes: config.audit_segment_bytes,
     };
