@@ -485,6 +485,64 @@ fn fast_forward_with_a_stolen_intel_key_is_undone_by_rotating_the_key() {
     assert_eq!(d.state().serials.intel, 1);
 }
 
+/// The feed in force is held without its envelope (a 1M-entry feed's envelope is tens of
+/// MiB); a rotation decides whether it stays in force from the stored envelope. Attack: the
+/// stored feed is swapped (for one the new root's intel key signs, or garbage) or removed
+/// behind trustd's back before a rotation: the rotation is refused and audited, the trust
+/// root and the feed in force stay; with the stored feed back, the same rotation applies.
+#[test]
+fn a_rotation_is_refused_when_the_stored_feed_is_not_the_one_in_force() {
+    let (k1, intel_key, fresh) = (key(1), key(5), key(9));
+    let dev = TestDevice::new();
+    let mut d = open(&dev);
+    d.apply_intel(&sign(INTEL, &intel(3), &[&intel_key]), me(), now())
+        .expect("feed");
+    let stored = std::fs::read(dev.paths.intel_feed()).expect("stored feed");
+    let mut new = trust_root();
+    new.serial = 2;
+    let f = trustd::bundle::PublicKeyFile::new(&fresh.verifying_key());
+    new.keys.insert(
+        f.keyid.clone(),
+        trustd::bundle::TrustKey {
+            alg: f.alg,
+            public: f.public,
+        },
+    );
+    new.roles.intel.keyids = vec![f.keyid];
+    let rot = rotation(&new, &[&k1]);
+    for swap in [
+        Some(sign(INTEL, &intel(3), &[&fresh])),
+        Some(b"not an envelope".to_vec()),
+        None,
+    ] {
+        match &swap {
+            Some(b) => std::fs::write(dev.paths.intel_feed(), b).expect("swap"),
+            None => std::fs::remove_file(dev.paths.intel_feed()).expect("rm"),
+        }
+        let err = d
+            .apply_trust_root(&rot, me(), now())
+            .expect_err("a rotation over a swapped stored feed");
+        assert!(
+            err.to_string().contains("intel"),
+            "the error names the stored feed: {err}"
+        );
+        assert_eq!(d.trust_root().serial, 1, "the root in force stays");
+        assert_eq!(d.intel().map(|f| f.payload().serial), Some(3));
+        let r = last(&records(&dev), "root.apply");
+        assert_eq!(r.outcome, Outcome::Refused);
+        let why = r.reason.unwrap_or_default();
+        assert!(
+            why.contains("the stored intel feed could not be read back"),
+            "{why}"
+        );
+    }
+    std::fs::write(dev.paths.intel_feed(), &stored).expect("put back");
+    d.apply_trust_root(&rot, me(), now())
+        .expect("the same rotation with the stored feed back");
+    assert_eq!(d.trust_root().serial, 2);
+    assert!(d.intel().is_none(), "the old key's feed leaves force");
+}
+
 /// Security regression test: a rotated root on disk replaced by an earlier rotation (still
 /// validly self-signed, serial above the provisioned one) is refused at open, so that the
 /// keys a rotation removed do not come back; `trustd apply` then enforces lockdown.

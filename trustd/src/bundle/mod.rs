@@ -184,4 +184,43 @@ impl<T> Verified<T> {
     pub fn signers(&self) -> &[String] {
         &self.signers
     }
+
+    /// Keep the payload in force without the envelope bytes, once they are stored as the
+    /// last good input (a 1M-entry feed's envelope is tens of MiB, a second copy of every
+    /// entry beside the parsed payload).
+    pub fn into_in_force(self) -> InForce<T> {
+        InForce {
+            payload: self.payload,
+            digest: self.digest,
+            signers: self.signers,
+        }
+    }
+}
+
+/// A verified payload held in force after its envelope was stored as the last good input
+/// ([`Verified::into_in_force`]): the payload, the envelope's digest and the signers, not
+/// the envelope itself (the state directory keeps it). It cannot be installed again; what
+/// needs the envelope reads the stored one and checks it against [`Self::digest`].
+#[derive(Debug, Clone)]
+pub struct InForce<T> {
+    payload: T,
+    digest: String,
+    signers: Vec<String>,
+}
+
+impl<T> InForce<T> {
+    /// The checked payload.
+    pub fn payload(&self) -> &T {
+        &self.payload
+    }
+
+    /// Lowercase hex SHA-256 of the envelope bytes that were verified.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The keyids whose signatures counted toward the threshold.
+    pub fn signers(&self) -> &[String] {
+        &self.signers
+    }
 }

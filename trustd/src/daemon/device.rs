@@ -20,7 +20,7 @@
 use crate::Paths;
 use crate::audit::damage::{ACKNOWLEDGE_KIND, REPAIR_KIND};
 use crate::audit::{Actor, AuditLog, Entry, Options, Outcome};
-use crate::bundle::{TrustRoot, Verified};
+use crate::bundle::{InForce, TrustRoot, Verified};
 use crate::netfilter::Backend;
 use crate::policy::{Effective, IntelFeed, Overlay, Policy, effective};
 use crate::posture::{self, PolicyInfo, Posture};
@@ -85,7 +85,8 @@ pub struct Device {
     audit: AuditLog,
     state: DeviceState,
     policy: Option<Verified<Policy>>,
-    intel: Option<Verified<IntelFeed>>,
+    /// Held without its envelope (the state directory keeps it): a large feed once.
+    intel: Option<InForce<IntelFeed>>,
     condition: Condition,
     notes: Vec<String>,
     /// What is in the kernel and how it is kept there.
@@ -148,7 +149,7 @@ impl Device {
             audit,
             state: loaded.state,
             policy: loaded.policy,
-            intel: loaded.intel,
+            intel: loaded.intel.map(Verified::into_in_force),
             condition: loaded.condition,
             notes: loaded.notes,
             enforcer: Enforcer::default(),
@@ -194,7 +195,7 @@ impl Device {
         self.root = root;
         self.state = loaded.state;
         self.policy = loaded.policy;
-        self.intel = loaded.intel;
+        self.intel = loaded.intel.map(Verified::into_in_force);
         self.condition = loaded.condition;
         self.notes = loaded.notes;
         Ok(())
@@ -220,8 +221,8 @@ impl Device {
         self.policy.as_ref()
     }
 
-    /// The last-good intel feed.
-    pub fn intel(&self) -> Option<&Verified<IntelFeed>> {
+    /// The last-good intel feed (its envelope is in the state directory, not in memory).
+    pub fn intel(&self) -> Option<&InForce<IntelFeed>> {
         self.intel.as_ref()
     }
 

@@ -29,14 +29,14 @@ impl Held {
     /// An installed signed input of `role`, with the `max_age` its policy sets for it.
     fn of<P: crate::bundle::Payload>(
         role: Role,
-        v: &crate::bundle::Verified<P>,
+        p: &P,
+        digest: &str,
         max_age: Option<u64>,
     ) -> Self {
-        let p = v.payload();
         Self {
             role,
             serial: p.serial(),
-            digest: v.digest().to_owned(),
+            digest: digest.to_owned(),
             issued_at: p.issued_at(),
             expires_at: p.expires_at(),
             max_age,
@@ -51,10 +51,20 @@ impl Device {
         let max_age = self.policy.as_ref().and_then(|p| p.payload().max_age);
         let mut held = Vec::new();
         if let Some(p) = &self.policy {
-            held.push(Held::of(Role::Policy, p, max_age.and_then(|m| m.policy)));
+            held.push(Held::of(
+                Role::Policy,
+                p.payload(),
+                p.digest(),
+                max_age.and_then(|m| m.policy),
+            ));
         }
         if let Some(i) = &self.intel {
-            held.push(Held::of(Role::Intel, i, max_age.and_then(|m| m.intel)));
+            held.push(Held::of(
+                Role::Intel,
+                i.payload(),
+                i.digest(),
+                max_age.and_then(|m| m.intel),
+            ));
         }
         held.push(Held {
             role: Role::Root,

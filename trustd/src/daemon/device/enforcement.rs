@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use super::DeviceError;
 use super::identity::Identity;
 use crate::audit::{Actor, AuditLog, Entry, Outcome};
-use crate::bundle::Verified;
+use crate::bundle::{InForce, Verified};
 use crate::netfilter::{
     self, Backend, EnforceError, IntelRuleset, Protected, ProtectedKind, Ruleset, apply_intel,
     canonical_digest, check_intel, compile, compile_intel, intel_chains_intact, intel_quick_intact,
@@ -34,7 +34,7 @@ pub struct Ctx<'a> {
     /// measured with each enforcement).
     pub policy: Option<&'a Verified<Policy>>,
     /// The last-good intel feed.
-    pub intel: Option<&'a Verified<IntelFeed>>,
+    pub intel: Option<&'a InForce<IntelFeed>>,
     /// The identity whose TPM (if any) measures each enforcement.
     pub identity: &'a Identity,
 }
@@ -389,7 +389,7 @@ impl Enforcer {
         ctx: &Ctx<'_>,
         actor: Actor,
     ) -> Result<usize, DeviceError> {
-        let mut rs = compile_intel(ctx.intel.map(Verified::payload));
+        let mut rs = compile_intel(ctx.intel.map(InForce::payload));
         rs.protected = self
             .protected
             .clone()

@@ -256,7 +256,7 @@ impl Device {
             verify::<IntelFeed>(b, root, now, held)
         })?;
         let applied = self.install("intel.apply", &v, actor)?;
-        self.intel = Some(v);
+        self.intel = Some(v.into_in_force());
         Ok(applied)
     }
 
@@ -285,12 +285,48 @@ impl Device {
             .clone()
             .unwrap_or_else(|| self.root.roles.clone());
         let command = std::fs::read(self.store.input_path(Role::Command)).ok();
+        // The feed in force is held without its envelope: the stored one stands for it, if
+        // it is that feed (same digest); else the rotation is refused and nothing changes
+        // (whether the feed leaves force under the new root cannot be decided without it).
+        let intel = match &self.intel {
+            None => None,
+            Some(held) => {
+                let path = self.store.input_path(Role::Intel);
+                let read = std::fs::read(&path).and_then(|b| {
+                    if sha256_hex(&b) == held.digest() {
+                        Ok(b)
+                    } else {
+                        Err(std::io::Error::other(format!(
+                            "not the feed in force (sha256 {}, in force {})",
+                            sha256_hex(&b),
+                            held.digest()
+                        )))
+                    }
+                });
+                match read {
+                    Ok(b) => Some(b),
+                    Err(source) => {
+                        let e = StateError::Io { path, source };
+                        let entry =
+                            Entry::new(format!("{}.apply", Role::Root), Outcome::Refused, actor)
+                                .reason(format!(
+                                    "the stored intel feed could not be read back ({e}): the \
+                                 rotation is refused and the trust root and the feed in \
+                                 force stay; apply a feed again, then the rotation"
+                                ))
+                                .digest("input", v.digest());
+                        self.audit.append(entry)?;
+                        return Err(DeviceError::State(e));
+                    }
+                }
+            }
+        };
         // Exhaustive: a new role does not compile until its installed input is given here.
         let installed = Installed::from_fn(|role| match role {
             // The root role never starts over (start_over skips it).
             Role::Root => None,
             Role::Policy => self.policy.as_ref().map(Verified::envelope_bytes),
-            Role::Intel => self.intel.as_ref().map(Verified::envelope_bytes),
+            Role::Intel => intel.as_deref(),
             Role::Command => command.as_deref(),
         });
         let resets = start_over(&mut next, &under, new, &installed);
