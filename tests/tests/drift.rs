@@ -145,6 +145,15 @@ fn records(lab: &Lab) -> Vec<Record> {
     read_records(&lab.paths().audit_dir()).unwrap_or_default()
 }
 
+/// The records after `seq` whose kind `pick` takes: (kind, reason).
+fn since(lab: &Lab, seq: u64, pick: impl Fn(&str) -> bool) -> Vec<(String, Option<String>)> {
+    records(lab)
+        .into_iter()
+        .filter(|r| r.seq > seq && pick(&r.kind))
+        .map(|r| (r.kind, r.reason))
+        .collect()
+}
+
 /// Run `nft ARGS...` in the device namespace (as an intruder would), panicking on failure.
 fn nft(lab: &Lab, args: &str) {
     let o = Command::new("ip")
@@ -642,11 +651,7 @@ fn forged_netlink_messages_are_never_taken_for_the_kernels() {
         "the kernel refuses the sender on trustd's connected socket: {said}"
     );
     std::thread::sleep(Duration::from_secs(3));
-    let drift: Vec<_> = records(&lab)
-        .into_iter()
-        .filter(|r| r.seq > before && r.kind.ends_with(".drift"))
-        .map(|r| (r.kind, r.reason))
-        .collect();
+    let drift = since(&lab, before, |k| k.ends_with(".drift"));
     assert!(
         drift.is_empty(),
         "forged messages ({said}) were taken for the kernel's: {drift:?}"
@@ -733,11 +738,7 @@ fn every_edit_of_the_owned_blocklist_table_is_refused_and_it_outlives_a_crash() 
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let intel_drift: Vec<_> = records(&lab)
-        .into_iter()
-        .filter(|r| r.seq > before && r.kind.starts_with("intel."))
-        .map(|r| (r.kind, r.reason))
-        .collect();
+    let intel_drift = since(&lab, before, |k| k.starts_with("intel."));
     assert!(
         intel_drift.is_empty(),
         "the blocklist table changed and was repaired: {intel_drift:?}"

@@ -50,20 +50,23 @@ fn table_flags(ns: &str) -> Value {
         .unwrap_or_else(|| json!([]))
 }
 
-/// [`listing`] with the table's flags.
-fn listing_with_flags(ns: &str) -> Value {
+/// A small feed compiled: addresses and a prefix in `malware` (sets c0_v4h, c0_v4n,
+/// c0_v6h), one address in `trackers` (c1_v4h).
+fn small_feed() -> trustd::netfilter::IntelRuleset {
+    let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
+        &["10.99.0.3", "10.99.0.4", "198.51.100.0/24", "fd99::3"],
+        &["203.0.113.7"],
+    ))
+    .expect("feed");
+    compile_intel(Some(&f))
+}
+
+/// `nft OPTS list table inet trustd_intel` in `ns`: its output (it must succeed).
+fn list_intel(ns: &str, opts: &[&str]) -> Vec<u8> {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "-j",
-            "list",
-            "table",
-            "inet",
-            INTEL_TABLE,
-        ])
+        .args(["netns", "exec", ns, "nft"])
+        .args(opts)
+        .args(["list", "table", "inet", INTEL_TABLE])
         .output()
         .expect("nft");
     assert!(
@@ -71,7 +74,12 @@ fn listing_with_flags(ns: &str) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    out.stdout
+}
+
+/// [`listing`] with the table's flags.
+fn listing_with_flags(ns: &str) -> Value {
+    let mut v: Value = serde_json::from_slice(&list_intel(ns, &["-j"])).expect("json");
     for item in v["nftables"].as_array_mut().expect("list") {
         for (_, inner) in item.as_object_mut().expect("object").iter_mut() {
             if let Some(o) = inner.as_object_mut() {
@@ -690,12 +698,7 @@ fn the_cheap_read_back_sees_a_dormant_table_and_a_flushed_or_cut_set() {
     // Unowned (as on kernels before Linux 6.9): an owned table refuses these edits (see
     // `an_owned_blocklist_table_refuses_every_other_writer_and_outlives_trustd`).
     let mut nl = NftBackend::in_netns(&ns.0).with_intel_table_owned(false);
-    let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
-        &["10.99.0.3", "10.99.0.4", "198.51.100.0/24", "fd99::3"],
-        &["203.0.113.7"],
-    ))
-    .expect("feed");
-    let rs = compile_intel(Some(&f));
+    let rs = small_feed();
     apply_intel(&mut nl, &rs).expect("built");
     let quick = |nl: &mut NftBackend| {
         intel_quick_intact(nl, &rs)
@@ -735,25 +738,7 @@ fn try_nft(ns: &str, args: &str) -> (bool, String) {
 /// `nft list table inet trustd_intel` in `ns` without the table's flags line and nft's
 /// `# progname` comment (which name the owner).
 fn text_listing(ns: &str) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "list",
-            "table",
-            "inet",
-            INTEL_TABLE,
-        ])
-        .output()
-        .expect("nft");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&list_intel(ns, &[]))
         .lines()
         .filter(|l| !l.starts_with("\tflags"))
         .map(|l| l.split(" # progname").next().unwrap_or(l).to_owned())
@@ -777,12 +762,7 @@ fn an_owned_blocklist_table_refuses_every_other_writer_and_outlives_trustd() {
     }
     let ns = Netns::new("tnl", "o");
     let mut nl = NftBackend::in_netns(&ns.0);
-    let f: trustd::policy::IntelFeed = serde_json::from_value(feed(
-        &["10.99.0.3", "10.99.0.4", "198.51.100.0/24", "fd99::3"],
-        &["203.0.113.7"],
-    ))
-    .expect("feed");
-    let rs = compile_intel(Some(&f));
+    let rs = small_feed();
     apply_intel(&mut nl, &rs).expect("built");
     let before = listing(&ns.0);
     let text_before = text_listing(&ns.0);

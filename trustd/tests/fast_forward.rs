@@ -31,6 +31,27 @@ fn root_with_policy_key(serial: u64, policy: &SigningKey) -> TrustRoot {
     trust_root_with(serial, &[&key(1)], 1, &[policy], 1)
 }
 
+/// The test root at `serial` with `key` as the intel role's only key.
+fn root_with_intel_key(serial: u64, key: &SigningKey) -> TrustRoot {
+    let mut new = trust_root();
+    new.serial = serial;
+    with_intel_key(new, key)
+}
+
+/// `root` with `key` as the intel role's only key.
+fn with_intel_key(mut new: TrustRoot, key: &SigningKey) -> TrustRoot {
+    let f = trustd::bundle::PublicKeyFile::new(&key.verifying_key());
+    new.keys.insert(
+        f.keyid.clone(),
+        trustd::bundle::TrustKey {
+            alg: f.alg,
+            public: f.public,
+        },
+    );
+    new.roles.intel.keyids = vec![f.keyid];
+    new
+}
+
 fn rotation(new: &TrustRoot, signers: &[&SigningKey]) -> Vec<u8> {
     sign(ROOT, &serde_json::to_value(new).expect("json"), signers)
 }
@@ -459,17 +480,7 @@ fn fast_forward_with_a_stolen_intel_key_is_undone_by_rotating_the_key() {
     empty["categories"] = json!({});
     d.apply_intel(&sign(INTEL, &empty, &[&stolen]), me(), now())
         .expect("stolen feed");
-    let mut new = trust_root();
-    new.serial = 2;
-    let f = trustd::bundle::PublicKeyFile::new(&fresh.verifying_key());
-    new.keys.insert(
-        f.keyid.clone(),
-        trustd::bundle::TrustKey {
-            alg: f.alg,
-            public: f.public,
-        },
-    );
-    new.roles.intel.keyids = vec![f.keyid];
+    let new = root_with_intel_key(2, &fresh);
     d.apply_trust_root(&rotation(&new, &[&k1]), me(), now())
         .expect("rotation");
     assert!(d.intel().is_none());
@@ -498,17 +509,7 @@ fn a_rotation_is_refused_when_the_stored_feed_is_not_the_one_in_force() {
     d.apply_intel(&sign(INTEL, &intel(3), &[&intel_key]), me(), now())
         .expect("feed");
     let stored = std::fs::read(dev.paths.intel_feed()).expect("stored feed");
-    let mut new = trust_root();
-    new.serial = 2;
-    let f = trustd::bundle::PublicKeyFile::new(&fresh.verifying_key());
-    new.keys.insert(
-        f.keyid.clone(),
-        trustd::bundle::TrustKey {
-            alg: f.alg,
-            public: f.public,
-        },
-    );
-    new.roles.intel.keyids = vec![f.keyid];
+    let new = root_with_intel_key(2, &fresh);
     let rot = rotation(&new, &[&k1]);
     for swap in [
         Some(sign(INTEL, &intel(3), &[&fresh])),
@@ -638,16 +639,7 @@ fn fast_forward_inputs_are_out_of_the_kernel_after_the_rotation() {
             .contains("198.51.100.7")
     );
 
-    let mut new = root_with_policy_key(2, &fresh);
-    let f = trustd::bundle::PublicKeyFile::new(&key(9).verifying_key());
-    new.keys.insert(
-        f.keyid.clone(),
-        trustd::bundle::TrustKey {
-            alg: f.alg,
-            public: f.public,
-        },
-    );
-    new.roles.intel.keyids = vec![f.keyid];
+    let new = with_intel_key(root_with_policy_key(2, &fresh), &key(9));
     d.apply_trust_root(&rotation(&new, &[&k1]), me(), now())
         .expect("rotation");
     let e = d.enforce(&mut nft, me()).expect("enforce");
