@@ -796,3 +796,102 @@ fn every_edit_of_the_owned_blocklist_table_is_refused_and_it_outlives_a_crash() 
         "an edit is refused again"
     );
 }
+
+#[test]
+fn a_process_holding_the_blocklist_tables_name_sets_neither_the_pace_of_retries_nor_of_repairs() {
+    // Attack: in the gap of a restart a process takes the blocklist table's name (a table
+    // owned by its own socket) and commits to it again and again. Each of its commits made
+    // trustd try at once to put the blocklists back (and fail with EPERM, and audit it), so
+    // that at 40 commits a second the engine fell behind: the policy table, deleted, stayed
+    // out of the kernel most of the time and the watchdog went unfed. Tries out of the
+    // back-off schedule are now at most one every 2 s; the policy table is repaired within
+    // the usual bound.
+    use std::os::unix::process::CommandExt;
+    if !can_run(TOOLS) {
+        return;
+    }
+    let (lab, mut daemon, _feed) = lab_with_feed("sq");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &daemon.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let _ = daemon.wait();
+    let squatter = Command::new("ip")
+        .args(["netns", "exec", &lab.dev, "sh", "-c"])
+        .arg(
+            "(echo 'delete table inet trustd_intel'; \
+              echo 'add table inet trustd_intel { flags owner; }'; \
+              while :; do echo 'add chain inet trustd_intel c'; \
+              echo 'delete chain inet trustd_intel c'; sleep 0.02; done) | nft -i",
+        )
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("squatter");
+    struct Group(std::process::Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0.id())])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+    let _squatter = Group(squatter);
+    let t = Instant::now();
+    while !lab
+        .dev_sh("nft list table inet trustd_intel 2>/dev/null || true")
+        .lines()
+        .any(|l| l.trim() == "flags owner")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the squatter took the name"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = records(&lab).last().map_or(0, |r| r.seq);
+    let _next = lab.run_daemon(1000);
+    let t = Instant::now();
+    while since(&lab, before, |k| k == "intel.enforce").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "trustd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the squatter's commits pile up, then time the policy table's repairs.
+    std::thread::sleep(Duration::from_secs(2));
+    let tries_from = records(&lab).last().map_or(0, |r| r.seq);
+    let window = Instant::now();
+    for i in 0..5 {
+        let took = lab.delete_policy_table_and_wait(BOUND);
+        assert!(
+            took.is_some(),
+            "deletion {i}: the policy table was not back within {BOUND:?} while a process \
+             commits to the blocklist table's name"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let secs = window.elapsed().as_secs_f64();
+    let tries = since(&lab, tries_from, |k| k == "intel.drift")
+        .into_iter()
+        .filter(|(_, why)| {
+            why.as_deref()
+                .is_some_and(|w| w.contains("while the blocklists were not in force"))
+        })
+        .count();
+    assert!(
+        (tries as f64) <= secs / 2.0 + 1.0,
+        "{tries} tries out of schedule in {secs:.1} s: at most one every 2 s"
+    );
+    assert!(
+        !lab.probe(FORBIDDEN, None),
+        "the policy table enforces meanwhile"
+    );
+}

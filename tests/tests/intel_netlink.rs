@@ -756,7 +756,6 @@ fn an_owned_blocklist_table_refuses_every_other_writer_and_outlives_trustd() {
     // socket closes (trustd stops or crashes) the table stays in force, unowned; the next
     // replace adopts it. A table another socket owns under the name is refused, not
     // taken over: the replace fails and says so, and the squatter's table is untouched.
-    use std::time::Duration;
     if !can_run(TOOLS) {
         return;
     }
@@ -820,30 +819,8 @@ fn an_owned_blocklist_table_refuses_every_other_writer_and_outlives_trustd() {
 
     // A squatter owns a table of that name first: trustd's replace is refused (it never
     // takes another socket's table) and says the kernel refused it; nothing is changed.
-    let mut squat = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "sh", "-c"])
-        .arg(
-            "(echo 'delete table inet trustd_intel'; \
-              echo 'add table inet trustd_intel { flags owner; }'; sleep 30) | nft -i",
-        )
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("squatter");
-    let start = std::time::Instant::now();
-    while !try_nft(
-        &ns.0,
-        "list table inet trustd_intel | grep -q 'flags owner$'",
-    )
-    .0
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "squatter took the table"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    try_nft(&ns.0, "delete table inet trustd_intel");
+    let squat = hold_owned(&ns.0, INTEL_TABLE);
     let mut third = NftBackend::in_netns(&ns.0);
     let err = apply_intel(&mut third, &rs).expect_err("a table another socket owns");
     assert!(
@@ -858,6 +835,48 @@ fn an_owned_blocklist_table_refuses_every_other_writer_and_outlives_trustd() {
         .0 && !try_nft(&ns.0, "list set inet trustd_intel c0_v4h").0,
         "the squatter's empty table is as it made it"
     );
-    let _ = squat.kill();
-    let _ = squat.wait();
+    drop(squat);
+}
+
+/// A process group in a namespace, killed whole when dropped.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process in `ns` holding `inet NAME` owned by its socket (`nft -i`) until dropped.
+fn hold_owned(ns: &str, name: &str) -> Group {
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c"])
+        .arg(format!(
+            "(echo 'add table inet {name} {{ flags owner; }}'; sleep 60) | nft -i"
+        ))
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("squatter");
+    let held = Group(child);
+    let start = std::time::Instant::now();
+    while !try_nft(
+        ns,
+        &format!("list table inet {name} | grep -q 'flags owner$'"),
+    )
+    .0
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the squatter did not take inet {name}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    held
 }

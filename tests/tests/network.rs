@@ -535,3 +535,49 @@ fn a_tunnel_going_down_and_up_is_seen_through_netlink_and_audited() {
         ]
     );
 }
+
+#[test]
+fn an_interface_renamed_lo_is_not_taken_for_loopback() {
+    // Attack: a process with CAP_NET_ADMIN renames the loopback device away and the device's
+    // real interface to `lo`. Loopback was accepted by name (`oifname "lo"`) first in both
+    // of trustd's tables, so every packet out of the renamed interface passed: blocklisted
+    // addresses and what the policy forbids alike, with no table touched and no drift to
+    // see. Loopback is now matched by the device's type (`meta oiftype loopback`), which a
+    // rename cannot give.
+    if !can_run(TOOLS) {
+        return;
+    }
+    let mut lab = Lab::new("lo", false);
+    let mut p = lab_policy("direct");
+    p["network"]["allow"] =
+        serde_json::json!([{"dest": "10.99.0.0/24", "proto": "tcp", "ports": [443]}]);
+    lab.enforce(p);
+    let f = lab.sign_intel(intel_feed(&["10.99.0.3"]));
+    lab.load(&f);
+    lab.apply();
+    let held = || {
+        (
+            lab.probe("10.99.0.2:443/tcp", None),
+            lab.probe("10.99.0.3:443/tcp", None),
+            lab.probe("10.99.0.2:80/tcp", None),
+        )
+    };
+    assert_eq!(held(), (true, false, false), "allowed, listed, forbidden");
+    lab.dev_sh(
+        "ip link set lo down && ip link set lo name lo0 && ip link set lo0 up && \
+         ip link set dev0 down && ip link set dev0 name lo && ip link set lo up && \
+         ip addr replace 10.99.0.1/24 dev lo",
+    );
+    assert!(
+        lab.dev_sh("ip -br link")
+            .lines()
+            .any(|l| l.starts_with("lo@")),
+        "the veth is named lo: {}",
+        lab.dev_sh("ip -br link")
+    );
+    assert_eq!(
+        held(),
+        (true, false, false),
+        "after the rename: the listed address and the forbidden port stay dropped"
+    );
+}

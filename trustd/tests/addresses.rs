@@ -365,7 +365,10 @@ fn overlaps_are_counted_by_kind() {
             .position(|r| r.contains("\"drop\""))
             .expect("drop");
         assert!(jump < first_drop, "{chain}: {rules:?}");
-        assert!(rules[0].contains("\"lo\""), "{chain}: loopback first");
+        assert!(
+            rules[0].contains("\"loopback\""),
+            "{chain}: loopback (by interface type) first"
+        );
     }
 }
 

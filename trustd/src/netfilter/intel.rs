@@ -378,9 +378,9 @@ fn base_exemptions(out: bool) -> Vec<Rule> {
     let accept = |m| Rule::new(vec![m], Action::Accept);
     let mut rules = Vec::new();
     if out {
-        rules.push(accept(Match::OifName(vec!["lo".into()])));
+        rules.push(accept(Match::OifLoopback(true)));
     } else {
-        rules.push(accept(Match::IifName(vec!["lo".into()])));
+        rules.push(accept(Match::IifLoopback));
     }
     for p in LOOPBACK_PREFIXES {
         let c: Cidr = p

@@ -370,24 +370,7 @@ fn copy(body: &[u8], keep: &[u16]) -> Vec<u8> {
 /// Dump `table`'s declarations, chains and rules (and the anonymous sets' elements).
 fn shape(sock: &mut NfSocket, table: &str) -> Result<Option<Shape>, NftError> {
     let mut s = Shape::default();
-    sock.dump(
-        NFT_MSG_GETTABLE,
-        NFPROTO_INET,
-        |_| {},
-        |r| {
-            if attrs(r.body).any(|(t, v)| t == NFTA_TABLE_NAME && str_attr(v) == table) {
-                s.flags = attrs(r.body)
-                    .find(|(t, _)| *t == NFTA_TABLE_FLAGS)
-                    .map_or(0, |(_, v)| be32(v));
-                s.owner = attrs(r.body)
-                    .find(|(t, _)| *t == NFTA_TABLE_OWNER)
-                    .map(|(_, v)| be32(v));
-            }
-            Ok(())
-        },
-    )
-    .map_err(nl)?
-    .map_err(NftError::Netlink)?;
+    (s.flags, s.owner) = shape_table(sock, table)?.unwrap_or((0, None));
     let found = sock
         .dump(
             NFT_MSG_GETSET,
@@ -978,6 +961,10 @@ pub(super) fn replace(
     let digest = intel_structure_digest(rs);
     nlk.timings.clear();
     let mut t = Instant::now();
+    // 0. A table an earlier trustd left (orphaned) is this socket's from now on, whatever
+    // becomes of the replace: not open to other writers while it is built, or after it
+    // failed.
+    adopt(nlk);
     // 1. nft compiles the small part into the scratch table; read back as compiled.
     let tmpl = scratch(&mut nlk.sock, backend, rs, &rs.protected, &digest)?;
     lap(
@@ -1136,6 +1123,65 @@ pub(super) fn replace(
     Ok(())
 }
 
+/// Make an orphaned blocklist table (`persist` without `owner`: its owner's socket closed,
+/// an earlier trustd exited) owned by this socket, in a transaction of its own: the kernel
+/// lets a socket adopt an orphaned table by creating it again with both flags (Linux 6.9).
+/// A table made dormant meanwhile is woken in the same step. Nothing is done when the
+/// table is unowned by choice, absent, already this socket's, or another socket's (the
+/// replace then fails with `EPERM` and says so).
+fn adopt(nlk: &mut IntelNetlink) {
+    let (flags, _) = nlk.table_owner();
+    if flags == 0 {
+        return;
+    }
+    let held = match shape_table(&mut nlk.sock, INTEL_TABLE) {
+        Ok(Some(h)) => h,
+        _ => return,
+    };
+    if held.0 & NFT_TABLE_F_OWNER != 0 {
+        return;
+    }
+    let mut b = Batch::new();
+    b.begin(NFT_MSG_NEWTABLE, 0, NFPROTO_INET, "table (adopt)");
+    b.put_str(NFTA_TABLE_NAME, INTEL_TABLE);
+    b.put_be32(NFTA_TABLE_FLAGS, flags);
+    match nlk.sock.commit(b) {
+        Ok(()) => tracing::info!("the blocklist table left by an earlier trustd is trustd's again"),
+        Err(e) => tracing::debug!("the blocklist table was not adopted: {e}"),
+    }
+}
+
+/// `table`'s flags and owner as dumped, `None` when there is no such table.
+fn shape_table(sock: &mut NfSocket, table: &str) -> Result<Option<(u32, Option<u32>)>, NftError> {
+    let mut found = None;
+    sock.dump(
+        NFT_MSG_GETTABLE,
+        NFPROTO_INET,
+        |_| {},
+        |r| {
+            if attrs(r.body).any(|(t, v)| t == NFTA_TABLE_NAME && str_attr(v) == table) {
+                found = Some(table_flags_of(r.body));
+            }
+            Ok(())
+        },
+    )
+    .map_err(nl)?
+    .map_err(NftError::Netlink)?;
+    Ok(found)
+}
+
+/// A dumped table's flags and owner (`NFTA_TABLE_FLAGS`, `NFTA_TABLE_OWNER`).
+fn table_flags_of(body: &[u8]) -> (u32, Option<u32>) {
+    (
+        attrs(body)
+            .find(|(t, _)| *t == NFTA_TABLE_FLAGS)
+            .map_or(0, |(_, v)| be32(v)),
+        attrs(body)
+            .find(|(t, _)| *t == NFTA_TABLE_OWNER)
+            .map(|(_, v)| be32(v)),
+    )
+}
+
 /// Add to `b` the elements the scratch table's anonymous set `name` holds (`tmpl`), for the
 /// new anonymous set of the blocklist table created in the same batch with set id `id`.
 ///
@@ -1237,7 +1283,17 @@ fn scratch(
     for _ in 0..READ_TRIES {
         backend
             .apply(&render_template(rs, protected))
-            .map_err(EnforceError::Apply)?;
+            .map_err(|e| {
+                let why = e.to_string();
+                EnforceError::Apply(if why.contains("Operation not permitted") {
+                    NftError::Netlink(format!(
+                        "the scratch table inet {TEMPLATE_TABLE} could not be built: another \
+                         process owns a table of that name (nftables owner flag): {why}"
+                    ))
+                } else {
+                    e
+                })
+            })?;
         let read = sock
             .settled(|sock| {
                 let listing = backend

@@ -70,6 +70,12 @@ pub enum Match {
     IifName(Vec<String>),
     /// Input interface name is none of.
     IifNameNot(Vec<String>),
+    /// The output interface is (`true`) or is not the loopback device, by its type
+    /// (`meta oiftype loopback`, ARPHRD_LOOPBACK), never by its name: any process with
+    /// CAP_NET_ADMIN can rename an interface `lo`, none can make one a loopback device.
+    OifLoopback(bool),
+    /// The input interface is the loopback device, by its type (`meta iiftype loopback`).
+    IifLoopback,
     /// Conntrack state is one of.
     CtState(Vec<&'static str>),
     /// Destination address or prefix.
@@ -109,6 +115,10 @@ impl Match {
             Self::OifNameNot(n) => Self::IifNameNot(n.clone()),
             Self::IifName(n) => Self::OifName(n.clone()),
             Self::IifNameNot(n) => Self::OifNameNot(n.clone()),
+            Self::OifLoopback(true) => Self::IifLoopback,
+            Self::IifLoopback => Self::OifLoopback(true),
+            // No input-side "not loopback" match is compiled.
+            Self::OifLoopback(false) => return None,
             Self::Daddr(c) => Self::Saddr(*c),
             Self::Saddr(c) => Self::Daddr(*c),
             Self::Dport(p, ports) => Self::Sport(*p, ports.clone()),

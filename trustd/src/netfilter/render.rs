@@ -60,6 +60,12 @@ fn render_match(x: &Match, generation: u32) -> Value {
         Match::OifNameNot(n) => m("!=", meta("oifname"), one_or_set(n)),
         Match::IifName(n) => m("==", meta("iifname"), one_or_set(n)),
         Match::IifNameNot(n) => m("!=", meta("iifname"), one_or_set(n)),
+        Match::OifLoopback(is) => m(
+            if *is { "==" } else { "!=" },
+            meta("oiftype"),
+            json!("loopback"),
+        ),
+        Match::IifLoopback => m("==", meta("iiftype"), json!("loopback")),
         Match::CtState(s) if s.len() == 1 => m("in", json!({"ct": {"key": "state"}}), json!(s[0])),
         Match::CtState(s) => m("in", json!({"ct": {"key": "state"}}), json!(s)),
         Match::Daddr(c) => m(

@@ -23,6 +23,12 @@ pub const INTEL_BACKSTOP: Duration = Duration::from_secs(300);
 /// Past this many repairs on foreign notifications within [`REPAIR_WINDOW`] for one table,
 /// further notifications are confirmed by a read-back before a repair.
 const REPAIRS_BEFORE_VERIFY: u32 = 5;
+/// The least time between two tries, out of the back-off schedule, to put the blocklists
+/// in force again on another process's change to their table (see
+/// [`Watch::retry_now`]): a process committing to a table of that name that it owns could
+/// otherwise make trustd try (and fail, and audit) at its own pace, keeping the engine
+/// from everything else (the policy table's repairs first).
+pub const RETRY_AT_ONCE_GAP: Duration = Duration::from_secs(2);
 const REPAIR_WINDOW: Duration = Duration::from_secs(10);
 
 /// What the enforcer knows about how its tables are watched.
@@ -37,9 +43,26 @@ pub struct Watch {
     intel_full: Option<Instant>,
     /// Repairs on foreign notifications per table (policy, intel): window start and count.
     repairs: [(Option<Instant>, u32); 2],
+    /// When a change to the blocklist table last made trustd try at once.
+    retried_at: Option<Instant>,
 }
 
 impl Watch {
+    /// Whether a foreign change to the blocklist table, while the blocklists are not in
+    /// force, may make trustd try to put them back now: at most once per
+    /// [`RETRY_AT_ONCE_GAP`]; the back-off schedule's tries go on regardless.
+    pub(super) fn retry_now(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .retried_at
+            .is_some_and(|t| now.duration_since(t) < RETRY_AT_ONCE_GAP)
+        {
+            return false;
+        }
+        self.retried_at = Some(now);
+        true
+    }
+
     /// Whether the periodic check should read the blocklist table back now: every tick
     /// without notifications, every [`INTEL_BACKSTOP`] with them.
     pub(super) fn intel_due(&mut self) -> bool {
@@ -213,9 +236,13 @@ impl Enforcer {
         // The blocklists are not in force (a replace or restore failed, perhaps because
         // another writer committed in between) and someone changed the table again: try at
         // once rather than at the next back-off step, which a writer answering each of
-        // trustd's commits with one of its own could otherwise stretch to minutes.
-        let retried =
-            self.enforced_intel.is_none() && !c.foreign.is_empty() && self.intel_failure.is_some();
+        // trustd's commits with one of its own could otherwise stretch to minutes; at most
+        // once per RETRY_AT_ONCE_GAP, so that a writer (one holding the table's name) cannot
+        // set the pace of trustd's tries.
+        let retried = self.enforced_intel.is_none()
+            && !c.foreign.is_empty()
+            && self.intel_failure.is_some()
+            && self.watch.retry_now();
         if retried {
             let what = format!(
                 "{} while the blocklists were not in force",
@@ -285,6 +312,18 @@ mod tests {
         w.events = true;
         w.intel_full = Some(Instant::now() - INTEL_BACKSTOP);
         assert!(w.intel_full_due());
+    }
+
+    /// A process holding a table of the blocklist table's name and committing to it
+    /// thousands of times a second made trustd try (and fail, and audit) as often, keeping
+    /// the policy table's repairs waiting: tries out of schedule are spaced.
+    #[test]
+    fn tries_out_of_schedule_are_at_most_one_per_gap() {
+        let mut w = Watch::default();
+        assert!(w.retry_now());
+        assert!(!w.retry_now() && !w.retry_now(), "within the gap");
+        w.retried_at = Some(Instant::now() - RETRY_AT_ONCE_GAP);
+        assert!(w.retry_now());
     }
 
     #[test]
