@@ -894,4 +894,24 @@ fn a_process_holding_the_blocklist_tables_name_sets_neither_the_pace_of_retries_
         !lab.probe(FORBIDDEN, None),
         "the policy table enforces meanwhile"
     );
+    // The squatter leaves: the kernel removes its table without a notification; trustd sees
+    // the name free at its next check and puts the blocklists back then, not at the next
+    // back-off step (up to 5 minutes away).
+    drop(_squatter);
+    let t = Instant::now();
+    let trustds = |lab: &Lab| {
+        let t = lab.dev_sh("nft list table inet trustd_intel 2>/dev/null || true");
+        t.contains("flags owner") && t.contains("set c0_v4h")
+    };
+    while !trustds(&lab) {
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "the blocklists were not put back within 4 s of the name being freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !lab.probe(LISTED, None),
+        "the listed address is dropped again"
+    );
 }

@@ -581,3 +581,79 @@ fn an_interface_renamed_lo_is_not_taken_for_loopback() {
         "after the rename: the listed address and the forbidden port stay dropped"
     );
 }
+
+/// Creates a TUN device `tl0` given the loopback link type (TUNSETLINK, ARPHRD_LOOPBACK,
+/// allowed to whoever holds the TUN's descriptor while it is down), routes a listed and a
+/// forbidden destination through it and sends to both; then writes into it a packet from
+/// the listed address to a local port the policy does not open. Prints `out=N in=BOOL`:
+/// packets that reached the TUN's reader, and whether the inbound one was delivered.
+const TUN_AS_LOOPBACK: &str = r#"
+import fcntl, os, socket, struct, subprocess, select, time
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"tl0", 0x0001 | 0x1000))
+fcntl.ioctl(fd, 0x400454cd, 772)
+for c in ["ip link set tl0 up", "ip addr add 172.31.0.1/30 dev tl0",
+          "ip route replace 10.99.0.3/32 dev tl0", "ip route replace 192.0.2.77/32 dev tl0"]:
+    subprocess.run(c, shell=True, check=True)
+assert "link/loopback" in subprocess.run("ip link show tl0", shell=True, capture_output=True, text=True).stdout
+out = 0
+for dst in ["10.99.0.3", "192.0.2.77"]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try: s.sendto(b"x", (dst, 9999))
+    except OSError: pass
+    t = time.time() + 0.3
+    while time.time() < t:
+        if select.select([fd], [], [], 0.1)[0] and os.read(fd, 4096)[:1] == b"\x45":
+            out += 1
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+ls = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); ls.bind(("0.0.0.0", 7777)); ls.settimeout(1)
+udp = struct.pack("!HHHH", 5555, 7777, 9, 0) + b"x"
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                 socket.inet_aton("10.99.0.3"), socket.inet_aton("172.31.0.1"))
+os.write(fd, ip[:10] + struct.pack("!H", csum(ip)) + ip[12:] + udp)
+try: ls.recvfrom(100); delivered = True
+except socket.timeout: delivered = False
+print("out=%d in=%s" % (out, delivered))
+"#;
+
+#[test]
+fn a_tun_device_given_the_loopback_type_is_not_taken_for_loopback() {
+    // Attack: loopback matched by device type instead of name (`meta oiftype loopback`)
+    // still took any TUN device for loopback once its owner set that type (TUNSETLINK,
+    // no capability beyond the TUN's descriptor; a user-run VPN client's persistent TUN
+    // will do): listed and forbidden destinations routed through it, and packets written
+    // into it from a listed address to a closed port, all passed both tables and the
+    // early-boot lockdown. Loopback is accepted only to (from) an address of this host
+    // (`fib daddr type local`), which is what the loopback device carries.
+    if !can_run(&["ip", "nft", "/usr/bin/python3"]) {
+        return;
+    }
+    let mut lab = Lab::new("tl", false);
+    let mut p = lab_policy("direct");
+    p["network"]["allow"] =
+        serde_json::json!([{"dest": "10.99.0.0/24", "proto": "tcp", "ports": [443]}]);
+    lab.enforce(p);
+    let f = lab.sign_intel(intel_feed(&["10.99.0.3"]));
+    lab.load(&f);
+    lab.apply();
+    let said = lab.dev_sh(&format!(
+        "/usr/bin/python3 -c '{}'",
+        TUN_AS_LOOPBACK.replace('\'', "'\\''")
+    ));
+    assert_eq!(
+        said.trim(),
+        "out=0 in=False",
+        "nothing reaches the TUN given the loopback type, nothing comes in through it"
+    );
+    assert!(
+        lab.probe("10.99.0.2:443/tcp", None),
+        "loopback-free traffic as before"
+    );
+    assert!(
+        lab.dev_sh("/usr/bin/python3 -c 'import socket; s=socket.create_connection((\"127.0.0.1\", 1), 1)' 2>&1 || true")
+            .contains("Connection refused"),
+        "real loopback still passes (refused by the closed port, not dropped)"
+    );
+}

@@ -377,11 +377,15 @@ fn rule_json(chain: &str, r: &Rule) -> Value {
 fn base_exemptions(out: bool) -> Vec<Rule> {
     let accept = |m| Rule::new(vec![m], Action::Accept);
     let mut rules = Vec::new();
-    if out {
-        rules.push(accept(Match::OifLoopback(true)));
+    // Loopback: by the device's type and a local address (see `Match::OifLoopback`).
+    rules.push(if out {
+        Rule::new(
+            vec![Match::OifLoopback(true), Match::DaddrLocal],
+            Action::Accept,
+        )
     } else {
-        rules.push(accept(Match::IifLoopback));
-    }
+        Rule::new(vec![Match::IifLoopback, Match::SaddrLocal], Action::Accept)
+    });
     for p in LOOPBACK_PREFIXES {
         let c: Cidr = p
             .parse()
@@ -1070,6 +1074,12 @@ pub fn render_intel_refill(rs: &IntelRuleset, names: &[String]) -> Option<String
 /// backend has a socket for it (declarations and rules as confirmed when it was put
 /// there, each set's elements as compiled; an error when it has not confirmed `rs` in
 /// force), else by `nft -j list table`. `Err` says what differs.
+/// Whether another socket owns a table named as the blocklist table or its scratch table
+/// (nftables' owner flag): `None` without a netlink socket or when it cannot be read.
+pub fn intel_names_held(backend: &mut dyn Backend) -> Option<bool> {
+    with_netlink(backend, |nl, _| intel_netlink::names_held(nl).ok()).flatten()
+}
+
 pub fn check_intel(backend: &mut dyn Backend, rs: &IntelRuleset) -> Result<(), String> {
     if let Some(r) = with_netlink(backend, |nl, _| intel_netlink::check(nl, rs)) {
         return r;

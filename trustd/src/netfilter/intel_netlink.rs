@@ -1151,6 +1151,22 @@ fn adopt(nlk: &mut IntelNetlink) {
     }
 }
 
+/// Whether a table named as the blocklist table or its scratch table is owned by another
+/// socket than this one (which refuses every replace with `EPERM` until that socket
+/// closes; the kernel then removes its table without a notification).
+pub(super) fn names_held(nlk: &mut IntelNetlink) -> Result<bool, NftError> {
+    let me = nlk.sock.port_id();
+    for table in [INTEL_TABLE, TEMPLATE_TABLE] {
+        if let Some((flags, owner)) = shape_table(&mut nlk.sock, table)?
+            && flags & NFT_TABLE_F_OWNER != 0
+            && owner != Some(me)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// `table`'s flags and owner as dumped, `None` when there is no such table.
 fn shape_table(sock: &mut NfSocket, table: &str) -> Result<Option<(u32, Option<u32>)>, NftError> {
     let mut found = None;

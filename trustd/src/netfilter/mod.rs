@@ -18,8 +18,9 @@ pub use compile::{
 };
 pub use intel::{
     INTEL_TABLE, IntelRuleset, TEMPLATE_TABLE, apply_intel, check_intel, compile_intel,
-    intel_chains_intact, intel_quick_intact, intel_structure_digest, refill_intel, render_intel,
-    render_intel_refill, update_exemptions, update_intel, verify_intel_listing,
+    intel_chains_intact, intel_names_held, intel_quick_intact, intel_structure_digest,
+    refill_intel, render_intel, render_intel_refill, update_exemptions, update_intel,
+    verify_intel_listing,
 };
 pub use intel_netlink::IntelNetlink;
 pub use model::{Action, Base, Chain, FLOW_MARK_MASK, L4, Match, Rule, Ruleset};

@@ -66,6 +66,17 @@ fn render_match(x: &Match, generation: u32) -> Value {
             json!("loopback"),
         ),
         Match::IifLoopback => m("==", meta("iiftype"), json!("loopback")),
+        Match::DaddrLocal => m(
+            "==",
+            json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+            json!("local"),
+        ),
+        Match::CtDnat => m("in", json!({"ct": {"key": "status"}}), json!("dnat")),
+        Match::SaddrLocal => m(
+            "==",
+            json!({"fib": {"result": "type", "flags": ["saddr"]}}),
+            json!("local"),
+        ),
         Match::CtState(s) if s.len() == 1 => m("in", json!({"ct": {"key": "state"}}), json!(s[0])),
         Match::CtState(s) => m("in", json!({"ct": {"key": "state"}}), json!(s)),
         Match::Daddr(c) => m(

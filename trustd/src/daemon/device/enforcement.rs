@@ -125,6 +125,9 @@ pub struct Enforcer {
     check_failure: Option<String>,
     /// When a failed enforcement is tried again, and the pause after that.
     retry: Option<(std::time::Instant, std::time::Duration)>,
+    /// Another socket was seen owning a table of the blocklist table's (or its scratch
+    /// table's) name since the blocklists last failed: once the names are free, try at once.
+    names_held: bool,
 }
 
 impl Default for Enforcer {
@@ -144,6 +147,7 @@ impl Default for Enforcer {
             watch: super::drift::Watch::default(),
             check_failure: None,
             retry: None,
+            names_held: false,
         }
     }
 }
@@ -653,7 +657,26 @@ impl Enforcer {
         let (due, pause) = *self
             .retry
             .get_or_insert((now + Duration::from_secs(1), Duration::from_secs(1)));
-        if now < due {
+        // The blocklists were refused because another socket owned a table of their name
+        // (or of their scratch table's): the kernel removes it silently when that socket
+        // closes, so look at every check and try at once when the names, seen held, are free.
+        let refused = self
+            .intel_failure
+            .as_deref()
+            .is_some_and(|f| f.contains("Operation not permitted"));
+        let freed = if refused && now < due {
+            match netfilter::intel_names_held(backend) {
+                Some(true) => {
+                    self.names_held = true;
+                    false
+                }
+                Some(false) => std::mem::take(&mut self.names_held),
+                None => false,
+            }
+        } else {
+            false
+        };
+        if now < due && !freed {
             return Ok(());
         }
         let next = (pause * 2).min(Duration::from_secs(300));

@@ -307,16 +307,18 @@ impl Device {
                     Ok(b) => Some(b),
                     Err(source) => {
                         let e = StateError::Io { path, source };
+                        let why = format!(
+                            "the stored intel feed could not be read back ({e}): the rotation \
+                             is refused and the trust root and the feed in force stay; apply a \
+                             feed again, then the rotation (docs/SECURITY.md, \"A rotation \
+                             over a lost stored feed\")"
+                        );
                         let entry =
                             Entry::new(format!("{}.apply", Role::Root), Outcome::Refused, actor)
-                                .reason(format!(
-                                    "the stored intel feed could not be read back ({e}): the \
-                                 rotation is refused and the trust root and the feed in \
-                                 force stay; apply a feed again, then the rotation"
-                                ))
+                                .reason(why.clone())
                                 .digest("input", v.digest());
                         self.audit.append(entry)?;
-                        return Err(DeviceError::State(e));
+                        return Err(DeviceError::CommandRefused(why));
                     }
                 }
             }
