@@ -94,6 +94,37 @@ impl KillOnDrop {
     }
 }
 
+/// A child started as the leader of its own process group (`process_group(0)`), killed
+/// with its whole group when dropped: a shell pipeline's children die with it.
+#[derive(Debug)]
+pub struct KillGroupOnDrop(pub std::process::Child);
+
+impl KillGroupOnDrop {
+    /// Run `sh -c SCRIPT` in the network namespace `ns`, in a process group of its own,
+    /// without stdin or output.
+    pub fn sh_in(ns: &str, script: &str) -> Self {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", script])
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh in the namespace");
+        Self(child)
+    }
+}
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {

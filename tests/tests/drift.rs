@@ -145,6 +145,18 @@ fn records(lab: &Lab) -> Vec<Record> {
     read_records(&lab.paths().audit_dir()).unwrap_or_default()
 }
 
+/// SIGKILL `daemon` (nothing of its exit path runs) and reap it.
+fn kill9(daemon: &mut tests::lab::Daemon) {
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &daemon.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let _ = daemon.wait();
+}
+
 /// The records after `seq` whose kind `pick` takes: (kind, reason).
 fn since(lab: &Lab, seq: u64, pick: impl Fn(&str) -> bool) -> Vec<(String, Option<String>)> {
     records(lab)
@@ -745,14 +757,7 @@ fn every_edit_of_the_owned_blocklist_table_is_refused_and_it_outlives_a_crash() 
     );
 
     // SIGKILL: nothing of trustd runs its exit path; the table stays, unowned, in force.
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &daemon.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let _ = daemon.wait();
+    kill9(&mut daemon);
     assert!(!owned(&lab), "orphaned when trustd's socket is gone");
     assert!(
         !lab.probe(LISTED, None),
@@ -806,43 +811,18 @@ fn a_process_holding_the_blocklist_tables_name_sets_neither_the_pace_of_retries_
     // out of the kernel most of the time and the watchdog went unfed. Tries out of the
     // back-off schedule are now at most one every 2 s; the policy table is repaired within
     // the usual bound.
-    use std::os::unix::process::CommandExt;
     if !can_run(TOOLS) {
         return;
     }
     let (lab, mut daemon, _feed) = lab_with_feed("sq");
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &daemon.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
+    kill9(&mut daemon);
+    let _squatter = tests::KillGroupOnDrop::sh_in(
+        &lab.dev,
+        "(echo 'delete table inet trustd_intel'; \
+          echo 'add table inet trustd_intel { flags owner; }'; \
+          while :; do echo 'add chain inet trustd_intel c'; \
+          echo 'delete chain inet trustd_intel c'; sleep 0.02; done) | nft -i",
     );
-    let _ = daemon.wait();
-    let squatter = Command::new("ip")
-        .args(["netns", "exec", &lab.dev, "sh", "-c"])
-        .arg(
-            "(echo 'delete table inet trustd_intel'; \
-              echo 'add table inet trustd_intel { flags owner; }'; \
-              while :; do echo 'add chain inet trustd_intel c'; \
-              echo 'delete chain inet trustd_intel c'; sleep 0.02; done) | nft -i",
-        )
-        .process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("squatter");
-    struct Group(std::process::Child);
-    impl Drop for Group {
-        fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.0.id())])
-                .status();
-            let _ = self.0.wait();
-        }
-    }
-    let _squatter = Group(squatter);
     let t = Instant::now();
     while !lab
         .dev_sh("nft list table inet trustd_intel 2>/dev/null || true")

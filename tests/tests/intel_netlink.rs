@@ -838,33 +838,12 @@ fn an_owned_blocklist_table_refuses_every_other_writer_and_outlives_trustd() {
     drop(squat);
 }
 
-/// A process group in a namespace, killed whole when dropped.
-struct Group(std::process::Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 /// A process in `ns` holding `inet NAME` owned by its socket (`nft -i`) until dropped.
-fn hold_owned(ns: &str, name: &str) -> Group {
-    use std::os::unix::process::CommandExt;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns, "sh", "-c"])
-        .arg(format!(
-            "(echo 'add table inet {name} {{ flags owner; }}'; sleep 60) | nft -i"
-        ))
-        .process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("squatter");
-    let held = Group(child);
+fn hold_owned(ns: &str, name: &str) -> tests::KillGroupOnDrop {
+    let held = tests::KillGroupOnDrop::sh_in(
+        ns,
+        &format!("(echo 'add table inet {name} {{ flags owner; }}'; sleep 60) | nft -i"),
+    );
     let start = std::time::Instant::now();
     while !try_nft(
         ns,

@@ -536,6 +536,20 @@ fn a_tunnel_going_down_and_up_is_seen_through_netlink_and_audited() {
     );
 }
 
+/// A lab whose device allows tcp 443 to the lab's network and blocklists 10.99.0.3, both
+/// in force (`trustd apply`).
+fn lab_listing_3(tag: &str) -> Lab {
+    let mut lab = Lab::new(tag, false);
+    let mut p = lab_policy("direct");
+    p["network"]["allow"] =
+        serde_json::json!([{"dest": "10.99.0.0/24", "proto": "tcp", "ports": [443]}]);
+    lab.enforce(p);
+    let f = lab.sign_intel(intel_feed(&["10.99.0.3"]));
+    lab.load(&f);
+    lab.apply();
+    lab
+}
+
 #[test]
 fn an_interface_renamed_lo_is_not_taken_for_loopback() {
     // Attack: a process with CAP_NET_ADMIN renames the loopback device away and the device's
@@ -547,14 +561,7 @@ fn an_interface_renamed_lo_is_not_taken_for_loopback() {
     if !can_run(TOOLS) {
         return;
     }
-    let mut lab = Lab::new("lo", false);
-    let mut p = lab_policy("direct");
-    p["network"]["allow"] =
-        serde_json::json!([{"dest": "10.99.0.0/24", "proto": "tcp", "ports": [443]}]);
-    lab.enforce(p);
-    let f = lab.sign_intel(intel_feed(&["10.99.0.3"]));
-    lab.load(&f);
-    lab.apply();
+    let lab = lab_listing_3("lo");
     let held = || {
         (
             lab.probe("10.99.0.2:443/tcp", None),
@@ -630,14 +637,7 @@ fn a_tun_device_given_the_loopback_type_is_not_taken_for_loopback() {
     if !can_run(&["ip", "nft", "/usr/bin/python3"]) {
         return;
     }
-    let mut lab = Lab::new("tl", false);
-    let mut p = lab_policy("direct");
-    p["network"]["allow"] =
-        serde_json::json!([{"dest": "10.99.0.0/24", "proto": "tcp", "ports": [443]}]);
-    lab.enforce(p);
-    let f = lab.sign_intel(intel_feed(&["10.99.0.3"]));
-    lab.load(&f);
-    lab.apply();
+    let lab = lab_listing_3("tl");
     let said = lab.dev_sh(&format!(
         "/usr/bin/python3 -c '{}'",
         TUN_AS_LOOPBACK.replace('\'', "'\\''")
