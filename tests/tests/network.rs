@@ -593,7 +593,8 @@ fn an_interface_renamed_lo_is_not_taken_for_loopback() {
 /// allowed to whoever holds the TUN's descriptor while it is down), routes a listed and a
 /// forbidden destination through it and sends to both; then writes into it a packet from
 /// the listed address to a local port the policy does not open. Prints `out=N in=BOOL`:
-/// packets that reached the TUN's reader, and whether the inbound one was delivered.
+/// packets that reached the TUN's reader, and whether the inbound ones (IPv4 from the
+/// listed address, IPv6 from the device's own address) were delivered.
 const TUN_AS_LOOPBACK: &str = r#"
 import fcntl, os, socket, struct, subprocess, select, time
 fd = os.open("/dev/net/tun", os.O_RDWR)
@@ -622,7 +623,17 @@ ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
 os.write(fd, ip[:10] + struct.pack("!H", csum(ip)) + ip[12:] + udp)
 try: ls.recvfrom(100); delivered = True
 except socket.timeout: delivered = False
-print("out=%d in=%s" % (out, delivered))
+# IPv6 has no check against a packet from one of the host's own addresses arriving on
+# another interface: one from the device's address to a closed local port.
+l6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); l6.bind(("::", 7778)); l6.settimeout(1)
+src = dst = socket.inet_pton(socket.AF_INET6, "fd99::1")
+udp = struct.pack("!HHHH", 5556, 7778, 9, 0) + b"x"
+pseudo = src + dst + struct.pack("!IxxxB", len(udp), 17)
+udp = udp[:6] + struct.pack("!H", csum(pseudo + udp + b"\0")) + udp[8:]
+os.write(fd, struct.pack("!IHBB", 6 << 28, len(udp), 17, 64) + src + dst + udp)
+try: l6.recvfrom(100); delivered6 = True
+except socket.timeout: delivered6 = False
+print("out=%d in=%s in6=%s" % (out, delivered, delivered6))
 "#;
 
 #[test]
@@ -632,8 +643,9 @@ fn a_tun_device_given_the_loopback_type_is_not_taken_for_loopback() {
     // no capability beyond the TUN's descriptor; a user-run VPN client's persistent TUN
     // will do): listed and forbidden destinations routed through it, and packets written
     // into it from a listed address to a closed port, all passed both tables and the
-    // early-boot lockdown. Loopback is accepted only to (from) an address of this host
-    // (`fib daddr type local`), which is what the loopback device carries.
+    // early-boot lockdown; and matched by type and a local address, IPv6 packets forged
+    // with the host's own source address still came in. Loopback is matched by interface
+    // index (`meta oif 1`): the first device of every namespace, never moved or deleted.
     if !can_run(&["ip", "nft", "/usr/bin/python3"]) {
         return;
     }
@@ -644,7 +656,7 @@ fn a_tun_device_given_the_loopback_type_is_not_taken_for_loopback() {
     ));
     assert_eq!(
         said.trim(),
-        "out=0 in=False",
+        "out=0 in=False in6=False",
         "nothing reaches the TUN given the loopback type, nothing comes in through it"
     );
     assert!(

@@ -458,12 +458,7 @@ pub fn compile(e: &Effective) -> Ruleset {
     let input_reply = reply_rules(&output, "blocked_in");
     let output_reply = reply_rules(&input, "blocked_out");
     let mut input_chain = head(
-        vec![
-            Rule::new(vec![Match::IifLoopback, Match::SaddrLocal], Action::Accept),
-            // The replies of connections redirected to Tor's local ports: from the remote
-            // address the connection was made to, over loopback.
-            Rule::new(vec![Match::IifLoopback, Match::CtDnat], Action::Accept),
-        ],
+        vec![Rule::new(vec![Match::IifLoopback], Action::Accept)],
         tunnels.clone().map(Match::IifName),
         INPUT_REPLY,
     );
@@ -471,10 +466,7 @@ pub fn compile(e: &Effective) -> Ruleset {
     input_chain.push(Rule::new(vec![], Action::Drop).counted("blocked_in"));
     let mut output_chain = head(
         vec![
-            Rule::new(
-                vec![Match::OifLoopback(true), Match::DaddrLocal],
-                Action::Accept,
-            ),
+            Rule::new(vec![Match::OifLoopback(true)], Action::Accept),
             // Loopback too: a connection that tor-only's nat redirects to Tor's local ports
             // leaves over lo, but the output hook still names the interface its first route
             // chose; its destination is what shows where it goes.

@@ -377,15 +377,12 @@ fn rule_json(chain: &str, r: &Rule) -> Value {
 fn base_exemptions(out: bool) -> Vec<Rule> {
     let accept = |m| Rule::new(vec![m], Action::Accept);
     let mut rules = Vec::new();
-    // Loopback: by the device's type and a local address (see `Match::OifLoopback`).
-    rules.push(if out {
-        Rule::new(
-            vec![Match::OifLoopback(true), Match::DaddrLocal],
-            Action::Accept,
-        )
+    // Loopback: by the device's index (see `Match::OifLoopback`).
+    rules.push(accept(if out {
+        Match::OifLoopback(true)
     } else {
-        Rule::new(vec![Match::IifLoopback, Match::SaddrLocal], Action::Accept)
-    });
+        Match::IifLoopback
+    }));
     for p in LOOPBACK_PREFIXES {
         let c: Cidr = p
             .parse()
@@ -639,6 +636,7 @@ fn normalize(o: &Value) -> Value {
                         *c = Value::Null;
                     }
                     sort_inline_sets(e);
+                    super::render::listed_index(e);
                 }
             }
         }

@@ -70,23 +70,14 @@ pub enum Match {
     IifName(Vec<String>),
     /// Input interface name is none of.
     IifNameNot(Vec<String>),
-    /// The output interface is (`true`) or is not of the loopback type (`meta oiftype
-    /// loopback`, ARPHRD_LOOPBACK), never matched by its name: any process with
-    /// CAP_NET_ADMIN can rename an interface `lo`. The type alone is not proof either (a
-    /// TUN device's owner can set it with `TUNSETLINK`): loopback is accepted only with
-    /// [`Match::DaddrLocal`] (input: [`Match::SaddrLocal`]) beside it.
+    /// The output interface is (`true`) or is not the loopback device, by its interface
+    /// index (`meta oif 1`: the loopback device is the first of every network namespace and
+    /// can be neither deleted nor moved). Never by its name, which any process with
+    /// CAP_NET_ADMIN can give another interface, nor by its type (`meta oiftype
+    /// loopback`), which a TUN device's owner can set with `TUNSETLINK`.
     OifLoopback(bool),
-    /// The input interface is of the loopback type (`meta iiftype loopback`).
+    /// The input interface is the loopback device, by its index (`meta iif 1`).
     IifLoopback,
-    /// The destination is an address of this host (`fib daddr type local`): what loopback
-    /// carries, unlike a TUN device given the loopback type.
-    DaddrLocal,
-    /// The source is an address of this host (`fib saddr type local`).
-    SaddrLocal,
-    /// The packet's flow was destination-NATed on this host (`ct status dnat`): the
-    /// replies of connections tor-only redirects to Tor's local ports come in over
-    /// loopback from the original, remote address.
-    CtDnat,
     /// Conntrack state is one of.
     CtState(Vec<&'static str>),
     /// Destination address or prefix.
@@ -128,9 +119,6 @@ impl Match {
             Self::IifNameNot(n) => Self::OifNameNot(n.clone()),
             Self::OifLoopback(true) => Self::IifLoopback,
             Self::IifLoopback => Self::OifLoopback(true),
-            Self::DaddrLocal => Self::SaddrLocal,
-            Self::SaddrLocal => Self::DaddrLocal,
-            Self::CtDnat => Self::CtDnat,
             // No input-side "not loopback" match is compiled.
             Self::OifLoopback(false) => return None,
             Self::Daddr(c) => Self::Saddr(*c),

@@ -62,21 +62,10 @@ fn render_match(x: &Match, generation: u32) -> Value {
         Match::IifNameNot(n) => m("!=", meta("iifname"), one_or_set(n)),
         Match::OifLoopback(is) => m(
             if *is { "==" } else { "!=" },
-            meta("oiftype"),
-            json!("loopback"),
+            meta("oif"),
+            json!(LOOPBACK_INDEX),
         ),
-        Match::IifLoopback => m("==", meta("iiftype"), json!("loopback")),
-        Match::DaddrLocal => m(
-            "==",
-            json!({"fib": {"result": "type", "flags": ["daddr"]}}),
-            json!("local"),
-        ),
-        Match::CtDnat => m("in", json!({"ct": {"key": "status"}}), json!("dnat")),
-        Match::SaddrLocal => m(
-            "==",
-            json!({"fib": {"result": "type", "flags": ["saddr"]}}),
-            json!("local"),
-        ),
+        Match::IifLoopback => m("==", meta("iif"), json!(LOOPBACK_INDEX)),
         Match::CtState(s) if s.len() == 1 => m("in", json!({"ct": {"key": "state"}}), json!(s[0])),
         Match::CtState(s) => m("in", json!({"ct": {"key": "state"}}), json!(s)),
         Match::Daddr(c) => m(
@@ -179,6 +168,34 @@ pub fn render(rs: &Ruleset) -> Value {
 /// Reduce listing objects to what the digest covers: the table's flags if it has any (trustd
 /// never sets one), counters by name, chains with their hooks, rules with their expressions,
 /// in a fixed order; no handles, no counter values.
+/// The loopback device's interface index: the first of every network namespace.
+pub const LOOPBACK_INDEX: u32 = 1;
+
+/// An interface index match (`meta iif`/`meta oif`) with the index it compares: `nft`
+/// lists the index by the interface's current name (which a rename changes; the compiled
+/// rule names the index), so a listed name is looked up (in this thread's network
+/// namespace). A name no interface has stays as listed, and compares unequal.
+pub(super) fn listed_index(e: &mut Value) {
+    let Some(m) = e.get_mut("match") else {
+        return;
+    };
+    let key = m
+        .get("left")
+        .and_then(|l| l.get("meta"))
+        .and_then(|x| x.get("key"))
+        .and_then(Value::as_str);
+    if !matches!(key, Some("iif" | "oif")) {
+        return;
+    }
+    if let Some(i) = m
+        .get("right")
+        .and_then(Value::as_str)
+        .and_then(crate::sys::if_index)
+    {
+        m["right"] = json!(i);
+    }
+}
+
 fn canonical(objs: &[Value]) -> Vec<Value> {
     let mut counters = Vec::new();
     let mut chains = Vec::new();
@@ -202,6 +219,7 @@ fn canonical(objs: &[Value]) -> Vec<Value> {
                     {
                         *c = Value::Null;
                     }
+                    listed_index(e);
                 }
             }
             let chain = r

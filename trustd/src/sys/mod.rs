@@ -295,3 +295,13 @@ pub fn bind_owner_only(path: &Path) -> std::io::Result<std::os::unix::net::UnixL
     listen(&fd, Backlog::new(16)?)?;
     Ok(std::os::unix::net::UnixListener::from(fd))
 }
+
+/// The index of the network interface named `name` in this thread's network namespace
+/// (`if_nametoindex(3)`), `None` when there is none.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a NUL-terminated string that lives across the call; if_nametoindex
+    // only reads it.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
