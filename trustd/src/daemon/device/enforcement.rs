@@ -651,6 +651,7 @@ impl Enforcer {
         );
         if !policy_failed && self.intel_failure.is_none() {
             self.retry = None;
+            self.names_held = false;
             return Ok(());
         }
         let now = Instant::now();
