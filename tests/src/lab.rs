@@ -653,17 +653,28 @@ impl Daemon {
         self.child.wait()
     }
 
-    /// Send SIGTERM and wait for it to exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Send it `signal` (`-HUP`, `-KILL`, as `kill` names them).
+    pub fn signal(&self, signal: &str) {
         assert!(
             Command::new("kill")
-                .args(["-TERM", &self.id().to_string()])
+                .args([signal, &self.id().to_string()])
                 .status()
                 .expect("kill")
                 .success(),
-            "kill -TERM"
+            "kill {signal}"
         );
+    }
+
+    /// Send SIGTERM and wait for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
         self.wait().expect("wait")
+    }
+
+    /// Send SIGKILL (nothing of its exit path runs) and reap it.
+    pub fn kill(&mut self) {
+        self.signal("-KILL");
+        let _ = self.wait();
     }
 }
 

@@ -695,13 +695,7 @@ fn sighup_reloads_who_holds_which_role() {
         json!({"admin_group": 7, "setup_group": SETUP_GROUP}).to_string(),
     )
     .expect("trustd.json");
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &daemon.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    daemon.signal("-HUP");
     let start = Instant::now();
     loop {
         let a = buscall(&lp, &addr, &call);

@@ -145,18 +145,6 @@ fn records(lab: &Lab) -> Vec<Record> {
     read_records(&lab.paths().audit_dir()).unwrap_or_default()
 }
 
-/// SIGKILL `daemon` (nothing of its exit path runs) and reap it.
-fn kill9(daemon: &mut tests::lab::Daemon) {
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &daemon.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let _ = daemon.wait();
-}
-
 /// The records after `seq` whose kind `pick` takes: (kind, reason).
 fn since(lab: &Lab, seq: u64, pick: impl Fn(&str) -> bool) -> Vec<(String, Option<String>)> {
     records(lab)
@@ -166,8 +154,9 @@ fn since(lab: &Lab, seq: u64, pick: impl Fn(&str) -> bool) -> Vec<(String, Optio
         .collect()
 }
 
-/// Run `nft ARGS...` in the device namespace (as an intruder would), panicking on failure.
-fn nft(lab: &Lab, args: &str) {
+/// Run `nft ARGS...` (through `sh`) in the device namespace, as an intruder would: whether
+/// it succeeded, and its stderr.
+fn try_nft(lab: &Lab, args: &str) -> (bool, String) {
     let o = Command::new("ip")
         .args([
             "netns",
@@ -179,11 +168,16 @@ fn nft(lab: &Lab, args: &str) {
         ])
         .output()
         .expect("nft");
-    assert!(
+    (
         o.status.success(),
-        "nft {args}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// [`try_nft`], panicking on failure.
+fn nft(lab: &Lab, args: &str) {
+    let (ok, err) = try_nft(lab, args);
+    assert!(ok, "nft {args}: {err}");
 }
 
 /// The handle of the first rule of `table`'s `chain` whose text contains `needle`.
@@ -704,22 +698,10 @@ fn every_edit_of_the_owned_blocklist_table_is_refused_and_it_outlives_a_crash() 
         "add table inet trustd_intel '{ flags dormant; }'".to_owned(),
         "delete table inet trustd_intel".to_owned(),
     ] {
-        let o = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.dev,
-                "sh",
-                "-c",
-                &format!("nft {edit}"),
-            ])
-            .output()
-            .expect("nft");
+        let (ok, err) = try_nft(&lab, &edit);
         assert!(
-            !o.status.success()
-                && String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
-            "{edit}: not refused for the owner: {}",
-            String::from_utf8_lossy(&o.stderr)
+            !ok && err.contains("Operation not permitted"),
+            "{edit}: not refused for the owner: {err}"
         );
         assert!(
             !lab.probe(LISTED, None),
@@ -757,7 +739,7 @@ fn every_edit_of_the_owned_blocklist_table_is_refused_and_it_outlives_a_crash() 
     );
 
     // SIGKILL: nothing of trustd runs its exit path; the table stays, unowned, in force.
-    kill9(&mut daemon);
+    daemon.kill();
     assert!(!owned(&lab), "orphaned when trustd's socket is gone");
     assert!(
         !lab.probe(LISTED, None),
@@ -783,21 +765,7 @@ fn every_edit_of_the_owned_blocklist_table_is_refused_and_it_outlives_a_crash() 
     assert!(owned(&lab), "the next trustd adopted the table");
     assert!(!lab.probe(LISTED, None), "and it blocks");
     assert!(
-        !Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.dev,
-                "nft",
-                "flush",
-                "set",
-                "inet",
-                INTEL_TABLE,
-                "c0_v4h"
-            ])
-            .status()
-            .expect("nft")
-            .success(),
+        !try_nft(&lab, "flush set inet trustd_intel c0_v4h").0,
         "an edit is refused again"
     );
 }
@@ -815,7 +783,7 @@ fn a_process_holding_the_blocklist_tables_name_sets_neither_the_pace_of_retries_
         return;
     }
     let (lab, mut daemon, _feed) = lab_with_feed("sq");
-    kill9(&mut daemon);
+    daemon.kill();
     let _squatter = tests::KillGroupOnDrop::sh_in(
         &lab.dev,
         "(echo 'delete table inet trustd_intel'; \

@@ -534,13 +534,7 @@ fn unchanged_or_looser_rulesets_keep_open_flows() {
     .concat();
     let flows = Flows::open(&lab, all);
 
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &daemon.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    daemon.signal("-HUP");
     std::thread::sleep(Duration::from_millis(300));
     flows.assert_after_reply("SIGHUP (same ruleset)", &[]);
 

@@ -1508,20 +1508,15 @@ mod tests {
         p.park(":2.1", vec![1], 1.0, t0).expect("room");
         p.park(":2.2", vec![2], 1.0, t0).expect("room");
         let late = t0 + PARK_TTL;
-        let got = p.next(
-            late,
-            |c| {
-                if c.sender == ":2.1" {
-                    Fate::Drop
-                } else {
-                    Fate::Wait
-                }
-            },
-            |c| dropped.push(c.message),
-        );
+        let got = p.next(late, only(":2.1", Fate::Drop), |c| dropped.push(c.message));
         assert!(got.is_none());
         assert_eq!(dropped, vec![vec![1], vec![2]]);
         assert!(p.is_empty() && p.deadline().is_none());
+    }
+
+    /// A fate for the parked calls of `sender`; the others wait.
+    fn only(sender: &'static str, fate: Fate) -> impl FnMut(&Parked) -> Fate {
+        move |c| if c.sender == sender { fate } else { Fate::Wait }
     }
 
     /// The room for parked calls is bounded: per name, in calls and in bytes.
@@ -1560,17 +1555,7 @@ mod tests {
         assert_eq!(n, PARK_BYTES / PARK_NAME_BYTES, "bytes at once");
         assert_eq!(p.deadline(), Some(t0 + PARK_TTL));
         // A served call gives its name's room back.
-        let got = p.next(
-            t0,
-            |c| {
-                if c.sender == ":5.1" {
-                    Fate::Serve
-                } else {
-                    Fate::Wait
-                }
-            },
-            |_| (),
-        );
+        let got = p.next(t0, only(":5.1", Fate::Serve), |_| ());
         assert!(got.is_some());
         assert!(p.park(":5.1", vec![0; big], 1.0, t0).is_ok());
     }

@@ -31,6 +31,17 @@ const REPAIRS_BEFORE_VERIFY: u32 = 5;
 pub const RETRY_AT_ONCE_GAP: Duration = Duration::from_secs(2);
 const REPAIR_WINDOW: Duration = Duration::from_secs(10);
 
+/// Whether something done at `*last` may be done again now, at most once per `every`
+/// (always when it was never done); if so, `*last` becomes now.
+fn at_most_every(last: &mut Option<Instant>, every: Duration) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < every) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
 /// What the enforcer knows about how its tables are watched.
 #[derive(Debug, Default)]
 pub struct Watch {
@@ -52,30 +63,18 @@ impl Watch {
     /// force, may make trustd try to put them back now: at most once per
     /// [`RETRY_AT_ONCE_GAP`]; the back-off schedule's tries go on regardless.
     pub(super) fn retry_now(&mut self) -> bool {
-        let now = Instant::now();
-        if self
-            .retried_at
-            .is_some_and(|t| now.duration_since(t) < RETRY_AT_ONCE_GAP)
-        {
-            return false;
-        }
-        self.retried_at = Some(now);
-        true
+        at_most_every(&mut self.retried_at, RETRY_AT_ONCE_GAP)
     }
 
     /// Whether the periodic check should read the blocklist table back now: every tick
     /// without notifications, every [`INTEL_BACKSTOP`] with them.
     pub(super) fn intel_due(&mut self) -> bool {
-        let now = Instant::now();
-        if self.events
-            && self
-                .intel_checked
-                .is_some_and(|t| now.duration_since(t) < INTEL_BACKSTOP)
-        {
-            return false;
-        }
-        self.intel_checked = Some(now);
-        true
+        let every = if self.events {
+            INTEL_BACKSTOP
+        } else {
+            Duration::ZERO
+        };
+        at_most_every(&mut self.intel_checked, every)
     }
 
     /// Whether the periodic check, when due ([`Watch::intel_due`]), should read every
@@ -83,15 +82,7 @@ impl Watch {
     /// notifications watched or not. Otherwise it reads the table's flags, declarations,
     /// rules and set counts (cheap, over netlink).
     pub(super) fn intel_full_due(&mut self) -> bool {
-        let now = Instant::now();
-        if self
-            .intel_full
-            .is_some_and(|t| now.duration_since(t) < INTEL_BACKSTOP)
-        {
-            return false;
-        }
-        self.intel_full = Some(now);
-        true
+        at_most_every(&mut self.intel_full, INTEL_BACKSTOP)
     }
 
     /// Count a repair on foreign notifications; whether the next one must be confirmed by a
